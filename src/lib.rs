@@ -1,0 +1,2 @@
+//! edgepush: a WebSocket push server written by hand on mio.
+pub mod protocol;
