@@ -1,0 +1,228 @@
+//! The closing handshake (RFC 6455 §5.5.1, §7): which status codes a peer may send, how a
+//! close payload is read and written, and the state machine that says what may still be sent
+//! and read once either side has started to close.
+
+use crate::protocol::error::ProtocolError;
+use crate::protocol::frame::{self, OpCode};
+
+/// 1000: normal closure.
+pub const NORMAL: u16 = 1000;
+/// 1001: going away (the server is draining).
+pub const GOING_AWAY: u16 = 1001;
+/// 1002: protocol error.
+pub const PROTOCOL_ERROR: u16 = 1002;
+/// 1003: unsupported data.
+pub const UNSUPPORTED_DATA: u16 = 1003;
+/// 1005: no status code present (never sent on the wire).
+pub const NO_STATUS: u16 = 1005;
+/// 1006: closed without a close frame (never sent on the wire).
+pub const ABNORMAL: u16 = 1006;
+/// 1007: invalid payload data (bad UTF-8).
+pub const INVALID_PAYLOAD: u16 = 1007;
+/// 1008: policy violation (we use it for slow consumers).
+pub const POLICY: u16 = 1008;
+/// 1009: message too big.
+pub const TOO_BIG: u16 = 1009;
+/// 1011: internal server error.
+pub const INTERNAL_ERROR: u16 = 1011;
+
+/// §7.4.1/§7.4.2: may a peer put this code in a close frame? 1000–1003 and 1007–1011 are
+/// defined for use; 1004–1006 and 1015 are reserved or local-only; the rest of 1000–2999 is
+/// reserved for future RFCs (Autobahn 7.9.x expects those refused); 3000–4999 belong to
+/// libraries and applications.
+pub fn is_valid_peer_code(code: u16) -> bool {
+    matches!(code, 1000..=1003 | 1007..=1011 | 3000..=4999)
+}
+
+/// A close frame's body: the status code and the UTF-8 reason, or nothing at all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CloseFrame<'a> {
+    pub code: u16,
+    pub reason: &'a str,
+}
+
+/// Reads a close payload (§5.5.1): empty, or a two-byte code followed by a UTF-8 reason.
+pub fn parse_close_payload(payload: &[u8]) -> Result<Option<CloseFrame<'_>>, ProtocolError> {
+    match payload {
+        [] => Ok(None),
+        [_] => Err(ProtocolError::ClosePayloadTooShort),
+        [hi, lo, reason @ ..] => {
+            let code = u16::from_be_bytes([*hi, *lo]);
+            if !is_valid_peer_code(code) {
+                return Err(ProtocolError::InvalidCloseCode(code));
+            }
+            let reason = std::str::from_utf8(reason).map_err(|_| ProtocolError::InvalidUtf8)?;
+            Ok(Some(CloseFrame { code, reason }))
+        }
+    }
+}
+
+/// Appends a server close frame with `code` and `reason` (cut to fit 125 bytes on a
+/// character boundary) to `out`.
+pub fn write_close_frame(out: &mut Vec<u8>, code: u16, reason: &str) {
+    let mut end = reason.len().min(123);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    let mut payload = [0u8; 125];
+    payload[..2].copy_from_slice(&code.to_be_bytes());
+    payload[2..2 + end].copy_from_slice(&reason.as_bytes()[..end]);
+    frame::write_frame(out, OpCode::Close, &payload[..2 + end]);
+}
+
+/// Where a connection stands in the closing handshake (§7.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CloseState {
+    /// Both directions open.
+    #[default]
+    Open,
+    /// We sent Close and wait for the peer's; we read (and discard data) but send nothing more.
+    CloseSent,
+    /// The peer sent Close; we owe it our Close and then send nothing more.
+    CloseReceived,
+    /// Both Close frames are out: the TCP connection is to be closed (the server closes first,
+    /// §7.1.1).
+    Closed,
+}
+
+/// What the driver must do after the peer's Close arrived.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReply {
+    /// Send a Close echoing this code (or an empty one for `None`), then close TCP.
+    Echo(Option<u16>),
+    /// We had already sent ours: just close TCP.
+    Done,
+}
+
+impl CloseState {
+    /// May data and pings still be sent?
+    pub fn can_send(self) -> bool {
+        matches!(self, CloseState::Open)
+    }
+
+    /// Are frames from the peer still to be read?
+    pub fn can_read(self) -> bool {
+        matches!(self, CloseState::Open | CloseState::CloseSent)
+    }
+
+    /// We queue our Close: returns false when one was already sent (send nothing then).
+    pub fn on_send_close(&mut self) -> bool {
+        match *self {
+            CloseState::Open => {
+                *self = CloseState::CloseSent;
+                true
+            }
+            CloseState::CloseReceived => {
+                *self = CloseState::Closed;
+                true
+            }
+            CloseState::CloseSent | CloseState::Closed => false,
+        }
+    }
+
+    /// The peer's Close arrived (already validated): says what we owe. After an echo the
+    /// state is `Closed`, since the driver queues the echo at once.
+    pub fn on_receive_close(&mut self, frame: Option<CloseFrame<'_>>) -> CloseReply {
+        match *self {
+            CloseState::Open | CloseState::CloseReceived => {
+                *self = CloseState::Closed;
+                CloseReply::Echo(frame.map(|f| f.code))
+            }
+            CloseState::CloseSent | CloseState::Closed => {
+                *self = CloseState::Closed;
+                CloseReply::Done
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peer_code_table() {
+        let valid = [
+            1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 3000, 3999, 4000, 4999,
+        ];
+        let invalid = [
+            0, 999, 1004, 1005, 1006, 1012, 1015, 1016, 1100, 2000, 2999, 5000, 65535,
+        ];
+        for code in valid {
+            assert!(is_valid_peer_code(code), "{code}");
+        }
+        for code in invalid {
+            assert!(!is_valid_peer_code(code), "{code}");
+        }
+    }
+
+    #[test]
+    fn close_payload_rules() {
+        assert_eq!(parse_close_payload(b""), Ok(None));
+        assert_eq!(
+            parse_close_payload(b"\x03"),
+            Err(ProtocolError::ClosePayloadTooShort)
+        );
+        assert_eq!(
+            parse_close_payload(b"\x03\xe8bye"),
+            Ok(Some(CloseFrame {
+                code: 1000,
+                reason: "bye"
+            }))
+        );
+        assert_eq!(
+            parse_close_payload(b"\x03\xed"),
+            Err(ProtocolError::InvalidCloseCode(1005))
+        );
+        assert_eq!(
+            parse_close_payload(b"\x03\xe8\xff"),
+            Err(ProtocolError::InvalidUtf8)
+        );
+        assert_eq!(ProtocolError::InvalidUtf8.close_code(), INVALID_PAYLOAD);
+    }
+
+    #[test]
+    fn close_frame_reason_is_cut_on_char_boundary() {
+        let mut out = Vec::new();
+        let reason = "é".repeat(100); // 200 bytes
+        write_close_frame(&mut out, GOING_AWAY, &reason);
+        assert_eq!(out[0], 0x88);
+        let len = usize::from(out[1]);
+        assert!(len <= 125);
+        let payload = &out[2..];
+        assert_eq!(payload.len(), len);
+        let parsed = parse_close_payload(payload);
+        assert!(matches!(
+            parsed,
+            Ok(Some(CloseFrame {
+                code: GOING_AWAY,
+                ..
+            }))
+        ));
+    }
+
+    #[test]
+    fn state_machine() {
+        let mut s = CloseState::Open;
+        assert!(s.can_send() && s.can_read());
+        assert!(s.on_send_close());
+        assert_eq!(s, CloseState::CloseSent);
+        assert!(!s.can_send() && s.can_read());
+        assert!(!s.on_send_close(), "a second close is never sent");
+        assert_eq!(s.on_receive_close(None), CloseReply::Done);
+        assert_eq!(s, CloseState::Closed);
+        assert!(!s.can_read());
+
+        let mut s = CloseState::Open;
+        let frame = CloseFrame {
+            code: 4000,
+            reason: "",
+        };
+        assert_eq!(
+            s.on_receive_close(Some(frame)),
+            CloseReply::Echo(Some(4000))
+        );
+        assert_eq!(s, CloseState::Closed);
+        assert!(!s.can_send());
+    }
+}

@@ -1,0 +1,641 @@
+//! From bytes to messages (RFC 6455 §5.4, §5.5, §8.1): frame decoding with the rules that depend
+//! on our role and limits, unmasking, reassembly of fragments with control frames interleaved,
+//! and incremental UTF-8 validation.
+//!
+//! The decoder borrows the caller's input buffer and unmasks in place, so the common case — a
+//! whole unfragmented frame in one read — is delivered as a slice of that buffer with no copy
+//! and no allocation. Only a message that spans reads or fragments is copied into a buffer the
+//! decoder owns, grown as bytes arrive (never reserved from the announced length), and freed
+//! once the message is delivered. An idle decoder is one null pointer.
+//!
+//! The driver calls [`Decoder::decode`] in a loop:
+//! ```text
+//! let mut pos = 0;
+//! loop {
+//!     let step = decoder.decode(&mut buf[pos..], &config)?;   // Err: close with err.close_code()
+//!     pos += step.consumed;
+//!     match step.event {
+//!         Some(event) => handle(event),                       // Ping: queue the pong, etc.
+//!         None if step.consumed == 0 => break,                // need more input
+//!         None => {}                                          // progress, keep going
+//!     }
+//! }
+//! // buf[pos..] is an unfinished header or control frame (at most 139 bytes): keep it and
+//! // put it in front of the next read.
+//! ```
+
+use crate::protocol::close::{parse_close_payload, CloseFrame};
+use crate::protocol::error::ProtocolError;
+use crate::protocol::frame::{FrameHeader, OpCode};
+use crate::protocol::mask::apply_mask;
+use crate::protocol::utf8::Utf8Validator;
+
+/// Which end of the connection we are: servers require masked frames, clients refuse them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Server,
+    Client,
+}
+
+/// What the decoder enforces; passed on every call so that it is not stored per connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DecoderConfig {
+    pub role: Role,
+    /// The largest message, counted across all its fragments (§10.4). Refused from the header.
+    pub max_message_size: usize,
+}
+
+/// A data message's type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MessageKind {
+    /// UTF-8, already validated.
+    Text,
+    Binary,
+}
+
+/// Something the peer said.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event<'a> {
+    /// A complete data message.
+    Message { kind: MessageKind, data: &'a [u8] },
+    /// The driver owes a Pong with the same payload (§5.5.2).
+    Ping(&'a [u8]),
+    /// May be unsolicited; nothing is owed (§5.5.3).
+    Pong(&'a [u8]),
+    /// The peer's Close, already validated (§5.5.1, §7.4).
+    Close(Option<CloseFrame<'a>>),
+}
+
+/// The result of one [`Decoder::decode`] call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use]
+pub struct Step<'a> {
+    /// Bytes of the input that are done with.
+    pub consumed: usize,
+    pub event: Option<Event<'a>>,
+}
+
+/// The per-connection decoding state: empty (one pointer) between messages.
+#[derive(Debug, Default)]
+pub struct Decoder {
+    partial: Option<Box<Partial>>,
+}
+
+#[derive(Debug, Default)]
+struct Partial {
+    /// A data frame whose payload is still arriving.
+    frame: Option<PayloadProgress>,
+    /// The message being assembled.
+    message: Option<Assembly>,
+    /// The assembled message was handed out; it is dropped on the next call.
+    delivered: bool,
+}
+
+#[derive(Debug)]
+struct PayloadProgress {
+    remaining: u64,
+    key: Option<[u8; 4]>,
+    /// Payload bytes already unmasked: the key's phase (§5.3).
+    offset: usize,
+    fin: bool,
+}
+
+#[derive(Debug)]
+struct Assembly {
+    kind: MessageKind,
+    data: Vec<u8>,
+    utf8: Utf8Validator,
+}
+
+impl Decoder {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// True when no message is in progress: the decoder holds no heap memory.
+    pub fn is_idle(&self) -> bool {
+        self.partial.is_none()
+    }
+
+    /// Bytes of an unfinished message held by the decoder.
+    pub fn buffered(&self) -> usize {
+        self.partial
+            .as_ref()
+            .and_then(|p| p.message.as_ref())
+            .map_or(0, |m| m.data.len())
+    }
+
+    /// Decodes from the start of `input`, unmasking in place. See the module docs for the loop
+    /// a driver runs. After an error the decoder's state is meaningless: fail the connection.
+    pub fn decode<'a>(
+        &'a mut self,
+        input: &'a mut [u8],
+        config: &DecoderConfig,
+    ) -> Result<Step<'a>, ProtocolError> {
+        if let Some(partial) = self.partial.as_deref_mut() {
+            if partial.delivered {
+                partial.message = None;
+                partial.delivered = false;
+            }
+            if partial.frame.is_some() {
+                return self.continue_payload(input, 0);
+            }
+            if partial.message.is_none() {
+                self.partial = None;
+            }
+        }
+
+        let Some((header, header_len)) = FrameHeader::parse(input)? else {
+            return Ok(Step {
+                consumed: 0,
+                event: None,
+            });
+        };
+        match (config.role, header.mask) {
+            (Role::Server, None) => return Err(ProtocolError::UnmaskedFrame),
+            (Role::Client, Some(_)) => return Err(ProtocolError::MaskedFrame),
+            _ => {}
+        }
+        if header.rsv != 0 {
+            return Err(ProtocolError::ReservedBits(header.rsv));
+        }
+
+        if header.opcode.is_control() {
+            // At most 125 bytes (checked by the header parser): wait for the whole frame.
+            let total = header_len + header.payload_len as usize;
+            let Some(payload) = input.get_mut(header_len..total) else {
+                return Ok(Step {
+                    consumed: 0,
+                    event: None,
+                });
+            };
+            if let Some(key) = header.mask {
+                apply_mask(payload, key, 0);
+            }
+            let payload: &'a [u8] = payload;
+            let event = match header.opcode {
+                OpCode::Ping => Event::Ping(payload),
+                OpCode::Pong => Event::Pong(payload),
+                _ => Event::Close(parse_close_payload(payload)?),
+            };
+            return Ok(Step {
+                consumed: total,
+                event: Some(event),
+            });
+        }
+
+        let in_message = self.buffered_message().is_some();
+        let so_far = self.buffered_message().map_or(0, |m| m.data.len() as u64);
+        let kind = match (header.opcode, in_message) {
+            (OpCode::Continuation, false) => return Err(ProtocolError::UnexpectedContinuation),
+            (OpCode::Text | OpCode::Binary, true) => {
+                return Err(ProtocolError::ExpectedContinuation)
+            }
+            (OpCode::Text, false) => Some(MessageKind::Text),
+            (OpCode::Binary, false) => Some(MessageKind::Binary),
+            _ => None,
+        };
+        let size = so_far.saturating_add(header.payload_len);
+        if size > config.max_message_size as u64 {
+            return Err(ProtocolError::MessageTooBig {
+                size,
+                limit: config.max_message_size,
+            });
+        }
+
+        // Fast path: a whole unfragmented message in the input, delivered in place.
+        let total = header_len as u64 + header.payload_len;
+        if let (Some(kind), true, true) = (kind, header.fin, total <= input.len() as u64) {
+            let payload = &mut input[header_len..total as usize];
+            if let Some(key) = header.mask {
+                apply_mask(payload, key, 0);
+            }
+            if kind == MessageKind::Text && std::str::from_utf8(payload).is_err() {
+                return Err(ProtocolError::InvalidUtf8);
+            }
+            return Ok(Step {
+                consumed: total as usize,
+                event: Some(Event::Message {
+                    kind,
+                    data: payload,
+                }),
+            });
+        }
+
+        let partial = self.partial.get_or_insert_with(Box::default);
+        if let Some(kind) = kind {
+            partial.message = Some(Assembly {
+                kind,
+                data: Vec::new(),
+                utf8: Utf8Validator::new(),
+            });
+        }
+        partial.frame = Some(PayloadProgress {
+            remaining: header.payload_len,
+            key: header.mask,
+            offset: 0,
+            fin: header.fin,
+        });
+        self.continue_payload(input, header_len)
+    }
+
+    fn buffered_message(&self) -> Option<&Assembly> {
+        self.partial.as_ref().and_then(|p| p.message.as_ref())
+    }
+
+    /// Absorbs payload bytes of the data frame in progress from `input[start..]`.
+    fn continue_payload<'a>(
+        &'a mut self,
+        input: &'a mut [u8],
+        start: usize,
+    ) -> Result<Step<'a>, ProtocolError> {
+        let Some(partial) = self.partial.as_deref_mut() else {
+            return Ok(Step {
+                consumed: start,
+                event: None,
+            });
+        };
+        let (Some(frame), Some(message)) = (partial.frame.as_mut(), partial.message.as_mut())
+        else {
+            return Ok(Step {
+                consumed: start,
+                event: None,
+            });
+        };
+        let available = input.len().saturating_sub(start) as u64;
+        let n = frame.remaining.min(available) as usize;
+        let chunk = &mut input[start..start + n];
+        if let Some(key) = frame.key {
+            apply_mask(chunk, key, frame.offset);
+        }
+        if message.kind == MessageKind::Text {
+            message
+                .utf8
+                .feed(chunk)
+                .map_err(|_| ProtocolError::InvalidUtf8)?;
+        }
+        message.data.extend_from_slice(chunk);
+        frame.remaining -= n as u64;
+        frame.offset += n;
+        let consumed = start + n;
+        if frame.remaining > 0 || !frame.fin {
+            if frame.remaining == 0 {
+                partial.frame = None;
+            }
+            return Ok(Step {
+                consumed,
+                event: None,
+            });
+        }
+        partial.frame = None;
+        if message.kind == MessageKind::Text {
+            message
+                .utf8
+                .finish()
+                .map_err(|_| ProtocolError::InvalidUtf8)?;
+        }
+        partial.delivered = true;
+        Ok(Step {
+            consumed,
+            event: Some(Event::Message {
+                kind: message.kind,
+                data: &message.data,
+            }),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::frame::{write_frame, write_masked_frame};
+
+    const SERVER: DecoderConfig = DecoderConfig {
+        role: Role::Server,
+        max_message_size: 1 << 20,
+    };
+
+    /// An event with owned data, to compare runs.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    enum Owned {
+        Text(String),
+        Binary(Vec<u8>),
+        Ping(Vec<u8>),
+        Pong(Vec<u8>),
+        Close(Option<(u16, String)>),
+    }
+
+    fn own(event: Event<'_>) -> Owned {
+        match event {
+            Event::Message {
+                kind: MessageKind::Text,
+                data,
+            } => Owned::Text(String::from_utf8(data.to_vec()).unwrap()),
+            Event::Message {
+                kind: MessageKind::Binary,
+                data,
+            } => Owned::Binary(data.to_vec()),
+            Event::Ping(p) => Owned::Ping(p.to_vec()),
+            Event::Pong(p) => Owned::Pong(p.to_vec()),
+            Event::Close(c) => Owned::Close(c.map(|c| (c.code, c.reason.to_string()))),
+        }
+    }
+
+    /// Feeds `chunks` the way a driver does (leftover bytes go in front of the next read) and
+    /// returns the events, stopping at the first error.
+    fn run(chunks: &[&[u8]], config: &DecoderConfig) -> (Vec<Owned>, Option<ProtocolError>) {
+        let mut decoder = Decoder::new();
+        let mut events = Vec::new();
+        let mut stash: Vec<u8> = Vec::new();
+        for chunk in chunks {
+            let mut buf = std::mem::take(&mut stash);
+            buf.extend_from_slice(chunk);
+            let mut pos = 0;
+            loop {
+                match decoder.decode(&mut buf[pos..], config) {
+                    Err(e) => return (events, Some(e)),
+                    Ok(step) => {
+                        pos += step.consumed;
+                        match step.event {
+                            Some(ev) => events.push(own(ev)),
+                            None if step.consumed == 0 => break,
+                            None => {}
+                        }
+                    }
+                }
+            }
+            stash = buf[pos..].to_vec();
+            assert!(
+                stash.len() <= 14 + 125,
+                "stash holds only a header or control frame"
+            );
+        }
+        (events, None)
+    }
+
+    fn masked(fin: bool, op: OpCode, payload: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        write_masked_frame(&mut out, fin, op, payload, [0x37, 0xfa, 0x21, 0x3d]);
+        out
+    }
+
+    fn stream() -> (Vec<u8>, Vec<Owned>) {
+        let mut s = Vec::new();
+        s.extend(masked(true, OpCode::Text, b"Hello"));
+        s.extend(masked(false, OpCode::Text, "κό".as_bytes()));
+        s.extend(masked(true, OpCode::Ping, b"p1"));
+        s.extend(masked(false, OpCode::Continuation, &"σμε".as_bytes()[..3]));
+        s.extend(masked(true, OpCode::Continuation, &"σμε".as_bytes()[3..]));
+        s.extend(masked(true, OpCode::Binary, &[0u8; 300]));
+        s.extend(masked(true, OpCode::Pong, b""));
+        s.extend(masked(true, OpCode::Text, b""));
+        s.extend(masked(true, OpCode::Close, b"\x03\xe8bye"));
+        let expected = vec![
+            Owned::Text("Hello".into()),
+            Owned::Ping(b"p1".to_vec()),
+            Owned::Text("κόσμε".into()),
+            Owned::Binary(vec![0; 300]),
+            Owned::Pong(vec![]),
+            Owned::Text(String::new()),
+            Owned::Close(Some((1000, "bye".into()))),
+        ];
+        (s, expected)
+    }
+
+    #[test]
+    fn whole_stream() {
+        let (s, expected) = stream();
+        assert_eq!(run(&[&s], &SERVER), (expected, None));
+    }
+
+    #[test]
+    fn every_two_way_split_gives_the_same_events() {
+        let (s, expected) = stream();
+        for cut in 0..=s.len() {
+            let (a, b) = s.split_at(cut);
+            assert_eq!(run(&[a, b], &SERVER), (expected.clone(), None), "cut {cut}");
+        }
+    }
+
+    #[test]
+    fn byte_by_byte_and_random_chunks() {
+        let (s, expected) = stream();
+        let bytes: Vec<&[u8]> = s.chunks(1).collect();
+        assert_eq!(run(&bytes, &SERVER), (expected.clone(), None));
+        let mut seed = 0x9e3779b97f4a7c15u64;
+        for _ in 0..200 {
+            let mut chunks = Vec::new();
+            let mut rest = &s[..];
+            while !rest.is_empty() {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                let n = (seed % 40) as usize + 1;
+                let (a, b) = rest.split_at(n.min(rest.len()));
+                chunks.push(a);
+                rest = b;
+            }
+            assert_eq!(run(&chunks, &SERVER), (expected.clone(), None));
+        }
+    }
+
+    #[test]
+    fn rule_table() {
+        let small = DecoderConfig {
+            role: Role::Server,
+            max_message_size: 10,
+        };
+        let mut rsv = masked(true, OpCode::Text, b"x");
+        rsv[0] |= 0x40;
+        let mut unmasked = Vec::new();
+        write_frame(&mut unmasked, OpCode::Text, b"x");
+        let over_in_fragments = [
+            masked(false, OpCode::Binary, &[0; 6]),
+            masked(true, OpCode::Continuation, &[0; 5]),
+        ]
+        .concat();
+        let cases: Vec<(&str, Vec<u8>, DecoderConfig, ProtocolError)> = vec![
+            ("rsv1", rsv, SERVER, ProtocolError::ReservedBits(4)),
+            (
+                "unmasked",
+                unmasked.clone(),
+                SERVER,
+                ProtocolError::UnmaskedFrame,
+            ),
+            (
+                "masked to client",
+                masked(true, OpCode::Text, b"x"),
+                DecoderConfig {
+                    role: Role::Client,
+                    ..SERVER
+                },
+                ProtocolError::MaskedFrame,
+            ),
+            (
+                "reserved opcode",
+                masked(true, OpCode::Text, b"")[..]
+                    .iter()
+                    .enumerate()
+                    .map(|(i, b)| if i == 0 { 0x85 } else { *b })
+                    .collect(),
+                SERVER,
+                ProtocolError::ReservedOpcode(5),
+            ),
+            (
+                "continuation first",
+                masked(true, OpCode::Continuation, b"x"),
+                SERVER,
+                ProtocolError::UnexpectedContinuation,
+            ),
+            (
+                "text inside fragments",
+                [
+                    masked(false, OpCode::Text, b"a"),
+                    masked(true, OpCode::Text, b"b"),
+                ]
+                .concat(),
+                SERVER,
+                ProtocolError::ExpectedContinuation,
+            ),
+            (
+                "too big",
+                masked(true, OpCode::Binary, &[0; 11]),
+                small,
+                ProtocolError::MessageTooBig {
+                    size: 11,
+                    limit: 10,
+                },
+            ),
+            (
+                "too big across fragments",
+                over_in_fragments,
+                small,
+                ProtocolError::MessageTooBig {
+                    size: 11,
+                    limit: 10,
+                },
+            ),
+            (
+                "bad utf8 one frame",
+                masked(true, OpCode::Text, b"\xff"),
+                SERVER,
+                ProtocolError::InvalidUtf8,
+            ),
+            (
+                "bad utf8 across fragments",
+                [
+                    masked(false, OpCode::Text, b"\xe2\x82"),
+                    masked(true, OpCode::Continuation, b"a"),
+                ]
+                .concat(),
+                SERVER,
+                ProtocolError::InvalidUtf8,
+            ),
+            (
+                "truncated utf8 at end",
+                [
+                    masked(false, OpCode::Text, b"a"),
+                    masked(true, OpCode::Continuation, b"\xe2"),
+                ]
+                .concat(),
+                SERVER,
+                ProtocolError::InvalidUtf8,
+            ),
+            (
+                "close one byte",
+                masked(true, OpCode::Close, b"\x03"),
+                SERVER,
+                ProtocolError::ClosePayloadTooShort,
+            ),
+            (
+                "close code 1005",
+                masked(true, OpCode::Close, b"\x03\xed"),
+                SERVER,
+                ProtocolError::InvalidCloseCode(1005),
+            ),
+            (
+                "close reason utf8",
+                masked(true, OpCode::Close, b"\x03\xe8\xc3"),
+                SERVER,
+                ProtocolError::InvalidUtf8,
+            ),
+        ];
+        for (name, bytes, config, expected) in cases {
+            assert_eq!(run(&[&bytes], &config).1, Some(expected), "{name}");
+            // The same error whatever the chunking.
+            let chunks: Vec<&[u8]> = bytes.chunks(1).collect();
+            assert_eq!(run(&chunks, &config).1, Some(expected), "{name} bytewise");
+        }
+        assert_eq!(
+            ProtocolError::MessageTooBig { size: 1, limit: 0 }.close_code(),
+            1009
+        );
+    }
+
+    #[test]
+    fn too_big_is_decided_from_the_header_alone() {
+        let config = DecoderConfig {
+            role: Role::Server,
+            max_message_size: 1000,
+        };
+        let frame = masked(true, OpCode::Binary, &[0; 5000]);
+        // Only the 8-byte header (2 + 2 + 4) is given: the error comes before any payload.
+        assert!(matches!(
+            run(&[&frame[..8]], &config).1,
+            Some(ProtocolError::MessageTooBig { size: 5000, .. })
+        ));
+    }
+
+    #[test]
+    fn invalid_utf8_fails_before_the_frame_ends() {
+        let frame = masked(
+            true,
+            OpCode::Text,
+            b"\xce\xba\xe1\xbd\xb9\xcf\x83\xce\xbc\xce\xb5\xf4\x90\x80\x80hello",
+        );
+        // Header (6 bytes) plus the first 13 payload bytes: the bad byte is in, the rest is not.
+        let (events, err) = run(&[&frame[..6 + 13]], &SERVER);
+        assert!(events.is_empty());
+        assert_eq!(err, Some(ProtocolError::InvalidUtf8));
+    }
+
+    #[test]
+    fn idle_after_messages_and_client_role() {
+        let mut decoder = Decoder::new();
+        let mut buf = masked(false, OpCode::Binary, b"ab");
+        let step = decoder.decode(&mut buf, &SERVER).unwrap();
+        assert_eq!((step.consumed, step.event), (8, None));
+        assert!(!decoder.is_idle());
+        assert_eq!(decoder.buffered(), 2);
+        let mut buf = masked(true, OpCode::Continuation, b"c");
+        let step = decoder.decode(&mut buf, &SERVER).unwrap();
+        assert_eq!(
+            step.event,
+            Some(Event::Message {
+                kind: MessageKind::Binary,
+                data: b"abc"
+            })
+        );
+        let step = decoder.decode(&mut [], &SERVER).unwrap();
+        assert_eq!((step.consumed, step.event), (0, None));
+        assert!(
+            decoder.is_idle(),
+            "the message buffer is freed after delivery"
+        );
+
+        let client = DecoderConfig {
+            role: Role::Client,
+            max_message_size: 100,
+        };
+        let mut buf = Vec::new();
+        write_frame(&mut buf, OpCode::Text, b"hi");
+        let step = decoder.decode(&mut buf, &client).unwrap();
+        assert_eq!(
+            step.event,
+            Some(Event::Message {
+                kind: MessageKind::Text,
+                data: b"hi"
+            })
+        );
+    }
+}
