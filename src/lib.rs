@@ -1,2 +1,4 @@
 //! edgepush: a WebSocket push server written by hand on mio.
 pub mod protocol;
+pub mod server;
+pub mod config;

@@ -1,0 +1,727 @@
+//! The server's flags, their defaults and validation: `Args` is what clap parses (each flag
+//! also from an `EDGEPUSH_<NAME>` environment variable), `Config` is the checked, typed result
+//! the server runs with.
+//!
+//! Per-value rules (syntax, non-zero) live in the value parsers, so a bad value is reported by
+//! clap as a one-line error with exit code 2. Rules that relate two flags live in
+//! [`Config::from_args`], which returns a [`ConfigError`].
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+/// Command-line flags. Every flag can also be set through the environment variable named in
+/// its help; the command line wins.
+#[derive(Parser, Debug, Clone, PartialEq, Eq)]
+#[command(
+    name = "edgepush",
+    version,
+    about = "A WebSocket push server on mio",
+    long_about = "A WebSocket push server on mio.\n\n\
+        Durations read like 500ms, 30s, 5m, 1h (a bare number is seconds). \
+        Sizes read like 512 (bytes), 64KiB, 1MiB, 1GiB, or 64KB/1MB (powers of ten)."
+)]
+pub struct Args {
+    /// Address of the public listener (WebSocket endpoints).
+    #[arg(
+        long,
+        value_name = "ADDR",
+        env = "EDGEPUSH_LISTEN",
+        default_value = "0.0.0.0:8080"
+    )]
+    pub listen: SocketAddr,
+
+    /// Event-loop threads, one per core, each with its own SO_REUSEPORT listener
+    /// [default: number of cores].
+    #[arg(long, value_name = "N", env = "EDGEPUSH_THREADS", value_parser = parse_positive_count)]
+    pub threads: Option<usize>,
+
+    /// Path of the echo endpoint (echoes every message; for conformance tests and benchmarks).
+    #[arg(
+        long,
+        value_name = "PATH",
+        env = "EDGEPUSH_ECHO_PATH",
+        default_value = "/echo"
+    )]
+    pub echo_path: String,
+
+    /// Remove the echo endpoint (overrides --echo-path).
+    #[arg(
+        long,
+        env = "EDGEPUSH_NO_ECHO",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub no_echo: bool,
+
+    /// Most connections this server holds; beyond it new upgrades get 503. The effective
+    /// ceiling is also bounded by the open-files limit.
+    #[arg(
+        long,
+        value_name = "N",
+        env = "EDGEPUSH_MAX_CONNECTIONS",
+        default_value = "1000000",
+        value_parser = parse_positive_count
+    )]
+    pub max_connections: usize,
+
+    /// Largest client message accepted; a larger one is refused from its frame header and the
+    /// connection closed with 1009.
+    #[arg(
+        long,
+        value_name = "BYTES",
+        env = "EDGEPUSH_MAX_MESSAGE_SIZE",
+        default_value = "1MiB",
+        value_parser = parse_positive_size
+    )]
+    pub max_message_size: usize,
+
+    /// A connection that has not finished its WebSocket upgrade by then is dropped.
+    #[arg(
+        long,
+        value_name = "DUR",
+        env = "EDGEPUSH_HANDSHAKE_TIMEOUT",
+        default_value = "10s",
+        value_parser = parse_positive_duration
+    )]
+    pub handshake_timeout: Duration,
+
+    /// The server pings an otherwise silent connection this often.
+    #[arg(
+        long,
+        value_name = "DUR",
+        env = "EDGEPUSH_PING_INTERVAL",
+        default_value = "30s",
+        value_parser = parse_positive_duration
+    )]
+    pub ping_interval: Duration,
+
+    /// If no frame at all arrives within this after a ping, the connection is closed.
+    #[arg(
+        long,
+        value_name = "DUR",
+        env = "EDGEPUSH_PONG_TIMEOUT",
+        default_value = "10s",
+        value_parser = parse_positive_duration
+    )]
+    pub pong_timeout: Duration,
+
+    /// Unsent bytes (data and control) queued for one connection before it counts as a slow
+    /// consumer and is closed with 1008. Must be at least twice --max-message-size.
+    #[arg(
+        long,
+        value_name = "BYTES",
+        env = "EDGEPUSH_MAX_BACKLOG",
+        default_value = "4MiB",
+        value_parser = parse_positive_size
+    )]
+    pub max_backlog: usize,
+
+    /// After sending our Close frame, how long to wait for the peer's Close before dropping
+    /// the TCP connection.
+    #[arg(
+        long,
+        value_name = "DUR",
+        env = "EDGEPUSH_CLOSE_TIMEOUT",
+        default_value = "3s",
+        value_parser = parse_positive_duration
+    )]
+    pub close_timeout: Duration,
+
+    /// Log level. RUST_LOG is also honoured, for finer per-module filters.
+    #[arg(
+        long,
+        value_name = "LEVEL",
+        env = "EDGEPUSH_LOG",
+        default_value = "info",
+        value_enum,
+        ignore_case = true
+    )]
+    pub log: LogLevel,
+}
+
+/// The `--log` values.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogLevel {
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+impl From<LogLevel> for log::LevelFilter {
+    fn from(level: LogLevel) -> Self {
+        match level {
+            LogLevel::Error => log::LevelFilter::Error,
+            LogLevel::Warn => log::LevelFilter::Warn,
+            LogLevel::Info => log::LevelFilter::Info,
+            LogLevel::Debug => log::LevelFilter::Debug,
+            LogLevel::Trace => log::LevelFilter::Trace,
+        }
+    }
+}
+
+/// The validated configuration the server runs with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Public listener address.
+    pub listen: SocketAddr,
+    /// Number of event-loop threads, at least 1.
+    pub threads: usize,
+    /// Echo endpoint path (starts with `/`), `None` with `--no-echo`.
+    pub echo_path: Option<String>,
+    /// Connection limit, at least 1.
+    pub max_connections: usize,
+    /// Largest client message in bytes, at least 1.
+    pub max_message_size: usize,
+    pub handshake_timeout: Duration,
+    pub ping_interval: Duration,
+    pub pong_timeout: Duration,
+    /// Per-connection unsent-bytes limit; at least `2 * max_message_size`.
+    pub max_backlog: usize,
+    /// Wait for the peer's Close after ours, then drop TCP.
+    pub close_timeout: Duration,
+    pub log_level: log::LevelFilter,
+}
+
+/// A rule between flags that the individual value parsers cannot check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// `--max-backlog` must hold at least two maximal messages, or a connection sending one
+    /// reply while one broadcast is queued would already count as a slow consumer.
+    BacklogTooSmall {
+        max_backlog: usize,
+        max_message_size: usize,
+    },
+    /// `--echo-path` must be an absolute path that a request target can match.
+    InvalidEchoPath { path: String, reason: &'static str },
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigError::BacklogTooSmall {
+                max_backlog,
+                max_message_size,
+            } => write!(
+                f,
+                "--max-backlog ({}) must be at least twice --max-message-size ({}), i.e. >= {}",
+                format_size(*max_backlog),
+                format_size(*max_message_size),
+                format_size(max_message_size.saturating_mul(2)),
+            ),
+            ConfigError::InvalidEchoPath { path, reason } => {
+                write!(f, "--echo-path {path:?} is invalid: {reason}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// Checks the rules that span several flags and resolves defaults that depend on the
+    /// machine (`--threads`).
+    pub fn from_args(args: Args) -> Result<Config, ConfigError> {
+        if args.max_backlog / 2 < args.max_message_size {
+            return Err(ConfigError::BacklogTooSmall {
+                max_backlog: args.max_backlog,
+                max_message_size: args.max_message_size,
+            });
+        }
+        let echo_path = if args.no_echo {
+            None
+        } else {
+            check_path(&args.echo_path).map_err(|reason| ConfigError::InvalidEchoPath {
+                path: args.echo_path.clone(),
+                reason,
+            })?;
+            Some(args.echo_path)
+        };
+        let threads = args.threads.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        });
+        Ok(Config {
+            listen: args.listen,
+            threads,
+            echo_path,
+            max_connections: args.max_connections,
+            max_message_size: args.max_message_size,
+            handshake_timeout: args.handshake_timeout,
+            ping_interval: args.ping_interval,
+            pong_timeout: args.pong_timeout,
+            max_backlog: args.max_backlog,
+            close_timeout: args.close_timeout,
+            log_level: args.log.into(),
+        })
+    }
+
+    /// The defaults, except: listen on `127.0.0.1:0` (any free port) with one thread. Tests
+    /// change the fields they care about.
+    pub fn for_tests() -> Config {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            threads: 1,
+            echo_path: Some("/echo".to_owned()),
+            max_connections: 1_000_000,
+            max_message_size: 1 << 20,
+            handshake_timeout: Duration::from_secs(10),
+            ping_interval: Duration::from_secs(30),
+            pong_timeout: Duration::from_secs(10),
+            max_backlog: 4 << 20,
+            close_timeout: Duration::from_secs(3),
+            log_level: log::LevelFilter::Info,
+        }
+    }
+
+    /// The effective configuration as one multi-line block for the start-up log.
+    pub fn render_summary(&self) -> String {
+        let echo = self.echo_path.as_deref().unwrap_or("off");
+        let rows: [(&str, String); 11] = [
+            ("listen", self.listen.to_string()),
+            ("threads", self.threads.to_string()),
+            ("echo path", echo.to_owned()),
+            ("max connections", self.max_connections.to_string()),
+            ("max message size", format_size(self.max_message_size)),
+            ("max backlog", format_size(self.max_backlog)),
+            ("handshake timeout", format_duration(self.handshake_timeout)),
+            ("ping interval", format_duration(self.ping_interval)),
+            ("pong timeout", format_duration(self.pong_timeout)),
+            ("close timeout", format_duration(self.close_timeout)),
+            ("log level", self.log_level.to_string().to_lowercase()),
+        ];
+        let mut out = String::from("edgepush configuration:");
+        for (name, value) in rows {
+            out.push_str(&format!("\n  {name:<18} {value}"));
+        }
+        out
+    }
+}
+
+/// Why `path` cannot serve as an endpoint path, if it cannot.
+fn check_path(path: &str) -> Result<(), &'static str> {
+    if !path.starts_with('/') {
+        return Err("it must start with '/'");
+    }
+    if path.contains(['?', '#']) {
+        return Err("it must not contain '?' or '#'");
+    }
+    if path.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err("it must not contain whitespace or control characters");
+    }
+    Ok(())
+}
+
+/// Splits `s` into its leading decimal digits and the rest (the unit), both trimmed.
+fn split_number(s: &str) -> Result<(u64, &str), String> {
+    let s = s.trim();
+    let digits = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    if digits == 0 {
+        return Err(if s.is_empty() {
+            "empty value".to_owned()
+        } else {
+            format!("{s:?} does not start with a whole number")
+        });
+    }
+    let number = s[..digits]
+        .parse::<u64>()
+        .map_err(|_| format!("{:?} is too large", &s[..digits]))?;
+    Ok((number, &s[digits..]))
+}
+
+/// Parses a duration: a whole number followed by `ms`, `s`, `m` or `h`; a bare number is
+/// seconds. Examples: `500ms`, `30s`, `5m`, `1h`, `10`. Zero is allowed here; flags for which
+/// zero makes no sense use a non-zero check on top.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (n, unit) = split_number(s)?;
+    let overflow = || format!("{:?} is too large", s.trim());
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "" | "s" => Ok(Duration::from_secs(n)),
+        "m" => n
+            .checked_mul(60)
+            .map(Duration::from_secs)
+            .ok_or_else(overflow),
+        "h" => n
+            .checked_mul(3600)
+            .map(Duration::from_secs)
+            .ok_or_else(overflow),
+        _ => Err(format!(
+            "unknown duration unit {unit:?} (use ms, s, m or h, e.g. 500ms, 30s, 5m)"
+        )),
+    }
+}
+
+/// Parses a byte size: a whole number, optionally followed by `B`, `KiB`, `MiB`, `GiB` (powers
+/// of 1024) or `KB`, `MB`, `GB` (powers of 1000); units are case-insensitive. Examples: `512`,
+/// `64KiB`, `1MiB`, `16MiB`, `1GiB`, `64KB`. Zero is allowed here (see [`parse_duration`]).
+pub fn parse_size(s: &str) -> Result<usize, String> {
+    let (n, unit) = split_number(s)?;
+    let multiplier: u64 = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kib" => 1 << 10,
+        "mib" => 1 << 20,
+        "gib" => 1 << 30,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        _ => {
+            return Err(format!(
+                "unknown size unit {unit:?} (use B, KiB, MiB, GiB, KB, MB or GB, e.g. 64KiB)"
+            ))
+        }
+    };
+    n.checked_mul(multiplier)
+        .and_then(|bytes| usize::try_from(bytes).ok())
+        .ok_or_else(|| format!("{:?} is too large", s.trim()))
+}
+
+fn parse_positive_duration(s: &str) -> Result<Duration, String> {
+    match parse_duration(s)? {
+        Duration::ZERO => Err("must be greater than zero".to_owned()),
+        d => Ok(d),
+    }
+}
+
+fn parse_positive_size(s: &str) -> Result<usize, String> {
+    match parse_size(s)? {
+        0 => Err("must be greater than zero".to_owned()),
+        n => Ok(n),
+    }
+}
+
+fn parse_positive_count(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(0) => Err("must be greater than zero".to_owned()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(format!("{:?} is not a whole number: {e}", s.trim())),
+    }
+}
+
+/// Renders a size in the largest binary unit that divides it exactly (`4MiB`, `1536KiB`,
+/// `100B`), so it parses back with [`parse_size`].
+fn format_size(n: usize) -> String {
+    const UNITS: [(usize, &str); 3] = [(1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")];
+    for (unit, name) in UNITS {
+        if n != 0 && n.is_multiple_of(unit) {
+            return format!("{}{name}", n / unit);
+        }
+    }
+    format!("{n}B")
+}
+
+/// Renders a duration in the largest unit that divides it exactly (`1h`, `90s`, `500ms`), so
+/// it parses back with [`parse_duration`]. Sub-millisecond parts fall back to `Debug`.
+fn format_duration(d: Duration) -> String {
+    if !d.subsec_nanos().is_multiple_of(1_000_000) {
+        return format!("{d:?}");
+    }
+    if d.subsec_nanos() != 0 {
+        return format!("{}ms", d.as_millis());
+    }
+    let secs = d.as_secs();
+    if secs != 0 && secs.is_multiple_of(3600) {
+        format!("{}h", secs / 3600)
+    } else if secs != 0 && secs.is_multiple_of(60) {
+        format!("{}m", secs / 60)
+    } else {
+        format!("{secs}s")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn parse_duration_table() {
+        let good: &[(&str, Duration)] = &[
+            ("500ms", Duration::from_millis(500)),
+            ("0ms", Duration::ZERO),
+            ("30s", Duration::from_secs(30)),
+            ("30", Duration::from_secs(30)),
+            ("0", Duration::ZERO),
+            ("5m", Duration::from_secs(300)),
+            ("1h", Duration::from_secs(3600)),
+            (" 10s ", Duration::from_secs(10)),
+            ("007s", Duration::from_secs(7)),
+            ("18446744073709551615ms", Duration::from_millis(u64::MAX)),
+            ("18446744073709551615", Duration::from_secs(u64::MAX)),
+        ];
+        for (input, want) in good {
+            assert_eq!(parse_duration(input), Ok(*want), "{input:?}");
+        }
+        let bad = [
+            "",
+            "  ",
+            "s",
+            "ms",
+            "-1s",
+            "+1s",
+            "1.5s",
+            "1 s",
+            "10sec",
+            "10S",
+            "1d",
+            "1us",
+            "5m30s",
+            "18446744073709551616",     // u64::MAX + 1
+            "18446744073709551615m",    // overflows when scaled
+            "307445734561825861h",      // u64::MAX / 3600 + 1 hours
+            "99999999999999999999999h", // too many digits
+        ];
+        for input in bad {
+            assert!(parse_duration(input).is_err(), "{input:?} accepted");
+        }
+    }
+
+    #[test]
+    fn parse_size_table() {
+        let good: &[(&str, usize)] = &[
+            ("512", 512),
+            ("0", 0),
+            ("512B", 512),
+            ("64KiB", 64 << 10),
+            ("1MiB", 1 << 20),
+            ("16MiB", 16 << 20),
+            ("1GiB", 1 << 30),
+            ("64KB", 64_000),
+            ("1MB", 1_000_000),
+            ("2GB", 2_000_000_000),
+            ("1mib", 1 << 20),
+            (" 4MiB ", 4 << 20),
+        ];
+        for (input, want) in good {
+            assert_eq!(parse_size(input), Ok(*want), "{input:?}");
+        }
+        let bad = [
+            "",
+            "MiB",
+            "-1",
+            "1.5MiB",
+            "1 MiB",
+            "1M",
+            "1K",
+            "1TiB",
+            "12x",
+            "18446744073709551616",
+            "18446744073709551615KiB",
+            "17179869184GiB", // 2^64 bytes
+        ];
+        for input in bad {
+            assert!(parse_size(input).is_err(), "{input:?} accepted");
+        }
+    }
+
+    #[test]
+    fn format_round_trips() {
+        for n in [
+            0,
+            1,
+            512,
+            1000,
+            1024,
+            1536,
+            64 << 10,
+            1 << 20,
+            3 << 30,
+            1_000_000,
+        ] {
+            assert_eq!(parse_size(&format_size(n)), Ok(n), "{n}");
+        }
+        assert_eq!(format_size(4 << 20), "4MiB");
+        assert_eq!(format_size(1536), "1536B");
+        assert_eq!(format_size(1536 << 10), "1536KiB");
+        for d in [
+            0, 1, 500, 1000, 30_000, 90_000, 300_000, 3_600_000, 5_400_000,
+        ] {
+            let d = Duration::from_millis(d);
+            assert_eq!(parse_duration(&format_duration(d)), Ok(d), "{d:?}");
+        }
+        assert_eq!(format_duration(Duration::from_secs(300)), "5m");
+        assert_eq!(format_duration(Duration::from_millis(1500)), "1500ms");
+        assert_eq!(format_duration(Duration::from_micros(1500)), "1.5ms");
+    }
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        Args::command().debug_assert();
+    }
+
+    #[test]
+    fn every_flag_has_its_env_var() {
+        for arg in Args::command().get_arguments() {
+            let Some(long) = arg.get_long() else { continue };
+            if long == "help" || long == "version" {
+                continue;
+            }
+            let want = format!("EDGEPUSH_{}", long.to_uppercase().replace('-', "_"));
+            let got = arg.get_env().and_then(|e| e.to_str());
+            assert_eq!(got, Some(want.as_str()), "--{long}");
+            assert!(arg.get_help().is_some(), "--{long} has no help");
+        }
+    }
+
+    fn parse(args: &[&str]) -> Result<Args, clap::Error> {
+        Args::try_parse_from(std::iter::once("edgepush").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn defaults() {
+        // Assumes no EDGEPUSH_* variables in the test environment.
+        let args = parse(&[]).expect("no flags parse");
+        let config = Config::from_args(args).expect("defaults are valid");
+        let want = Config {
+            listen: "0.0.0.0:8080".parse().expect("literal"),
+            threads: config.threads,
+            ..Config::for_tests()
+        };
+        assert_eq!(config, want);
+        assert!(config.threads >= 1);
+    }
+
+    #[test]
+    fn flags_parse() {
+        let args = parse(&[
+            "--listen",
+            "127.0.0.1:9000",
+            "--threads",
+            "3",
+            "--echo-path",
+            "/e",
+            "--max-connections",
+            "10",
+            "--max-message-size",
+            "64KiB",
+            "--handshake-timeout",
+            "500ms",
+            "--ping-interval",
+            "5m",
+            "--pong-timeout",
+            "20",
+            "--max-backlog",
+            "128KiB",
+            "--close-timeout",
+            "1s",
+            "--log",
+            "debug",
+        ])
+        .expect("valid flags");
+        let c = Config::from_args(args).expect("valid config");
+        assert_eq!(c.listen, SocketAddr::from(([127, 0, 0, 1], 9000)));
+        assert_eq!(c.threads, 3);
+        assert_eq!(c.echo_path.as_deref(), Some("/e"));
+        assert_eq!(c.max_connections, 10);
+        assert_eq!(c.max_message_size, 64 << 10);
+        assert_eq!(c.handshake_timeout, Duration::from_millis(500));
+        assert_eq!(c.ping_interval, Duration::from_secs(300));
+        assert_eq!(c.pong_timeout, Duration::from_secs(20));
+        assert_eq!(c.max_backlog, 128 << 10);
+        assert_eq!(c.close_timeout, Duration::from_secs(1));
+        assert_eq!(c.log_level, log::LevelFilter::Debug);
+
+        let c = Config::from_args(parse(&["--no-echo"]).expect("valid")).expect("valid");
+        assert_eq!(c.echo_path, None);
+        // --no-echo wins, so an unusable --echo-path does not matter then.
+        let c = Config::from_args(parse(&["--no-echo", "--echo-path", "x"]).expect("valid"));
+        assert_eq!(c.map(|c| c.echo_path), Ok(None));
+    }
+
+    #[test]
+    fn bad_values_are_rejected_by_clap() {
+        let bad: &[&[&str]] = &[
+            &["--listen", "nowhere"],
+            &["--listen", "1.2.3.4"],
+            &["--threads", "0"],
+            &["--threads", "-1"],
+            &["--threads", "many"],
+            &["--max-connections", "0"],
+            &["--max-message-size", "0"],
+            &["--max-message-size", "1XB"],
+            &["--max-backlog", "0"],
+            &["--handshake-timeout", "0s"],
+            &["--ping-interval", "0"],
+            &["--ping-interval", "30 seconds"],
+            &["--pong-timeout", "0ms"],
+            &["--close-timeout", "0"],
+            &["--close-timeout", "99999999999999999999h"],
+            &["--log", "verbose"],
+            &["--no-such-flag"],
+            &["--no-echo=maybe"],
+        ];
+        for args in bad {
+            let err = parse(args).expect_err(&format!("{args:?} accepted"));
+            assert_eq!(err.exit_code(), 2, "{args:?}");
+        }
+    }
+
+    #[test]
+    fn backlog_must_hold_two_messages() {
+        let ok = parse(&["--max-message-size", "1MiB", "--max-backlog", "2MiB"]).expect("parse");
+        assert!(Config::from_args(ok).is_ok());
+        let small =
+            parse(&["--max-message-size", "1MiB", "--max-backlog", "2097151"]).expect("parse");
+        let err = Config::from_args(small).expect_err("backlog too small");
+        assert_eq!(
+            err,
+            ConfigError::BacklogTooSmall {
+                max_backlog: 2_097_151,
+                max_message_size: 1 << 20
+            }
+        );
+        let line = err.to_string();
+        assert!(!line.contains('\n'));
+        assert!(line.contains("--max-backlog"), "{line}");
+        // Odd backlog: 2 * 3 = 6 > 5.
+        let odd = parse(&["--max-message-size", "3", "--max-backlog", "5"]).expect("parse");
+        assert!(Config::from_args(odd).is_err());
+        // Huge message size must not overflow the check.
+        let huge = parse(&["--max-message-size", "1GiB", "--max-backlog", "1GiB"]).expect("parse");
+        assert!(Config::from_args(huge).is_err());
+    }
+
+    #[test]
+    fn echo_path_rules() {
+        for path in ["echo", "", "/e?x", "/e#x", "/e x", "/e\tx"] {
+            let args = parse(&["--echo-path", path]).expect("parse");
+            let err = Config::from_args(args).expect_err(path);
+            assert!(
+                matches!(err, ConfigError::InvalidEchoPath { .. }),
+                "{path:?}"
+            );
+            assert!(!err.to_string().contains('\n'));
+        }
+        for path in ["/", "/echo", "/a/b-c_d.e"] {
+            let args = parse(&["--echo-path", path]).expect("parse");
+            assert!(Config::from_args(args).is_ok(), "{path:?}");
+        }
+    }
+
+    #[test]
+    fn summary_shows_every_setting() {
+        let mut c = Config::for_tests();
+        let s = c.render_summary();
+        for needle in [
+            "127.0.0.1:0",
+            "threads",
+            "/echo",
+            "1MiB",
+            "4MiB",
+            "10s",
+            "30s",
+            "3s",
+            "info",
+        ] {
+            assert!(s.contains(needle), "{needle:?} missing from\n{s}");
+        }
+        assert_eq!(s.lines().count(), 12);
+        c.echo_path = None;
+        assert!(c.render_summary().contains("echo path          off"));
+    }
+}

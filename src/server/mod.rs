@@ -1,0 +1,2 @@
+//! The event loop side: sockets, buffers, timers.
+pub mod timer_wheel;
