@@ -1,2 +1,234 @@
-//! The event loop side: sockets, buffers, timers.
+//! The event-loop side: sockets, buffers and timers. [`Server::start`] binds one
+//! `SO_REUSEPORT` listener per worker and runs one [`worker`] thread per core; each worker owns
+//! its connections for life and calls the sans-IO [`crate::protocol`] for every byte.
+
+pub mod connection;
+pub mod http;
+pub mod listener;
 pub mod timer_wheel;
+mod worker;
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crate::config::Config;
+use crate::protocol::handshake::HandshakeConfig;
+use crate::protocol::message::{DecoderConfig, Role};
+
+/// The timer wheel's resolution.
+const TICK: Duration = Duration::from_millis(10);
+
+/// File descriptors kept back from the connection ceiling for listeners, pollers and logs.
+const RESERVED_FDS: usize = 64;
+
+/// What every worker needs from the configuration, in the form it uses.
+#[derive(Debug)]
+pub(crate) struct Settings {
+    handshake: HandshakeConfig,
+    decoder: DecoderConfig,
+    echo_path: Option<String>,
+    /// min(--max-connections, open-files limit − 64).
+    max_connections: usize,
+    max_backlog: usize,
+    tick: Duration,
+    handshake_ticks: u64,
+    ping_ticks: u64,
+    pong_ticks: u64,
+    close_ticks: u64,
+}
+
+impl Settings {
+    fn new(config: &Config, max_connections: usize) -> Settings {
+        let ticks = |d: Duration| ticks(d, TICK);
+        Settings {
+            handshake: HandshakeConfig::default(),
+            decoder: DecoderConfig {
+                role: Role::Server,
+                max_message_size: config.max_message_size,
+            },
+            echo_path: config.echo_path.clone(),
+            max_connections,
+            max_backlog: config.max_backlog,
+            tick: TICK,
+            handshake_ticks: ticks(config.handshake_timeout),
+            ping_ticks: ticks(config.ping_interval),
+            pong_ticks: ticks(config.pong_timeout),
+            close_ticks: ticks(config.close_timeout),
+        }
+    }
+
+    fn ticks(&self, d: Duration) -> u64 {
+        ticks(d, self.tick)
+    }
+}
+
+/// Whole ticks in `d`, rounded up, at least one.
+fn ticks(d: Duration, tick: Duration) -> u64 {
+    let n = d.as_nanos().div_ceil(tick.as_nanos().max(1));
+    u64::try_from(n).unwrap_or(u64::MAX).max(1)
+}
+
+/// Counters shared by all workers (relaxed atomics: figures, not synchronisation).
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Open WebSocket connections.
+    open: AtomicUsize,
+    pub accepted: AtomicU64,
+    pub upgrades: AtomicU64,
+    pub handshake_failures: AtomicU64,
+    pub protocol_errors: AtomicU64,
+    pub messages_in: AtomicU64,
+    pub slow_consumers: AtomicU64,
+    pub pong_timeouts: AtomicU64,
+    /// Times a worker paused accepting after EMFILE/ENFILE.
+    pub accept_pauses: AtomicU64,
+}
+
+impl Stats {
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    fn upgraded(&self) {
+        self.open.fetch_add(1, Ordering::Relaxed);
+        self.upgrades.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn closed(&self) {
+        self.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A running server: its workers and the means to stop them.
+pub struct Server {
+    local_addr: SocketAddr,
+    max_connections: usize,
+    stats: Arc<Stats>,
+    stop: Arc<AtomicBool>,
+    wakers: Vec<Arc<mio::Waker>>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Server {
+    /// Binds the listeners and starts one worker thread per `config.threads`.
+    pub fn start(config: &Config) -> io::Result<Server> {
+        let max_connections = config
+            .max_connections
+            .min(open_files_limit().saturating_sub(RESERVED_FDS).max(1));
+        let settings = Arc::new(Settings::new(config, max_connections));
+        let stats = Arc::new(Stats::default());
+        let stop = Arc::new(AtomicBool::new(false));
+        let listeners = listener::bind_all(config.listen, config.threads.max(1))?;
+        let local_addr = listeners[0].local_addr()?;
+        let mut wakers = Vec::new();
+        let mut threads = Vec::new();
+        for (id, listener) in listeners.into_iter().enumerate() {
+            let (worker, waker) = worker::Worker::new(
+                id,
+                listener,
+                Arc::clone(&settings),
+                Arc::clone(&stats),
+                Arc::clone(&stop),
+            )?;
+            wakers.push(waker);
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("edgepush-worker-{id}"))
+                    .spawn(move || worker.run())?,
+            );
+        }
+        Ok(Server {
+            local_addr,
+            max_connections,
+            stats,
+            stop,
+            wakers,
+            threads,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The effective connection ceiling: min(`--max-connections`, open-files limit − 64).
+    pub fn max_connections(&self) -> usize {
+        self.max_connections
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// Stops every worker (dropping their connections) and waits for them.
+    pub fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for waker in &self.wakers {
+            let _ = waker.wake();
+        }
+        self.wait();
+    }
+
+    /// Waits for the workers to end.
+    pub fn wait(self) {
+        for thread in self.threads {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The soft open-files limit of this process.
+pub fn open_files_limit() -> usize {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we pass and reads nothing else.
+    let ok = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0;
+    if ok {
+        usize::try_from(limit.rlim_cur).unwrap_or(usize::MAX)
+    } else {
+        1024
+    }
+}
+
+/// Raises the soft open-files limit to the hard limit; returns the new soft limit.
+pub fn raise_open_files_limit() -> io::Result<usize> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read or write the struct we pass by pointer.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        limit.rlim_cur = limit.rlim_max;
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(open_files_limit())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ticks_round_up() {
+        assert_eq!(ticks(Duration::from_millis(25), TICK), 3);
+        assert_eq!(ticks(Duration::from_millis(30), TICK), 3);
+        assert_eq!(ticks(Duration::ZERO, TICK), 1);
+    }
+
+    #[test]
+    fn limits_are_readable() {
+        assert!(open_files_limit() > 0);
+        assert!(raise_open_files_limit().unwrap() >= open_files_limit());
+    }
+}

@@ -1,0 +1,446 @@
+//! One client connection as the event loop keeps it: the socket, where it stands, its timer
+//! bookkeeping, and — only while there is something in flight — its buffers.
+//!
+//! The struct is kept small because an edge server holds hundreds of thousands of them, almost
+//! all idle: an idle, open connection owns no heap memory at all. The unfinished input (`stash`)
+//! exists only while a request head, a frame header or a control frame is incomplete; the
+//! decoder's message buffer only while a message spans reads; the outbound queue only while
+//! the socket refuses bytes. Its size is asserted in a test and reported in the README.
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice, Write};
+use std::sync::Arc;
+
+use mio::net::TcpStream;
+
+use crate::protocol::close::CloseState;
+use crate::protocol::frame::{OpCode, MAX_CONTROL_PAYLOAD};
+use crate::protocol::message::Decoder;
+
+/// What a connection is for, decided at the upgrade.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    /// Still reading the HTTP request.
+    None,
+    /// `--echo-path`: every message comes back.
+    Echo,
+}
+
+/// Where a connection stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Reading the HTTP request head; the handshake timeout runs.
+    Handshake,
+    /// A WebSocket, with its closing-handshake state (§7).
+    WebSocket(CloseState),
+    /// Everything we will ever send is queued (a Close or an HTTP answer): flush it, send FIN,
+    /// discard whatever arrives until the peer's EOF or the close timeout.
+    Finishing { fin_sent: bool },
+}
+
+/// A connection handle's slab key and generation: timers and (later) hub entries carry it so
+/// they can never reach a connection that reused the slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Handle {
+    pub key: u32,
+    pub generation: u32,
+}
+
+impl Handle {
+    /// The mio token: key in the low half, generation in the high half.
+    pub fn token(self) -> mio::Token {
+        mio::Token((self.key as usize) | ((self.generation as usize) << 32))
+    }
+
+    pub fn from_token(token: mio::Token) -> Handle {
+        Handle {
+            key: token.0 as u32,
+            generation: (token.0 >> 32) as u32,
+        }
+    }
+}
+
+/// A connection in the worker's slab.
+#[derive(Debug)]
+pub struct Connection {
+    pub socket: TcpStream,
+    pub generation: u32,
+    pub phase: Phase,
+    pub endpoint: Endpoint,
+    /// Registered for WRITABLE as well as READABLE.
+    pub writable_interest: bool,
+    /// A ping went out and no frame has arrived since.
+    pub ping_outstanding: bool,
+    /// The tick of the single live timer entry; entries for other ticks are stale.
+    pub deadline: u32,
+    /// The tick of the last frame (of any kind) from the peer.
+    pub last_seen: u32,
+    pub decoder: Decoder,
+    /// Unconsumed input: an incomplete request head, frame header or control frame.
+    pub stash: Vec<u8>,
+    /// Bytes the socket did not take yet.
+    pub outbound: Option<Box<Outbound>>,
+}
+
+impl Connection {
+    pub fn new(socket: TcpStream, generation: u32) -> Self {
+        Connection {
+            socket,
+            generation,
+            phase: Phase::Handshake,
+            endpoint: Endpoint::None,
+            writable_interest: false,
+            ping_outstanding: false,
+            deadline: 0,
+            last_seen: 0,
+            decoder: Decoder::new(),
+            stash: Vec::new(),
+            outbound: None,
+        }
+    }
+
+    pub fn handle(&self, key: usize) -> Handle {
+        Handle {
+            key: key as u32,
+            generation: self.generation,
+        }
+    }
+
+    /// Unsent bytes held for this connection.
+    pub fn queued(&self) -> usize {
+        self.outbound.as_ref().map_or(0, |o| o.queued)
+    }
+
+    /// True when the connection owns no heap memory.
+    pub fn is_idle(&self) -> bool {
+        self.decoder.is_idle() && self.stash.capacity() == 0 && self.outbound.is_none()
+    }
+}
+
+/// A piece of the outbound queue.
+#[derive(Debug)]
+pub enum Chunk {
+    /// Frames encoded for this connection alone.
+    Owned(Vec<u8>),
+    /// A frame encoded once and shared by every recipient (fan-out).
+    Shared(Arc<[u8]>),
+}
+
+impl Chunk {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Chunk::Owned(v) => v,
+            Chunk::Shared(a) => a,
+        }
+    }
+}
+
+/// Owned chunks grow up to this before a new one starts, so many small frames written in one
+/// turn go out as one buffer, and a large backlog doesn't mean one huge reallocation.
+const OWNED_CHUNK_TARGET: usize = 64 * 1024;
+
+/// Most buffers handed to one `writev`.
+const MAX_IOVECS: usize = 64;
+
+/// The outbound queue: chunks of whole frames, written with `writev`, plus at most one pending
+/// pong (§5.5.3: answering only the latest ping is allowed), which goes out at the next frame
+/// boundary ahead of queued data.
+#[derive(Debug, Default)]
+pub struct Outbound {
+    chunks: VecDeque<Chunk>,
+    /// Bytes of the front chunk already written: a frame in progress, never interrupted.
+    offset: usize,
+    /// Unsent bytes in `chunks` (from `offset`) and `pong`.
+    pub queued: usize,
+    pong: Option<PongFrame>,
+}
+
+/// A pong frame held inline: 2 header bytes and up to 125 payload bytes.
+#[derive(Debug, Clone, Copy)]
+pub struct PongFrame {
+    bytes: [u8; 2 + MAX_CONTROL_PAYLOAD],
+    len: u8,
+}
+
+impl PongFrame {
+    /// The pong answering a ping with `payload` (at most 125 bytes, checked by the decoder).
+    pub fn answering(payload: &[u8]) -> PongFrame {
+        let n = payload.len().min(MAX_CONTROL_PAYLOAD);
+        let mut bytes = [0u8; 2 + MAX_CONTROL_PAYLOAD];
+        bytes[0] = 0x80 | OpCode::Pong as u8;
+        bytes[1] = n as u8;
+        bytes[2..2 + n].copy_from_slice(&payload[..n]);
+        PongFrame {
+            bytes,
+            len: (2 + n) as u8,
+        }
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
+    }
+}
+
+/// What a write attempt achieved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flushed {
+    /// Everything is out.
+    All,
+    /// The socket is full; wait for WRITABLE.
+    Blocked,
+}
+
+impl Outbound {
+    /// A queue holding `bytes` (what a direct write left over).
+    pub fn with_bytes(bytes: &[u8]) -> Outbound {
+        let mut out = Outbound::default();
+        out.push_owned().extend_from_slice(bytes);
+        out.queued = bytes.len();
+        out
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.queued == 0
+    }
+
+    /// The owned buffer at the tail to append frames to. The caller adds what it appended to
+    /// `queued` (see [`Outbound::account`]).
+    pub fn push_owned(&mut self) -> &mut Vec<u8> {
+        let reuse = matches!(self.chunks.back(), Some(Chunk::Owned(v))
+            if v.len() < OWNED_CHUNK_TARGET && !(self.chunks.len() == 1 && self.offset > 0));
+        if !reuse {
+            self.chunks.push_back(Chunk::Owned(Vec::new()));
+        }
+        match self.chunks.back_mut() {
+            Some(Chunk::Owned(v)) => v,
+            // Just pushed or checked above.
+            _ => unreachable!("the tail chunk is owned"),
+        }
+    }
+
+    /// Records `n` more queued bytes appended through [`Outbound::push_owned`].
+    pub fn account(&mut self, n: usize) {
+        self.queued += n;
+    }
+
+    /// Queues a shared frame.
+    pub fn push_shared(&mut self, frame: Arc<[u8]>) {
+        self.queued += frame.len();
+        self.chunks.push_back(Chunk::Shared(frame));
+    }
+
+    /// Sets the pending pong, replacing an unsent one.
+    pub fn set_pong(&mut self, pong: PongFrame) {
+        if let Some(old) = self.pong.replace(pong) {
+            self.queued -= old.as_bytes().len();
+        }
+        self.queued += pong.as_bytes().len();
+    }
+
+    /// Slow consumer: drops every frame not yet started (keeping a half-written one, which
+    /// must be finished for the stream to stay valid) and the pending pong.
+    pub fn drop_unstarted(&mut self) {
+        let keep = usize::from(self.offset > 0);
+        self.chunks.truncate(keep);
+        self.pong = None;
+        self.queued = self
+            .chunks
+            .front()
+            .map_or(0, |c| c.bytes().len() - self.offset);
+    }
+
+    /// Writes as much as the socket takes, a `writev` at a time.
+    pub fn flush(&mut self, socket: &mut impl Write) -> io::Result<Flushed> {
+        while self.queued > 0 {
+            let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
+            let mut n_slices = 0;
+            let pong_first = self.pong.as_ref().filter(|_| self.offset == 0);
+            if let Some(pong) = pong_first {
+                slices[0] = IoSlice::new(pong.as_bytes());
+                n_slices = 1;
+            }
+            for (i, chunk) in self.chunks.iter().enumerate() {
+                if n_slices == MAX_IOVECS {
+                    break;
+                }
+                let bytes = if i == 0 {
+                    &chunk.bytes()[self.offset..]
+                } else {
+                    chunk.bytes()
+                };
+                slices[n_slices] = IoSlice::new(bytes);
+                n_slices += 1;
+                // A pong waiting behind a half-written frame goes right after it.
+                if i == 0 && self.offset > 0 && n_slices < MAX_IOVECS {
+                    if let Some(pong) = &self.pong {
+                        slices[n_slices] = IoSlice::new(pong.as_bytes());
+                        n_slices += 1;
+                    }
+                }
+            }
+            let written = match socket.write_vectored(&slices[..n_slices]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Flushed::Blocked),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            self.advance(written);
+        }
+        Ok(Flushed::All)
+    }
+
+    /// Drops `written` bytes from the front, in the order `flush` laid them out.
+    fn advance(&mut self, mut written: usize) {
+        self.queued -= written;
+        if self.offset == 0 {
+            written = self.advance_pong(written);
+        }
+        while written > 0 {
+            let Some(front) = self.chunks.front() else {
+                break;
+            };
+            let left = front.bytes().len() - self.offset;
+            if written < left {
+                self.offset += written;
+                return;
+            }
+            written -= left;
+            self.chunks.pop_front();
+            let was_partial = self.offset > 0;
+            self.offset = 0;
+            if was_partial {
+                written = self.advance_pong(written);
+            }
+        }
+    }
+
+    /// Accounts for the pong when it was laid out at this point; a pong cut short becomes the
+    /// front chunk so that it, too, is finished before anything else.
+    fn advance_pong(&mut self, written: usize) -> usize {
+        let Some(pong) = self.pong else {
+            return written;
+        };
+        let len = pong.as_bytes().len();
+        self.pong = None;
+        if written >= len {
+            return written - len;
+        }
+        self.chunks
+            .push_front(Chunk::Owned(pong.as_bytes().to_vec()));
+        self.offset = written;
+        0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A socket that takes at most `budget` bytes per call and `total` in all.
+    struct Trickle {
+        taken: Vec<u8>,
+        budget: usize,
+        total: usize,
+    }
+
+    impl Write for Trickle {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.write_vectored(&[IoSlice::new(buf)])
+        }
+        fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+            let room = self.budget.min(self.total - self.taken.len());
+            if room == 0 {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            let mut n = 0;
+            for b in bufs {
+                let take = (room - n).min(b.len());
+                self.taken.extend_from_slice(&b[..take]);
+                n += take;
+                if n == room {
+                    break;
+                }
+            }
+            Ok(n)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn connection_struct_stays_small() {
+        assert!(
+            std::mem::size_of::<Connection>() <= 80,
+            "{}",
+            std::mem::size_of::<Connection>()
+        );
+    }
+
+    #[test]
+    fn pong_never_splits_a_frame_and_only_the_latest_is_sent() {
+        for budget in 1..40 {
+            let mut out = Outbound::with_bytes(b"AAAAAAAAAA");
+            out.push_shared(Arc::from(&b"BBBBBBBBBB"[..]));
+            let mut sock = Trickle {
+                taken: Vec::new(),
+                budget,
+                total: 3,
+            };
+            assert_eq!(out.flush(&mut sock).unwrap(), Flushed::Blocked);
+            out.set_pong(PongFrame::answering(b"1"));
+            out.set_pong(PongFrame::answering(b"2"));
+            sock.total = usize::MAX;
+            assert_eq!(out.flush(&mut sock).unwrap(), Flushed::All);
+            assert!(out.is_empty());
+            assert_eq!(
+                sock.taken, b"AAAAAAAAAA\x8a\x012BBBBBBBBBB",
+                "budget {budget}"
+            );
+        }
+    }
+
+    #[test]
+    fn pong_goes_first_on_a_frame_boundary_and_can_be_cut() {
+        let mut out = Outbound::with_bytes(b"DATA");
+        out.set_pong(PongFrame::answering(b"xyz"));
+        let mut sock = Trickle {
+            taken: Vec::new(),
+            budget: 2,
+            total: 3,
+        };
+        assert_eq!(out.flush(&mut sock).unwrap(), Flushed::Blocked);
+        // A newer ping while the old pong is half out: the half pong is finished first.
+        out.set_pong(PongFrame::answering(b"q"));
+        sock.total = usize::MAX;
+        assert_eq!(out.flush(&mut sock).unwrap(), Flushed::All);
+        assert_eq!(sock.taken, b"\x8a\x03xyz\x8a\x01qDATA");
+    }
+
+    #[test]
+    fn drop_unstarted_keeps_the_half_written_frame() {
+        let mut out = Outbound::with_bytes(b"0123456789");
+        out.push_shared(Arc::from(&b"later"[..]));
+        let mut sock = Trickle {
+            taken: Vec::new(),
+            budget: 4,
+            total: 4,
+        };
+        let _ = out.flush(&mut sock);
+        out.drop_unstarted();
+        assert_eq!(out.queued, 6);
+        sock.total = usize::MAX;
+        assert_eq!(out.flush(&mut sock).unwrap(), Flushed::All);
+        assert_eq!(sock.taken, b"0123456789");
+    }
+
+    #[test]
+    fn handle_token_round_trip() {
+        let h = Handle {
+            key: 12345,
+            generation: 0xdead_beef,
+        };
+        assert_eq!(Handle::from_token(h.token()), h);
+    }
+}

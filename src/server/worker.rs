@@ -1,0 +1,700 @@
+//! One event loop per core: a mio `Poll`, its own `SO_REUSEPORT` listener, a slab of
+//! connections, a timer wheel, one read buffer shared by all its connections and one cork
+//! buffer for what a turn writes.
+//!
+//! Each turn: poll (sleeping at most until the wheel's next deadline), handle every event —
+//! accept until `WouldBlock`; read until `WouldBlock` (or a fairness budget, after which the
+//! connection is revisited next turn), decode, answer; write what was produced in one go —
+//! then fire due timers. Interest is recomputed from the connection's state after each turn:
+//! WRITABLE only while bytes are queued. Events are hints; a stale or spurious one costs a
+//! `WouldBlock`.
+
+use std::io::{self, Read, Write};
+use std::net::Shutdown;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use log::{debug, warn};
+use mio::net::TcpListener;
+use mio::{Events, Interest, Poll, Token, Waker};
+use slab::Slab;
+
+use crate::protocol::close::{self, CloseReply, CloseState};
+use crate::protocol::frame::{write_frame, OpCode};
+use crate::protocol::handshake::{parse_request, write_accept_response, write_response};
+use crate::protocol::message::{Event, MessageKind};
+use crate::server::connection::{
+    Connection, Endpoint, Flushed, Handle, Outbound, Phase, PongFrame,
+};
+use crate::server::timer_wheel::TimerWheel;
+use crate::server::{http, Settings, Stats};
+
+pub(crate) const LISTENER: Token = Token(usize::MAX);
+pub(crate) const WAKER: Token = Token(usize::MAX - 1);
+
+/// The shared read buffer's size: one read takes at most this much.
+const READ_BUF_SIZE: usize = 64 * 1024;
+/// Reads per connection per turn before others get their turn.
+const MAX_READS_PER_TURN: usize = 16;
+/// A cork buffer grown past this (a large echo) is shrunk back after use.
+const CORK_KEEP: usize = 256 * 1024;
+/// How long accepting pauses after EMFILE/ENFILE.
+const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
+/// The wheel's slot key for the accept-pause timer (never a slab key).
+const ACCEPT_TIMER_KEY: u32 = u32::MAX;
+
+/// A wheel entry: which connection, and the tick it was armed for (stale if that is no longer
+/// the connection's deadline).
+#[derive(Debug, Clone, Copy)]
+struct TimerRef {
+    key: u32,
+    generation: u32,
+    tick: u32,
+}
+
+pub(crate) struct Worker {
+    id: usize,
+    poll: Poll,
+    listener: TcpListener,
+    accepting: bool,
+    warned_accept_pause: bool,
+    conns: Slab<Connection>,
+    next_generation: u32,
+    wheel: TimerWheel<TimerRef>,
+    fired: Vec<TimerRef>,
+    /// Ticks since the wheel's start, read once per turn.
+    now: u64,
+    read_buf: Box<[u8]>,
+    /// Frames produced for the connection being handled while it has no outbound queue.
+    cork: Vec<u8>,
+    /// Connections whose input was not drained this turn.
+    again: Vec<Handle>,
+    settings: Arc<Settings>,
+    stats: Arc<Stats>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Worker {
+    pub(crate) fn new(
+        id: usize,
+        mut listener: TcpListener,
+        settings: Arc<Settings>,
+        stats: Arc<Stats>,
+        stop: Arc<AtomicBool>,
+    ) -> io::Result<(Worker, Arc<Waker>)> {
+        let poll = Poll::new()?;
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let wheel = TimerWheel::new(settings.tick, 4096, Instant::now());
+        Ok((
+            Worker {
+                id,
+                poll,
+                listener,
+                accepting: true,
+                warned_accept_pause: false,
+                conns: Slab::new(),
+                next_generation: 0,
+                wheel,
+                fired: Vec::new(),
+                now: 0,
+                read_buf: vec![0u8; READ_BUF_SIZE].into_boxed_slice(),
+                cork: Vec::new(),
+                again: Vec::new(),
+                settings,
+                stats,
+                stop,
+            },
+            waker,
+        ))
+    }
+
+    /// Runs until the stop flag is set (and the waker pokes the loop).
+    pub(crate) fn run(mut self) {
+        let mut events = Events::with_capacity(1024);
+        while !self.stop.load(Ordering::Relaxed) {
+            let timeout = if self.again.is_empty() {
+                self.wheel.next_expiry_hint(Instant::now())
+            } else {
+                Some(Duration::ZERO)
+            };
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    warn!("worker {}: poll failed: {e}", self.id);
+                    break;
+                }
+            }
+            let now = Instant::now();
+            self.now = self.wheel.tick_of(now);
+            for event in events.iter() {
+                match event.token() {
+                    LISTENER => {
+                        if self.accepting {
+                            self.accept_all();
+                        }
+                    }
+                    WAKER => {}
+                    token => {
+                        let handle = Handle::from_token(token);
+                        if event.is_readable() || event.is_read_closed() || event.is_error() {
+                            self.on_readable(handle);
+                        }
+                        if event.is_writable() {
+                            self.flush(handle);
+                        }
+                    }
+                }
+            }
+            for handle in std::mem::take(&mut self.again) {
+                self.on_readable(handle);
+            }
+            self.wheel.advance(now, &mut self.fired);
+            let mut fired = std::mem::take(&mut self.fired);
+            for timer in fired.drain(..) {
+                self.on_timer(timer);
+            }
+            self.fired = fired;
+        }
+        debug!(
+            "worker {}: stopping with {} connections",
+            self.id,
+            self.conns.len()
+        );
+    }
+
+    fn get(&mut self, handle: Handle) -> Option<&mut Connection> {
+        self.conns
+            .get_mut(handle.key as usize)
+            .filter(|c| c.generation == handle.generation)
+    }
+
+    fn accept_all(&mut self) {
+        loop {
+            match self.listener.accept() {
+                Ok((mut socket, addr)) => {
+                    if let Err(e) = socket.set_nodelay(true) {
+                        debug!("{addr}: TCP_NODELAY: {e}");
+                    }
+                    let generation = self.next_generation;
+                    self.next_generation = self.next_generation.wrapping_add(1);
+                    let entry = self.conns.vacant_entry();
+                    let handle = Handle {
+                        key: entry.key() as u32,
+                        generation,
+                    };
+                    if let Err(e) = self.poll.registry().register(
+                        &mut socket,
+                        handle.token(),
+                        Interest::READABLE,
+                    ) {
+                        warn!("worker {}: register: {e}", self.id);
+                        continue;
+                    }
+                    entry.insert(Connection::new(socket, generation));
+                    self.stats.accepted.fetch_add(1, Ordering::Relaxed);
+                    self.arm(handle, self.now + self.settings.handshake_ticks);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
+                    self.pause_accepting(e);
+                    return;
+                }
+                Err(e) => {
+                    // ECONNABORTED and the like concern one connection only.
+                    debug!("worker {}: accept: {e}", self.id);
+                }
+            }
+        }
+    }
+
+    /// Out of file descriptors: stop accepting for a while instead of spinning on a listener
+    /// that stays readable.
+    fn pause_accepting(&mut self, error: io::Error) {
+        self.accepting = false;
+        self.stats.accept_pauses.fetch_add(1, Ordering::Relaxed);
+        if !self.warned_accept_pause {
+            self.warned_accept_pause = true;
+            warn!(
+                "worker {}: accept failed ({error}); pausing accepts for {ACCEPT_PAUSE:?} each time \
+                 this happens (raise the open-files limit; warned once)",
+                self.id
+            );
+        }
+        let ticks = self.settings.ticks(ACCEPT_PAUSE);
+        let tick = self.now + ticks;
+        self.wheel.insert(
+            tick,
+            TimerRef {
+                key: ACCEPT_TIMER_KEY,
+                generation: 0,
+                tick: tick as u32,
+            },
+        );
+    }
+
+    /// Makes `tick` the connection's one live deadline.
+    fn arm(&mut self, handle: Handle, tick: u64) {
+        if let Some(conn) = self.get(handle) {
+            conn.deadline = tick as u32;
+            self.wheel.insert(
+                tick,
+                TimerRef {
+                    key: handle.key,
+                    generation: handle.generation,
+                    tick: tick as u32,
+                },
+            );
+        }
+    }
+
+    fn on_timer(&mut self, timer: TimerRef) {
+        if timer.key == ACCEPT_TIMER_KEY {
+            self.accepting = true;
+            self.accept_all();
+            return;
+        }
+        let handle = Handle {
+            key: timer.key,
+            generation: timer.generation,
+        };
+        let now = self.now;
+        let (ping_ticks, pong_ticks) = (self.settings.ping_ticks, self.settings.pong_ticks);
+        let Some(conn) = self
+            .conns
+            .get_mut(handle.key as usize)
+            .filter(|c| c.generation == handle.generation)
+        else {
+            return;
+        };
+        if conn.deadline != timer.tick {
+            return; // re-armed since
+        }
+        match conn.phase {
+            Phase::Handshake => {
+                debug!("{}: handshake timeout", peer(conn));
+                self.stats
+                    .handshake_failures
+                    .fetch_add(1, Ordering::Relaxed);
+                self.remove(handle);
+            }
+            Phase::WebSocket(CloseState::Open) => {
+                let silent = u64::from((now as u32).wrapping_sub(conn.last_seen));
+                if conn.ping_outstanding {
+                    debug!("{}: no frame within the pong timeout", peer(conn));
+                    self.stats.pong_timeouts.fetch_add(1, Ordering::Relaxed);
+                    self.remove(handle);
+                } else if silent >= ping_ticks {
+                    conn.ping_outstanding = true;
+                    emit(&mut conn.outbound, &mut self.cork, |out| {
+                        write_frame(out, OpCode::Ping, b"")
+                    });
+                    self.arm(handle, now + pong_ticks);
+                    self.flush(handle);
+                } else {
+                    let due = now + ping_ticks - silent;
+                    self.arm(handle, due);
+                }
+            }
+            Phase::WebSocket(_) | Phase::Finishing { .. } => {
+                debug!("{}: close timeout", peer(conn));
+                self.remove(handle);
+            }
+        }
+    }
+
+    /// Reads until `WouldBlock` (or the per-turn budget), handling what arrived, then writes
+    /// what that produced.
+    fn on_readable(&mut self, handle: Handle) {
+        let mut buf = std::mem::take(&mut self.read_buf);
+        let mut reads = 0;
+        let mut alive = true;
+        while let Some(conn) = self.get(handle) {
+            if reads == MAX_READS_PER_TURN {
+                self.again.push(handle);
+                break;
+            }
+            reads += 1;
+            let stash_len = conn.stash.len();
+            buf[..stash_len].copy_from_slice(&conn.stash);
+            match conn.socket.read(&mut buf[stash_len..]) {
+                Ok(0) => {
+                    debug!("{}: peer closed the connection", peer(conn));
+                    alive = false;
+                    break;
+                }
+                Ok(n) => {
+                    let end = stash_len + n;
+                    let consumed = self.handle_input(handle, &mut buf[..end]);
+                    if let Some(conn) = self.get(handle) {
+                        let rest = &buf[consumed.min(end)..end];
+                        if rest.is_empty() {
+                            conn.stash = Vec::new();
+                        } else {
+                            conn.stash.clear();
+                            conn.stash.extend_from_slice(rest);
+                        }
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    debug!("{}: read failed: {e}", peer(conn));
+                    alive = false;
+                    break;
+                }
+            }
+        }
+        self.read_buf = buf;
+        if alive {
+            self.flush(handle);
+        } else {
+            self.remove(handle);
+        }
+    }
+
+    /// Handles bytes read for a connection; returns how many are done with (the rest is an
+    /// unfinished head or frame, kept for the next read).
+    fn handle_input(&mut self, handle: Handle, buf: &mut [u8]) -> usize {
+        let Some(conn) = self.get(handle) else {
+            return buf.len();
+        };
+        match conn.phase {
+            Phase::Handshake => self.handle_request(handle, buf),
+            Phase::WebSocket(state) if state.can_read() => self.handle_frames(handle, buf),
+            // Finishing, or waiting to send our reply: what arrives is discarded.
+            _ => buf.len(),
+        }
+    }
+
+    fn handle_request(&mut self, handle: Handle, buf: &mut [u8]) -> usize {
+        let settings = Arc::clone(&self.settings);
+        let request = match parse_request(buf, &settings.handshake) {
+            Ok(None) => return 0,
+            Ok(Some(request)) => request,
+            Err(e) => {
+                self.stats
+                    .handshake_failures
+                    .fetch_add(1, Ordering::Relaxed);
+                if let Some(conn) = self.get(handle) {
+                    debug!("{}: {e}; answering {}", peer(conn), e.status());
+                }
+                e.write_response(&mut self.cork);
+                self.finish(handle);
+                return buf.len();
+            }
+        };
+        let Some(upgrade) = request.upgrade else {
+            let status = http::answer_plain(&request, &mut self.cork);
+            if let Some(conn) = self.get(handle) {
+                debug!(
+                    "{}: {} {} -> {status}",
+                    peer(conn),
+                    request.method,
+                    request.path
+                );
+            }
+            self.finish(handle);
+            return buf.len();
+        };
+        let refusal = if settings.echo_path.as_deref() != Some(request.path) {
+            Some((404, "no WebSocket endpoint here\n"))
+        } else if self.stats.open() >= settings.max_connections {
+            Some((503, "server full\n"))
+        } else {
+            None
+        };
+        if let Some((status, body)) = refusal {
+            self.stats
+                .handshake_failures
+                .fetch_add(1, Ordering::Relaxed);
+            if let Some(conn) = self.get(handle) {
+                debug!(
+                    "{}: upgrade to {} refused with {status}",
+                    peer(conn),
+                    request.path
+                );
+            }
+            let headers: &[(&str, &str)] = if status == 503 {
+                &[("Retry-After", "5")]
+            } else {
+                &[]
+            };
+            write_response(&mut self.cork, status, headers, body);
+            self.finish(handle);
+            return buf.len();
+        }
+        write_accept_response(&mut self.cork, &upgrade);
+        let head_len = request.head_len;
+        let now = self.now;
+        let Some(conn) = self.get(handle) else {
+            return buf.len();
+        };
+        conn.phase = Phase::WebSocket(CloseState::Open);
+        conn.endpoint = Endpoint::Echo;
+        conn.last_seen = now as u32;
+        self.stats.upgraded();
+        self.arm(handle, now + settings.ping_ticks);
+        head_len + self.handle_frames(handle, &mut buf[head_len..])
+    }
+
+    /// Decodes frames and acts on them; returns the bytes done with.
+    fn handle_frames(&mut self, handle: Handle, buf: &mut [u8]) -> usize {
+        let Worker {
+            conns,
+            cork,
+            settings,
+            stats,
+            now,
+            ..
+        } = self;
+        let Some(conn) = conns
+            .get_mut(handle.key as usize)
+            .filter(|c| c.generation == handle.generation)
+        else {
+            return buf.len();
+        };
+        let mut pos = 0;
+        let mut messages = 0u64;
+        // Some(code): the connection is done; a non-zero code is a Close we still owe.
+        let outcome = loop {
+            let step = match conn.decoder.decode(&mut buf[pos..], &settings.decoder) {
+                Ok(step) => step,
+                Err(e) => {
+                    debug!(
+                        "{}: {e}; closing with {}",
+                        peer_of(&conn.socket),
+                        e.close_code()
+                    );
+                    stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
+                    break Some(e.close_code());
+                }
+            };
+            pos += step.consumed;
+            let Some(event) = step.event else {
+                if step.consumed == 0 {
+                    break None;
+                }
+                continue;
+            };
+            conn.last_seen = *now as u32;
+            conn.ping_outstanding = false;
+            let Phase::WebSocket(mut state) = conn.phase else {
+                break None;
+            };
+            match event {
+                Event::Message { kind, data } => {
+                    messages += 1;
+                    if state.can_send() {
+                        emit(&mut conn.outbound, cork, |out| echo(out, kind, data));
+                    }
+                }
+                Event::Ping(payload) => {
+                    // While the socket keeps up every ping is answered in order; once bytes
+                    // are queued only the latest pong waits (§5.5.3), so a ping flood
+                    // against a full socket costs at most one pong.
+                    if state.can_send() {
+                        match conn.outbound.as_mut() {
+                            Some(outbound) => outbound.set_pong(PongFrame::answering(payload)),
+                            None => write_frame(cork, OpCode::Pong, payload),
+                        }
+                    }
+                }
+                Event::Pong(_) => {}
+                Event::Close(frame) => {
+                    if let CloseReply::Echo(code) = state.on_receive_close(frame) {
+                        emit(&mut conn.outbound, cork, |out| match code {
+                            Some(code) => close::write_close_frame(out, code, ""),
+                            None => write_frame(out, OpCode::Close, b""),
+                        });
+                    }
+                    break Some(0);
+                }
+            }
+        };
+        stats.messages_in.fetch_add(messages, Ordering::Relaxed);
+        match outcome {
+            None => pos,
+            Some(code) => {
+                if code != 0 {
+                    emit(&mut conn.outbound, cork, |out| {
+                        close::write_close_frame(out, code, "")
+                    });
+                }
+                self.finish(handle);
+                buf.len()
+            }
+        }
+    }
+
+    /// Everything this connection will ever be sent is queued: flush, FIN, wait for EOF.
+    fn finish(&mut self, handle: Handle) {
+        let ticks = self.settings.close_ticks;
+        let now = self.now;
+        if let Some(conn) = self.get(handle) {
+            conn.phase = Phase::Finishing { fin_sent: false };
+            conn.decoder = Default::default();
+            self.arm(handle, now + ticks);
+        }
+    }
+
+    /// Writes what is queued or corked for the connection, applies the backlog limit, sends
+    /// FIN once a finishing connection is flushed, and sets WRITABLE interest to match.
+    fn flush(&mut self, handle: Handle) {
+        let Worker {
+            conns,
+            cork,
+            settings,
+            stats,
+            poll,
+            ..
+        } = self;
+        let Some(conn) = conns
+            .get_mut(handle.key as usize)
+            .filter(|c| c.generation == handle.generation)
+        else {
+            cork.clear();
+            return;
+        };
+        let result = match conn.outbound.as_mut() {
+            None => {
+                let result = write_direct(&mut conn.socket, cork);
+                if let Ok(written) = result {
+                    if written < cork.len() {
+                        conn.outbound = Some(Box::new(Outbound::with_bytes(&cork[written..])));
+                    }
+                }
+                cork.clear();
+                if cork.capacity() > CORK_KEEP {
+                    cork.shrink_to(CORK_KEEP / 4);
+                }
+                result.map(|_| ())
+            }
+            Some(outbound) => outbound.flush(&mut conn.socket).map(|flushed| {
+                if flushed == Flushed::All {
+                    conn.outbound = None;
+                }
+            }),
+        };
+        if let Err(e) = result {
+            debug!("{}: write failed: {e}", peer_of(&conn.socket));
+            self.remove(handle);
+            return;
+        }
+        if conn.queued() > settings.max_backlog {
+            // Slow consumer: keep a half-written frame, drop the rest, say 1008 and finish.
+            debug!(
+                "{}: {} bytes queued, over --max-backlog; closing with 1008",
+                peer_of(&conn.socket),
+                conn.queued()
+            );
+            stats.slow_consumers.fetch_add(1, Ordering::Relaxed);
+            if let Some(outbound) = conn.outbound.as_mut() {
+                outbound.drop_unstarted();
+                let tail = outbound.push_owned();
+                let before = tail.len();
+                close::write_close_frame(tail, close::POLICY, "slow consumer");
+                let n = tail.len() - before;
+                outbound.account(n);
+            }
+            self.finish(handle);
+            return self.flush(handle);
+        }
+        if let Phase::Finishing { fin_sent: false } = conn.phase {
+            if conn.outbound.is_none() {
+                // Our last bytes are out: FIN, then wait for the peer's EOF (or the timeout).
+                let _ = conn.socket.shutdown(Shutdown::Write);
+                conn.phase = Phase::Finishing { fin_sent: true };
+            }
+        }
+        let want_writable = conn.outbound.is_some();
+        if want_writable != conn.writable_interest {
+            let interest = if want_writable {
+                Interest::READABLE | Interest::WRITABLE
+            } else {
+                Interest::READABLE
+            };
+            match poll
+                .registry()
+                .reregister(&mut conn.socket, handle.token(), interest)
+            {
+                Ok(()) => conn.writable_interest = want_writable,
+                Err(e) => {
+                    debug!("{}: reregister: {e}", peer_of(&conn.socket));
+                    self.remove(handle);
+                }
+            }
+        }
+    }
+
+    /// Drops the connection (closing its socket).
+    fn remove(&mut self, handle: Handle) {
+        if self.get(handle).is_none() {
+            return;
+        }
+        let conn = self.conns.remove(handle.key as usize);
+        if conn.endpoint != Endpoint::None {
+            self.stats.closed();
+        }
+    }
+}
+
+/// Writes `bytes` until done or `WouldBlock`; returns how many went out.
+fn write_direct(socket: &mut impl Write, bytes: &[u8]) -> io::Result<usize> {
+    let mut written = 0;
+    while written < bytes.len() {
+        match socket.write(&bytes[written..]) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => written += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(written)
+}
+
+/// Appends frames for a connection: to its queue when it has one (so order is kept), else to
+/// the worker's cork buffer, written when the connection's turn ends.
+fn emit(
+    outbound: &mut Option<Box<Outbound>>,
+    cork: &mut Vec<u8>,
+    write: impl FnOnce(&mut Vec<u8>),
+) {
+    match outbound {
+        Some(outbound) => {
+            let tail = outbound.push_owned();
+            let before = tail.len();
+            write(tail);
+            let n = tail.len() - before;
+            outbound.account(n);
+        }
+        None => write(cork),
+    }
+}
+
+/// The echo endpoint: every message comes back, except that text `ping` gets text `pong`.
+fn echo(out: &mut Vec<u8>, kind: MessageKind, data: &[u8]) {
+    match kind {
+        MessageKind::Text if data == b"ping" => write_frame(out, OpCode::Text, b"pong"),
+        MessageKind::Text => write_frame(out, OpCode::Text, data),
+        MessageKind::Binary => write_frame(out, OpCode::Binary, data),
+    };
+}
+
+/// The peer's address for a debug line (a syscall, so only when debug logging is on).
+fn peer_of(socket: &mio::net::TcpStream) -> String {
+    if log::log_enabled!(log::Level::Debug) {
+        socket
+            .peer_addr()
+            .map_or_else(|_| "?".to_owned(), |a| a.to_string())
+    } else {
+        String::new()
+    }
+}
+
+fn peer(conn: &Connection) -> String {
+    peer_of(&conn.socket)
+}
