@@ -317,8 +317,10 @@ impl Worker {
                 break;
             }
             reads += 1;
-            let stash_len = conn.stash.len();
-            buf[..stash_len].copy_from_slice(&conn.stash);
+            let stash_len = conn.stash.as_ref().map_or(0, |s| s.len());
+            if let Some(stash) = &conn.stash {
+                buf[..stash_len].copy_from_slice(stash);
+            }
             match conn.socket.read(&mut buf[stash_len..]) {
                 Ok(0) => {
                     debug!("{}: peer closed the connection", peer(conn));
@@ -330,12 +332,7 @@ impl Worker {
                     let consumed = self.handle_input(handle, &mut buf[..end]);
                     if let Some(conn) = self.get(handle) {
                         let rest = &buf[consumed.min(end)..end];
-                        if rest.is_empty() {
-                            conn.stash = Vec::new();
-                        } else {
-                            conn.stash.clear();
-                            conn.stash.extend_from_slice(rest);
-                        }
+                        conn.stash = (!rest.is_empty()).then(|| rest.into());
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
