@@ -129,6 +129,73 @@ pub struct Args {
     )]
     pub close_timeout: Duration,
 
+    /// Path of the push endpoint (the JSON client protocol: subscribe, publish, ...).
+    #[arg(
+        long,
+        value_name = "PATH",
+        env = "EDGEPUSH_WS_PATH",
+        default_value = "/ws"
+    )]
+    pub ws_path: String,
+
+    /// Address of the push API and /metrics. Must be loopback unless --api-key is set.
+    #[arg(
+        long,
+        value_name = "ADDR",
+        env = "EDGEPUSH_API_LISTEN",
+        default_value = "127.0.0.1:8081"
+    )]
+    pub api_listen: SocketAddr,
+
+    /// Bearer token the push API requires (Authorization: Bearer KEY).
+    #[arg(
+        long,
+        value_name = "KEY",
+        env = "EDGEPUSH_API_KEY",
+        hide_env_values = true
+    )]
+    pub api_key: Option<String>,
+
+    /// HS256 secret for connection tokens on the push endpoint. Without it the server runs in
+    /// open mode (user from ?user=, subscribe and publish anywhere): for development only.
+    #[arg(
+        long,
+        value_name = "SECRET",
+        env = "EDGEPUSH_JWT_SECRET",
+        hide_env_values = true
+    )]
+    pub jwt_secret: Option<String>,
+
+    /// An Origin allowed to connect (repeatable, or comma-separated in the environment). When
+    /// set, upgrades with any other Origin get 403; requests without Origin are allowed.
+    #[arg(
+        long,
+        value_name = "ORIGIN",
+        env = "EDGEPUSH_ALLOWED_ORIGIN",
+        value_delimiter = ','
+    )]
+    pub allowed_origin: Vec<String>,
+
+    /// Channels one connection may be subscribed to at once (not counting $user).
+    #[arg(
+        long,
+        value_name = "N",
+        env = "EDGEPUSH_MAX_SUBSCRIPTIONS",
+        default_value = "128",
+        value_parser = parse_positive_count
+    )]
+    pub max_subscriptions: usize,
+
+    /// Client publish ops per connection per second (`10` or `10/s`); more get error 429.
+    #[arg(
+        long,
+        value_name = "N",
+        env = "EDGEPUSH_MAX_CLIENT_PUBLISH_RATE",
+        default_value = "10/s",
+        value_parser = parse_rate
+    )]
+    pub max_client_publish_rate: u32,
+
     /// Log level. RUST_LOG is also honoured, for finer per-module filters.
     #[arg(
         long,
@@ -184,6 +251,16 @@ pub struct Config {
     /// Wait for the peer's Close after ours, then drop TCP.
     pub close_timeout: Duration,
     pub log_level: log::LevelFilter,
+    /// Push endpoint path.
+    pub ws_path: String,
+    pub api_listen: SocketAddr,
+    pub api_key: Option<String>,
+    pub jwt_secret: Option<String>,
+    /// Empty: any Origin.
+    pub allowed_origins: Vec<String>,
+    pub max_subscriptions: usize,
+    /// Client publishes per connection per second.
+    pub max_client_publish_rate: u32,
 }
 
 /// A rule between flags that the individual value parsers cannot check.
@@ -198,6 +275,10 @@ pub enum ConfigError {
     },
     /// `--echo-path` must be an absolute path that a request target can match.
     InvalidEchoPath { path: String, reason: &'static str },
+    /// `--ws-path` must be a valid path, distinct from the echo path.
+    InvalidWsPath { path: String, reason: &'static str },
+    /// A push API reachable from other hosts must require a key.
+    ApiKeyRequired { api_listen: SocketAddr },
 }
 
 impl fmt::Display for ConfigError {
@@ -216,6 +297,13 @@ impl fmt::Display for ConfigError {
             ConfigError::InvalidEchoPath { path, reason } => {
                 write!(f, "--echo-path {path:?} is invalid: {reason}")
             }
+            ConfigError::InvalidWsPath { path, reason } => {
+                write!(f, "--ws-path {path:?} is invalid: {reason}")
+            }
+            ConfigError::ApiKeyRequired { api_listen } => write!(
+                f,
+                "--api-listen {api_listen} is not a loopback address: set --api-key too"
+            ),
         }
     }
 }
@@ -241,6 +329,21 @@ impl Config {
             })?;
             Some(args.echo_path)
         };
+        check_path(&args.ws_path).map_err(|reason| ConfigError::InvalidWsPath {
+            path: args.ws_path.clone(),
+            reason,
+        })?;
+        if echo_path.as_deref() == Some(args.ws_path.as_str()) {
+            return Err(ConfigError::InvalidWsPath {
+                path: args.ws_path,
+                reason: "it is also the echo path",
+            });
+        }
+        if !args.api_listen.ip().is_loopback() && args.api_key.is_none() {
+            return Err(ConfigError::ApiKeyRequired {
+                api_listen: args.api_listen,
+            });
+        }
         let threads = args.threads.unwrap_or_else(|| {
             std::thread::available_parallelism()
                 .map(|n| n.get())
@@ -258,6 +361,13 @@ impl Config {
             max_backlog: args.max_backlog,
             close_timeout: args.close_timeout,
             log_level: args.log.into(),
+            ws_path: args.ws_path,
+            api_listen: args.api_listen,
+            api_key: args.api_key,
+            jwt_secret: args.jwt_secret,
+            allowed_origins: args.allowed_origin,
+            max_subscriptions: args.max_subscriptions,
+            max_client_publish_rate: args.max_client_publish_rate,
         })
     }
 
@@ -276,14 +386,52 @@ impl Config {
             max_backlog: 4 << 20,
             close_timeout: Duration::from_secs(3),
             log_level: log::LevelFilter::Info,
+            ws_path: "/ws".to_owned(),
+            api_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            api_key: None,
+            jwt_secret: None,
+            allowed_origins: Vec::new(),
+            max_subscriptions: 128,
+            max_client_publish_rate: 10,
         }
     }
 
     /// The effective configuration as one multi-line block for the start-up log.
     pub fn render_summary(&self) -> String {
         let echo = self.echo_path.as_deref().unwrap_or("off");
-        let rows: [(&str, String); 11] = [
+        let origins = if self.allowed_origins.is_empty() {
+            "any".to_owned()
+        } else {
+            self.allowed_origins.join(", ")
+        };
+        let rows = [
             ("listen", self.listen.to_string()),
+            ("push path", self.ws_path.clone()),
+            ("api listen", self.api_listen.to_string()),
+            (
+                "api key",
+                if self.api_key.is_some() {
+                    "set"
+                } else {
+                    "none"
+                }
+                .to_owned(),
+            ),
+            (
+                "auth",
+                if self.jwt_secret.is_some() {
+                    "JWT HS256"
+                } else {
+                    "OPEN (no --jwt-secret)"
+                }
+                .to_owned(),
+            ),
+            ("allowed origins", origins),
+            ("max subscriptions", self.max_subscriptions.to_string()),
+            (
+                "client publishes",
+                format!("{}/s", self.max_client_publish_rate),
+            ),
             ("threads", self.threads.to_string()),
             ("echo path", echo.to_owned()),
             ("max connections", self.max_connections.to_string()),
@@ -300,6 +448,16 @@ impl Config {
             out.push_str(&format!("\n  {name:<18} {value}"));
         }
         out
+    }
+}
+
+/// A per-second rate: `10` or `10/s`, at least 1.
+fn parse_rate(s: &str) -> Result<u32, String> {
+    let number = s.trim().strip_suffix("/s").unwrap_or(s.trim());
+    match number.parse::<u32>() {
+        Ok(0) => Err("must be at least 1".to_owned()),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!("{s:?} is not a rate like 10 or 10/s")),
     }
 }
 
@@ -573,12 +731,44 @@ mod tests {
     }
 
     #[test]
+    fn push_flags() {
+        let c = Config::from_args(parse(&["--max-client-publish-rate", "5/s"]).unwrap()).unwrap();
+        assert_eq!(c.max_client_publish_rate, 5);
+        assert!(parse(&["--max-client-publish-rate", "0"]).is_err());
+        assert!(parse(&["--max-client-publish-rate", "x/s"]).is_err());
+        let public = parse(&["--api-listen", "0.0.0.0:8081"]).unwrap();
+        assert!(matches!(
+            Config::from_args(public),
+            Err(ConfigError::ApiKeyRequired { .. })
+        ));
+        let keyed = parse(&["--api-listen", "0.0.0.0:8081", "--api-key", "k"]).unwrap();
+        assert!(Config::from_args(keyed).is_ok());
+        let same = parse(&["--ws-path", "/echo"]).unwrap();
+        assert!(matches!(
+            Config::from_args(same),
+            Err(ConfigError::InvalidWsPath { .. })
+        ));
+        let c = Config::from_args(
+            parse(&[
+                "--allowed-origin",
+                "https://a",
+                "--allowed-origin",
+                "https://b",
+            ])
+            .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(c.allowed_origins, ["https://a", "https://b"]);
+    }
+
+    #[test]
     fn defaults() {
         // Assumes no EDGEPUSH_* variables in the test environment.
         let args = parse(&[]).expect("no flags parse");
         let config = Config::from_args(args).expect("defaults are valid");
         let want = Config {
             listen: "0.0.0.0:8080".parse().expect("literal"),
+            api_listen: "127.0.0.1:8081".parse().expect("literal"),
             threads: config.threads,
             ..Config::for_tests()
         };
@@ -720,7 +910,7 @@ mod tests {
         ] {
             assert!(s.contains(needle), "{needle:?} missing from\n{s}");
         }
-        assert_eq!(s.lines().count(), 12);
+        assert_eq!(s.lines().count(), 19);
         c.echo_path = None;
         assert!(c.render_summary().contains("echo path          off"));
     }
