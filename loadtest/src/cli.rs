@@ -1,0 +1,312 @@
+//! Command line: scenarios, common flags, and the parsers for durations and target URLs.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+/// The push endpoint, with `{n}` replaced by the connection's number.
+pub const DEFAULT_PUSH_URL: &str = "ws://127.0.0.1:8080/ws?user=load-{n}";
+pub const DEFAULT_ECHO_URL: &str = "ws://127.0.0.1:8080/echo";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "edgepush-load",
+    version,
+    about = "Load generator for edgepush (and the baseline peers): idle, echo, fanout, churn, slow",
+    long_about = "Load generator for edgepush. Targets must be loopback addresses. \
+Connections are spread over child processes (at most ~15,000 sockets each) and over source \
+addresses 127.0.0.2, 127.0.0.3, ... In URLs, `{n}` is replaced by the connection's number."
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub common: Common,
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct Common {
+    /// WebSocket URL to connect to (default: the push endpoint, or /echo for `echo`)
+    #[arg(long, global = true)]
+    pub url: Option<String>,
+    /// Push API base URL (fanout, slow)
+    #[arg(long, global = true, default_value = "http://127.0.0.1:8081")]
+    pub api: String,
+    /// Bearer token for the push API
+    #[arg(long, global = true)]
+    pub api_key: Option<String>,
+    /// Report this server process's CPU time and memory
+    #[arg(long, global = true)]
+    pub server_pid: Option<u32>,
+    /// Child processes (default: ceil(connections / 15000))
+    #[arg(long, global = true)]
+    pub procs: Option<usize>,
+    /// How many source addresses 127.0.0.2.. to use (default: ceil(connections / 25000))
+    #[arg(long, global = true)]
+    pub source_ips: Option<usize>,
+    /// Print one JSON line on stdout (the summary table goes to stderr)
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Hard limit for the whole run
+    #[arg(long, global = true, default_value = "5m", value_parser = parse_duration)]
+    pub timeout: Duration,
+    /// Connection attempts in progress at once, per child process
+    #[arg(long, global = true, default_value_t = 256)]
+    pub connect_concurrency: usize,
+    /// Give up on a connection that has not finished its upgrade by then
+    #[arg(long, global = true, default_value = "10s", value_parser = parse_duration)]
+    pub handshake_timeout: Duration,
+}
+
+#[derive(Subcommand, Debug, Clone)]
+pub enum Cmd {
+    /// Open N connections, report the handshake rate, hold them idle (memory per connection)
+    Idle {
+        /// Connections
+        #[arg(short = 'n', long, default_value_t = 1000)]
+        conns: usize,
+        /// How long to hold them once all are open
+        #[arg(long, default_value = "5s", value_parser = parse_duration)]
+        hold: Duration,
+    },
+    /// Echo round trips: messages/s and latency percentiles
+    Echo {
+        /// Connections
+        #[arg(short = 'c', long, default_value_t = 100)]
+        conns: usize,
+        /// Message size in bytes (at least 8: a timestamp travels in it)
+        #[arg(long, default_value_t = 64)]
+        size: usize,
+        /// Messages in flight per connection
+        #[arg(long, default_value_t = 8)]
+        inflight: usize,
+        /// Measured phase
+        #[arg(long, default_value = "10s", value_parser = parse_duration)]
+        duration: Duration,
+    },
+    /// Publish to N subscribers: deliveries/s, publish→receive latency, missing/dup/out-of-order
+    Fanout {
+        #[command(flatten)]
+        pubsub: PubSub,
+        /// Write an SVG chart of the latency distribution to this file
+        #[arg(long)]
+        svg: Option<PathBuf>,
+        /// Title of the SVG chart
+        #[arg(long, default_value = "fan-out latency")]
+        svg_title: String,
+    },
+    /// Connect, upgrade, (subscribe), close, over and over: handshakes/s and errors by kind
+    Churn {
+        /// New connections per second (all processes together)
+        #[arg(long, default_value_t = 1000.0)]
+        rate: f64,
+        /// Measured phase
+        #[arg(long, default_value = "10s", value_parser = parse_duration)]
+        duration: Duration,
+        /// Subscribe to this channel (and wait for `subscribed`) before closing
+        #[arg(long)]
+        subscribe: Option<String>,
+        /// Connections in progress at once, per process
+        #[arg(long, default_value_t = 1000)]
+        max_concurrent: usize,
+    },
+    /// N subscribers, K of which stop reading: the server must drop the K, not the others
+    Slow {
+        #[command(flatten)]
+        pubsub: PubSub,
+        /// Subscribers that stop reading after subscribing
+        #[arg(short = 'k', long, default_value_t = 5)]
+        readers_stopped: usize,
+        /// SO_RCVBUF of the stopped readers (small, so the server's backlog fills sooner; 0 = default)
+        #[arg(long, default_value_t = 4096)]
+        stopped_rcvbuf: usize,
+        /// After publishing, how long to wait for the stopped readers to be closed
+        #[arg(long, default_value = "15s", value_parser = parse_duration)]
+        close_wait: Duration,
+    },
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct PubSub {
+    /// Subscribers
+    #[arg(
+        short = 'n',
+        long = "subs",
+        alias = "subscribers",
+        default_value_t = 1000
+    )]
+    pub subs: usize,
+    /// Channel to subscribe to and publish on
+    #[arg(long, default_value = "load")]
+    pub channel: String,
+    /// Publishes per second (0 = a burst, as fast as possible)
+    #[arg(long, default_value_t = 0.0)]
+    pub rate: f64,
+    /// Messages to publish
+    #[arg(long, default_value_t = 200)]
+    pub messages: u64,
+    /// Approximate size of each message's data object, in bytes
+    #[arg(long, default_value_t = 64)]
+    pub size: usize,
+    /// Publish over this WebSocket instead of the API (each message one text frame)
+    #[arg(long)]
+    pub pub_ws: Option<String>,
+    /// Subscribe by connecting here (no subscribe op; every text frame is a delivery)
+    #[arg(long)]
+    pub sub_url: Option<String>,
+    /// After the last publish, how long to wait for deliveries
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub deliver_timeout: Duration,
+}
+
+/// `500ms`, `30s`, `5m`, `1h`, `250us`; a bare number is seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let value: f64 = num
+        .parse()
+        .map_err(|_| format!("bad duration {s:?}: expected e.g. 500ms, 30s, 5m"))?;
+    let scale = match unit.trim() {
+        "" | "s" => 1.0,
+        "ms" => 1e-3,
+        "us" | "µs" => 1e-6,
+        "ns" => 1e-9,
+        "m" | "min" => 60.0,
+        "h" => 3600.0,
+        other => return Err(format!("bad duration unit {other:?} in {s:?}")),
+    };
+    let secs = value * scale;
+    if !secs.is_finite() || !(0.0..=1e9).contains(&secs) {
+        return Err(format!("duration out of range: {s:?}"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// A parsed `ws://` or `http://` target on this machine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub addr: SocketAddr,
+    /// The `Host` header.
+    pub host: String,
+    /// Path and query, `/` if empty; may contain `{n}`.
+    pub path: String,
+}
+
+/// Parses `scheme://host[:port][/path][?query]` for `scheme` (`ws` or `http`), refusing any
+/// address that is not loopback.
+pub fn parse_url(url: &str, scheme: &str) -> Result<Target, String> {
+    let rest = url
+        .strip_prefix(scheme)
+        .and_then(|r| r.strip_prefix("://"))
+        .ok_or_else(|| {
+            if url.starts_with("wss://") || url.starts_with("https://") {
+                format!("{url}: TLS is not supported; use {scheme}://")
+            } else {
+                format!("{url}: expected a {scheme}:// URL")
+            }
+        })?;
+    let (authority, path) = match rest.find(['/', '?']) {
+        Some(i) if rest.as_bytes()[i] == b'?' => (&rest[..i], format!("/{}", &rest[i..])),
+        Some(i) => (&rest[..i], rest[i..].to_string()),
+        None => (rest, "/".to_string()),
+    };
+    if authority.contains('@') {
+        return Err(format!("{url}: user info in URLs is not supported"));
+    }
+    let default_port = 80;
+    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+        let (h, after) = v6
+            .split_once(']')
+            .ok_or_else(|| format!("{url}: unclosed [ in host"))?;
+        let port = match after.strip_prefix(':') {
+            Some(p) => p.parse().map_err(|_| format!("{url}: bad port {p:?}"))?,
+            None if after.is_empty() => default_port,
+            None => return Err(format!("{url}: bad host")),
+        };
+        (h, port)
+    } else {
+        match authority.rsplit_once(':') {
+            Some((h, p)) => (h, p.parse().map_err(|_| format!("{url}: bad port {p:?}"))?),
+            None => (authority, default_port),
+        }
+    };
+    if host.is_empty() {
+        return Err(format!("{url}: no host"));
+    }
+    let ip: IpAddr = if host.eq_ignore_ascii_case("localhost") {
+        IpAddr::V4(Ipv4Addr::LOCALHOST)
+    } else {
+        host.parse().map_err(|_| {
+            format!("{url}: host {host:?} is not a loopback address (only 127.0.0.0/8, ::1 and localhost may be targeted)")
+        })?
+    };
+    if !ip.is_loopback() {
+        return Err(format!(
+            "{url}: {ip} is not a loopback address; this tool only targets this machine (127.0.0.0/8, ::1)"
+        ));
+    }
+    Ok(Target {
+        addr: SocketAddr::new(ip, port),
+        host: authority.to_string(),
+        path,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("250us"), Ok(Duration::from_micros(250)));
+        assert!(parse_duration("").is_err());
+        assert!(parse_duration("10 parsecs").is_err());
+        assert!(parse_duration("s").is_err());
+        assert!(parse_duration("-1s").is_err());
+    }
+
+    #[test]
+    fn urls() {
+        let t = parse_url("ws://127.0.0.1:8080/ws?user=load-{n}", "ws").unwrap();
+        assert_eq!(t.addr, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(t.host, "127.0.0.1:8080");
+        assert_eq!(t.path, "/ws?user=load-{n}");
+        let t = parse_url("ws://localhost:9001", "ws").unwrap();
+        assert_eq!((t.addr.port(), t.path.as_str()), (9001, "/"));
+        let t = parse_url("ws://localhost?x=1", "ws").unwrap();
+        assert_eq!((t.addr.port(), t.path.as_str()), (80, "/?x=1"));
+        let t = parse_url("ws://[::1]:7000/echo", "ws").unwrap();
+        assert_eq!(t.addr, "[::1]:7000".parse().unwrap());
+        let t = parse_url("http://127.0.0.1:8081", "http").unwrap();
+        assert_eq!((t.addr.port(), t.path.as_str()), (8081, "/"));
+        assert!(parse_url("ws://127.9.9.9:1/", "ws").is_ok());
+
+        for bad in [
+            "ws://10.0.0.1:8080/ws",
+            "ws://192.168.1.2/",
+            "ws://8.8.8.8/",
+            "ws://example.com/",
+            "ws://[2001:db8::1]:80/",
+            "wss://127.0.0.1/",
+            "http://127.0.0.1/",
+            "ws://127.0.0.1:notaport/",
+            "ws://:80/",
+            "ws://u@127.0.0.1/",
+        ] {
+            assert!(parse_url(bad, "ws").is_err(), "{bad}");
+        }
+        let err = parse_url("ws://10.1.2.3/", "ws").unwrap_err();
+        assert!(err.contains("not a loopback"), "{err}");
+    }
+}

@@ -1,0 +1,889 @@
+//! The parent process: plans the run, starts the children, publishes (fanout, slow), watches
+//! the server, merges the children's results and reports.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::net::Ipv4Addr;
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::child::{ChildResult, ChildSpec, Mode, ReadyInfo, SPEC_ENV};
+use crate::cli::{parse_url, Cli, Cmd, PubSub, Target, DEFAULT_ECHO_URL, DEFAULT_PUSH_URL};
+use crate::publish::{self, ApiPublisher, PublishReport, Publisher, WsPublisher};
+use crate::report::{svg_chart, table, Progress};
+use crate::stats::{curve, merge_data, new_hist, percentiles};
+use crate::sys::{cpu_seconds, now_ns, raise_nofile_limit, rss_bytes, tcp_mem_bytes};
+
+const SOCKETS_PER_PROC: usize = 15_000;
+const CONNS_PER_SOURCE_IP: usize = 25_000;
+
+enum Msg {
+    Progress(usize, [u64; 3]),
+    Ready(usize, ReadyInfo),
+    Result(usize, Box<ChildResult>),
+    Exit(usize),
+}
+
+struct Kids {
+    children: Vec<Child>,
+    stdins: Vec<Option<ChildStdin>>,
+    rx: mpsc::Receiver<Msg>,
+    progress: Vec<[u64; 3]>,
+    ready: Vec<Option<ReadyInfo>>,
+    results: Vec<Option<ChildResult>>,
+    exited: Vec<bool>,
+}
+
+impl Kids {
+    fn send_all(&mut self, line: &str) {
+        for stdin in self.stdins.iter_mut().flatten() {
+            let _ = writeln!(stdin, "{line}");
+            let _ = stdin.flush();
+        }
+    }
+
+    /// Handles child messages for up to `wait`; false if the channel is closed.
+    fn pump(&mut self, wait: Duration) {
+        let Ok(msg) = self.rx.recv_timeout(wait) else {
+            return;
+        };
+        let mut next = Some(msg);
+        while let Some(msg) = next {
+            match msg {
+                Msg::Progress(i, p) => self.progress[i] = p,
+                Msg::Ready(i, r) => self.ready[i] = Some(r),
+                Msg::Result(i, r) => self.results[i] = Some(*r),
+                Msg::Exit(i) => self.exited[i] = true,
+            }
+            next = self.rx.try_recv().ok();
+        }
+    }
+
+    fn totals(&self) -> [u64; 3] {
+        self.progress
+            .iter()
+            .fold([0; 3], |a, p| [a[0] + p[0], a[1] + p[1], a[2] + p[2]])
+    }
+
+    fn all_ready(&self) -> bool {
+        (0..self.ready.len()).all(|i| self.ready[i].is_some() || self.exited[i])
+    }
+
+    fn all_done(&self) -> bool {
+        (0..self.results.len()).all(|i| self.results[i].is_some() || self.exited[i])
+    }
+
+    fn kill_all(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+        }
+    }
+
+    fn reap(&mut self) {
+        self.stdins.iter_mut().for_each(|s| *s = None);
+        for c in &mut self.children {
+            let _ = c.wait();
+        }
+    }
+}
+
+fn spawn(specs: &[ChildSpec]) -> Result<Kids, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find my own binary: {e}"))?;
+    let (tx, rx) = mpsc::channel();
+    let mut children = Vec::new();
+    let mut stdins = Vec::new();
+    for spec in specs {
+        let json = serde_json::to_string(spec).map_err(|e| e.to_string())?;
+        let mut child = Command::new(&exe)
+            .arg("--child")
+            .env(SPEC_ENV, json)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(|e| format!("cannot start a child process: {e}"))?;
+        let Some(stdout) = child.stdout.take() else {
+            return Err("child has no stdout".into());
+        };
+        stdins.push(child.stdin.take());
+        let i = spec.index;
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let msg = if let Some(rest) = line.strip_prefix("P ") {
+                    let mut it = rest.split(' ').map(|n| n.parse::<u64>().unwrap_or(0));
+                    let p = [
+                        it.next().unwrap_or(0),
+                        it.next().unwrap_or(0),
+                        it.next().unwrap_or(0),
+                    ];
+                    Msg::Progress(i, p)
+                } else if let Some(rest) = line.strip_prefix("READY ") {
+                    match serde_json::from_str(rest) {
+                        Ok(r) => Msg::Ready(i, r),
+                        Err(e) => {
+                            eprintln!("edgepush-load: child {i}: bad READY line: {e}");
+                            continue;
+                        }
+                    }
+                } else if let Some(rest) = line.strip_prefix("RESULT ") {
+                    match serde_json::from_str(rest) {
+                        Ok(r) => Msg::Result(i, Box::new(r)),
+                        Err(e) => {
+                            eprintln!("edgepush-load: child {i}: bad RESULT line: {e}");
+                            continue;
+                        }
+                    }
+                } else {
+                    continue;
+                };
+                if tx.send(msg).is_err() {
+                    return;
+                }
+            }
+            let _ = tx.send(Msg::Exit(i));
+        });
+        children.push(child);
+    }
+    let n = specs.len();
+    Ok(Kids {
+        children,
+        stdins,
+        rx,
+        progress: vec![[0; 3]; n],
+        ready: vec![None; n],
+        results: vec![None; n],
+        exited: vec![false; n],
+    })
+}
+
+/// Samples the server's RSS every 100 ms; keeps the peak.
+struct RssSampler {
+    peak: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+}
+
+impl RssSampler {
+    fn start(pid: u32) -> Self {
+        let peak = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (p, s) = (peak.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                if let Some((rss, _)) = rss_bytes(pid) {
+                    p.fetch_max(rss, Ordering::Relaxed);
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+        RssSampler { peak, stop }
+    }
+}
+
+struct Plan {
+    mode: Mode,
+    target: Target,
+    url: String,
+    conns: usize,
+    procs: usize,
+    source_ips: Vec<Ipv4Addr>,
+}
+
+fn ceil_div(a: usize, b: usize) -> usize {
+    a.div_ceil(b.max(1)).max(1)
+}
+
+pub fn run(cli: Cli) -> Result<i32, String> {
+    let c = &cli.common;
+    let (mode, default_url, conns) = match &cli.cmd {
+        Cmd::Idle { conns, .. } => (Mode::Idle, DEFAULT_PUSH_URL, *conns),
+        Cmd::Echo { conns, size, .. } => {
+            if *size < 8 {
+                return Err(
+                    "--size must be at least 8 (a timestamp travels in each message)".into(),
+                );
+            }
+            (Mode::Echo, DEFAULT_ECHO_URL, *conns)
+        }
+        Cmd::Fanout { pubsub, .. } => (Mode::Fanout, DEFAULT_PUSH_URL, pubsub.subs),
+        Cmd::Slow {
+            pubsub,
+            readers_stopped,
+            ..
+        } => {
+            if *readers_stopped > pubsub.subs {
+                return Err("--readers-stopped cannot exceed the number of subscribers".into());
+            }
+            (Mode::Slow, DEFAULT_PUSH_URL, pubsub.subs)
+        }
+        Cmd::Churn { max_concurrent, .. } => (Mode::Churn, DEFAULT_PUSH_URL, *max_concurrent),
+    };
+    let pubsub: Option<&PubSub> = match &cli.cmd {
+        Cmd::Fanout { pubsub, .. } | Cmd::Slow { pubsub, .. } => Some(pubsub),
+        _ => None,
+    };
+    let url = pubsub
+        .and_then(|p| p.sub_url.clone())
+        .or_else(|| c.url.clone())
+        .unwrap_or_else(|| default_url.to_string());
+    let target = parse_url(&url, "ws")?;
+    // Check the publisher's target before opening anything.
+    let pub_target = match pubsub {
+        Some(p) => Some(match &p.pub_ws {
+            Some(u) => parse_url(u, "ws")?,
+            None => parse_url(&c.api, "http")?,
+        }),
+        None => None,
+    };
+
+    let limit = raise_nofile_limit() as usize;
+    let usable = limit.saturating_sub(100).max(1);
+    let procs = match c.procs {
+        Some(0) => return Err("--procs must be at least 1".into()),
+        Some(p) => p,
+        None if mode == Mode::Churn => 1,
+        None => ceil_div(conns, SOCKETS_PER_PROC).max(ceil_div(conns, usable)),
+    };
+    let per_proc = ceil_div(conns, procs);
+    if per_proc + 100 > limit {
+        return Err(format!(
+            "the open-files limit is {limit} (already raised to the hard limit) but {per_proc} connections per process need about {}: \
+use --procs {} or more, or raise the hard limit (ulimit -Hn, or LimitNOFILE= for a service)",
+            per_proc + 100,
+            ceil_div(conns, usable)
+        ));
+    }
+    let ip_count = match (c.source_ips, &cli.cmd) {
+        (Some(n), _) => n,
+        (None, Cmd::Churn { rate, duration, .. }) => {
+            // Closed connections sit in TIME_WAIT for 60 s.
+            let used = (rate * duration.as_secs_f64().min(60.0)) as usize;
+            ceil_div(used, CONNS_PER_SOURCE_IP)
+        }
+        (None, _) => ceil_div(conns, CONNS_PER_SOURCE_IP),
+    };
+    if ip_count > 250 {
+        return Err("--source-ips: at most 250 (127.0.0.2 to 127.0.0.251)".into());
+    }
+    let source_ips = if target.addr.is_ipv4() {
+        (0..ip_count)
+            .map(|i| Ipv4Addr::new(127, 0, 0, 2 + i as u8))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let plan = Plan {
+        mode,
+        target,
+        url,
+        conns,
+        procs,
+        source_ips,
+    };
+    execute(&cli, plan, pub_target)
+}
+
+fn execute(cli: &Cli, plan: Plan, pub_target: Option<Target>) -> Result<i32, String> {
+    let c = &cli.common;
+    let start = now_ns();
+    let deadline = start.saturating_add(c.timeout.as_nanos() as u64);
+    let ns = |d: Duration| d.as_nanos() as u64;
+    let mut specs = Vec::new();
+    let mut first = 0u64;
+    for i in 0..plan.procs {
+        let n = plan.conns / plan.procs + usize::from(i < plan.conns % plan.procs);
+        let mut spec = ChildSpec {
+            index: i,
+            mode: plan.mode,
+            addr: plan.target.addr,
+            host: plan.target.host.clone(),
+            path: plan.target.path.clone(),
+            conns: n,
+            first_conn: first,
+            stride: plan.procs as u64,
+            source_ips: plan.source_ips.clone(),
+            size: 64,
+            inflight: 1,
+            duration_ns: 0,
+            channel: None,
+            messages: 0,
+            stopped: 0,
+            stopped_rcvbuf: 0,
+            rate: 0.0,
+            max_concurrent: 1,
+            connect_concurrency: c.connect_concurrency,
+            handshake_timeout_ns: ns(c.handshake_timeout),
+            deliver_timeout_ns: 0,
+            close_wait_ns: 0,
+            timeout_ns: ns(c.timeout).saturating_sub(1_000_000_000),
+        };
+        first += n as u64;
+        match &cli.cmd {
+            Cmd::Idle { hold, .. } => spec.duration_ns = ns(*hold),
+            Cmd::Echo {
+                size,
+                inflight,
+                duration,
+                ..
+            } => {
+                spec.size = *size;
+                spec.inflight = *inflight;
+                spec.duration_ns = ns(*duration);
+            }
+            Cmd::Fanout { pubsub, .. } | Cmd::Slow { pubsub, .. } => {
+                spec.channel = pubsub.sub_url.is_none().then(|| pubsub.channel.clone());
+                spec.messages = pubsub.messages;
+                spec.deliver_timeout_ns = ns(pubsub.deliver_timeout);
+                if let Cmd::Slow {
+                    readers_stopped,
+                    stopped_rcvbuf,
+                    close_wait,
+                    ..
+                } = &cli.cmd
+                {
+                    spec.stopped = readers_stopped / plan.procs
+                        + usize::from(i < readers_stopped % plan.procs);
+                    spec.stopped_rcvbuf = *stopped_rcvbuf;
+                    spec.close_wait_ns = ns(*close_wait);
+                }
+            }
+            Cmd::Churn {
+                rate,
+                duration,
+                subscribe,
+                max_concurrent,
+            } => {
+                spec.conns = 0;
+                spec.first_conn = i as u64;
+                spec.rate = rate / plan.procs as f64;
+                spec.duration_ns = ns(*duration);
+                spec.channel = subscribe.clone();
+                spec.max_concurrent = *max_concurrent;
+            }
+        }
+        specs.push(spec);
+    }
+
+    let pid = c.server_pid;
+    if let Some(pid) = pid {
+        if rss_bytes(pid).is_none() {
+            return Err(format!(
+                "--server-pid {pid}: no such process (or /proc/{pid} is unreadable)"
+            ));
+        }
+    }
+    let rss_before = pid.and_then(rss_bytes).map(|r| r.0);
+    let tcp_before = tcp_mem_bytes();
+    let sampler = pid.map(RssSampler::start);
+
+    let mut kids = spawn(&specs)?;
+    let mut ui = Progress::new(plan.conns as u64);
+    let scenario = match plan.mode {
+        Mode::Idle => "idle",
+        Mode::Echo => "echo",
+        Mode::Fanout => "fanout",
+        Mode::Churn => "churn",
+        Mode::Slow => "slow",
+    };
+
+    // 1. Connect (and subscribe).
+    let mut timed_out = false;
+    while !kids.all_ready() {
+        kids.pump(Duration::from_millis(100));
+        let [o, r, e] = kids.totals();
+        ui.update(
+            "connecting",
+            o,
+            plan.conns as u64,
+            &format!("recv {r}  errors {e}"),
+        );
+        if now_ns() >= deadline {
+            timed_out = true;
+            break;
+        }
+    }
+    let ready: Vec<ReadyInfo> = kids.ready.iter().flatten().cloned().collect();
+    let opened: u64 = ready.iter().map(|r| r.opened).sum();
+    let mut connect_errors: BTreeMap<String, u64> = BTreeMap::new();
+    for r in &ready {
+        for (k, v) in &r.errors {
+            *connect_errors.entry(k.clone()).or_insert(0) += v;
+        }
+    }
+    if timed_out || (plan.mode != Mode::Churn && opened == 0) {
+        kids.kill_all();
+        kids.reap();
+        ui.finish();
+        if timed_out {
+            return Err(format!(
+                "--timeout reached while connecting ({opened} open)"
+            ));
+        }
+        return Err(diagnose(&plan, &connect_errors));
+    }
+    let first_start = ready
+        .iter()
+        .map(|r| r.first_start_ns)
+        .filter(|t| *t > 0)
+        .min();
+    let last_done = ready.iter().map(|r| r.last_done_ns).max();
+    let connect_s = match (first_start, last_done) {
+        (Some(a), Some(b)) if b > a => (b - a) as f64 / 1e9,
+        _ => 0.0,
+    };
+
+    // 2. Measured phase.
+    let (rss_after, tcp_after) = if plan.mode == Mode::Idle {
+        std::thread::sleep(Duration::from_millis(500));
+        (pid.and_then(rss_bytes).map(|r| r.0), tcp_mem_bytes())
+    } else {
+        (None, None)
+    };
+    let cpu_start = pid.and_then(cpu_seconds);
+    let go_ns = now_ns();
+    kids.send_all("GO");
+
+    let mut pub_report: Option<PublishReport> = None;
+    if let (Some(pubsub), Some(pt)) = (
+        match &cli.cmd {
+            Cmd::Fanout { pubsub, .. } | Cmd::Slow { pubsub, .. } => Some(pubsub.clone()),
+            _ => None,
+        },
+        pub_target,
+    ) {
+        let done = Arc::new(AtomicU64::new(0));
+        let done2 = done.clone();
+        let api_key = c.api_key.clone();
+        let handle = std::thread::spawn(move || -> Result<PublishReport, String> {
+            let mut publisher: Box<dyn Publisher> = match &pubsub.pub_ws {
+                Some(_) => Box::new(WsPublisher::new(&pt)?),
+                None => Box::new(ApiPublisher::new(pt, &pubsub.channel, api_key.as_deref())?),
+            };
+            let report = publish::run(
+                publisher.as_mut(),
+                pubsub.messages,
+                pubsub.size,
+                pubsub.rate,
+                deadline,
+                &mut |n| done2.store(n, Ordering::Relaxed),
+            );
+            // Let the WebSocket publisher's frames go out before it closes.
+            std::thread::sleep(Duration::from_millis(50));
+            drop(publisher);
+            Ok(report)
+        });
+        while !handle.is_finished() {
+            kids.pump(Duration::from_millis(100));
+            let [o, r, e] = kids.totals();
+            let p = done.load(Ordering::Relaxed);
+            ui.update(
+                "publishing",
+                o,
+                plan.conns as u64,
+                &format!("published {p}  deliveries {r}  errors {e}"),
+            );
+        }
+        let report = match handle.join() {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => {
+                kids.kill_all();
+                kids.reap();
+                ui.finish();
+                return Err(e);
+            }
+            Err(_) => return Err("the publisher thread panicked".into()),
+        };
+        kids.send_all(&format!("END {}", report.published));
+        pub_report = Some(report);
+    }
+    while !kids.all_done() {
+        kids.pump(Duration::from_millis(100));
+        let [o, r, e] = kids.totals();
+        let label = match plan.mode {
+            Mode::Idle => "holding",
+            Mode::Fanout | Mode::Slow => "delivering",
+            _ => "running",
+        };
+        ui.update(
+            label,
+            o,
+            plan.conns as u64,
+            &format!("recv {r}  errors {e}"),
+        );
+        if now_ns() >= deadline.saturating_add(2_000_000_000) {
+            timed_out = true;
+            kids.kill_all();
+            break;
+        }
+    }
+    let end_ns = now_ns();
+    let cpu_end = pid.and_then(cpu_seconds);
+    let rss_end = pid.and_then(rss_bytes);
+    if let Some(s) = &sampler {
+        s.stop.store(true, Ordering::Relaxed);
+    }
+    kids.reap();
+    ui.finish();
+
+    // 3. Merge.
+    let results: Vec<ChildResult> = kids.results.iter().flatten().cloned().collect();
+    let missing_children = plan.procs - results.len();
+    let sum = |f: &dyn Fn(&ChildResult) -> u64| results.iter().map(f).sum::<u64>();
+    let Merged {
+        hs,
+        lat,
+        errors,
+        timed_out: child_timed_out,
+    } = merge(&results);
+    timed_out |= child_timed_out;
+    let received = sum(&|r| r.received);
+    let measure_start = results
+        .iter()
+        .map(|r| r.measure_start_ns)
+        .filter(|t| *t > 0)
+        .min()
+        .unwrap_or(go_ns);
+    let measure_end = results
+        .iter()
+        .map(|r| r.measure_end_ns)
+        .max()
+        .unwrap_or(end_ns);
+    let measured_s = (measure_end.saturating_sub(measure_start)) as f64 / 1e9;
+
+    let mut out = serde_json::Map::new();
+    out.insert("scenario".into(), json!(scenario));
+    out.insert("target".into(), json!(plan.url));
+    out.insert("procs".into(), json!(plan.procs));
+    out.insert("source_ips".into(), json!(plan.source_ips.len()));
+    let mut messages_for_cpu = 0u64;
+    match &cli.cmd {
+        Cmd::Idle { hold, .. } => {
+            out.insert("conns".into(), json!(plan.conns));
+            out.insert("connected".into(), json!(opened));
+            out.insert("connect_failed".into(), json!(plan.conns as u64 - opened));
+            out.insert("connect_s".into(), json!(round3(connect_s)));
+            out.insert("handshakes_per_s".into(), json!(rate(opened, connect_s)));
+            out.insert("hold_s".into(), json!(hold.as_secs_f64()));
+            out.insert(
+                "closed_during_hold".into(),
+                json!(sum(&|r| r.closed_during)),
+            );
+            if let (Some(b), Some(a)) = (rss_before, rss_after) {
+                out.insert("server_rss_before_bytes".into(), json!(b));
+                out.insert("server_rss_after_bytes".into(), json!(a));
+                out.insert(
+                    "server_bytes_per_conn".into(),
+                    json!(if opened > 0 {
+                        (a as f64 - b as f64) / opened as f64
+                    } else {
+                        0.0
+                    }
+                    .round()),
+                );
+            }
+            if let (Some(b), Some(a)) = (tcp_before, tcp_after) {
+                out.insert("tcp_mem_before_bytes".into(), json!(b));
+                out.insert("tcp_mem_after_bytes".into(), json!(a));
+                out.insert(
+                    "tcp_mem_per_conn".into(),
+                    json!(if opened > 0 {
+                        (a as f64 - b as f64) / opened as f64
+                    } else {
+                        0.0
+                    }
+                    .round()),
+                );
+            }
+        }
+        Cmd::Echo { size, inflight, .. } => {
+            out.insert("conns".into(), json!(plan.conns));
+            out.insert("connected".into(), json!(opened));
+            out.insert("size".into(), json!(size));
+            out.insert("inflight".into(), json!(inflight));
+            out.insert("duration_s".into(), json!(round3(measured_s)));
+            out.insert("messages".into(), json!(received));
+            out.insert("msgs_per_s".into(), json!(rate(received, measured_s)));
+            out.insert("latency_us".into(), json!(percentiles(&lat)));
+            out.insert("closed_during".into(), json!(sum(&|r| r.closed_during)));
+            messages_for_cpu = received;
+        }
+        Cmd::Fanout { pubsub, .. } | Cmd::Slow { pubsub, .. } => {
+            let p = pub_report.clone().unwrap_or_default();
+            let subs = sum(&|r| r.subscribers);
+            out.insert("subscribers".into(), json!(subs));
+            out.insert("connect_failed".into(), json!(plan.conns as u64 - opened));
+            out.insert(
+                "channel".into(),
+                json!(if pubsub.sub_url.is_some() {
+                    Value::Null
+                } else {
+                    json!(pubsub.channel)
+                }),
+            );
+            out.insert(
+                "publish_via".into(),
+                json!(if pubsub.pub_ws.is_some() { "ws" } else { "api" }),
+            );
+            out.insert("rate".into(), json!(pubsub.rate));
+            out.insert("size".into(), json!(pubsub.size));
+            out.insert("published".into(), json!(p.published));
+            out.insert("publish_errors".into(), json!(p.errors));
+            if let Some(e) = &p.first_error {
+                out.insert("publish_first_error".into(), json!(e));
+            }
+            let publish_s = p.last_ns.saturating_sub(p.first_ns) as f64 / 1e9;
+            out.insert("publish_s".into(), json!(round3(publish_s)));
+            if pubsub.pub_ws.is_none() {
+                out.insert("api_delivered".into(), json!(p.api_delivered));
+            }
+            let last = results.iter().map(|r| r.last_recv_ns).max().unwrap_or(0);
+            let span = last.saturating_sub(p.first_ns) as f64 / 1e9;
+            out.insert("expected".into(), json!(subs * p.published));
+            out.insert("deliveries".into(), json!(received));
+            out.insert("deliveries_per_s".into(), json!(rate(received, span)));
+            out.insert("delivery_span_s".into(), json!(round3(span)));
+            out.insert("latency_us".into(), json!(percentiles(&lat)));
+            out.insert("missing".into(), json!(sum(&|r| r.missing)));
+            out.insert("duplicates".into(), json!(sum(&|r| r.duplicates)));
+            out.insert("out_of_order".into(), json!(sum(&|r| r.out_of_order)));
+            out.insert("out_of_range".into(), json!(sum(&|r| r.out_of_range)));
+            out.insert("closed_during".into(), json!(sum(&|r| r.closed_during)));
+            messages_for_cpu = received;
+            if plan.mode == Mode::Slow {
+                out.insert("stopped".into(), json!(sum(&|r| r.stopped)));
+                let closed = sum(&|r| {
+                    r.stopped_close_1008 + r.stopped_close_other + r.stopped_eof + r.stopped_reset
+                });
+                out.insert("stopped_closed".into(), json!(closed));
+                out.insert(
+                    "stopped_close_1008".into(),
+                    json!(sum(&|r| r.stopped_close_1008)),
+                );
+                out.insert(
+                    "stopped_close_other".into(),
+                    json!(sum(&|r| r.stopped_close_other)),
+                );
+                out.insert("stopped_eof".into(), json!(sum(&|r| r.stopped_eof)));
+                out.insert("stopped_reset".into(), json!(sum(&|r| r.stopped_reset)));
+                out.insert(
+                    "stopped_not_closed".into(),
+                    json!(sum(&|r| r.stopped_not_closed)),
+                );
+                out.insert("stopped_msgs_read".into(), json!(sum(&|r| r.stopped_msgs)));
+            }
+            if let Cmd::Fanout {
+                svg: Some(path),
+                svg_title,
+                ..
+            } = &cli.cmd
+            {
+                let chart = svg_chart(
+                    svg_title,
+                    &[(format!("{scenario} {}", plan.url), curve(&lat))],
+                );
+                std::fs::write(path, chart)
+                    .map_err(|e| format!("writing {}: {e}", path.display()))?;
+            }
+            out.insert("latency_curve".into(), json!(curve(&lat)));
+        }
+        Cmd::Churn { rate: r, .. } => {
+            let handshakes = sum(&|r| r.handshakes);
+            out.insert("target_rate".into(), json!(r));
+            out.insert("duration_s".into(), json!(round3(measured_s)));
+            out.insert("attempted".into(), json!(sum(&|r| r.attempted)));
+            out.insert("handshakes".into(), json!(handshakes));
+            out.insert(
+                "handshakes_per_s".into(),
+                json!(rate(handshakes, measured_s)),
+            );
+            out.insert("closes_ok".into(), json!(sum(&|r| r.closes_ok)));
+            out.insert("failed".into(), json!(sum(&|r| r.failed)));
+            messages_for_cpu = handshakes;
+        }
+    }
+    out.insert("handshake_us".into(), json!(percentiles(&hs)));
+    out.insert("errors".into(), json!(errors));
+    if let Some(pid) = pid {
+        let mut server = serde_json::Map::new();
+        server.insert("pid".into(), json!(pid));
+        if let (Some(a), Some(b)) = (cpu_start, cpu_end) {
+            let cpu = b - a;
+            server.insert("cpu_s".into(), json!(round3(cpu)));
+            server.insert(
+                "measured_s".into(),
+                json!(round3((end_ns - go_ns) as f64 / 1e9)),
+            );
+            if messages_for_cpu > 0 {
+                server.insert(
+                    "cpu_us_per_msg".into(),
+                    json!(round3(cpu * 1e6 / messages_for_cpu as f64)),
+                );
+            }
+        }
+        if let Some((rss, hwm)) = rss_end {
+            server.insert("rss_bytes".into(), json!(rss));
+            server.insert("hwm_bytes".into(), json!(hwm));
+        }
+        if let Some(s) = &sampler {
+            server.insert(
+                "rss_peak_bytes".into(),
+                json!(s.peak.load(Ordering::Relaxed)),
+            );
+        }
+        out.insert("server".into(), Value::Object(server));
+    }
+    out.insert("timed_out".into(), json!(timed_out));
+    if missing_children > 0 {
+        out.insert("children_failed".into(), json!(missing_children));
+    }
+    let report = Value::Object(out);
+    if c.json {
+        eprint!("{}", table(&report));
+        println!("{report}");
+    } else {
+        print!("{}", table(&report));
+    }
+    Ok(if timed_out || missing_children > 0 {
+        2
+    } else {
+        0
+    })
+}
+
+/// The children's histograms and error counts, merged.
+struct Merged {
+    hs: hdrhistogram::Histogram<u64>,
+    lat: hdrhistogram::Histogram<u64>,
+    errors: BTreeMap<String, u64>,
+    timed_out: bool,
+}
+
+fn merge(results: &[ChildResult]) -> Merged {
+    let mut m = Merged {
+        hs: new_hist(),
+        lat: new_hist(),
+        errors: BTreeMap::new(),
+        timed_out: false,
+    };
+    for r in results {
+        merge_data(&mut m.hs, &r.handshake);
+        merge_data(&mut m.lat, &r.latency);
+        for (k, v) in &r.errors {
+            *m.errors.entry(k.clone()).or_insert(0) += v;
+        }
+        m.timed_out |= r.timed_out;
+    }
+    m
+}
+
+fn rate(n: u64, secs: f64) -> f64 {
+    if secs > 0.0 {
+        (n as f64 / secs).round()
+    } else {
+        0.0
+    }
+}
+
+fn round3(v: f64) -> f64 {
+    (v * 1000.0).round() / 1000.0
+}
+
+/// Why nothing connected, in words.
+fn diagnose(plan: &Plan, errors: &BTreeMap<String, u64>) -> String {
+    let top = errors
+        .iter()
+        .max_by_key(|(_, v)| **v)
+        .map(|(k, _)| k.as_str());
+    match top {
+        Some("connect_refused") => format!(
+            "server unreachable: connection refused at {} ({}); is the server running?",
+            plan.target.addr, plan.url
+        ),
+        Some(k) if k.starts_with("upgrade_status_") => format!(
+            "upgrade refused: the server answered HTTP {} to GET {} ({})",
+            &k["upgrade_status_".len()..],
+            plan.target.path,
+            plan.url
+        ),
+        Some("too_many_open_files") => "open-files limit reached (EMFILE): use more --procs or raise the hard limit (ulimit -Hn)".into(),
+        Some("no_ephemeral_port") => "out of ephemeral ports (EADDRNOTAVAIL): use more --source-ips".into(),
+        Some(k) => format!("no connection could be opened to {}: {k} ({errors:?})", plan.url),
+        None => format!("no connection could be opened to {}", plan.url),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stats::hist_to_data;
+
+    #[test]
+    fn child_results_merge() {
+        let mut results = Vec::new();
+        for i in 0..3u64 {
+            let mut lat = new_hist();
+            for v in 1..=100 {
+                lat.record(v * 1000 * (i + 1)).unwrap();
+            }
+            let mut r = ChildResult {
+                index: i as usize,
+                latency: hist_to_data(&lat),
+                timed_out: i == 2,
+                ..ChildResult::default()
+            };
+            r.errors.insert("reset".into(), i);
+            r.errors.insert(format!("only_{i}"), 1);
+            // Through the RESULT line, as from a child.
+            let line = serde_json::to_string(&r).unwrap();
+            results.push(serde_json::from_str::<ChildResult>(&line).unwrap());
+        }
+        let m = merge(&results);
+        assert_eq!(m.lat.len(), 300);
+        assert!(m.hs.is_empty());
+        assert_eq!(m.lat.max(), m.lat.highest_equivalent(300_000));
+        assert_eq!(m.lat.min(), m.lat.lowest_equivalent(1000));
+        let mut direct = new_hist();
+        for i in 0..3u64 {
+            for v in 1..=100 {
+                direct.record(v * 1000 * (i + 1)).unwrap();
+            }
+        }
+        for q in [0.1, 1.0 / 3.0, 0.5, 0.9, 0.99] {
+            assert_eq!(
+                m.lat.value_at_quantile(q),
+                direct.value_at_quantile(q),
+                "q {q}"
+            );
+        }
+        assert_eq!(m.errors["reset"], 3);
+        assert_eq!(m.errors.len(), 4);
+        assert!(m.timed_out);
+        assert!(!merge(&[]).timed_out);
+    }
+
+    #[test]
+    fn refuses_non_loopback_before_anything() {
+        let cli = <Cli as clap::Parser>::try_parse_from([
+            "edgepush-load",
+            "idle",
+            "--url",
+            "ws://192.168.1.1:8080/ws",
+        ])
+        .unwrap();
+        let err = run(cli).unwrap_err();
+        assert!(err.contains("not a loopback"), "{err}");
+        let cli = <Cli as clap::Parser>::try_parse_from([
+            "edgepush-load",
+            "fanout",
+            "--api",
+            "http://8.8.8.8:8081",
+        ])
+        .unwrap();
+        assert!(run(cli).unwrap_err().contains("not a loopback"));
+    }
+}

@@ -1,0 +1,349 @@
+//! The publisher (in the parent): `POST /api/publish` over one keep-alive HTTP/1.1 connection,
+//! or text frames over one WebSocket (`--pub-ws`, for the baseline peers' `/pub`).
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use edgepush::protocol::frame::{write_masked_frame, OpCode};
+
+use crate::child::{base64_16, check_response};
+use crate::cli::Target;
+use crate::stats::contains;
+use crate::sys::now_ns;
+
+/// What a publishing run did.
+#[derive(Debug, Default, Clone)]
+pub struct PublishReport {
+    pub published: u64,
+    pub errors: u64,
+    pub first_error: Option<String>,
+    pub first_ns: u64,
+    pub last_ns: u64,
+    /// Sum of the API's `delivered` answers.
+    pub api_delivered: u64,
+}
+
+/// Writes the data object for message `seq` into `out`: `{"seq":…,"t":…,"pad":"xxx…"}`,
+/// padded to about `size` bytes.
+pub fn write_data(out: &mut Vec<u8>, seq: u64, t: u64, size: usize) {
+    let start = out.len();
+    let _ = write!(out, "{{\"seq\":{seq},\"t\":{t},\"pad\":\"");
+    let used = out.len() - start + 2;
+    out.resize(out.len() + size.saturating_sub(used), b'x');
+    out.extend_from_slice(b"\"}");
+}
+
+pub trait Publisher {
+    /// Publishes one message; `Err` is a description of what went wrong.
+    fn publish(&mut self, seq: u64, size: usize) -> Result<u64, String>;
+}
+
+fn connect(target: &Target) -> Result<TcpStream, String> {
+    let s = TcpStream::connect_timeout(&target.addr, Duration::from_secs(5))
+        .map_err(|e| format!("cannot reach {} ({e}); is the server running?", target.addr))?;
+    let _ = s.set_nodelay(true);
+    let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+    Ok(s)
+}
+
+/// `POST /api/publish` with keep-alive.
+pub struct ApiPublisher {
+    target: Target,
+    channel_json: String,
+    auth: Option<String>,
+    stream: Option<TcpStream>,
+    body: Vec<u8>,
+    req: Vec<u8>,
+    resp: Vec<u8>,
+}
+
+impl ApiPublisher {
+    pub fn new(target: Target, channel: &str, api_key: Option<&str>) -> Result<Self, String> {
+        let mut p = ApiPublisher {
+            channel_json: serde_json::to_string(channel).map_err(|e| e.to_string())?,
+            auth: api_key.map(|k| format!("Authorization: Bearer {k}\r\n")),
+            stream: None,
+            body: Vec::with_capacity(4096),
+            req: Vec::with_capacity(4096),
+            resp: Vec::with_capacity(4096),
+            target,
+        };
+        p.stream = Some(connect(&p.target)?);
+        Ok(p)
+    }
+
+    fn round_trip(&mut self) -> Result<u64, String> {
+        if self.stream.is_none() {
+            self.stream = Some(connect(&self.target)?);
+        }
+        let Some(stream) = self.stream.as_mut() else {
+            return Err("no connection".into());
+        };
+        stream
+            .write_all(&self.req)
+            .map_err(|e| format!("writing to the API: {e}"))?;
+        self.resp.clear();
+        let mut chunk = [0u8; 4096];
+        let (head_end, status, content_length) = loop {
+            let n = stream
+                .read(&mut chunk)
+                .map_err(|e| format!("reading the API's answer: {e}"))?;
+            if n == 0 {
+                return Err("the API closed the connection".into());
+            }
+            self.resp.extend_from_slice(&chunk[..n]);
+            if let Some(end) = self.resp.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&self.resp[..end]).to_string();
+                let status: u16 = head
+                    .split_whitespace()
+                    .nth(1)
+                    .and_then(|s| s.parse().ok())
+                    .ok_or_else(|| format!("bad HTTP answer from the API: {head:?}"))?;
+                let len = head
+                    .lines()
+                    .filter_map(|l| l.split_once(':'))
+                    .find(|(n, _)| n.trim().eq_ignore_ascii_case("content-length"))
+                    .and_then(|(_, v)| v.trim().parse::<usize>().ok())
+                    .unwrap_or(0);
+                break (end + 4, status, len);
+            }
+            if self.resp.len() > 64 * 1024 {
+                return Err("the API's answer head is too long".into());
+            }
+        };
+        while self.resp.len() < head_end + content_length {
+            let n = stream
+                .read(&mut chunk)
+                .map_err(|e| format!("reading the API's answer: {e}"))?;
+            if n == 0 {
+                return Err("the API closed the connection mid-answer".into());
+            }
+            self.resp.extend_from_slice(&chunk[..n]);
+        }
+        let body = &self.resp[head_end..head_end + content_length];
+        if contains(&self.resp[..head_end], b"onnection: close") {
+            self.stream = None;
+        }
+        if status != 200 {
+            return Err(format!(
+                "API answered {status}: {}",
+                String::from_utf8_lossy(body).trim()
+            ));
+        }
+        Ok(delivered(body))
+    }
+}
+
+/// `"delivered":N` from an API answer (0 if absent).
+pub fn delivered(body: &[u8]) -> u64 {
+    let Some(at) = body.windows(12).position(|w| w == b"\"delivered\":") else {
+        return 0;
+    };
+    body[at + 12..]
+        .iter()
+        .skip_while(|b| **b == b' ')
+        .take_while(|b| b.is_ascii_digit())
+        .fold(0u64, |n, b| {
+            n.saturating_mul(10).saturating_add(u64::from(b - b'0'))
+        })
+}
+
+impl Publisher for ApiPublisher {
+    fn publish(&mut self, seq: u64, size: usize) -> Result<u64, String> {
+        self.body.clear();
+        self.body.extend_from_slice(b"{\"channel\":");
+        self.body.extend_from_slice(self.channel_json.as_bytes());
+        self.body.extend_from_slice(b",\"data\":");
+        write_data(&mut self.body, seq, now_ns(), size);
+        self.body.push(b'}');
+        self.req.clear();
+        let _ = write!(
+            self.req,
+            "POST /api/publish HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{}\r\n",
+            self.target.host,
+            self.body.len(),
+            self.auth.as_deref().unwrap_or("")
+        );
+        self.req.extend_from_slice(&self.body);
+        match self.round_trip() {
+            Ok(d) => Ok(d),
+            Err(e) => {
+                // One retry on a fresh connection (keep-alive connections can be closed).
+                self.stream = None;
+                self.round_trip().map_err(|e2| format!("{e}; retry: {e2}"))
+            }
+        }
+    }
+}
+
+/// A blocking WebSocket client: each message one masked text frame.
+pub struct WsPublisher {
+    stream: TcpStream,
+    body: Vec<u8>,
+    frame: Vec<u8>,
+    rng: u64,
+}
+
+impl WsPublisher {
+    pub fn new(target: &Target) -> Result<Self, String> {
+        let mut stream = connect(target)?;
+        let raw: [u8; 16] = (now_ns() as u128 ^ 0x5a5a_1234_9876_abcd_u128 << 40).to_le_bytes();
+        let key = base64_16(&raw);
+        let path = target.path.replace("{n}", "publisher");
+        let mut req = Vec::new();
+        let _ = write!(
+            req,
+            "GET {path} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: ",
+            target.host
+        );
+        req.extend_from_slice(&key);
+        req.extend_from_slice(b"\r\nSec-WebSocket-Version: 13\r\n\r\n");
+        stream
+            .write_all(&req)
+            .map_err(|e| format!("publisher upgrade: {e}"))?;
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        // Byte by byte so that nothing after the head is consumed (the peer sends nothing).
+        while !head.ends_with(b"\r\n\r\n") {
+            match stream.read(&mut byte) {
+                Ok(0) => return Err("publisher upgrade: connection closed".into()),
+                Ok(_) => head.push(byte[0]),
+                Err(e) => return Err(format!("publisher upgrade: {e}")),
+            }
+            if head.len() > 16 * 1024 {
+                return Err("publisher upgrade: response head too long".into());
+            }
+        }
+        check_response(&head, &key).map_err(|kind| {
+            format!(
+                "publisher upgrade refused at ws://{}{path}: {kind} ({})",
+                target.host,
+                String::from_utf8_lossy(head.split(|b| *b == b'\r').next().unwrap_or(b""))
+            )
+        })?;
+        let _ = stream.set_nonblocking(false);
+        Ok(WsPublisher {
+            stream,
+            body: Vec::with_capacity(4096),
+            frame: Vec::with_capacity(4096),
+            rng: now_ns() | 1,
+        })
+    }
+
+    pub fn close(&mut self) {
+        self.frame.clear();
+        write_masked_frame(
+            &mut self.frame,
+            true,
+            OpCode::Close,
+            &1000u16.to_be_bytes(),
+            [1, 2, 3, 4],
+        );
+        let _ = self.stream.write_all(&self.frame);
+    }
+}
+
+impl Drop for WsPublisher {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+impl Publisher for WsPublisher {
+    fn publish(&mut self, seq: u64, size: usize) -> Result<u64, String> {
+        self.body.clear();
+        write_data(&mut self.body, seq, now_ns(), size);
+        self.frame.clear();
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        write_masked_frame(
+            &mut self.frame,
+            true,
+            OpCode::Text,
+            &self.body,
+            (self.rng as u32).to_ne_bytes(),
+        );
+        self.stream
+            .write_all(&self.frame)
+            .map_err(|e| format!("publishing over the WebSocket: {e}"))?;
+        Ok(0)
+    }
+}
+
+/// Publishes `messages` messages at `rate` per second (0: as fast as possible), stopping at
+/// `deadline_ns`. `progress` is called after each message.
+pub fn run(
+    publisher: &mut dyn Publisher,
+    messages: u64,
+    size: usize,
+    rate: f64,
+    deadline_ns: u64,
+    progress: &mut dyn FnMut(u64),
+) -> PublishReport {
+    let mut report = PublishReport::default();
+    let start = now_ns();
+    report.first_ns = start;
+    for seq in 0..messages {
+        if rate > 0.0 {
+            let due = start + (seq as f64 * 1e9 / rate) as u64;
+            let now = now_ns();
+            if due > now {
+                std::thread::sleep(Duration::from_nanos(due - now));
+            }
+        }
+        if now_ns() >= deadline_ns {
+            report
+                .first_error
+                .get_or_insert_with(|| "run timeout while publishing".into());
+            break;
+        }
+        match publisher.publish(seq, size) {
+            Ok(d) => {
+                report.published += 1;
+                report.api_delivered += d;
+            }
+            Err(e) => {
+                report.errors += 1;
+                report.first_error.get_or_insert(e);
+                if report.errors >= 10 && report.published == 0 {
+                    break;
+                }
+            }
+        }
+        progress(seq + 1);
+    }
+    report.last_ns = now_ns();
+    report
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn data_object_is_json_of_about_the_size() {
+        for size in [0usize, 10, 64, 1000] {
+            let mut out = Vec::new();
+            write_data(&mut out, 12, 123456789, size);
+            let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+            assert_eq!(v["seq"], 12);
+            assert_eq!(v["t"], 123456789);
+            if size > 40 {
+                assert_eq!(out.len(), size);
+            }
+            assert_eq!(crate::stats::scan_seq_t(&out), Some((12, 123456789)));
+        }
+    }
+
+    #[test]
+    fn delivered_is_read() {
+        assert_eq!(
+            delivered(br#"{"seq":18,"epoch":"k3x9","delivered":5000}"#),
+            5000
+        );
+        assert_eq!(delivered(br#"{"delivered": 7}"#), 7);
+        assert_eq!(delivered(b"{}"), 0);
+    }
+}
