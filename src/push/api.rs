@@ -1,0 +1,1325 @@
+//! The push API's HTTP layer, sans IO: turns the bytes buffered for one API connection into a
+//! command (or the error answer it earns) and renders the answers. The hub thread owns the
+//! sockets; it calls [`parse`] on its buffer, executes the [`ApiCommand`], and writes what
+//! [`json_response`] / [`text_response`] return.
+//!
+//! HTTP/1.1 with keep-alive and pipelining: [`parse`] reports how many bytes one request took and
+//! leaves the rest for the next call. HTTP/1.0 closes unless the client asked for keep-alive.
+//!
+//! Decisions, in the order they are taken for a request:
+//! 1. Head larger than [`ApiLimits::max_head`] or with too many header lines: 431, close.
+//!    Unparseable head, or a `Content-Length` that is not one decimal number: 400, close.
+//! 2. Any `Transfer-Encoding`: 411 Length Required, close. We do not decode chunked bodies, so we
+//!    cannot find where the request ends; the client is told to send `Content-Length`.
+//! 3. Auth (RFC 6750 §2.1 `Authorization: Bearer KEY`, on every path when a key is set): 401
+//!    with `WWW-Authenticate: Bearer`. Then the route: 404 unknown path, 405 with `Allow`.
+//! 4. `POST` without `Content-Length`: 411, close (a body we cannot frame may follow).
+//!    `Content-Length` above [`ApiLimits::max_body`]: 413, close, decided from the header before
+//!    the body arrives (a 401/404/405 decided in step 3 wins, but also closes).
+//! 5. The body is looked at only once fully buffered ([`Parsed::Partial`] until then); every error
+//!    from here on, and every 401/404/405, consumes the whole request and keeps the connection
+//!    as the client asked.
+//! 6. Strict JSON: the body is an object, required keys present, no unknown or duplicate keys,
+//!    `channel`/`user` strings that pass [`names`](crate::push::names) (and publishing to a
+//!    `$` channel is refused: those are the server's). `data` is any JSON value, `null`
+//!    included, but the key must be there. Every such error is a 400 whose body names the field.
+
+use crate::protocol::handshake::reason_phrase;
+use crate::push::auth::constant_time_eq;
+use crate::push::names::{validate_channel, validate_user};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+/// Header lines a request may carry: 431 beyond.
+const MAX_HEADERS: usize = 64;
+
+/// Size limits for one API request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ApiLimits {
+    /// Request line and headers, blank line included: 431 beyond. 8 KiB is a good value.
+    pub max_head: usize,
+    /// `Content-Length` above this gets 413 (the server passes `--max-message-size`).
+    pub max_body: usize,
+}
+
+impl Default for ApiLimits {
+    fn default() -> Self {
+        ApiLimits {
+            max_head: 8 * 1024,
+            max_body: 1024 * 1024,
+        }
+    }
+}
+
+/// What an API request asks the hub to do; names are already validated.
+#[derive(Debug)]
+pub enum ApiCommand {
+    /// `POST /api/publish {"channel":…,"data":…}`; `channel` never starts with `$`.
+    Publish {
+        channel: String,
+        data: Box<RawValue>,
+    },
+    /// `POST /api/send {"user":…,"data":…}`
+    Send { user: String, data: Box<RawValue> },
+    /// `POST /api/broadcast {"data":…}`
+    Broadcast { data: Box<RawValue> },
+    /// `POST /api/disconnect {"user":…}`
+    Disconnect { user: String },
+    /// `GET /api/stats`
+    Stats,
+    /// `GET /api/presence?channel=…` (the value percent-decoded)
+    Presence { channel: String },
+    /// `GET /metrics`
+    Metrics,
+}
+
+/// The outcome of [`parse`] on a connection's buffer.
+#[derive(Debug)]
+#[must_use]
+pub enum Parsed {
+    /// Need more bytes (nothing consumed).
+    Partial,
+    /// A complete request: it took the first `consumed` bytes of the buffer. Answer it, then
+    /// keep the connection iff `keep_alive` (pass the same flag to the response function).
+    Request {
+        consumed: usize,
+        keep_alive: bool,
+        command: ApiCommand,
+    },
+    /// A request that gets this error answer, already rendered. Drop the first `consumed` bytes;
+    /// if `close`, close the connection once `response` is written (the rest of the buffer is
+    /// not to be read: unparseable HTTP, 411, 413 with the body unread, 431, or a client that
+    /// did not ask for keep-alive). The response's `Connection` header already says so.
+    Reject {
+        consumed: usize,
+        close: bool,
+        response: Vec<u8>,
+    },
+}
+
+impl Parsed {
+    /// True for [`Parsed::Partial`].
+    pub fn is_partial(&self) -> bool {
+        matches!(self, Parsed::Partial)
+    }
+}
+
+/// Parses the request at the start of `buf`. `api_key`: when `Some`, every request must carry
+/// `Authorization: Bearer <api_key>`. Sizes are checked against `limits` before the body is
+/// looked at; the head is never scanned past `limits.max_head`.
+pub fn parse(buf: &[u8], api_key: Option<&str>, limits: &ApiLimits) -> Parsed {
+    let head = match parse_head(buf, limits) {
+        Ok(Some(head)) => head,
+        Ok(None) => return Parsed::Partial,
+        Err(rejection) => return rejection,
+    };
+    // Framing problems: we cannot tell where this request ends, so nothing after it is usable.
+    if head.transfer_encoding {
+        return reject_now(
+            buf.len(),
+            Failure::new(
+                411,
+                "Transfer-Encoding is not supported: send the body with Content-Length",
+            ),
+        );
+    }
+
+    let routed = authorize(&head, api_key).and_then(|()| route(head.method, head.path));
+    let body_len = match (&routed, head.content_length) {
+        (_, Some(n)) => n,
+        (Ok(route), None) if route.method() == "POST" => {
+            return reject_now(buf.len(), Failure::new(411, "Content-Length is required"))
+        }
+        (_, None) => 0,
+    };
+    if body_len > limits.max_body as u64 {
+        // The body will not be read, so the connection cannot go on after the answer.
+        let failure = routed.err().unwrap_or_else(|| {
+            Failure::new(413, &format!("body larger than {} bytes", limits.max_body))
+        });
+        return reject_now(head.len, failure);
+    }
+    // body_len <= max_body, a usize: the conversion is exact.
+    let consumed = head.len.saturating_add(body_len as usize);
+    let Some(body) = buf.get(head.len..consumed) else {
+        return Parsed::Partial;
+    };
+    match routed.and_then(|route| command(route, head.query, body)) {
+        Ok(command) => Parsed::Request {
+            consumed,
+            keep_alive: head.keep_alive,
+            command,
+        },
+        Err(failure) => Parsed::Reject {
+            consumed,
+            close: !head.keep_alive,
+            response: failure.render(head.keep_alive),
+        },
+    }
+}
+
+/// An `application/json` answer: `body` must already be JSON text.
+pub fn json_response(status: u16, body: &str, keep_alive: bool) -> Vec<u8> {
+    response(status, &[], "application/json", body.as_bytes(), keep_alive)
+}
+
+/// An answer with the given content type, e.g. `text/plain; version=0.0.4` for `/metrics`.
+pub fn text_response(status: u16, content_type: &str, body: &str, keep_alive: bool) -> Vec<u8> {
+    response(status, &[], content_type, body.as_bytes(), keep_alive)
+}
+
+/// The JSON error body `{"error":"…","field":"…"}` (`"field":null` when no field is to blame),
+/// escaped properly whatever the message and field hold.
+pub fn error_body(message: &str, field: Option<&str>) -> String {
+    serde_json::json!({ "error": message, "field": field }).to_string()
+}
+
+/// Our reason phrases: the handshake's, plus the ones only the API uses.
+fn reason(status: u16) -> &'static str {
+    match status {
+        204 => "No Content",
+        411 => "Length Required",
+        _ => reason_phrase(status),
+    }
+}
+
+fn response(
+    status: u16,
+    extra_headers: &[(&str, &str)],
+    content_type: &str,
+    body: &[u8],
+    keep_alive: bool,
+) -> Vec<u8> {
+    let mut head = format!(
+        "HTTP/1.1 {status} {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\
+         Connection: {}\r\n",
+        reason(status),
+        body.len(),
+        if keep_alive { "keep-alive" } else { "close" },
+    );
+    for (name, value) in extra_headers {
+        head.push_str(name);
+        head.push_str(": ");
+        head.push_str(value);
+        head.push_str("\r\n");
+    }
+    head.push_str("\r\n");
+    let mut out = head.into_bytes();
+    out.extend_from_slice(body);
+    out
+}
+
+/// An error answer not yet rendered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Failure {
+    status: u16,
+    message: String,
+    field: Option<String>,
+    /// `WWW-Authenticate` for 401, `Allow` for 405.
+    header: Option<(&'static str, &'static str)>,
+}
+
+impl Failure {
+    fn new(status: u16, message: &str) -> Self {
+        Failure {
+            status,
+            message: message.to_owned(),
+            field: None,
+            header: None,
+        }
+    }
+
+    /// A 400 blaming `field`.
+    fn bad(message: &str, field: &str) -> Self {
+        Failure {
+            field: Some(field.to_owned()),
+            ..Failure::new(400, message)
+        }
+    }
+
+    fn render(&self, keep_alive: bool) -> Vec<u8> {
+        let body = error_body(&self.message, self.field.as_deref());
+        let headers: &[(&str, &str)] = match &self.header {
+            Some(h) => std::slice::from_ref(h),
+            None => &[],
+        };
+        response(
+            self.status,
+            headers,
+            "application/json",
+            body.as_bytes(),
+            keep_alive,
+        )
+    }
+}
+
+/// Answer and close: the rest of the buffer is not to be read.
+fn reject_now(consumed: usize, failure: Failure) -> Parsed {
+    Parsed::Reject {
+        consumed,
+        close: true,
+        response: failure.render(false),
+    }
+}
+
+/// What the head told us, borrowed from the buffer.
+#[derive(Debug)]
+struct Head<'a> {
+    method: &'a str,
+    /// Without the query.
+    path: &'a str,
+    /// What follows `?`, undecoded.
+    query: Option<&'a str>,
+    /// Bytes of the head, blank line included.
+    len: usize,
+    keep_alive: bool,
+    content_length: Option<u64>,
+    transfer_encoding: bool,
+    /// The first `Authorization` header's value.
+    authorization: Option<&'a [u8]>,
+}
+
+/// `Ok(None)`: incomplete. `Err`: the answer for a head we cannot use (the connection closes).
+fn parse_head<'a>(buf: &'a [u8], limits: &ApiLimits) -> Result<Option<Head<'a>>, Parsed> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    // Never scan past the cap: a head that does not end within it is too large anyway.
+    let capped = &buf[..buf.len().min(limits.max_head)];
+    let too_large = || reject_now(buf.len(), Failure::new(431, "request head too large"));
+    let malformed = |what: &str| reject_now(buf.len(), Failure::new(400, what));
+    let len = match req.parse(capped) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) if buf.len() >= limits.max_head => return Err(too_large()),
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => return Err(too_large()),
+        Err(e) => return Err(malformed(&format!("malformed HTTP request: {e}"))),
+    };
+    let (Some(method), Some(target), Some(version)) = (req.method, req.path, req.version) else {
+        return Err(malformed("malformed HTTP request"));
+    };
+    let (path, query) = match target.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (target, None),
+    };
+    let mut content_length = None;
+    let mut transfer_encoding = false;
+    let mut authorization = None;
+    let (mut close, mut keep_alive) = (false, false);
+    for header in req.headers.iter() {
+        let name = header.name;
+        if name.eq_ignore_ascii_case("connection") {
+            for token in header.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                close |= token.eq_ignore_ascii_case(b"close");
+                keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+            }
+        } else if name.eq_ignore_ascii_case("content-length") {
+            // RFC 9112 §6.3: several different or invalid lengths are unrecoverable.
+            let Some(n) = parse_length(header.value) else {
+                return Err(malformed("invalid Content-Length"));
+            };
+            if content_length.is_some_and(|m| m != n) {
+                return Err(malformed("conflicting Content-Length headers"));
+            }
+            content_length = Some(n);
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            transfer_encoding = true;
+        } else if name.eq_ignore_ascii_case("authorization") && authorization.is_none() {
+            authorization = Some(header.value);
+        }
+    }
+    // RFC 9112 §9.3: 1.1 persists unless "close"; 1.0 only with "keep-alive"; "close" wins.
+    let keep_alive = !close && (version >= 1 || keep_alive);
+    Ok(Some(Head {
+        method,
+        path,
+        query,
+        len,
+        keep_alive,
+        content_length,
+        transfer_encoding,
+        authorization,
+    }))
+}
+
+/// `1*DIGIT`, at most 19 digits so that it fits a `u64` without overflow.
+fn parse_length(value: &[u8]) -> Option<u64> {
+    let digits = value.trim_ascii();
+    if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(
+        digits
+            .iter()
+            .fold(0u64, |n, &d| n * 10 + u64::from(d - b'0')),
+    )
+}
+
+/// RFC 6750 §2.1: `Authorization: Bearer <token>`; the scheme is case-insensitive (RFC 9110
+/// §11.1), the token compared in constant time.
+fn authorize(head: &Head<'_>, api_key: Option<&str>) -> Result<(), Failure> {
+    let Some(key) = api_key else {
+        return Ok(());
+    };
+    let unauthorized = |message: &str| Failure {
+        header: Some(("WWW-Authenticate", "Bearer")),
+        ..Failure::new(401, message)
+    };
+    let Some(value) = head.authorization else {
+        return Err(unauthorized("missing Authorization: Bearer header"));
+    };
+    let value = value.trim_ascii();
+    let token = match value.split_at_checked(7) {
+        Some((scheme, token)) if scheme.eq_ignore_ascii_case(b"bearer ") => token.trim_ascii(),
+        _ => return Err(unauthorized("Authorization must use the Bearer scheme")),
+    };
+    if constant_time_eq(token, key.as_bytes()) {
+        Ok(())
+    } else {
+        Err(unauthorized("invalid API key"))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Route {
+    Publish,
+    Send,
+    Broadcast,
+    Disconnect,
+    Stats,
+    Presence,
+    Metrics,
+}
+
+const ROUTES: &[(&str, Route)] = &[
+    ("/api/publish", Route::Publish),
+    ("/api/send", Route::Send),
+    ("/api/broadcast", Route::Broadcast),
+    ("/api/disconnect", Route::Disconnect),
+    ("/api/stats", Route::Stats),
+    ("/api/presence", Route::Presence),
+    ("/metrics", Route::Metrics),
+];
+
+impl Route {
+    fn method(self) -> &'static str {
+        match self {
+            Route::Publish | Route::Send | Route::Broadcast | Route::Disconnect => "POST",
+            Route::Stats | Route::Presence | Route::Metrics => "GET",
+        }
+    }
+}
+
+fn route(method: &str, path: &str) -> Result<Route, Failure> {
+    let Some(&(_, route)) = ROUTES.iter().find(|(p, _)| *p == path) else {
+        return Err(Failure::new(404, "no such endpoint"));
+    };
+    if method != route.method() {
+        return Err(Failure {
+            header: Some(("Allow", route.method())),
+            ..Failure::new(405, &format!("{path} takes {}", route.method()))
+        });
+    }
+    Ok(route)
+}
+
+fn command(route: Route, query: Option<&str>, body: &[u8]) -> Result<ApiCommand, Failure> {
+    Ok(match route {
+        Route::Publish => {
+            let b: PublishBody = json_object(body)?;
+            ApiCommand::Publish {
+                channel: publish_channel(string_field(b.channel, "channel")?)?,
+                data: b.data.to_owned(),
+            }
+        }
+        Route::Send => {
+            let b: SendBody = json_object(body)?;
+            ApiCommand::Send {
+                user: user(string_field(b.user, "user")?)?,
+                data: b.data.to_owned(),
+            }
+        }
+        Route::Broadcast => {
+            let b: BroadcastBody = json_object(body)?;
+            ApiCommand::Broadcast {
+                data: b.data.to_owned(),
+            }
+        }
+        Route::Disconnect => {
+            let b: DisconnectBody = json_object(body)?;
+            ApiCommand::Disconnect {
+                user: user(string_field(b.user, "user")?)?,
+            }
+        }
+        Route::Stats => ApiCommand::Stats,
+        Route::Metrics => ApiCommand::Metrics,
+        Route::Presence => {
+            let raw = query_param(query, "channel")
+                .ok_or_else(|| Failure::bad("missing query parameter channel", "channel"))?;
+            let channel = percent_decode(raw).ok_or_else(|| {
+                Failure::bad("channel is not valid percent-encoded UTF-8", "channel")
+            })?;
+            validate_channel(&channel).map_err(|e| Failure::bad(&e.to_string(), "channel"))?;
+            ApiCommand::Presence { channel }
+        }
+    })
+}
+
+// Each field is first taken as raw JSON, so serde reports missing, unknown and duplicate keys
+// by name, and a wrong type is reported by `string_field` for the field it concerns (serde_json's
+// own "invalid type" messages do not say which field).
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PublishBody<'a> {
+    #[serde(borrow)]
+    channel: &'a RawValue,
+    #[serde(borrow)]
+    data: &'a RawValue,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SendBody<'a> {
+    #[serde(borrow)]
+    user: &'a RawValue,
+    #[serde(borrow)]
+    data: &'a RawValue,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BroadcastBody<'a> {
+    #[serde(borrow)]
+    data: &'a RawValue,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DisconnectBody<'a> {
+    #[serde(borrow)]
+    user: &'a RawValue,
+}
+
+/// The body as one JSON object of shape `T`.
+fn json_object<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, Failure> {
+    let text =
+        std::str::from_utf8(body).map_err(|_| Failure::new(400, "body is not valid UTF-8"))?;
+    // serde's derived structs also accept a JSON array (fields by position): refuse it here.
+    let first = text
+        .trim_start_matches([' ', '\t', '\n', '\r'])
+        .bytes()
+        .next();
+    if first != Some(b'{') {
+        return Err(match serde_json::from_str::<serde::de::IgnoredAny>(text) {
+            Ok(_) => Failure::new(400, "body must be a JSON object"),
+            Err(e) => Failure::new(400, &format!("invalid JSON: {e}")),
+        });
+    }
+    serde_json::from_str(text).map_err(|e| {
+        if !e.is_data() {
+            return Failure::new(400, &format!("invalid JSON: {e}"));
+        }
+        let message = e.to_string();
+        for kind in ["missing field", "unknown field", "duplicate field"] {
+            if let Some(field) = quoted_field(&message, kind) {
+                return Failure::bad(kind, field);
+            }
+        }
+        Failure::new(400, &message)
+    })
+}
+
+/// The name in serde's "<kind> `name`…" messages. An unknown key is the client's and may hold
+/// anything, backticks included: it ends where serde's own suffix ("`, expected …" listing our
+/// field names, or "`, there are no fields") begins, else at the last backtick.
+fn quoted_field<'m>(message: &'m str, kind: &str) -> Option<&'m str> {
+    let rest = message.strip_prefix(kind)?.strip_prefix(" `")?;
+    let end = rest
+        .rfind("`, expected")
+        .or_else(|| rest.rfind("`, there are no fields"))
+        .or_else(|| rest.rfind('`'))?;
+    rest.get(..end)
+}
+
+fn string_field(raw: &RawValue, field: &str) -> Result<String, Failure> {
+    serde_json::from_str(raw.get())
+        .map_err(|_| Failure::bad(&format!("{field} must be a string"), field))
+}
+
+fn publish_channel(channel: String) -> Result<String, Failure> {
+    if channel.starts_with('$') {
+        return Err(Failure::bad(
+            "channels starting with $ are reserved for the server",
+            "channel",
+        ));
+    }
+    validate_channel(&channel).map_err(|e| Failure::bad(&e.to_string(), "channel"))?;
+    Ok(channel)
+}
+
+fn user(user: String) -> Result<String, Failure> {
+    validate_user(&user).map_err(|e| Failure::bad(&e.to_string(), "user"))?;
+    Ok(user)
+}
+
+/// The raw value of the first `name=` pair in `query`.
+fn query_param<'a>(query: Option<&'a str>, name: &str) -> Option<&'a str> {
+    query?.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (k == name).then_some(v)
+    })
+}
+
+/// RFC 3986 §2.1 percent-decoding (`+` stays `+`: channel names cannot hold a space anyway).
+/// `None` for a `%` not followed by two hex digits, or bytes that are not UTF-8.
+fn percent_decode(s: &str) -> Option<String> {
+    fn hex(b: u8) -> Option<u8> {
+        match b {
+            b'0'..=b'9' => Some(b - b'0'),
+            b'a'..=b'f' => Some(b - b'a' + 10),
+            b'A'..=b'F' => Some(b - b'A' + 10),
+            _ => None,
+        }
+    }
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        if b == b'%' {
+            let hi = hex(*bytes.get(i + 1)?)?;
+            let lo = hex(*bytes.get(i + 2)?)?;
+            out.push((hi << 4) | lo);
+            i += 3;
+        } else {
+            out.push(b);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+
+    const KEY: &str = "s3cret";
+
+    fn limits() -> ApiLimits {
+        ApiLimits {
+            max_head: 1024,
+            max_body: 256,
+        }
+    }
+
+    /// A request with the given extra header lines; `Content-Length` is added when `body` is
+    /// `Some`.
+    fn req(method: &str, target: &str, headers: &[&str], body: Option<&str>) -> Vec<u8> {
+        let mut s = format!("{method} {target} HTTP/1.1\r\nHost: localhost\r\n");
+        for h in headers {
+            s.push_str(h);
+            s.push_str("\r\n");
+        }
+        if let Some(body) = body {
+            s.push_str(&format!("Content-Length: {}\r\n", body.len()));
+        }
+        s.push_str("\r\n");
+        s.push_str(body.unwrap_or(""));
+        s.into_bytes()
+    }
+
+    fn post(target: &str, body: &str) -> Vec<u8> {
+        req("POST", target, &[], Some(body))
+    }
+
+    fn get(target: &str) -> Vec<u8> {
+        req("GET", target, &[], None)
+    }
+
+    /// A command as one comparable line.
+    fn describe(c: &ApiCommand) -> String {
+        match c {
+            ApiCommand::Publish { channel, data } => format!("publish {channel} {}", data.get()),
+            ApiCommand::Send { user, data } => format!("send {user} {}", data.get()),
+            ApiCommand::Broadcast { data } => format!("broadcast {}", data.get()),
+            ApiCommand::Disconnect { user } => format!("disconnect {user}"),
+            ApiCommand::Stats => "stats".into(),
+            ApiCommand::Presence { channel } => format!("presence {channel}"),
+            ApiCommand::Metrics => "metrics".into(),
+        }
+    }
+
+    /// A parsed response: status, headers (lower-case names), body.
+    struct Answer {
+        status: u16,
+        headers: Vec<(String, String)>,
+        body: Vec<u8>,
+    }
+
+    impl Answer {
+        fn header(&self, name: &str) -> Option<&str> {
+            self.headers
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.as_str())
+        }
+
+        fn json(&self) -> Value {
+            serde_json::from_slice(&self.body).expect("error bodies are JSON")
+        }
+
+        fn field(&self) -> Value {
+            self.json()["field"].clone()
+        }
+
+        fn message(&self) -> String {
+            self.json()["error"].as_str().unwrap_or("").to_owned()
+        }
+    }
+
+    /// Reads a whole response and checks that Content-Length is the body's length exactly.
+    fn read_answer(bytes: &[u8]) -> Answer {
+        let mut headers = [httparse::EMPTY_HEADER; 16];
+        let mut res = httparse::Response::new(&mut headers);
+        let httparse::Status::Complete(n) = res.parse(bytes).expect("valid response") else {
+            panic!("incomplete response head");
+        };
+        let headers: Vec<(String, String)> = res
+            .headers
+            .iter()
+            .map(|h| {
+                (
+                    h.name.to_ascii_lowercase(),
+                    String::from_utf8_lossy(h.value).into_owned(),
+                )
+            })
+            .collect();
+        let answer = Answer {
+            status: res.code.expect("status"),
+            body: bytes[n..].to_vec(),
+            headers,
+        };
+        let length: usize = answer
+            .header("content-length")
+            .expect("Content-Length")
+            .parse()
+            .expect("numeric Content-Length");
+        assert_eq!(length, answer.body.len(), "Content-Length matches the body");
+        assert!(answer.header("connection").is_some(), "Connection header");
+        answer
+    }
+
+    fn expect_request(p: Parsed) -> (usize, bool, String) {
+        match p {
+            Parsed::Request {
+                consumed,
+                keep_alive,
+                command,
+            } => (consumed, keep_alive, describe(&command)),
+            other => panic!("expected a request, got {other:?}"),
+        }
+    }
+
+    /// Also checks that the response's Connection header agrees with `close`.
+    fn expect_reject(p: Parsed) -> (usize, bool, Answer) {
+        match p {
+            Parsed::Reject {
+                consumed,
+                close,
+                response,
+            } => {
+                let answer = read_answer(&response);
+                let expected = if close { "close" } else { "keep-alive" };
+                assert_eq!(answer.header("connection"), Some(expected));
+                assert_eq!(answer.header("content-type"), Some("application/json"));
+                (consumed, close, answer)
+            }
+            other => panic!("expected a rejection, got {other:?}"),
+        }
+    }
+
+    fn valid_requests() -> Vec<(Vec<u8>, &'static str)> {
+        vec![
+            (
+                post("/api/publish", r#"{"channel":"news","data":{"a":[1,2]}}"#),
+                r#"publish news {"a":[1,2]}"#,
+            ),
+            (
+                post(
+                    "/api/publish",
+                    r#" { "data" : null , "channel" : "chat:1" } "#,
+                ),
+                "publish chat:1 null",
+            ),
+            (
+                post("/api/publish", r#"{"channel":"ne\u0077s","data":"hi"}"#),
+                r#"publish news "hi""#,
+            ),
+            (
+                post("/api/send", r#"{"user":"603577","data":42}"#),
+                "send 603577 42",
+            ),
+            (
+                post("/api/broadcast", r#"{"data":[true]}"#),
+                "broadcast [true]",
+            ),
+            (
+                post("/api/disconnect", r#"{"user":"603577"}"#),
+                "disconnect 603577",
+            ),
+            (get("/api/stats"), "stats"),
+            (get("/api/presence?channel=news"), "presence news"),
+            (
+                get("/api/presence?x=1&channel=chat%3a1%2Fa"),
+                "presence chat:1/a",
+            ),
+            (get("/metrics"), "metrics"),
+            // A GET may carry a body; it is read and ignored.
+            (req("GET", "/api/stats", &[], Some("{}")), "stats"),
+        ]
+    }
+
+    #[test]
+    fn every_route_parses() {
+        for (buf, expected) in valid_requests() {
+            let (consumed, keep_alive, command) = expect_request(parse(&buf, None, &limits()));
+            assert_eq!(command, expected);
+            assert_eq!(consumed, buf.len(), "{expected}");
+            assert!(keep_alive, "{expected}");
+        }
+    }
+
+    #[test]
+    fn partial_at_every_cut() {
+        for (buf, expected) in valid_requests() {
+            for cut in 0..buf.len() {
+                assert!(
+                    parse(&buf[..cut], None, &limits()).is_partial(),
+                    "{expected} cut at {cut}"
+                );
+            }
+        }
+        // Requests that will be refused also wait for their whole body.
+        for buf in [
+            post("/api/publish", r#"{"channel":"$user","data":1}"#),
+            req(
+                "POST",
+                "/api/send",
+                &["Authorization: Bearer wrong"],
+                Some(r#"{"user":"a","data":1}"#),
+            ),
+        ] {
+            for cut in 0..buf.len() {
+                assert!(
+                    parse(&buf[..cut], Some(KEY), &limits()).is_partial(),
+                    "cut {cut}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn pipelined_requests_parse_one_at_a_time() {
+        let mut buf = post("/api/publish", r#"{"channel":"a","data":1}"#);
+        let first = buf.len();
+        buf.extend_from_slice(&get("/api/stats"));
+        // A refused request that keeps the connection, then one more.
+        let bad = post("/api/send", r#"{"user":5,"data":1}"#);
+        buf.extend_from_slice(&bad);
+        buf.extend_from_slice(&get("/metrics"));
+
+        let (consumed, _, command) = expect_request(parse(&buf, None, &limits()));
+        assert_eq!((consumed, command.as_str()), (first, "publish a 1"));
+        let rest = &buf[consumed..];
+        let (consumed, _, command) = expect_request(parse(rest, None, &limits()));
+        assert_eq!(command, "stats");
+        let rest = &rest[consumed..];
+        let (consumed, close, answer) = expect_reject(parse(rest, None, &limits()));
+        assert_eq!((consumed, close, answer.status), (bad.len(), false, 400));
+        let rest = &rest[consumed..];
+        let (consumed, _, command) = expect_request(parse(rest, None, &limits()));
+        assert_eq!((consumed, command.as_str()), (rest.len(), "metrics"));
+    }
+
+    #[test]
+    fn auth() {
+        type Case<'a> = (Option<&'a str>, &'a [&'a str], &'a str, Option<&'a str>);
+        let cases: &[Case] = &[
+            // (key configured, headers, target, a word of the 401's message; None = accepted)
+            (None, &[], "/api/stats", None),
+            (
+                None,
+                &["Authorization: Bearer whatever"],
+                "/api/stats",
+                None,
+            ),
+            (
+                Some(KEY),
+                &["Authorization: Bearer s3cret"],
+                "/api/stats",
+                None,
+            ),
+            (
+                Some(KEY),
+                &["authorization: bearer   s3cret "],
+                "/metrics",
+                None,
+            ),
+            (Some(KEY), &[], "/api/stats", Some("missing")),
+            (Some(KEY), &[], "/metrics", Some("missing")),
+            (Some(KEY), &[], "/nowhere", Some("missing")),
+            (
+                Some(KEY),
+                &["Authorization: Bearer s3cre"],
+                "/metrics",
+                Some("invalid"),
+            ),
+            (
+                Some(KEY),
+                &["Authorization: Bearer s3crett"],
+                "/metrics",
+                Some("invalid"),
+            ),
+            (
+                Some(KEY),
+                &["Authorization: Bearer"],
+                "/metrics",
+                Some("Bearer"),
+            ),
+            (
+                Some(KEY),
+                &["Authorization: Basic czNjcmV0"],
+                "/metrics",
+                Some("Bearer"),
+            ),
+        ];
+        for &(key, headers, target, expected) in cases {
+            let buf = req("GET", target, headers, None);
+            let parsed = parse(&buf, key, &limits());
+            match expected {
+                None => {
+                    expect_request(parsed);
+                }
+                Some(word) => {
+                    let (consumed, close, a) = expect_reject(parsed);
+                    assert_eq!((consumed, close, a.status), (buf.len(), false, 401));
+                    assert_eq!(a.header("www-authenticate"), Some("Bearer"));
+                    assert!(a.message().contains(word), "{headers:?}: {}", a.message());
+                }
+            }
+        }
+        // A POST with a bad key: refused once its body is in, so the connection can go on.
+        let buf = req(
+            "POST",
+            "/api/broadcast",
+            &["Authorization: Bearer nope"],
+            Some(r#"{"data":1}"#),
+        );
+        let (consumed, close, a) = expect_reject(parse(&buf, Some(KEY), &limits()));
+        assert_eq!((consumed, close, a.status), (buf.len(), false, 401));
+    }
+
+    #[test]
+    fn unknown_path_and_wrong_method() {
+        let cases: &[(&str, &str, u16, Option<&str>)] = &[
+            ("GET", "/", 404, None),
+            ("GET", "/api", 404, None),
+            ("GET", "/api/stats/", 404, None),
+            ("POST", "/api/nope", 404, None),
+            ("GET", "/api/publish", 405, Some("POST")),
+            ("PUT", "/api/send", 405, Some("POST")),
+            ("POST", "/api/stats", 405, Some("GET")),
+            ("DELETE", "/api/presence?channel=x", 405, Some("GET")),
+            ("POST", "/metrics", 405, Some("GET")),
+            ("HEAD", "/metrics", 405, Some("GET")),
+        ];
+        for &(method, target, status, allow) in cases {
+            let buf = req(method, target, &[], Some(""));
+            let (consumed, close, a) = expect_reject(parse(&buf, None, &limits()));
+            assert_eq!((consumed, close, a.status), (buf.len(), false, status));
+            assert_eq!(a.header("allow"), allow, "{method} {target}");
+        }
+    }
+
+    #[test]
+    fn body_too_large_is_decided_from_the_header() {
+        let head = b"POST /api/publish HTTP/1.1\r\nContent-Length: 257\r\n\r\n";
+        let (consumed, close, a) = expect_reject(parse(head, None, &limits()));
+        assert_eq!((consumed, close, a.status), (head.len(), true, 413));
+        // Exactly the limit is fine (and waits for the body).
+        let head = b"POST /api/publish HTTP/1.1\r\nContent-Length: 256\r\n\r\n";
+        assert!(parse(head, None, &limits()).is_partial());
+        // A huge length overflows nothing.
+        let head = b"POST /api/publish HTTP/1.1\r\nContent-Length: 9999999999999999999\r\n\r\n";
+        let (_, close, a) = expect_reject(parse(head, None, &limits()));
+        assert_eq!((close, a.status), (true, 413));
+        // Unauthorized wins over too large, and also closes.
+        let head = b"POST /api/publish HTTP/1.1\r\nContent-Length: 100000\r\n\r\n";
+        let (consumed, close, a) = expect_reject(parse(head, Some(KEY), &limits()));
+        assert_eq!((consumed, close, a.status), (head.len(), true, 401));
+    }
+
+    #[test]
+    fn length_required() {
+        let cases: &[&[u8]] = &[
+            b"POST /api/publish HTTP/1.1\r\n\r\n",
+            b"POST /api/publish HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n",
+            b"POST /api/publish HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
+            b"GET /api/stats HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        ];
+        for buf in cases {
+            let parsed = parse(buf, None, &limits());
+            if let Parsed::Reject { response, .. } = &parsed {
+                assert!(response.starts_with(b"HTTP/1.1 411 Length Required\r\n"));
+            }
+            let (consumed, close, a) = expect_reject(parsed);
+            assert_eq!((consumed, close, a.status), (buf.len(), true, 411));
+        }
+    }
+
+    #[test]
+    fn head_too_large() {
+        let big = format!("X-Pad: {}", "a".repeat(1100));
+        let mut buf = req("GET", "/api/stats", &[&big], None);
+        let (_, close, a) = expect_reject(parse(&buf, None, &limits()));
+        assert_eq!((close, a.status), (true, 431));
+        // Still arriving, already over the cap.
+        buf.truncate(1100);
+        let (_, close, a) = expect_reject(parse(&buf, None, &limits()));
+        assert_eq!((close, a.status), (true, 431));
+        // Too many header lines.
+        let lines: Vec<String> = (0..70).map(|i| format!("X-{i}: 1")).collect();
+        let lines: Vec<&str> = lines.iter().map(String::as_str).collect();
+        let buf = req("GET", "/api/stats", &lines, None);
+        let roomy = ApiLimits {
+            max_head: 64 * 1024,
+            ..limits()
+        };
+        let (_, close, a) = expect_reject(parse(&buf, None, &roomy));
+        assert_eq!((close, a.status), (true, 431));
+        // Just under the cap is fine.
+        let pad = format!("X-Pad: {}", "a".repeat(900));
+        let buf = req("GET", "/api/stats", &[&pad], None);
+        assert!(buf.len() <= 1024);
+        assert_eq!(expect_request(parse(&buf, None, &limits())).2, "stats");
+    }
+
+    #[test]
+    fn malformed_http() {
+        let cases: &[&[u8]] = &[
+            b"GARBAGE\r\n\r\n",
+            b"GET /api/stats HTTP/2.0\r\n\r\n",
+            b"GET /api/stats FTP/1.1\r\n\r\n",
+            b"GET /api/stats\r\n\r\n",
+            b"GET /api/stats HTTP/1.1\r\nBad Header\r\n\r\n",
+            b"\x00\x01\x02\x03\r\n\r\n",
+            b"POST /api/publish HTTP/1.1\r\nContent-Length: abc\r\n\r\n",
+            b"POST /api/publish HTTP/1.1\r\nContent-Length: -1\r\n\r\n",
+            b"POST /api/publish HTTP/1.1\r\nContent-Length: 1, 1\r\n\r\n",
+            b"POST /api/publish HTTP/1.1\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n{}",
+        ];
+        for buf in cases {
+            let (consumed, close, a) = expect_reject(parse(buf, None, &limits()));
+            assert_eq!(
+                (consumed, close, a.status),
+                (buf.len(), true, 400),
+                "{:?}",
+                String::from_utf8_lossy(buf)
+            );
+            assert_eq!(a.field(), Value::Null);
+        }
+        // Identical repeated lengths are tolerated (RFC 9112 §6.3 allows it).
+        let buf = b"POST /api/broadcast HTTP/1.1\r\nContent-Length: 10\r\n\
+                    Content-Length: 10\r\n\r\n{\"data\":1}";
+        assert_eq!(expect_request(parse(buf, None, &limits())).2, "broadcast 1");
+    }
+
+    #[test]
+    fn json_errors_name_their_field() {
+        let f = |s: &str| Value::String(s.into());
+        let cases: Vec<(&str, &str, Value, &str)> = vec![
+            // (path, body, field, a word of the message)
+            ("/api/publish", r#"{"data":1}"#, f("channel"), "missing"),
+            ("/api/publish", r#"{"channel":"a"}"#, f("data"), "missing"),
+            (
+                "/api/publish",
+                r#"{"channel":5,"data":1}"#,
+                f("channel"),
+                "string",
+            ),
+            (
+                "/api/publish",
+                r#"{"channel":null,"data":1}"#,
+                f("channel"),
+                "string",
+            ),
+            (
+                "/api/publish",
+                r#"{"channel":"a","data":1,"x":2}"#,
+                f("x"),
+                "unknown",
+            ),
+            (
+                "/api/publish",
+                r#"{"channel":"a","data":1,"a`, b":2}"#,
+                f("a`, b"),
+                "unknown",
+            ),
+            (
+                "/api/publish",
+                r#"{"channel":"a","channel":"b","data":1}"#,
+                f("channel"),
+                "duplicate",
+            ),
+            (
+                "/api/publish",
+                r#"{"channel":"bad name","data":1}"#,
+                f("channel"),
+                "",
+            ),
+            (
+                "/api/publish",
+                r#"{"channel":"","data":1}"#,
+                f("channel"),
+                "",
+            ),
+            (
+                "/api/publish",
+                r#"{"channel":"$user","data":1}"#,
+                f("channel"),
+                "reserved",
+            ),
+            (
+                "/api/publish",
+                r#"{"channel":"$x","data":1}"#,
+                f("channel"),
+                "reserved",
+            ),
+            ("/api/publish", r#"["news",1]"#, Value::Null, "object"),
+            ("/api/publish", r#""news""#, Value::Null, "object"),
+            ("/api/publish", "null", Value::Null, "object"),
+            ("/api/publish", "", Value::Null, "invalid JSON"),
+            ("/api/publish", "{", Value::Null, "invalid JSON"),
+            (
+                "/api/publish",
+                r#"{"channel":"a","data":}"#,
+                Value::Null,
+                "invalid JSON",
+            ),
+            (
+                "/api/publish",
+                r#"{"channel":"a","data":1} x"#,
+                Value::Null,
+                "invalid JSON",
+            ),
+            ("/api/publish", "[1,", Value::Null, "invalid JSON"),
+            ("/api/publish", "\u{1}", Value::Null, "invalid JSON"),
+            ("/api/send", r#"{"data":1}"#, f("user"), "missing"),
+            (
+                "/api/send",
+                r#"{"user":603577,"data":1}"#,
+                f("user"),
+                "string",
+            ),
+            ("/api/send", r#"{"user":"","data":1}"#, f("user"), ""),
+            (
+                "/api/send",
+                r#"{"user":"a\u0000b","data":1}"#,
+                f("user"),
+                "",
+            ),
+            (
+                "/api/send",
+                r#"{"user":"a","data":1,"channel":"x"}"#,
+                f("channel"),
+                "unknown",
+            ),
+            ("/api/broadcast", "{}", f("data"), "missing"),
+            (
+                "/api/broadcast",
+                r#"{"data":1,"user":"a"}"#,
+                f("user"),
+                "unknown",
+            ),
+            ("/api/disconnect", "{}", f("user"), "missing"),
+            ("/api/disconnect", r#"{"user":["a"]}"#, f("user"), "string"),
+            (
+                "/api/disconnect",
+                r#"{"user":"a","data":1}"#,
+                f("data"),
+                "unknown",
+            ),
+        ];
+        for (path, body, field, word) in cases {
+            let buf = post(path, body);
+            let (consumed, close, a) = expect_reject(parse(&buf, None, &limits()));
+            assert_eq!(
+                (consumed, close, a.status),
+                (buf.len(), false, 400),
+                "{body}"
+            );
+            assert_eq!(a.field(), field, "{path} {body}");
+            assert!(a.message().contains(word), "{body}: {}", a.message());
+            assert!(!a.message().is_empty(), "{body}");
+        }
+        // Bytes that are not UTF-8.
+        let mut buf = b"POST /api/broadcast HTTP/1.1\r\nContent-Length: 12\r\n\r\n".to_vec();
+        buf.extend_from_slice(b"{\"data\":\"\xff\"}");
+        let (_, close, a) = expect_reject(parse(&buf, None, &limits()));
+        assert_eq!((close, a.status), (false, 400));
+    }
+
+    #[test]
+    fn presence_query() {
+        let cases: &[(&str, Option<&str>)] = &[
+            ("/api/presence?channel=news", Some("presence news")),
+            (
+                "/api/presence?channel=a%40b&channel=zzz",
+                Some("presence a@b"),
+            ),
+            ("/api/presence?channel=%24user", Some("presence $user")),
+            ("/api/presence", None),
+            ("/api/presence?", None),
+            ("/api/presence?chan=news", None),
+            ("/api/presence?channel=", None),
+            ("/api/presence?channel=a%2", None),
+            ("/api/presence?channel=a%zz", None),
+            ("/api/presence?channel=%ff", None),
+            ("/api/presence?channel=a+b", None),
+            ("/api/presence?channel=a%20b", None),
+        ];
+        for &(target, expected) in cases {
+            let buf = get(target);
+            let parsed = parse(&buf, None, &limits());
+            match expected {
+                Some(command) => assert_eq!(expect_request(parsed).2, command, "{target}"),
+                None => {
+                    let (_, close, a) = expect_reject(parsed);
+                    assert_eq!((close, a.status), (false, 400), "{target}");
+                    assert_eq!(a.field(), "channel", "{target}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn keep_alive_follows_version_and_connection() {
+        let cases: &[(&str, &[&str], bool)] = &[
+            ("HTTP/1.1", &[], true),
+            ("HTTP/1.1", &["Connection: close"], false),
+            ("HTTP/1.1", &["Connection: Keep-Alive"], true),
+            ("HTTP/1.1", &["Connection: foo, CLOSE"], false),
+            ("HTTP/1.0", &[], false),
+            ("HTTP/1.0", &["Connection: keep-alive"], true),
+            ("HTTP/1.0", &["Connection: close"], false),
+            ("HTTP/1.0", &["Connection: keep-alive, close"], false),
+            (
+                "HTTP/1.0",
+                &["Connection: close", "Connection: keep-alive"],
+                false,
+            ),
+        ];
+        for &(version, headers, expected) in cases {
+            let mut s = format!("GET /api/stats {version}\r\n");
+            for h in headers {
+                s.push_str(h);
+                s.push_str("\r\n");
+            }
+            s.push_str("\r\n");
+            let (_, keep_alive, _) = expect_request(parse(s.as_bytes(), None, &limits()));
+            assert_eq!(keep_alive, expected, "{version} {headers:?}");
+            // A rejection follows the same rule.
+            let s = s.replace("/api/stats", "/nope");
+            let (_, close, a) = expect_reject(parse(s.as_bytes(), None, &limits()));
+            assert_eq!((close, a.status), (!expected, 404), "{version} {headers:?}");
+        }
+    }
+
+    #[test]
+    fn responses_are_well_formed() {
+        let cases: Vec<(Vec<u8>, u16, &str, &str, &str)> = vec![
+            (
+                json_response(200, r#"{"seq":18,"epoch":"k3x9","delivered":2}"#, true),
+                200,
+                "application/json",
+                "keep-alive",
+                r#"{"seq":18,"epoch":"k3x9","delivered":2}"#,
+            ),
+            (
+                json_response(503, "{}", false),
+                503,
+                "application/json",
+                "close",
+                "{}",
+            ),
+            (
+                text_response(200, "text/plain; version=0.0.4", "a 1\nb 2\n", true),
+                200,
+                "text/plain; version=0.0.4",
+                "keep-alive",
+                "a 1\nb 2\n",
+            ),
+            (
+                json_response(200, "{\"x\":\"é€\"}", true),
+                200,
+                "application/json",
+                "keep-alive",
+                "{\"x\":\"é€\"}",
+            ),
+            (
+                text_response(200, "text/plain", "", false),
+                200,
+                "text/plain",
+                "close",
+                "",
+            ),
+        ];
+        for (raw, status, content_type, connection, body) in cases {
+            let a = read_answer(&raw);
+            assert_eq!(a.status, status);
+            assert_eq!(a.header("content-type"), Some(content_type));
+            assert_eq!(a.header("connection"), Some(connection));
+            assert_eq!(a.body, body.as_bytes());
+        }
+        assert!(json_response(200, "{}", true).starts_with(b"HTTP/1.1 200 OK\r\n"));
+        assert!(json_response(411, "{}", true).starts_with(b"HTTP/1.1 411 Length Required\r\n"));
+    }
+
+    #[test]
+    fn error_body_escapes() {
+        let cases: &[(&str, Option<&str>)] = &[
+            ("plain", None),
+            (
+                "quote \" backslash \\ newline \n tab \t nul \0",
+                Some("we\"ird\n"),
+            ),
+            ("unicode é €", Some("channel")),
+        ];
+        for &(message, field) in cases {
+            let body = error_body(message, field);
+            let v: Value = serde_json::from_str(&body).expect("valid JSON");
+            assert_eq!(v["error"], message);
+            assert_eq!(v["field"], field.map_or(Value::Null, Value::from));
+            assert_eq!(v.as_object().map(|o| o.len()), Some(2));
+        }
+    }
+
+    #[test]
+    fn percent_decoding() {
+        let cases: &[(&str, Option<&str>)] = &[
+            ("", Some("")),
+            ("abc", Some("abc")),
+            ("a%2Fb%2fc", Some("a/b/c")),
+            ("%41%42", Some("AB")),
+            ("a+b", Some("a+b")),
+            ("%C3%A9", Some("é")),
+            ("%", None),
+            ("%4", None),
+            ("%4g", None),
+            ("%C3", None),
+        ];
+        for &(input, expected) in cases {
+            assert_eq!(percent_decode(input).as_deref(), expected, "{input}");
+        }
+    }
+}

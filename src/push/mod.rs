@@ -1,0 +1,10 @@
+//! The push layer: identity, channels, the client protocol and the push API. It never touches
+//! a socket: the server's workers and the hub thread call it with bytes and get back what to
+//! deliver to whom.
+
+pub mod api;
+pub mod auth;
+pub mod client_protocol;
+pub mod hub;
+pub mod names;
+pub mod subscribers;
