@@ -96,12 +96,24 @@ pub enum ToHub {
         epoch: Option<String>,
     },
     /// A client's publish (already authorised and rate-limited by the worker).
-    Publish { channel: Arc<str>, data: String },
+    Publish {
+        channel: Arc<str>,
+        data: String,
+    },
     /// The worker has no subscribers (and no subscribe in flight) left for `stream`.
-    Idle { worker: WorkerId, stream: Stream },
+    Idle {
+        worker: WorkerId,
+        stream: Stream,
+    },
     /// A worker's count for an API request: deliveries, or connections closed.
-    Ack { ack: AckId, count: u64 },
-    PresenceReply { ack: AckId, users: Vec<Arc<str>> },
+    Ack {
+        ack: AckId,
+        count: u64,
+    },
+    PresenceReply {
+        ack: AckId,
+        users: Vec<Arc<str>>,
+    },
 }
 
 /// A push-API request, validated (see `crate::push::api`).
@@ -428,9 +440,7 @@ impl Hub {
         }
         let (seq, state_epoch) = (state.seq, Arc::clone(&state.epoch));
         // Without history, recovery holds only if nothing was missed.
-        let recovered = since.map(|since| {
-            epoch.as_deref() == Some(&*state_epoch) && since == seq
-        });
+        let recovered = since.map(|since| epoch.as_deref() == Some(&*state_epoch) && since == seq);
         let channel = match &stream {
             Stream::Channel(name) => &**name,
             Stream::User(_) => USER_CHANNEL,
@@ -554,7 +564,13 @@ mod tests {
         );
         let out: Vec<_> = hub.take_outbox().collect();
         assert_eq!(out.len(), 1, "only worker 1 has subscribers");
-        let (w, ToWorker::Deliver { seq, frame, ack, .. }) = &out[0] else {
+        let (
+            w,
+            ToWorker::Deliver {
+                seq, frame, ack, ..
+            },
+        ) = &out[0]
+        else {
             panic!("deliver expected");
         };
         assert_eq!((*w, *seq), (1, Some(1)));
@@ -569,7 +585,11 @@ mod tests {
         let answers: Vec<_> = hub.take_answers().collect();
         assert_eq!(answers.len(), 1);
         assert_eq!(answers[0].conn, 99);
-        assert!(answers[0].body.contains("\"delivered\":3"), "{}", answers[0].body);
+        assert!(
+            answers[0].body.contains("\"delivered\":3"),
+            "{}",
+            answers[0].body
+        );
         assert!(answers[0].body.contains("\"seq\":1"));
     }
 
@@ -602,13 +622,19 @@ mod tests {
             });
         }
         hub.take_outbox().for_each(drop);
-        hub.on_message(ToHub::Idle { worker: 0, stream: ch("c") });
+        hub.on_message(ToHub::Idle {
+            worker: 0,
+            stream: ch("c"),
+        });
         let cmd = Command::Publish {
             channel: Arc::from("c"),
             data: "1".into(),
         };
         assert_eq!(hub.fan_out(&cmd), vec![1]);
-        hub.on_message(ToHub::Idle { worker: 1, stream: ch("c") });
+        hub.on_message(ToHub::Idle {
+            worker: 1,
+            stream: ch("c"),
+        });
         assert_eq!(hub.stream_counts(), (0, 0));
     }
 
@@ -642,13 +668,17 @@ mod tests {
         let ToWorker::Subscribed { frame, .. } = &out[0].1 else {
             panic!()
         };
-        assert!(std::str::from_utf8(&frame[2..]).unwrap().contains("\"recovered\":true"));
+        assert!(std::str::from_utf8(&frame[2..])
+            .unwrap()
+            .contains("\"recovered\":true"));
         hub.on_message(sub(Some(1), Some(&epoch)));
         let out: Vec<_> = hub.take_outbox().collect();
         let ToWorker::Subscribed { frame, .. } = &out[0].1 else {
             panic!()
         };
-        assert!(std::str::from_utf8(&frame[2..]).unwrap().contains("\"recovered\":false"));
+        assert!(std::str::from_utf8(&frame[2..])
+            .unwrap()
+            .contains("\"recovered\":false"));
     }
 
     #[test]
@@ -664,7 +694,12 @@ mod tests {
             });
         }
         hub.take_outbox().for_each(drop);
-        hub.command(5, Command::Presence { channel: Arc::from("room") });
+        hub.command(
+            5,
+            Command::Presence {
+                channel: Arc::from("room"),
+            },
+        );
         let acks: Vec<AckId> = hub
             .take_outbox()
             .map(|(_, m)| match m {

@@ -151,12 +151,36 @@ mod tests {
         let c = t.insert(&k, 12);
         assert_eq!((a, b, c), (0, 1, 2));
         let r = t.remove(&k, a, 10);
-        assert_eq!(r, Removed { moved: Some(12), now_idle: false });
+        assert_eq!(
+            r,
+            Removed {
+                moved: Some(12),
+                now_idle: false
+            }
+        );
         assert_eq!(t.members(&k), &[12, 11]);
         // Stale slot: nothing happens.
-        assert_eq!(t.remove(&k, 0, 11), Removed { moved: None, now_idle: false });
-        assert_eq!(t.remove(&k, 1, 11), Removed { moved: None, now_idle: false });
-        assert_eq!(t.remove(&k, 0, 12), Removed { moved: None, now_idle: true });
+        assert_eq!(
+            t.remove(&k, 0, 11),
+            Removed {
+                moved: None,
+                now_idle: false
+            }
+        );
+        assert_eq!(
+            t.remove(&k, 1, 11),
+            Removed {
+                moved: None,
+                now_idle: false
+            }
+        );
+        assert_eq!(
+            t.remove(&k, 0, 12),
+            Removed {
+                moved: None,
+                now_idle: true
+            }
+        );
         assert!(t.is_empty());
     }
 

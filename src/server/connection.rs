@@ -16,6 +16,8 @@ use mio::net::TcpStream;
 use crate::protocol::close::CloseState;
 use crate::protocol::frame::{OpCode, MAX_CONTROL_PAYLOAD};
 use crate::protocol::message::Decoder;
+use crate::push::auth::Claims;
+use crate::push::subscribers::Slot;
 
 /// What a connection is for, decided at the upgrade.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,6 +26,8 @@ pub enum Endpoint {
     None,
     /// `--echo-path`: every message comes back.
     Echo,
+    /// `--ws-path`: the JSON push protocol; state in [`Connection::push`].
+    Push,
 }
 
 /// Where a connection stands.
@@ -69,6 +73,8 @@ pub struct Connection {
     pub endpoint: Endpoint,
     /// Registered for WRITABLE as well as READABLE.
     pub writable_interest: bool,
+    /// Listed in the worker's to-flush list this turn.
+    pub dirty: bool,
     /// A ping went out and no frame has arrived since.
     pub ping_outstanding: bool,
     /// The tick of the single live timer entry; entries for other ticks are stale.
@@ -81,6 +87,42 @@ pub struct Connection {
     pub stash: Option<Box<[u8]>>,
     /// Bytes the socket did not take yet.
     pub outbound: Option<Box<Outbound>>,
+    /// Push-endpoint state (user, subscriptions, token), only on push connections.
+    pub push: Option<Box<PushConn>>,
+}
+
+/// What a push-endpoint connection is and holds.
+#[derive(Debug)]
+pub struct PushConn {
+    pub user: Arc<str>,
+    /// Place in the worker's user table once the `$user` subscription is answered.
+    pub user_slot: Option<Slot>,
+    /// The last `$user` seq queued for this connection (replays never repeat it).
+    pub user_last: u64,
+    /// The token's claims; `None` in open mode (everything allowed).
+    pub claims: Option<Claims>,
+    /// Wheel tick at which the token expires (`u64::MAX`: never).
+    pub expires: u64,
+    pub subs: Vec<Subscription>,
+    /// Client publishes left in the current one-second window, and the window's start tick.
+    pub publish_budget: u32,
+    pub budget_tick: u64,
+}
+
+/// One channel subscription of a connection.
+#[derive(Debug)]
+pub struct Subscription {
+    pub channel: Arc<str>,
+    /// Place in the worker's channel table; `None` until the hub answers.
+    pub slot: Option<Slot>,
+    /// The last seq queued for this connection on this channel.
+    pub last: u64,
+}
+
+impl PushConn {
+    pub fn sub_mut(&mut self, channel: &str) -> Option<&mut Subscription> {
+        self.subs.iter_mut().find(|s| &*s.channel == channel)
+    }
 }
 
 impl Connection {
@@ -91,12 +133,14 @@ impl Connection {
             phase: Phase::Handshake,
             endpoint: Endpoint::None,
             writable_interest: false,
+            dirty: false,
             ping_outstanding: false,
             deadline: 0,
             last_seen: 0,
             decoder: Decoder::new(),
             stash: None,
             outbound: None,
+            push: None,
         }
     }
 
@@ -141,7 +185,7 @@ impl Chunk {
 const OWNED_CHUNK_TARGET: usize = 64 * 1024;
 
 /// Most buffers handed to one `writev`.
-const MAX_IOVECS: usize = 64;
+const MAX_IOVECS: usize = 256;
 
 /// The outbound queue: chunks of whole frames, written with `writev`, plus at most one pending
 /// pong (§5.5.3: answering only the latest ping is allowed), which goes out at the next frame

@@ -4,6 +4,7 @@
 
 pub mod connection;
 pub mod http;
+mod hub_loop;
 pub mod listener;
 pub mod timer_wheel;
 mod worker;
@@ -11,6 +12,7 @@ mod worker;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -31,6 +33,13 @@ pub(crate) struct Settings {
     handshake: HandshakeConfig,
     decoder: DecoderConfig,
     echo_path: Option<String>,
+    ws_path: String,
+    /// HS256 secret; `None` is open mode.
+    jwt_secret: Option<Vec<u8>>,
+    /// Empty: any Origin.
+    allowed_origins: Vec<String>,
+    max_subscriptions: usize,
+    publish_rate: u32,
     /// min(--max-connections, open-files limit − 64).
     max_connections: usize,
     max_backlog: usize,
@@ -51,6 +60,11 @@ impl Settings {
                 max_message_size: config.max_message_size,
             },
             echo_path: config.echo_path.clone(),
+            ws_path: config.ws_path.clone(),
+            jwt_secret: config.jwt_secret.as_ref().map(|s| s.as_bytes().to_vec()),
+            allowed_origins: config.allowed_origins.clone(),
+            max_subscriptions: config.max_subscriptions,
+            publish_rate: config.max_client_publish_rate,
             max_connections,
             max_backlog: config.max_backlog,
             tick: TICK,
@@ -86,6 +100,14 @@ pub struct Stats {
     pub pong_timeouts: AtomicU64,
     /// Times a worker paused accepting after EMFILE/ENFILE.
     pub accept_pauses: AtomicU64,
+    /// Channel subscriptions held (not counting `$user`).
+    pub subscriptions: AtomicUsize,
+    /// Frames queued for push connections by fan-out.
+    pub deliveries: AtomicU64,
+    pub bytes_in: AtomicU64,
+    pub bytes_out: AtomicU64,
+    /// API requests refused with 503 because workers' inboxes were full.
+    pub api_overloaded: AtomicU64,
 }
 
 impl Stats {
@@ -106,6 +128,7 @@ impl Stats {
 /// A running server: its workers and the means to stop them.
 pub struct Server {
     local_addr: SocketAddr,
+    api_addr: SocketAddr,
     max_connections: usize,
     stats: Arc<Stats>,
     stop: Arc<AtomicBool>,
@@ -114,7 +137,8 @@ pub struct Server {
 }
 
 impl Server {
-    /// Binds the listeners and starts one worker thread per `config.threads`.
+    /// Binds the listeners and starts one worker thread per `config.threads`, plus the hub
+    /// thread serving the push API.
     pub fn start(config: &Config) -> io::Result<Server> {
         let max_connections = config
             .max_connections
@@ -124,17 +148,53 @@ impl Server {
         let stop = Arc::new(AtomicBool::new(false));
         let listeners = listener::bind_all(config.listen, config.threads.max(1))?;
         let local_addr = listeners[0].local_addr()?;
-        let mut wakers = Vec::new();
-        let mut threads = Vec::new();
+        let api_listener = mio::net::TcpListener::bind(config.api_listen)?;
+        let api_addr = api_listener.local_addr()?;
+
+        let (to_hub, hub_rx) = mpsc::channel();
+        let (mut hub, hub_waker) = hub_loop::HubLoop::new(
+            api_listener,
+            hub_rx,
+            config.api_key.clone(),
+            config.max_message_size,
+            Arc::clone(&stats),
+            Arc::clone(&stop),
+        )?;
+        let hub_handle = hub_loop::HubHandle {
+            tx: to_hub,
+            waker: Arc::clone(&hub_waker),
+        };
+        let mut wakers = vec![hub_waker];
+        let mut inboxes = Vec::new();
+        let mut workers = Vec::new();
         for (id, listener) in listeners.into_iter().enumerate() {
+            let (tx, rx) = mpsc::channel();
+            let load = Arc::new(AtomicUsize::new(0));
             let (worker, waker) = worker::Worker::new(
                 id,
                 listener,
+                worker::HubLink {
+                    hub: hub_handle.clone(),
+                    inbox: rx,
+                    inbox_load: Arc::clone(&load),
+                },
                 Arc::clone(&settings),
                 Arc::clone(&stats),
                 Arc::clone(&stop),
             )?;
+            inboxes.push(hub_loop::WorkerInbox {
+                tx,
+                waker: Arc::clone(&waker),
+                load,
+            });
             wakers.push(waker);
+            workers.push(worker);
+        }
+        hub.attach_workers(inboxes);
+        let mut threads = vec![std::thread::Builder::new()
+            .name("edgepush-hub".to_owned())
+            .spawn(move || hub.run())?];
+        for (id, worker) in workers.into_iter().enumerate() {
             threads.push(
                 std::thread::Builder::new()
                     .name(format!("edgepush-worker-{id}"))
@@ -143,12 +203,18 @@ impl Server {
         }
         Ok(Server {
             local_addr,
+            api_addr,
             max_connections,
             stats,
             stop,
             wakers,
             threads,
         })
+    }
+
+    /// The push API's address (`--api-listen`).
+    pub fn api_addr(&self) -> SocketAddr {
+        self.api_addr
     }
 
     pub fn local_addr(&self) -> SocketAddr {

@@ -9,9 +9,12 @@
 //! WRITABLE only while bytes are queued. Events are hints; a stale or spurious one costs a
 //! `WouldBlock`.
 
+mod push;
+
 use std::io::{self, Read, Write};
 use std::net::Shutdown;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,9 +27,12 @@ use crate::protocol::close::{self, CloseReply, CloseState};
 use crate::protocol::frame::{write_frame, OpCode};
 use crate::protocol::handshake::{parse_request, write_accept_response, write_response};
 use crate::protocol::message::{Event, MessageKind};
+use crate::push::hub::ToWorker;
+use crate::push::subscribers::Table;
 use crate::server::connection::{
     Connection, Endpoint, Flushed, Handle, Outbound, Phase, PongFrame,
 };
+use crate::server::hub_loop::HubHandle;
 use crate::server::timer_wheel::TimerWheel;
 use crate::server::{http, Settings, Stats};
 
@@ -53,8 +59,32 @@ struct TimerRef {
     tick: u32,
 }
 
+/// A worker's connection to the hub: the way there and its own inbox.
+pub(crate) struct HubLink {
+    pub(crate) hub: HubHandle,
+    pub(crate) inbox: Receiver<ToWorker>,
+    /// Bytes pinned by inbox messages not yet taken (the hub's admission bound).
+    pub(crate) inbox_load: Arc<AtomicUsize>,
+}
+
 pub(crate) struct Worker {
     id: usize,
+    link: HubLink,
+    /// Something was sent to the hub this turn: wake it once at the end.
+    hub_wake: bool,
+    /// The inbox was not drained this turn.
+    inbox_again: bool,
+    /// Channel → local subscribers; user → local connections.
+    channels: Table<Arc<str>, Handle>,
+    users: Table<Arc<str>, Handle>,
+    /// Connections with frames queued by fan-out this turn, flushed at its end.
+    dirty: Vec<Handle>,
+    /// Push-endpoint messages of the connection being read, handled after its frames.
+    push_in: Vec<u8>,
+    push_msgs: Vec<(MessageKind, usize, usize)>,
+    /// Counters summed locally and published once per turn.
+    bytes_in: u64,
+    bytes_out: u64,
     poll: Poll,
     listener: TcpListener,
     accepting: bool,
@@ -79,6 +109,7 @@ impl Worker {
     pub(crate) fn new(
         id: usize,
         mut listener: TcpListener,
+        link: HubLink,
         settings: Arc<Settings>,
         stats: Arc<Stats>,
         stop: Arc<AtomicBool>,
@@ -91,6 +122,16 @@ impl Worker {
         Ok((
             Worker {
                 id,
+                link,
+                hub_wake: false,
+                inbox_again: false,
+                channels: Table::new(),
+                users: Table::new(),
+                dirty: Vec::new(),
+                push_in: Vec::new(),
+                push_msgs: Vec::new(),
+                bytes_in: 0,
+                bytes_out: 0,
                 poll,
                 listener,
                 accepting: true,
@@ -115,7 +156,7 @@ impl Worker {
     pub(crate) fn run(mut self) {
         let mut events = Events::with_capacity(1024);
         while !self.stop.load(Ordering::Relaxed) {
-            let timeout = if self.again.is_empty() {
+            let timeout = if self.again.is_empty() && !self.inbox_again {
                 self.wheel.next_expiry_hint(Instant::now())
             } else {
                 Some(Duration::ZERO)
@@ -135,7 +176,7 @@ impl Worker {
                             self.accept_all();
                         }
                     }
-                    WAKER => {}
+                    WAKER => self.drain_inbox(),
                     token => {
                         let handle = Handle::from_token(token);
                         if event.is_readable() || event.is_read_closed() || event.is_error() {
@@ -150,12 +191,16 @@ impl Worker {
             for handle in std::mem::take(&mut self.again) {
                 self.on_readable(handle);
             }
+            if self.inbox_again {
+                self.drain_inbox();
+            }
             self.wheel.advance(now, &mut self.fired);
             let mut fired = std::mem::take(&mut self.fired);
             for timer in fired.drain(..) {
                 self.on_timer(timer);
             }
             self.fired = fired;
+            self.end_turn();
         }
         debug!(
             "worker {}: stopping with {} connections",
@@ -282,7 +327,11 @@ impl Worker {
             }
             Phase::WebSocket(CloseState::Open) => {
                 let silent = u64::from((now as u32).wrapping_sub(conn.last_seen));
-                if conn.ping_outstanding {
+                let expires = conn.push.as_ref().map_or(u64::MAX, |p| p.expires);
+                if expires <= now {
+                    debug!("{}: token expired", peer(conn));
+                    self.close_with(handle, 4001, "token expired");
+                } else if conn.ping_outstanding {
                     debug!("{}: no frame within the pong timeout", peer(conn));
                     self.stats.pong_timeouts.fetch_add(1, Ordering::Relaxed);
                     self.remove(handle);
@@ -291,11 +340,11 @@ impl Worker {
                     emit(&mut conn.outbound, &mut self.cork, |out| {
                         write_frame(out, OpCode::Ping, b"")
                     });
-                    self.arm(handle, now + pong_ticks);
+                    self.arm(handle, (now + pong_ticks).min(expires));
                     self.flush(handle);
                 } else {
                     let due = now + ping_ticks - silent;
-                    self.arm(handle, due);
+                    self.arm(handle, due.min(expires));
                 }
             }
             Phase::WebSocket(_) | Phase::Finishing { .. } => {
@@ -328,6 +377,7 @@ impl Worker {
                     break;
                 }
                 Ok(n) => {
+                    self.bytes_in += n as u64;
                     let end = stash_len + n;
                     let consumed = self.handle_input(handle, &mut buf[..end]);
                     if let Some(conn) = self.get(handle) {
@@ -396,10 +446,29 @@ impl Worker {
             self.finish(handle);
             return buf.len();
         };
-        let refusal = if settings.echo_path.as_deref() != Some(request.path) {
-            Some((404, "no WebSocket endpoint here\n"))
+        let endpoint = if settings.echo_path.as_deref() == Some(request.path) {
+            Endpoint::Echo
+        } else if settings.ws_path == request.path {
+            Endpoint::Push
+        } else {
+            Endpoint::None
+        };
+        let origin_ok = settings.allowed_origins.is_empty()
+            || request
+                .origin
+                .is_none_or(|o| settings.allowed_origins.iter().any(|a| a == o));
+        let identity = match endpoint {
+            Endpoint::Push if origin_ok => Some(push::authenticate(&settings, &request)),
+            _ => None,
+        };
+        let refusal = if endpoint == Endpoint::None {
+            Some((404, "no WebSocket endpoint here\n".to_owned()))
+        } else if !origin_ok {
+            Some((403, "origin not allowed\n".to_owned()))
         } else if self.stats.open() >= settings.max_connections {
-            Some((503, "server full\n"))
+            Some((503, "server full\n".to_owned()))
+        } else if let Some(Err(reason)) = &identity {
+            Some((401, format!("{reason}\n")))
         } else {
             None
         };
@@ -409,17 +478,18 @@ impl Worker {
                 .fetch_add(1, Ordering::Relaxed);
             if let Some(conn) = self.get(handle) {
                 debug!(
-                    "{}: upgrade to {} refused with {status}",
+                    "{}: upgrade to {} refused with {status}: {}",
                     peer(conn),
-                    request.path
+                    request.path,
+                    body.trim()
                 );
             }
-            let headers: &[(&str, &str)] = if status == 503 {
-                &[("Retry-After", "5")]
-            } else {
-                &[]
+            let headers: &[(&str, &str)] = match status {
+                503 => &[("Retry-After", "5")],
+                401 => &[("WWW-Authenticate", "Bearer")],
+                _ => &[],
             };
-            write_response(&mut self.cork, status, headers, body);
+            write_response(&mut self.cork, status, headers, &body);
             self.finish(handle);
             return buf.len();
         }
@@ -430,10 +500,13 @@ impl Worker {
             return buf.len();
         };
         conn.phase = Phase::WebSocket(CloseState::Open);
-        conn.endpoint = Endpoint::Echo;
+        conn.endpoint = endpoint;
         conn.last_seen = now as u32;
         self.stats.upgraded();
-        self.arm(handle, now + settings.ping_ticks);
+        match identity {
+            Some(Ok(identity)) => self.accept_push(handle, identity),
+            _ => self.arm(handle, now + settings.ping_ticks),
+        }
         head_len + self.handle_frames(handle, &mut buf[head_len..])
     }
 
@@ -445,6 +518,8 @@ impl Worker {
             settings,
             stats,
             now,
+            push_in,
+            push_msgs,
             ..
         } = self;
         let Some(conn) = conns
@@ -453,6 +528,7 @@ impl Worker {
         else {
             return buf.len();
         };
+        let is_push = conn.endpoint == Endpoint::Push;
         let mut pos = 0;
         let mut messages = 0u64;
         // Some(code): the connection is done; a non-zero code is a Close we still owe.
@@ -484,7 +560,12 @@ impl Worker {
             match event {
                 Event::Message { kind, data } => {
                     messages += 1;
-                    if state.can_send() {
+                    if is_push {
+                        // Handled once the decoder lets go of the connection (below).
+                        let start = push_in.len();
+                        push_in.extend_from_slice(data);
+                        push_msgs.push((kind, start, push_in.len()));
+                    } else if state.can_send() {
                         emit(&mut conn.outbound, cork, |out| echo(out, kind, data));
                     }
                 }
@@ -512,16 +593,57 @@ impl Worker {
             }
         };
         stats.messages_in.fetch_add(messages, Ordering::Relaxed);
+        if !self.push_msgs.is_empty() {
+            self.handle_push_messages(handle);
+        }
+        let Some(conn) = conn_of(&mut self.conns, handle) else {
+            return buf.len();
+        };
         match outcome {
             None => pos,
             Some(code) => {
                 if code != 0 {
-                    emit(&mut conn.outbound, cork, |out| {
+                    emit(&mut conn.outbound, &mut self.cork, |out| {
                         close::write_close_frame(out, code, "")
                     });
                 }
                 self.finish(handle);
                 buf.len()
+            }
+        }
+    }
+
+    /// Closes an open connection from our side with `code`: Close frame, then FIN.
+    fn close_with(&mut self, handle: Handle, code: u16, reason: &str) {
+        let Some(conn) = conn_of(&mut self.conns, handle) else {
+            return;
+        };
+        if let Phase::WebSocket(mut state) = conn.phase {
+            if state.on_send_close() {
+                emit(&mut conn.outbound, &mut self.cork, |out| {
+                    close::write_close_frame(out, code, reason)
+                });
+            }
+        }
+        self.finish(handle);
+        self.flush(handle);
+    }
+
+    /// Publishes the turn's counters and wakes the hub if anything was sent to it.
+    fn end_turn(&mut self) {
+        if self.bytes_in > 0 {
+            self.stats
+                .bytes_in
+                .fetch_add(std::mem::take(&mut self.bytes_in), Ordering::Relaxed);
+        }
+        if self.bytes_out > 0 {
+            self.stats
+                .bytes_out
+                .fetch_add(std::mem::take(&mut self.bytes_out), Ordering::Relaxed);
+        }
+        if std::mem::take(&mut self.hub_wake) {
+            if let Err(e) = self.link.hub.waker.wake() {
+                warn!("worker {}: waking the hub: {e}", self.id);
             }
         }
     }
@@ -544,8 +666,8 @@ impl Worker {
             conns,
             cork,
             settings,
-            stats,
             poll,
+            bytes_out,
             ..
         } = self;
         let Some(conn) = conns
@@ -559,6 +681,7 @@ impl Worker {
             None => {
                 let result = write_direct(&mut conn.socket, cork);
                 if let Ok(written) = result {
+                    *bytes_out += written as u64;
                     if written < cork.len() {
                         conn.outbound = Some(Box::new(Outbound::with_bytes(&cork[written..])));
                     }
@@ -569,11 +692,16 @@ impl Worker {
                 }
                 result.map(|_| ())
             }
-            Some(outbound) => outbound.flush(&mut conn.socket).map(|flushed| {
-                if flushed == Flushed::All {
-                    conn.outbound = None;
-                }
-            }),
+            Some(outbound) => {
+                let before = outbound.queued;
+                let result = outbound.flush(&mut conn.socket);
+                *bytes_out += (before - outbound.queued) as u64;
+                result.map(|flushed| {
+                    if flushed == Flushed::All {
+                        conn.outbound = None;
+                    }
+                })
+            }
         };
         if let Err(e) = result {
             debug!("{}: write failed: {e}", peer_of(&conn.socket));
@@ -581,23 +709,7 @@ impl Worker {
             return;
         }
         if conn.queued() > settings.max_backlog {
-            // Slow consumer: keep a half-written frame, drop the rest, say 1008 and finish.
-            debug!(
-                "{}: {} bytes queued, over --max-backlog; closing with 1008",
-                peer_of(&conn.socket),
-                conn.queued()
-            );
-            stats.slow_consumers.fetch_add(1, Ordering::Relaxed);
-            if let Some(outbound) = conn.outbound.as_mut() {
-                outbound.drop_unstarted();
-                let tail = outbound.push_owned();
-                let before = tail.len();
-                close::write_close_frame(tail, close::POLICY, "slow consumer");
-                let n = tail.len() - before;
-                outbound.account(n);
-            }
-            self.finish(handle);
-            return self.flush(handle);
+            return self.drop_slow_consumer(handle);
         }
         if let Phase::Finishing { fin_sent: false } = conn.phase {
             if conn.outbound.is_none() {
@@ -626,16 +738,52 @@ impl Worker {
         }
     }
 
+    /// Slow consumer: keep a half-written frame, drop the rest, say 1008 and finish.
+    fn drop_slow_consumer(&mut self, handle: Handle) {
+        let Some(conn) = conn_of(&mut self.conns, handle) else {
+            return;
+        };
+        if matches!(conn.phase, Phase::Finishing { .. }) {
+            return;
+        }
+        debug!(
+            "{}: {} bytes queued, over --max-backlog; closing with 1008",
+            peer(conn),
+            conn.queued()
+        );
+        self.stats.slow_consumers.fetch_add(1, Ordering::Relaxed);
+        let outbound = conn.outbound.get_or_insert_with(Default::default);
+        outbound.drop_unstarted();
+        let tail = outbound.push_owned();
+        let before = tail.len();
+        close::write_close_frame(tail, close::POLICY, "slow consumer");
+        let n = tail.len() - before;
+        outbound.account(n);
+        self.finish(handle);
+        self.flush(handle);
+    }
+
     /// Drops the connection (closing its socket).
     fn remove(&mut self, handle: Handle) {
         if self.get(handle).is_none() {
             return;
         }
-        let conn = self.conns.remove(handle.key as usize);
+        let mut conn = self.conns.remove(handle.key as usize);
         if conn.endpoint != Endpoint::None {
             self.stats.closed();
         }
+        if let Some(push) = conn.push.take() {
+            self.forget_push(handle, *push);
+        }
     }
+}
+
+/// The connection `handle` names, if it is still the one in that slot. A free function so
+/// that it borrows only the slab, not the whole worker.
+fn conn_of(conns: &mut Slab<Connection>, handle: Handle) -> Option<&mut Connection> {
+    conns
+        .get_mut(handle.key as usize)
+        .filter(|c| c.generation == handle.generation)
 }
 
 /// Writes `bytes` until done or `WouldBlock`; returns how many went out.

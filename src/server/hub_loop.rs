@@ -1,0 +1,542 @@
+//! The hub thread: its own mio `Poll` serving the push API on `--api-listen`, the
+//! [`Hub`](crate::push::hub::Hub) that owns every stream's seq and epoch, and the plumbing to
+//! the workers — one FIFO inbox per worker (bounded in bytes at admission: a full inbox makes
+//! the API answer 503) and a mio `Waker` each way. Nothing here waits on a worker: an API
+//! request that needs workers' counts is parked until their acknowledgements arrive.
+
+use std::io::{self, Read, Write};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, Sender};
+use std::sync::Arc;
+
+use log::{debug, warn};
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token, Waker};
+use slab::Slab;
+
+use crate::push::api::{self, ApiCommand, ApiLimits, Parsed};
+use crate::push::hub::{ApiConn, Command, Hub, ToHub, ToWorker};
+use crate::server::Stats;
+
+const LISTENER: Token = Token(usize::MAX);
+const WAKER: Token = Token(usize::MAX - 1);
+
+/// Bytes of frames a worker's inbox may hold before the API answers 503.
+pub(crate) const MAX_INBOX_BYTES: usize = 64 << 20;
+/// An API connection's unparsed input is capped (head + body limits) by the parser; this is
+/// the read size.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// The sending side of a worker's inbox.
+pub(crate) struct WorkerInbox {
+    pub(crate) tx: Sender<ToWorker>,
+    pub(crate) waker: Arc<Waker>,
+    /// Bytes pinned by messages not yet taken by the worker.
+    pub(crate) load: Arc<AtomicUsize>,
+}
+
+/// The workers' way to the hub.
+#[derive(Clone)]
+pub(crate) struct HubHandle {
+    pub(crate) tx: Sender<ToHub>,
+    pub(crate) waker: Arc<Waker>,
+}
+
+struct ApiConnection {
+    socket: TcpStream,
+    generation: u32,
+    input: Vec<u8>,
+    output: Vec<u8>,
+    written: usize,
+    /// Waiting for the hub's answer: later pipelined requests wait too.
+    busy: Option<bool>,
+    close_after_write: bool,
+    writable_interest: bool,
+}
+
+pub(crate) struct HubLoop {
+    poll: Poll,
+    listener: TcpListener,
+    conns: Slab<ApiConnection>,
+    next_generation: u32,
+    hub: Hub,
+    rx: Receiver<ToHub>,
+    workers: Vec<WorkerInbox>,
+    to_wake: Vec<bool>,
+    api_key: Option<String>,
+    limits: ApiLimits,
+    stats: Arc<Stats>,
+    stop: Arc<AtomicBool>,
+}
+
+impl HubLoop {
+    /// Creates the hub's poll and waker; the workers' inboxes are attached with
+    /// [`HubLoop::attach_workers`] before it runs.
+    pub(crate) fn new(
+        mut listener: TcpListener,
+        rx: Receiver<ToHub>,
+        api_key: Option<String>,
+        max_body: usize,
+        stats: Arc<Stats>,
+        stop: Arc<AtomicBool>,
+    ) -> io::Result<(HubLoop, Arc<Waker>)> {
+        let poll = Poll::new()?;
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        Ok((
+            HubLoop {
+                poll,
+                listener,
+                conns: Slab::new(),
+                next_generation: 0,
+                hub: Hub::new(0),
+                rx,
+                workers: Vec::new(),
+                to_wake: Vec::new(),
+                api_key,
+                limits: ApiLimits {
+                    max_head: 8 * 1024,
+                    max_body,
+                },
+                stats,
+                stop,
+            },
+            waker,
+        ))
+    }
+
+    pub(crate) fn attach_workers(&mut self, workers: Vec<WorkerInbox>) {
+        self.hub = Hub::new(workers.len());
+        self.to_wake = vec![false; workers.len()];
+        self.workers = workers;
+    }
+
+    pub(crate) fn run(mut self) {
+        let mut events = Events::with_capacity(256);
+        while !self.stop.load(Ordering::Relaxed) {
+            if let Err(e) = self.poll.poll(&mut events, None) {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    warn!("hub: poll failed: {e}");
+                    break;
+                }
+            }
+            for event in events.iter() {
+                match event.token() {
+                    LISTENER => self.accept_all(),
+                    WAKER => {}
+                    token => {
+                        let id = token.0 as ApiConn;
+                        if event.is_readable() || event.is_read_closed() || event.is_error() {
+                            self.on_readable(id);
+                        }
+                        if event.is_writable() {
+                            self.write(id);
+                        }
+                    }
+                }
+            }
+            self.drain_workers();
+        }
+    }
+
+    /// Takes every message the workers sent, then ships what the hub produced.
+    fn drain_workers(&mut self) {
+        while let Ok(message) = self.rx.try_recv() {
+            self.hub.on_message(message);
+        }
+        self.ship();
+    }
+
+    /// Sends the hub's outbox to the workers' inboxes, waking each once, and writes the
+    /// answers that became ready.
+    fn ship(&mut self) {
+        for (worker, message) in self.hub.take_outbox() {
+            let Some(inbox) = self.workers.get(worker) else {
+                continue;
+            };
+            inbox.load.fetch_add(message.weight(), Ordering::Relaxed);
+            if inbox.tx.send(message).is_ok() {
+                self.to_wake[worker] = true;
+            }
+        }
+        for (worker, wake) in self.to_wake.iter_mut().enumerate() {
+            if std::mem::take(wake) {
+                if let Err(e) = self.workers[worker].waker.wake() {
+                    warn!("hub: waking worker {worker}: {e}");
+                }
+            }
+        }
+        let answers: Vec<_> = self.hub.take_answers().collect();
+        for answer in answers {
+            let Some(conn) = self.get(answer.conn) else {
+                continue; // the API client left
+            };
+            let keep_alive = conn.busy.take().unwrap_or(false);
+            conn.output.extend_from_slice(&api::json_response(
+                answer.status,
+                &answer.body,
+                keep_alive,
+            ));
+            conn.close_after_write |= !keep_alive;
+            self.write(answer.conn);
+            self.process(answer.conn);
+        }
+    }
+
+    fn get(&mut self, id: ApiConn) -> Option<&mut ApiConnection> {
+        let key = (id & 0xffff_ffff) as usize;
+        let generation = (id >> 32) as u32;
+        self.conns
+            .get_mut(key)
+            .filter(|c| c.generation == generation)
+    }
+
+    fn accept_all(&mut self) {
+        loop {
+            match self.listener.accept() {
+                Ok((mut socket, _)) => {
+                    let _ = socket.set_nodelay(true);
+                    let generation = self.next_generation;
+                    self.next_generation = self.next_generation.wrapping_add(1);
+                    let entry = self.conns.vacant_entry();
+                    let id = entry.key() as u64 | (u64::from(generation) << 32);
+                    if let Err(e) = self.poll.registry().register(
+                        &mut socket,
+                        Token(id as usize),
+                        Interest::READABLE,
+                    ) {
+                        warn!("hub: register: {e}");
+                        continue;
+                    }
+                    entry.insert(ApiConnection {
+                        socket,
+                        generation,
+                        input: Vec::new(),
+                        output: Vec::new(),
+                        written: 0,
+                        busy: None,
+                        close_after_write: false,
+                        writable_interest: false,
+                    });
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    warn!("hub: accept: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn on_readable(&mut self, id: ApiConn) {
+        let cap = self.limits.max_head + self.limits.max_body + READ_CHUNK;
+        let Some(conn) = self.get(id) else {
+            return;
+        };
+        let mut chunk = [0u8; READ_CHUNK];
+        loop {
+            match conn.socket.read(&mut chunk) {
+                Ok(0) => {
+                    self.close(id);
+                    return;
+                }
+                Ok(n) => {
+                    conn.input.extend_from_slice(&chunk[..n]);
+                    // The parser refuses heads and bodies past the limits; a client that
+                    // keeps pipelining while a request is parked is bounded here.
+                    if conn.input.len() > cap {
+                        debug!("hub: API client sent too much while waiting; closing");
+                        self.close(id);
+                        return;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    self.close(id);
+                    return;
+                }
+            }
+        }
+        self.process(id);
+    }
+
+    /// Parses and runs buffered requests until one is parked or the input runs out.
+    fn process(&mut self, id: ApiConn) {
+        loop {
+            let api_key = self.api_key.clone();
+            let limits = self.limits;
+            let Some(conn) = self.get(id) else {
+                return;
+            };
+            if conn.busy.is_some() || conn.close_after_write {
+                break;
+            }
+            match api::parse(&conn.input, api_key.as_deref(), &limits) {
+                Parsed::Partial => break,
+                Parsed::Reject {
+                    consumed,
+                    close,
+                    response,
+                } => {
+                    conn.input.drain(..consumed.min(conn.input.len()));
+                    conn.output.extend_from_slice(&response);
+                    conn.close_after_write |= close;
+                }
+                Parsed::Request {
+                    consumed,
+                    keep_alive,
+                    command,
+                } => {
+                    conn.input.drain(..consumed.min(conn.input.len()));
+                    self.run_command(id, keep_alive, command);
+                }
+            }
+        }
+        self.write(id);
+    }
+
+    fn run_command(&mut self, id: ApiConn, keep_alive: bool, command: ApiCommand) {
+        let command = match command {
+            ApiCommand::Stats => {
+                let body = self.stats_json();
+                return self.respond(id, keep_alive, 200, &body);
+            }
+            ApiCommand::Metrics => {
+                let body = self.metrics_text();
+                let response = api::text_response(
+                    200,
+                    "text/plain; version=0.0.4; charset=utf-8",
+                    &body,
+                    keep_alive,
+                );
+                if let Some(conn) = self.get(id) {
+                    conn.output.extend_from_slice(&response);
+                    conn.close_after_write |= !keep_alive;
+                }
+                return;
+            }
+            ApiCommand::Publish { channel, data } => Command::Publish {
+                channel: Arc::from(channel),
+                data: data.get().to_owned(),
+            },
+            ApiCommand::Send { user, data } => Command::Send {
+                user: Arc::from(user),
+                data: data.get().to_owned(),
+            },
+            ApiCommand::Broadcast { data } => Command::Broadcast {
+                data: data.get().to_owned(),
+            },
+            ApiCommand::Disconnect { user } => Command::Disconnect {
+                user: Arc::from(user),
+            },
+            ApiCommand::Presence { channel } => Command::Presence {
+                channel: Arc::from(channel),
+            },
+        };
+        let weight = 256
+            + match &command {
+                Command::Publish { data, .. }
+                | Command::Send { data, .. }
+                | Command::Broadcast { data } => data.len(),
+                _ => 0,
+            };
+        let full = self.hub.fan_out(&command).into_iter().any(|w| {
+            self.workers
+                .get(w)
+                .is_some_and(|inbox| inbox.load.load(Ordering::Relaxed) + weight > MAX_INBOX_BYTES)
+        });
+        if full {
+            self.stats.api_overloaded.fetch_add(1, Ordering::Relaxed);
+            let body = api::error_body("workers' inboxes are full; retry shortly", None);
+            return self.respond(id, keep_alive, 503, &body);
+        }
+        if let Some(conn) = self.get(id) {
+            conn.busy = Some(keep_alive);
+        }
+        self.hub.command(id, command);
+        self.ship();
+    }
+
+    fn respond(&mut self, id: ApiConn, keep_alive: bool, status: u16, body: &str) {
+        if let Some(conn) = self.get(id) {
+            conn.output
+                .extend_from_slice(&api::json_response(status, body, keep_alive));
+            conn.close_after_write |= !keep_alive;
+        }
+    }
+
+    fn write(&mut self, id: ApiConn) {
+        let Some(conn) = self.get(id) else {
+            return;
+        };
+        while conn.written < conn.output.len() {
+            match conn.socket.write(&conn.output[conn.written..]) {
+                Ok(0) => break,
+                Ok(n) => conn.written += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    self.close(id);
+                    return;
+                }
+            }
+        }
+        if conn.written == conn.output.len() {
+            conn.output.clear();
+            conn.written = 0;
+            if conn.close_after_write {
+                self.close(id);
+                return;
+            }
+        }
+        let want = !conn.output.is_empty();
+        if want != conn.writable_interest {
+            let interest = if want {
+                Interest::READABLE | Interest::WRITABLE
+            } else {
+                Interest::READABLE
+            };
+            let registry = self.poll.registry();
+            let key = (id & 0xffff_ffff) as usize;
+            if let Some(conn) = self.conns.get_mut(key) {
+                if registry
+                    .reregister(&mut conn.socket, Token(id as usize), interest)
+                    .is_ok()
+                {
+                    conn.writable_interest = want;
+                }
+            }
+        }
+    }
+
+    fn close(&mut self, id: ApiConn) {
+        if self.get(id).is_some() {
+            self.conns.remove((id & 0xffff_ffff) as usize);
+        }
+    }
+
+    fn stats_json(&self) -> String {
+        let s = &self.stats;
+        let (channels, user_streams) = self.hub.stream_counts();
+        serde_json::json!({
+            "connections": s.open(),
+            "accepted": s.accepted.load(Ordering::Relaxed),
+            "upgrades": s.upgrades.load(Ordering::Relaxed),
+            "handshake_failures": s.handshake_failures.load(Ordering::Relaxed),
+            "protocol_errors": s.protocol_errors.load(Ordering::Relaxed),
+            "subscriptions": s.subscriptions.load(Ordering::Relaxed),
+            "channels": channels,
+            "user_streams": user_streams,
+            "messages_in": s.messages_in.load(Ordering::Relaxed),
+            "messages_out": s.deliveries.load(Ordering::Relaxed),
+            "bytes_in": s.bytes_in.load(Ordering::Relaxed),
+            "bytes_out": s.bytes_out.load(Ordering::Relaxed),
+            "slow_consumer_drops": s.slow_consumers.load(Ordering::Relaxed),
+            "pong_timeouts": s.pong_timeouts.load(Ordering::Relaxed),
+            "accept_pauses": s.accept_pauses.load(Ordering::Relaxed),
+            "api_overloaded": s.api_overloaded.load(Ordering::Relaxed),
+        })
+        .to_string()
+    }
+
+    fn metrics_text(&self) -> String {
+        let s = &self.stats;
+        let (channels, user_streams) = self.hub.stream_counts();
+        let rows: [(&str, &str, &str, u64); 14] = [
+            (
+                "edgepush_connections",
+                "gauge",
+                "Open WebSocket connections.",
+                s.open() as u64,
+            ),
+            (
+                "edgepush_accepted_total",
+                "counter",
+                "TCP connections accepted.",
+                s.accepted.load(Ordering::Relaxed),
+            ),
+            (
+                "edgepush_upgrades_total",
+                "counter",
+                "Successful WebSocket upgrades.",
+                s.upgrades.load(Ordering::Relaxed),
+            ),
+            (
+                "edgepush_handshake_failures_total",
+                "counter",
+                "Upgrades refused or timed out.",
+                s.handshake_failures.load(Ordering::Relaxed),
+            ),
+            (
+                "edgepush_protocol_errors_total",
+                "counter",
+                "Connections failed for breaking RFC 6455.",
+                s.protocol_errors.load(Ordering::Relaxed),
+            ),
+            (
+                "edgepush_subscriptions",
+                "gauge",
+                "Channel subscriptions held.",
+                s.subscriptions.load(Ordering::Relaxed) as u64,
+            ),
+            (
+                "edgepush_channels",
+                "gauge",
+                "Channels the hub tracks.",
+                channels as u64,
+            ),
+            (
+                "edgepush_user_streams",
+                "gauge",
+                "User streams the hub tracks.",
+                user_streams as u64,
+            ),
+            (
+                "edgepush_messages_in_total",
+                "counter",
+                "Messages received from clients.",
+                s.messages_in.load(Ordering::Relaxed),
+            ),
+            (
+                "edgepush_deliveries_total",
+                "counter",
+                "Messages queued for clients.",
+                s.deliveries.load(Ordering::Relaxed),
+            ),
+            (
+                "edgepush_bytes_in_total",
+                "counter",
+                "Bytes read from clients.",
+                s.bytes_in.load(Ordering::Relaxed),
+            ),
+            (
+                "edgepush_bytes_out_total",
+                "counter",
+                "Bytes written to clients.",
+                s.bytes_out.load(Ordering::Relaxed),
+            ),
+            (
+                "edgepush_slow_consumer_closes_total",
+                "counter",
+                "Connections closed with 1008 at --max-backlog.",
+                s.slow_consumers.load(Ordering::Relaxed),
+            ),
+            (
+                "edgepush_accept_pauses_total",
+                "counter",
+                "Accept pauses after EMFILE/ENFILE.",
+                s.accept_pauses.load(Ordering::Relaxed),
+            ),
+        ];
+        let mut out = String::new();
+        for (name, kind, help, value) in rows {
+            out.push_str(&format!(
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
+            ));
+        }
+        out
+    }
+}

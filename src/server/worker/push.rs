@@ -1,0 +1,674 @@
+//! The push endpoint on a worker: identity at the upgrade, the JSON client protocol, the
+//! worker's routing tables, and what the hub sends through the inbox (fan-out, subscribe
+//! answers, disconnects, presence queries).
+//!
+//! Fan-out queues one shared frame (`Arc<[u8]>`) per subscriber and marks the connection
+//! dirty; when the inbox batch is done each dirty connection is written once, so a burst of
+//! messages costs one `writev` per subscriber, not one per message. A subscriber whose queue
+//! would pass `--max-backlog` is not given the frame (it doesn't count as delivered) and is
+//! closed with 1008.
+
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::TryRecvError;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use log::debug;
+
+use super::{conn_of, emit, peer, Worker};
+use crate::protocol::close::CloseState;
+use crate::protocol::frame::{write_frame, OpCode};
+use crate::protocol::handshake::Request;
+use crate::protocol::message::MessageKind;
+use crate::push::auth::{verify_hs256, Claims};
+use crate::push::client_protocol::{parse_client_op, write_error, write_unsubscribed, ClientOp};
+use crate::push::hub::{AckId, ConnId, Stream, Target, ToHub, ToWorker};
+use crate::push::names::{validate_user, USER_CHANNEL};
+use crate::server::connection::{Connection, Endpoint, Handle, Phase, PushConn, Subscription};
+use crate::server::Settings;
+
+/// Inbox messages handled per turn before sockets get their turn.
+const MAX_INBOX_PER_TURN: usize = 4096;
+
+/// Who a push connection is, decided before the upgrade.
+pub(crate) struct Identity {
+    user: Arc<str>,
+    claims: Option<Claims>,
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Decides who is connecting: a verified HS256 token (from `?token=`, `Authorization: Bearer`
+/// or a `token` cookie) when a secret is set, else `?user=` (open mode). `Err` is the reason
+/// for the 401.
+pub(crate) fn authenticate(settings: &Settings, request: &Request<'_>) -> Result<Identity, String> {
+    match &settings.jwt_secret {
+        Some(secret) => {
+            let token = request
+                .query_param("token")
+                .or_else(|| request.bearer_token())
+                .or_else(|| request.cookie_value("token"))
+                .ok_or_else(|| "missing token".to_owned())?;
+            let claims = verify_hs256(token, secret, unix_now()).map_err(|e| e.to_string())?;
+            Ok(Identity {
+                user: Arc::from(claims.sub.as_str()),
+                claims: Some(claims),
+            })
+        }
+        None => {
+            let user = request
+                .query_param("user")
+                .map(percent_decode)
+                .unwrap_or_else(|| "anonymous".to_owned());
+            validate_user(&user).map_err(|e| format!("bad user: {e}"))?;
+            Ok(Identity {
+                user: Arc::from(user),
+                claims: None,
+            })
+        }
+    }
+}
+
+/// Decodes `%XX` escapes and `+` in a query value (invalid escapes are kept as they are).
+fn percent_decode(value: &str) -> String {
+    let bytes = value.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok();
+                match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                    Some(b) => {
+                        out.push(b);
+                        i += 3;
+                        continue;
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            b'+' => out.push(b' '),
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn conn_id(handle: Handle) -> ConnId {
+    handle.token().0 as ConnId
+}
+
+fn handle_of(id: ConnId) -> Handle {
+    Handle::from_token(mio::Token(id as usize))
+}
+
+/// Queues a shared frame for fan-out. Returns whether the connection took it.
+fn enqueue(
+    conn: &mut Connection,
+    handle: Handle,
+    frame: &Arc<[u8]>,
+    max_backlog: usize,
+    dirty: &mut Vec<Handle>,
+    slow: &mut Vec<Handle>,
+) -> bool {
+    if conn.phase != Phase::WebSocket(CloseState::Open) {
+        return false;
+    }
+    if conn.queued() + frame.len() > max_backlog {
+        slow.push(handle);
+        return false;
+    }
+    conn.outbound
+        .get_or_insert_with(Default::default)
+        .push_shared(Arc::clone(frame));
+    if !conn.dirty {
+        conn.dirty = true;
+        dirty.push(handle);
+    }
+    true
+}
+
+impl Worker {
+    fn send_to_hub(&mut self, message: ToHub) {
+        if self.link.hub.tx.send(message).is_ok() {
+            self.hub_wake = true;
+        }
+    }
+
+    /// Sets up a freshly upgraded push connection and asks the hub for its `$user` stream.
+    pub(super) fn accept_push(&mut self, handle: Handle, identity: Identity) {
+        let now = self.now;
+        let ping_ticks = self.settings.ping_ticks;
+        let rate = self.settings.publish_rate;
+        let expires = identity.claims.as_ref().map_or(u64::MAX, |c| {
+            let left = c.exp.saturating_sub(unix_now());
+            now + self.settings.ticks(Duration::from_secs(left))
+        });
+        let user = Arc::clone(&identity.user);
+        let Some(conn) = self.get(handle) else {
+            return;
+        };
+        conn.push = Some(Box::new(PushConn {
+            user: Arc::clone(&user),
+            user_slot: None,
+            user_last: 0,
+            claims: identity.claims,
+            expires,
+            subs: Vec::new(),
+            publish_budget: rate,
+            budget_tick: now,
+        }));
+        self.users.add_pending(&user);
+        self.send_to_hub(ToHub::Subscribe {
+            worker: self.id,
+            conn: conn_id(handle),
+            stream: Stream::User(user),
+            since: None,
+            epoch: None,
+        });
+        self.arm(handle, (now + ping_ticks).min(expires));
+    }
+
+    /// Handles the push messages collected while decoding a read.
+    pub(super) fn handle_push_messages(&mut self, handle: Handle) {
+        let input = std::mem::take(&mut self.push_in);
+        let messages = std::mem::take(&mut self.push_msgs);
+        for &(kind, start, end) in &messages {
+            if self
+                .get(handle)
+                .is_none_or(|c| c.phase != Phase::WebSocket(CloseState::Open))
+            {
+                break;
+            }
+            self.on_push_message(handle, kind, &input[start..end]);
+        }
+        self.push_in = input;
+        self.push_in.clear();
+        self.push_msgs = messages;
+        self.push_msgs.clear();
+    }
+
+    fn reply_text(&mut self, handle: Handle, json: &[u8]) {
+        let Worker { conns, cork, .. } = self;
+        if let Some(conn) = conn_of(conns, handle) {
+            emit(&mut conn.outbound, cork, |out| {
+                write_frame(out, OpCode::Text, json)
+            });
+        }
+    }
+
+    fn reply_error(&mut self, handle: Handle, code: u16, reason: &str) {
+        let mut json = Vec::new();
+        write_error(&mut json, code, reason);
+        self.reply_text(handle, &json);
+    }
+
+    fn on_push_message(&mut self, handle: Handle, kind: MessageKind, data: &[u8]) {
+        if kind == MessageKind::Binary {
+            return self.reply_error(
+                handle,
+                501,
+                "binary frames need an upstream; none is configured",
+            );
+        }
+        if data == b"ping" {
+            return self.reply_text(handle, b"pong");
+        }
+        match parse_client_op(data) {
+            Err(e) => self.reply_error(handle, e.code, &e.reason),
+            Ok(ClientOp::Subscribe {
+                channel,
+                since,
+                epoch,
+            }) => self.subscribe(handle, &channel, since, epoch.map(|e| e.into_owned())),
+            Ok(ClientOp::Unsubscribe { channel }) => self.unsubscribe(handle, &channel),
+            Ok(ClientOp::Publish { channel, data }) => {
+                self.client_publish(handle, &channel, data.get())
+            }
+            Ok(ClientOp::Refresh { token }) => self.refresh(handle, &token),
+        }
+    }
+
+    fn subscribe(
+        &mut self,
+        handle: Handle,
+        channel: &str,
+        since: Option<u64>,
+        epoch: Option<String>,
+    ) {
+        let max = self.settings.max_subscriptions;
+        let Some(push) = self.get(handle).and_then(|c| c.push.as_deref_mut()) else {
+            return;
+        };
+        if channel == USER_CHANNEL {
+            // The connection's own stream, already subscribed: a recovery request.
+            let user = Arc::clone(&push.user);
+            self.users.add_pending(&user);
+            return self.send_to_hub(ToHub::Subscribe {
+                worker: self.id,
+                conn: conn_id(handle),
+                stream: Stream::User(user),
+                since,
+                epoch,
+            });
+        }
+        if !push
+            .claims
+            .as_ref()
+            .is_none_or(|c| c.may_subscribe(channel))
+        {
+            return self.reply_error(handle, 403, "the token does not allow this channel");
+        }
+        let existing = push
+            .subs
+            .iter()
+            .find(|s| &*s.channel == channel)
+            .map(|s| Arc::clone(&s.channel));
+        let name = match existing {
+            Some(name) => name,
+            None => {
+                if push.subs.len() >= max {
+                    return self.reply_error(handle, 429, "too many subscriptions");
+                }
+                let name: Arc<str> = Arc::from(channel);
+                push.subs.push(Subscription {
+                    channel: Arc::clone(&name),
+                    slot: None,
+                    last: 0,
+                });
+                self.stats.subscriptions.fetch_add(1, Ordering::Relaxed);
+                name
+            }
+        };
+        self.channels.add_pending(&name);
+        self.send_to_hub(ToHub::Subscribe {
+            worker: self.id,
+            conn: conn_id(handle),
+            stream: Stream::Channel(name),
+            since,
+            epoch,
+        });
+    }
+
+    fn unsubscribe(&mut self, handle: Handle, channel: &str) {
+        let Some(push) = self.get(handle).and_then(|c| c.push.as_deref_mut()) else {
+            return;
+        };
+        if let Some(index) = push.subs.iter().position(|s| &*s.channel == channel) {
+            let sub = push.subs.swap_remove(index);
+            self.stats.subscriptions.fetch_sub(1, Ordering::Relaxed);
+            if let Some(slot) = sub.slot {
+                self.leave_channel(handle, &sub.channel, slot);
+            }
+        }
+        let mut json = Vec::new();
+        write_unsubscribed(&mut json, channel);
+        self.reply_text(handle, &json);
+    }
+
+    /// Removes `handle` from a channel's table and fixes the slot of whoever moved.
+    fn leave_channel(&mut self, handle: Handle, channel: &Arc<str>, slot: u32) {
+        let removed = self.channels.remove(channel, slot, handle);
+        if let Some(moved) = removed.moved {
+            if let Some(sub) = self
+                .get(moved)
+                .and_then(|c| c.push.as_deref_mut())
+                .and_then(|p| p.sub_mut(channel))
+            {
+                sub.slot = Some(slot);
+            }
+        }
+        if removed.now_idle {
+            self.send_to_hub(ToHub::Idle {
+                worker: self.id,
+                stream: Stream::Channel(Arc::clone(channel)),
+            });
+        }
+    }
+
+    fn client_publish(&mut self, handle: Handle, channel: &str, data: &str) {
+        let now = self.now;
+        let second = self.settings.ticks(Duration::from_secs(1));
+        let rate = self.settings.publish_rate;
+        let Some(push) = self.get(handle).and_then(|c| c.push.as_deref_mut()) else {
+            return;
+        };
+        let allowed = match &push.claims {
+            Some(claims) => claims.may_publish(channel),
+            None => true,
+        };
+        if !allowed || channel.starts_with('$') {
+            return self.reply_error(handle, 403, "the token does not allow publishing here");
+        }
+        if now >= push.budget_tick + second {
+            push.budget_tick = now;
+            push.publish_budget = rate;
+        }
+        if push.publish_budget == 0 {
+            return self.reply_error(handle, 429, "too many publishes");
+        }
+        push.publish_budget -= 1;
+        self.send_to_hub(ToHub::Publish {
+            channel: Arc::from(channel),
+            data: data.to_owned(),
+        });
+    }
+
+    fn refresh(&mut self, handle: Handle, token: &str) {
+        let Some(secret) = self.settings.jwt_secret.clone() else {
+            return self.reply_error(handle, 400, "no tokens in open mode");
+        };
+        let claims = match verify_hs256(token, &secret, unix_now()) {
+            Ok(claims) => claims,
+            Err(e) => return self.reply_error(handle, 403, &format!("refresh refused: {e}")),
+        };
+        let now = self.now;
+        let expires = now
+            + self
+                .settings
+                .ticks(Duration::from_secs(claims.exp.saturating_sub(unix_now())));
+        let ping_ticks = self.settings.ping_ticks;
+        let Some(conn) = self.get(handle) else {
+            return;
+        };
+        let last_seen = u64::from(conn.last_seen);
+        let Some(push) = conn.push.as_deref_mut() else {
+            return;
+        };
+        if *push.user != *claims.sub {
+            return self.reply_error(
+                handle,
+                403,
+                "refresh refused: the token is for another user",
+            );
+        }
+        push.expires = expires;
+        push.claims = Some(claims);
+        // Re-arm: the next deadline is the ping or the new expiry, whichever comes first.
+        let ping_due = (now - (now as u32).wrapping_sub(last_seen as u32) as u64) + ping_ticks;
+        self.arm(handle, ping_due.max(now + 1).min(expires));
+    }
+
+    /// Takes what the hub sent, up to a per-turn budget, then writes every connection that
+    /// got frames.
+    pub(super) fn drain_inbox(&mut self) {
+        self.inbox_again = false;
+        let mut slow = Vec::new();
+        let mut delivered_total = 0u64;
+        for _ in 0..MAX_INBOX_PER_TURN {
+            let message = match self.link.inbox.try_recv() {
+                Ok(message) => message,
+                Err(TryRecvError::Empty) | Err(TryRecvError::Disconnected) => break,
+            };
+            self.link
+                .inbox_load
+                .fetch_sub(message.weight(), Ordering::Relaxed);
+            match message {
+                ToWorker::Deliver {
+                    target,
+                    seq,
+                    frame,
+                    ack,
+                } => {
+                    let n = self.deliver(&target, seq, &frame, &mut slow);
+                    delivered_total += n;
+                    if let Some(ack) = ack {
+                        self.send_to_hub(ToHub::Ack { ack, count: n });
+                    }
+                }
+                ToWorker::Subscribed {
+                    conn,
+                    stream,
+                    seq,
+                    frame,
+                    replay,
+                } => self.on_subscribed(handle_of(conn), stream, seq, &frame, &replay, &mut slow),
+                ToWorker::Disconnect { user, ack } => self.disconnect_user(&user, ack),
+                ToWorker::Presence { ack, channel } => self.presence(ack, &channel),
+            }
+        }
+        if self.link.inbox_load.load(Ordering::Relaxed) > 0 {
+            // More may be waiting: come back after one round of sockets.
+            self.inbox_again = true;
+        }
+        self.stats
+            .deliveries
+            .fetch_add(delivered_total, Ordering::Relaxed);
+        for handle in slow {
+            self.drop_slow_consumer(handle);
+        }
+        for handle in std::mem::take(&mut self.dirty) {
+            if let Some(conn) = self.get(handle) {
+                conn.dirty = false;
+                self.flush(handle);
+            }
+        }
+    }
+
+    /// Queues `frame` for the target's local connections; returns how many took it.
+    fn deliver(
+        &mut self,
+        target: &Target,
+        seq: Option<u64>,
+        frame: &Arc<[u8]>,
+        slow: &mut Vec<Handle>,
+    ) -> u64 {
+        let Worker {
+            conns,
+            channels,
+            users,
+            dirty,
+            settings,
+            ..
+        } = self;
+        let max_backlog = settings.max_backlog;
+        let mut count = 0;
+        match target {
+            Target::Stream(Stream::Channel(channel)) => {
+                for &handle in channels.members(channel) {
+                    let Some(conn) = conn_of(conns, handle) else {
+                        continue;
+                    };
+                    if let (Some(seq), Some(sub)) = (
+                        seq,
+                        conn.push.as_deref_mut().and_then(|p| p.sub_mut(channel)),
+                    ) {
+                        if seq <= sub.last {
+                            continue; // already sent in a replay
+                        }
+                        sub.last = seq;
+                    }
+                    count += u64::from(enqueue(conn, handle, frame, max_backlog, dirty, slow));
+                }
+            }
+            Target::Stream(Stream::User(user)) => {
+                for &handle in users.members(user) {
+                    let Some(conn) = conn_of(conns, handle) else {
+                        continue;
+                    };
+                    if let (Some(seq), Some(push)) = (seq, conn.push.as_deref_mut()) {
+                        if seq <= push.user_last {
+                            continue;
+                        }
+                        push.user_last = seq;
+                    }
+                    count += u64::from(enqueue(conn, handle, frame, max_backlog, dirty, slow));
+                }
+            }
+            Target::Everyone => {
+                for (key, conn) in conns.iter_mut() {
+                    if conn.endpoint == Endpoint::Push {
+                        let handle = conn.handle(key);
+                        count += u64::from(enqueue(conn, handle, frame, max_backlog, dirty, slow));
+                    }
+                }
+            }
+        }
+        count
+    }
+
+    /// The hub answered a subscribe: join the table, send `subscribed` and the replay.
+    fn on_subscribed(
+        &mut self,
+        handle: Handle,
+        stream: Stream,
+        seq: u64,
+        frame: &Arc<[u8]>,
+        replay: &[Arc<[u8]>],
+        slow: &mut Vec<Handle>,
+    ) {
+        // Is the connection still there and still wanting this stream? Already in the table?
+        let push = self
+            .conns
+            .get(handle.key as usize)
+            .filter(|c| c.generation == handle.generation)
+            .and_then(|c| c.push.as_deref());
+        let (wanted, already) = match (&stream, push) {
+            (Stream::Channel(name), Some(p)) => match p.subs.iter().find(|s| s.channel == *name) {
+                Some(sub) => (true, sub.slot.is_some()),
+                None => (false, false),
+            },
+            (Stream::User(user), Some(p)) => (p.user == *user, p.user_slot.is_some()),
+            (_, None) => (false, false),
+        };
+        let (Stream::Channel(name) | Stream::User(name)) = &stream;
+        let table = match &stream {
+            Stream::Channel(_) => &mut self.channels,
+            Stream::User(_) => &mut self.users,
+        };
+        let (slot, idle) = table.resolve_pending(name, (wanted && !already).then_some(handle));
+        if idle {
+            let stream = stream.clone();
+            self.send_to_hub(ToHub::Idle {
+                worker: self.id,
+                stream,
+            });
+        }
+        if !wanted {
+            return;
+        }
+        let Worker {
+            conns,
+            dirty,
+            settings,
+            ..
+        } = self;
+        let max_backlog = settings.max_backlog;
+        let Some(conn) = conn_of(conns, handle) else {
+            return;
+        };
+        let Some(push) = conn.push.as_deref_mut() else {
+            return;
+        };
+        let last = match &stream {
+            Stream::Channel(name) => match push.sub_mut(name) {
+                Some(sub) => {
+                    if slot.is_some() {
+                        sub.slot = slot;
+                    }
+                    let last = sub.last;
+                    sub.last = sub.last.max(seq);
+                    last
+                }
+                None => return,
+            },
+            Stream::User(_) => {
+                if slot.is_some() {
+                    push.user_slot = slot;
+                }
+                let last = push.user_last;
+                push.user_last = push.user_last.max(seq);
+                last
+            }
+        };
+        if !enqueue(conn, handle, frame, max_backlog, dirty, slow) {
+            return;
+        }
+        // Replayed messages are in seq order ending at `seq`; skip those already sent live.
+        let skip = replay
+            .len()
+            .saturating_sub(seq.saturating_sub(last) as usize);
+        for frame in &replay[skip..] {
+            if !enqueue(conn, handle, frame, max_backlog, dirty, slow) {
+                return;
+            }
+        }
+    }
+
+    fn disconnect_user(&mut self, user: &Arc<str>, ack: AckId) {
+        let members: Vec<Handle> = self.users.members(user).to_vec();
+        let mut closed = 0;
+        for handle in members {
+            if self
+                .get(handle)
+                .is_some_and(|c| c.phase == Phase::WebSocket(CloseState::Open))
+            {
+                debug!(
+                    "{}: disconnected by the API",
+                    self.get(handle).map(|c| peer(c)).unwrap_or_default()
+                );
+                self.close_with(handle, 4000, "disconnected");
+                closed += 1;
+            }
+        }
+        self.send_to_hub(ToHub::Ack { ack, count: closed });
+    }
+
+    fn presence(&mut self, ack: AckId, channel: &Arc<str>) {
+        let mut users: Vec<Arc<str>> = Vec::new();
+        for &handle in self.channels.members(channel) {
+            if let Some(push) = self
+                .conns
+                .get(handle.key as usize)
+                .filter(|c| c.generation == handle.generation)
+                .and_then(|c| c.push.as_deref())
+            {
+                users.push(Arc::clone(&push.user));
+            }
+        }
+        users.sort();
+        users.dedup();
+        self.send_to_hub(ToHub::PresenceReply { ack, users });
+    }
+
+    /// A push connection is gone: leave every table it is in.
+    pub(super) fn forget_push(&mut self, handle: Handle, push: PushConn) {
+        for sub in &push.subs {
+            self.stats.subscriptions.fetch_sub(1, Ordering::Relaxed);
+            if let Some(slot) = sub.slot {
+                self.leave_channel(handle, &sub.channel, slot);
+            }
+        }
+        if let Some(slot) = push.user_slot {
+            let removed = self.users.remove(&push.user, slot, handle);
+            if let Some(moved) = removed.moved {
+                if let Some(p) = self.get(moved).and_then(|c| c.push.as_deref_mut()) {
+                    p.user_slot = Some(slot);
+                }
+            }
+            if removed.now_idle {
+                self.send_to_hub(ToHub::Idle {
+                    worker: self.id,
+                    stream: Stream::User(Arc::clone(&push.user)),
+                });
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::percent_decode;
+
+    #[test]
+    fn percent_decoding() {
+        assert_eq!(percent_decode("a%20b+c"), "a b c");
+        assert_eq!(percent_decode("%zz%4"), "%zz%4");
+        assert_eq!(percent_decode("%E2%82%AC"), "€");
+    }
+}
