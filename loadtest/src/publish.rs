@@ -34,9 +34,26 @@ pub fn write_data(out: &mut Vec<u8>, seq: u64, t: u64, size: usize) {
     out.extend_from_slice(b"\"}");
 }
 
+/// Requests kept in flight by a pipelined burst.
+const PIPELINE_WINDOW: u64 = 64;
+
 pub trait Publisher {
     /// Publishes one message; `Err` is a description of what went wrong.
     fn publish(&mut self, seq: u64, size: usize) -> Result<u64, String>;
+
+    /// Publishes `seqs` as fast as the target takes them (a burst). The default publishes one
+    /// by one; the API publisher pipelines requests on its keep-alive connection.
+    fn publish_burst(
+        &mut self,
+        seqs: std::ops::Range<u64>,
+        size: usize,
+        done: &mut dyn FnMut(u64, Result<u64, String>),
+    ) {
+        for seq in seqs {
+            let result = self.publish(seq, size);
+            done(seq, result);
+        }
+    }
 }
 
 fn connect(target: &Target) -> Result<TcpStream, String> {
@@ -76,6 +93,7 @@ impl ApiPublisher {
     fn round_trip(&mut self) -> Result<u64, String> {
         if self.stream.is_none() {
             self.stream = Some(connect(&self.target)?);
+            self.resp.clear();
         }
         let Some(stream) = self.stream.as_mut() else {
             return Err("no connection".into());
@@ -83,16 +101,16 @@ impl ApiPublisher {
         stream
             .write_all(&self.req)
             .map_err(|e| format!("writing to the API: {e}"))?;
-        self.resp.clear();
+        self.read_response()
+    }
+
+    /// Reads one answer; bytes of the next (pipelined) answer stay in `resp`.
+    fn read_response(&mut self) -> Result<u64, String> {
+        let Some(stream) = self.stream.as_mut() else {
+            return Err("no connection".into());
+        };
         let mut chunk = [0u8; 4096];
         let (head_end, status, content_length) = loop {
-            let n = stream
-                .read(&mut chunk)
-                .map_err(|e| format!("reading the API's answer: {e}"))?;
-            if n == 0 {
-                return Err("the API closed the connection".into());
-            }
-            self.resp.extend_from_slice(&chunk[..n]);
             if let Some(end) = self.resp.windows(4).position(|w| w == b"\r\n\r\n") {
                 let head = String::from_utf8_lossy(&self.resp[..end]).to_string();
                 let status: u16 = head
@@ -108,6 +126,13 @@ impl ApiPublisher {
                     .unwrap_or(0);
                 break (end + 4, status, len);
             }
+            let n = stream
+                .read(&mut chunk)
+                .map_err(|e| format!("reading the API's answer: {e}"))?;
+            if n == 0 {
+                return Err("the API closed the connection".into());
+            }
+            self.resp.extend_from_slice(&chunk[..n]);
             if self.resp.len() > 64 * 1024 {
                 return Err("the API's answer head is too long".into());
             }
@@ -122,16 +147,40 @@ impl ApiPublisher {
             self.resp.extend_from_slice(&chunk[..n]);
         }
         let body = &self.resp[head_end..head_end + content_length];
-        if contains(&self.resp[..head_end], b"onnection: close") {
-            self.stream = None;
-        }
-        if status != 200 {
-            return Err(format!(
+        let closing = contains(&self.resp[..head_end], b"onnection: close");
+        let result = if status != 200 {
+            Err(format!(
                 "API answered {status}: {}",
                 String::from_utf8_lossy(body).trim()
-            ));
+            ))
+        } else {
+            Ok(delivered(body))
+        };
+        self.resp.drain(..head_end + content_length);
+        if closing {
+            self.stream = None;
+            self.resp.clear();
         }
-        Ok(delivered(body))
+        result
+    }
+
+    /// Builds the request for message `seq` into `req`.
+    fn build_request(&mut self, seq: u64, size: usize) {
+        self.body.clear();
+        self.body.extend_from_slice(b"{\"channel\":");
+        self.body.extend_from_slice(self.channel_json.as_bytes());
+        self.body.extend_from_slice(b",\"data\":");
+        write_data(&mut self.body, seq, now_ns(), size);
+        self.body.push(b'}');
+        self.req.clear();
+        let _ = write!(
+            self.req,
+            "POST /api/publish HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{}\r\n",
+            self.target.host,
+            self.body.len(),
+            self.auth.as_deref().unwrap_or("")
+        );
+        self.req.extend_from_slice(&self.body);
     }
 }
 
@@ -150,22 +199,55 @@ pub fn delivered(body: &[u8]) -> u64 {
 }
 
 impl Publisher for ApiPublisher {
+    fn publish_burst(
+        &mut self,
+        seqs: std::ops::Range<u64>,
+        size: usize,
+        done: &mut dyn FnMut(u64, Result<u64, String>),
+    ) {
+        // HTTP/1.1 pipelining: keep a window of requests in flight; answers come in order.
+        let mut next = seqs.start;
+        let mut answered = seqs.start;
+        while answered < seqs.end {
+            while next < seqs.end && next - answered < PIPELINE_WINDOW {
+                self.build_request(next, size);
+                if self.stream.is_none() {
+                    match connect(&self.target) {
+                        Ok(s) => self.stream = Some(s),
+                        Err(e) => return done(next, Err(e)),
+                    }
+                }
+                let written = self
+                    .stream
+                    .as_mut()
+                    .map(|s| s.write_all(&self.req))
+                    .unwrap_or(Ok(()));
+                if let Err(e) = written {
+                    // Fall back to one at a time for what is left.
+                    self.stream = None;
+                    for seq in answered..seqs.end {
+                        let r = self.publish(seq, size).map_err(|e2| format!("{e}; {e2}"));
+                        done(seq, r);
+                    }
+                    return;
+                }
+                next += 1;
+            }
+            let result = self.read_response();
+            let failed = result.is_err();
+            done(answered, result);
+            answered += 1;
+            if failed && self.stream.is_none() {
+                for seq in answered..next {
+                    done(seq, Err("the API connection was lost mid-burst".into()));
+                }
+                answered = next;
+            }
+        }
+    }
+
     fn publish(&mut self, seq: u64, size: usize) -> Result<u64, String> {
-        self.body.clear();
-        self.body.extend_from_slice(b"{\"channel\":");
-        self.body.extend_from_slice(self.channel_json.as_bytes());
-        self.body.extend_from_slice(b",\"data\":");
-        write_data(&mut self.body, seq, now_ns(), size);
-        self.body.push(b'}');
-        self.req.clear();
-        let _ = write!(
-            self.req,
-            "POST /api/publish HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{}\r\n",
-            self.target.host,
-            self.body.len(),
-            self.auth.as_deref().unwrap_or("")
-        );
-        self.req.extend_from_slice(&self.body);
+        self.build_request(seq, size);
         match self.round_trip() {
             Ok(d) => Ok(d),
             Err(e) => {
@@ -285,6 +367,23 @@ pub fn run(
     let mut report = PublishReport::default();
     let start = now_ns();
     report.first_ns = start;
+    if rate <= 0.0 {
+        publisher.publish_burst(0..messages, size, &mut |seq, result| {
+            match result {
+                Ok(d) => {
+                    report.published += 1;
+                    report.api_delivered += d;
+                }
+                Err(e) => {
+                    report.errors += 1;
+                    report.first_error.get_or_insert(e);
+                }
+            }
+            progress(seq + 1);
+        });
+        report.last_ns = now_ns();
+        return report;
+    }
     for seq in 0..messages {
         if rate > 0.0 {
             let due = start + (seq as f64 * 1e9 / rate) as u64;

@@ -4,6 +4,7 @@
 //! the API answer 503) and a mio `Waker` each way. Nothing here waits on a worker: an API
 //! request that needs workers' counts is parked until their acknowledgements arrive.
 
+use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read, Write};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, Sender};
@@ -42,16 +43,25 @@ pub(crate) struct HubHandle {
     pub(crate) waker: Arc<Waker>,
 }
 
+/// Requests one API connection may have in flight (pipelined) before we stop reading it.
+const MAX_IN_FLIGHT: usize = 1024;
+
 struct ApiConnection {
     socket: TcpStream,
     generation: u32,
     input: Vec<u8>,
     output: Vec<u8>,
     written: usize,
-    /// Waiting for the hub's answer: later pipelined requests wait too.
-    busy: Option<bool>,
+    /// Answers owed, in request order; `None` until the hub answers.
+    owed: VecDeque<Owed>,
     close_after_write: bool,
     writable_interest: bool,
+}
+
+struct Owed {
+    request: u64,
+    keep_alive: bool,
+    response: Option<Vec<u8>>,
 }
 
 pub(crate) struct HubLoop {
@@ -60,6 +70,9 @@ pub(crate) struct HubLoop {
     conns: Slab<ApiConnection>,
     next_generation: u32,
     hub: Hub,
+    /// Hub request id → the API connection that asked.
+    requests: HashMap<u64, ApiConn>,
+    next_request: u64,
     rx: Receiver<ToHub>,
     workers: Vec<WorkerInbox>,
     to_wake: Vec<bool>,
@@ -91,6 +104,8 @@ impl HubLoop {
                 conns: Slab::new(),
                 next_generation: 0,
                 hub: Hub::new(0),
+                requests: HashMap::new(),
+                next_request: 1,
                 rx,
                 workers: Vec::new(),
                 to_wake: Vec::new(),
@@ -168,19 +183,43 @@ impl HubLoop {
             }
         }
         let answers: Vec<_> = self.hub.take_answers().collect();
+        let mut touched = Vec::new();
         for answer in answers {
-            let Some(conn) = self.get(answer.conn) else {
+            let Some(id) = self.requests.remove(&answer.conn) else {
+                continue;
+            };
+            let Some(conn) = self.get(id) else {
                 continue; // the API client left
             };
-            let keep_alive = conn.busy.take().unwrap_or(false);
-            conn.output.extend_from_slice(&api::json_response(
-                answer.status,
-                &answer.body,
-                keep_alive,
-            ));
-            conn.close_after_write |= !keep_alive;
-            self.write(answer.conn);
-            self.process(answer.conn);
+            if let Some(owed) = conn.owed.iter_mut().find(|o| o.request == answer.conn) {
+                owed.response = Some(api::json_response(
+                    answer.status,
+                    &answer.body,
+                    owed.keep_alive,
+                ));
+            }
+            Self::release_in_order(conn);
+            if !touched.contains(&id) {
+                touched.push(id);
+            }
+        }
+        for id in touched {
+            self.write(id);
+            self.process(id);
+        }
+    }
+
+    /// Moves the answers at the front of the queue that are ready into the output.
+    fn release_in_order(conn: &mut ApiConnection) {
+        while conn.owed.front().is_some_and(|o| o.response.is_some()) {
+            if let Some(owed) = conn.owed.pop_front() {
+                conn.output
+                    .extend_from_slice(&owed.response.unwrap_or_default());
+                if !owed.keep_alive {
+                    conn.close_after_write = true;
+                    conn.owed.clear();
+                }
+            }
         }
     }
 
@@ -215,7 +254,7 @@ impl HubLoop {
                         input: Vec::new(),
                         output: Vec::new(),
                         written: 0,
-                        busy: None,
+                        owed: VecDeque::new(),
                         close_after_write: false,
                         writable_interest: false,
                     });
@@ -271,7 +310,8 @@ impl HubLoop {
             let Some(conn) = self.get(id) else {
                 return;
             };
-            if conn.busy.is_some() || conn.close_after_write {
+            let closing = conn.owed.back().is_some_and(|o| !o.keep_alive);
+            if conn.owed.len() >= MAX_IN_FLIGHT || conn.close_after_write || closing {
                 break;
             }
             match api::parse(&conn.input, api_key.as_deref(), &limits) {
@@ -282,8 +322,12 @@ impl HubLoop {
                     response,
                 } => {
                     conn.input.drain(..consumed.min(conn.input.len()));
-                    conn.output.extend_from_slice(&response);
-                    conn.close_after_write |= close;
+                    conn.owed.push_back(Owed {
+                        request: 0,
+                        keep_alive: !close,
+                        response: Some(response),
+                    });
+                    Self::release_in_order(conn);
                 }
                 Parsed::Request {
                     consumed,
@@ -312,11 +356,7 @@ impl HubLoop {
                     &body,
                     keep_alive,
                 );
-                if let Some(conn) = self.get(id) {
-                    conn.output.extend_from_slice(&response);
-                    conn.close_after_write |= !keep_alive;
-                }
-                return;
+                return self.answer_now(id, keep_alive, response);
             }
             ApiCommand::Publish { channel, data } => Command::Publish {
                 channel: Arc::from(channel),
@@ -353,18 +393,34 @@ impl HubLoop {
             let body = api::error_body("workers' inboxes are full; retry shortly", None);
             return self.respond(id, keep_alive, 503, &body);
         }
+        let request = self.next_request;
+        self.next_request += 1;
         if let Some(conn) = self.get(id) {
-            conn.busy = Some(keep_alive);
+            conn.owed.push_back(Owed {
+                request,
+                keep_alive,
+                response: None,
+            });
         }
-        self.hub.command(id, command);
-        self.ship();
+        self.requests.insert(request, id);
+        // Shipped to the workers once per turn (see `drain_workers`), so a pipelined burst
+        // reaches each worker as one batch.
+        self.hub.command(request, command);
     }
 
     fn respond(&mut self, id: ApiConn, keep_alive: bool, status: u16, body: &str) {
+        self.answer_now(id, keep_alive, api::json_response(status, body, keep_alive));
+    }
+
+    /// An answer known at once; it still waits behind earlier answers on the connection.
+    fn answer_now(&mut self, id: ApiConn, keep_alive: bool, response: Vec<u8>) {
         if let Some(conn) = self.get(id) {
-            conn.output
-                .extend_from_slice(&api::json_response(status, body, keep_alive));
-            conn.close_after_write |= !keep_alive;
+            conn.owed.push_back(Owed {
+                request: 0,
+                keep_alive,
+                response: Some(response),
+            });
+            Self::release_in_order(conn);
         }
     }
 
