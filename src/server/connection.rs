@@ -236,11 +236,14 @@ pub enum Flushed {
 }
 
 impl Outbound {
-    /// A queue holding `bytes` (what a direct write left over).
-    pub fn with_bytes(bytes: &[u8]) -> Outbound {
+    /// A queue holding what a direct write of `bytes` left over: `written` bytes are already
+    /// on the wire, so the first frame may be half written and must be finished first (a pong
+    /// or a slow-consumer cut waits for its end).
+    pub fn with_partial(bytes: &[u8], written: usize) -> Outbound {
         let mut out = Outbound::default();
-        out.push_owned().extend_from_slice(bytes);
-        out.queued = bytes.len();
+        out.chunks.push_back(Chunk::Owned(bytes.to_vec()));
+        out.offset = written.min(bytes.len());
+        out.queued = bytes.len() - out.offset;
         out
     }
 
@@ -430,7 +433,7 @@ mod tests {
     #[test]
     fn pong_never_splits_a_frame_and_only_the_latest_is_sent() {
         for budget in 1..40 {
-            let mut out = Outbound::with_bytes(b"AAAAAAAAAA");
+            let mut out = Outbound::with_partial(b"AAAAAAAAAA", 0);
             out.push_shared(Arc::from(&b"BBBBBBBBBB"[..]));
             let mut sock = Trickle {
                 taken: Vec::new(),
@@ -452,7 +455,7 @@ mod tests {
 
     #[test]
     fn pong_goes_first_on_a_frame_boundary_and_can_be_cut() {
-        let mut out = Outbound::with_bytes(b"DATA");
+        let mut out = Outbound::with_partial(b"DATA", 0);
         out.set_pong(PongFrame::answering(b"xyz"));
         let mut sock = Trickle {
             taken: Vec::new(),
@@ -468,8 +471,21 @@ mod tests {
     }
 
     #[test]
+    fn partial_cork_is_finished_before_a_pong() {
+        let mut out = Outbound::with_partial(b"xxFRAME", 2);
+        out.set_pong(PongFrame::answering(b"p"));
+        let mut sock = Trickle {
+            taken: Vec::new(),
+            budget: 100,
+            total: usize::MAX,
+        };
+        assert_eq!(out.flush(&mut sock).unwrap(), Flushed::All);
+        assert_eq!(sock.taken, b"FRAME\x8a\x01p");
+    }
+
+    #[test]
     fn drop_unstarted_keeps_the_half_written_frame() {
-        let mut out = Outbound::with_bytes(b"0123456789");
+        let mut out = Outbound::with_partial(b"0123456789", 0);
         out.push_shared(Arc::from(&b"later"[..]));
         let mut sock = Trickle {
             taken: Vec::new(),

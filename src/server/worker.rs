@@ -398,6 +398,8 @@ impl Worker {
         if alive {
             self.flush(handle);
         } else {
+            // What this read produced is for a connection that is gone.
+            self.cork.clear();
             self.remove(handle);
         }
     }
@@ -683,7 +685,7 @@ impl Worker {
                 if let Ok(written) = result {
                     *bytes_out += written as u64;
                     if written < cork.len() {
-                        conn.outbound = Some(Box::new(Outbound::with_bytes(&cork[written..])));
+                        conn.outbound = Some(Box::new(Outbound::with_partial(cork, written)));
                     }
                 }
                 cork.clear();
@@ -708,7 +710,9 @@ impl Worker {
             self.remove(handle);
             return;
         }
-        if conn.queued() > settings.max_backlog {
+        // A finishing connection may stay over the limit (a half-written chunk plus our
+        // Close): it is already on its way out.
+        if conn.queued() > settings.max_backlog && !matches!(conn.phase, Phase::Finishing { .. }) {
             return self.drop_slow_consumer(handle);
         }
         if let Phase::Finishing { fin_sent: false } = conn.phase {

@@ -1,0 +1,457 @@
+//! Shared helpers for the integration tests: an in-process server on port 0, a watchdog that
+//! fails a test instead of letting it hang, and a raw WebSocket client that does the upgrade
+//! by hand and decodes frames with the crate's own decoder in the client role.
+//!
+//! Every socket made here has read and write timeouts, so nothing blocks forever.
+
+#![allow(dead_code)]
+
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::ops::Deref;
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use edgepush::config::Config;
+use edgepush::protocol::frame::{write_masked_frame, OpCode};
+use edgepush::protocol::message::{Decoder, DecoderConfig, Event, MessageKind, Role};
+use edgepush::server::Server;
+
+/// The default watchdog limit for one test body.
+pub const TEST_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The read timeout every client socket gets unless a test says otherwise.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A well-formed `Sec-WebSocket-Key` (RFC 6455 §1.3's sample).
+pub const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+
+/// Runs `body` on its own thread and fails the test if it takes longer than `limit`. A panic
+/// in the body is re-raised on the test thread with its own message.
+pub fn with_timeout<F>(limit: Duration, body: F)
+where
+    F: FnOnce() + Send + 'static,
+{
+    let (tx, rx) = mpsc::channel();
+    let handle = thread::Builder::new()
+        .name("test-body".into())
+        .spawn(move || {
+            body();
+            let _ = tx.send(());
+        })
+        .expect("spawn test body");
+    match rx.recv_timeout(limit) {
+        Ok(()) => handle.join().expect("test body"),
+        Err(mpsc::RecvTimeoutError::Disconnected) => {
+            // The body panicked: surface its panic.
+            if let Err(panic) = handle.join() {
+                std::panic::resume_unwind(panic);
+            }
+        }
+        Err(mpsc::RecvTimeoutError::Timeout) => panic!("test timed out after {limit:?}"),
+    }
+}
+
+/// [`with_timeout`] with [`TEST_TIMEOUT`].
+pub fn guarded<F>(body: F)
+where
+    F: FnOnce() + Send + 'static,
+{
+    with_timeout(TEST_TIMEOUT, body);
+}
+
+/// A server started in-process; stopped when dropped.
+pub struct TestServer {
+    server: Option<Server>,
+}
+
+impl TestServer {
+    pub fn start(config: Config) -> TestServer {
+        let server = Server::start(&config).expect("start server");
+        TestServer {
+            server: Some(server),
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.local_addr()
+    }
+}
+
+impl Deref for TestServer {
+    type Target = Server;
+    fn deref(&self) -> &Server {
+        self.server.as_ref().expect("server running")
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(server) = self.server.take() {
+            server.stop();
+        }
+    }
+}
+
+/// The test configuration (127.0.0.1:0, 1 thread, echo at /echo).
+pub fn config() -> Config {
+    Config::for_tests()
+}
+
+/// Polls `cond` every 10 ms until it holds or `limit` passes; returns whether it held.
+pub fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A TCP connection to `addr` with the default timeouts and `TCP_NODELAY`.
+pub fn connect(addr: SocketAddr) -> TcpStream {
+    let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
+    stream.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
+    stream.set_write_timeout(Some(READ_TIMEOUT)).unwrap();
+    stream.set_nodelay(true).unwrap();
+    stream
+}
+
+/// The request head of a valid upgrade to `path`.
+pub fn upgrade_request(path: &str) -> String {
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+}
+
+/// An HTTP response as read off the wire.
+#[derive(Debug)]
+pub struct HttpResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl HttpResponse {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn body_text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// Reads one response head from `stream`: returns it and any bytes that followed it in the
+/// same reads (the first frames after a 101, or the start of a body).
+pub fn read_response_head(stream: &mut TcpStream) -> (HttpResponse, Vec<u8>) {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let mut headers = [httparse::EMPTY_HEADER; 64];
+        let mut response = httparse::Response::new(&mut headers);
+        match response.parse(&buf) {
+            Ok(httparse::Status::Complete(head_len)) => {
+                assert_eq!(response.version, Some(1), "HTTP/1.1 answer");
+                let headers = response
+                    .headers
+                    .iter()
+                    .map(|h| {
+                        (
+                            h.name.to_owned(),
+                            String::from_utf8_lossy(h.value).into_owned(),
+                        )
+                    })
+                    .collect();
+                let status = response.code.expect("status code");
+                return (
+                    HttpResponse {
+                        status,
+                        headers,
+                        body: Vec::new(),
+                    },
+                    buf[head_len..].to_vec(),
+                );
+            }
+            Ok(httparse::Status::Partial) => {}
+            Err(e) => panic!(
+                "bad response head ({e}): {:?}",
+                String::from_utf8_lossy(&buf)
+            ),
+        }
+        let n = stream.read(&mut chunk).expect("read response head");
+        assert!(
+            n > 0,
+            "EOF before a complete response head; got {:?}",
+            String::from_utf8_lossy(&buf)
+        );
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// Sends `request` raw and reads the whole response until the server closes the connection.
+pub fn http_exchange(addr: SocketAddr, request: &[u8]) -> HttpResponse {
+    let mut stream = connect(addr);
+    stream.write_all(request).expect("send request");
+    read_full_response(&mut stream)
+}
+
+/// Reads a response head and its body up to EOF, checking `Content-Length` against it.
+pub fn read_full_response(stream: &mut TcpStream) -> HttpResponse {
+    let (mut response, mut body) = read_response_head(stream);
+    let mut chunk = [0u8; 16384];
+    loop {
+        match stream.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => body.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => break,
+            Err(e) => panic!("reading the response body: {e}"),
+        }
+    }
+    if let Some(len) = response.header("content-length") {
+        let len: usize = len.parse().expect("numeric Content-Length");
+        assert_eq!(body.len(), len, "body length vs Content-Length");
+    }
+    response.body = body;
+    response
+}
+
+/// A frame (or the end of the stream) as the raw client sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Received {
+    Text(String),
+    Binary(Vec<u8>),
+    Ping(Vec<u8>),
+    Pong(Vec<u8>),
+    /// `None`: an empty close payload.
+    Close(Option<(u16, String)>),
+    /// The server closed TCP (read returned 0).
+    Eof,
+    /// The connection was reset.
+    Reset,
+}
+
+/// A hand-made WebSocket client over a blocking `TcpStream`.
+pub struct RawClient {
+    pub stream: TcpStream,
+    /// Bytes read but not yet decoded.
+    buf: Vec<u8>,
+    decoder: Decoder,
+    config: DecoderConfig,
+    mask_seed: u32,
+}
+
+impl RawClient {
+    /// Connects and upgrades on `path`; panics unless the answer is 101 with the right accept.
+    pub fn connect(addr: SocketAddr, path: &str) -> RawClient {
+        RawClient::upgrade(connect(addr), path)
+    }
+
+    /// Upgrades an already connected stream.
+    pub fn upgrade(mut stream: TcpStream, path: &str) -> RawClient {
+        stream
+            .write_all(upgrade_request(path).as_bytes())
+            .expect("send upgrade");
+        let (response, rest) = read_response_head(&mut stream);
+        assert_eq!(response.status, 101, "upgrade answer: {response:?}");
+        assert_eq!(
+            response.header("sec-websocket-accept"),
+            Some("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="),
+            "accept key"
+        );
+        RawClient::from_parts(stream, rest)
+    }
+
+    /// Wraps a stream whose handshake is done; `rest` are bytes read past the 101 head.
+    pub fn from_parts(stream: TcpStream, rest: Vec<u8>) -> RawClient {
+        RawClient {
+            stream,
+            buf: rest,
+            decoder: Decoder::new(),
+            config: DecoderConfig {
+                role: Role::Client,
+                max_message_size: 64 << 20,
+            },
+            mask_seed: 0x1234_5678,
+        }
+    }
+
+    fn next_key(&mut self) -> [u8; 4] {
+        // xorshift: the key only needs to vary.
+        let mut x = self.mask_seed;
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        self.mask_seed = x;
+        x.to_be_bytes()
+    }
+
+    /// Encodes one masked frame.
+    pub fn frame(&mut self, fin: bool, opcode: OpCode, payload: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(payload.len() + 14);
+        let key = self.next_key();
+        write_masked_frame(&mut out, fin, opcode, payload, key);
+        out
+    }
+
+    /// Sends one masked frame.
+    pub fn send_frame(&mut self, fin: bool, opcode: OpCode, payload: &[u8]) -> io::Result<()> {
+        let bytes = self.frame(fin, opcode, payload);
+        self.stream.write_all(&bytes)
+    }
+
+    pub fn send_text(&mut self, text: &str) {
+        self.send_frame(true, OpCode::Text, text.as_bytes())
+            .expect("send text");
+    }
+
+    pub fn send_binary(&mut self, data: &[u8]) {
+        self.send_frame(true, OpCode::Binary, data)
+            .expect("send binary");
+    }
+
+    /// Sends a Close with `code` (and no reason).
+    pub fn send_close(&mut self, code: u16) {
+        self.send_frame(true, OpCode::Close, &code.to_be_bytes())
+            .expect("send close");
+    }
+
+    pub fn send_raw(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.stream.write_all(bytes)
+    }
+
+    /// The next frame from the server, or how the stream ended. Panics on a read timeout or
+    /// on anything the client-role decoder refuses.
+    pub fn recv(&mut self) -> Received {
+        self.try_recv().expect("read from server")
+    }
+
+    /// Like [`RawClient::recv`], but a read timeout is an `Err`.
+    pub fn try_recv(&mut self) -> io::Result<Received> {
+        let mut chunk = vec![0u8; 64 * 1024];
+        loop {
+            if let Some(received) = self.decode_one() {
+                return Ok(received);
+            }
+            match self.stream.read(&mut chunk) {
+                Ok(0) => {
+                    assert!(
+                        self.buf.is_empty() && self.decoder.is_idle(),
+                        "EOF inside a frame ({} bytes pending)",
+                        self.buf.len()
+                    );
+                    return Ok(Received::Eof);
+                }
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return Ok(Received::Reset),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Decodes one event out of the buffered bytes, if they hold one.
+    fn decode_one(&mut self) -> Option<Received> {
+        let mut pos = 0;
+        let result = loop {
+            let step = self
+                .decoder
+                .decode(&mut self.buf[pos..], &self.config)
+                .unwrap_or_else(|e| panic!("server sent a bad frame: {e}"));
+            pos += step.consumed;
+            match step.event {
+                Some(event) => break Some(own(event)),
+                None if step.consumed == 0 => break None,
+                None => {}
+            }
+        };
+        self.buf.drain(..pos);
+        result
+    }
+
+    /// Reads frames until a Close, skipping data, pings and pongs; returns its code (`None` for
+    /// an empty payload). Panics if the stream ends without one.
+    pub fn expect_close(&mut self) -> Option<u16> {
+        loop {
+            match self.recv() {
+                Received::Close(close) => return close.map(|(code, _)| code),
+                Received::Eof => panic!("EOF without a close frame"),
+                Received::Reset => panic!("reset without a close frame"),
+                _ => {}
+            }
+        }
+    }
+
+    /// After the server's Close: the server closes TCP next (read returns 0).
+    pub fn expect_eof(&mut self) {
+        match self.recv() {
+            Received::Eof => {}
+            other => panic!("expected EOF, got {other:?}"),
+        }
+    }
+
+    /// The next frame must be a Close with `code`, followed by EOF.
+    pub fn expect_close_code(&mut self, code: u16) {
+        match self.recv() {
+            Received::Close(Some((got, _))) => assert_eq!(got, code, "close code"),
+            other => panic!("expected Close {code}, got {other:?}"),
+        }
+        self.expect_eof();
+    }
+
+    /// Sends a text message and checks that it comes back.
+    pub fn round_trip(&mut self, text: &str) {
+        self.send_text(text);
+        let expected = if text == "ping" { "pong" } else { text };
+        match self.recv() {
+            Received::Text(got) => assert_eq!(got, expected),
+            other => panic!("expected the echo of {text:?}, got {other:?}"),
+        }
+    }
+
+    /// A second client on a clone of the socket, to read on another thread while this one
+    /// writes. Nothing may be buffered yet.
+    pub fn reader(&self) -> RawClient {
+        assert!(self.buf.is_empty() && self.decoder.is_idle());
+        RawClient::from_parts(self.stream.try_clone().expect("clone socket"), Vec::new())
+    }
+
+    /// Half-closes our side (FIN).
+    pub fn shutdown_write(&self) {
+        let _ = self.stream.shutdown(Shutdown::Write);
+    }
+}
+
+fn own(event: Event<'_>) -> Received {
+    match event {
+        Event::Message {
+            kind: MessageKind::Text,
+            data,
+        } => Received::Text(String::from_utf8(data.to_vec()).expect("validated text")),
+        Event::Message {
+            kind: MessageKind::Binary,
+            data,
+        } => Received::Binary(data.to_vec()),
+        Event::Ping(p) => Received::Ping(p.to_vec()),
+        Event::Pong(p) => Received::Pong(p.to_vec()),
+        Event::Close(frame) => Received::Close(frame.map(|f| (f.code, f.reason.to_owned()))),
+    }
+}
+
+/// Checks that a fresh client can still upgrade and get an echo: bad input on one connection
+/// never harms others.
+pub fn assert_server_healthy(addr: SocketAddr) {
+    let mut client = RawClient::connect(addr, "/echo");
+    client.round_trip("still alive");
+    client.send_close(1000);
+    client.expect_close_code(1000);
+}

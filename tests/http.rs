@@ -1,0 +1,330 @@
+//! What the public listener answers before (or instead of) an upgrade.
+
+mod common;
+
+use std::io::Write;
+use std::thread;
+use std::time::Duration;
+
+use common::{
+    connect, guarded, http_exchange, read_full_response, upgrade_request, wait_until, RawClient,
+    TestServer, KEY,
+};
+use edgepush::config::Config;
+
+fn get(path: &str) -> Vec<u8> {
+    format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").into_bytes()
+}
+
+/// An upgrade request to `/echo` with `headers` in place of the usual ones.
+fn upgrade_with(headers: &[&str]) -> Vec<u8> {
+    let mut request = String::from("GET /echo HTTP/1.1\r\n");
+    for h in headers {
+        request.push_str(h);
+        request.push_str("\r\n");
+    }
+    request.push_str("\r\n");
+    request.into_bytes()
+}
+
+const HOST: &str = "Host: localhost";
+const UPGRADE: &str = "Upgrade: websocket";
+const CONNECTION: &str = "Connection: Upgrade";
+const VERSION: &str = "Sec-WebSocket-Version: 13";
+
+fn key_header() -> String {
+    format!("Sec-WebSocket-Key: {KEY}")
+}
+
+#[test]
+fn root_serves_the_demo_page() {
+    guarded(|| {
+        let server = TestServer::start(common::config());
+        let response = http_exchange(server.addr(), &get("/"));
+        assert_eq!(response.status, 200);
+        assert!(response
+            .header("content-type")
+            .is_some_and(|t| t.starts_with("text/html")));
+        let body = response.body_text();
+        assert!(body.contains("<html"), "not HTML: {body:.200}");
+        assert_eq!(
+            body.as_bytes(),
+            edgepush::server::http::DEMO_PAGE.as_bytes()
+        );
+    });
+}
+
+#[test]
+fn head_root_has_no_body() {
+    guarded(|| {
+        let server = TestServer::start(common::config());
+        let mut stream = connect(server.addr());
+        stream
+            .write_all(b"HEAD / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .unwrap();
+        let (response, rest) = common::read_response_head(&mut stream);
+        assert_eq!(response.status, 200);
+        assert_eq!(
+            response.header("content-length"),
+            Some(edgepush::server::http::DEMO_PAGE.len().to_string().as_str())
+        );
+        let mut body = rest;
+        std::io::Read::read_to_end(&mut stream, &mut body).unwrap();
+        assert!(body.is_empty(), "HEAD answered with a body");
+    });
+}
+
+#[test]
+fn healthz_is_ok() {
+    guarded(|| {
+        let server = TestServer::start(common::config());
+        let response = http_exchange(server.addr(), &get("/healthz"));
+        assert_eq!(response.status, 200);
+        assert_eq!(response.body_text().trim(), "ok");
+        // A query string does not change the route.
+        let response = http_exchange(server.addr(), &get("/healthz?probe=1"));
+        assert_eq!(response.status, 200);
+    });
+}
+
+#[test]
+fn unknown_path_is_404() {
+    guarded(|| {
+        let server = TestServer::start(common::config());
+        for path in ["/nope", "/echo/", "/healthz/x", "/ws"] {
+            let response = http_exchange(server.addr(), &get(path));
+            assert_eq!(response.status, 404, "GET {path}");
+        }
+        // The echo path without an upgrade is no page either.
+        assert_eq!(http_exchange(server.addr(), &get("/echo")).status, 404);
+    });
+}
+
+#[test]
+fn upgrade_to_unknown_path_is_404() {
+    guarded(|| {
+        let server = TestServer::start(common::config());
+        let response = http_exchange(server.addr(), upgrade_request("/nope").as_bytes());
+        assert_eq!(response.status, 404);
+        assert_eq!(server.stats().open(), 0);
+    });
+}
+
+#[test]
+fn upgrade_with_echo_disabled_is_404() {
+    guarded(|| {
+        let server = TestServer::start(Config {
+            echo_path: None,
+            ..common::config()
+        });
+        let response = http_exchange(server.addr(), upgrade_request("/echo").as_bytes());
+        assert_eq!(response.status, 404);
+    });
+}
+
+#[test]
+fn other_methods_are_405() {
+    guarded(|| {
+        let server = TestServer::start(common::config());
+        let response = http_exchange(
+            server.addr(),
+            b"POST / HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\n\r\n",
+        );
+        assert_eq!(response.status, 405);
+        assert_eq!(response.header("allow"), Some("GET"));
+        // An upgrade attempted with POST, too.
+        let request = upgrade_request("/echo").replacen("GET", "POST", 1);
+        let response = http_exchange(server.addr(), request.as_bytes());
+        assert_eq!(response.status, 405);
+    });
+}
+
+#[test]
+fn wrong_version_is_426_with_version_header() {
+    guarded(|| {
+        let server = TestServer::start(common::config());
+        let key = key_header();
+        let request = upgrade_with(&[HOST, UPGRADE, CONNECTION, &key, "Sec-WebSocket-Version: 8"]);
+        let response = http_exchange(server.addr(), &request);
+        assert_eq!(response.status, 426);
+        assert_eq!(response.header("sec-websocket-version"), Some("13"));
+    });
+}
+
+#[test]
+fn malformed_upgrades_are_400() {
+    guarded(|| {
+        let server = TestServer::start(common::config());
+        let key = key_header();
+        let cases: Vec<(&str, Vec<u8>)> = vec![
+            (
+                "missing key",
+                upgrade_with(&[HOST, UPGRADE, CONNECTION, VERSION]),
+            ),
+            (
+                "key of the wrong length",
+                upgrade_with(&[
+                    HOST,
+                    UPGRADE,
+                    CONNECTION,
+                    VERSION,
+                    "Sec-WebSocket-Key: dG9vIHNob3J0",
+                ]),
+            ),
+            (
+                "missing version",
+                upgrade_with(&[HOST, UPGRADE, CONNECTION, &key]),
+            ),
+            (
+                "missing Host",
+                upgrade_with(&[UPGRADE, CONNECTION, VERSION, &key]),
+            ),
+            (
+                "Connection without upgrade",
+                upgrade_with(&[HOST, UPGRADE, "Connection: keep-alive", VERSION, &key]),
+            ),
+            (
+                "Upgrade not websocket",
+                upgrade_with(&[HOST, "Upgrade: h2c", CONNECTION, VERSION, &key]),
+            ),
+            (
+                "HTTP/1.0",
+                upgrade_request("/echo")
+                    .replacen("HTTP/1.1", "HTTP/1.0", 1)
+                    .into_bytes(),
+            ),
+        ];
+        for (what, request) in cases {
+            let response = http_exchange(server.addr(), &request);
+            assert_eq!(response.status, 400, "{what}: {response:?}");
+        }
+        assert_eq!(server.stats().open(), 0);
+    });
+}
+
+#[test]
+fn oversized_head_is_431() {
+    guarded(|| {
+        let server = TestServer::start(common::config());
+        let big = format!("X-Filler: {}", "a".repeat(9 * 1024));
+        let key = key_header();
+        let request = upgrade_with(&[HOST, UPGRADE, CONNECTION, VERSION, &key, &big]);
+        let response = http_exchange(server.addr(), &request);
+        assert_eq!(response.status, 431);
+        // The head need not be complete: the limit holds while it is still arriving.
+        let mut stream = connect(server.addr());
+        stream
+            .write_all(format!("GET / HTTP/1.1\r\n{big}").as_bytes())
+            .unwrap();
+        assert_eq!(read_full_response(&mut stream).status, 431);
+    });
+}
+
+#[test]
+fn head_just_under_the_limit_upgrades() {
+    guarded(|| {
+        let server = TestServer::start(common::config());
+        let base = upgrade_request("/echo").len();
+        let filler_len = 8 * 1024 - base - "X-Filler: \r\n".len() - 1;
+        let mut request = upgrade_request("/echo");
+        request.truncate(request.len() - 2);
+        request.push_str(&format!("X-Filler: {}\r\n\r\n", "a".repeat(filler_len)));
+        assert!(request.len() < 8 * 1024);
+        let stream = connect(server.addr());
+        let mut stream = stream;
+        stream.write_all(request.as_bytes()).unwrap();
+        let (response, rest) = common::read_response_head(&mut stream);
+        assert_eq!(response.status, 101);
+        let mut client = RawClient::from_parts(stream, rest);
+        client.round_trip("big head");
+    });
+}
+
+#[test]
+fn too_many_headers_is_431() {
+    guarded(|| {
+        let server = TestServer::start(common::config());
+        let key = key_header();
+        let extra: Vec<String> = (0..70).map(|i| format!("X-H{i}: v")).collect();
+        let mut headers: Vec<&str> = vec![HOST, UPGRADE, CONNECTION, VERSION, &key];
+        headers.extend(extra.iter().map(String::as_str));
+        let response = http_exchange(server.addr(), &upgrade_with(&headers));
+        assert_eq!(response.status, 431);
+    });
+}
+
+#[test]
+fn max_connections_gives_503_and_frees_on_close() {
+    guarded(|| {
+        let server = TestServer::start(Config {
+            max_connections: 2,
+            ..common::config()
+        });
+        assert_eq!(server.max_connections(), 2);
+        let mut first = RawClient::connect(server.addr(), "/echo");
+        let mut second = RawClient::connect(server.addr(), "/echo");
+        assert_eq!(server.stats().open(), 2);
+
+        let response = http_exchange(server.addr(), upgrade_request("/echo").as_bytes());
+        assert_eq!(response.status, 503);
+        assert!(response.header("retry-after").is_some());
+        // Plain requests are still answered while full.
+        assert_eq!(http_exchange(server.addr(), &get("/healthz")).status, 200);
+        // The open ones keep working.
+        first.round_trip("one");
+        second.round_trip("two");
+
+        // A clean close frees the slot.
+        first.send_close(1000);
+        first.expect_close_code(1000);
+        drop(first);
+        assert!(
+            wait_until(Duration::from_secs(2), || server.stats().open() == 1),
+            "open stays at {}",
+            server.stats().open()
+        );
+        let mut third = RawClient::connect(server.addr(), "/echo");
+        third.round_trip("three");
+
+        // So does a dropped TCP connection without a close frame.
+        let response = http_exchange(server.addr(), upgrade_request("/echo").as_bytes());
+        assert_eq!(response.status, 503);
+        drop(second);
+        assert!(wait_until(Duration::from_secs(2), || server.stats().open() == 1));
+        let mut fourth = RawClient::connect(server.addr(), "/echo");
+        fourth.round_trip("four");
+    });
+}
+
+#[test]
+fn request_arriving_byte_by_byte_still_upgrades() {
+    guarded(|| {
+        let server = TestServer::start(common::config());
+        let mut stream = connect(server.addr());
+        for b in upgrade_request("/echo").bytes() {
+            stream.write_all(&[b]).unwrap();
+            thread::sleep(Duration::from_millis(1));
+        }
+        let (response, rest) = common::read_response_head(&mut stream);
+        assert_eq!(response.status, 101);
+        let mut client = RawClient::from_parts(stream, rest);
+        client.round_trip("slowly");
+    });
+}
+
+#[test]
+fn request_and_first_frame_in_one_write() {
+    guarded(|| {
+        let server = TestServer::start(common::config());
+        let stream = connect(server.addr());
+        // The head and a frame in the same segment: the frame must not be lost.
+        let mut client = RawClient::from_parts(stream, Vec::new());
+        let mut bytes = upgrade_request("/echo").into_bytes();
+        bytes.extend(client.frame(true, edgepush::protocol::frame::OpCode::Text, b"eager"));
+        client.send_raw(&bytes).unwrap();
+        let (response, rest) = common::read_response_head(&mut client.stream);
+        assert_eq!(response.status, 101);
+        let mut client = RawClient::from_parts(client.stream, rest);
+        assert_eq!(client.recv(), common::Received::Text("eager".into()));
+    });
+}
