@@ -45,6 +45,9 @@ pub enum Mode {
 pub struct ChildSpec {
     pub index: usize,
     pub mode: Mode,
+    /// Busy-poll (zero poll timeout) while the measured phase runs, so the server's writes
+    /// never pay for waking this process and no message waits on a wakeup.
+    pub spin: bool,
     pub addr: SocketAddr,
     pub host: String,
     /// Path and query; `{n}` becomes the connection's number.
@@ -1101,7 +1104,9 @@ fn run_inner(spec: ChildSpec) -> io::Result<ChildResult> {
     let mut next_progress = 0u64;
     let mut next_sweep = 0u64;
     loop {
-        let timeout = if engine.ctx.phase == Phase::Running && engine.spec.mode == Mode::Churn {
+        let timeout = if engine.ctx.phase == Phase::Running && engine.spec.spin {
+            Duration::ZERO
+        } else if engine.ctx.phase == Phase::Running && engine.spec.mode == Mode::Churn {
             Duration::from_millis(1)
         } else {
             Duration::from_millis(10)

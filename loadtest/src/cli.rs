@@ -55,6 +55,11 @@ pub struct Common {
     /// Connection attempts in progress at once, per child process
     #[arg(long, global = true, default_value_t = 256)]
     pub connect_concurrency: usize,
+    /// Sleep in poll during the measured phase instead of busy-polling (echo, fanout, slow
+    /// busy-poll by default: the client has its own core, and a sleeping client makes every
+    /// delivery pay for a wakeup on both sides)
+    #[arg(long, global = true)]
+    pub no_spin: bool,
     /// Give up on a connection that has not finished its upgrade by then
     #[arg(long, global = true, default_value = "10s", value_parser = parse_duration)]
     pub handshake_timeout: Duration,

@@ -300,6 +300,7 @@ fn execute(cli: &Cli, plan: Plan, pub_target: Option<Target>) -> Result<i32, Str
         let mut spec = ChildSpec {
             index: i,
             mode: plan.mode,
+            spin: !c.no_spin && matches!(plan.mode, Mode::Echo | Mode::Fanout | Mode::Slow),
             addr: plan.target.addr,
             host: plan.target.host.clone(),
             path: plan.target.path.clone(),
