@@ -34,7 +34,12 @@ fn main() -> ExitCode {
         env!("CARGO_PKG_VERSION"),
         server.local_addr()
     );
+    info!("push API on http://{}", server.api_addr());
     info!("configuration:\n{}", config.render_summary());
+    if config.jwt_secret.is_none() {
+        warn!("!!! OPEN MODE: no --jwt-secret. Anyone can connect as any ?user=, subscribe to");
+        warn!("!!! any channel and publish anywhere. For development only: set --jwt-secret.");
+    }
     info!(
         "connection ceiling {} (open-files limit {open_files})",
         server.max_connections()

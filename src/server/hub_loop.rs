@@ -54,6 +54,8 @@ struct ApiConnection {
     written: usize,
     /// Answers owed, in request order; `None` until the hub answers.
     owed: VecDeque<Owed>,
+    /// `100 Continue` was sent for the request being received.
+    continued: bool,
     close_after_write: bool,
     writable_interest: bool,
 }
@@ -255,6 +257,7 @@ impl HubLoop {
                         output: Vec::new(),
                         written: 0,
                         owed: VecDeque::new(),
+                        continued: false,
                         close_after_write: false,
                         writable_interest: false,
                     });
@@ -315,13 +318,22 @@ impl HubLoop {
                 break;
             }
             match api::parse(&conn.input, api_key.as_deref(), &limits) {
-                Parsed::Partial => break,
+                Parsed::Partial => {
+                    // curl and others wait (a second) for this before sending a body.
+                    if !conn.continued && conn.owed.is_empty() && expects_continue(&conn.input) {
+                        conn.output
+                            .extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+                        conn.continued = true;
+                    }
+                    break;
+                }
                 Parsed::Reject {
                     consumed,
                     close,
                     response,
                 } => {
                     conn.input.drain(..consumed.min(conn.input.len()));
+                    conn.continued = false;
                     conn.owed.push_back(Owed {
                         request: 0,
                         keep_alive: !close,
@@ -335,6 +347,7 @@ impl HubLoop {
                     command,
                 } => {
                     conn.input.drain(..consumed.min(conn.input.len()));
+                    conn.continued = false;
                     self.run_command(id, keep_alive, command);
                 }
             }
@@ -594,5 +607,37 @@ impl HubLoop {
             ));
         }
         out
+    }
+}
+
+/// Does the complete request head at the start of `input` carry `Expect: 100-continue`?
+fn expects_continue(input: &[u8]) -> bool {
+    let Some(end) = input.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return false;
+    };
+    input[..end].split(|&b| b == b'\n').any(|line| {
+        let line = String::from_utf8_lossy(line);
+        line.split_once(':').is_some_and(|(name, value)| {
+            name.trim().eq_ignore_ascii_case("expect")
+                && value.trim().eq_ignore_ascii_case("100-continue")
+        })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::expects_continue;
+
+    #[test]
+    fn expect_continue_detection() {
+        assert!(expects_continue(
+            b"POST /api/send HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 5000\r\n\r\n"
+        ));
+        assert!(!expects_continue(
+            b"POST / HTTP/1.1\r\nExpect: 100-continue\r\n"
+        ));
+        assert!(!expects_continue(
+            b"POST / HTTP/1.1\r\nContent-Length: 1\r\n\r\n"
+        ));
     }
 }
