@@ -196,6 +196,45 @@ pub struct Args {
     )]
     pub max_client_publish_rate: u32,
 
+    /// Messages kept per channel for replay after a reconnect (0: no channel history).
+    #[arg(
+        long,
+        value_name = "N",
+        env = "EDGEPUSH_HISTORY_SIZE",
+        default_value = "100"
+    )]
+    pub history_size: usize,
+
+    /// Oldest message kept for replay; also how long a user's $user stream outlives the
+    /// user's last connection.
+    #[arg(
+        long,
+        value_name = "DUR",
+        env = "EDGEPUSH_HISTORY_TTL",
+        default_value = "5m",
+        value_parser = parse_positive_duration
+    )]
+    pub history_ttl: Duration,
+
+    /// Messages kept per $user stream (0: none).
+    #[arg(
+        long,
+        value_name = "N",
+        env = "EDGEPUSH_USER_HISTORY_SIZE",
+        default_value = "20"
+    )]
+    pub user_history_size: usize,
+
+    /// All history together (frames plus bookkeeping); the oldest messages go first.
+    #[arg(
+        long,
+        value_name = "BYTES",
+        env = "EDGEPUSH_HISTORY_MAX_BYTES",
+        default_value = "64MiB",
+        value_parser = parse_positive_size
+    )]
+    pub history_max_bytes: usize,
+
     /// Log level. RUST_LOG is also honoured, for finer per-module filters.
     #[arg(
         long,
@@ -261,6 +300,7 @@ pub struct Config {
     pub max_subscriptions: usize,
     /// Client publishes per connection per second.
     pub max_client_publish_rate: u32,
+    pub history: crate::push::hub::HistoryConfig,
 }
 
 /// A rule between flags that the individual value parsers cannot check.
@@ -368,6 +408,12 @@ impl Config {
             allowed_origins: args.allowed_origin,
             max_subscriptions: args.max_subscriptions,
             max_client_publish_rate: args.max_client_publish_rate,
+            history: crate::push::hub::HistoryConfig {
+                size: args.history_size,
+                ttl: args.history_ttl,
+                user_size: args.user_history_size,
+                max_bytes: args.history_max_bytes,
+            },
         })
     }
 
@@ -393,6 +439,7 @@ impl Config {
             allowed_origins: Vec::new(),
             max_subscriptions: 128,
             max_client_publish_rate: 10,
+            history: crate::push::hub::HistoryConfig::default(),
         }
     }
 
@@ -431,6 +478,16 @@ impl Config {
             (
                 "client publishes",
                 format!("{}/s", self.max_client_publish_rate),
+            ),
+            (
+                "history",
+                format!(
+                    "{} per channel, {} per user, {}, at most {}",
+                    self.history.size,
+                    self.history.user_size,
+                    format_duration(self.history.ttl),
+                    format_size(self.history.max_bytes)
+                ),
             ),
             ("threads", self.threads.to_string()),
             ("echo path", echo.to_owned()),
@@ -910,7 +967,7 @@ mod tests {
         ] {
             assert!(s.contains(needle), "{needle:?} missing from\n{s}");
         }
-        assert_eq!(s.lines().count(), 19);
+        assert_eq!(s.lines().count(), 20);
         c.echo_path = None;
         assert!(c.render_summary().contains("echo path          off"));
     }

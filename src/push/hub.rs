@@ -8,11 +8,22 @@
 //! message with a `seq` up to the top it reports and before every later one. The worker adds the
 //! subscriber when the answer arrives, so a subscriber sees each message exactly once, whatever
 //! publishes race the subscribe.
+//!
+//! History: every stream keeps its recent messages (already encoded frames) for replay after a
+//! reconnect: at most `size` per channel (`user_size` per `$user` stream) and none older than
+//! `ttl`. A global log in publish order lets the oldest go first, whether by age or because all
+//! history together passed `max_bytes` (frames plus a fixed cost per message for the bookkeeping,
+//! so API input alone cannot grow memory past it). A channel lives while it has subscribers or
+//! history; a `$user` stream lives for `ttl` after its user's last connection left, so a user
+//! who drops for a moment gets what was sent meanwhile. An epoch names one incarnation of a
+//! stream: when a stream is forgotten and comes back, its seq restarts under a new epoch, and a
+//! client asking to recover from the old one is told `recovered: false`.
 
 use std::collections::hash_map::RandomState;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use crate::protocol::frame::{encode_shared, OpCode};
 use crate::push::client_protocol::{write_message, write_subscribed};
@@ -49,11 +60,11 @@ pub enum Target {
 /// Hub → worker, through the worker's FIFO inbox.
 #[derive(Debug, Clone)]
 pub enum ToWorker {
-    /// Queue `frame` for the target's local connections (skipping any that already hold
-    /// `seq` from a replay); acknowledge with the count if `ack` is set.
+    /// Queue `frame` for the target's local connections; acknowledge with the count if `ack`
+    /// is set. (No seq is needed: FIFO order already puts it after every subscribe answer
+    /// whose top is below it.)
     Deliver {
         target: Target,
-        seq: Option<u64>,
         frame: Arc<[u8]>,
         ack: Option<AckId>,
     },
@@ -134,18 +145,71 @@ pub struct Answer {
     pub body: String,
 }
 
+/// How much history to keep.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HistoryConfig {
+    /// Messages kept per channel (`--history-size`).
+    pub size: usize,
+    /// Oldest message kept, and how long a `$user` stream outlives its last connection
+    /// (`--history-ttl`).
+    pub ttl: Duration,
+    /// Messages kept per `$user` stream (`--user-history-size`).
+    pub user_size: usize,
+    /// All history together (`--history-max-bytes`), oldest first.
+    pub max_bytes: usize,
+}
+
+impl Default for HistoryConfig {
+    fn default() -> Self {
+        HistoryConfig {
+            size: 100,
+            ttl: Duration::from_secs(300),
+            user_size: 20,
+            max_bytes: 64 << 20,
+        }
+    }
+}
+
+/// Bytes charged per held message on top of its frame (the log entry and the stream's share,
+/// rounded up), so that `max_bytes` bounds the hub's memory, not just the payloads: a stream
+/// kept only for its history always has at least one charged message. Streams with
+/// subscribers are bounded by the subscriptions themselves.
+const LOG_ENTRY_COST: usize = 128;
+
 #[derive(Debug)]
 struct StreamState {
     seq: u64,
     epoch: Arc<str>,
     /// Workers with local subscribers (or a subscribe in flight).
     workers: Vec<bool>,
+    /// Recent messages, oldest first, contiguous in seq.
+    history: VecDeque<(u64, Arc<[u8]>)>,
+    /// When the last subscriber left; `None` while anyone is subscribed.
+    idle_since: Option<Instant>,
 }
 
 impl StreamState {
+    fn new(epoch: Arc<str>, workers: usize, now: Instant) -> StreamState {
+        StreamState {
+            seq: 0,
+            epoch,
+            workers: vec![false; workers],
+            history: VecDeque::new(),
+            idle_since: Some(now),
+        }
+    }
+
     fn worker_count(&self) -> usize {
         self.workers.iter().filter(|w| **w).count()
     }
+}
+
+/// One published message in the global log, in publish order.
+#[derive(Debug)]
+struct LogEntry {
+    stream: Stream,
+    seq: u64,
+    at: Instant,
 }
 
 #[derive(Debug)]
@@ -169,6 +233,13 @@ struct Pending {
 #[derive(Debug)]
 pub struct Hub {
     workers: usize,
+    history: HistoryConfig,
+    now: Instant,
+    log: VecDeque<LogEntry>,
+    /// Frame bytes held plus the fixed costs (see `LOG_ENTRY_COST`).
+    history_bytes: usize,
+    history_messages: usize,
+    last_sweep: Instant,
     channels: HashMap<Arc<str>, StreamState>,
     users: HashMap<Arc<str>, StreamState>,
     pending: HashMap<AckId, Pending>,
@@ -181,9 +252,15 @@ pub struct Hub {
 }
 
 impl Hub {
-    pub fn new(workers: usize) -> Hub {
+    pub fn new(workers: usize, history: HistoryConfig, now: Instant) -> Hub {
         Hub {
             workers,
+            history,
+            now,
+            log: VecDeque::new(),
+            history_bytes: 0,
+            history_messages: 0,
+            last_sweep: now,
             channels: HashMap::new(),
             users: HashMap::new(),
             pending: HashMap::new(),
@@ -209,6 +286,123 @@ impl Hub {
     /// Channels and user streams the hub tracks.
     pub fn stream_counts(&self) -> (usize, usize) {
         (self.channels.len(), self.users.len())
+    }
+
+    /// Messages held for replay, and the bytes charged for them (see [`HistoryConfig`]).
+    pub fn history_size(&self) -> (usize, usize) {
+        (self.history_messages, self.history_bytes)
+    }
+
+    /// Advances the hub's clock; about once a second, expires old history and idle streams.
+    pub fn tick(&mut self, now: Instant) {
+        self.now = now;
+        if now.duration_since(self.last_sweep) >= Duration::from_secs(1) {
+            self.last_sweep = now;
+            self.sweep();
+        }
+    }
+
+    /// How long the hub thread may sleep before [`Hub::tick`] has work.
+    pub fn next_tick(&self) -> Option<Duration> {
+        (!self.log.is_empty() || !self.users.is_empty() || !self.channels.is_empty())
+            .then_some(Duration::from_secs(1))
+    }
+
+    fn sweep(&mut self) {
+        let ttl = self.history.ttl;
+        while self
+            .log
+            .front()
+            .is_some_and(|e| self.now.duration_since(e.at) >= ttl)
+        {
+            self.pop_log();
+        }
+        let now = self.now;
+        self.users.retain(|_, state| {
+            state.worker_count() > 0 || state.idle_since.is_none_or(|t| now.duration_since(t) < ttl)
+        });
+        self.channels
+            .retain(|_, state| state.worker_count() > 0 || !state.history.is_empty());
+    }
+
+    /// Drops the oldest log entry and, if its message is still held, the message.
+    fn pop_log(&mut self) {
+        let Some(entry) = self.log.pop_front() else {
+            return;
+        };
+        self.history_bytes = self.history_bytes.saturating_sub(LOG_ENTRY_COST);
+        let map = match &entry.stream {
+            Stream::Channel(_) => &mut self.channels,
+            Stream::User(_) => &mut self.users,
+        };
+        let name = stream_name(&entry.stream);
+        let Some(state) = map.get_mut(name) else {
+            return;
+        };
+        if state
+            .history
+            .front()
+            .is_some_and(|(seq, _)| *seq == entry.seq)
+        {
+            if let Some((_, frame)) = state.history.pop_front() {
+                self.history_bytes = self.history_bytes.saturating_sub(frame.len());
+                self.history_messages -= 1;
+            }
+        }
+        // A channel nobody listens to is kept only for its history.
+        if matches!(entry.stream, Stream::Channel(_))
+            && state.history.is_empty()
+            && state.worker_count() == 0
+        {
+            map.remove(name);
+        }
+    }
+
+    /// Keeps `frame` as message `seq` of `stream` and enforces every history bound.
+    fn keep(&mut self, stream: Stream, seq: u64, frame: &Arc<[u8]>) {
+        let limit = match stream {
+            Stream::Channel(_) => self.history.size,
+            Stream::User(_) => self.history.user_size,
+        };
+        if limit == 0 {
+            return;
+        }
+        let map = match &stream {
+            Stream::Channel(_) => &mut self.channels,
+            Stream::User(_) => &mut self.users,
+        };
+        let Some(state) = map.get_mut(stream_name(&stream)) else {
+            return;
+        };
+        state.history.push_back((seq, Arc::clone(frame)));
+        self.history_bytes += frame.len() + LOG_ENTRY_COST;
+        self.history_messages += 1;
+        while state.history.len() > limit {
+            if let Some((_, old)) = state.history.pop_front() {
+                self.history_bytes = self.history_bytes.saturating_sub(old.len());
+                self.history_messages -= 1;
+            }
+        }
+        self.log.push_back(LogEntry {
+            stream,
+            seq,
+            at: self.now,
+        });
+        while self.history_bytes > self.history.max_bytes && !self.log.is_empty() {
+            self.pop_log();
+        }
+    }
+
+    /// The stream's state, created (with a fresh epoch) if it doesn't exist.
+    fn stream_state(&mut self, stream: &Stream) -> &mut StreamState {
+        let fresh = self.new_epoch();
+        let (workers, now) = (self.workers, self.now);
+        let map = match stream {
+            Stream::Channel(_) => &mut self.channels,
+            Stream::User(_) => &mut self.users,
+        };
+        map.entry(Arc::from(stream_name(stream)))
+            .or_insert_with(|| StreamState::new(fresh, workers, now))
     }
 
     /// How many workers a command will be sent to (for the inbox capacity check).
@@ -238,7 +432,6 @@ impl Hub {
                         w,
                         ToWorker::Deliver {
                             target: Target::Stream(Stream::Channel(Arc::clone(&channel))),
-                            seq: Some(seq),
                             frame: Arc::clone(&frame),
                             ack: Some(ack),
                         },
@@ -251,9 +444,11 @@ impl Hub {
                     Some(state) => {
                         state.seq += 1;
                         let seq = state.seq;
-                        (seq, self.encode(USER_CHANNEL, Some(seq), &data))
+                        let frame = self.encode(USER_CHANNEL, Some(seq), &data);
+                        self.keep(Stream::User(Arc::clone(&user)), seq, &frame);
+                        (seq, frame)
                     }
-                    // Nobody of that user here: nothing kept, nothing sent.
+                    // The user was not connected within the TTL: nothing kept, nothing sent.
                     None => (0, Arc::from(&[][..])),
                 };
                 for &w in &targets {
@@ -261,7 +456,6 @@ impl Hub {
                         w,
                         ToWorker::Deliver {
                             target: Target::Stream(Stream::User(Arc::clone(&user))),
-                            seq: Some(seq),
                             frame: Arc::clone(&frame),
                             ack: Some(ack),
                         },
@@ -276,7 +470,6 @@ impl Hub {
                         w,
                         ToWorker::Deliver {
                             target: Target::Everyone,
-                            seq: None,
                             frame: Arc::clone(&frame),
                             ack: Some(ack),
                         },
@@ -333,13 +526,12 @@ impl Hub {
                 epoch,
             } => self.subscribe(worker, conn, stream, since, epoch),
             ToHub::Publish { channel, data } => {
-                let (seq, _, frame) = self.publish(&channel, &data);
+                let (_, _, frame) = self.publish(&channel, &data);
                 for w in workers_of(self.channels.get(&channel)) {
                     self.outbox.push((
                         w,
                         ToWorker::Deliver {
                             target: Target::Stream(Stream::Channel(Arc::clone(&channel))),
-                            seq: Some(seq),
                             frame: Arc::clone(&frame),
                             ack: None,
                         },
@@ -347,6 +539,7 @@ impl Hub {
                 }
             }
             ToHub::Idle { worker, stream } => {
+                let now = self.now;
                 let map = match &stream {
                     Stream::Channel(_) => &mut self.channels,
                     Stream::User(_) => &mut self.users,
@@ -356,10 +549,13 @@ impl Hub {
                     if let Some(w) = state.workers.get_mut(worker) {
                         *w = false;
                     }
-                    // No history yet: a stream nobody listens to is forgotten (its next
-                    // incarnation gets a new epoch, so clients know to resync).
                     if state.worker_count() == 0 {
-                        map.remove(name);
+                        state.idle_since = Some(now);
+                        // A channel without history is forgotten at once (its next
+                        // incarnation gets a new epoch); a user stream waits for the TTL.
+                        if matches!(stream, Stream::Channel(_)) && state.history.is_empty() {
+                            map.remove(name);
+                        }
                     }
                 }
             }
@@ -422,25 +618,36 @@ impl Hub {
         since: Option<u64>,
         epoch: Option<String>,
     ) {
-        let fresh = self.new_epoch();
-        let workers = self.workers;
-        let map = match &stream {
-            Stream::Channel(_) => &mut self.channels,
-            Stream::User(_) => &mut self.users,
-        };
-        let state = map
-            .entry(Arc::from(stream_name(&stream)))
-            .or_insert_with(|| StreamState {
-                seq: 0,
-                epoch: fresh,
-                workers: vec![false; workers],
-            });
+        let state = self.stream_state(&stream);
         if let Some(w) = state.workers.get_mut(worker) {
             *w = true;
         }
+        state.idle_since = None;
         let (seq, state_epoch) = (state.seq, Arc::clone(&state.epoch));
-        // Without history, recovery holds only if nothing was missed.
-        let recovered = since.map(|since| epoch.as_deref() == Some(&*state_epoch) && since == seq);
+        // Recovery is promised only when this is the same incarnation and the history still
+        // holds every message after `since`.
+        let mut replay = Vec::new();
+        let recovered = since.map(|since| {
+            if epoch.as_deref() != Some(&*state_epoch) || since > seq {
+                return false;
+            }
+            if since == seq {
+                return true;
+            }
+            match state.history.front() {
+                Some((oldest, _)) if *oldest <= since + 1 => {
+                    replay.extend(
+                        state
+                            .history
+                            .iter()
+                            .filter(|(s, _)| *s > since)
+                            .map(|(_, f)| Arc::clone(f)),
+                    );
+                    true
+                }
+                _ => false,
+            }
+        });
         let channel = match &stream {
             Stream::Channel(name) => &**name,
             Stream::User(_) => USER_CHANNEL,
@@ -455,31 +662,26 @@ impl Hub {
                 stream,
                 seq,
                 frame,
-                replay: Vec::new(),
+                replay,
             },
         ));
     }
 
-    /// Assigns the next seq of `channel` (creating it if nobody subscribed yet) and encodes
-    /// the message once.
+    /// Assigns the next seq of `channel` (creating it if needed), encodes the message once
+    /// and keeps it in the channel's history.
     fn publish(&mut self, channel: &Arc<str>, data: &str) -> (u64, Arc<str>, Arc<[u8]>) {
-        let fresh = self.new_epoch();
-        let workers = self.workers;
-        let state = self
-            .channels
-            .entry(Arc::clone(channel))
-            .or_insert_with(|| StreamState {
-                seq: 0,
-                epoch: fresh,
-                workers: vec![false; workers],
-            });
+        let stream = Stream::Channel(Arc::clone(channel));
+        let state = self.stream_state(&stream);
         state.seq += 1;
         let (seq, epoch) = (state.seq, Arc::clone(&state.epoch));
-        if state.worker_count() == 0 {
-            // Nobody listens and nothing is kept: don't hold the channel.
-            self.channels.remove(channel);
-        }
         let frame = self.encode(channel, Some(seq), data);
+        self.keep(stream, seq, &frame);
+        // Nobody listens and nothing is kept (history off): don't hold the channel.
+        if let Some(state) = self.channels.get(channel) {
+            if state.worker_count() == 0 && state.history.is_empty() {
+                self.channels.remove(channel);
+            }
+        }
         (seq, epoch, frame)
     }
 
@@ -542,7 +744,7 @@ mod tests {
 
     #[test]
     fn publish_reaches_only_workers_with_subscribers_and_answers_after_acks() {
-        let mut hub = Hub::new(2);
+        let mut hub = Hub::new(2, HistoryConfig::default(), Instant::now());
         hub.on_message(ToHub::Subscribe {
             worker: 1,
             conn: 7,
@@ -564,16 +766,10 @@ mod tests {
         );
         let out: Vec<_> = hub.take_outbox().collect();
         assert_eq!(out.len(), 1, "only worker 1 has subscribers");
-        let (
-            w,
-            ToWorker::Deliver {
-                seq, frame, ack, ..
-            },
-        ) = &out[0]
-        else {
+        let (w, ToWorker::Deliver { frame, ack, .. }) = &out[0] else {
             panic!("deliver expected");
         };
-        assert_eq!((*w, *seq), (1, Some(1)));
+        assert_eq!(*w, 1);
         assert!(std::str::from_utf8(&frame[2..])
             .unwrap()
             .contains("\"seq\":1"));
@@ -594,8 +790,8 @@ mod tests {
     }
 
     #[test]
-    fn publish_with_no_subscribers_answers_at_once_and_keeps_nothing() {
-        let mut hub = Hub::new(2);
+    fn publish_with_no_subscribers_answers_at_once_and_is_kept_as_history() {
+        let mut hub = Hub::new(2, HistoryConfig::default(), Instant::now());
         hub.command(
             1,
             Command::Publish {
@@ -606,12 +802,29 @@ mod tests {
         assert_eq!(hub.take_outbox().count(), 0);
         let answers: Vec<_> = hub.take_answers().collect();
         assert!(answers[0].body.contains("\"delivered\":0"));
+        assert_eq!(hub.stream_counts(), (1, 0));
+        assert_eq!(hub.history_size().0, 1);
+
+        // Without history, nothing is held.
+        let off = HistoryConfig {
+            size: 0,
+            ..HistoryConfig::default()
+        };
+        let mut hub = Hub::new(2, off, Instant::now());
+        hub.command(
+            1,
+            Command::Publish {
+                channel: Arc::from("empty"),
+                data: "1".into(),
+            },
+        );
         assert_eq!(hub.stream_counts(), (0, 0));
+        assert_eq!(hub.history_size(), (0, 0));
     }
 
     #[test]
     fn idle_workers_are_dropped_and_streams_forgotten() {
-        let mut hub = Hub::new(2);
+        let mut hub = Hub::new(2, HistoryConfig::default(), Instant::now());
         for worker in [0, 1] {
             hub.on_message(ToHub::Subscribe {
                 worker,
@@ -638,52 +851,195 @@ mod tests {
         assert_eq!(hub.stream_counts(), (0, 0));
     }
 
-    #[test]
-    fn subscribe_reports_top_seq_and_recovery_without_history() {
-        let mut hub = Hub::new(1);
-        let sub = |since, epoch: Option<&str>| ToHub::Subscribe {
+    fn sub(since: Option<u64>, epoch: Option<&str>) -> ToHub {
+        ToHub::Subscribe {
             worker: 0,
             conn: 1,
             stream: ch("n"),
             since,
             epoch: epoch.map(str::to_owned),
+        }
+    }
+
+    /// (recovered, seq, replay length, epoch) of the one Subscribed in the outbox.
+    fn answer(hub: &mut Hub) -> (Option<bool>, u64, usize, String) {
+        let out: Vec<_> = hub.take_outbox().collect();
+        let ToWorker::Subscribed {
+            frame, replay, seq, ..
+        } = &out[0].1
+        else {
+            panic!("subscribed expected")
         };
-        hub.on_message(sub(None, None));
-        for _ in 0..3 {
+        let v: serde_json::Value = serde_json::from_slice(&frame[2..]).unwrap();
+        (
+            v["recovered"].as_bool(),
+            *seq,
+            replay.len(),
+            v["epoch"].as_str().unwrap().to_owned(),
+        )
+    }
+
+    fn publish_n(hub: &mut Hub, n: usize) {
+        for _ in 0..n {
             hub.on_message(ToHub::Publish {
                 channel: Arc::from("n"),
                 data: "0".into(),
             });
         }
+        hub.take_outbox().for_each(drop);
+    }
+
+    #[test]
+    fn recovery_replays_exactly_what_was_missed() {
+        let mut hub = Hub::new(1, HistoryConfig::default(), Instant::now());
+        hub.on_message(sub(None, None));
+        let (recovered, seq, _, epoch) = answer(&mut hub);
+        assert_eq!((recovered, seq), (None, 0));
+        publish_n(&mut hub, 5);
+        hub.on_message(sub(Some(2), Some(&epoch)));
+        assert_eq!(answer(&mut hub), (Some(true), 5, 3, epoch.clone()));
+        hub.on_message(sub(Some(5), Some(&epoch)));
+        assert_eq!(answer(&mut hub), (Some(true), 5, 0, epoch.clone()));
+        // A wrong epoch, a since from the future, or no epoch: not recovered, no replay.
+        hub.on_message(sub(Some(2), Some("other")));
+        assert_eq!(answer(&mut hub).0, Some(false));
+        hub.on_message(sub(Some(9), Some(&epoch)));
+        assert_eq!(answer(&mut hub).0, Some(false));
+        hub.on_message(sub(Some(2), None));
+        assert_eq!(answer(&mut hub).2, 0);
+    }
+
+    #[test]
+    fn a_gap_longer_than_history_is_not_recovered() {
+        let small = HistoryConfig {
+            size: 3,
+            ..HistoryConfig::default()
+        };
+        let mut hub = Hub::new(1, small, Instant::now());
+        hub.on_message(sub(None, None));
+        let epoch = answer(&mut hub).3;
+        publish_n(&mut hub, 10);
+        hub.on_message(sub(Some(6), Some(&epoch)));
+        assert_eq!(answer(&mut hub).0, Some(false), "7 is gone");
+        hub.on_message(sub(Some(7), Some(&epoch)));
+        assert_eq!(answer(&mut hub), (Some(true), 10, 3, epoch));
+    }
+
+    #[test]
+    fn history_expires_and_the_channel_with_it() {
+        let start = Instant::now();
+        let config = HistoryConfig {
+            ttl: Duration::from_secs(60),
+            ..HistoryConfig::default()
+        };
+        let mut hub = Hub::new(1, config, start);
+        publish_n(&mut hub, 2);
+        assert_eq!(hub.history_size().0, 2);
+        hub.tick(start + Duration::from_secs(30));
+        assert_eq!(hub.history_size().0, 2);
+        hub.tick(start + Duration::from_secs(61));
+        assert_eq!(hub.history_size(), (0, 0));
+        assert_eq!(hub.stream_counts(), (0, 0));
+        // The channel comes back under a new epoch, so old positions don't recover.
+        hub.on_message(sub(Some(2), Some("whatever")));
+        assert_eq!(answer(&mut hub).0, Some(false));
+    }
+
+    #[test]
+    fn max_bytes_evicts_oldest_first_across_channels() {
+        let config = HistoryConfig {
+            max_bytes: 4096,
+            ..HistoryConfig::default()
+        };
+        let mut hub = Hub::new(1, config, Instant::now());
+        for i in 0..200 {
+            let channel: Arc<str> = Arc::from(format!("c{}", i % 7).as_str());
+            hub.on_message(ToHub::Publish {
+                channel,
+                data: "\"0123456789\"".into(),
+            });
+        }
+        let (messages, bytes) = hub.history_size();
+        assert!(bytes <= 4096, "{bytes}");
+        assert!(messages > 0 && messages < 200, "{messages}");
+        // Many distinct channels from the API alone stay within the budget too.
+        for i in 0..10_000 {
+            let channel: Arc<str> = Arc::from(format!("x{i}").as_str());
+            hub.on_message(ToHub::Publish {
+                channel,
+                data: "1".into(),
+            });
+        }
+        assert!(hub.history_size().1 <= 4096);
+        assert!(hub.stream_counts().0 < 100, "{:?}", hub.stream_counts());
+    }
+
+    #[test]
+    fn user_stream_outlives_its_last_connection_for_the_ttl() {
+        let start = Instant::now();
+        let config = HistoryConfig {
+            ttl: Duration::from_secs(60),
+            ..HistoryConfig::default()
+        };
+        let mut hub = Hub::new(1, config, start);
+        let user = Stream::User(Arc::from("u1"));
+        let send = |hub: &mut Hub| {
+            hub.command(
+                9,
+                Command::Send {
+                    user: Arc::from("u1"),
+                    data: "1".into(),
+                },
+            );
+            hub.take_answers().next().unwrap().body
+        };
+        // Never connected: nothing kept.
+        assert_eq!(send(&mut hub), "{\"seq\":0,\"delivered\":0}");
+        hub.on_message(ToHub::Subscribe {
+            worker: 0,
+            conn: 1,
+            stream: user.clone(),
+            since: None,
+            epoch: None,
+        });
         let out: Vec<_> = hub.take_outbox().collect();
         let ToWorker::Subscribed { frame, .. } = &out[0].1 else {
             panic!()
         };
-        let text = std::str::from_utf8(&frame[2..]).unwrap();
-        let v: serde_json::Value = serde_json::from_str(text).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&frame[2..]).unwrap();
         let epoch = v["epoch"].as_str().unwrap().to_owned();
-        hub.on_message(sub(Some(3), Some(&epoch)));
+        hub.on_message(ToHub::Idle {
+            worker: 0,
+            stream: user.clone(),
+        });
+        // Offline for a moment: kept, and recovered on reconnect.
+        hub.tick(start + Duration::from_secs(10));
+        assert!(send(&mut hub).starts_with("{\"seq\":1,"));
+        hub.on_message(ToHub::Subscribe {
+            worker: 0,
+            conn: 2,
+            stream: user.clone(),
+            since: Some(0),
+            epoch: Some(epoch),
+        });
         let out: Vec<_> = hub.take_outbox().collect();
-        assert_eq!(subscribed_seq(&out[0].1), 3);
-        let ToWorker::Subscribed { frame, .. } = &out[0].1 else {
+        let ToWorker::Subscribed { replay, .. } = &out[0].1 else {
             panic!()
         };
-        assert!(std::str::from_utf8(&frame[2..])
-            .unwrap()
-            .contains("\"recovered\":true"));
-        hub.on_message(sub(Some(1), Some(&epoch)));
-        let out: Vec<_> = hub.take_outbox().collect();
-        let ToWorker::Subscribed { frame, .. } = &out[0].1 else {
-            panic!()
-        };
-        assert!(std::str::from_utf8(&frame[2..])
-            .unwrap()
-            .contains("\"recovered\":false"));
+        assert_eq!(replay.len(), 1);
+        // Gone for longer than the TTL: the stream is dropped; sends keep nothing.
+        hub.on_message(ToHub::Idle {
+            worker: 0,
+            stream: user.clone(),
+        });
+        hub.tick(start + Duration::from_secs(200));
+        assert_eq!(hub.stream_counts(), (0, 0));
+        assert_eq!(send(&mut hub), "{\"seq\":0,\"delivered\":0}");
     }
 
     #[test]
     fn presence_merges_workers() {
-        let mut hub = Hub::new(2);
+        let mut hub = Hub::new(2, HistoryConfig::default(), Instant::now());
         for worker in [0, 1] {
             hub.on_message(ToHub::Subscribe {
                 worker,

@@ -97,8 +97,8 @@ pub struct PushConn {
     pub user: Arc<str>,
     /// Place in the worker's user table once the `$user` subscription is answered.
     pub user_slot: Option<Slot>,
-    /// The last `$user` seq queued for this connection (replays never repeat it).
-    pub user_last: u64,
+    /// The `$user` top when this connection joined its stream: later messages came live.
+    pub user_joined_at: Option<u64>,
     /// The token's claims; `None` in open mode (everything allowed).
     pub claims: Option<Claims>,
     /// Wheel tick at which the token expires (`u64::MAX`: never).
@@ -115,8 +115,9 @@ pub struct Subscription {
     pub channel: Arc<str>,
     /// Place in the worker's channel table; `None` until the hub answers.
     pub slot: Option<Slot>,
-    /// The last seq queued for this connection on this channel.
-    pub last: u64,
+    /// The channel's top when this connection joined: every later message came live, so a
+    /// recovery replay only sends what is at or below it.
+    pub joined_at: Option<u64>,
 }
 
 impl PushConn {

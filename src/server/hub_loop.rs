@@ -9,6 +9,7 @@ use std::io::{self, Read, Write};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::Arc;
+use std::time::Instant;
 
 use log::{debug, warn};
 use mio::net::{TcpListener, TcpStream};
@@ -16,7 +17,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 
 use crate::push::api::{self, ApiCommand, ApiLimits, Parsed};
-use crate::push::hub::{ApiConn, Command, Hub, ToHub, ToWorker};
+use crate::push::hub::{ApiConn, Command, HistoryConfig, Hub, ToHub, ToWorker};
 use crate::server::Stats;
 
 const LISTENER: Token = Token(usize::MAX);
@@ -72,6 +73,7 @@ pub(crate) struct HubLoop {
     conns: Slab<ApiConnection>,
     next_generation: u32,
     hub: Hub,
+    history: HistoryConfig,
     /// Hub request id → the API connection that asked.
     requests: HashMap<u64, ApiConn>,
     next_request: u64,
@@ -90,6 +92,7 @@ impl HubLoop {
     pub(crate) fn new(
         mut listener: TcpListener,
         rx: Receiver<ToHub>,
+        history: HistoryConfig,
         api_key: Option<String>,
         max_body: usize,
         stats: Arc<Stats>,
@@ -105,7 +108,8 @@ impl HubLoop {
                 listener,
                 conns: Slab::new(),
                 next_generation: 0,
-                hub: Hub::new(0),
+                hub: Hub::new(0, history, Instant::now()),
+                history,
                 requests: HashMap::new(),
                 next_request: 1,
                 rx,
@@ -124,7 +128,7 @@ impl HubLoop {
     }
 
     pub(crate) fn attach_workers(&mut self, workers: Vec<WorkerInbox>) {
-        self.hub = Hub::new(workers.len());
+        self.hub = Hub::new(workers.len(), self.history, Instant::now());
         self.to_wake = vec![false; workers.len()];
         self.workers = workers;
     }
@@ -132,12 +136,13 @@ impl HubLoop {
     pub(crate) fn run(mut self) {
         let mut events = Events::with_capacity(256);
         while !self.stop.load(Ordering::Relaxed) {
-            if let Err(e) = self.poll.poll(&mut events, None) {
+            if let Err(e) = self.poll.poll(&mut events, self.hub.next_tick()) {
                 if e.kind() != io::ErrorKind::Interrupted {
                     warn!("hub: poll failed: {e}");
                     break;
                 }
             }
+            self.hub.tick(Instant::now());
             for event in events.iter() {
                 match event.token() {
                     LISTENER => self.accept_all(),
@@ -490,7 +495,10 @@ impl HubLoop {
     fn stats_json(&self) -> String {
         let s = &self.stats;
         let (channels, user_streams) = self.hub.stream_counts();
+        let (history_messages, history_bytes) = self.hub.history_size();
         serde_json::json!({
+            "history_messages": history_messages,
+            "history_bytes": history_bytes,
             "connections": s.open(),
             "accepted": s.accepted.load(Ordering::Relaxed),
             "upgrades": s.upgrades.load(Ordering::Relaxed),
@@ -514,7 +522,20 @@ impl HubLoop {
     fn metrics_text(&self) -> String {
         let s = &self.stats;
         let (channels, user_streams) = self.hub.stream_counts();
-        let rows: [(&str, &str, &str, u64); 14] = [
+        let (history_messages, history_bytes) = self.hub.history_size();
+        let rows: [(&str, &str, &str, u64); 16] = [
+            (
+                "edgepush_history_messages",
+                "gauge",
+                "Messages held for replay.",
+                history_messages as u64,
+            ),
+            (
+                "edgepush_history_bytes",
+                "gauge",
+                "Bytes charged for history (frames and bookkeeping).",
+                history_bytes as u64,
+            ),
             (
                 "edgepush_connections",
                 "gauge",

@@ -155,6 +155,7 @@ impl Server {
         let (mut hub, hub_waker) = hub_loop::HubLoop::new(
             api_listener,
             hub_rx,
+            config.history,
             config.api_key.clone(),
             config.max_message_size,
             Arc::clone(&stats),

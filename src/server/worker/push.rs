@@ -156,7 +156,7 @@ impl Worker {
         conn.push = Some(Box::new(PushConn {
             user: Arc::clone(&user),
             user_slot: None,
-            user_last: 0,
+            user_joined_at: None,
             claims: identity.claims,
             expires,
             subs: Vec::new(),
@@ -279,7 +279,7 @@ impl Worker {
                 push.subs.push(Subscription {
                     channel: Arc::clone(&name),
                     slot: None,
-                    last: 0,
+                    joined_at: None,
                 });
                 self.stats.subscriptions.fetch_add(1, Ordering::Relaxed);
                 name
@@ -409,13 +409,8 @@ impl Worker {
                 .inbox_load
                 .fetch_sub(message.weight(), Ordering::Relaxed);
             match message {
-                ToWorker::Deliver {
-                    target,
-                    seq,
-                    frame,
-                    ack,
-                } => {
-                    let n = self.deliver(&target, seq, &frame, &mut slow);
+                ToWorker::Deliver { target, frame, ack } => {
+                    let n = self.deliver(&target, &frame, &mut slow);
                     delivered_total += n;
                     if let Some(ack) = ack {
                         self.send_to_hub(ToHub::Ack { ack, count: n });
@@ -451,13 +446,7 @@ impl Worker {
     }
 
     /// Queues `frame` for the target's local connections; returns how many took it.
-    fn deliver(
-        &mut self,
-        target: &Target,
-        seq: Option<u64>,
-        frame: &Arc<[u8]>,
-        slow: &mut Vec<Handle>,
-    ) -> u64 {
+    fn deliver(&mut self, target: &Target, frame: &Arc<[u8]>, slow: &mut Vec<Handle>) -> u64 {
         let Worker {
             conns,
             channels,
@@ -468,21 +457,14 @@ impl Worker {
         } = self;
         let max_backlog = settings.max_backlog;
         let mut count = 0;
+        // The FIFO inbox guarantees every member joined below this message's seq (its
+        // subscribe was answered before it): no duplicate check is needed here.
         match target {
             Target::Stream(Stream::Channel(channel)) => {
                 for &handle in channels.members(channel) {
                     let Some(conn) = conn_of(conns, handle) else {
                         continue;
                     };
-                    if let (Some(seq), Some(sub)) = (
-                        seq,
-                        conn.push.as_deref_mut().and_then(|p| p.sub_mut(channel)),
-                    ) {
-                        if seq <= sub.last {
-                            continue; // already sent in a replay
-                        }
-                        sub.last = seq;
-                    }
                     count += u64::from(enqueue(conn, handle, frame, max_backlog, dirty, slow));
                 }
             }
@@ -491,12 +473,6 @@ impl Worker {
                     let Some(conn) = conn_of(conns, handle) else {
                         continue;
                     };
-                    if let (Some(seq), Some(push)) = (seq, conn.push.as_deref_mut()) {
-                        if seq <= push.user_last {
-                            continue;
-                        }
-                        push.user_last = seq;
-                    }
                     count += u64::from(enqueue(conn, handle, frame, max_backlog, dirty, slow));
                 }
             }
@@ -565,15 +541,19 @@ impl Worker {
         let Some(push) = conn.push.as_deref_mut() else {
             return;
         };
-        let last = match &stream {
+        // The replay is contiguous and ends at `seq`. After this answer the connection holds
+        // every message above `holds_from`.
+        let first = (seq + 1).saturating_sub(replay.len() as u64);
+        let holds_from = if replay.is_empty() { seq } else { first - 1 };
+        let joined_at = match &stream {
             Stream::Channel(name) => match push.sub_mut(name) {
                 Some(sub) => {
                     if slot.is_some() {
                         sub.slot = slot;
                     }
-                    let last = sub.last;
-                    sub.last = sub.last.max(seq);
-                    last
+                    let joined = sub.joined_at;
+                    sub.joined_at = Some(joined.map_or(holds_from, |j| j.min(holds_from)));
+                    joined
                 }
                 None => return,
             },
@@ -581,19 +561,20 @@ impl Worker {
                 if slot.is_some() {
                     push.user_slot = slot;
                 }
-                let last = push.user_last;
-                push.user_last = push.user_last.max(seq);
-                last
+                let joined = push.user_joined_at;
+                push.user_joined_at = Some(joined.map_or(holds_from, |j| j.min(holds_from)));
+                joined
             }
         };
         if !enqueue(conn, handle, frame, max_backlog, dirty, slow) {
             return;
         }
-        // Replayed messages are in seq order ending at `seq`; skip those already sent live.
-        let skip = replay
-            .len()
-            .saturating_sub(seq.saturating_sub(last) as usize);
-        for frame in &replay[skip..] {
+        // A first join gets the whole replay; a re-join (recovery on a stream this connection
+        // already receives) only what is at or below its join point: the rest came live.
+        for (i, frame) in replay.iter().enumerate() {
+            if joined_at.is_some_and(|j| first + i as u64 > j) {
+                break;
+            }
             if !enqueue(conn, handle, frame, max_backlog, dirty, slow) {
                 return;
             }
