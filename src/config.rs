@@ -235,6 +235,65 @@ pub struct Args {
     )]
     pub history_max_bytes: usize,
 
+    /// Concurrent connections from one client address (0: off). Excess upgrades get 429.
+    #[arg(
+        long,
+        value_name = "N",
+        env = "EDGEPUSH_MAX_CONNECTIONS_PER_IP",
+        default_value = "0"
+    )]
+    pub max_connections_per_ip: usize,
+
+    /// Upgrades per second from one client address (0: off). Excess gets 429 + Retry-After.
+    #[arg(
+        long,
+        value_name = "N",
+        env = "EDGEPUSH_MAX_HANDSHAKES_PER_IP",
+        default_value = "0"
+    )]
+    pub max_handshakes_per_ip: usize,
+
+    /// A proxy (address or CIDR block, repeatable) whose X-Forwarded-For / X-Real-IP headers
+    /// are believed for the client address. Headers from anyone else are ignored.
+    #[arg(
+        long,
+        value_name = "CIDR",
+        env = "EDGEPUSH_TRUST_PROXY",
+        value_delimiter = ','
+    )]
+    pub trust_proxy: Vec<crate::server::per_ip::Cidr>,
+
+    /// On SIGTERM/SIGINT, spread the Close 1001 frames to clients over this window, so a fleet
+    /// restart does not become a reconnect storm (0s: all at once).
+    #[arg(
+        long,
+        value_name = "DUR",
+        env = "EDGEPUSH_DRAIN_DURATION",
+        default_value = "0s",
+        value_parser = parse_duration
+    )]
+    pub drain_duration: Duration,
+
+    /// After the last Close 1001, wait at most this long for clients' close handshakes.
+    #[arg(
+        long,
+        value_name = "DUR",
+        env = "EDGEPUSH_DRAIN_TIMEOUT",
+        default_value = "10s",
+        value_parser = parse_duration
+    )]
+    pub drain_timeout: Duration,
+
+    /// How often to log one info line with connections, messages per second and drops.
+    #[arg(
+        long,
+        value_name = "DUR",
+        env = "EDGEPUSH_STATS_INTERVAL",
+        default_value = "60s",
+        value_parser = parse_positive_duration
+    )]
+    pub stats_interval: Duration,
+
     /// Log level. RUST_LOG is also honoured, for finer per-module filters.
     #[arg(
         long,
@@ -301,6 +360,12 @@ pub struct Config {
     /// Client publishes per connection per second.
     pub max_client_publish_rate: u32,
     pub history: crate::push::hub::HistoryConfig,
+    pub max_connections_per_ip: usize,
+    pub max_handshakes_per_ip: usize,
+    pub trust_proxy: Vec<crate::server::per_ip::Cidr>,
+    pub drain_duration: Duration,
+    pub drain_timeout: Duration,
+    pub stats_interval: Duration,
 }
 
 /// A rule between flags that the individual value parsers cannot check.
@@ -414,6 +479,12 @@ impl Config {
                 user_size: args.user_history_size,
                 max_bytes: args.history_max_bytes,
             },
+            max_connections_per_ip: args.max_connections_per_ip,
+            max_handshakes_per_ip: args.max_handshakes_per_ip,
+            trust_proxy: args.trust_proxy,
+            drain_duration: args.drain_duration,
+            drain_timeout: args.drain_timeout,
+            stats_interval: args.stats_interval,
         })
     }
 
@@ -440,6 +511,12 @@ impl Config {
             max_subscriptions: 128,
             max_client_publish_rate: 10,
             history: crate::push::hub::HistoryConfig::default(),
+            max_connections_per_ip: 0,
+            max_handshakes_per_ip: 0,
+            trust_proxy: Vec::new(),
+            drain_duration: Duration::ZERO,
+            drain_timeout: Duration::from_secs(10),
+            stats_interval: Duration::from_secs(60),
         }
     }
 
@@ -479,6 +556,34 @@ impl Config {
                 "client publishes",
                 format!("{}/s", self.max_client_publish_rate),
             ),
+            (
+                "per-ip limits",
+                format!(
+                    "{} connections, {} upgrades/s (0: off)",
+                    self.max_connections_per_ip, self.max_handshakes_per_ip
+                ),
+            ),
+            (
+                "trusted proxies",
+                if self.trust_proxy.is_empty() {
+                    "none".to_owned()
+                } else {
+                    self.trust_proxy
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                },
+            ),
+            (
+                "drain",
+                format!(
+                    "spread over {}, then wait up to {}",
+                    format_duration(self.drain_duration),
+                    format_duration(self.drain_timeout)
+                ),
+            ),
+            ("stats interval", format_duration(self.stats_interval)),
             (
                 "history",
                 format!(
@@ -967,7 +1072,7 @@ mod tests {
         ] {
             assert!(s.contains(needle), "{needle:?} missing from\n{s}");
         }
-        assert_eq!(s.lines().count(), 20);
+        assert_eq!(s.lines().count(), 24);
         c.echo_path = None;
         assert!(c.render_summary().contains("echo path          off"));
     }

@@ -6,6 +6,7 @@ pub mod connection;
 pub mod http;
 mod hub_loop;
 pub mod listener;
+pub mod per_ip;
 pub mod timer_wheel;
 mod worker;
 
