@@ -22,7 +22,7 @@ fn main() -> ExitCode {
         warn!("could not raise the open-files limit: {e}");
         server::open_files_limit()
     });
-    let server = match Server::start(&config) {
+    let server = match Server::start_handling_signals(&config) {
         Ok(server) => server,
         Err(e) => {
             eprintln!("edgepush: cannot listen on {}: {e}", config.listen);

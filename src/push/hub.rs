@@ -66,6 +66,8 @@ pub enum ToWorker {
     Deliver {
         target: Target,
         frame: Arc<[u8]>,
+        /// When the hub took the message (for the publish-latency histogram).
+        at: Instant,
         ack: Option<AckId>,
     },
     /// The answer to a subscribe: send `frame` (the `subscribed` message) and `replay`, and
@@ -81,6 +83,9 @@ pub enum ToWorker {
     Disconnect { user: Arc<str>, ack: AckId },
     /// Which users are subscribed to `channel` here?
     Presence { ack: AckId, channel: Arc<str> },
+    /// The server is going away: send Close 1001 to every connection, spread over `spread`,
+    /// wait at most `timeout` more for their close handshakes, then stop.
+    Drain { spread: Duration, timeout: Duration },
 }
 
 impl ToWorker {
@@ -91,7 +96,7 @@ impl ToWorker {
             ToWorker::Subscribed { frame, replay, .. } => {
                 frame.len() + replay.iter().map(|f| f.len()).sum::<usize>()
             }
-            ToWorker::Disconnect { .. } | ToWorker::Presence { .. } => 0,
+            ToWorker::Disconnect { .. } | ToWorker::Presence { .. } | ToWorker::Drain { .. } => 0,
         }
     }
 }
@@ -125,6 +130,9 @@ pub enum ToHub {
         ack: AckId,
         users: Vec<Arc<str>>,
     },
+    /// Begin a graceful drain (a signal arrived, or `Server::drain` was called). Handled by
+    /// the hub thread itself, not by [`Hub`].
+    Drain,
 }
 
 /// A push-API request, validated (see `crate::push::api`).
@@ -433,6 +441,7 @@ impl Hub {
                         ToWorker::Deliver {
                             target: Target::Stream(Stream::Channel(Arc::clone(&channel))),
                             frame: Arc::clone(&frame),
+                            at: self.now,
                             ack: Some(ack),
                         },
                     ));
@@ -457,6 +466,7 @@ impl Hub {
                         ToWorker::Deliver {
                             target: Target::Stream(Stream::User(Arc::clone(&user))),
                             frame: Arc::clone(&frame),
+                            at: self.now,
                             ack: Some(ack),
                         },
                     ));
@@ -471,6 +481,7 @@ impl Hub {
                         ToWorker::Deliver {
                             target: Target::Everyone,
                             frame: Arc::clone(&frame),
+                            at: self.now,
                             ack: Some(ack),
                         },
                     ));
@@ -533,6 +544,7 @@ impl Hub {
                         ToWorker::Deliver {
                             target: Target::Stream(Stream::Channel(Arc::clone(&channel))),
                             frame: Arc::clone(&frame),
+                            at: self.now,
                             ack: None,
                         },
                     ));
@@ -561,6 +573,7 @@ impl Hub {
             }
             ToHub::Ack { ack, count } => self.acknowledge(ack, count, Vec::new()),
             ToHub::PresenceReply { ack, users } => self.acknowledge(ack, 0, users),
+            ToHub::Drain => {}
         }
     }
 

@@ -9,19 +9,34 @@ use std::io::{self, Read, Write};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use log::{debug, warn};
+use log::{debug, info, warn};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
 
+use crate::config::Config;
+use crate::metrics::Exposition;
 use crate::push::api::{self, ApiCommand, ApiLimits, Parsed};
 use crate::push::hub::{ApiConn, Command, HistoryConfig, Hub, ToHub, ToWorker};
 use crate::server::Stats;
 
 const LISTENER: Token = Token(usize::MAX);
 const WAKER: Token = Token(usize::MAX - 1);
+const SIGNALS: Token = Token(usize::MAX - 2);
+
+/// Counters at the last periodic summary, to print rates.
+#[derive(Debug, Default, Clone, Copy)]
+struct Figures {
+    messages_in: u64,
+    messages_out: u64,
+    deliveries: u64,
+    slow_consumers: u64,
+    handshake_failures: u64,
+}
 
 /// Bytes of frames a worker's inbox may hold before the API answers 503.
 pub(crate) const MAX_INBOX_BYTES: usize = 64 << 20;
@@ -57,6 +72,8 @@ struct ApiConnection {
     owed: VecDeque<Owed>,
     /// `100 Continue` was sent for the request being received.
     continued: bool,
+    /// Reading stopped at the in-flight limit; resumed when answers go out.
+    paused: bool,
     close_after_write: bool,
     writable_interest: bool,
 }
@@ -70,6 +87,14 @@ struct Owed {
 pub(crate) struct HubLoop {
     poll: Poll,
     listener: TcpListener,
+    /// SIGTERM/SIGINT, when this hub handles them (the binary does; tests don't).
+    signals: Option<Signals>,
+    /// `--drain-duration` and `--drain-timeout`.
+    drain: (Duration, Duration),
+    draining: bool,
+    stats_interval: Duration,
+    next_stats: Instant,
+    last_figures: Figures,
     conns: Slab<ApiConnection>,
     next_generation: u32,
     hub: Hub,
@@ -92,34 +117,48 @@ impl HubLoop {
     pub(crate) fn new(
         mut listener: TcpListener,
         rx: Receiver<ToHub>,
-        history: HistoryConfig,
-        api_key: Option<String>,
-        max_body: usize,
+        config: &Config,
         stats: Arc<Stats>,
         stop: Arc<AtomicBool>,
+        handle_signals: bool,
     ) -> io::Result<(HubLoop, Arc<Waker>)> {
         let poll = Poll::new()?;
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let signals = if handle_signals {
+            let mut signals = Signals::new([SIGTERM, SIGINT])?;
+            poll.registry()
+                .register(&mut signals, SIGNALS, Interest::READABLE)?;
+            Some(signals)
+        } else {
+            None
+        };
+        let now = Instant::now();
         Ok((
             HubLoop {
                 poll,
                 listener,
+                signals,
                 conns: Slab::new(),
                 next_generation: 0,
-                hub: Hub::new(0, history, Instant::now()),
-                history,
+                hub: Hub::new(0, config.history, now),
+                history: config.history,
                 requests: HashMap::new(),
                 next_request: 1,
                 rx,
                 workers: Vec::new(),
                 to_wake: Vec::new(),
-                api_key,
+                api_key: config.api_key.clone(),
                 limits: ApiLimits {
                     max_head: 8 * 1024,
-                    max_body,
+                    max_body: config.max_message_size,
                 },
+                drain: (config.drain_duration, config.drain_timeout),
+                draining: false,
+                stats_interval: config.stats_interval,
+                next_stats: now + config.stats_interval,
+                last_figures: Figures::default(),
                 stats,
                 stop,
             },
@@ -136,17 +175,28 @@ impl HubLoop {
     pub(crate) fn run(mut self) {
         let mut events = Events::with_capacity(256);
         while !self.stop.load(Ordering::Relaxed) {
-            if let Err(e) = self.poll.poll(&mut events, self.hub.next_tick()) {
+            let until_stats = self.next_stats.saturating_duration_since(Instant::now());
+            let timeout = self
+                .hub
+                .next_tick()
+                .map_or(until_stats, |t| t.min(until_stats));
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
                 if e.kind() != io::ErrorKind::Interrupted {
                     warn!("hub: poll failed: {e}");
                     break;
                 }
             }
-            self.hub.tick(Instant::now());
+            let now = Instant::now();
+            self.hub.tick(now);
+            if now >= self.next_stats {
+                self.next_stats = now + self.stats_interval;
+                self.log_figures();
+            }
             for event in events.iter() {
                 match event.token() {
                     LISTENER => self.accept_all(),
                     WAKER => {}
+                    SIGNALS => self.on_signals(),
                     token => {
                         let id = token.0 as ApiConn;
                         if event.is_readable() || event.is_read_closed() || event.is_error() {
@@ -165,7 +215,10 @@ impl HubLoop {
     /// Takes every message the workers sent, then ships what the hub produced.
     fn drain_workers(&mut self) {
         while let Ok(message) = self.rx.try_recv() {
-            self.hub.on_message(message);
+            match message {
+                ToHub::Drain => self.begin_drain(),
+                message => self.hub.on_message(message),
+            }
         }
         self.ship();
     }
@@ -213,6 +266,9 @@ impl HubLoop {
         for id in touched {
             self.write(id);
             self.process(id);
+            if self.get(id).is_some_and(|c| std::mem::take(&mut c.paused)) {
+                self.on_readable(id);
+            }
         }
     }
 
@@ -241,7 +297,8 @@ impl HubLoop {
     fn accept_all(&mut self) {
         loop {
             match self.listener.accept() {
-                Ok((mut socket, _)) => {
+                Ok((mut socket, addr)) => {
+                    debug!("hub: API client {addr} connected");
                     let _ = socket.set_nodelay(true);
                     let generation = self.next_generation;
                     self.next_generation = self.next_generation.wrapping_add(1);
@@ -263,6 +320,7 @@ impl HubLoop {
                         written: 0,
                         owed: VecDeque::new(),
                         continued: false,
+                        paused: false,
                         close_after_write: false,
                         writable_interest: false,
                     });
@@ -278,27 +336,33 @@ impl HubLoop {
     }
 
     fn on_readable(&mut self, id: ApiConn) {
+        // One request's worth: the parser refuses larger heads and bodies, so more than this
+        // unparsed means requests are waiting behind `MAX_IN_FLIGHT` answers.
         let cap = self.limits.max_head + self.limits.max_body + READ_CHUNK;
-        let Some(conn) = self.get(id) else {
-            return;
-        };
         let mut chunk = [0u8; READ_CHUNK];
         loop {
+            let Some(conn) = self.get(id) else {
+                return;
+            };
+            if conn.input.len() >= cap {
+                self.process(id);
+                let Some(conn) = self.get(id) else {
+                    return;
+                };
+                if conn.input.len() >= cap {
+                    // Back-pressure: leave the rest in the socket until answers go out
+                    // (`ship` resumes reading).
+                    conn.paused = true;
+                    return;
+                }
+                continue;
+            }
             match conn.socket.read(&mut chunk) {
                 Ok(0) => {
                     self.close(id);
                     return;
                 }
-                Ok(n) => {
-                    conn.input.extend_from_slice(&chunk[..n]);
-                    // The parser refuses heads and bodies past the limits; a client that
-                    // keeps pipelining while a request is parked is bounded here.
-                    if conn.input.len() > cap {
-                        debug!("hub: API client sent too much while waiting; closing");
-                        self.close(id);
-                        return;
-                    }
-                }
+                Ok(n) => conn.input.extend_from_slice(&chunk[..n]),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(_) => {
@@ -503,12 +567,14 @@ impl HubLoop {
             "accepted": s.accepted.load(Ordering::Relaxed),
             "upgrades": s.upgrades.load(Ordering::Relaxed),
             "handshake_failures": s.handshake_failures.load(Ordering::Relaxed),
+            "draining": s.draining.load(Ordering::Relaxed),
             "protocol_errors": s.protocol_errors.load(Ordering::Relaxed),
             "subscriptions": s.subscriptions.load(Ordering::Relaxed),
             "channels": channels,
             "user_streams": user_streams,
             "messages_in": s.messages_in.load(Ordering::Relaxed),
-            "messages_out": s.deliveries.load(Ordering::Relaxed),
+            "messages_out": s.messages_out.load(Ordering::Relaxed),
+            "deliveries": s.deliveries.load(Ordering::Relaxed),
             "bytes_in": s.bytes_in.load(Ordering::Relaxed),
             "bytes_out": s.bytes_out.load(Ordering::Relaxed),
             "slow_consumer_drops": s.slow_consumers.load(Ordering::Relaxed),
@@ -521,113 +587,200 @@ impl HubLoop {
 
     fn metrics_text(&self) -> String {
         let s = &self.stats;
+        let load = |n: &std::sync::atomic::AtomicU64| n.load(Ordering::Relaxed);
         let (channels, user_streams) = self.hub.stream_counts();
         let (history_messages, history_bytes) = self.hub.history_size();
-        let rows: [(&str, &str, &str, u64); 16] = [
-            (
-                "edgepush_history_messages",
-                "gauge",
-                "Messages held for replay.",
-                history_messages as u64,
-            ),
-            (
-                "edgepush_history_bytes",
-                "gauge",
-                "Bytes charged for history (frames and bookkeeping).",
-                history_bytes as u64,
-            ),
-            (
-                "edgepush_connections",
-                "gauge",
-                "Open WebSocket connections.",
-                s.open() as u64,
-            ),
-            (
-                "edgepush_accepted_total",
-                "counter",
-                "TCP connections accepted.",
-                s.accepted.load(Ordering::Relaxed),
-            ),
-            (
-                "edgepush_upgrades_total",
-                "counter",
-                "Successful WebSocket upgrades.",
-                s.upgrades.load(Ordering::Relaxed),
-            ),
-            (
-                "edgepush_handshake_failures_total",
-                "counter",
-                "Upgrades refused or timed out.",
-                s.handshake_failures.load(Ordering::Relaxed),
-            ),
-            (
-                "edgepush_protocol_errors_total",
-                "counter",
-                "Connections failed for breaking RFC 6455.",
-                s.protocol_errors.load(Ordering::Relaxed),
-            ),
-            (
-                "edgepush_subscriptions",
-                "gauge",
-                "Channel subscriptions held.",
-                s.subscriptions.load(Ordering::Relaxed) as u64,
-            ),
-            (
-                "edgepush_channels",
-                "gauge",
-                "Channels the hub tracks.",
-                channels as u64,
-            ),
-            (
-                "edgepush_user_streams",
-                "gauge",
-                "User streams the hub tracks.",
-                user_streams as u64,
-            ),
-            (
-                "edgepush_messages_in_total",
-                "counter",
-                "Messages received from clients.",
-                s.messages_in.load(Ordering::Relaxed),
-            ),
-            (
-                "edgepush_deliveries_total",
-                "counter",
-                "Messages queued for clients.",
-                s.deliveries.load(Ordering::Relaxed),
-            ),
-            (
-                "edgepush_bytes_in_total",
-                "counter",
-                "Bytes read from clients.",
-                s.bytes_in.load(Ordering::Relaxed),
-            ),
-            (
-                "edgepush_bytes_out_total",
-                "counter",
-                "Bytes written to clients.",
-                s.bytes_out.load(Ordering::Relaxed),
-            ),
-            (
-                "edgepush_slow_consumer_closes_total",
-                "counter",
-                "Connections closed with 1008 at --max-backlog.",
-                s.slow_consumers.load(Ordering::Relaxed),
-            ),
-            (
-                "edgepush_accept_pauses_total",
-                "counter",
-                "Accept pauses after EMFILE/ENFILE.",
-                s.accept_pauses.load(Ordering::Relaxed),
-            ),
-        ];
-        let mut out = String::new();
-        for (name, kind, help, value) in rows {
-            out.push_str(&format!(
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
-            ));
+        let mut e = Exposition::new();
+        e.gauge(
+            "edgepush_connections",
+            "Open WebSocket connections.",
+            s.open() as u64,
+        );
+        e.labelled(
+            "edgepush_worker_connections",
+            "gauge",
+            "Open WebSocket connections per event-loop thread.",
+            "worker",
+            s.open_by_worker()
+                .into_iter()
+                .enumerate()
+                .map(|(w, n)| (w.to_string(), n as u64)),
+        );
+        e.gauge(
+            "edgepush_draining",
+            "1 while the server drains after SIGTERM/SIGINT.",
+            u64::from(s.draining.load(Ordering::Relaxed)),
+        );
+        e.counter(
+            "edgepush_accepted_total",
+            "TCP connections accepted.",
+            load(&s.accepted),
+        );
+        e.counter(
+            "edgepush_handshakes_total",
+            "Successful WebSocket upgrades.",
+            load(&s.upgrades),
+        );
+        e.handshake_failures(
+            "edgepush_handshake_failures_total",
+            "Upgrades refused or timed out, by reason.",
+            &s.handshake_failure_reasons,
+        );
+        e.counter(
+            "edgepush_protocol_errors_total",
+            "Connections failed for breaking RFC 6455.",
+            load(&s.protocol_errors),
+        );
+        e.counter(
+            "edgepush_messages_in_total",
+            "Messages received from clients.",
+            load(&s.messages_in),
+        );
+        e.counter(
+            "edgepush_messages_out_total",
+            "Data frames queued for clients (echoes, replies, deliveries).",
+            load(&s.messages_out),
+        );
+        e.counter(
+            "edgepush_bytes_in_total",
+            "Bytes read from clients.",
+            load(&s.bytes_in),
+        );
+        e.counter(
+            "edgepush_bytes_out_total",
+            "Bytes written to clients.",
+            load(&s.bytes_out),
+        );
+        e.counter(
+            "edgepush_deliveries_total",
+            "Fan-out frames queued for push connections.",
+            load(&s.deliveries),
+        );
+        e.counter(
+            "edgepush_slow_consumer_closes_total",
+            "Connections closed with 1008 at --max-backlog.",
+            load(&s.slow_consumers),
+        );
+        e.counter(
+            "edgepush_pong_timeouts_total",
+            "Connections dropped for silence after a ping.",
+            load(&s.pong_timeouts),
+        );
+        e.close_codes(
+            "edgepush_close_codes_sent_total",
+            "Close frames sent, by code.",
+            &s.close_sent,
+        );
+        e.close_codes(
+            "edgepush_close_codes_received_total",
+            "Close frames received, by code.",
+            &s.close_received,
+        );
+        e.gauge(
+            "edgepush_subscriptions",
+            "Channel subscriptions held.",
+            s.subscriptions.load(Ordering::Relaxed) as u64,
+        );
+        e.gauge(
+            "edgepush_channels",
+            "Channels the hub tracks.",
+            channels as u64,
+        );
+        e.gauge(
+            "edgepush_user_streams",
+            "User streams the hub tracks.",
+            user_streams as u64,
+        );
+        e.gauge(
+            "edgepush_history_messages",
+            "Messages held for replay.",
+            history_messages as u64,
+        );
+        e.gauge(
+            "edgepush_history_bytes",
+            "Bytes charged for history (frames and bookkeeping).",
+            history_bytes as u64,
+        );
+        e.counter(
+            "edgepush_accept_pauses_total",
+            "Accept pauses after EMFILE/ENFILE.",
+            load(&s.accept_pauses),
+        );
+        e.counter(
+            "edgepush_api_overloaded_total",
+            "API requests answered 503 because workers' inboxes were full.",
+            load(&s.api_overloaded),
+        );
+        e.histogram(
+            "edgepush_publish_latency_seconds",
+            "From the hub taking a message to a worker having written it to its recipients.",
+            &s.publish_latency,
+        );
+        e.finish()
+    }
+
+    fn on_signals(&mut self) {
+        let Some(signals) = self.signals.as_mut() else {
+            return;
+        };
+        let received: Vec<i32> = signals.pending().collect();
+        for signal in received {
+            if self.draining {
+                warn!("second signal ({signal}): stopping now without finishing the drain");
+                self.stop.store(true, Ordering::Relaxed);
+                for inbox in &self.workers {
+                    let _ = inbox.waker.wake();
+                }
+            } else {
+                info!("signal {signal}: draining");
+                self.begin_drain();
+            }
         }
-        out
+    }
+
+    /// Tells every worker to drain: Close 1001 spread over `--drain-duration`, then wait up to
+    /// `--drain-timeout`. `/healthz` and new upgrades answer 503 from now on.
+    fn begin_drain(&mut self) {
+        if self.draining {
+            return;
+        }
+        self.draining = true;
+        self.stats.draining.store(true, Ordering::Relaxed);
+        let (spread, timeout) = self.drain;
+        info!(
+            "draining {} connections over {spread:?}, then waiting up to {timeout:?}",
+            self.stats.open()
+        );
+        for inbox in &self.workers {
+            inbox.load.fetch_add(64, Ordering::Relaxed);
+            let _ = inbox.tx.send(ToWorker::Drain { spread, timeout });
+            let _ = inbox.waker.wake();
+        }
+    }
+
+    /// The periodic one-line summary (`--stats-interval`).
+    fn log_figures(&mut self) {
+        let s = &self.stats;
+        let now = Figures {
+            messages_in: s.messages_in.load(Ordering::Relaxed),
+            messages_out: s.messages_out.load(Ordering::Relaxed),
+            deliveries: s.deliveries.load(Ordering::Relaxed),
+            slow_consumers: s.slow_consumers.load(Ordering::Relaxed),
+            handshake_failures: s.handshake_failures.load(Ordering::Relaxed),
+        };
+        let last = std::mem::replace(&mut self.last_figures, now);
+        let secs = self.stats_interval.as_secs_f64().max(0.001);
+        let rate = |a: u64, b: u64| (a.saturating_sub(b)) as f64 / secs;
+        info!(
+            "{} connections, {:.0} msgs/s in, {:.0} msgs/s out, {:.0} deliveries/s, {} slow-consumer drops, {} failed handshakes (last {:?})",
+            s.open(),
+            rate(now.messages_in, last.messages_in),
+            rate(now.messages_out, last.messages_out),
+            rate(now.deliveries, last.deliveries),
+            now.slow_consumers - last.slow_consumers,
+            now.handshake_failures - last.handshake_failures,
+            self.stats_interval
+        );
     }
 }
 

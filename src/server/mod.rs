@@ -19,6 +19,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crate::config::Config;
+use crate::metrics::{CloseCodes, HandshakeFailure, HandshakeFailures, Histogram};
 use crate::protocol::handshake::HandshakeConfig;
 use crate::protocol::message::{DecoderConfig, Role};
 
@@ -41,6 +42,9 @@ pub(crate) struct Settings {
     allowed_origins: Vec<String>,
     max_subscriptions: usize,
     publish_rate: u32,
+    trust_proxy: Vec<per_ip::Cidr>,
+    /// `None` when both per-address limits are off.
+    ip_limits: Option<per_ip::IpLimits>,
     /// min(--max-connections, open-files limit − 64).
     max_connections: usize,
     max_backlog: usize,
@@ -66,6 +70,11 @@ impl Settings {
             allowed_origins: config.allowed_origins.clone(),
             max_subscriptions: config.max_subscriptions,
             publish_rate: config.max_client_publish_rate,
+            trust_proxy: config.trust_proxy.clone(),
+            ip_limits: per_ip::IpLimits::new(
+                config.max_connections_per_ip,
+                config.max_handshakes_per_ip,
+            ),
             max_connections,
             max_backlog: config.max_backlog,
             tick: TICK,
@@ -92,6 +101,18 @@ fn ticks(d: Duration, tick: Duration) -> u64 {
 pub struct Stats {
     /// Open WebSocket connections.
     open: AtomicUsize,
+    /// Open WebSocket connections per worker.
+    worker_open: Vec<AtomicUsize>,
+    /// SIGTERM/SIGINT arrived: `/healthz` and new upgrades get 503.
+    pub draining: AtomicBool,
+    pub handshake_failure_reasons: HandshakeFailures,
+    pub close_sent: CloseCodes,
+    pub close_received: CloseCodes,
+    /// Data frames queued for clients (echoes, replies and fan-out deliveries).
+    pub messages_out: AtomicU64,
+    /// From the hub taking a message to the worker having written it to every local
+    /// recipient's socket (or queue).
+    pub publish_latency: Histogram,
     pub accepted: AtomicU64,
     pub upgrades: AtomicU64,
     pub handshake_failures: AtomicU64,
@@ -112,22 +133,49 @@ pub struct Stats {
 }
 
 impl Stats {
+    pub fn new(workers: usize) -> Stats {
+        Stats {
+            worker_open: (0..workers).map(|_| AtomicUsize::new(0)).collect(),
+            ..Stats::default()
+        }
+    }
+
     pub fn open(&self) -> usize {
         self.open.load(Ordering::Relaxed)
     }
 
-    fn upgraded(&self) {
-        self.open.fetch_add(1, Ordering::Relaxed);
-        self.upgrades.fetch_add(1, Ordering::Relaxed);
+    /// Open connections on each worker.
+    pub fn open_by_worker(&self) -> Vec<usize> {
+        self.worker_open
+            .iter()
+            .map(|n| n.load(Ordering::Relaxed))
+            .collect()
     }
 
-    fn closed(&self) {
+    fn upgraded(&self, worker: usize) {
+        self.open.fetch_add(1, Ordering::Relaxed);
+        self.upgrades.fetch_add(1, Ordering::Relaxed);
+        if let Some(n) = self.worker_open.get(worker) {
+            n.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn closed(&self, worker: usize) {
         self.open.fetch_sub(1, Ordering::Relaxed);
+        if let Some(n) = self.worker_open.get(worker) {
+            n.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    fn handshake_failed(&self, why: HandshakeFailure) {
+        self.handshake_failures.fetch_add(1, Ordering::Relaxed);
+        self.handshake_failure_reasons.add(why);
     }
 }
 
 /// A running server: its workers and the means to stop them.
 pub struct Server {
+    hub: hub_loop::HubHandle,
     local_addr: SocketAddr,
     api_addr: SocketAddr,
     max_connections: usize,
@@ -139,13 +187,24 @@ pub struct Server {
 
 impl Server {
     /// Binds the listeners and starts one worker thread per `config.threads`, plus the hub
-    /// thread serving the push API.
+    /// thread serving the push API. Signals are left alone (see
+    /// [`Server::start_handling_signals`]); [`Server::drain`] drains on request.
     pub fn start(config: &Config) -> io::Result<Server> {
+        Server::start_inner(config, false)
+    }
+
+    /// Like [`Server::start`], and SIGTERM/SIGINT start a graceful drain (a second one stops
+    /// at once). For the binary: a test process keeps its default signal behaviour.
+    pub fn start_handling_signals(config: &Config) -> io::Result<Server> {
+        Server::start_inner(config, true)
+    }
+
+    fn start_inner(config: &Config, handle_signals: bool) -> io::Result<Server> {
         let max_connections = config
             .max_connections
             .min(open_files_limit().saturating_sub(RESERVED_FDS).max(1));
         let settings = Arc::new(Settings::new(config, max_connections));
-        let stats = Arc::new(Stats::default());
+        let stats = Arc::new(Stats::new(config.threads.max(1)));
         let stop = Arc::new(AtomicBool::new(false));
         let listeners = listener::bind_all(config.listen, config.threads.max(1))?;
         let local_addr = listeners[0].local_addr()?;
@@ -156,16 +215,16 @@ impl Server {
         let (mut hub, hub_waker) = hub_loop::HubLoop::new(
             api_listener,
             hub_rx,
-            config.history,
-            config.api_key.clone(),
-            config.max_message_size,
+            config,
             Arc::clone(&stats),
             Arc::clone(&stop),
+            handle_signals,
         )?;
         let hub_handle = hub_loop::HubHandle {
             tx: to_hub,
             waker: Arc::clone(&hub_waker),
         };
+        let drain_handle = hub_handle.clone();
         let mut wakers = vec![hub_waker];
         let mut inboxes = Vec::new();
         let mut workers = Vec::new();
@@ -204,6 +263,7 @@ impl Server {
             );
         }
         Ok(Server {
+            hub: drain_handle,
             local_addr,
             api_addr,
             max_connections,
@@ -232,6 +292,15 @@ impl Server {
         &self.stats
     }
 
+    /// Starts a graceful drain, as SIGTERM does: Close 1001 to every client spread over
+    /// `--drain-duration`, then up to `--drain-timeout` for their close handshakes; the
+    /// workers end after it (see [`Server::wait`]).
+    pub fn drain(&self) {
+        if self.hub.tx.send(crate::push::hub::ToHub::Drain).is_ok() {
+            let _ = self.hub.waker.wake();
+        }
+    }
+
     /// Stops every worker (dropping their connections) and waits for them.
     pub fn stop(self) {
         self.stop.store(true, Ordering::Relaxed);
@@ -241,10 +310,23 @@ impl Server {
         self.wait();
     }
 
-    /// Waits for the workers to end.
-    pub fn wait(self) {
+    /// Waits for the workers to end (after a drain, or [`Server::stop`]), then stops the hub.
+    pub fn wait(mut self) {
+        // The first thread is the hub's; the workers follow.
+        let hub = if self.threads.is_empty() {
+            None
+        } else {
+            Some(self.threads.remove(0))
+        };
         for thread in self.threads {
             let _ = thread.join();
+        }
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(waker) = self.wakers.first() {
+            let _ = waker.wake();
+        }
+        if let Some(hub) = hub {
+            let _ = hub.join();
         }
     }
 }

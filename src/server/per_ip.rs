@@ -27,11 +27,15 @@ impl Cidr {
     pub fn contains(&self, ip: IpAddr) -> bool {
         match (self.addr, ip) {
             (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
                 u32::from(net) & mask == u32::from(ip) & mask
             }
             (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                let mask = u128::MAX.checked_shl(128 - u32::from(self.prefix)).unwrap_or(0);
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
                 u128::from(net) & mask == u128::from(ip) & mask
             }
             // An IPv4 client seen through an IPv6 socket.
@@ -179,7 +183,8 @@ impl IpLimits {
         if table.len() > 1024 {
             let rate = f64::from(self.handshakes_per_second);
             table.retain(|_, e| {
-                let full = e.tokens + now.saturating_duration_since(e.refilled).as_secs_f64() * rate
+                let full = e.tokens
+                    + now.saturating_duration_since(e.refilled).as_secs_f64() * rate
                     >= rate;
                 e.connections > 0 || !full
             });
@@ -212,10 +217,19 @@ mod tests {
         assert!(c.contains(ip("10.1.200.3")));
         assert!(!c.contains(ip("10.2.0.1")));
         assert!("0.0.0.0/0".parse::<Cidr>().unwrap().contains(ip("8.8.8.8")));
-        assert!("127.0.0.1".parse::<Cidr>().unwrap().contains(ip("127.0.0.1")));
-        assert!(!"127.0.0.1".parse::<Cidr>().unwrap().contains(ip("127.0.0.2")));
+        assert!("127.0.0.1"
+            .parse::<Cidr>()
+            .unwrap()
+            .contains(ip("127.0.0.1")));
+        assert!(!"127.0.0.1"
+            .parse::<Cidr>()
+            .unwrap()
+            .contains(ip("127.0.0.2")));
         assert!("::1/128".parse::<Cidr>().unwrap().contains(ip("::1")));
-        assert!("10.0.0.0/8".parse::<Cidr>().unwrap().contains(ip("::ffff:10.9.9.9")));
+        assert!("10.0.0.0/8"
+            .parse::<Cidr>()
+            .unwrap()
+            .contains(ip("::ffff:10.9.9.9")));
         for bad in ["10.0.0.0/33", "x", "::/129", "1.2.3.4/"] {
             assert!(bad.parse::<Cidr>().is_err(), "{bad}");
         }
@@ -223,17 +237,37 @@ mod tests {
 
     #[test]
     fn client_address_trusts_only_trusted_proxies() {
-        let trusted: Vec<Cidr> = vec!["127.0.0.1/32".parse().unwrap(), "10.0.0.0/8".parse().unwrap()];
+        let trusted: Vec<Cidr> = vec![
+            "127.0.0.1/32".parse().unwrap(),
+            "10.0.0.0/8".parse().unwrap(),
+        ];
         // An untrusted peer's headers are ignored.
-        assert_eq!(client_address(ip("1.2.3.4"), &trusted, Some("9.9.9.9"), None), ip("1.2.3.4"));
+        assert_eq!(
+            client_address(ip("1.2.3.4"), &trusted, Some("9.9.9.9"), None),
+            ip("1.2.3.4")
+        );
         // Behind nginx: the right-most untrusted hop is the client; spoofed left entries lose.
         assert_eq!(
-            client_address(ip("127.0.0.1"), &trusted, Some("6.6.6.6, 5.5.5.5, 10.0.0.7"), None),
+            client_address(
+                ip("127.0.0.1"),
+                &trusted,
+                Some("6.6.6.6, 5.5.5.5, 10.0.0.7"),
+                None
+            ),
             ip("5.5.5.5")
         );
-        assert_eq!(client_address(ip("127.0.0.1"), &trusted, None, Some("7.7.7.7")), ip("7.7.7.7"));
-        assert_eq!(client_address(ip("127.0.0.1"), &trusted, Some("garbage"), None), ip("127.0.0.1"));
-        assert_eq!(client_address(ip("127.0.0.1"), &[], Some("5.5.5.5"), None), ip("127.0.0.1"));
+        assert_eq!(
+            client_address(ip("127.0.0.1"), &trusted, None, Some("7.7.7.7")),
+            ip("7.7.7.7")
+        );
+        assert_eq!(
+            client_address(ip("127.0.0.1"), &trusted, Some("garbage"), None),
+            ip("127.0.0.1")
+        );
+        assert_eq!(
+            client_address(ip("127.0.0.1"), &[], Some("5.5.5.5"), None),
+            ip("127.0.0.1")
+        );
     }
 
     #[test]
@@ -242,7 +276,10 @@ mod tests {
         let limits = IpLimits::new(2, 0).unwrap();
         assert!(limits.admit(ip("1.1.1.1"), now).is_ok());
         assert!(limits.admit(ip("1.1.1.1"), now).is_ok());
-        assert_eq!(limits.admit(ip("1.1.1.1"), now), Err(Refusal::TooManyConnections));
+        assert_eq!(
+            limits.admit(ip("1.1.1.1"), now),
+            Err(Refusal::TooManyConnections)
+        );
         assert!(limits.admit(ip("2.2.2.2"), now).is_ok());
         limits.release(ip("1.1.1.1"), now);
         assert!(limits.admit(ip("1.1.1.1"), now).is_ok());
@@ -251,11 +288,17 @@ mod tests {
         for _ in 0..3 {
             assert!(limits.admit(ip("3.3.3.3"), now).is_ok());
         }
-        assert_eq!(limits.admit(ip("3.3.3.3"), now), Err(Refusal::TooManyHandshakes));
+        assert_eq!(
+            limits.admit(ip("3.3.3.3"), now),
+            Err(Refusal::TooManyHandshakes)
+        );
         // A third of a second later one more token has come back.
         let later = now + Duration::from_millis(340);
         assert!(limits.admit(ip("3.3.3.3"), later).is_ok());
-        assert_eq!(limits.admit(ip("3.3.3.3"), later), Err(Refusal::TooManyHandshakes));
+        assert_eq!(
+            limits.admit(ip("3.3.3.3"), later),
+            Err(Refusal::TooManyHandshakes)
+        );
         assert!(IpLimits::new(0, 0).is_none());
     }
 

@@ -11,7 +11,9 @@
 
 mod push;
 
+use std::collections::HashMap;
 use std::io::{self, Read, Write};
+use std::net::IpAddr;
 use std::net::Shutdown;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::Receiver;
@@ -23,6 +25,7 @@ use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 
+use crate::metrics::HandshakeFailure;
 use crate::protocol::close::{self, CloseReply, CloseState};
 use crate::protocol::frame::{write_frame, OpCode};
 use crate::protocol::handshake::{parse_request, write_accept_response, write_response};
@@ -33,6 +36,7 @@ use crate::server::connection::{
     Connection, Endpoint, Flushed, Handle, Outbound, Phase, PongFrame,
 };
 use crate::server::hub_loop::HubHandle;
+use crate::server::per_ip::client_address;
 use crate::server::timer_wheel::TimerWheel;
 use crate::server::{http, Settings, Stats};
 
@@ -47,6 +51,8 @@ const MAX_READS_PER_TURN: usize = 16;
 const CORK_KEEP: usize = 256 * 1024;
 /// How long accepting pauses after EMFILE/ENFILE.
 const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
+/// How often a draining worker sends its next Close frames.
+const DRAIN_STEP: Duration = Duration::from_millis(10);
 /// The wheel's slot key for the accept-pause timer (never a slab key).
 const ACCEPT_TIMER_KEY: u32 = u32::MAX;
 
@@ -67,6 +73,16 @@ pub(crate) struct HubLink {
     pub(crate) inbox_load: Arc<AtomicUsize>,
 }
 
+/// A drain in progress: who still gets Close 1001, and when.
+struct Drain {
+    queue: Vec<Handle>,
+    sent: usize,
+    start: Instant,
+    spread: Duration,
+    /// After the last Close plus `--drain-timeout`: stop waiting for close handshakes.
+    give_up: Instant,
+}
+
 pub(crate) struct Worker {
     id: usize,
     link: HubLink,
@@ -82,6 +98,10 @@ pub(crate) struct Worker {
     /// Push-endpoint messages of the connection being read, handled after its frames.
     push_in: Vec<u8>,
     push_msgs: Vec<(MessageKind, usize, usize)>,
+    /// Client addresses of connections counted by the per-address limits (only when on).
+    client_ips: HashMap<u32, IpAddr>,
+    /// The drain in progress, if any.
+    drain: Option<Drain>,
     /// Counters summed locally and published once per turn.
     bytes_in: u64,
     bytes_out: u64,
@@ -130,6 +150,8 @@ impl Worker {
                 dirty: Vec::new(),
                 push_in: Vec::new(),
                 push_msgs: Vec::new(),
+                client_ips: HashMap::new(),
+                drain: None,
                 bytes_in: 0,
                 bytes_out: 0,
                 poll,
@@ -156,11 +178,15 @@ impl Worker {
     pub(crate) fn run(mut self) {
         let mut events = Events::with_capacity(1024);
         while !self.stop.load(Ordering::Relaxed) {
-            let timeout = if self.again.is_empty() && !self.inbox_again {
+            let mut timeout = if self.again.is_empty() && !self.inbox_again {
                 self.wheel.next_expiry_hint(Instant::now())
             } else {
                 Some(Duration::ZERO)
             };
+            if self.drain.is_some() {
+                // Pace the Close frames: look again every 10 ms.
+                timeout = Some(timeout.map_or(DRAIN_STEP, |t| t.min(DRAIN_STEP)));
+            }
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() != io::ErrorKind::Interrupted {
                     warn!("worker {}: poll failed: {e}", self.id);
@@ -201,6 +227,9 @@ impl Worker {
             }
             self.fired = fired;
             self.end_turn();
+            if self.drain_step(now) {
+                break;
+            }
         }
         debug!(
             "worker {}: stopping with {} connections",
@@ -320,9 +349,7 @@ impl Worker {
         match conn.phase {
             Phase::Handshake => {
                 debug!("{}: handshake timeout", peer(conn));
-                self.stats
-                    .handshake_failures
-                    .fetch_add(1, Ordering::Relaxed);
+                self.stats.handshake_failed(HandshakeFailure::Timeout);
                 self.remove(handle);
             }
             Phase::WebSocket(CloseState::Open) => {
@@ -425,8 +452,7 @@ impl Worker {
             Ok(Some(request)) => request,
             Err(e) => {
                 self.stats
-                    .handshake_failures
-                    .fetch_add(1, Ordering::Relaxed);
+                    .handshake_failed(HandshakeFailure::from_status(e.status()));
                 if let Some(conn) = self.get(handle) {
                     debug!("{}: {e}; answering {}", peer(conn), e.status());
                 }
@@ -436,7 +462,8 @@ impl Worker {
             }
         };
         let Some(upgrade) = request.upgrade else {
-            let status = http::answer_plain(&request, &mut self.cork);
+            let draining = self.stats.draining.load(Ordering::Relaxed);
+            let status = http::answer_plain(&request, draining, &mut self.cork);
             if let Some(conn) = self.get(handle) {
                 debug!(
                     "{}: {} {} -> {status}",
@@ -467,6 +494,8 @@ impl Worker {
             Some((404, "no WebSocket endpoint here\n".to_owned()))
         } else if !origin_ok {
             Some((403, "origin not allowed\n".to_owned()))
+        } else if self.stats.draining.load(Ordering::Relaxed) {
+            Some((503, "draining: reconnect elsewhere\n".to_owned()))
         } else if self.stats.open() >= settings.max_connections {
             Some((503, "server full\n".to_owned()))
         } else if let Some(Err(reason)) = &identity {
@@ -474,10 +503,33 @@ impl Worker {
         } else {
             None
         };
+        // Per-address limits come last: only an upgrade that would otherwise succeed counts.
+        let client_ip = match (&settings.ip_limits, refusal.is_none()) {
+            (Some(limits), true) => {
+                let ip = self.client_ip(handle, &request);
+                match ip.map(|ip| (ip, limits.admit(ip, Instant::now()))) {
+                    Some((ip, Ok(()))) => Some(ip),
+                    Some((ip, Err(why))) => {
+                        if let Some(conn) = self.get(handle) {
+                            debug!("{}: client {ip}: {why:?}", peer(conn));
+                        }
+                        None
+                    }
+                    None => None,
+                }
+            }
+            _ => None,
+        };
+        let refusal = match refusal {
+            None if settings.ip_limits.is_some() && client_ip.is_none() => Some((
+                429,
+                "too many connections or upgrades from your address\n".to_owned(),
+            )),
+            other => other,
+        };
         if let Some((status, body)) = refusal {
             self.stats
-                .handshake_failures
-                .fetch_add(1, Ordering::Relaxed);
+                .handshake_failed(HandshakeFailure::from_status(status));
             if let Some(conn) = self.get(handle) {
                 debug!(
                     "{}: upgrade to {} refused with {status}: {}",
@@ -487,7 +539,7 @@ impl Worker {
                 );
             }
             let headers: &[(&str, &str)] = match status {
-                503 => &[("Retry-After", "5")],
+                503 | 429 => &[("Retry-After", "5")],
                 401 => &[("WWW-Authenticate", "Bearer")],
                 _ => &[],
             };
@@ -504,7 +556,10 @@ impl Worker {
         conn.phase = Phase::WebSocket(CloseState::Open);
         conn.endpoint = endpoint;
         conn.last_seen = now as u32;
-        self.stats.upgraded();
+        self.stats.upgraded(self.id);
+        if let Some(ip) = client_ip {
+            self.client_ips.insert(handle.key, ip);
+        }
         match identity {
             Some(Ok(identity)) => self.accept_push(handle, identity),
             _ => self.arm(handle, now + settings.ping_ticks),
@@ -569,6 +624,7 @@ impl Worker {
                         push_msgs.push((kind, start, push_in.len()));
                     } else if state.can_send() {
                         emit(&mut conn.outbound, cork, |out| echo(out, kind, data));
+                        stats.messages_out.fetch_add(1, Ordering::Relaxed);
                     }
                 }
                 Event::Ping(payload) => {
@@ -584,11 +640,15 @@ impl Worker {
                 }
                 Event::Pong(_) => {}
                 Event::Close(frame) => {
+                    stats
+                        .close_received
+                        .add(frame.map_or(close::NO_STATUS, |f| f.code));
                     if let CloseReply::Echo(code) = state.on_receive_close(frame) {
                         emit(&mut conn.outbound, cork, |out| match code {
                             Some(code) => close::write_close_frame(out, code, ""),
                             None => write_frame(out, OpCode::Close, b""),
                         });
+                        stats.close_sent.add(code.unwrap_or(close::NO_STATUS));
                     }
                     break Some(0);
                 }
@@ -608,11 +668,82 @@ impl Worker {
                     emit(&mut conn.outbound, &mut self.cork, |out| {
                         close::write_close_frame(out, code, "")
                     });
+                    self.stats.close_sent.add(code);
                 }
                 self.finish(handle);
                 buf.len()
             }
         }
+    }
+
+    /// Starts draining: every open WebSocket gets Close 1001, spread evenly over `spread`.
+    pub(super) fn begin_drain(&mut self, spread: Duration, timeout: Duration) {
+        let queue: Vec<Handle> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.phase == Phase::WebSocket(CloseState::Open))
+            .map(|(key, c)| c.handle(key))
+            .collect();
+        let start = Instant::now();
+        debug!(
+            "worker {}: draining {} connections over {spread:?}",
+            self.id,
+            queue.len()
+        );
+        self.drain = Some(Drain {
+            queue,
+            sent: 0,
+            start,
+            spread,
+            give_up: start + spread + timeout,
+        });
+    }
+
+    /// Sends the Close frames that are due; true when the drain is over and the worker stops.
+    fn drain_step(&mut self, now: Instant) -> bool {
+        let Some(drain) = self.drain.as_mut() else {
+            return false;
+        };
+        let total = drain.queue.len();
+        let due = if drain.spread.is_zero() {
+            total
+        } else {
+            let part = now.duration_since(drain.start).as_secs_f64() / drain.spread.as_secs_f64();
+            ((total as f64 * part).ceil() as usize).min(total)
+        };
+        let closing: Vec<Handle> = drain.queue[drain.sent..due].to_vec();
+        drain.sent = due;
+        let (all_sent, give_up) = (due == total, drain.give_up);
+        for handle in closing {
+            if self
+                .get(handle)
+                .is_some_and(|c| c.phase == Phase::WebSocket(CloseState::Open))
+            {
+                self.close_with(handle, close::GOING_AWAY, "server going away");
+            }
+        }
+        let open_here = self
+            .stats
+            .worker_open
+            .get(self.id)
+            .map_or(0, |n| n.load(Ordering::Relaxed));
+        all_sent && (open_here == 0 || now >= give_up)
+    }
+
+    /// The client's address for per-address limits: the peer's, or the one a trusted proxy
+    /// forwarded.
+    fn client_ip(
+        &mut self,
+        handle: Handle,
+        request: &crate::protocol::handshake::Request<'_>,
+    ) -> Option<IpAddr> {
+        let peer = self.get(handle)?.socket.peer_addr().ok()?.ip();
+        Some(client_address(
+            peer,
+            &self.settings.trust_proxy,
+            request.x_forwarded_for,
+            request.x_real_ip,
+        ))
     }
 
     /// Closes an open connection from our side with `code`: Close frame, then FIN.
@@ -625,6 +756,7 @@ impl Worker {
                 emit(&mut conn.outbound, &mut self.cork, |out| {
                     close::write_close_frame(out, code, reason)
                 });
+                self.stats.close_sent.add(code);
             }
         }
         self.finish(handle);
@@ -761,6 +893,7 @@ impl Worker {
         let tail = outbound.push_owned();
         let before = tail.len();
         close::write_close_frame(tail, close::POLICY, "slow consumer");
+        self.stats.close_sent.add(close::POLICY);
         let n = tail.len() - before;
         outbound.account(n);
         self.finish(handle);
@@ -774,7 +907,12 @@ impl Worker {
         }
         let mut conn = self.conns.remove(handle.key as usize);
         if conn.endpoint != Endpoint::None {
-            self.stats.closed();
+            self.stats.closed(self.id);
+        }
+        if let Some(ip) = self.client_ips.remove(&handle.key) {
+            if let Some(limits) = &self.settings.ip_limits {
+                limits.release(ip, Instant::now());
+            }
         }
         if let Some(push) = conn.push.take() {
             self.forget_push(handle, *push);

@@ -399,6 +399,7 @@ impl Worker {
     pub(super) fn drain_inbox(&mut self) {
         self.inbox_again = false;
         let mut slow = Vec::new();
+        let mut published = Vec::new();
         let mut delivered_total = 0u64;
         for _ in 0..MAX_INBOX_PER_TURN {
             let message = match self.link.inbox.try_recv() {
@@ -409,7 +410,13 @@ impl Worker {
                 .inbox_load
                 .fetch_sub(message.weight(), Ordering::Relaxed);
             match message {
-                ToWorker::Deliver { target, frame, ack } => {
+                ToWorker::Deliver {
+                    target,
+                    frame,
+                    ack,
+                    at,
+                } => {
+                    published.push(at);
                     let n = self.deliver(&target, &frame, &mut slow);
                     delivered_total += n;
                     if let Some(ack) = ack {
@@ -425,6 +432,7 @@ impl Worker {
                 } => self.on_subscribed(handle_of(conn), stream, seq, &frame, &replay, &mut slow),
                 ToWorker::Disconnect { user, ack } => self.disconnect_user(&user, ack),
                 ToWorker::Presence { ack, channel } => self.presence(ack, &channel),
+                ToWorker::Drain { spread, timeout } => self.begin_drain(spread, timeout),
             }
         }
         if self.link.inbox_load.load(Ordering::Relaxed) > 0 {
@@ -434,6 +442,9 @@ impl Worker {
         self.stats
             .deliveries
             .fetch_add(delivered_total, Ordering::Relaxed);
+        self.stats
+            .messages_out
+            .fetch_add(delivered_total, Ordering::Relaxed);
         for handle in slow {
             self.drop_slow_consumer(handle);
         }
@@ -442,6 +453,12 @@ impl Worker {
                 conn.dirty = false;
                 self.flush(handle);
             }
+        }
+        let now = std::time::Instant::now();
+        for at in published {
+            self.stats
+                .publish_latency
+                .observe(now.saturating_duration_since(at));
         }
     }
 
