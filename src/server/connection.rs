@@ -8,7 +8,7 @@
 //! the socket refuses bytes. Its size is asserted in a test and reported in the README.
 
 use std::collections::VecDeque;
-use std::io::{self, IoSlice, Write};
+use std::io::{self, IoSlice};
 use std::sync::Arc;
 
 use mio::net::TcpStream;
@@ -227,6 +227,19 @@ impl PongFrame {
     }
 }
 
+/// Where queued bytes go: a socket that takes several buffers in one call.
+pub trait Sink {
+    fn send_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize>;
+}
+
+impl Sink for TcpStream {
+    /// `sendmsg` rather than `writev`: the socket call skips the VFS layer (`writev`'s file
+    /// position lock and checks), measurably cheaper per subscriber in a fan-out.
+    fn send_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        socket2::SockRef::from(&*self).send_vectored_with_flags(bufs, libc::MSG_NOSIGNAL)
+    }
+}
+
 /// What a write attempt achieved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Flushed {
@@ -299,7 +312,7 @@ impl Outbound {
     }
 
     /// Writes as much as the socket takes, a `writev` at a time.
-    pub fn flush(&mut self, socket: &mut impl Write) -> io::Result<Flushed> {
+    pub fn flush(&mut self, socket: &mut impl Sink) -> io::Result<Flushed> {
         while self.queued > 0 {
             let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
             let mut n_slices = 0;
@@ -327,7 +340,7 @@ impl Outbound {
                     }
                 }
             }
-            let written = match socket.write_vectored(&slices[..n_slices]) {
+            let written = match socket.send_vectored(&slices[..n_slices]) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Flushed::Blocked),
@@ -393,11 +406,8 @@ mod tests {
         total: usize,
     }
 
-    impl Write for Trickle {
-        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-            self.write_vectored(&[IoSlice::new(buf)])
-        }
-        fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+    impl Sink for Trickle {
+        fn send_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
             let room = self.budget.min(self.total - self.taken.len());
             if room == 0 {
                 return Err(io::ErrorKind::WouldBlock.into());
@@ -412,9 +422,6 @@ mod tests {
                 }
             }
             Ok(n)
-        }
-        fn flush(&mut self) -> io::Result<()> {
-            Ok(())
         }
     }
 
