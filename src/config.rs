@@ -384,6 +384,8 @@ pub enum ConfigError {
     InvalidWsPath { path: String, reason: &'static str },
     /// A push API reachable from other hosts must require a key.
     ApiKeyRequired { api_listen: SocketAddr },
+    /// The hub tracks workers in a 64-bit mask.
+    TooManyThreads { threads: usize },
 }
 
 impl fmt::Display for ConfigError {
@@ -404,6 +406,9 @@ impl fmt::Display for ConfigError {
             }
             ConfigError::InvalidWsPath { path, reason } => {
                 write!(f, "--ws-path {path:?} is invalid: {reason}")
+            }
+            ConfigError::TooManyThreads { threads } => {
+                write!(f, "--threads {threads} is more than the 64 supported")
             }
             ConfigError::ApiKeyRequired { api_listen } => write!(
                 f,
@@ -454,6 +459,9 @@ impl Config {
                 .map(|n| n.get())
                 .unwrap_or(1)
         });
+        if threads > 64 {
+            return Err(ConfigError::TooManyThreads { threads });
+        }
         Ok(Config {
             listen: args.listen,
             threads,

@@ -21,6 +21,7 @@
 
 use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, VecDeque};
+use std::fmt;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -184,31 +185,86 @@ impl Default for HistoryConfig {
 /// subscribers are bounded by the subscriptions themselves.
 const LOG_ENTRY_COST: usize = 128;
 
+/// Names one incarnation of a stream: random per stream creation and per process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Epoch(u64);
+
+impl fmt::Display for Epoch {
+    /// Eight base-36 characters.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut n = self.0;
+        let mut digits = [0u8; 8];
+        for d in &mut digits {
+            *d = b"0123456789abcdefghijklmnopqrstuvwxyz"[(n % 36) as usize];
+            n /= 36;
+        }
+        f.write_str(std::str::from_utf8(&digits).unwrap_or("00000000"))
+    }
+}
+
+/// Held messages: (seq, the encoded frame).
+type History = VecDeque<(u64, Arc<[u8]>)>;
+
+/// One stream's state, kept small: a hub holds one per channel and per recently connected
+/// user.
 #[derive(Debug)]
 struct StreamState {
     seq: u64,
-    epoch: Arc<str>,
-    /// Workers with local subscribers (or a subscribe in flight).
-    workers: Vec<bool>,
-    /// Recent messages, oldest first, contiguous in seq.
-    history: VecDeque<(u64, Arc<[u8]>)>,
+    epoch: Epoch,
+    /// Bit `w`: worker `w` has local subscribers (or a subscribe in flight).
+    workers: u64,
+    /// Recent messages, oldest first, contiguous in seq; `None` when empty.
+    history: Option<Box<History>>,
     /// When the last subscriber left; `None` while anyone is subscribed.
     idle_since: Option<Instant>,
 }
 
 impl StreamState {
-    fn new(epoch: Arc<str>, workers: usize, now: Instant) -> StreamState {
+    fn new(epoch: Epoch, now: Instant) -> StreamState {
         StreamState {
             seq: 0,
             epoch,
-            workers: vec![false; workers],
-            history: VecDeque::new(),
+            workers: 0,
+            history: None,
             idle_since: Some(now),
         }
     }
 
-    fn worker_count(&self) -> usize {
-        self.workers.iter().filter(|w| **w).count()
+    fn worker_count(&self) -> u32 {
+        self.workers.count_ones()
+    }
+
+    fn set_worker(&mut self, worker: WorkerId, on: bool) {
+        let bit = 1u64.checked_shl(worker as u32).unwrap_or(0);
+        if on {
+            self.workers |= bit;
+        } else {
+            self.workers &= !bit;
+        }
+    }
+
+    fn held(&self) -> impl Iterator<Item = &(u64, Arc<[u8]>)> {
+        self.history.iter().flat_map(|h| h.iter())
+    }
+
+    fn has_history(&self) -> bool {
+        self.history.as_ref().is_some_and(|h| !h.is_empty())
+    }
+
+    fn oldest_seq(&self) -> Option<u64> {
+        self.history
+            .as_ref()
+            .and_then(|h| h.front())
+            .map(|(s, _)| *s)
+    }
+
+    fn pop_oldest(&mut self) -> Option<Arc<[u8]>> {
+        let history = self.history.as_mut()?;
+        let popped = history.pop_front().map(|(_, frame)| frame);
+        if history.is_empty() {
+            self.history = None;
+        }
+        popped
     }
 }
 
@@ -222,7 +278,7 @@ struct LogEntry {
 
 #[derive(Debug)]
 enum Waiting {
-    Publish { seq: u64, epoch: Arc<str> },
+    Publish { seq: u64, epoch: Epoch },
     Send { seq: u64 },
     Broadcast,
     Disconnect,
@@ -286,6 +342,11 @@ impl Hub {
         self.outbox.drain(..)
     }
 
+    /// Is anything waiting in the outbox or among the answers?
+    pub fn has_output(&self) -> bool {
+        !self.outbox.is_empty() || !self.answers.is_empty()
+    }
+
     /// Answers ready for API connections.
     pub fn take_answers(&mut self) -> std::vec::Drain<'_, Answer> {
         self.answers.drain(..)
@@ -330,7 +391,22 @@ impl Hub {
             state.worker_count() > 0 || state.idle_since.is_none_or(|t| now.duration_since(t) < ttl)
         });
         self.channels
-            .retain(|_, state| state.worker_count() > 0 || !state.history.is_empty());
+            .retain(|_, state| state.worker_count() > 0 || state.has_history());
+    }
+
+    /// Drops log entries whose message is no longer held (trimmed by a per-stream limit), so
+    /// the log stays within twice the held messages: amortised O(1) per publish.
+    fn compact_log(&mut self) {
+        let (channels, users) = (&self.channels, &self.users);
+        self.log.retain(|entry| {
+            let map = match &entry.stream {
+                Stream::Channel(_) => channels,
+                Stream::User(_) => users,
+            };
+            map.get(stream_name(&entry.stream))
+                .and_then(|state| state.oldest_seq())
+                .is_some_and(|oldest| oldest <= entry.seq)
+        });
     }
 
     /// Drops the oldest log entry and, if its message is still held, the message.
@@ -338,7 +414,6 @@ impl Hub {
         let Some(entry) = self.log.pop_front() else {
             return;
         };
-        self.history_bytes = self.history_bytes.saturating_sub(LOG_ENTRY_COST);
         let map = match &entry.stream {
             Stream::Channel(_) => &mut self.channels,
             Stream::User(_) => &mut self.users,
@@ -347,19 +422,17 @@ impl Hub {
         let Some(state) = map.get_mut(name) else {
             return;
         };
-        if state
-            .history
-            .front()
-            .is_some_and(|(seq, _)| *seq == entry.seq)
-        {
-            if let Some((_, frame)) = state.history.pop_front() {
-                self.history_bytes = self.history_bytes.saturating_sub(frame.len());
+        if state.oldest_seq() == Some(entry.seq) {
+            if let Some(frame) = state.pop_oldest() {
+                self.history_bytes = self
+                    .history_bytes
+                    .saturating_sub(frame.len() + LOG_ENTRY_COST);
                 self.history_messages -= 1;
             }
         }
         // A channel nobody listens to is kept only for its history.
         if matches!(entry.stream, Stream::Channel(_))
-            && state.history.is_empty()
+            && !state.has_history()
             && state.worker_count() == 0
         {
             map.remove(name);
@@ -382,12 +455,18 @@ impl Hub {
         let Some(state) = map.get_mut(stream_name(&stream)) else {
             return;
         };
-        state.history.push_back((seq, Arc::clone(frame)));
+        let history = state.history.get_or_insert_with(Default::default);
+        history.push_back((seq, Arc::clone(frame)));
+        let over = history.len() > limit;
         self.history_bytes += frame.len() + LOG_ENTRY_COST;
         self.history_messages += 1;
-        while state.history.len() > limit {
-            if let Some((_, old)) = state.history.pop_front() {
-                self.history_bytes = self.history_bytes.saturating_sub(old.len());
+        if over {
+            // Trimmed by the per-stream limit: its log entry stays (stale) but is no longer
+            // charged; `compact_log` drops such entries in bulk.
+            if let Some(old) = state.pop_oldest() {
+                self.history_bytes = self
+                    .history_bytes
+                    .saturating_sub(old.len() + LOG_ENTRY_COST);
                 self.history_messages -= 1;
             }
         }
@@ -396,21 +475,25 @@ impl Hub {
             seq,
             at: self.now,
         });
+        if self.log.len() > 2 * self.history_messages + 1024 {
+            self.compact_log();
+        }
         while self.history_bytes > self.history.max_bytes && !self.log.is_empty() {
             self.pop_log();
         }
     }
 
-    /// The stream's state, created (with a fresh epoch) if it doesn't exist.
+    /// The stream's state, created (with a fresh epoch) if it doesn't exist. The map's key
+    /// is the stream's own `Arc`, shared with the worker that named it (no copy).
     fn stream_state(&mut self, stream: &Stream) -> &mut StreamState {
         let fresh = self.new_epoch();
-        let (workers, now) = (self.workers, self.now);
-        let map = match stream {
-            Stream::Channel(_) => &mut self.channels,
-            Stream::User(_) => &mut self.users,
+        let now = self.now;
+        let (map, name) = match stream {
+            Stream::Channel(name) => (&mut self.channels, name),
+            Stream::User(name) => (&mut self.users, name),
         };
-        map.entry(Arc::from(stream_name(stream)))
-            .or_insert_with(|| StreamState::new(fresh, workers, now))
+        map.entry(Arc::clone(name))
+            .or_insert_with(|| StreamState::new(fresh, now))
     }
 
     /// How many workers a command will be sent to (for the inbox capacity check).
@@ -558,14 +641,12 @@ impl Hub {
                 };
                 let name = stream_name(&stream);
                 if let Some(state) = map.get_mut(name) {
-                    if let Some(w) = state.workers.get_mut(worker) {
-                        *w = false;
-                    }
+                    state.set_worker(worker, false);
                     if state.worker_count() == 0 {
                         state.idle_since = Some(now);
                         // A channel without history is forgotten at once (its next
                         // incarnation gets a new epoch); a user stream waits for the TTL.
-                        if matches!(stream, Stream::Channel(_)) && state.history.is_empty() {
+                        if matches!(stream, Stream::Channel(_)) && !state.has_history() {
                             map.remove(name);
                         }
                     }
@@ -597,10 +678,7 @@ impl Hub {
         let n = pending.count;
         let body = match pending.waiting {
             Waiting::Publish { seq, epoch } => {
-                format!(
-                    "{{\"seq\":{seq},\"epoch\":{},\"delivered\":{n}}}",
-                    json_string(&epoch)
-                )
+                format!("{{\"seq\":{seq},\"epoch\":\"{epoch}\",\"delivered\":{n}}}")
             }
             Waiting::Send { seq } => format!("{{\"seq\":{seq},\"delivered\":{n}}}"),
             Waiting::Broadcast => format!("{{\"delivered\":{n}}}"),
@@ -632,27 +710,24 @@ impl Hub {
         epoch: Option<String>,
     ) {
         let state = self.stream_state(&stream);
-        if let Some(w) = state.workers.get_mut(worker) {
-            *w = true;
-        }
+        state.set_worker(worker, true);
         state.idle_since = None;
-        let (seq, state_epoch) = (state.seq, Arc::clone(&state.epoch));
+        let (seq, state_epoch) = (state.seq, state.epoch.to_string());
         // Recovery is promised only when this is the same incarnation and the history still
         // holds every message after `since`.
         let mut replay = Vec::new();
         let recovered = since.map(|since| {
-            if epoch.as_deref() != Some(&*state_epoch) || since > seq {
+            if epoch.as_deref() != Some(state_epoch.as_str()) || since > seq {
                 return false;
             }
             if since == seq {
                 return true;
             }
-            match state.history.front() {
-                Some((oldest, _)) if *oldest <= since + 1 => {
+            match state.oldest_seq() {
+                Some(oldest) if oldest <= since + 1 => {
                     replay.extend(
                         state
-                            .history
-                            .iter()
+                            .held()
                             .filter(|(s, _)| *s > since)
                             .map(|(_, f)| Arc::clone(f)),
                     );
@@ -682,16 +757,16 @@ impl Hub {
 
     /// Assigns the next seq of `channel` (creating it if needed), encodes the message once
     /// and keeps it in the channel's history.
-    fn publish(&mut self, channel: &Arc<str>, data: &str) -> (u64, Arc<str>, Arc<[u8]>) {
+    fn publish(&mut self, channel: &Arc<str>, data: &str) -> (u64, Epoch, Arc<[u8]>) {
         let stream = Stream::Channel(Arc::clone(channel));
         let state = self.stream_state(&stream);
         state.seq += 1;
-        let (seq, epoch) = (state.seq, Arc::clone(&state.epoch));
+        let (seq, epoch) = (state.seq, state.epoch);
         let frame = self.encode(channel, Some(seq), data);
         self.keep(stream, seq, &frame);
         // Nobody listens and nothing is kept (history off): don't hold the channel.
         if let Some(state) = self.channels.get(channel) {
-            if state.worker_count() == 0 && state.history.is_empty() {
+            if state.worker_count() == 0 && !state.has_history() {
                 self.channels.remove(channel);
             }
         }
@@ -704,29 +779,18 @@ impl Hub {
         encode_shared(OpCode::Text, &self.scratch)
     }
 
-    /// A short random epoch: a new one for every stream incarnation and every process.
-    fn new_epoch(&mut self) -> Arc<str> {
+    /// A random epoch: a new one for every stream incarnation and every process.
+    fn new_epoch(&mut self) -> Epoch {
         self.epoch_counter += 1;
         let mut hasher = self.random.build_hasher();
         hasher.write_u64(self.epoch_counter);
-        let mut n = hasher.finish();
-        let mut s = String::with_capacity(8);
-        for _ in 0..8 {
-            let digit = (n % 36) as u32;
-            n /= 36;
-            s.push(char::from_digit(digit, 36).unwrap_or('0'));
-        }
-        Arc::from(s)
+        Epoch(hasher.finish())
     }
 }
 
 fn workers_of(state: Option<&StreamState>) -> Vec<WorkerId> {
     state.map_or_else(Vec::new, |s| {
-        s.workers
-            .iter()
-            .enumerate()
-            .filter_map(|(i, on)| on.then_some(i))
-            .collect()
+        (0..64).filter(|w| s.workers & (1u64 << w) != 0).collect()
     })
 }
 
@@ -734,10 +798,6 @@ fn stream_name(stream: &Stream) -> &str {
     match stream {
         Stream::Channel(name) | Stream::User(name) => name,
     }
-}
-
-fn json_string(s: &str) -> String {
-    serde_json::to_string(s).unwrap_or_else(|_| "\"\"".to_owned())
 }
 
 #[cfg(test)]
@@ -985,6 +1045,36 @@ mod tests {
         }
         assert!(hub.history_size().1 <= 4096);
         assert!(hub.stream_counts().0 < 100, "{:?}", hub.stream_counts());
+    }
+
+    #[test]
+    fn messages_trimmed_by_the_channel_limit_release_the_global_budget() {
+        let config = HistoryConfig {
+            size: 10,
+            max_bytes: 100_000,
+            ..HistoryConfig::default()
+        };
+        let mut hub = Hub::new(1, config, Instant::now());
+        hub.on_message(ToHub::Publish {
+            channel: Arc::from("quiet"),
+            data: "1".into(),
+        });
+        for _ in 0..5_000 {
+            hub.on_message(ToHub::Publish {
+                channel: Arc::from("busy"),
+                data: "\"0123456789\"".into(),
+            });
+        }
+        hub.take_outbox().for_each(drop);
+        let (messages, bytes) = hub.history_size();
+        assert_eq!(messages, 11);
+        assert!(bytes < 11 * 300, "{bytes}");
+        assert_eq!(
+            hub.stream_counts().0,
+            2,
+            "the quiet channel keeps its history"
+        );
+        assert!(hub.log.len() <= 2 * messages + 1024, "{}", hub.log.len());
     }
 
     #[test]

@@ -16,9 +16,58 @@ pub type Slot = u32;
 
 #[derive(Debug)]
 struct Members<M> {
-    list: Vec<M>,
+    list: List<M>,
     /// Subscribe requests sent to the hub and not yet answered.
     pending: u32,
+}
+
+/// A member list that holds one member inline: most users have one connection, and a `Vec`
+/// per user would cost an allocation each.
+#[derive(Debug)]
+enum List<M> {
+    One(Option<M>),
+    Many(Vec<M>),
+}
+
+impl<M: Copy> List<M> {
+    fn as_slice(&self) -> &[M] {
+        match self {
+            List::One(m) => m.as_slice(),
+            List::Many(v) => v,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.as_slice().len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.as_slice().is_empty()
+    }
+
+    fn push(&mut self, member: M) {
+        match self {
+            List::One(slot @ None) => *slot = Some(member),
+            List::One(Some(first)) => *self = List::Many(vec![*first, member]),
+            List::Many(v) => v.push(member),
+        }
+    }
+
+    fn get(&self, index: usize) -> Option<&M> {
+        self.as_slice().get(index)
+    }
+
+    fn swap_remove(&mut self, index: usize) {
+        match self {
+            List::One(slot) => *slot = None,
+            List::Many(v) => {
+                v.swap_remove(index);
+                if v.len() <= 1 {
+                    *self = List::One(v.first().copied());
+                }
+            }
+        }
+    }
 }
 
 /// Key → members with O(1) insert and remove.
@@ -98,8 +147,21 @@ impl<K: Hash + Eq + Clone, M: Copy + PartialEq> Table<K, M> {
     }
 
     /// The members under `key` (empty if none).
-    pub fn members(&self, key: &K) -> &[M] {
-        self.map.get(key).map_or(&[], |m| &m.list)
+    pub fn members<Q>(&self, key: &Q) -> &[M]
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.map.get(key).map_or(&[], |m| m.list.as_slice())
+    }
+
+    /// The table's own copy of `key`, to share rather than allocate another.
+    pub fn shared_key<Q>(&self, key: &Q) -> Option<K>
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.map.get_key_value(key).map(|(k, _)| k.clone())
     }
 
     /// Keys with at least one member or request.
@@ -118,7 +180,7 @@ impl<K: Hash + Eq + Clone, M: Copy + PartialEq> Table<K, M> {
 
     fn entry(&mut self, key: &K) -> &mut Members<M> {
         self.map.entry(key.clone()).or_insert_with(|| Members {
-            list: Vec::new(),
+            list: List::One(None),
             pending: 0,
         })
     }

@@ -99,8 +99,9 @@ pub struct PushConn {
     pub user_slot: Option<Slot>,
     /// The `$user` top when this connection joined its stream: later messages came live.
     pub user_joined_at: Option<u64>,
-    /// The token's claims; `None` in open mode (everything allowed).
-    pub claims: Option<Claims>,
+    /// The token's claims (boxed: only token connections pay for them); `None` in open mode
+    /// (everything allowed).
+    pub claims: Option<Box<Claims>>,
     /// Wheel tick at which the token expires (`u64::MAX`: never).
     pub expires: u64,
     pub subs: Vec<Subscription>,

@@ -226,6 +226,18 @@ impl HubLoop {
     /// Sends the hub's outbox to the workers' inboxes, waking each once, and writes the
     /// answers that became ready.
     fn ship(&mut self) {
+        // Answers free in-flight slots and let parked requests run, which may produce more to
+        // ship: go on until nothing is left (each round needs new input, so this ends).
+        loop {
+            let more = self.ship_once();
+            if !more {
+                break;
+            }
+        }
+    }
+
+    /// Ships once; true if processing the answers produced more to ship.
+    fn ship_once(&mut self) -> bool {
         for (worker, message) in self.hub.take_outbox() {
             let Some(inbox) = self.workers.get(worker) else {
                 continue;
@@ -270,6 +282,7 @@ impl HubLoop {
                 self.on_readable(id);
             }
         }
+        self.hub.has_output()
     }
 
     /// Moves the answers at the front of the queue that are ready into the output.

@@ -36,6 +36,15 @@ pub(crate) struct Identity {
     claims: Option<Claims>,
 }
 
+/// Time from now until the Unix time `exp` (zero if past), to the nanosecond: a token is
+/// never honoured past its expiry.
+fn time_left(exp: u64) -> Duration {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    Duration::from_secs(exp).saturating_sub(now)
+}
+
 fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -145,10 +154,10 @@ impl Worker {
         let now = self.now;
         let ping_ticks = self.settings.ping_ticks;
         let rate = self.settings.publish_rate;
-        let expires = identity.claims.as_ref().map_or(u64::MAX, |c| {
-            let left = c.exp.saturating_sub(unix_now());
-            now + self.settings.ticks(Duration::from_secs(left))
-        });
+        let expires = identity
+            .claims
+            .as_ref()
+            .map_or(u64::MAX, |c| now + self.settings.ticks(time_left(c.exp)));
         let user = Arc::clone(&identity.user);
         let Some(conn) = self.get(handle) else {
             return;
@@ -157,7 +166,7 @@ impl Worker {
             user: Arc::clone(&user),
             user_slot: None,
             user_joined_at: None,
-            claims: identity.claims,
+            claims: identity.claims.map(Box::new),
             expires,
             subs: Vec::new(),
             publish_budget: rate,
@@ -242,6 +251,8 @@ impl Worker {
         epoch: Option<String>,
     ) {
         let max = self.settings.max_subscriptions;
+        // Share the table's copy of the name when the channel is known here.
+        let shared = self.channels.shared_key(channel);
         let Some(push) = self.get(handle).and_then(|c| c.push.as_deref_mut()) else {
             return;
         };
@@ -275,7 +286,10 @@ impl Worker {
                 if push.subs.len() >= max {
                     return self.reply_error(handle, 429, "too many subscriptions");
                 }
-                let name: Arc<str> = Arc::from(channel);
+                let name: Arc<str> = shared.unwrap_or_else(|| Arc::from(channel));
+                if push.subs.capacity() == push.subs.len() {
+                    push.subs.reserve_exact(1);
+                }
                 push.subs.push(Subscription {
                     channel: Arc::clone(&name),
                     slot: None,
@@ -368,10 +382,7 @@ impl Worker {
             Err(e) => return self.reply_error(handle, 403, &format!("refresh refused: {e}")),
         };
         let now = self.now;
-        let expires = now
-            + self
-                .settings
-                .ticks(Duration::from_secs(claims.exp.saturating_sub(unix_now())));
+        let expires = now + self.settings.ticks(time_left(claims.exp));
         let ping_ticks = self.settings.ping_ticks;
         let Some(conn) = self.get(handle) else {
             return;
@@ -388,7 +399,7 @@ impl Worker {
             );
         }
         push.expires = expires;
-        push.claims = Some(claims);
+        push.claims = Some(Box::new(claims));
         // Re-arm: the next deadline is the ping or the new expiry, whichever comes first.
         let ping_due = (now - (now as u32).wrapping_sub(last_seen as u32) as u64) + ping_ticks;
         self.arm(handle, ping_due.max(now + 1).min(expires));
