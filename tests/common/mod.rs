@@ -455,3 +455,259 @@ pub fn assert_server_healthy(addr: SocketAddr) {
     client.send_close(1000);
     client.expect_close_code(1000);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Push endpoint and push API helpers (tests/push_*.rs).
+// ---------------------------------------------------------------------------------------------
+
+/// The head of an upgrade to `target` (path and query) with extra header lines
+/// (`"Name: value"`).
+pub fn upgrade_request_with(target: &str, headers: &[&str]) -> String {
+    let mut head = format!(
+        "GET {target} HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\n"
+    );
+    for header in headers {
+        head.push_str(header);
+        head.push_str("\r\n");
+    }
+    head.push_str("\r\n");
+    head
+}
+
+/// Upgrades to `target` with extra header lines: the client on a 101, else the whole refusal
+/// (read until the server closes).
+pub fn try_upgrade(
+    addr: SocketAddr,
+    target: &str,
+    headers: &[&str],
+) -> Result<RawClient, HttpResponse> {
+    let mut stream = connect(addr);
+    stream
+        .write_all(upgrade_request_with(target, headers).as_bytes())
+        .expect("send upgrade");
+    let (mut response, rest) = read_response_head(&mut stream);
+    if response.status == 101 {
+        assert_eq!(
+            response.header("sec-websocket-accept"),
+            Some("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="),
+            "accept key"
+        );
+        return Ok(RawClient::from_parts(stream, rest));
+    }
+    let mut body = rest;
+    let mut chunk = [0u8; 4096];
+    loop {
+        match stream.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => body.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => break,
+            Err(e) => panic!("reading the refusal: {e}"),
+        }
+    }
+    response.body = body;
+    Err(response)
+}
+
+impl RawClient {
+    /// The next text frame, parsed as JSON (pings are skipped; anything else panics).
+    pub fn recv_json(&mut self) -> serde_json::Value {
+        loop {
+            match self.recv() {
+                Received::Text(text) => {
+                    return serde_json::from_str(&text)
+                        .unwrap_or_else(|e| panic!("server sent bad JSON {text:?}: {e}"))
+                }
+                Received::Ping(_) => {}
+                other => panic!("expected a JSON text frame, got {other:?}"),
+            }
+        }
+    }
+
+    /// Sends one JSON text frame.
+    pub fn send_json(&mut self, value: &serde_json::Value) {
+        self.send_text(&value.to_string());
+    }
+
+    /// Subscribes to `channel` and returns the `subscribed` answer (frames before it panic).
+    pub fn subscribe(&mut self, channel: &str) -> serde_json::Value {
+        self.send_json(&serde_json::json!({"op": "subscribe", "channel": channel}));
+        let answer = self.recv_json();
+        assert_eq!(answer["op"], "subscribed", "subscribe {channel}: {answer}");
+        assert_eq!(answer["channel"], channel, "subscribe {channel}: {answer}");
+        answer
+    }
+
+    /// The first frame on a push connection must be `subscribed` on `$user`: returns it.
+    pub fn expect_user_subscribed(&mut self) -> serde_json::Value {
+        let first = self.recv_json();
+        assert_eq!(first["op"], "subscribed", "first frame: {first}");
+        assert_eq!(first["channel"], "$user", "first frame: {first}");
+        first
+    }
+}
+
+/// Open mode: a push connection of `user` on `/ws`, past its `$user` subscribed frame.
+pub fn push_client(addr: SocketAddr, user: &str) -> RawClient {
+    let mut client = RawClient::connect(addr, &format!("/ws?user={user}"));
+    client.expect_user_subscribed();
+    client
+}
+
+/// A keep-alive HTTP/1.1 client for the push API that frames answers by `Content-Length`.
+pub struct ApiClient {
+    pub stream: TcpStream,
+    /// Bytes read past the last answer.
+    buf: Vec<u8>,
+    /// Sent as `Authorization: Bearer KEY` when set.
+    pub key: Option<String>,
+}
+
+impl ApiClient {
+    pub fn connect(addr: SocketAddr) -> ApiClient {
+        ApiClient {
+            stream: connect(addr),
+            buf: Vec::new(),
+            key: None,
+        }
+    }
+
+    pub fn with_key(addr: SocketAddr, key: &str) -> ApiClient {
+        ApiClient {
+            key: Some(key.to_owned()),
+            ..ApiClient::connect(addr)
+        }
+    }
+
+    /// The bytes of one request; a body gets `Content-Length` (and a JSON content type).
+    pub fn request(&self, method: &str, path: &str, body: Option<&str>) -> Vec<u8> {
+        let mut head = format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\n");
+        if let Some(key) = &self.key {
+            head.push_str(&format!("Authorization: Bearer {key}\r\n"));
+        }
+        if let Some(body) = body {
+            head.push_str(&format!(
+                "Content-Type: application/json\r\nContent-Length: {}\r\n",
+                body.len()
+            ));
+        }
+        head.push_str("\r\n");
+        let mut bytes = head.into_bytes();
+        bytes.extend_from_slice(body.unwrap_or("").as_bytes());
+        bytes
+    }
+
+    pub fn send_raw(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).expect("send API request");
+    }
+
+    /// One request and its answer.
+    pub fn call(&mut self, method: &str, path: &str, body: Option<&str>) -> HttpResponse {
+        let request = self.request(method, path, body);
+        self.send_raw(&request);
+        self.read_response()
+    }
+
+    /// `POST path body`, which must answer 200 with a JSON body: returns it.
+    pub fn post(&mut self, path: &str, body: &str) -> serde_json::Value {
+        let response = self.call("POST", path, Some(body));
+        assert_eq!(
+            response.status,
+            200,
+            "POST {path} {body}: {}",
+            response.body_text()
+        );
+        response.json()
+    }
+
+    /// `GET path`, which must answer 200 with a JSON body: returns it.
+    pub fn get(&mut self, path: &str) -> serde_json::Value {
+        let response = self.call("GET", path, None);
+        assert_eq!(response.status, 200, "GET {path}: {}", response.body_text());
+        response.json()
+    }
+
+    /// Reads the next answer: head, then exactly `Content-Length` bytes of body.
+    pub fn read_response(&mut self) -> HttpResponse {
+        let mut chunk = [0u8; 16384];
+        loop {
+            if let Some(response) = self.take_response() {
+                return response;
+            }
+            let n = self.stream.read(&mut chunk).expect("read API answer");
+            assert!(
+                n > 0,
+                "EOF before a complete answer; got {:?}",
+                String::from_utf8_lossy(&self.buf)
+            );
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    /// After an answer that said `Connection: close`: the server closes (read returns 0).
+    pub fn expect_eof(&mut self) {
+        assert!(self.buf.is_empty(), "bytes after the last answer");
+        let mut chunk = [0u8; 1024];
+        match self.stream.read(&mut chunk) {
+            Ok(0) => {}
+            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => {}
+            Ok(n) => panic!(
+                "expected EOF, got {:?}",
+                String::from_utf8_lossy(&chunk[..n])
+            ),
+            Err(e) => panic!("expected EOF, got {e}"),
+        }
+    }
+
+    fn take_response(&mut self) -> Option<HttpResponse> {
+        let mut headers = [httparse::EMPTY_HEADER; 64];
+        let mut parsed = httparse::Response::new(&mut headers);
+        let head_len = match parsed.parse(&self.buf) {
+            Ok(httparse::Status::Complete(n)) => n,
+            Ok(httparse::Status::Partial) => return None,
+            Err(e) => panic!(
+                "bad answer head ({e}): {:?}",
+                String::from_utf8_lossy(&self.buf)
+            ),
+        };
+        let headers: Vec<(String, String)> = parsed
+            .headers
+            .iter()
+            .map(|h| {
+                (
+                    h.name.to_owned(),
+                    String::from_utf8_lossy(h.value).into_owned(),
+                )
+            })
+            .collect();
+        let status = parsed.code.expect("status code");
+        let mut response = HttpResponse {
+            status,
+            headers,
+            body: Vec::new(),
+        };
+        let len: usize = if status == 100 {
+            0
+        } else {
+            response
+                .header("content-length")
+                .expect("API answers carry Content-Length")
+                .parse()
+                .expect("numeric Content-Length")
+        };
+        if self.buf.len() < head_len + len {
+            return None;
+        }
+        response.body = self.buf[head_len..head_len + len].to_vec();
+        self.buf.drain(..head_len + len);
+        Some(response)
+    }
+}
+
+impl HttpResponse {
+    /// The body as JSON.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {:?}", self.body_text()))
+    }
+}
