@@ -21,7 +21,10 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use serde::{Deserialize, Serialize};
 use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::stats::{contains, hist_to_data, new_hist, scan_seq_t, HistData, SeqTracker};
+use crate::stats::{
+    contains, hist_to_data, new_hist, parse_subscribed, scan_channel_seq, scan_seq_t, HistData,
+    Recovery, Resumed, SeqTracker,
+};
 use crate::sys::now_ns;
 
 /// Environment variable that carries a child's [`ChildSpec`] as JSON.
@@ -30,6 +33,8 @@ const WAKER: Token = Token(usize::MAX);
 const READ_BUF: usize = 256 * 1024;
 const MAX_HEAD: usize = 16 * 1024;
 const SECOND: u64 = 1_000_000_000;
+/// Wait before trying again after a failed reconnect (`--reconnect-every`).
+const RECONNECT_RETRY_NS: u64 = 100_000_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Mode {
@@ -77,6 +82,10 @@ pub struct ChildSpec {
     pub deliver_timeout_ns: u64,
     pub close_wait_ns: u64,
     pub timeout_ns: u64,
+    /// Fanout: while publishing, each subscriber drops its connection at random times, on
+    /// average once per this (0 = never), reconnects and resubscribes with `since`/`epoch`.
+    #[serde(default)]
+    pub reconnect_every_ns: u64,
 }
 
 /// Sent with `READY`.
@@ -122,6 +131,17 @@ pub struct ChildResult {
     pub stopped_reset: u64,
     pub stopped_not_closed: u64,
     pub stopped_msgs: u64,
+    /// `--reconnect-every`: connections we dropped (RST / plain close), reconnections that
+    /// resubscribed, and their answers.
+    pub drops_rst: u64,
+    pub drops_fin: u64,
+    pub reconnects: u64,
+    pub recovered: u64,
+    pub not_recovered: u64,
+    /// Our `seq`s written off after `recovered:false` (see `stats::Recovery`).
+    pub written_off: u64,
+    /// Deliveries that were replays (not in the latency histogram).
+    pub replayed: u64,
     pub timed_out: bool,
 }
 
@@ -176,6 +196,8 @@ struct Meta {
     stopped: bool,
     draining: bool,
     healthy: bool,
+    /// A new connection of a logical subscriber that dropped its last one.
+    reconnect: bool,
 }
 
 struct Conn {
@@ -193,6 +215,15 @@ struct Ctx {
     lat_hist: Histogram<u64>,
     r: ChildResult,
     trackers: Vec<SeqTracker>,
+    /// `--reconnect-every`, per logical subscriber (slot): recovery state, whether it is
+    /// alive, when it drops its connection next and when it retries a failed reconnect
+    /// (0 = not scheduled).
+    recs: Vec<Recovery>,
+    live: Vec<bool>,
+    next_drop: Vec<u64>,
+    retry_at: Vec<u64>,
+    reconnect_every: u64,
+    channel: String,
     /// `"channel":"NAME"` to recognise our `subscribed`.
     channel_match: Vec<u8>,
     subscribe_frame: Vec<u8>,
@@ -217,11 +248,85 @@ impl Ctx {
         *self.r.errors.entry(kind.to_string()).or_insert(0) += 1;
     }
 
-    fn next_key(&mut self) -> [u8; 4] {
+    fn next_rand(&mut self) -> u64 {
         self.rng ^= self.rng << 13;
         self.rng ^= self.rng >> 7;
         self.rng ^= self.rng << 17;
-        (self.rng as u32).to_ne_bytes()
+        self.rng
+    }
+
+    fn next_key(&mut self) -> [u8; 4] {
+        (self.next_rand() as u32).to_ne_bytes()
+    }
+
+    /// Picks when `slot` next drops its connection: uniform in `[0, 2 × every)` from now, so
+    /// once per `every` on average and never all together. Only while publishing.
+    fn schedule_drop(&mut self, slot: usize, now: u64) {
+        let at = if self.reconnect_every > 0 && self.phase == Phase::Running {
+            now + 1 + self.next_rand() % (2 * self.reconnect_every)
+        } else {
+            0
+        };
+        if let Some(d) = self.next_drop.get_mut(slot) {
+            *d = at;
+        }
+    }
+
+    /// A logical subscriber's accounted count went from `before` to now: complete?
+    fn bump_complete(&mut self, slot: usize, before: u64) {
+        let (Some(p), Some(t)) = (self.published, self.trackers.get(slot)) else {
+            return;
+        };
+        if before < p && t.accounted() >= p && self.live.get(slot) == Some(&true) {
+            self.complete += 1;
+        }
+    }
+
+    /// A logical subscriber ends for good.
+    fn end_logical(&mut self, slot: usize) {
+        let Some(live) = self.live.get_mut(slot) else {
+            return;
+        };
+        if !std::mem::take(live) {
+            return;
+        }
+        self.alive_healthy = self.alive_healthy.saturating_sub(1);
+        if let (Some(p), Some(t)) = (self.published, self.trackers.get(slot)) {
+            if t.accounted() >= p {
+                self.complete = self.complete.saturating_sub(1);
+            }
+        }
+    }
+
+    /// The `subscribed` answer on a reconnected subscriber's new connection.
+    fn on_resubscribed(&mut self, m: &mut Meta, slot: usize, data: &[u8], now: u64) {
+        let before = self.trackers.get(slot).map_or(0, SeqTracker::accounted);
+        let outcome = match (
+            parse_subscribed(data),
+            self.recs.get_mut(slot),
+            self.trackers.get_mut(slot),
+        ) {
+            (Some((epoch, seq, recovered)), Some(rec), Some(t)) => {
+                rec.on_subscribed(t, &epoch, seq, recovered)
+            }
+            _ => {
+                self.err("bad_subscribed");
+                Resumed::NotRecovered { written_off: 0 }
+            }
+        };
+        match outcome {
+            Resumed::Recovered => self.r.recovered += 1,
+            Resumed::NotRecovered { .. } => {
+                self.r.not_recovered += 1;
+                self.err("not_recovered");
+            }
+            Resumed::First => {}
+        }
+        self.r.reconnects += 1;
+        m.state = State::Open;
+        m.healthy = true;
+        self.bump_complete(slot, before);
+        self.schedule_drop(slot, now);
     }
 
     fn send(&mut self, m: &mut Meta, op: OpCode, payload: &[u8]) {
@@ -256,9 +361,14 @@ impl Ctx {
                 }
             }
             Mode::Fanout | Mode::Slow if !self.channel_match.is_empty() => {
-                let frame = std::mem::take(&mut self.subscribe_frame);
-                self.send(m, OpCode::Text, &frame);
-                self.subscribe_frame = frame;
+                if m.reconnect {
+                    let frame = self.recs[slot].subscribe_frame(&self.channel);
+                    self.send(m, OpCode::Text, &frame);
+                } else {
+                    let frame = std::mem::take(&mut self.subscribe_frame);
+                    self.send(m, OpCode::Text, &frame);
+                    self.subscribe_frame = frame;
+                }
                 m.state = State::Subscribing;
             }
             _ => self.on_ready(m, slot),
@@ -278,6 +388,9 @@ impl Ctx {
                 m.healthy = true;
                 if let Some(t) = self.trackers.get_mut(slot) {
                     t.active = true;
+                }
+                if let Some(live) = self.live.get_mut(slot) {
+                    *live = true;
                 }
                 self.alive_healthy += 1;
                 self.r.subscribers += 1;
@@ -349,7 +462,21 @@ impl Ctx {
                     if self.mode == Mode::Churn {
                         self.send_close(m, 1000);
                         m.state = State::Closing;
+                    } else if m.reconnect {
+                        self.on_resubscribed(m, slot, data, now);
                     } else {
+                        if self.reconnect_every > 0 {
+                            match (
+                                parse_subscribed(data),
+                                self.recs.get_mut(slot),
+                                self.trackers.get_mut(slot),
+                            ) {
+                                (Some((epoch, seq, rec_flag)), Some(rec), Some(t)) => {
+                                    rec.on_subscribed(t, &epoch, seq, rec_flag);
+                                }
+                                _ => self.err("bad_subscribed"),
+                            }
+                        }
                         self.on_ready(m, slot);
                     }
                 } else if contains(data, b"\"op\":\"error\"") {
@@ -386,18 +513,29 @@ impl Ctx {
         let Some(tracker) = self.trackers.get_mut(slot) else {
             return;
         };
-        tracker.record(seq);
-        let received = tracker.received;
-        self.lat_hist.saturating_record(now.saturating_sub(t));
+        let before = tracker.accounted();
+        let replayed = match self.recs.get_mut(slot) {
+            Some(rec) if self.reconnect_every > 0 => {
+                rec.on_delivery(tracker, scan_channel_seq(data), seq)
+            }
+            _ => {
+                tracker.record(seq);
+                false
+            }
+        };
+        if replayed {
+            // Its latency includes the time the subscriber was away: not a delivery latency.
+            self.r.replayed += 1;
+        } else {
+            self.lat_hist.saturating_record(now.saturating_sub(t));
+        }
         self.r.received += 1;
         self.r.received_bytes += data.len() as u64;
         if self.r.first_recv_ns == 0 {
             self.r.first_recv_ns = now;
         }
         self.r.last_recv_ns = now;
-        if self.published == Some(received) {
-            self.complete += 1;
-        }
+        self.bump_complete(slot, before);
     }
 
     fn send_echo(&mut self, m: &mut Meta, now: u64) {
@@ -543,6 +681,7 @@ struct Engine {
     churn_start_ns: u64,
     deadline: u64,
     phase_deadline: u64,
+    next_reconnect_scan: u64,
 }
 
 impl Engine {
@@ -612,6 +751,7 @@ impl Engine {
                 stopped: false,
                 draining: false,
                 healthy: false,
+                reconnect: false,
             },
         };
         if slot == self.conns.len() {
@@ -663,6 +803,42 @@ impl Engine {
         }
     }
 
+    /// `--reconnect-every`: drops `slot`'s connection without a close handshake (an RST
+    /// through `SO_LINGER` 0 every other time, a plain close otherwise) and starts a new one.
+    fn drop_and_reconnect(&mut self, slot: usize, now: u64) {
+        let Some(mut conn) = self.conns.get_mut(slot).and_then(Option::take) else {
+            return;
+        };
+        if self.ctx.r.drops_rst <= self.ctx.r.drops_fin {
+            let _ = socket2::SockRef::from(&conn.sock).set_linger(Some(Duration::ZERO));
+            self.ctx.r.drops_rst += 1;
+        } else {
+            self.ctx.r.drops_fin += 1;
+        }
+        let _ = self.poll.registry().deregister(&mut conn.sock);
+        drop(conn);
+        self.ctx.next_drop[slot] = 0;
+        self.reconnect(slot, now);
+    }
+
+    /// Opens a new connection for logical subscriber `slot` (it resubscribes once upgraded).
+    fn reconnect(&mut self, slot: usize, now: u64) {
+        let number = self.spec.first_conn + slot as u64;
+        match self.open(slot, number, false) {
+            Ok(()) => {
+                if let Some(conn) = self.conns[slot].as_mut() {
+                    conn.m.reconnect = true;
+                }
+            }
+            Err(end) => {
+                if let End::Error(kind) = end {
+                    self.ctx.err(&format!("reconnect_{kind}"));
+                }
+                self.ctx.retry_at[slot] = now + RECONNECT_RETRY_NS;
+            }
+        }
+    }
+
     fn finish_conn(&mut self, slot: usize, end: End) {
         let Some(conn) = self.conns.get_mut(slot).and_then(Option::take) else {
             return;
@@ -682,6 +858,25 @@ impl Engine {
             End::ServerClose(c) => format!("server_close_{c}"),
             End::Done => String::new(),
         };
+        if ctx.reconnect_every > 0 && (m.reconnect || m.healthy) {
+            // A logical subscriber's connection: it reconnects while the run goes on.
+            if m.state == State::Open {
+                if !matches!(end, End::Done) {
+                    ctx.r.closed_during += 1;
+                    ctx.err(&kind);
+                }
+            } else {
+                ctx.err(&format!("reconnect_{kind}"));
+            }
+            if matches!(ctx.phase, Phase::Running | Phase::Delivering) && !matches!(end, End::Done)
+            {
+                ctx.next_drop[slot] = 0;
+                ctx.retry_at[slot] = now_ns() + RECONNECT_RETRY_NS;
+            } else {
+                ctx.end_logical(slot);
+            }
+            return;
+        }
         if m.draining {
             match end {
                 End::ServerClose(1008) => ctx.r.stopped_close_1008 += 1,
@@ -707,12 +902,7 @@ impl Engine {
             }
             State::Open => {
                 if m.healthy {
-                    ctx.alive_healthy = ctx.alive_healthy.saturating_sub(1);
-                    if let (Some(p), Some(t)) = (ctx.published, ctx.trackers.get(slot)) {
-                        if t.received >= p {
-                            ctx.complete = ctx.complete.saturating_sub(1);
-                        }
-                    }
+                    ctx.end_logical(slot);
                 }
                 if !matches!(end, End::Done) {
                     ctx.r.closed_during += 1;
@@ -839,6 +1029,13 @@ impl Engine {
             Ctl::Eof => std::process::exit(3),
             Ctl::Go => {
                 self.ctx.phase = Phase::Running;
+                if self.ctx.reconnect_every > 0 {
+                    for slot in 0..self.ctx.live.len() {
+                        if self.ctx.live[slot] {
+                            self.ctx.schedule_drop(slot, now);
+                        }
+                    }
+                }
                 self.ctx.r.measure_start_ns = now;
                 self.ctx.measure_end = now.saturating_add(self.spec.duration_ns);
                 self.churn_start_ns = now;
@@ -861,17 +1058,14 @@ impl Engine {
             }
             Ctl::End(published) => {
                 self.ctx.published = Some(published);
-                self.ctx.complete = self
-                    .conns
-                    .iter()
-                    .enumerate()
-                    .filter(|(slot, c)| {
-                        c.as_ref().is_some_and(|c| c.m.healthy)
+                self.ctx.complete = (0..self.ctx.live.len())
+                    .filter(|&slot| {
+                        self.ctx.live[slot]
                             && self
                                 .ctx
                                 .trackers
-                                .get(*slot)
-                                .is_some_and(|t| t.received >= published)
+                                .get(slot)
+                                .is_some_and(|t| t.accounted() >= published)
                     })
                     .count();
                 self.ctx.phase = Phase::Delivering;
@@ -895,6 +1089,38 @@ impl Engine {
             self.ctx.drain_pending += 1;
             if let Some(end) = self.read(slot, now) {
                 self.finish_conn(slot, end);
+            }
+        }
+    }
+
+    /// `--reconnect-every`: drops the connections due (while publishing) and retries failed
+    /// reconnects (while publishing and delivering). At most once a millisecond.
+    fn reconnect_tick(&mut self, now: u64) {
+        if self.ctx.reconnect_every == 0 || now < self.next_reconnect_scan {
+            return;
+        }
+        self.next_reconnect_scan = now + 1_000_000;
+        let publishing = self.ctx.phase == Phase::Running;
+        for slot in 0..self.ctx.live.len() {
+            if !self.ctx.live[slot] {
+                continue;
+            }
+            let retry = self.ctx.retry_at[slot];
+            if retry != 0 && now >= retry && self.conns[slot].is_none() {
+                self.ctx.retry_at[slot] = 0;
+                self.reconnect(slot, now);
+                continue;
+            }
+            let due = self.ctx.next_drop[slot];
+            if publishing && due != 0 && now >= due {
+                let open = self.conns[slot]
+                    .as_ref()
+                    .is_some_and(|c| c.m.state == State::Open && c.m.healthy);
+                if open {
+                    self.drop_and_reconnect(slot, now);
+                } else {
+                    self.ctx.next_drop[slot] = 0;
+                }
             }
         }
     }
@@ -946,9 +1172,10 @@ impl Engine {
                         }
                     }
                 }
-                Mode::Fanout | Mode::Slow => {}
+                Mode::Fanout | Mode::Slow => self.reconnect_tick(now),
             },
             Phase::Delivering => {
+                self.reconnect_tick(now);
                 if self.ctx.complete >= self.ctx.alive_healthy || now >= self.phase_deadline {
                     self.ctx.r.measure_end_ns = now;
                     if self.spec.mode == Mode::Slow {
@@ -982,6 +1209,7 @@ impl Engine {
             ctx.r.duplicates += t.duplicates;
             ctx.r.out_of_order += t.out_of_order;
             ctx.r.out_of_range += t.out_of_range;
+            ctx.r.written_off += t.written_off;
         }
         ctx.r.handshake = hist_to_data(&ctx.hs_hist);
         ctx.r.latency = hist_to_data(&ctx.lat_hist);
@@ -1047,11 +1275,24 @@ fn run_inner(spec: ChildSpec) -> io::Result<ChildResult> {
         None => Vec::new(),
     };
     let mut trackers = Vec::new();
+    let (mut recs, mut live, mut next_drop, mut retry_at) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     if tracked {
         trackers = (0..spec.conns)
             .map(|_| SeqTracker::new(spec.messages))
             .collect();
+        live = vec![false; spec.conns];
+        next_drop = vec![0; spec.conns];
+        retry_at = vec![0; spec.conns];
+        if spec.reconnect_every_ns > 0 {
+            recs = vec![Recovery::default(); spec.conns];
+        }
     }
+    let reconnect_every = if spec.mode == Mode::Fanout && spec.channel.is_some() {
+        spec.reconnect_every_ns
+    } else {
+        0
+    };
     let now = now_ns();
     let ctx = Ctx {
         mode: spec.mode,
@@ -1064,6 +1305,12 @@ fn run_inner(spec: ChildSpec) -> io::Result<ChildResult> {
         lat_hist: new_hist(),
         r: ChildResult::default(),
         trackers,
+        recs,
+        live,
+        next_drop,
+        retry_at,
+        reconnect_every,
+        channel: spec.channel.clone().unwrap_or_default(),
         wrapped: spec.channel.is_some(),
         channel_match,
         subscribe_frame,
@@ -1095,6 +1342,7 @@ fn run_inner(spec: ChildSpec) -> io::Result<ChildResult> {
         churn_start_ns: 0,
         deadline,
         phase_deadline: 0,
+        next_reconnect_scan: 0,
         spec,
     };
     if engine.spec.mode == Mode::Churn {

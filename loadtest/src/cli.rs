@@ -101,6 +101,12 @@ pub enum Cmd {
         /// Title of the SVG chart
         #[arg(long, default_value = "fan-out latency")]
         svg_title: String,
+        /// While publishing, each subscriber drops its connection (no close handshake: RST
+        /// or plain close, alternately) at random times, on average once per DUR, reconnects
+        /// and resubscribes with `since`/`epoch`; the server's replay must fill the gap.
+        /// Push endpoint with the subscribe op only (not --pub-ws or --sub-url)
+        #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+        reconnect_every: Option<Duration>,
     },
     /// Connect, upgrade, (subscribe), close, over and over: handshakes/s and errors by kind
     Churn {

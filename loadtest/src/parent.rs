@@ -210,7 +210,25 @@ pub fn run(cli: Cli) -> Result<i32, String> {
             }
             (Mode::Echo, DEFAULT_ECHO_URL, *conns)
         }
-        Cmd::Fanout { pubsub, .. } => (Mode::Fanout, DEFAULT_PUSH_URL, pubsub.subs),
+        Cmd::Fanout {
+            pubsub,
+            reconnect_every,
+            ..
+        } => {
+            if let Some(every) = reconnect_every {
+                if every.is_zero() {
+                    return Err("--reconnect-every must be more than 0".into());
+                }
+                if pubsub.pub_ws.is_some() || pubsub.sub_url.is_some() {
+                    return Err(
+                        "--reconnect-every needs the push endpoint's subscribe op and \
+publishing through the API: not with --pub-ws or --sub-url"
+                            .into(),
+                    );
+                }
+            }
+            (Mode::Fanout, DEFAULT_PUSH_URL, pubsub.subs)
+        }
         Cmd::Slow {
             pubsub,
             readers_stopped,
@@ -322,6 +340,7 @@ fn execute(cli: &Cli, plan: Plan, pub_target: Option<Target>) -> Result<i32, Str
             deliver_timeout_ns: 0,
             close_wait_ns: 0,
             timeout_ns: ns(c.timeout).saturating_sub(1_000_000_000),
+            reconnect_every_ns: 0,
         };
         first += n as u64;
         match &cli.cmd {
@@ -351,6 +370,13 @@ fn execute(cli: &Cli, plan: Plan, pub_target: Option<Target>) -> Result<i32, Str
                         + usize::from(i < readers_stopped % plan.procs);
                     spec.stopped_rcvbuf = *stopped_rcvbuf;
                     spec.close_wait_ns = ns(*close_wait);
+                }
+                if let Cmd::Fanout {
+                    reconnect_every: Some(every),
+                    ..
+                } = &cli.cmd
+                {
+                    spec.reconnect_every_ns = ns(*every).max(1);
                 }
             }
             Cmd::Churn {
@@ -654,6 +680,20 @@ fn execute(cli: &Cli, plan: Plan, pub_target: Option<Target>) -> Result<i32, Str
             out.insert("out_of_order".into(), json!(sum(&|r| r.out_of_order)));
             out.insert("out_of_range".into(), json!(sum(&|r| r.out_of_range)));
             out.insert("closed_during".into(), json!(sum(&|r| r.closed_during)));
+            if let Cmd::Fanout {
+                reconnect_every: Some(every),
+                ..
+            } = &cli.cmd
+            {
+                out.insert("reconnect_every_s".into(), json!(every.as_secs_f64()));
+                out.insert("drops_rst".into(), json!(sum(&|r| r.drops_rst)));
+                out.insert("drops_fin".into(), json!(sum(&|r| r.drops_fin)));
+                out.insert("reconnects".into(), json!(sum(&|r| r.reconnects)));
+                out.insert("recovered".into(), json!(sum(&|r| r.recovered)));
+                out.insert("not_recovered".into(), json!(sum(&|r| r.not_recovered)));
+                out.insert("written_off".into(), json!(sum(&|r| r.written_off)));
+                out.insert("replayed".into(), json!(sum(&|r| r.replayed)));
+            }
             messages_for_cpu = received;
             if plan.mode == Mode::Slow {
                 out.insert("stopped".into(), json!(sum(&|r| r.stopped)));
@@ -886,5 +926,42 @@ mod tests {
         ])
         .unwrap();
         assert!(run(cli).unwrap_err().contains("not a loopback"));
+    }
+
+    #[test]
+    fn reconnect_every_needs_the_subscribe_op_and_the_api() {
+        for extra in [
+            &["--pub-ws", "ws://127.0.0.1:9/pub"][..],
+            &["--sub-url", "ws://127.0.0.1:9/sub"][..],
+        ] {
+            let args = ["edgepush-load", "fanout", "--reconnect-every", "1s"];
+            let cli = <Cli as clap::Parser>::try_parse_from(args.iter().chain(extra)).unwrap();
+            assert!(
+                run(cli).unwrap_err().contains("--reconnect-every"),
+                "{extra:?}"
+            );
+        }
+        let cli = <Cli as clap::Parser>::try_parse_from([
+            "edgepush-load",
+            "fanout",
+            "--reconnect-every",
+            "0s",
+        ])
+        .unwrap();
+        assert!(run(cli).unwrap_err().contains("more than 0"));
+        let cli = <Cli as clap::Parser>::try_parse_from([
+            "edgepush-load",
+            "fanout",
+            "--reconnect-every",
+            "250ms",
+        ])
+        .unwrap();
+        assert!(matches!(
+            cli.cmd,
+            Cmd::Fanout {
+                reconnect_every: Some(d),
+                ..
+            } if d == Duration::from_millis(250)
+        ));
     }
 }
