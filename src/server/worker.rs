@@ -786,10 +786,17 @@ impl Worker {
     fn finish(&mut self, handle: Handle) {
         let ticks = self.settings.close_ticks;
         let now = self.now;
-        if let Some(conn) = self.get(handle) {
-            conn.phase = Phase::Finishing { fin_sent: false };
-            conn.decoder = Default::default();
-            self.arm(handle, now + ticks);
+        let Some(conn) = self.get(handle) else {
+            return;
+        };
+        conn.phase = Phase::Finishing { fin_sent: false };
+        conn.decoder = Default::default();
+        // It will never be sent another message: leave the routing tables now, so presence
+        // and the `$user` TTL don't wait for the peer to close TCP.
+        let push = conn.push.take();
+        self.arm(handle, now + ticks);
+        if let Some(push) = push {
+            self.forget_push(handle, *push);
         }
     }
 
