@@ -918,7 +918,7 @@ impl Engine {
         }
     }
 
-    fn on_io(&mut self, slot: usize, readable: bool, writable: bool) {
+    fn on_io(&mut self, slot: usize, readable: bool, closing: bool, writable: bool) {
         let now = now_ns();
         let Some(conn) = self.conns.get_mut(slot).and_then(Option::as_mut) else {
             return;
@@ -949,7 +949,7 @@ impl Engine {
             m.state = State::Handshaking;
         }
         if readable && !conn.m.stopped {
-            if let Some(end) = self.read(slot, now) {
+            if let Some(end) = self.read(slot, now, closing) {
                 return self.finish_conn(slot, end);
             }
         }
@@ -962,7 +962,10 @@ impl Engine {
         }
     }
 
-    fn read(&mut self, slot: usize, now: u64) -> Option<End> {
+    /// Reads until drained: a short read means the socket had nothing more (a later arrival
+    /// raises a new edge), so the extra read that would only say `WouldBlock` is skipped —
+    /// unless the event reported a hang-up, when reading goes on until EOF.
+    fn read(&mut self, slot: usize, now: u64, closing: bool) -> Option<End> {
         let conn = self.conns.get_mut(slot).and_then(Option::as_mut)?;
         loop {
             let s = conn.stash.len();
@@ -976,12 +979,13 @@ impl Engine {
             match conn.sock.read(&mut self.rbuf[s..]) {
                 Ok(0) => return Some(End::Eof),
                 Ok(n) => {
+                    let drained = s + n < self.rbuf.len() && !closing;
                     if let Some(end) =
                         process(&mut self.ctx, conn, slot, &mut self.rbuf[..s + n], now)
                     {
                         return Some(end);
                     }
-                    if conn.m.stopped {
+                    if conn.m.stopped || drained {
                         return None;
                     }
                 }
@@ -1087,7 +1091,7 @@ impl Engine {
             conn.m.stopped = false;
             conn.m.draining = true;
             self.ctx.drain_pending += 1;
-            if let Some(end) = self.read(slot, now) {
+            if let Some(end) = self.read(slot, now, true) {
                 self.finish_conn(slot, end);
             }
         }
@@ -1368,8 +1372,9 @@ fn run_inner(spec: ChildSpec) -> io::Result<ChildResult> {
             if ev.token() == WAKER {
                 continue;
             }
-            let readable = ev.is_readable() || ev.is_read_closed() || ev.is_error();
-            engine.on_io(ev.token().0, readable, ev.is_writable());
+            let closing = ev.is_read_closed() || ev.is_error();
+            let readable = ev.is_readable() || closing;
+            engine.on_io(ev.token().0, readable, closing, ev.is_writable());
         }
         let now = now_ns();
         while let Ok(ctl) = rx.try_recv() {
