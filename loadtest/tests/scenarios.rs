@@ -1,0 +1,193 @@
+//! Every scenario of `edgepush-load`, run briefly against a real edgepush started in this
+//! process: the one-line JSON report has its fields and they are sane (as many connections as
+//! asked, nothing missing or duplicated in a fan-out, the stopped readers closed at the backlog).
+
+use std::process::Command;
+use std::time::Duration;
+
+use edgepush::config::Config;
+use edgepush::server::Server;
+use serde_json::Value;
+
+fn server(config: Config) -> Server {
+    Server::start(&config).expect("start edgepush")
+}
+
+/// Runs `edgepush-load ARGS --json` and returns its report.
+fn run(args: &[&str]) -> Value {
+    let output = Command::new(env!("CARGO_BIN_EXE_edgepush-load"))
+        .args(args)
+        .args(["--json", "--timeout", "60s", "--no-spin"])
+        .output()
+        .expect("run edgepush-load");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "edgepush-load {args:?} failed: {}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let line = stdout.lines().last().unwrap_or_default();
+    serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}"))
+}
+
+fn u(report: &Value, field: &str) -> u64 {
+    report[field]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{field} missing or not a count in {report}"))
+}
+
+fn f(report: &Value, field: &str) -> f64 {
+    report[field]
+        .as_f64()
+        .unwrap_or_else(|| panic!("{field} missing or not a number in {report}"))
+}
+
+#[test]
+fn idle_opens_every_connection_and_reports_memory() {
+    let s = server(Config::for_tests());
+    let url = format!("ws://{}/echo", s.local_addr());
+    let pid = std::process::id().to_string();
+    let r = run(&[
+        "idle",
+        "-n",
+        "300",
+        "--hold",
+        "500ms",
+        "--url",
+        &url,
+        "--server-pid",
+        &pid,
+    ]);
+    assert_eq!(r["scenario"], "idle");
+    assert_eq!(u(&r, "conns"), 300);
+    assert_eq!(u(&r, "connected"), 300);
+    assert_eq!(u(&r, "connect_failed"), 0);
+    assert!(f(&r, "handshakes_per_s") > 0.0);
+    assert!(r["server"]["rss_bytes"].as_u64().unwrap_or(0) > 0, "{r}");
+    assert!(r.get("server_bytes_per_conn").is_some(), "{r}");
+    s.stop();
+}
+
+#[test]
+fn echo_reports_rate_and_latency() {
+    let s = server(Config::for_tests());
+    let url = format!("ws://{}/echo", s.local_addr());
+    let r = run(&[
+        "echo",
+        "-c",
+        "10",
+        "--size",
+        "64",
+        "--inflight",
+        "4",
+        "--duration",
+        "1s",
+        "--url",
+        &url,
+    ]);
+    assert_eq!(r["scenario"], "echo");
+    assert_eq!(u(&r, "connected"), 10);
+    assert!(u(&r, "messages") > 100, "{r}");
+    assert!(f(&r, "msgs_per_s") > 100.0, "{r}");
+    let latency = &r["latency_us"];
+    assert!(latency["p50"].as_f64().unwrap_or(0.0) > 0.0, "{r}");
+    assert!(latency["p99"].as_f64() >= latency["p50"].as_f64(), "{r}");
+    s.stop();
+}
+
+#[test]
+fn fanout_delivers_everything_exactly_once() {
+    let s = server(Config {
+        threads: 2,
+        ..Config::for_tests()
+    });
+    let url = format!("ws://{}/ws?user=t-{{n}}", s.local_addr());
+    let api = format!("http://{}", s.api_addr());
+    let r = run(&[
+        "fanout",
+        "-n",
+        "200",
+        "--channel",
+        "t",
+        "--rate",
+        "0",
+        "--messages",
+        "50",
+        "--size",
+        "64",
+        "--url",
+        &url,
+        "--api",
+        &api,
+    ]);
+    assert_eq!(r["scenario"], "fanout");
+    assert_eq!(u(&r, "subscribers"), 200);
+    assert_eq!(u(&r, "connect_failed"), 0);
+    assert_eq!(u(&r, "published"), 50);
+    assert_eq!(u(&r, "expected"), 200 * 50);
+    assert_eq!(u(&r, "deliveries"), 200 * 50);
+    assert_eq!(u(&r, "api_delivered"), 200 * 50);
+    assert_eq!(u(&r, "missing"), 0);
+    assert_eq!(u(&r, "duplicates"), 0);
+    assert_eq!(u(&r, "out_of_order"), 0);
+    assert!(f(&r, "deliveries_per_s") > 0.0);
+    s.stop();
+}
+
+#[test]
+fn churn_counts_handshakes() {
+    let s = server(Config::for_tests());
+    let url = format!("ws://{}/echo", s.local_addr());
+    let r = run(&["churn", "--rate", "200", "--duration", "1s", "--url", &url]);
+    assert_eq!(r["scenario"], "churn");
+    assert!(u(&r, "handshakes") >= 100, "{r}");
+    assert_eq!(u(&r, "failed"), 0, "{r}");
+    assert!(f(&r, "handshakes_per_s") > 50.0, "{r}");
+    s.stop();
+}
+
+#[test]
+fn slow_readers_are_closed_while_the_others_get_everything() {
+    let s = server(Config {
+        max_message_size: 64 * 1024,
+        max_backlog: 1024 * 1024,
+        close_timeout: Duration::from_secs(1),
+        ..Config::for_tests()
+    });
+    let url = format!("ws://{}/ws?user=s-{{n}}", s.local_addr());
+    let api = format!("http://{}", s.api_addr());
+    // About 8 MB per stopped reader over one second: far past what the kernel's socket buffers
+    // and the backlog absorb, while a reader that keeps reading keeps up.
+    let r = run(&[
+        "slow",
+        "-n",
+        "10",
+        "--readers-stopped",
+        "2",
+        "--channel",
+        "s",
+        "--messages",
+        "2000",
+        "--size",
+        "4000",
+        "--rate",
+        "2000",
+        "--url",
+        &url,
+        "--api",
+        &api,
+        "--close-wait",
+        "3s",
+    ]);
+    assert_eq!(r["scenario"], "slow");
+    assert_eq!(u(&r, "stopped"), 2);
+    assert_eq!(u(&r, "stopped_not_closed"), 0, "{r}");
+    assert_eq!(u(&r, "stopped_close_1008"), 2, "{r}");
+    assert_eq!(
+        u(&r, "missing"),
+        0,
+        "the readers that kept reading got everything: {r}"
+    );
+    s.stop();
+}
