@@ -600,31 +600,23 @@ fn execute(cli: &Cli, plan: Plan, pub_target: Option<Target>) -> Result<i32, Str
                 "closed_during_hold".into(),
                 json!(sum(&|r| r.closed_during)),
             );
+            // Growth per opened connection, rounded to the byte.
+            let per_conn = |before: u64, after: u64| {
+                if opened > 0 {
+                    ((after as f64 - before as f64) / opened as f64).round()
+                } else {
+                    0.0
+                }
+            };
             if let (Some(b), Some(a)) = (rss_before, rss_after) {
                 out.insert("server_rss_before_bytes".into(), json!(b));
                 out.insert("server_rss_after_bytes".into(), json!(a));
-                out.insert(
-                    "server_bytes_per_conn".into(),
-                    json!(if opened > 0 {
-                        (a as f64 - b as f64) / opened as f64
-                    } else {
-                        0.0
-                    }
-                    .round()),
-                );
+                out.insert("server_bytes_per_conn".into(), json!(per_conn(b, a)));
             }
             if let (Some(b), Some(a)) = (tcp_before, tcp_after) {
                 out.insert("tcp_mem_before_bytes".into(), json!(b));
                 out.insert("tcp_mem_after_bytes".into(), json!(a));
-                out.insert(
-                    "tcp_mem_per_conn".into(),
-                    json!(if opened > 0 {
-                        (a as f64 - b as f64) / opened as f64
-                    } else {
-                        0.0
-                    }
-                    .round()),
-                );
+                out.insert("tcp_mem_per_conn".into(), json!(per_conn(b, a)));
             }
         }
         Cmd::Echo { size, inflight, .. } => {

@@ -126,25 +126,23 @@ impl ApiPublisher {
                     .unwrap_or(0);
                 break (end + 4, status, len);
             }
-            let n = stream
-                .read(&mut chunk)
-                .map_err(|e| format!("reading the API's answer: {e}"))?;
-            if n == 0 {
-                return Err("the API closed the connection".into());
-            }
-            self.resp.extend_from_slice(&chunk[..n]);
+            read_more(
+                stream,
+                &mut self.resp,
+                &mut chunk,
+                "the API closed the connection",
+            )?;
             if self.resp.len() > 64 * 1024 {
                 return Err("the API's answer head is too long".into());
             }
         };
         while self.resp.len() < head_end + content_length {
-            let n = stream
-                .read(&mut chunk)
-                .map_err(|e| format!("reading the API's answer: {e}"))?;
-            if n == 0 {
-                return Err("the API closed the connection mid-answer".into());
-            }
-            self.resp.extend_from_slice(&chunk[..n]);
+            read_more(
+                stream,
+                &mut self.resp,
+                &mut chunk,
+                "the API closed the connection mid-answer",
+            )?;
         }
         let body = &self.resp[head_end..head_end + content_length];
         let closing = contains(&self.resp[..head_end], b"onnection: close");
@@ -182,6 +180,23 @@ impl ApiPublisher {
         );
         self.req.extend_from_slice(&self.body);
     }
+}
+
+/// Reads once more from the API into `resp`; EOF is an error saying `eof`.
+fn read_more(
+    stream: &mut TcpStream,
+    resp: &mut Vec<u8>,
+    chunk: &mut [u8],
+    eof: &str,
+) -> Result<(), String> {
+    let n = stream
+        .read(chunk)
+        .map_err(|e| format!("reading the API's answer: {e}"))?;
+    if n == 0 {
+        return Err(eof.into());
+    }
+    resp.extend_from_slice(&chunk[..n]);
+    Ok(())
 }
 
 /// `"delivered":N` from an API answer (0 if absent).

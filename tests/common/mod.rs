@@ -153,6 +153,19 @@ impl HttpResponse {
 
 /// Reads one response head from `stream`: returns it and any bytes that followed it in the
 /// same reads (the first frames after a 101, or the start of a body).
+/// A parsed head's headers as owned (name, value) pairs.
+fn owned_headers(headers: &[httparse::Header<'_>]) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .map(|h| {
+            (
+                h.name.to_owned(),
+                String::from_utf8_lossy(h.value).into_owned(),
+            )
+        })
+        .collect()
+}
+
 pub fn read_response_head(stream: &mut TcpStream) -> (HttpResponse, Vec<u8>) {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
@@ -162,16 +175,7 @@ pub fn read_response_head(stream: &mut TcpStream) -> (HttpResponse, Vec<u8>) {
         match response.parse(&buf) {
             Ok(httparse::Status::Complete(head_len)) => {
                 assert_eq!(response.version, Some(1), "HTTP/1.1 answer");
-                let headers = response
-                    .headers
-                    .iter()
-                    .map(|h| {
-                        (
-                            h.name.to_owned(),
-                            String::from_utf8_lossy(h.value).into_owned(),
-                        )
-                    })
-                    .collect();
+                let headers = owned_headers(response.headers);
                 let status = response.code.expect("status code");
                 return (
                     HttpResponse {
@@ -670,16 +674,7 @@ impl ApiClient {
                 String::from_utf8_lossy(&self.buf)
             ),
         };
-        let headers: Vec<(String, String)> = parsed
-            .headers
-            .iter()
-            .map(|h| {
-                (
-                    h.name.to_owned(),
-                    String::from_utf8_lossy(h.value).into_owned(),
-                )
-            })
-            .collect();
+        let headers = owned_headers(parsed.headers);
         let status = parsed.code.expect("status code");
         let mut response = HttpResponse {
             status,
