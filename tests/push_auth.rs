@@ -608,3 +608,35 @@ fn client_publish_rate_is_limited_per_second() {
         assert_eq!(frame["seq"], 4, "{frame}");
     });
 }
+
+#[test]
+fn a_subscribe_flood_is_bounded_by_requests_in_flight() {
+    guarded(|| {
+        let server = TestServer::start(Config::for_tests());
+        let mut client = common::push_client(server.addr(), "flood");
+        // 40 subscribes in one write: the worker reads them all before any answer can come
+        // back, so 16 go to the hub and the rest are refused at once.
+        let mut burst = Vec::new();
+        for i in 0..40 {
+            let op = json!({"op": "subscribe", "channel": format!("c{i}")}).to_string();
+            burst.extend(client.frame(true, OpCode::Text, op.as_bytes()));
+        }
+        client.send_raw(&burst).expect("send burst");
+        let (mut subscribed, mut refused) = (0, 0);
+        for _ in 0..40 {
+            let reply = client.recv_json();
+            match reply["op"].as_str() {
+                Some("subscribed") => subscribed += 1,
+                Some("error") => {
+                    assert_eq!(reply["code"], 429, "{reply}");
+                    refused += 1;
+                }
+                _ => panic!("unexpected {reply}"),
+            }
+        }
+        assert_eq!((subscribed, refused), (16, 24));
+        // Once answered, the budget is back.
+        client.send_json(&json!({"op": "subscribe", "channel": "after"}));
+        assert_eq!(client.recv_json()["op"], "subscribed");
+    });
+}

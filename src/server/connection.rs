@@ -107,6 +107,9 @@ pub struct PushConn {
     pub subs: Vec<Subscription>,
     /// Client publishes left in the current one-second window, and the window's start tick.
     pub publish_budget: u32,
+    /// Subscribe requests sent to the hub and not answered yet (bounded: a subscribe flood
+    /// can't pile up answers faster than the socket takes them).
+    pub subscribes_in_flight: u16,
     pub budget_tick: u64,
 }
 

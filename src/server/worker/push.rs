@@ -27,6 +27,9 @@ use crate::push::names::{validate_user, USER_CHANNEL};
 use crate::server::connection::{Connection, Endpoint, Handle, Phase, PushConn, Subscription};
 use crate::server::Settings;
 
+/// Subscribe requests one connection may have waiting for the hub's answer.
+const MAX_SUBSCRIBES_IN_FLIGHT: u16 = 16;
+
 /// Inbox messages handled per turn before sockets get their turn.
 const MAX_INBOX_PER_TURN: usize = 4096;
 
@@ -170,6 +173,7 @@ impl Worker {
             expires,
             subs: Vec::new(),
             publish_budget: rate,
+            subscribes_in_flight: 0,
             budget_tick: now,
         }));
         self.users.add_pending(&user);
@@ -253,11 +257,16 @@ impl Worker {
         let max = self.settings.max_subscriptions;
         // Share the table's copy of the name when the channel is known here.
         let shared = self.channels.shared_key(channel);
-        let Some(push) = self.get(handle).and_then(|c| c.push.as_deref_mut()) else {
+        let Some(push) = conn_of(&mut self.conns, handle).and_then(|c| c.push.as_deref_mut())
+        else {
             return;
         };
+        if push.subscribes_in_flight >= MAX_SUBSCRIBES_IN_FLIGHT {
+            return self.reply_error(handle, 429, "too many subscribe requests in flight");
+        }
         if channel == USER_CHANNEL {
             // The connection's own stream, already subscribed: a recovery request.
+            push.subscribes_in_flight += 1;
             let user = Arc::clone(&push.user);
             self.users.add_pending(&user);
             return self.send_to_hub(ToHub::Subscribe {
@@ -299,6 +308,7 @@ impl Worker {
                 name
             }
         };
+        push.subscribes_in_flight += 1;
         self.channels.add_pending(&name);
         self.send_to_hub(ToHub::Subscribe {
             worker: self.id,
@@ -546,6 +556,14 @@ impl Worker {
             Stream::User(_) => &mut self.users,
         };
         let (slot, idle) = table.resolve_pending(name, (wanted && !already).then_some(handle));
+        if let Some(push) = self
+            .conns
+            .get_mut(handle.key as usize)
+            .filter(|c| c.generation == handle.generation)
+            .and_then(|c| c.push.as_deref_mut())
+        {
+            push.subscribes_in_flight = push.subscribes_in_flight.saturating_sub(1);
+        }
         if idle {
             let stream = stream.clone();
             self.send_to_hub(ToHub::Idle {
