@@ -24,6 +24,22 @@ pub struct PublishReport {
     pub api_delivered: u64,
 }
 
+impl PublishReport {
+    /// Counts one publish's outcome.
+    fn record(&mut self, result: Result<u64, String>) {
+        match result {
+            Ok(delivered) => {
+                self.published += 1;
+                self.api_delivered += delivered;
+            }
+            Err(e) => {
+                self.errors += 1;
+                self.first_error.get_or_insert(e);
+            }
+        }
+    }
+}
+
 /// Writes the data object for message `seq` into `out`: `{"seq":…,"t":…,"pad":"xxx…"}`,
 /// padded to about `size` bytes.
 pub fn write_data(out: &mut Vec<u8>, seq: u64, t: u64, size: usize) {
@@ -384,16 +400,7 @@ pub fn run(
     report.first_ns = start;
     if rate <= 0.0 {
         publisher.publish_burst(0..messages, size, &mut |seq, result| {
-            match result {
-                Ok(d) => {
-                    report.published += 1;
-                    report.api_delivered += d;
-                }
-                Err(e) => {
-                    report.errors += 1;
-                    report.first_error.get_or_insert(e);
-                }
-            }
+            report.record(result);
             progress(seq + 1);
         });
         report.last_ns = now_ns();
@@ -413,18 +420,9 @@ pub fn run(
                 .get_or_insert_with(|| "run timeout while publishing".into());
             break;
         }
-        match publisher.publish(seq, size) {
-            Ok(d) => {
-                report.published += 1;
-                report.api_delivered += d;
-            }
-            Err(e) => {
-                report.errors += 1;
-                report.first_error.get_or_insert(e);
-                if report.errors >= 10 && report.published == 0 {
-                    break;
-                }
-            }
+        report.record(publisher.publish(seq, size));
+        if report.errors >= 10 && report.published == 0 {
+            break;
         }
         progress(seq + 1);
     }
