@@ -26,7 +26,9 @@ struct Members<M> {
 #[derive(Debug)]
 enum List<M> {
     One(Option<M>),
-    Many(Vec<M>),
+    /// Boxed so that the common one-member case keeps the entry small (the `Vec` header
+    /// would triple it).
+    Many(Box<Vec<M>>),
 }
 
 impl<M: Copy> List<M> {
@@ -48,7 +50,7 @@ impl<M: Copy> List<M> {
     fn push(&mut self, member: M) {
         match self {
             List::One(slot @ None) => *slot = Some(member),
-            List::One(Some(first)) => *self = List::Many(vec![*first, member]),
+            List::One(Some(first)) => *self = List::Many(Box::new(vec![*first, member])),
             List::Many(v) => v.push(member),
         }
     }

@@ -82,9 +82,9 @@ pub struct Connection {
     /// The tick of the last frame (of any kind) from the peer.
     pub last_seen: u32,
     pub decoder: Decoder,
-    /// Unconsumed input: an incomplete request head, frame header or control frame. A boxed
-    /// slice (16 bytes, not a Vec's 24): it is replaced whole, never grown.
-    pub stash: Option<Box<[u8]>>,
+    /// Unconsumed input: an incomplete request head, frame header or control frame. Behind
+    /// one thin pointer (8 bytes in the struct): it is rare, and replaced whole, never grown.
+    pub stash: Option<Box<Vec<u8>>>,
     /// Bytes the socket did not take yet.
     pub outbound: Option<Box<Outbound>>,
     /// Push-endpoint state (user, subscriptions, token), only on push connections.

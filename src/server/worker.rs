@@ -416,7 +416,7 @@ impl Worker {
                     let consumed = self.handle_input(handle, &mut buf[..end]);
                     if let Some(conn) = self.get(handle) {
                         let rest = &buf[consumed.min(end)..end];
-                        conn.stash = (!rest.is_empty()).then(|| rest.into());
+                        conn.stash = (!rest.is_empty()).then(|| Box::new(rest.to_vec()));
                     }
                     if drained {
                         break;
