@@ -84,6 +84,7 @@ pub struct Connection {
     pub decoder: Decoder,
     /// Unconsumed input: an incomplete request head, frame header or control frame. Behind
     /// one thin pointer (8 bytes in the struct): it is rare, and replaced whole, never grown.
+        #[allow(clippy::box_collection)]
     pub stash: Option<Box<Vec<u8>>>,
     /// Bytes the socket did not take yet.
     pub outbound: Option<Box<Outbound>>,
