@@ -14,7 +14,7 @@ use std::sync::Arc;
 use mio::net::TcpStream;
 
 use crate::protocol::close::CloseState;
-use crate::protocol::frame::{OpCode, MAX_CONTROL_PAYLOAD};
+use crate::protocol::frame::{FrameHeader, OpCode, MAX_CONTROL_PAYLOAD};
 use crate::protocol::message::Decoder;
 use crate::push::auth::Claims;
 use crate::push::subscribers::Slot;
@@ -84,7 +84,7 @@ pub struct Connection {
     pub decoder: Decoder,
     /// Unconsumed input: an incomplete request head, frame header or control frame. Behind
     /// one thin pointer (8 bytes in the struct): it is rare, and replaced whole, never grown.
-        #[allow(clippy::box_collection)]
+    #[allow(clippy::box_collection)]
     pub stash: Option<Box<Vec<u8>>>,
     /// Bytes the socket did not take yet.
     pub outbound: Option<Box<Outbound>>,
@@ -193,17 +193,19 @@ const OWNED_CHUNK_TARGET: usize = 64 * 1024;
 /// Most buffers handed to one `writev`.
 const MAX_IOVECS: usize = 256;
 
-/// The outbound queue: chunks of whole frames, written with `writev`, plus at most one pending
-/// pong (§5.5.3: answering only the latest ping is allowed), which goes out at the next frame
-/// boundary ahead of queued data.
+/// The outbound queue: chunks of whole frames, written with `sendmsg`. A pong is queued like
+/// any frame, in order, but while it is the unstarted tail a newer ping's pong replaces it
+/// (§5.5.3: answering only the latest ping is allowed): a ping flood against a full socket
+/// holds one pong, not one per ping.
 #[derive(Debug, Default)]
 pub struct Outbound {
     chunks: VecDeque<Chunk>,
     /// Bytes of the front chunk already written: a frame in progress, never interrupted.
     offset: usize,
-    /// Unsent bytes in `chunks` (from `offset`) and `pong`.
+    /// Unsent bytes in `chunks` (from `offset`).
     pub queued: usize,
-    pong: Option<PongFrame>,
+    /// The tail chunk is a pong that may still be replaced.
+    pong_tail: bool,
 }
 
 /// A pong frame held inline: 2 header bytes and up to 125 payload bytes.
@@ -256,13 +258,56 @@ pub enum Flushed {
 
 impl Outbound {
     /// A queue holding what a direct write of `bytes` left over: `written` bytes are already
-    /// on the wire, so the first frame may be half written and must be finished first (a pong
-    /// or a slow-consumer cut waits for its end).
+    /// on the wire. `bytes` are whole server frames, so the queue is split at the frame the
+    /// cut falls in: that frame (half written, finished before anything else: a pong or a
+    /// slow-consumer cut waits for its end) and the frames not started, which a slow-consumer
+    /// cut may drop. Only unwritten frames are copied. Bytes that don't parse as frames (an
+    /// HTTP answer) stay one chunk.
     pub fn with_partial(bytes: &[u8], written: usize) -> Outbound {
+        let written = written.min(bytes.len());
         let mut out = Outbound::default();
-        out.chunks.push_back(Chunk::Owned(bytes.to_vec()));
-        out.offset = written.min(bytes.len());
-        out.queued = bytes.len() - out.offset;
+        let mut start = 0;
+        let mut frame_end = None;
+        while start < written {
+            match FrameHeader::parse(&bytes[start..]) {
+                Ok(Some((header, len))) => {
+                    let end = start
+                        .saturating_add(len)
+                        .saturating_add(usize::try_from(header.payload_len).unwrap_or(usize::MAX));
+                    if end > bytes.len() {
+                        break;
+                    }
+                    if end > written {
+                        frame_end = Some(end);
+                        break;
+                    }
+                    start = end;
+                }
+                _ => break,
+            }
+        }
+        let rest_from = match frame_end {
+            // The half-written frame, then what follows.
+            Some(end) => {
+                out.chunks
+                    .push_back(Chunk::Owned(bytes[start..end].to_vec()));
+                out.offset = written - start;
+                end
+            }
+            // The cut is on a frame boundary (nothing half written)...
+            None if start == written => written,
+            // ...or the bytes are not frames: keep them whole from the cut's frame on.
+            None => {
+                out.chunks.push_back(Chunk::Owned(bytes[start..].to_vec()));
+                out.offset = written - start;
+                bytes.len()
+            }
+        };
+        if rest_from < bytes.len() {
+            out.chunks
+                .push_back(Chunk::Owned(bytes[rest_from..].to_vec()));
+        }
+        out.queued = bytes.len() - written;
         out
     }
 
@@ -273,8 +318,10 @@ impl Outbound {
     /// The owned buffer at the tail to append frames to. The caller adds what it appended to
     /// `queued` (see [`Outbound::account`]).
     pub fn push_owned(&mut self) -> &mut Vec<u8> {
-        let reuse = matches!(self.chunks.back(), Some(Chunk::Owned(v))
+        let reuse = !self.pong_tail
+            && matches!(self.chunks.back(), Some(Chunk::Owned(v))
             if v.len() < OWNED_CHUNK_TARGET && !(self.chunks.len() == 1 && self.offset > 0));
+        self.pong_tail = false;
         if !reuse {
             self.chunks.push_back(Chunk::Owned(Vec::new()));
         }
@@ -292,58 +339,54 @@ impl Outbound {
 
     /// Queues a shared frame.
     pub fn push_shared(&mut self, frame: Arc<[u8]>) {
+        self.pong_tail = false;
         self.queued += frame.len();
         self.chunks.push_back(Chunk::Shared(frame));
     }
 
-    /// Sets the pending pong, replacing an unsent one.
+    /// Queues a pong, replacing the tail pong if it hasn't started going out.
     pub fn set_pong(&mut self, pong: PongFrame) {
-        if let Some(old) = self.pong.replace(pong) {
-            self.queued -= old.as_bytes().len();
+        let started = self.chunks.len() == 1 && self.offset > 0;
+        if self.pong_tail && !started {
+            if let Some(Chunk::Owned(old)) = self.chunks.back_mut() {
+                self.queued -= old.len();
+                old.clear();
+                old.extend_from_slice(pong.as_bytes());
+                self.queued += old.len();
+                return;
+            }
         }
+        self.chunks
+            .push_back(Chunk::Owned(pong.as_bytes().to_vec()));
         self.queued += pong.as_bytes().len();
+        self.pong_tail = true;
     }
 
     /// Slow consumer: drops every frame not yet started (keeping a half-written one, which
-    /// must be finished for the stream to stay valid) and the pending pong.
+    /// must be finished for the stream to stay valid).
     pub fn drop_unstarted(&mut self) {
         let keep = usize::from(self.offset > 0);
         self.chunks.truncate(keep);
-        self.pong = None;
+        self.pong_tail = false;
         self.queued = self
             .chunks
             .front()
             .map_or(0, |c| c.bytes().len() - self.offset);
     }
 
-    /// Writes as much as the socket takes, a `writev` at a time.
+    /// Writes as much as the socket takes, a `sendmsg` at a time.
     pub fn flush(&mut self, socket: &mut impl Sink) -> io::Result<Flushed> {
         while self.queued > 0 {
             let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
             let mut n_slices = 0;
-            let pong_first = self.pong.as_ref().filter(|_| self.offset == 0);
-            if let Some(pong) = pong_first {
-                slices[0] = IoSlice::new(pong.as_bytes());
-                n_slices = 1;
-            }
-            for (i, chunk) in self.chunks.iter().enumerate() {
-                if n_slices == MAX_IOVECS {
-                    break;
-                }
+            for (i, chunk) in self.chunks.iter().take(MAX_IOVECS).enumerate() {
                 let bytes = if i == 0 {
                     &chunk.bytes()[self.offset..]
                 } else {
                     chunk.bytes()
                 };
-                slices[n_slices] = IoSlice::new(bytes);
-                n_slices += 1;
-                // A pong waiting behind a half-written frame goes right after it.
-                if i == 0 && self.offset > 0 && n_slices < MAX_IOVECS {
-                    if let Some(pong) = &self.pong {
-                        slices[n_slices] = IoSlice::new(pong.as_bytes());
-                        n_slices += 1;
-                    }
-                }
+                slices[i] = IoSlice::new(bytes);
+                n_slices = i + 1;
             }
             let written = match socket.send_vectored(&slices[..n_slices]) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
@@ -357,12 +400,9 @@ impl Outbound {
         Ok(Flushed::All)
     }
 
-    /// Drops `written` bytes from the front, in the order `flush` laid them out.
+    /// Drops `written` bytes from the front.
     fn advance(&mut self, mut written: usize) {
         self.queued -= written;
-        if self.offset == 0 {
-            written = self.advance_pong(written);
-        }
         while written > 0 {
             let Some(front) = self.chunks.front() else {
                 break;
@@ -374,29 +414,11 @@ impl Outbound {
             }
             written -= left;
             self.chunks.pop_front();
-            let was_partial = self.offset > 0;
             self.offset = 0;
-            if was_partial {
-                written = self.advance_pong(written);
-            }
         }
-    }
-
-    /// Accounts for the pong when it was laid out at this point; a pong cut short becomes the
-    /// front chunk so that it, too, is finished before anything else.
-    fn advance_pong(&mut self, written: usize) -> usize {
-        let Some(pong) = self.pong else {
-            return written;
-        };
-        let len = pong.as_bytes().len();
-        self.pong = None;
-        if written >= len {
-            return written - len;
+        if self.chunks.is_empty() {
+            self.pong_tail = false;
         }
-        self.chunks
-            .push_front(Chunk::Owned(pong.as_bytes().to_vec()));
-        self.offset = written;
-        0
     }
 }
 
@@ -444,7 +466,7 @@ mod tests {
     }
 
     #[test]
-    fn pong_never_splits_a_frame_and_only_the_latest_is_sent() {
+    fn pongs_keep_their_place_and_only_the_latest_unsent_one_waits() {
         for budget in 1..40 {
             let mut out = Outbound::with_partial(b"AAAAAAAAAA", 0);
             out.push_shared(Arc::from(&b"BBBBBBBBBB"[..]));
@@ -460,32 +482,58 @@ mod tests {
             assert_eq!(out.flush(&mut sock).unwrap(), Flushed::All);
             assert!(out.is_empty());
             assert_eq!(
-                sock.taken, b"AAAAAAAAAA\x8a\x012BBBBBBBBBB",
+                sock.taken, b"AAAAAAAAAABBBBBBBBBB\x8a\x012",
                 "budget {budget}"
             );
         }
     }
 
     #[test]
-    fn pong_goes_first_on_a_frame_boundary_and_can_be_cut() {
+    fn a_started_pong_is_finished_and_a_newer_one_follows() {
         let mut out = Outbound::with_partial(b"DATA", 0);
         out.set_pong(PongFrame::answering(b"xyz"));
         let mut sock = Trickle {
             taken: Vec::new(),
             budget: 2,
-            total: 3,
+            total: 6,
         };
         assert_eq!(out.flush(&mut sock).unwrap(), Flushed::Blocked);
-        // A newer ping while the old pong is half out: the half pong is finished first.
+        // "DATA" and the pong's first two bytes are out: the pong is started, so the newer
+        // one queues behind it instead of replacing it.
         out.set_pong(PongFrame::answering(b"q"));
+        // And a data frame after a pong ends the pong's replaceable tail.
+        out.push_owned().extend_from_slice(b"E");
+        out.account(1);
+        out.set_pong(PongFrame::answering(b"r"));
         sock.total = usize::MAX;
         assert_eq!(out.flush(&mut sock).unwrap(), Flushed::All);
-        assert_eq!(sock.taken, b"\x8a\x03xyz\x8a\x01qDATA");
+        assert_eq!(sock.taken, b"DATA\x8a\x03xyz\x8a\x01qE\x8a\x01r");
+    }
+
+    #[test]
+    fn a_ping_flood_against_a_full_socket_holds_one_pong() {
+        let mut out = Outbound::with_partial(b"x", 0);
+        for i in 0..10_000u32 {
+            out.set_pong(PongFrame::answering(&i.to_be_bytes()));
+        }
+        assert_eq!(out.queued, 1 + 6);
+        let mut sock = Trickle {
+            taken: Vec::new(),
+            budget: 100,
+            total: usize::MAX,
+        };
+        assert_eq!(out.flush(&mut sock).unwrap(), Flushed::All);
+        assert_eq!(
+            sock.taken,
+            [&b"x\x8a\x04"[..], &9_999u32.to_be_bytes()].concat()
+        );
     }
 
     #[test]
     fn partial_cork_is_finished_before_a_pong() {
-        let mut out = Outbound::with_partial(b"xxFRAME", 2);
+        let mut cork = Vec::new();
+        crate::protocol::frame::write_frame(&mut cork, OpCode::Text, b"FRAME");
+        let mut out = Outbound::with_partial(&cork, 2);
         out.set_pong(PongFrame::answering(b"p"));
         let mut sock = Trickle {
             taken: Vec::new(),
@@ -494,6 +542,42 @@ mod tests {
         };
         assert_eq!(out.flush(&mut sock).unwrap(), Flushed::All);
         assert_eq!(sock.taken, b"FRAME\x8a\x01p");
+    }
+
+    #[test]
+    fn a_partial_cork_is_split_at_the_frame_so_unstarted_frames_can_be_dropped() {
+        let mut cork = Vec::new();
+        for payload in [&b"first"[..], b"second", b"third"] {
+            crate::protocol::frame::write_frame(&mut cork, OpCode::Text, payload);
+        }
+        // Cut inside the second frame (2-byte header + "first" = 7 bytes, then 3 of the next).
+        let mut out = Outbound::with_partial(&cork, 10);
+        assert_eq!(out.queued, cork.len() - 10);
+        out.drop_unstarted();
+        let mut sock = Trickle {
+            taken: Vec::new(),
+            budget: 100,
+            total: usize::MAX,
+        };
+        assert_eq!(out.flush(&mut sock).unwrap(), Flushed::All);
+        assert_eq!(
+            sock.taken,
+            &cork[10..15],
+            "only the rest of the second frame"
+        );
+        // A cut on a boundary copies nothing written and keeps the rest.
+        let out = Outbound::with_partial(&cork, 7);
+        assert_eq!((out.offset, out.queued), (0, cork.len() - 7));
+        // Not frames (an HTTP answer): kept whole.
+        let http = b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n";
+        let mut out = Outbound::with_partial(http, 5);
+        let mut sock = Trickle {
+            taken: Vec::new(),
+            budget: 100,
+            total: usize::MAX,
+        };
+        assert_eq!(out.flush(&mut sock).unwrap(), Flushed::All);
+        assert_eq!(sock.taken, &http[5..]);
     }
 
     #[test]

@@ -49,6 +49,8 @@ const READ_BUF_SIZE: usize = 64 * 1024;
 const MAX_READS_PER_TURN: usize = 16;
 /// A cork buffer grown past this (a large echo) is shrunk back after use.
 const CORK_KEEP: usize = 256 * 1024;
+/// A cork this full is written before the turn ends.
+const CORK_FLUSH: usize = 64 * 1024;
 /// How long accepting pauses after EMFILE/ENFILE.
 const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 /// How often a draining worker sends its next Close frames.
@@ -417,6 +419,12 @@ impl Worker {
                     if let Some(conn) = self.get(handle) {
                         let rest = &buf[consumed.min(end)..end];
                         conn.stash = (!rest.is_empty()).then(|| Box::new(rest.to_vec()));
+                    }
+                    // A long turn (a ping flood, a burst of echoes) writes as it goes: the
+                    // cork stays small, and once the socket refuses bytes the queue takes
+                    // over, where only the latest pong waits.
+                    if self.cork.len() >= CORK_FLUSH {
+                        self.flush(handle);
                     }
                     if drained {
                         break;
