@@ -26,7 +26,7 @@ struct Members<M> {
 #[derive(Debug)]
 enum List<M> {
     One(Option<M>),
-        /// Boxed so that the common one-member case keeps the entry small (the `Vec` header
+    /// Boxed so that the common one-member case keeps the entry small (the `Vec` header
     /// would triple it); a boxed slice can't grow, and channel lists grow one at a time.
     #[allow(clippy::box_collection)]
     Many(Box<Vec<M>>),
