@@ -176,11 +176,6 @@ impl<K: Hash + Eq + Clone, M: Copy + PartialEq> Table<K, M> {
         self.map.is_empty()
     }
 
-    /// Every (key, members) pair.
-    pub fn iter(&self) -> impl Iterator<Item = (&K, &[M])> {
-        self.map.iter().map(|(k, m)| (k, m.list.as_slice()))
-    }
-
     fn entry(&mut self, key: &K) -> &mut Members<M> {
         self.map.entry(key.clone()).or_insert_with(|| Members {
             list: List::One(None),

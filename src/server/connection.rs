@@ -14,7 +14,7 @@ use std::sync::Arc;
 use mio::net::TcpStream;
 
 use crate::protocol::close::CloseState;
-use crate::protocol::frame::{FrameHeader, OpCode, MAX_CONTROL_PAYLOAD};
+use crate::protocol::frame::{self, FrameHeader, OpCode};
 use crate::protocol::message::Decoder;
 use crate::push::auth::Claims;
 use crate::push::subscribers::Slot;
@@ -161,11 +161,6 @@ impl Connection {
     pub fn queued(&self) -> usize {
         self.outbound.as_ref().map_or(0, |o| o.queued)
     }
-
-    /// True when the connection owns no heap memory.
-    pub fn is_idle(&self) -> bool {
-        self.decoder.is_idle() && self.stash.is_none() && self.outbound.is_none()
-    }
 }
 
 /// A piece of the outbound queue.
@@ -206,32 +201,6 @@ pub struct Outbound {
     pub queued: usize,
     /// The tail chunk is a pong that may still be replaced.
     pong_tail: bool,
-}
-
-/// A pong frame held inline: 2 header bytes and up to 125 payload bytes.
-#[derive(Debug, Clone, Copy)]
-pub struct PongFrame {
-    bytes: [u8; 2 + MAX_CONTROL_PAYLOAD],
-    len: u8,
-}
-
-impl PongFrame {
-    /// The pong answering a ping with `payload` (at most 125 bytes, checked by the decoder).
-    pub fn answering(payload: &[u8]) -> PongFrame {
-        let n = payload.len().min(MAX_CONTROL_PAYLOAD);
-        let mut bytes = [0u8; 2 + MAX_CONTROL_PAYLOAD];
-        bytes[0] = 0x80 | OpCode::Pong as u8;
-        bytes[1] = n as u8;
-        bytes[2..2 + n].copy_from_slice(&payload[..n]);
-        PongFrame {
-            bytes,
-            len: (2 + n) as u8,
-        }
-    }
-
-    pub fn as_bytes(&self) -> &[u8] {
-        &self.bytes[..usize::from(self.len)]
-    }
 }
 
 /// Where queued bytes go: a socket that takes several buffers in one call.
@@ -344,22 +313,20 @@ impl Outbound {
         self.chunks.push_back(Chunk::Shared(frame));
     }
 
-    /// Queues a pong, replacing the tail pong if it hasn't started going out.
-    pub fn set_pong(&mut self, pong: PongFrame) {
+    /// Queues the pong answering a ping with `payload` (at most 125 bytes, checked by the
+    /// decoder), replacing the tail pong if it hasn't started going out.
+    pub fn set_pong(&mut self, payload: &[u8]) {
         let started = self.chunks.len() == 1 && self.offset > 0;
-        if self.pong_tail && !started {
-            if let Some(Chunk::Owned(old)) = self.chunks.back_mut() {
-                self.queued -= old.len();
-                old.clear();
-                old.extend_from_slice(pong.as_bytes());
-                self.queued += old.len();
-                return;
-            }
+        if !(self.pong_tail && !started && matches!(self.chunks.back(), Some(Chunk::Owned(_)))) {
+            self.chunks.push_back(Chunk::Owned(Vec::new()));
+            self.pong_tail = true;
         }
-        self.chunks
-            .push_back(Chunk::Owned(pong.as_bytes().to_vec()));
-        self.queued += pong.as_bytes().len();
-        self.pong_tail = true;
+        if let Some(Chunk::Owned(pong)) = self.chunks.back_mut() {
+            self.queued -= pong.len();
+            pong.clear();
+            frame::write_frame(pong, OpCode::Pong, payload);
+            self.queued += pong.len();
+        }
     }
 
     /// Slow consumer: drops every frame not yet started (keeping a half-written one, which
@@ -476,8 +443,8 @@ mod tests {
                 total: 3,
             };
             assert_eq!(out.flush(&mut sock).unwrap(), Flushed::Blocked);
-            out.set_pong(PongFrame::answering(b"1"));
-            out.set_pong(PongFrame::answering(b"2"));
+            out.set_pong(b"1");
+            out.set_pong(b"2");
             sock.total = usize::MAX;
             assert_eq!(out.flush(&mut sock).unwrap(), Flushed::All);
             assert!(out.is_empty());
@@ -491,7 +458,7 @@ mod tests {
     #[test]
     fn a_started_pong_is_finished_and_a_newer_one_follows() {
         let mut out = Outbound::with_partial(b"DATA", 0);
-        out.set_pong(PongFrame::answering(b"xyz"));
+        out.set_pong(b"xyz");
         let mut sock = Trickle {
             taken: Vec::new(),
             budget: 2,
@@ -500,11 +467,11 @@ mod tests {
         assert_eq!(out.flush(&mut sock).unwrap(), Flushed::Blocked);
         // "DATA" and the pong's first two bytes are out: the pong is started, so the newer
         // one queues behind it instead of replacing it.
-        out.set_pong(PongFrame::answering(b"q"));
+        out.set_pong(b"q");
         // And a data frame after a pong ends the pong's replaceable tail.
         out.push_owned().extend_from_slice(b"E");
         out.account(1);
-        out.set_pong(PongFrame::answering(b"r"));
+        out.set_pong(b"r");
         sock.total = usize::MAX;
         assert_eq!(out.flush(&mut sock).unwrap(), Flushed::All);
         assert_eq!(sock.taken, b"DATA\x8a\x03xyz\x8a\x01qE\x8a\x01r");
@@ -514,7 +481,7 @@ mod tests {
     fn a_ping_flood_against_a_full_socket_holds_one_pong() {
         let mut out = Outbound::with_partial(b"x", 0);
         for i in 0..10_000u32 {
-            out.set_pong(PongFrame::answering(&i.to_be_bytes()));
+            out.set_pong(&i.to_be_bytes());
         }
         assert_eq!(out.queued, 1 + 6);
         let mut sock = Trickle {
@@ -534,7 +501,7 @@ mod tests {
         let mut cork = Vec::new();
         crate::protocol::frame::write_frame(&mut cork, OpCode::Text, b"FRAME");
         let mut out = Outbound::with_partial(&cork, 2);
-        out.set_pong(PongFrame::answering(b"p"));
+        out.set_pong(b"p");
         let mut sock = Trickle {
             taken: Vec::new(),
             budget: 100,

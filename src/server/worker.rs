@@ -32,9 +32,7 @@ use crate::protocol::handshake::{parse_request, write_accept_response, write_res
 use crate::protocol::message::{Event, MessageKind};
 use crate::push::hub::ToWorker;
 use crate::push::subscribers::Table;
-use crate::server::connection::{
-    Connection, Endpoint, Flushed, Handle, Outbound, Phase, PongFrame,
-};
+use crate::server::connection::{Connection, Endpoint, Flushed, Handle, Outbound, Phase};
 use crate::server::hub_loop::HubHandle;
 use crate::server::per_ip::client_address;
 use crate::server::timer_wheel::TimerWheel;
@@ -651,7 +649,7 @@ impl Worker {
                     // against a full socket costs at most one pong.
                     if state.can_send() {
                         match conn.outbound.as_mut() {
-                            Some(outbound) => outbound.set_pong(PongFrame::answering(payload)),
+                            Some(outbound) => outbound.set_pong(payload),
                             None => write_frame(cork, OpCode::Pong, payload),
                         }
                     }
