@@ -105,7 +105,8 @@ pub(crate) struct HubLoop {
     rx: Receiver<ToHub>,
     workers: Vec<WorkerInbox>,
     to_wake: Vec<bool>,
-    api_key: Option<String>,
+    /// Shared so the per-request borrow around `self.get` is a refcount, not a copy.
+    api_key: Option<Arc<str>>,
     limits: ApiLimits,
     stats: Arc<Stats>,
     stop: Arc<AtomicBool>,
@@ -149,7 +150,7 @@ impl HubLoop {
                 rx,
                 workers: Vec::new(),
                 to_wake: Vec::new(),
-                api_key: config.api_key.clone(),
+                api_key: config.api_key.as_deref().map(Arc::from),
                 limits: ApiLimits {
                     max_head: 8 * 1024,
                     max_body: config.max_message_size,
