@@ -28,7 +28,11 @@ use std::time::{Duration, Instant};
 
 use crate::protocol::frame::{encode_shared, OpCode};
 use crate::push::client_protocol::{write_message, write_subscribed};
+use crate::push::history::Held;
 use crate::push::names::USER_CHANNEL;
+use crate::push::users::{Member, Users};
+
+pub use crate::push::users::UserId;
 
 /// Which worker (event-loop thread).
 pub type WorkerId = usize;
@@ -46,14 +50,18 @@ pub const BROADCAST_CHANNEL: &str = "$broadcast";
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Stream {
     Channel(Arc<str>),
-    /// The user's own `$user` stream.
-    User(Arc<str>),
+    /// A user's own `$user` stream, once the hub has named it (see [`ToHub::JoinUser`]).
+    User(UserId),
 }
 
 /// Who a delivery is for, on a worker.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
-    Stream(Stream),
+    /// The worker's subscribers of a channel.
+    Channel(Arc<str>),
+    /// Connections of one user on this worker (the hub knows which).
+    Conn(ConnId),
+    Conns(Vec<ConnId>),
     /// Every push-endpoint connection.
     Everyone,
 }
@@ -80,8 +88,8 @@ pub enum ToWorker {
         frame: Arc<[u8]>,
         replay: Vec<Arc<[u8]>>,
     },
-    /// Close every connection of `user` with 4000; acknowledge with the count.
-    Disconnect { user: Arc<str>, ack: AckId },
+    /// Close these connections (one user's) with 4000; acknowledge with the count.
+    Disconnect { conns: Vec<ConnId>, ack: AckId },
     /// Which users are subscribed to `channel` here?
     Presence { ack: AckId, channel: Arc<str> },
     /// The server is going away: send Close 1001 to every connection, spread over `spread`,
@@ -105,6 +113,23 @@ impl ToWorker {
 /// Worker → hub.
 #[derive(Debug, Clone)]
 pub enum ToHub {
+    /// A push connection of `user` arrived: make it a member of the user's stream (created if
+    /// new) and answer with `Subscribed` for `Stream::User`, which names the stream. Also a
+    /// `$user` recovery request sent before that answer came.
+    JoinUser {
+        worker: WorkerId,
+        conn: ConnId,
+        user: Arc<str>,
+        since: Option<u64>,
+        epoch: Option<String>,
+    },
+    /// The connection is gone from the user's stream.
+    LeaveUser {
+        worker: WorkerId,
+        conn: ConnId,
+        user: UserId,
+    },
+    /// Subscribe to a channel, or ask a `$user` stream the connection is in for recovery.
     Subscribe {
         worker: WorkerId,
         conn: ConnId,
@@ -117,10 +142,10 @@ pub enum ToHub {
         channel: Arc<str>,
         data: String,
     },
-    /// The worker has no subscribers (and no subscribe in flight) left for `stream`.
+    /// The worker has no subscribers (and no subscribe in flight) left for `channel`.
     Idle {
         worker: WorkerId,
-        stream: Stream,
+        channel: Arc<str>,
     },
     /// A worker's count for an API request: deliveries, or connections closed.
     Ack {
@@ -129,7 +154,7 @@ pub enum ToHub {
     },
     PresenceReply {
         ack: AckId,
-        users: Vec<Arc<str>>,
+        users: Vec<UserId>,
     },
     /// Begin a graceful drain (a signal arrived, or `Server::drain` was called). Handled by
     /// the hub thread itself, not by [`Hub`].
@@ -202,36 +227,24 @@ impl fmt::Display for Epoch {
     }
 }
 
-/// Held messages: (seq, the encoded frame).
-type History = VecDeque<(u64, Arc<[u8]>)>;
-
-/// One stream's state, kept small: a hub holds one per channel and per recently connected
-/// user.
+/// One channel's state, kept small: a hub may hold very many channels.
 #[derive(Debug)]
-struct StreamState {
+struct ChannelState {
     seq: u64,
     epoch: Epoch,
     /// Bit `w`: worker `w` has local subscribers (or a subscribe in flight).
     workers: u64,
-    /// Recent messages, oldest first, contiguous in seq; `None` when empty.
-    history: Option<Box<History>>,
-    /// When the last subscriber left; `None` while anyone is subscribed.
-    idle_since: Option<Instant>,
+    held: Held,
 }
 
-impl StreamState {
-    fn new(epoch: Epoch, now: Instant) -> StreamState {
-        StreamState {
+impl ChannelState {
+    fn new(epoch: Epoch) -> ChannelState {
+        ChannelState {
             seq: 0,
             epoch,
             workers: 0,
-            history: None,
-            idle_since: Some(now),
+            held: Held::default(),
         }
-    }
-
-    fn worker_count(&self) -> u32 {
-        self.workers.count_ones()
     }
 
     fn set_worker(&mut self, worker: WorkerId, on: bool) {
@@ -243,28 +256,9 @@ impl StreamState {
         }
     }
 
-    fn held(&self) -> impl Iterator<Item = &(u64, Arc<[u8]>)> {
-        self.history.iter().flat_map(|h| h.iter())
-    }
-
-    fn has_history(&self) -> bool {
-        self.history.as_ref().is_some_and(|h| !h.is_empty())
-    }
-
-    fn oldest_seq(&self) -> Option<u64> {
-        self.history
-            .as_ref()
-            .and_then(|h| h.front())
-            .map(|(s, _)| *s)
-    }
-
-    fn pop_oldest(&mut self) -> Option<Arc<[u8]>> {
-        let history = self.history.as_mut()?;
-        let popped = history.pop_front().map(|(_, frame)| frame);
-        if history.is_empty() {
-            self.history = None;
-        }
-        popped
+    /// Neither subscribers nor history: nothing to keep it for.
+    fn is_unused(&self) -> bool {
+        self.workers == 0 && self.held.is_empty()
     }
 }
 
@@ -282,7 +276,7 @@ enum Waiting {
     Send { seq: u64 },
     Broadcast,
     Disconnect,
-    Presence { users: Vec<Arc<str>> },
+    Presence { users: Vec<UserId> },
 }
 
 #[derive(Debug)]
@@ -304,8 +298,10 @@ pub struct Hub {
     history_bytes: usize,
     history_messages: usize,
     last_sweep: Instant,
-    channels: HashMap<Arc<str>, StreamState>,
-    users: HashMap<Arc<str>, StreamState>,
+    /// The hub's clock for idle users, in whole seconds since `start`.
+    start: Instant,
+    channels: HashMap<Arc<str>, ChannelState>,
+    users: Users,
     pending: HashMap<AckId, Pending>,
     next_ack: AckId,
     random: RandomState,
@@ -325,8 +321,9 @@ impl Hub {
             history_bytes: 0,
             history_messages: 0,
             last_sweep: now,
+            start: now,
             channels: HashMap::new(),
-            users: HashMap::new(),
+            users: Users::new(),
             pending: HashMap::new(),
             next_ack: 1,
             random: RandomState::new(),
@@ -377,6 +374,11 @@ impl Hub {
             .then_some(Duration::from_secs(1))
     }
 
+    /// The clock idle users are timed by: whole seconds since the hub started.
+    fn clock(&self) -> u32 {
+        u32::try_from(self.now.duration_since(self.start).as_secs()).unwrap_or(u32::MAX)
+    }
+
     fn sweep(&mut self) {
         let ttl = self.history.ttl;
         while self
@@ -386,27 +388,44 @@ impl Hub {
         {
             self.pop_log();
         }
-        let now = self.now;
-        self.users.retain(|_, state| {
-            state.worker_count() > 0 || state.idle_since.is_none_or(|t| now.duration_since(t) < ttl)
+        let ttl_secs = u32::try_from(ttl.as_secs()).unwrap_or(u32::MAX);
+        let (now, mut messages, mut bytes) = (self.clock(), 0, 0);
+        // A user stream can go with messages still held (sent while it was idle); their log
+        // entries stay behind, stale, but their charge is released here.
+        self.users.expire(now, ttl_secs, |held| {
+            let (n, b) = held.clear();
+            messages += n;
+            bytes += b + n * LOG_ENTRY_COST;
         });
-        self.channels
-            .retain(|_, state| state.worker_count() > 0 || state.has_history());
+        self.history_messages -= messages;
+        self.history_bytes = self.history_bytes.saturating_sub(bytes);
+        self.channels.retain(|_, state| !state.is_unused());
+    }
+
+    fn held(&self, stream: &Stream) -> Option<&Held> {
+        match stream {
+            Stream::Channel(name) => self.channels.get(name).map(|s| &s.held),
+            Stream::User(id) => self.users.get(*id).map(|u| &u.held),
+        }
+    }
+
+    fn held_mut(&mut self, stream: &Stream) -> Option<&mut Held> {
+        match stream {
+            Stream::Channel(name) => self.channels.get_mut(name).map(|s| &mut s.held),
+            Stream::User(id) => self.users.get_mut(*id).map(|u| &mut u.held),
+        }
     }
 
     /// Drops log entries whose message is no longer held (trimmed by a per-stream limit), so
     /// the log stays within twice the held messages: amortised O(1) per publish.
     fn compact_log(&mut self) {
-        let (channels, users) = (&self.channels, &self.users);
-        self.log.retain(|entry| {
-            let map = match &entry.stream {
-                Stream::Channel(_) => channels,
-                Stream::User(_) => users,
-            };
-            map.get(stream_name(&entry.stream))
-                .and_then(|state| state.oldest_seq())
+        let mut log = std::mem::take(&mut self.log);
+        log.retain(|entry| {
+            self.held(&entry.stream)
+                .and_then(Held::oldest_seq)
                 .is_some_and(|oldest| oldest <= entry.seq)
         });
+        self.log = log;
     }
 
     /// Drops the oldest log entry and, if its message is still held, the message.
@@ -414,16 +433,11 @@ impl Hub {
         let Some(entry) = self.log.pop_front() else {
             return;
         };
-        let map = match &entry.stream {
-            Stream::Channel(_) => &mut self.channels,
-            Stream::User(_) => &mut self.users,
-        };
-        let name = stream_name(&entry.stream);
-        let Some(state) = map.get_mut(name) else {
+        let Some(held) = self.held_mut(&entry.stream) else {
             return;
         };
-        if state.oldest_seq() == Some(entry.seq) {
-            if let Some(frame) = state.pop_oldest() {
+        if held.oldest_seq() == Some(entry.seq) {
+            if let Some(frame) = held.pop_oldest() {
                 self.history_bytes = self
                     .history_bytes
                     .saturating_sub(frame.len() + LOG_ENTRY_COST);
@@ -431,11 +445,10 @@ impl Hub {
             }
         }
         // A channel nobody listens to is kept only for its history.
-        if matches!(entry.stream, Stream::Channel(_))
-            && !state.has_history()
-            && state.worker_count() == 0
-        {
-            map.remove(name);
+        if let Stream::Channel(name) = &entry.stream {
+            if self.channels.get(name).is_some_and(ChannelState::is_unused) {
+                self.channels.remove(name);
+            }
         }
     }
 
@@ -448,27 +461,20 @@ impl Hub {
         if limit == 0 {
             return;
         }
-        let map = match &stream {
-            Stream::Channel(_) => &mut self.channels,
-            Stream::User(_) => &mut self.users,
-        };
-        let Some(state) = map.get_mut(stream_name(&stream)) else {
+        let Some(held) = self.held_mut(&stream) else {
             return;
         };
-        let history = state.history.get_or_insert_with(Default::default);
-        history.push_back((seq, Arc::clone(frame)));
-        let over = history.len() > limit;
+        let over = held.push(seq, Arc::clone(frame)) > limit;
+        // Trimmed by the per-stream limit: its log entry stays (stale) but is no longer
+        // charged; `compact_log` drops such entries in bulk.
+        let trimmed = if over { held.pop_oldest() } else { None };
         self.history_bytes += frame.len() + LOG_ENTRY_COST;
         self.history_messages += 1;
-        if over {
-            // Trimmed by the per-stream limit: its log entry stays (stale) but is no longer
-            // charged; `compact_log` drops such entries in bulk.
-            if let Some(old) = state.pop_oldest() {
-                self.history_bytes = self
-                    .history_bytes
-                    .saturating_sub(old.len() + LOG_ENTRY_COST);
-                self.history_messages -= 1;
-            }
+        if let Some(old) = trimmed {
+            self.history_bytes = self
+                .history_bytes
+                .saturating_sub(old.len() + LOG_ENTRY_COST);
+            self.history_messages -= 1;
         }
         self.log.push_back(LogEntry {
             stream,
@@ -483,17 +489,26 @@ impl Hub {
         }
     }
 
-    /// The stream's state, created (with a fresh epoch) if it doesn't exist. The map's key
-    /// is the stream's own `Arc`, shared with the worker that named it (no copy).
-    fn stream_state(&mut self, stream: &Stream) -> &mut StreamState {
+    /// The channel's state, created (with a fresh epoch) if it doesn't exist. The map's key
+    /// is the channel's own `Arc`, shared with the worker that named it (no copy).
+    fn channel_state(&mut self, name: &Arc<str>) -> &mut ChannelState {
         let fresh = self.new_epoch();
-        let now = self.now;
-        let (map, name) = match stream {
-            Stream::Channel(name) => (&mut self.channels, name),
-            Stream::User(name) => (&mut self.users, name),
-        };
-        map.entry(Arc::clone(name))
-            .or_insert_with(|| StreamState::new(fresh, now))
+        self.channels
+            .entry(Arc::clone(name))
+            .or_insert_with(|| ChannelState::new(fresh))
+    }
+
+    /// Which workers hold `user`'s connections, and which connections each.
+    fn user_targets(&self, user: &str) -> Vec<(WorkerId, Vec<ConnId>)> {
+        let mut targets: Vec<(WorkerId, Vec<ConnId>)> = Vec::new();
+        let members = self.users.find(user).and_then(|id| self.users.get(id));
+        for Member { worker, conn } in members.into_iter().flat_map(|u| u.members()) {
+            match targets.iter_mut().find(|(w, _)| *w == worker) {
+                Some((_, conns)) => conns.push(conn),
+                None => targets.push((worker, vec![conn])),
+            }
+        }
+        targets
     }
 
     /// How many workers a command will be sent to (for the inbox capacity check).
@@ -502,9 +517,11 @@ impl Hub {
             Command::Publish { channel, .. } | Command::Presence { channel } => {
                 workers_of(self.channels.get(channel))
             }
-            Command::Send { user, .. } | Command::Disconnect { user } => {
-                workers_of(self.users.get(user))
-            }
+            Command::Send { user, .. } | Command::Disconnect { user } => self
+                .user_targets(user)
+                .into_iter()
+                .map(|(w, _)| w)
+                .collect(),
             Command::Broadcast { .. } => (0..self.workers).collect(),
         }
     }
@@ -512,93 +529,67 @@ impl Hub {
     /// Runs an API command for `conn`; the answer comes out of [`Hub::take_answers`], at once
     /// or once every worker involved has acknowledged.
     pub fn command(&mut self, conn: ApiConn, command: Command) {
-        let targets = self.fan_out(&command);
         let ack = self.next_ack;
         self.next_ack += 1;
+        let mut remaining = 0;
         let waiting = match command {
             Command::Publish { channel, data } => {
                 let (seq, epoch, frame) = self.publish(&channel, &data);
-                for &w in &targets {
-                    self.outbox.push((
-                        w,
-                        ToWorker::Deliver {
-                            target: Target::Stream(Stream::Channel(Arc::clone(&channel))),
-                            frame: Arc::clone(&frame),
-                            at: self.now,
-                            ack: Some(ack),
-                        },
-                    ));
-                }
+                remaining = self.deliver_to_channel(&channel, &frame, Some(ack));
                 Waiting::Publish { seq, epoch }
             }
             Command::Send { user, data } => {
-                let (seq, frame) = match self.users.get_mut(&user) {
-                    Some(state) => {
-                        state.seq += 1;
-                        let seq = state.seq;
+                let targets = self.user_targets(&user);
+                let seq = match self.users.find(&user) {
+                    Some(id) => {
+                        let seq = self.users.get_mut(id).map_or(0, |u| {
+                            u.seq += 1;
+                            u.seq
+                        });
                         let frame = self.encode(USER_CHANNEL, Some(seq), &data);
-                        self.keep(Stream::User(Arc::clone(&user)), seq, &frame);
-                        (seq, frame)
+                        self.keep(Stream::User(id), seq, &frame);
+                        for (w, conns) in targets {
+                            let target = match conns[..] {
+                                [one] => Target::Conn(one),
+                                _ => Target::Conns(conns),
+                            };
+                            self.deliver(w, target, &frame, Some(ack));
+                            remaining += 1;
+                        }
+                        seq
                     }
                     // The user was not connected within the TTL: nothing kept, nothing sent.
-                    None => (0, Arc::from(&[][..])),
+                    None => 0,
                 };
-                for &w in &targets {
-                    self.outbox.push((
-                        w,
-                        ToWorker::Deliver {
-                            target: Target::Stream(Stream::User(Arc::clone(&user))),
-                            frame: Arc::clone(&frame),
-                            at: self.now,
-                            ack: Some(ack),
-                        },
-                    ));
-                }
                 Waiting::Send { seq }
             }
             Command::Broadcast { data } => {
                 let frame = self.encode(BROADCAST_CHANNEL, None, &data);
-                for &w in &targets {
-                    self.outbox.push((
-                        w,
-                        ToWorker::Deliver {
-                            target: Target::Everyone,
-                            frame: Arc::clone(&frame),
-                            at: self.now,
-                            ack: Some(ack),
-                        },
-                    ));
+                for w in 0..self.workers {
+                    self.deliver(w, Target::Everyone, &frame, Some(ack));
+                    remaining += 1;
                 }
                 Waiting::Broadcast
             }
             Command::Disconnect { user } => {
-                for &w in &targets {
-                    self.outbox.push((
-                        w,
-                        ToWorker::Disconnect {
-                            user: Arc::clone(&user),
-                            ack,
-                        },
-                    ));
+                for (w, conns) in self.user_targets(&user) {
+                    self.outbox.push((w, ToWorker::Disconnect { conns, ack }));
+                    remaining += 1;
                 }
                 Waiting::Disconnect
             }
             Command::Presence { channel } => {
-                for &w in &targets {
-                    self.outbox.push((
-                        w,
-                        ToWorker::Presence {
-                            ack,
-                            channel: Arc::clone(&channel),
-                        },
-                    ));
+                for w in workers_of(self.channels.get(&channel)) {
+                    let channel = Arc::clone(&channel);
+                    self.outbox.push((w, ToWorker::Presence { ack, channel }));
+                    remaining += 1;
                 }
                 Waiting::Presence { users: Vec::new() }
             }
         };
         let pending = Pending {
             conn,
-            remaining: targets.len(),
+            remaining,
             count: 0,
             waiting,
         };
@@ -609,9 +600,51 @@ impl Hub {
         }
     }
 
+    fn deliver(&mut self, worker: WorkerId, target: Target, frame: &Arc<[u8]>, ack: Option<AckId>) {
+        let frame = Arc::clone(frame);
+        let at = self.now;
+        self.outbox.push((
+            worker,
+            ToWorker::Deliver {
+                target,
+                frame,
+                at,
+                ack,
+            },
+        ));
+    }
+
+    /// Sends a channel message to every worker with subscribers; returns how many.
+    fn deliver_to_channel(
+        &mut self,
+        channel: &Arc<str>,
+        frame: &Arc<[u8]>,
+        ack: Option<AckId>,
+    ) -> usize {
+        let workers = workers_of(self.channels.get(channel));
+        for &w in &workers {
+            self.deliver(w, Target::Channel(Arc::clone(channel)), frame, ack);
+        }
+        workers.len()
+    }
+
     /// Handles a worker's message.
     pub fn on_message(&mut self, message: ToHub) {
         match message {
+            ToHub::JoinUser {
+                worker,
+                conn,
+                user,
+                since,
+                epoch,
+            } => {
+                let id = self.users.join(&user, Member { worker, conn });
+                self.subscribe(worker, conn, Stream::User(id), since, epoch);
+            }
+            ToHub::LeaveUser { worker, conn, user } => {
+                let now = self.clock();
+                self.users.leave(user, Member { worker, conn }, now);
+            }
             ToHub::Subscribe {
                 worker,
                 conn,
@@ -621,34 +654,15 @@ impl Hub {
             } => self.subscribe(worker, conn, stream, since, epoch),
             ToHub::Publish { channel, data } => {
                 let (_, _, frame) = self.publish(&channel, &data);
-                for w in workers_of(self.channels.get(&channel)) {
-                    self.outbox.push((
-                        w,
-                        ToWorker::Deliver {
-                            target: Target::Stream(Stream::Channel(Arc::clone(&channel))),
-                            frame: Arc::clone(&frame),
-                            at: self.now,
-                            ack: None,
-                        },
-                    ));
-                }
+                self.deliver_to_channel(&channel, &frame, None);
             }
-            ToHub::Idle { worker, stream } => {
-                let now = self.now;
-                let map = match &stream {
-                    Stream::Channel(_) => &mut self.channels,
-                    Stream::User(_) => &mut self.users,
-                };
-                let name = stream_name(&stream);
-                if let Some(state) = map.get_mut(name) {
+            ToHub::Idle { worker, channel } => {
+                if let Some(state) = self.channels.get_mut(&channel) {
                     state.set_worker(worker, false);
-                    if state.worker_count() == 0 {
-                        state.idle_since = Some(now);
-                        // A channel without history is forgotten at once (its next
-                        // incarnation gets a new epoch); a user stream waits for the TTL.
-                        if matches!(stream, Stream::Channel(_)) && !state.has_history() {
-                            map.remove(name);
-                        }
+                    // A channel without history is forgotten at once (its next incarnation
+                    // gets a new epoch).
+                    if state.is_unused() {
+                        self.channels.remove(&channel);
                     }
                 }
             }
@@ -658,7 +672,7 @@ impl Hub {
         }
     }
 
-    fn acknowledge(&mut self, ack: AckId, count: u64, users: Vec<Arc<str>>) {
+    fn acknowledge(&mut self, ack: AckId, count: u64, users: Vec<UserId>) {
         let Some(pending) = self.pending.get_mut(&ack) else {
             return;
         };
@@ -683,10 +697,14 @@ impl Hub {
             Waiting::Send { seq } => format!("{{\"seq\":{seq},\"delivered\":{n}}}"),
             Waiting::Broadcast => format!("{{\"delivered\":{n}}}"),
             Waiting::Disconnect => format!("{{\"closed\":{n}}}"),
-            Waiting::Presence { mut users } => {
-                users.sort();
-                users.dedup();
-                let list: Vec<&str> = users.iter().map(|u| &**u).collect();
+            Waiting::Presence { users } => {
+                let mut list: Vec<&str> = users
+                    .iter()
+                    .filter_map(|&id| self.users.get(id))
+                    .map(|u| u.name())
+                    .collect();
+                list.sort_unstable();
+                list.dedup();
                 format!(
                     "{{\"users\":{},\"count\":{}}}",
                     serde_json::to_string(&list).unwrap_or_else(|_| "[]".to_owned()),
@@ -709,31 +727,32 @@ impl Hub {
         since: Option<u64>,
         epoch: Option<String>,
     ) {
-        let state = self.stream_state(&stream);
-        state.set_worker(worker, true);
-        state.idle_since = None;
-        let (seq, state_epoch) = (state.seq, state.epoch.to_string());
+        let (seq, stream_epoch) = match &stream {
+            Stream::Channel(name) => {
+                let state = self.channel_state(name);
+                state.set_worker(worker, true);
+                (state.seq, state.epoch)
+            }
+            Stream::User(id) => match self.users.get(*id) {
+                Some(user) => (user.seq, Epoch(self.users.epoch_bits(*id))),
+                // Only a member asks, and a stream with members stays: nothing to answer.
+                None => return,
+            },
+        };
+        let stream_epoch = stream_epoch.to_string();
         // Recovery is promised only when this is the same incarnation and the history still
         // holds every message after `since`.
         let mut replay = Vec::new();
         let recovered = since.map(|since| {
-            if epoch.as_deref() != Some(state_epoch.as_str()) || since > seq {
+            if epoch.as_deref() != Some(stream_epoch.as_str()) {
                 return false;
             }
-            if since == seq {
-                return true;
-            }
-            match state.oldest_seq() {
-                Some(oldest) if oldest <= since + 1 => {
-                    replay.extend(
-                        state
-                            .held()
-                            .filter(|(s, _)| *s > since)
-                            .map(|(_, f)| Arc::clone(f)),
-                    );
+            match self.held(&stream).and_then(|held| held.recover(seq, since)) {
+                Some(frames) => {
+                    replay = frames;
                     true
                 }
-                _ => false,
+                None => false,
             }
         });
         let channel = match &stream {
@@ -741,7 +760,7 @@ impl Hub {
             Stream::User(_) => USER_CHANNEL,
         };
         self.scratch.clear();
-        write_subscribed(&mut self.scratch, channel, &state_epoch, seq, recovered);
+        write_subscribed(&mut self.scratch, channel, &stream_epoch, seq, recovered);
         let frame = encode_shared(OpCode::Text, &self.scratch);
         self.outbox.push((
             worker,
@@ -758,17 +777,18 @@ impl Hub {
     /// Assigns the next seq of `channel` (creating it if needed), encodes the message once
     /// and keeps it in the channel's history.
     fn publish(&mut self, channel: &Arc<str>, data: &str) -> (u64, Epoch, Arc<[u8]>) {
-        let stream = Stream::Channel(Arc::clone(channel));
-        let state = self.stream_state(&stream);
+        let state = self.channel_state(channel);
         state.seq += 1;
         let (seq, epoch) = (state.seq, state.epoch);
         let frame = self.encode(channel, Some(seq), data);
-        self.keep(stream, seq, &frame);
+        self.keep(Stream::Channel(Arc::clone(channel)), seq, &frame);
         // Nobody listens and nothing is kept (history off): don't hold the channel.
-        if let Some(state) = self.channels.get(channel) {
-            if state.worker_count() == 0 && !state.has_history() {
-                self.channels.remove(channel);
-            }
+        if self
+            .channels
+            .get(channel)
+            .is_some_and(ChannelState::is_unused)
+        {
+            self.channels.remove(channel);
         }
         (seq, epoch, frame)
     }
@@ -788,16 +808,10 @@ impl Hub {
     }
 }
 
-fn workers_of(state: Option<&StreamState>) -> Vec<WorkerId> {
+fn workers_of(state: Option<&ChannelState>) -> Vec<WorkerId> {
     state.map_or_else(Vec::new, |s| {
         (0..64).filter(|w| s.workers & (1u64 << w) != 0).collect()
     })
-}
-
-fn stream_name(stream: &Stream) -> &str {
-    match stream {
-        Stream::Channel(name) | Stream::User(name) => name,
-    }
 }
 
 #[cfg(test)]
@@ -910,7 +924,7 @@ mod tests {
         hub.take_outbox().for_each(drop);
         hub.on_message(ToHub::Idle {
             worker: 0,
-            stream: ch("c"),
+            channel: Arc::from("c"),
         });
         let cmd = Command::Publish {
             channel: Arc::from("c"),
@@ -919,7 +933,7 @@ mod tests {
         assert_eq!(hub.fan_out(&cmd), vec![1]);
         hub.on_message(ToHub::Idle {
             worker: 1,
-            stream: ch("c"),
+            channel: Arc::from("c"),
         });
         assert_eq!(hub.stream_counts(), (0, 0));
     }
@@ -1077,6 +1091,36 @@ mod tests {
         assert!(hub.log.len() <= 2 * messages + 1024, "{}", hub.log.len());
     }
 
+    fn join(
+        hub: &mut Hub,
+        worker: WorkerId,
+        conn: ConnId,
+        user: &str,
+        since: Option<u64>,
+        epoch: Option<String>,
+    ) -> (UserId, String, usize) {
+        hub.on_message(ToHub::JoinUser {
+            worker,
+            conn,
+            user: Arc::from(user),
+            since,
+            epoch,
+        });
+        let out: Vec<_> = hub.take_outbox().collect();
+        let ToWorker::Subscribed {
+            frame,
+            stream: Stream::User(id),
+            replay,
+            ..
+        } = &out[0].1
+        else {
+            panic!("subscribed to a user expected: {out:?}")
+        };
+        let v: serde_json::Value = serde_json::from_slice(&frame[2..]).unwrap();
+        assert_eq!(v["channel"], "$user");
+        (*id, v["epoch"].as_str().unwrap().to_owned(), replay.len())
+    }
+
     #[test]
     fn user_stream_outlives_its_last_connection_for_the_ttl() {
         let start = Instant::now();
@@ -1085,7 +1129,6 @@ mod tests {
             ..HistoryConfig::default()
         };
         let mut hub = Hub::new(1, config, start);
-        let user = Stream::User(Arc::from("u1"));
         let send = |hub: &mut Hub| {
             hub.command(
                 9,
@@ -1098,51 +1141,93 @@ mod tests {
         };
         // Never connected: nothing kept.
         assert_eq!(send(&mut hub), "{\"seq\":0,\"delivered\":0}");
-        hub.on_message(ToHub::Subscribe {
+        let (id, epoch, _) = join(&mut hub, 0, 1, "u1", None, None);
+        hub.on_message(ToHub::LeaveUser {
             worker: 0,
             conn: 1,
-            stream: user.clone(),
-            since: None,
-            epoch: None,
-        });
-        let out: Vec<_> = hub.take_outbox().collect();
-        let ToWorker::Subscribed { frame, .. } = &out[0].1 else {
-            panic!()
-        };
-        let v: serde_json::Value = serde_json::from_slice(&frame[2..]).unwrap();
-        let epoch = v["epoch"].as_str().unwrap().to_owned();
-        hub.on_message(ToHub::Idle {
-            worker: 0,
-            stream: user.clone(),
+            user: id,
         });
         // Offline for a moment: kept, and recovered on reconnect.
         hub.tick(start + Duration::from_secs(10));
         assert!(send(&mut hub).starts_with("{\"seq\":1,"));
-        hub.on_message(ToHub::Subscribe {
+        assert_eq!(hub.history_size().0, 1);
+        let (again, _, replayed) = join(&mut hub, 0, 2, "u1", Some(0), Some(epoch.clone()));
+        assert_eq!((again, replayed), (id, 1));
+        // Another message while offline, then gone for longer than the TTL: the stream is
+        // dropped with its history (and the history's charge); sends keep nothing.
+        hub.on_message(ToHub::LeaveUser {
             worker: 0,
             conn: 2,
-            stream: user.clone(),
-            since: Some(0),
-            epoch: Some(epoch),
+            user: id,
         });
-        let out: Vec<_> = hub.take_outbox().collect();
-        let ToWorker::Subscribed { replay, .. } = &out[0].1 else {
-            panic!()
-        };
-        assert_eq!(replay.len(), 1);
-        // Gone for longer than the TTL: the stream is dropped; sends keep nothing.
-        hub.on_message(ToHub::Idle {
-            worker: 0,
-            stream: user.clone(),
-        });
-        hub.tick(start + Duration::from_secs(200));
+        hub.tick(start + Duration::from_secs(50));
+        assert!(send(&mut hub).starts_with("{\"seq\":2,"));
+        assert_eq!(hub.history_size().0, 2);
+        // At 71 s the message from 50 s is still young, but the stream (idle since 10 s) goes,
+        // and takes its charge with it.
+        hub.tick(start + Duration::from_secs(71));
         assert_eq!(hub.stream_counts(), (0, 0));
+        assert_eq!(hub.history_size(), (0, 0));
+        hub.tick(start + Duration::from_secs(200));
+        assert_eq!(hub.history_size(), (0, 0));
         assert_eq!(send(&mut hub), "{\"seq\":0,\"delivered\":0}");
+        // Back under a new epoch: an old position is not recovered.
+        let (_, fresh, replayed) = join(&mut hub, 0, 3, "u1", Some(2), Some(epoch.clone()));
+        assert_ne!(fresh, epoch);
+        assert_eq!(replayed, 0);
+    }
+
+    #[test]
+    fn user_sends_reach_every_connection_of_the_user_by_worker() {
+        let mut hub = Hub::new(2, HistoryConfig::default(), Instant::now());
+        let (id, _, _) = join(&mut hub, 0, 10, "ann", None, None);
+        join(&mut hub, 1, 20, "ann", None, None);
+        join(&mut hub, 1, 21, "ann", None, None);
+        join(&mut hub, 1, 30, "bob", None, None);
+        let send = Command::Send {
+            user: Arc::from("ann"),
+            data: "1".into(),
+        };
+        assert_eq!(hub.fan_out(&send), vec![0, 1]);
+        hub.command(1, send);
+        let targets: Vec<_> = hub
+            .take_outbox()
+            .map(|(w, m)| match m {
+                ToWorker::Deliver { target, .. } => (w, target),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            targets,
+            [(0, Target::Conn(10)), (1, Target::Conns(vec![20, 21]))]
+        );
+        // Disconnect goes to the same connections.
+        hub.on_message(ToHub::LeaveUser {
+            worker: 1,
+            conn: 20,
+            user: id,
+        });
+        hub.command(
+            2,
+            Command::Disconnect {
+                user: Arc::from("ann"),
+            },
+        );
+        let conns: Vec<_> = hub
+            .take_outbox()
+            .map(|(w, m)| match m {
+                ToWorker::Disconnect { conns, .. } => (w, conns),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(conns, [(0, vec![10]), (1, vec![21])]);
     }
 
     #[test]
     fn presence_merges_workers() {
         let mut hub = Hub::new(2, HistoryConfig::default(), Instant::now());
+        let (a, _, _) = join(&mut hub, 0, 1, "a", None, None);
+        let (b, _, _) = join(&mut hub, 0, 2, "b", None, None);
         for worker in [0, 1] {
             hub.on_message(ToHub::Subscribe {
                 worker,
@@ -1168,11 +1253,11 @@ mod tests {
             .collect();
         hub.on_message(ToHub::PresenceReply {
             ack: acks[0],
-            users: vec![Arc::from("b"), Arc::from("a")],
+            users: vec![b, a],
         });
         hub.on_message(ToHub::PresenceReply {
             ack: acks[1],
-            users: vec![Arc::from("a")],
+            users: vec![a],
         });
         let answers: Vec<_> = hub.take_answers().collect();
         assert_eq!(answers[0].body, "{\"users\":[\"a\",\"b\"],\"count\":2}");

@@ -5,6 +5,8 @@
 pub mod api;
 pub mod auth;
 pub mod client_protocol;
+pub mod history;
 pub mod hub;
 pub mod names;
 pub mod subscribers;
+pub mod users;

@@ -1,6 +1,7 @@
-//! One worker's routing tables: channel → local subscribers and user → local connections.
+//! One worker's routing table: channel → local subscribers. (Users are the hub's: see
+//! `push::users`.)
 //!
-//! Each worker keeps its own tables (a connection lives on one worker for life), so fan-out
+//! Each worker keeps its own table (a connection lives on one worker for life), so fan-out
 //! takes no lock. Membership is a `Vec` per key with O(1) removal: each member remembers its
 //! index, and a swap-remove tells the caller which member moved where. A key also counts the
 //! subscribe requests still waiting for the hub's answer, so the worker tells the hub a channel
@@ -9,7 +10,6 @@
 
 use std::collections::HashMap;
 use std::hash::Hash;
-use std::sync::Arc;
 
 /// A member's place in a key's list, so it can be removed in O(1).
 pub type Slot = u32;
@@ -21,8 +21,8 @@ struct Members<M> {
     pending: u32,
 }
 
-/// A member list that holds one member inline: most users have one connection, and a `Vec`
-/// per user would cost an allocation each.
+/// A member list that holds one member inline: many channels (a per-user or per-document
+/// channel) have one subscriber, and a `Vec` each would cost an allocation.
 #[derive(Debug)]
 enum List<M> {
     One(Option<M>),
@@ -195,12 +195,10 @@ impl<K: Hash + Eq + Clone, M: Copy + PartialEq> Table<K, M> {
     }
 }
 
-/// A worker's two tables: channels and users, keyed by shared names.
-pub type ChannelTable<M> = Table<Arc<str>, M>;
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
 
     #[test]
     fn insert_remove_reports_moves() {

@@ -17,6 +17,7 @@ use crate::protocol::close::CloseState;
 use crate::protocol::frame::{self, FrameHeader, OpCode};
 use crate::protocol::message::Decoder;
 use crate::push::auth::Claims;
+use crate::push::hub::UserId;
 use crate::push::subscribers::Slot;
 
 /// What a connection is for, decided at the upgrade.
@@ -95,9 +96,8 @@ pub struct Connection {
 /// What a push-endpoint connection is and holds.
 #[derive(Debug)]
 pub struct PushConn {
-    pub user: Arc<str>,
-    /// Place in the worker's user table once the `$user` subscription is answered.
-    pub user_slot: Option<Slot>,
+    /// The hub's name for this connection's `$user` stream, once it answered the join.
+    pub user: Option<UserId>,
     /// The `$user` top when this connection joined its stream: later messages came live.
     pub user_joined_at: Option<u64>,
     /// The token's claims (boxed: only token connections pay for them); `None` in open mode

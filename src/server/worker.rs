@@ -30,7 +30,7 @@ use crate::protocol::close::{self, CloseReply, CloseState};
 use crate::protocol::frame::{write_frame, OpCode};
 use crate::protocol::handshake::{parse_request, write_accept_response, write_response};
 use crate::protocol::message::{Event, MessageKind};
-use crate::push::hub::ToWorker;
+use crate::push::hub::{ConnId, ToWorker};
 use crate::push::subscribers::Table;
 use crate::server::connection::{Connection, Endpoint, Flushed, Handle, Outbound, Phase};
 use crate::server::hub_loop::HubHandle;
@@ -90,9 +90,11 @@ pub(crate) struct Worker {
     hub_wake: bool,
     /// The inbox was not drained this turn.
     inbox_again: bool,
-    /// Channel → local subscribers; user → local connections.
+    /// Channel → local subscribers. (Users → connections is the hub's: see `push::users`.)
     channels: Table<Arc<str>, Handle>,
-    users: Table<Arc<str>, Handle>,
+    /// Push connections whose `$user` join the hub has not answered yet, with their user
+    /// (needed if a `$user` recovery request comes before the answer). Empty when idle.
+    joining: HashMap<ConnId, Arc<str>>,
     /// Connections with frames queued by fan-out this turn, flushed at its end.
     dirty: Vec<Handle>,
     /// Push-endpoint messages of the connection being read, handled after its frames.
@@ -146,7 +148,7 @@ impl Worker {
                 hub_wake: false,
                 inbox_again: false,
                 channels: Table::new(),
-                users: Table::new(),
+                joining: HashMap::new(),
                 dirty: Vec::new(),
                 push_in: Vec::new(),
                 push_msgs: Vec::new(),

@@ -22,7 +22,7 @@ use crate::protocol::handshake::Request;
 use crate::protocol::message::MessageKind;
 use crate::push::auth::{verify_hs256, Claims};
 use crate::push::client_protocol::{parse_client_op, write_error, write_unsubscribed, ClientOp};
-use crate::push::hub::{AckId, ConnId, Stream, Target, ToHub, ToWorker};
+use crate::push::hub::{AckId, ConnId, Stream, Target, ToHub, ToWorker, UserId};
 use crate::push::names::{validate_user, USER_CHANNEL};
 use crate::server::connection::{Connection, Endpoint, Handle, Phase, PushConn, Subscription};
 use crate::server::Settings;
@@ -166,8 +166,7 @@ impl Worker {
             return;
         };
         conn.push = Some(Box::new(PushConn {
-            user: Arc::clone(&user),
-            user_slot: None,
+            user: None,
             user_joined_at: None,
             claims: identity.claims.map(Box::new),
             expires,
@@ -176,11 +175,11 @@ impl Worker {
             subscribes_in_flight: 0,
             budget_tick: now,
         }));
-        self.users.add_pending(&user);
-        self.send_to_hub(ToHub::Subscribe {
+        self.joining.insert(conn_id(handle), Arc::clone(&user));
+        self.send_to_hub(ToHub::JoinUser {
             worker: self.id,
             conn: conn_id(handle),
-            stream: Stream::User(user),
+            user,
             since: None,
             epoch: None,
         });
@@ -265,17 +264,30 @@ impl Worker {
             return self.reply_error(handle, 429, "too many subscribe requests in flight");
         }
         if channel == USER_CHANNEL {
-            // The connection's own stream, already subscribed: a recovery request.
+            // The connection's own stream, already subscribed: a recovery request, by the
+            // hub's id or, if the join is still unanswered, by name.
             push.subscribes_in_flight += 1;
-            let user = Arc::clone(&push.user);
-            self.users.add_pending(&user);
-            return self.send_to_hub(ToHub::Subscribe {
-                worker: self.id,
-                conn: conn_id(handle),
-                stream: Stream::User(user),
-                since,
-                epoch,
-            });
+            let (worker, conn) = (self.id, conn_id(handle));
+            let message = match push.user {
+                Some(user) => ToHub::Subscribe {
+                    worker,
+                    conn,
+                    stream: Stream::User(user),
+                    since,
+                    epoch,
+                },
+                None => match self.joining.get(&conn) {
+                    Some(user) => ToHub::JoinUser {
+                        worker,
+                        conn,
+                        user: Arc::clone(user),
+                        since,
+                        epoch,
+                    },
+                    None => return,
+                },
+            };
+            return self.send_to_hub(message);
         }
         if !push
             .claims
@@ -350,7 +362,7 @@ impl Worker {
         if removed.now_idle {
             self.send_to_hub(ToHub::Idle {
                 worker: self.id,
-                stream: Stream::Channel(Arc::clone(channel)),
+                channel: Arc::clone(channel),
             });
         }
     }
@@ -401,7 +413,7 @@ impl Worker {
         let Some(push) = conn.push.as_deref_mut() else {
             return;
         };
-        if *push.user != *claims.sub {
+        if push.claims.as_ref().is_none_or(|old| old.sub != claims.sub) {
             return self.reply_error(
                 handle,
                 403,
@@ -451,10 +463,14 @@ impl Worker {
                     frame,
                     replay,
                 } => self.on_subscribed(handle_of(conn), stream, seq, &frame, &replay, &mut slow),
-                ToWorker::Disconnect { user, ack } => self.disconnect_user(&user, ack),
+                ToWorker::Disconnect { conns, ack } => self.disconnect(&conns, ack),
                 ToWorker::Presence { ack, channel } => self.presence(ack, &channel),
                 ToWorker::Drain { spread, timeout } => self.begin_drain(spread, timeout),
             }
+        }
+        if self.joining.is_empty() && self.joining.capacity() > 64 {
+            // A burst of arrivals is over: give its bookkeeping back.
+            self.joining = Default::default();
         }
         if self.link.inbox_load.load(Ordering::Relaxed) > 0 {
             // More may be waiting: come back after one round of sockets.
@@ -488,7 +504,6 @@ impl Worker {
         let Worker {
             conns,
             channels,
-            users,
             dirty,
             settings,
             ..
@@ -497,23 +512,15 @@ impl Worker {
         let mut count = 0;
         // The FIFO inbox guarantees every member joined below this message's seq (its
         // subscribe was answered before it): no duplicate check is needed here.
+        let mut each = |handle: Handle| {
+            if let Some(conn) = conn_of(conns, handle) {
+                count += u64::from(enqueue(conn, handle, frame, max_backlog, dirty, slow));
+            }
+        };
         match target {
-            Target::Stream(Stream::Channel(channel)) => {
-                for &handle in channels.members(channel) {
-                    let Some(conn) = conn_of(conns, handle) else {
-                        continue;
-                    };
-                    count += u64::from(enqueue(conn, handle, frame, max_backlog, dirty, slow));
-                }
-            }
-            Target::Stream(Stream::User(user)) => {
-                for &handle in users.members(user) {
-                    let Some(conn) = conn_of(conns, handle) else {
-                        continue;
-                    };
-                    count += u64::from(enqueue(conn, handle, frame, max_backlog, dirty, slow));
-                }
-            }
+            Target::Channel(channel) => channels.members(channel).iter().for_each(|&h| each(h)),
+            Target::Conn(conn) => each(handle_of(*conn)),
+            Target::Conns(list) => list.iter().for_each(|&c| each(handle_of(c))),
             Target::Everyone => {
                 for (key, conn) in conns.iter_mut() {
                     if conn.endpoint == Endpoint::Push {
@@ -547,15 +554,34 @@ impl Worker {
                 Some(sub) => (true, sub.slot.is_some()),
                 None => (false, false),
             },
-            (Stream::User(user), Some(p)) => (p.user == *user, p.user_slot.is_some()),
+            // A live connection's `$user` answer is always for its own user.
+            (Stream::User(_), Some(p)) => (true, p.user.is_some()),
             (_, None) => (false, false),
         };
-        let (Stream::Channel(name) | Stream::User(name)) = &stream;
-        let table = match &stream {
-            Stream::Channel(_) => &mut self.channels,
-            Stream::User(_) => &mut self.users,
-        };
-        let (slot, idle) = table.resolve_pending(name, (wanted && !already).then_some(handle));
+        let mut slot = None;
+        match &stream {
+            Stream::Channel(name) => {
+                let (joined, idle) = self
+                    .channels
+                    .resolve_pending(name, (wanted && !already).then_some(handle));
+                slot = joined;
+                if idle {
+                    self.send_to_hub(ToHub::Idle {
+                        worker: self.id,
+                        channel: Arc::clone(name),
+                    });
+                }
+            }
+            // The hub made the connection a member when it asked; it is gone since.
+            Stream::User(user) if !wanted => self.send_to_hub(ToHub::LeaveUser {
+                worker: self.id,
+                conn: conn_id(handle),
+                user: *user,
+            }),
+            Stream::User(_) => {
+                self.joining.remove(&conn_id(handle));
+            }
+        }
         if let Some(push) = self
             .conns
             .get_mut(handle.key as usize)
@@ -563,13 +589,6 @@ impl Worker {
             .and_then(|c| c.push.as_deref_mut())
         {
             push.subscribes_in_flight = push.subscribes_in_flight.saturating_sub(1);
-        }
-        if idle {
-            let stream = stream.clone();
-            self.send_to_hub(ToHub::Idle {
-                worker: self.id,
-                stream,
-            });
         }
         if !wanted {
             return;
@@ -603,10 +622,8 @@ impl Worker {
                 }
                 None => return,
             },
-            Stream::User(_) => {
-                if slot.is_some() {
-                    push.user_slot = slot;
-                }
+            Stream::User(user) => {
+                push.user = Some(*user);
                 let joined = push.user_joined_at;
                 push.user_joined_at = Some(joined.map_or(holds_from, |j| j.min(holds_from)));
                 joined
@@ -627,10 +644,9 @@ impl Worker {
         }
     }
 
-    fn disconnect_user(&mut self, user: &Arc<str>, ack: AckId) {
-        let members: Vec<Handle> = self.users.members(user).to_vec();
+    fn disconnect(&mut self, conns: &[ConnId], ack: AckId) {
         let mut closed = 0;
-        for handle in members {
+        for handle in conns.iter().map(|&c| handle_of(c)) {
             if self
                 .get(handle)
                 .is_some_and(|c| c.phase == Phase::WebSocket(CloseState::Open))
@@ -647,7 +663,7 @@ impl Worker {
     }
 
     fn presence(&mut self, ack: AckId, channel: &Arc<str>) {
-        let mut users: Vec<Arc<str>> = Vec::new();
+        let mut users: Vec<UserId> = Vec::new();
         for &handle in self.channels.members(channel) {
             if let Some(push) = self
                 .conns
@@ -655,10 +671,10 @@ impl Worker {
                 .filter(|c| c.generation == handle.generation)
                 .and_then(|c| c.push.as_deref())
             {
-                users.push(Arc::clone(&push.user));
+                users.extend(push.user);
             }
         }
-        users.sort();
+        users.sort_unstable();
         users.dedup();
         self.send_to_hub(ToHub::PresenceReply { ack, users });
     }
@@ -671,18 +687,15 @@ impl Worker {
                 self.leave_channel(handle, &sub.channel, slot);
             }
         }
-        if let Some(slot) = push.user_slot {
-            let removed = self.users.remove(&push.user, slot, handle);
-            if let Some(moved) = removed.moved {
-                if let Some(p) = self.get(moved).and_then(|c| c.push.as_deref_mut()) {
-                    p.user_slot = Some(slot);
-                }
-            }
-            if removed.now_idle {
-                self.send_to_hub(ToHub::Idle {
-                    worker: self.id,
-                    stream: Stream::User(Arc::clone(&push.user)),
-                });
+        match push.user {
+            Some(user) => self.send_to_hub(ToHub::LeaveUser {
+                worker: self.id,
+                conn: conn_id(handle),
+                user,
+            }),
+            // Not joined yet: the hub's answer will find the connection gone and leave.
+            None => {
+                self.joining.remove(&conn_id(handle));
             }
         }
     }

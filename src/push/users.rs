@@ -1,0 +1,427 @@
+//! The hub's `$user` streams: for every user connected now (or within the TTL), the stream's
+//! seq and held messages and the user's connections on every worker.
+//!
+//! One owner for all of a user keeps an idle connection cheap, and idle connections are what
+//! an edge box holds most of: a worker keeps only a [`UserId`] per connection, and the hub one
+//! compact entry per user. Entries sit in a dense `Vec` (freed slots are reused through a free
+//! list), and the name index is a hash table of 4-byte slot numbers, so the table's growth
+//! slack costs 4 bytes a bucket instead of a whole entry. The epoch is not stored: it is a
+//! keyed hash of the slot and the slot's generation, which differ for every incarnation of a
+//! user's stream.
+
+use std::collections::hash_map::RandomState;
+use std::hash::{BuildHasher, Hasher};
+use std::num::NonZeroU64;
+
+use hashbrown::HashTable;
+
+use crate::push::history::Held;
+use crate::push::hub::{ConnId, WorkerId};
+
+/// A user stream: its slot and that slot's generation, so an id that outlives its stream
+/// never reaches the next user in the slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct UserId(NonZeroU64);
+
+impl UserId {
+    fn new(slot: u32, generation: u32) -> Option<UserId> {
+        NonZeroU64::new(u64::from(generation) << 32 | u64::from(slot)).map(UserId)
+    }
+
+    fn slot(self) -> usize {
+        self.0.get() as u32 as usize
+    }
+
+    fn generation(self) -> u32 {
+        (self.0.get() >> 32) as u32
+    }
+}
+
+/// One connection of a user: which worker holds it, and the worker's name for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Member {
+    pub worker: WorkerId,
+    pub conn: ConnId,
+}
+
+/// A user's connections; one inline, since most users have one.
+#[derive(Debug)]
+enum Members {
+    /// The slot is free; the next free slot (`u32::MAX`: none).
+    Free(u32),
+    Empty,
+    One(u16, ConnId),
+    #[allow(clippy::box_collection)]
+    Many(Box<Vec<(u16, ConnId)>>),
+}
+
+/// A user name: inline up to 22 bytes (most ids are short), else on the heap.
+#[derive(Debug)]
+enum Name {
+    Inline(u8, [u8; 22]),
+    Heap(Box<str>),
+}
+
+impl Name {
+    fn new(name: &str) -> Name {
+        let mut bytes = [0u8; 22];
+        match bytes.get_mut(..name.len()) {
+            Some(prefix) => {
+                prefix.copy_from_slice(name.as_bytes());
+                Name::Inline(name.len() as u8, bytes)
+            }
+            None => Name::Heap(Box::from(name)),
+        }
+    }
+
+    fn as_str(&self) -> &str {
+        match self {
+            // Inline bytes are a copy of a whole `str`, so this never falls back.
+            Name::Inline(len, bytes) => {
+                std::str::from_utf8(&bytes[..usize::from(*len)]).unwrap_or("")
+            }
+            Name::Heap(name) => name,
+        }
+    }
+}
+
+/// One user's stream.
+#[derive(Debug)]
+pub struct UserStream {
+    name: Name,
+    /// The last seq given out.
+    pub seq: u64,
+    pub held: Held,
+    members: Members,
+    generation: u32,
+    /// When the last connection left, on the caller's clock (seconds); only meaningful
+    /// while there are no members.
+    idle_since: u32,
+}
+
+impl UserStream {
+    pub fn name(&self) -> &str {
+        self.name.as_str()
+    }
+
+    /// The user's connections, in joining order (but for removals, which swap).
+    pub fn members(&self) -> impl Iterator<Item = Member> + '_ {
+        let one = match self.members {
+            Members::One(w, c) => Some(Member {
+                worker: usize::from(w),
+                conn: c,
+            }),
+            _ => None,
+        };
+        let many = match &self.members {
+            Members::Many(v) => v.as_slice(),
+            _ => &[],
+        };
+        one.into_iter().chain(many.iter().map(|&(w, c)| Member {
+            worker: usize::from(w),
+            conn: c,
+        }))
+    }
+
+    pub fn has_members(&self) -> bool {
+        matches!(self.members, Members::One(..) | Members::Many(_))
+    }
+
+    fn is_free(&self) -> bool {
+        matches!(self.members, Members::Free(_))
+    }
+
+    /// Adds `member` unless it is there already.
+    fn add(&mut self, member: (u16, ConnId)) {
+        self.members = match std::mem::replace(&mut self.members, Members::Empty) {
+            Members::Free(_) | Members::Empty => Members::One(member.0, member.1),
+            Members::One(w, c) if (w, c) == member => Members::One(w, c),
+            Members::One(w, c) => Members::Many(Box::new(vec![(w, c), member])),
+            Members::Many(mut v) => {
+                if !v.contains(&member) {
+                    v.push(member);
+                }
+                Members::Many(v)
+            }
+        };
+    }
+
+    /// Removes `member` if it is there; returns whether none are left.
+    fn remove(&mut self, member: (u16, ConnId)) -> bool {
+        self.members = match std::mem::replace(&mut self.members, Members::Empty) {
+            Members::One(w, c) if (w, c) == member => Members::Empty,
+            Members::Many(mut v) => {
+                if let Some(i) = v.iter().position(|m| *m == member) {
+                    v.swap_remove(i);
+                }
+                match v.len() {
+                    0 => Members::Empty,
+                    1 => Members::One(v[0].0, v[0].1),
+                    _ => Members::Many(v),
+                }
+            }
+            other => other,
+        };
+        !self.has_members()
+    }
+}
+
+/// Every user stream the hub knows.
+#[derive(Debug)]
+pub struct Users {
+    entries: Vec<UserStream>,
+    /// Slot numbers, hashed by the name in their entry.
+    index: HashTable<u32>,
+    /// Head of the free list (`u32::MAX`: empty).
+    free: u32,
+    live: usize,
+    hasher: RandomState,
+}
+
+impl Default for Users {
+    fn default() -> Self {
+        Users {
+            entries: Vec::new(),
+            index: HashTable::new(),
+            free: u32::MAX,
+            live: 0,
+            hasher: RandomState::new(),
+        }
+    }
+}
+
+fn member_key(member: Member) -> (u16, ConnId) {
+    (member.worker as u16, member.conn)
+}
+
+impl Users {
+    pub fn new() -> Users {
+        Users::default()
+    }
+
+    pub fn len(&self) -> usize {
+        self.live
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.live == 0
+    }
+
+    fn hash(&self, name: &str) -> u64 {
+        self.hasher.hash_one(name)
+    }
+
+    fn id_of(&self, slot: usize) -> Option<UserId> {
+        let entry = self.entries.get(slot)?;
+        UserId::new(slot as u32, entry.generation)
+    }
+
+    pub fn find(&self, name: &str) -> Option<UserId> {
+        let entries = &self.entries;
+        let slot = *self.index.find(self.hash(name), |&s| {
+            entries
+                .get(s as usize)
+                .is_some_and(|e| e.name.as_str() == name)
+        })?;
+        self.id_of(slot as usize)
+    }
+
+    pub fn get(&self, id: UserId) -> Option<&UserStream> {
+        self.entries
+            .get(id.slot())
+            .filter(|e| e.generation == id.generation() && !e.is_free())
+    }
+
+    pub fn get_mut(&mut self, id: UserId) -> Option<&mut UserStream> {
+        self.entries
+            .get_mut(id.slot())
+            .filter(|e| e.generation == id.generation() && !e.is_free())
+    }
+
+    /// `name`'s stream (created if new, fresh epoch and seq 0) with `member` added.
+    pub fn join(&mut self, name: &str, member: Member) -> UserId {
+        let id = match self.find(name) {
+            Some(id) => id,
+            None => self.insert(name),
+        };
+        if let Some(entry) = self.get_mut(id) {
+            entry.add(member_key(member));
+        }
+        id
+    }
+
+    fn insert(&mut self, name: &str) -> UserId {
+        let hash = self.hash(name);
+        let fresh = |generation: u32| UserStream {
+            name: Name::new(name),
+            seq: 0,
+            held: Held::default(),
+            members: Members::Empty,
+            generation,
+            idle_since: 0,
+        };
+        let slot = match self.entries.get_mut(self.free as usize) {
+            Some(entry) => {
+                // The free list only ever holds free slots.
+                let next = match entry.members {
+                    Members::Free(next) => next,
+                    _ => u32::MAX,
+                };
+                let slot = self.free;
+                self.free = next;
+                *entry = fresh(entry.generation.wrapping_add(1).max(1));
+                slot
+            }
+            None => {
+                self.entries.push(fresh(1));
+                (self.entries.len() - 1) as u32
+            }
+        };
+        let (entries, hasher) = (&self.entries, &self.hasher);
+        self.index.insert_unique(hash, slot, |&s| {
+            entries
+                .get(s as usize)
+                .map_or(0, |e| hasher.hash_one(e.name.as_str()))
+        });
+        self.live += 1;
+        // The slot's generation is at least 1, so the id is never zero.
+        let generation = self.entries.get(slot as usize).map_or(1, |e| e.generation);
+        UserId(
+            NonZeroU64::new(u64::from(generation) << 32 | u64::from(slot))
+                .unwrap_or(NonZeroU64::MIN),
+        )
+    }
+
+    /// `member` left; the stream starts its idle time at `now` if it was the last.
+    pub fn leave(&mut self, id: UserId, member: Member, now: u32) {
+        if let Some(entry) = self.get_mut(id) {
+            if entry.remove(member_key(member)) {
+                entry.idle_since = now;
+            }
+        }
+    }
+
+    /// Forgets every stream idle for `ttl` or longer at `now`; `dropped` sees each one's held
+    /// messages before they go.
+    pub fn expire(&mut self, now: u32, ttl: u32, mut dropped: impl FnMut(&mut Held)) {
+        for slot in 0..self.entries.len() {
+            let entry = &mut self.entries[slot];
+            if entry.is_free() || entry.has_members() || now.wrapping_sub(entry.idle_since) < ttl {
+                continue;
+            }
+            dropped(&mut entry.held);
+            self.remove_slot(slot);
+        }
+    }
+
+    fn remove_slot(&mut self, slot: usize) {
+        let Some(entry) = self.entries.get_mut(slot) else {
+            return;
+        };
+        let hash = self.hasher.hash_one(entry.name.as_str());
+        entry.name = Name::Inline(0, [0; 22]);
+        entry.held = Held::default();
+        entry.members = Members::Free(self.free);
+        self.free = slot as u32;
+        self.live -= 1;
+        if let Ok(found) = self.index.find_entry(hash, |&s| s as usize == slot) {
+            found.remove();
+        }
+    }
+
+    /// The epoch of `id`'s stream: random per process, new with every incarnation.
+    pub fn epoch_bits(&self, id: UserId) -> u64 {
+        let mut hasher = self.hasher.build_hasher();
+        hasher.write_u8(b'u');
+        hasher.write_u64(id.0.get());
+        hasher.finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    fn m(worker: WorkerId, conn: ConnId) -> Member {
+        Member { worker, conn }
+    }
+
+    fn members(users: &Users, id: UserId) -> Vec<(WorkerId, ConnId)> {
+        let mut all: Vec<_> = users
+            .get(id)
+            .map(|u| u.members().map(|m| (m.worker, m.conn)).collect())
+            .unwrap_or_default();
+        all.sort();
+        all
+    }
+
+    #[test]
+    fn entries_and_ids_stay_small() {
+        assert_eq!(std::mem::size_of::<UserStream>(), 64);
+        assert_eq!(std::mem::size_of::<Option<UserId>>(), 8);
+    }
+
+    #[test]
+    fn join_finds_or_creates_and_members_are_a_set() {
+        let mut users = Users::new();
+        let a = users.join("alice", m(0, 1));
+        assert_eq!(users.join("alice", m(1, 7)), a);
+        assert_eq!(users.join("alice", m(0, 1)), a, "joining twice is once");
+        let b = users.join("bob", m(0, 2));
+        assert_ne!(a, b);
+        assert_eq!(users.len(), 2);
+        assert_eq!(members(&users, a), [(0, 1), (1, 7)]);
+        assert_eq!(users.find("bob"), Some(b));
+        assert_eq!(users.find("carol"), None);
+        assert_eq!(users.get(b).map(|u| u.name()), Some("bob"));
+
+        users.leave(a, m(0, 1), 5);
+        assert_eq!(members(&users, a), [(1, 7)]);
+        users.leave(a, m(0, 1), 6);
+        users.leave(a, m(1, 7), 7);
+        assert!(users.get(a).is_some_and(|u| !u.has_members()));
+    }
+
+    #[test]
+    fn idle_streams_expire_after_the_ttl_and_their_ids_go_stale() {
+        let mut users = Users::new();
+        let a = users.join("alice", m(0, 1));
+        let b = users.join("bob", m(0, 2));
+        users
+            .get_mut(a)
+            .map(|u| u.held.push(1, Arc::from(&b"xy"[..])));
+        users.leave(a, m(0, 1), 10);
+        let mut released = Vec::new();
+        users.expire(69, 60, |held| released.push(held.clear()));
+        assert!(released.is_empty(), "59 s idle is within the TTL");
+        users.expire(70, 60, |held| released.push(held.clear()));
+        assert_eq!(released, [(1, 2)]);
+        assert!(users.get(a).is_none() && users.find("alice").is_none());
+        assert_eq!(users.len(), 1, "bob is connected");
+        // The slot is reused under a new generation and a new epoch.
+        let a2 = users.join("alice", m(1, 3));
+        assert_ne!(a2, a);
+        assert!(users.get(a).is_none());
+        assert_ne!(users.epoch_bits(a2), users.epoch_bits(a));
+        assert_eq!(users.find("bob"), Some(b));
+    }
+
+    #[test]
+    fn long_names_and_many_users_round_trip() {
+        let mut users = Users::new();
+        let long = "x".repeat(255);
+        let id = users.join(&long, m(0, 0));
+        assert_eq!(users.get(id).map(|u| u.name()), Some(long.as_str()));
+        let ids: Vec<_> = (0..5_000)
+            .map(|i| users.join(&format!("u{i}"), m(i % 2, i as ConnId)))
+            .collect();
+        for (i, id) in ids.iter().enumerate() {
+            assert_eq!(users.find(&format!("u{i}")), Some(*id));
+            users.leave(*id, m(i % 2, i as ConnId), 0);
+        }
+        users.expire(1, 1, |_| {});
+        assert_eq!(users.len(), 1);
+        assert_eq!(users.find(&long), Some(id));
+    }
+}
