@@ -186,7 +186,8 @@ pub struct Args {
     )]
     pub max_subscriptions: usize,
 
-    /// Client publish ops per connection per second (`10` or `10/s`); more get error 429.
+    /// Client publish ops per connection per second (`10` or `10/s`, at most 65535); more get
+    /// error 429.
     #[arg(
         long,
         value_name = "N",
@@ -194,7 +195,7 @@ pub struct Args {
         default_value = "10/s",
         value_parser = parse_rate
     )]
-    pub max_client_publish_rate: u32,
+    pub max_client_publish_rate: u16,
 
     /// Messages kept per channel for replay after a reconnect (0: no channel history).
     #[arg(
@@ -358,7 +359,7 @@ pub struct Config {
     pub allowed_origins: Vec<String>,
     pub max_subscriptions: usize,
     /// Client publishes per connection per second.
-    pub max_client_publish_rate: u32,
+    pub max_client_publish_rate: u16,
     pub history: crate::push::hub::HistoryConfig,
     pub max_connections_per_ip: usize,
     pub max_handshakes_per_ip: usize,
@@ -622,11 +623,11 @@ impl Config {
 }
 
 /// A per-second rate: `10` or `10/s`, at least 1.
-fn parse_rate(s: &str) -> Result<u32, String> {
+fn parse_rate(s: &str) -> Result<u16, String> {
     let number = s.trim().strip_suffix("/s").unwrap_or(s.trim());
     match number.parse::<u32>() {
         Ok(0) => Err("must be at least 1".to_owned()),
-        Ok(n) => Ok(n),
+        Ok(n) => u16::try_from(n).map_err(|_| "must be at most 65535".to_owned()),
         Err(_) => Err(format!("{s:?} is not a rate like 10 or 10/s")),
     }
 }
@@ -906,6 +907,8 @@ mod tests {
         assert_eq!(c.max_client_publish_rate, 5);
         assert!(parse(&["--max-client-publish-rate", "0"]).is_err());
         assert!(parse(&["--max-client-publish-rate", "x/s"]).is_err());
+        assert!(parse(&["--max-client-publish-rate", "65535"]).is_ok());
+        assert!(parse(&["--max-client-publish-rate", "65536/s"]).is_err());
         let public = parse(&["--api-listen", "0.0.0.0:8081"]).unwrap();
         assert!(matches!(
             Config::from_args(public),

@@ -41,7 +41,7 @@ pub(crate) struct Settings {
     /// Empty: any Origin.
     allowed_origins: Vec<String>,
     max_subscriptions: usize,
-    publish_rate: u32,
+    publish_rate: u16,
     trust_proxy: Vec<per_ip::Cidr>,
     /// `None` when both per-address limits are off.
     ip_limits: Option<per_ip::IpLimits>,

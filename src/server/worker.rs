@@ -35,7 +35,7 @@ use crate::push::subscribers::Table;
 use crate::server::connection::{Connection, Endpoint, Flushed, Handle, Outbound, Phase};
 use crate::server::hub_loop::HubHandle;
 use crate::server::per_ip::client_address;
-use crate::server::timer_wheel::TimerWheel;
+use crate::server::timer_wheel::{Entry, TimerWheel};
 use crate::server::{http, Settings, Stats};
 
 pub(crate) const LISTENER: Token = Token(usize::MAX);
@@ -55,15 +55,6 @@ const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 const DRAIN_STEP: Duration = Duration::from_millis(10);
 /// The wheel's slot key for the accept-pause timer (never a slab key).
 const ACCEPT_TIMER_KEY: u32 = u32::MAX;
-
-/// A wheel entry: which connection, and the tick it was armed for (stale if that is no longer
-/// the connection's deadline).
-#[derive(Debug, Clone, Copy)]
-struct TimerRef {
-    key: u32,
-    generation: u32,
-    tick: u32,
-}
 
 /// A worker's connection to the hub: the way there and its own inbox.
 pub(crate) struct HubLink {
@@ -95,6 +86,9 @@ pub(crate) struct Worker {
     /// Push connections whose `$user` join the hub has not answered yet, with their user
     /// (needed if a `$user` recovery request comes before the answer). Empty when idle.
     joining: HashMap<ConnId, Arc<str>>,
+    /// Subscribe requests (and the `$user` join) each push connection has waiting for the
+    /// hub's answer, bounded per connection; only connections with some are listed.
+    subscribes_in_flight: HashMap<ConnId, u8>,
     /// Connections with frames queued by fan-out this turn, flushed at its end.
     dirty: Vec<Handle>,
     /// Push-endpoint messages of the connection being read, handled after its frames.
@@ -113,8 +107,10 @@ pub(crate) struct Worker {
     warned_accept_pause: bool,
     conns: Slab<Connection>,
     next_generation: u32,
-    wheel: TimerWheel<TimerRef>,
-    fired: Vec<TimerRef>,
+    /// One live entry per connection: its handle, at its deadline (an entry whose deadline is
+    /// no longer the connection's is stale and skipped).
+    wheel: TimerWheel<Handle>,
+    fired: Vec<Entry<Handle>>,
     /// Ticks since the wheel's start, read once per turn.
     now: u64,
     read_buf: Box<[u8]>,
@@ -149,6 +145,7 @@ impl Worker {
                 inbox_again: false,
                 channels: Table::new(),
                 joining: HashMap::new(),
+                subscribes_in_flight: HashMap::new(),
                 dirty: Vec::new(),
                 push_in: Vec::new(),
                 push_msgs: Vec::new(),
@@ -226,7 +223,7 @@ impl Worker {
             self.wheel.advance(now, &mut self.fired);
             let mut fired = std::mem::take(&mut self.fired);
             for timer in fired.drain(..) {
-                self.on_timer(timer);
+                self.on_timer(timer.item, timer.deadline);
             }
             self.fired = fired;
             self.end_turn();
@@ -304,10 +301,9 @@ impl Worker {
         let tick = self.now + ticks;
         self.wheel.insert(
             tick,
-            TimerRef {
+            Handle {
                 key: ACCEPT_TIMER_KEY,
                 generation: 0,
-                tick: tick as u32,
             },
         );
     }
@@ -316,27 +312,16 @@ impl Worker {
     fn arm(&mut self, handle: Handle, tick: u64) {
         if let Some(conn) = self.get(handle) {
             conn.deadline = tick as u32;
-            self.wheel.insert(
-                tick,
-                TimerRef {
-                    key: handle.key,
-                    generation: handle.generation,
-                    tick: tick as u32,
-                },
-            );
+            self.wheel.insert(tick, handle);
         }
     }
 
-    fn on_timer(&mut self, timer: TimerRef) {
-        if timer.key == ACCEPT_TIMER_KEY {
+    fn on_timer(&mut self, handle: Handle, tick: u64) {
+        if handle.key == ACCEPT_TIMER_KEY {
             self.accepting = true;
             self.accept_all();
             return;
         }
-        let handle = Handle {
-            key: timer.key,
-            generation: timer.generation,
-        };
         let now = self.now;
         let (ping_ticks, pong_ticks) = (self.settings.ping_ticks, self.settings.pong_ticks);
         let Some(conn) = self
@@ -346,7 +331,7 @@ impl Worker {
         else {
             return;
         };
-        if conn.deadline != timer.tick {
+        if conn.deadline != tick as u32 {
             return; // re-armed since
         }
         match conn.phase {
@@ -357,7 +342,7 @@ impl Worker {
             }
             Phase::WebSocket(CloseState::Open) => {
                 let silent = u64::from((now as u32).wrapping_sub(conn.last_seen));
-                let expires = conn.push.as_ref().map_or(u64::MAX, |p| p.expires);
+                let expires = conn.push.as_ref().map_or(u64::MAX, |p| p.expires());
                 if expires <= now {
                     debug!("{}: token expired", peer(conn));
                     self.close_with(handle, 4001, "token expired");

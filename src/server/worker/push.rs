@@ -8,6 +8,7 @@
 //! would pass `--max-backlog` is not given the frame (it doesn't count as delivered) and is
 //! closed with 1008.
 
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::TryRecvError;
 use std::sync::Arc;
@@ -24,11 +25,13 @@ use crate::push::auth::{verify_hs256, Claims};
 use crate::push::client_protocol::{parse_client_op, write_error, write_unsubscribed, ClientOp};
 use crate::push::hub::{AckId, ConnId, Stream, Target, ToHub, ToWorker, UserId};
 use crate::push::names::{validate_user, USER_CHANNEL};
-use crate::server::connection::{Connection, Endpoint, Handle, Phase, PushConn, Subscription};
+use crate::server::connection::{
+    Connection, Endpoint, Handle, JoinedAt, Phase, PushConn, Subscription, Token,
+};
 use crate::server::Settings;
 
 /// Subscribe requests one connection may have waiting for the hub's answer.
-const MAX_SUBSCRIBES_IN_FLIGHT: u16 = 16;
+const MAX_SUBSCRIBES_IN_FLIGHT: u8 = 16;
 
 /// Inbox messages handled per turn before sockets get their turn.
 const MAX_INBOX_PER_TURN: usize = 4096;
@@ -111,6 +114,13 @@ fn percent_decode(value: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Frees a transient map's table once it is empty and was grown by a burst.
+fn release_if_empty<K, V>(map: &mut HashMap<K, V>) {
+    if map.is_empty() && map.capacity() > 64 {
+        *map = HashMap::new();
+    }
+}
+
 fn conn_id(handle: Handle) -> ConnId {
     handle.token().0 as ConnId
 }
@@ -156,26 +166,19 @@ impl Worker {
     pub(super) fn accept_push(&mut self, handle: Handle, identity: Identity) {
         let now = self.now;
         let ping_ticks = self.settings.ping_ticks;
-        let rate = self.settings.publish_rate;
-        let expires = identity
-            .claims
-            .as_ref()
-            .map_or(u64::MAX, |c| now + self.settings.ticks(time_left(c.exp)));
+        let mut push = PushConn::default();
+        if let Some(claims) = identity.claims {
+            let expires = now + self.settings.ticks(time_left(claims.exp));
+            push.set_token(Token { claims, expires });
+        }
+        let expires = push.expires();
         let user = Arc::clone(&identity.user);
         let Some(conn) = self.get(handle) else {
             return;
         };
-        conn.push = Some(Box::new(PushConn {
-            user: None,
-            user_joined_at: None,
-            claims: identity.claims.map(Box::new),
-            expires,
-            subs: Vec::new(),
-            publish_budget: rate,
-            subscribes_in_flight: 0,
-            budget_tick: now,
-        }));
+        conn.push = Some(Box::new(push));
         self.joining.insert(conn_id(handle), Arc::clone(&user));
+        self.subscribes_in_flight.insert(conn_id(handle), 1);
         self.send_to_hub(ToHub::JoinUser {
             worker: self.id,
             conn: conn_id(handle),
@@ -260,14 +263,15 @@ impl Worker {
         else {
             return;
         };
-        if push.subscribes_in_flight >= MAX_SUBSCRIBES_IN_FLIGHT {
+        let id = conn_id(handle);
+        if self.subscribes_in_flight.get(&id).copied().unwrap_or(0) >= MAX_SUBSCRIBES_IN_FLIGHT {
             return self.reply_error(handle, 429, "too many subscribe requests in flight");
         }
         if channel == USER_CHANNEL {
             // The connection's own stream, already subscribed: a recovery request, by the
             // hub's id or, if the join is still unanswered, by name.
-            push.subscribes_in_flight += 1;
-            let (worker, conn) = (self.id, conn_id(handle));
+            *self.subscribes_in_flight.entry(id).or_insert(0) += 1;
+            let (worker, conn) = (self.id, id);
             let message = match push.user {
                 Some(user) => ToHub::Subscribe {
                     worker,
@@ -289,38 +293,27 @@ impl Worker {
             };
             return self.send_to_hub(message);
         }
-        if !push
-            .claims
-            .as_ref()
-            .is_none_or(|c| c.may_subscribe(channel))
-        {
+        if !push.claims().is_none_or(|c| c.may_subscribe(channel)) {
             return self.reply_error(handle, 403, "the token does not allow this channel");
         }
-        let existing = push
-            .subs
-            .iter()
-            .find(|s| &*s.channel == channel)
-            .map(|s| Arc::clone(&s.channel));
+        let existing = push.sub(channel).map(|s| Arc::clone(&s.channel));
         let name = match existing {
             Some(name) => name,
             None => {
-                if push.subs.len() >= max {
+                if push.sub_count() >= max {
                     return self.reply_error(handle, 429, "too many subscriptions");
                 }
                 let name: Arc<str> = shared.unwrap_or_else(|| Arc::from(channel));
-                if push.subs.capacity() == push.subs.len() {
-                    push.subs.reserve_exact(1);
-                }
-                push.subs.push(Subscription {
+                push.add_sub(Subscription {
                     channel: Arc::clone(&name),
                     slot: None,
-                    joined_at: None,
+                    joined_at: JoinedAt::NOT_YET,
                 });
                 self.stats.subscriptions.fetch_add(1, Ordering::Relaxed);
                 name
             }
         };
-        push.subscribes_in_flight += 1;
+        *self.subscribes_in_flight.entry(id).or_insert(0) += 1;
         self.channels.add_pending(&name);
         self.send_to_hub(ToHub::Subscribe {
             worker: self.id,
@@ -335,8 +328,7 @@ impl Worker {
         let Some(push) = self.get(handle).and_then(|c| c.push.as_deref_mut()) else {
             return;
         };
-        if let Some(index) = push.subs.iter().position(|s| &*s.channel == channel) {
-            let sub = push.subs.swap_remove(index);
+        if let Some(sub) = push.remove_sub(channel) {
             self.stats.subscriptions.fetch_sub(1, Ordering::Relaxed);
             if let Some(slot) = sub.slot {
                 self.leave_channel(handle, &sub.channel, slot);
@@ -374,21 +366,13 @@ impl Worker {
         let Some(push) = self.get(handle).and_then(|c| c.push.as_deref_mut()) else {
             return;
         };
-        let allowed = match &push.claims {
-            Some(claims) => claims.may_publish(channel),
-            None => true,
-        };
+        let allowed = push.claims().is_none_or(|c| c.may_publish(channel));
         if !allowed || channel.starts_with('$') {
             return self.reply_error(handle, 403, "the token does not allow publishing here");
         }
-        if now >= push.budget_tick + second {
-            push.budget_tick = now;
-            push.publish_budget = rate;
-        }
-        if push.publish_budget == 0 {
+        if !push.take_publish(now, second, rate) {
             return self.reply_error(handle, 429, "too many publishes");
         }
-        push.publish_budget -= 1;
         self.send_to_hub(ToHub::Publish {
             channel: Arc::from(channel),
             data: data.to_owned(),
@@ -413,15 +397,14 @@ impl Worker {
         let Some(push) = conn.push.as_deref_mut() else {
             return;
         };
-        if push.claims.as_ref().is_none_or(|old| old.sub != claims.sub) {
+        if push.claims().is_none_or(|old| old.sub != claims.sub) {
             return self.reply_error(
                 handle,
                 403,
                 "refresh refused: the token is for another user",
             );
         }
-        push.expires = expires;
-        push.claims = Some(Box::new(claims));
+        push.set_token(Token { claims, expires });
         // Re-arm: the next deadline is the ping or the new expiry, whichever comes first.
         let ping_due = (now - (now as u32).wrapping_sub(last_seen as u32) as u64) + ping_ticks;
         self.arm(handle, ping_due.max(now + 1).min(expires));
@@ -468,10 +451,9 @@ impl Worker {
                 ToWorker::Drain { spread, timeout } => self.begin_drain(spread, timeout),
             }
         }
-        if self.joining.is_empty() && self.joining.capacity() > 64 {
-            // A burst of arrivals is over: give its bookkeeping back.
-            self.joining = Default::default();
-        }
+        // A burst of arrivals is over: give its bookkeeping back.
+        release_if_empty(&mut self.joining);
+        release_if_empty(&mut self.subscribes_in_flight);
         if self.link.inbox_load.load(Ordering::Relaxed) > 0 {
             // More may be waiting: come back after one round of sockets.
             self.inbox_again = true;
@@ -550,7 +532,7 @@ impl Worker {
             .filter(|c| c.generation == handle.generation)
             .and_then(|c| c.push.as_deref());
         let (wanted, already) = match (&stream, push) {
-            (Stream::Channel(name), Some(p)) => match p.subs.iter().find(|s| s.channel == *name) {
+            (Stream::Channel(name), Some(p)) => match p.sub(name) {
                 Some(sub) => (true, sub.slot.is_some()),
                 None => (false, false),
             },
@@ -582,13 +564,11 @@ impl Worker {
                 self.joining.remove(&conn_id(handle));
             }
         }
-        if let Some(push) = self
-            .conns
-            .get_mut(handle.key as usize)
-            .filter(|c| c.generation == handle.generation)
-            .and_then(|c| c.push.as_deref_mut())
-        {
-            push.subscribes_in_flight = push.subscribes_in_flight.saturating_sub(1);
+        if let Some(n) = self.subscribes_in_flight.get_mut(&conn_id(handle)) {
+            *n -= 1;
+            if *n == 0 {
+                self.subscribes_in_flight.remove(&conn_id(handle));
+            }
         }
         if !wanted {
             return;
@@ -616,17 +596,13 @@ impl Worker {
                     if slot.is_some() {
                         sub.slot = slot;
                     }
-                    let joined = sub.joined_at;
-                    sub.joined_at = Some(joined.map_or(holds_from, |j| j.min(holds_from)));
-                    joined
+                    sub.joined_at.join(holds_from)
                 }
                 None => return,
             },
             Stream::User(user) => {
                 push.user = Some(*user);
-                let joined = push.user_joined_at;
-                push.user_joined_at = Some(joined.map_or(holds_from, |j| j.min(holds_from)));
-                joined
+                push.user_joined_at.join(holds_from)
             }
         };
         if !enqueue(conn, handle, frame, max_backlog, dirty, slow) {
@@ -681,7 +657,8 @@ impl Worker {
 
     /// A push connection is gone: leave every table it is in.
     pub(super) fn forget_push(&mut self, handle: Handle, push: PushConn) {
-        for sub in &push.subs {
+        self.subscribes_in_flight.remove(&conn_id(handle));
+        for sub in push.subs() {
             self.stats.subscriptions.fetch_sub(1, Ordering::Relaxed);
             if let Some(slot) = sub.slot {
                 self.leave_channel(handle, &sub.channel, slot);
