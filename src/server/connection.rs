@@ -321,6 +321,8 @@ const OWNED_CHUNK_TARGET: usize = 64 * 1024;
 
 /// Most buffers handed to one `writev`.
 const MAX_IOVECS: usize = 256;
+/// Slots for a short queue (the common case), so a flush doesn't fill 256 of them.
+const FEW_IOVECS: usize = 8;
 
 /// The outbound queue: chunks of whole frames, written with `sendmsg`. A pong is queued like
 /// any frame, in order, but while it is the unstarted tail a newer ping's pong replaces it
@@ -478,18 +480,13 @@ impl Outbound {
     /// Writes as much as the socket takes, a `sendmsg` at a time.
     pub fn flush(&mut self, socket: &mut impl Sink) -> io::Result<Flushed> {
         while self.queued > 0 {
-            let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
-            let mut n_slices = 0;
-            for (i, chunk) in self.chunks.iter().take(MAX_IOVECS).enumerate() {
-                let bytes = if i == 0 {
-                    &chunk.bytes()[self.offset..]
-                } else {
-                    chunk.bytes()
-                };
-                slices[i] = IoSlice::new(bytes);
-                n_slices = i + 1;
-            }
-            let written = match socket.send_vectored(&slices[..n_slices]) {
+            // A fan-out queue usually holds a chunk or two: don't fill 256 slots for them.
+            let sent = if self.chunks.len() <= FEW_IOVECS {
+                self.send_chunks::<FEW_IOVECS>(socket)
+            } else {
+                self.send_chunks::<MAX_IOVECS>(socket)
+            };
+            let written = match sent {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Flushed::Blocked),
@@ -499,6 +496,31 @@ impl Outbound {
             self.advance(written);
         }
         Ok(Flushed::All)
+    }
+
+    /// Empty and small: worth keeping for the next fan-out instead of freeing (a queue that
+    /// grew for a backlog gives its memory back).
+    pub fn is_reusable(&self) -> bool {
+        self.queued == 0
+            && self.chunks.is_empty()
+            && self.chunks.capacity() <= 8
+            && self.offset == 0
+    }
+
+    /// One `sendmsg` of the first `N` chunks (at most).
+    fn send_chunks<const N: usize>(&self, socket: &mut impl Sink) -> io::Result<usize> {
+        let mut slices = [IoSlice::new(&[]); N];
+        let mut n_slices = 0;
+        for (i, chunk) in self.chunks.iter().take(N).enumerate() {
+            let bytes = if i == 0 {
+                &chunk.bytes()[self.offset..]
+            } else {
+                chunk.bytes()
+            };
+            slices[i] = IoSlice::new(bytes);
+            n_slices = i + 1;
+        }
+        socket.send_vectored(&slices[..n_slices])
     }
 
     /// Drops `written` bytes from the front.

@@ -26,7 +26,7 @@ use crate::push::client_protocol::{parse_client_op, write_error, write_unsubscri
 use crate::push::hub::{AckId, ConnId, Stream, Target, ToHub, ToWorker, UserId};
 use crate::push::names::{validate_user, USER_CHANNEL};
 use crate::server::connection::{
-    Connection, Endpoint, Handle, JoinedAt, Phase, PushConn, Subscription, Token,
+    Connection, Endpoint, Handle, JoinedAt, Outbound, Phase, PushConn, Subscription, Token,
 };
 use crate::server::Settings;
 
@@ -129,30 +129,37 @@ fn handle_of(id: ConnId) -> Handle {
     Handle::from_token(mio::Token(id as usize))
 }
 
-/// Queues a shared frame for fan-out. Returns whether the connection took it.
-fn enqueue(
-    conn: &mut Connection,
-    handle: Handle,
-    frame: &Arc<[u8]>,
+/// Where fan-out queuing puts its side effects: connections to flush once the batch is done,
+/// slow consumers to close, and the worker's pool of emptied queues (so a fan-out to an idle
+/// connection allocates nothing).
+struct Queuing<'a> {
     max_backlog: usize,
-    dirty: &mut Vec<Handle>,
-    slow: &mut Vec<Handle>,
-) -> bool {
-    if conn.phase != Phase::WebSocket(CloseState::Open) {
-        return false;
+    dirty: &'a mut Vec<Handle>,
+    slow: &'a mut Vec<Handle>,
+    #[allow(clippy::vec_box)] // moved in and out of `Connection::outbound` whole
+    spare: &'a mut Vec<Box<Outbound>>,
+}
+
+impl Queuing<'_> {
+    /// Queues a shared frame for `conn`. Returns whether the connection took it.
+    fn push(&mut self, conn: &mut Connection, handle: Handle, frame: &Arc<[u8]>) -> bool {
+        if conn.phase != Phase::WebSocket(CloseState::Open) {
+            return false;
+        }
+        if conn.queued() + frame.len() > self.max_backlog {
+            self.slow.push(handle);
+            return false;
+        }
+        let spare = &mut *self.spare;
+        conn.outbound
+            .get_or_insert_with(|| spare.pop().unwrap_or_default())
+            .push_shared(Arc::clone(frame));
+        if !conn.dirty {
+            conn.dirty = true;
+            self.dirty.push(handle);
+        }
+        true
     }
-    if conn.queued() + frame.len() > max_backlog {
-        slow.push(handle);
-        return false;
-    }
-    conn.outbound
-        .get_or_insert_with(Default::default)
-        .push_shared(Arc::clone(frame));
-    if !conn.dirty {
-        conn.dirty = true;
-        dirty.push(handle);
-    }
-    true
 }
 
 impl Worker {
@@ -488,15 +495,21 @@ impl Worker {
             channels,
             dirty,
             settings,
+            spare_outbound,
             ..
         } = self;
-        let max_backlog = settings.max_backlog;
+        let mut queuing = Queuing {
+            max_backlog: settings.max_backlog,
+            dirty,
+            slow,
+            spare: spare_outbound,
+        };
         let mut count = 0;
         // The FIFO inbox guarantees every member joined below this message's seq (its
         // subscribe was answered before it): no duplicate check is needed here.
         let mut each = |handle: Handle| {
             if let Some(conn) = conn_of(conns, handle) {
-                count += u64::from(enqueue(conn, handle, frame, max_backlog, dirty, slow));
+                count += u64::from(queuing.push(conn, handle, frame));
             }
         };
         match target {
@@ -507,7 +520,7 @@ impl Worker {
                 for (key, conn) in conns.iter_mut() {
                     if conn.endpoint == Endpoint::Push {
                         let handle = conn.handle(key);
-                        count += u64::from(enqueue(conn, handle, frame, max_backlog, dirty, slow));
+                        count += u64::from(queuing.push(conn, handle, frame));
                     }
                 }
             }
@@ -577,9 +590,15 @@ impl Worker {
             conns,
             dirty,
             settings,
+            spare_outbound,
             ..
         } = self;
-        let max_backlog = settings.max_backlog;
+        let mut queuing = Queuing {
+            max_backlog: settings.max_backlog,
+            dirty,
+            slow,
+            spare: spare_outbound,
+        };
         let Some(conn) = conn_of(conns, handle) else {
             return;
         };
@@ -605,7 +624,7 @@ impl Worker {
                 push.user_joined_at.join(holds_from)
             }
         };
-        if !enqueue(conn, handle, frame, max_backlog, dirty, slow) {
+        if !queuing.push(conn, handle, frame) {
             return;
         }
         // A first join gets the whole replay; a re-join (recovery on a stream this connection
@@ -614,7 +633,7 @@ impl Worker {
             if joined_at.is_some_and(|j| first + i as u64 > j) {
                 break;
             }
-            if !enqueue(conn, handle, frame, max_backlog, dirty, slow) {
+            if !queuing.push(conn, handle, frame) {
                 return;
             }
         }
