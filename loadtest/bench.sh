@@ -90,6 +90,10 @@ run() { # name scenario args...
   fi
 }
 
+echo "== kernel floor" >&2
+echo "floor: taskset -c $SERVER_CORE $L floor -n $SUBS --json" >>"$WORK/commands.txt"
+taskset -c "$SERVER_CORE" "$L" floor -n "$SUBS" --json >"$WORK/results/floor.json" || true
+
 for name in $TARGETS; do
   case "$name" in
     edgepush) PORT=18080; ECHO=ws://127.0.0.1:18080/echo
@@ -111,9 +115,26 @@ for name in $TARGETS; do
 done
 
 echo "== writing $OUT" >&2
-python3 - "$WORK" "$OUT" "$SVG" "$TARGETS" <<'PY'
+python3 - "$WORK" "$OUT" "$SVG" "$TARGETS" "$ROOT/loadtest/by-hand.md" <<'PY'
 import datetime, json, os, subprocess, sys
-work, out, svg_path, targets = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4].split()
+work, out, svg_path, targets, by_hand_path = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4].split(), sys.argv[5]
+try:
+    with open(os.path.join(work, "results", "floor.json")) as f:
+        floor = json.loads(f.read().strip().splitlines()[-1])
+    floor_line = (f"Kernel floor on this machine (`edgepush-load floor`, no server involved): one "
+                  f"{floor['size']}-byte loopback TCP send costs {floor['per_send_us_median']:.2f} Âµs "
+                  f"(median of {len(floor['per_send_us'])} passes over {floor['sockets']:,} sockets), so "
+                  f"a fan-out to {floor['sockets']:,} subscribers needs at least "
+                  f"{floor['per_send_us_median'] * floor['sockets'] / 1000:.1f} ms of one core in the "
+                  f"kernel alone, whatever the server. On loopback that cost includes the receiver's TCP "
+                  f"processing, which runs inline on the sending core.")
+except (OSError, ValueError, KeyError, IndexError):
+    floor_line = "Kernel floor: not measured."
+try:
+    with open(by_hand_path) as f:
+        by_hand = "\n" + f.read().strip() + "\n"
+except OSError:
+    by_hand = ""
 res = {}
 for name in targets:
     for sc in ["idle", "echo", "fanout-burst", "fanout-10s", "churn"]:
@@ -238,10 +259,12 @@ fws-peer (fastwebsockets), the last two from `shared/peers`. Ratios are {base} Ã
 
 {chr(10).join(lines)}
 
+{floor_line}
+
 Fan-out latency distribution (burst of the standard size, every subscriber):
 
 ![fan-out latency]({os.path.basename(svg_path)})
-
+{by_hand}
 ## Commands
 
 ```

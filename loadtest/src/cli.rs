@@ -67,6 +67,19 @@ pub struct Common {
 
 #[derive(Subcommand, Debug, Clone)]
 pub enum Cmd {
+    /// This machine's kernel cost of one small loopback TCP send, with no server involved: the
+    /// floor under any server's fan-out latency (N sends take at least N × this on one core)
+    Floor {
+        /// Socket pairs (each pass writes once to each)
+        #[arg(short = 'n', long, default_value_t = 5000)]
+        sockets: usize,
+        /// Passes; the median is reported
+        #[arg(long, default_value_t = 20)]
+        passes: usize,
+        /// Bytes per send (a 64-byte push message is about 70 on the wire)
+        #[arg(long, default_value_t = 70)]
+        size: usize,
+    },
     /// Open N connections, report the handshake rate, hold them idle (memory per connection)
     Idle {
         /// Connections

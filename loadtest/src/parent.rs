@@ -240,6 +240,7 @@ publishing through the API: not with --pub-ws or --sub-url"
             (Mode::Slow, DEFAULT_PUSH_URL, pubsub.subs)
         }
         Cmd::Churn { max_concurrent, .. } => (Mode::Churn, DEFAULT_PUSH_URL, *max_concurrent),
+        Cmd::Floor { .. } => return Err("floor needs no server: run by main".into()),
     };
     let pubsub: Option<&PubSub> = match &cli.cmd {
         Cmd::Fanout { pubsub, .. } | Cmd::Slow { pubsub, .. } => Some(pubsub),
@@ -345,6 +346,7 @@ fn execute(cli: &Cli, plan: Plan, pub_target: Option<Target>) -> Result<i32, Str
         first += n as u64;
         match &cli.cmd {
             Cmd::Idle { hold, .. } => spec.duration_ns = ns(*hold),
+            Cmd::Floor { .. } => {}
             Cmd::Echo {
                 size,
                 inflight,
@@ -589,6 +591,7 @@ fn execute(cli: &Cli, plan: Plan, pub_target: Option<Target>) -> Result<i32, Str
     out.insert("source_ips".into(), json!(plan.source_ips.len()));
     let mut messages_for_cpu = 0u64;
     match &cli.cmd {
+        Cmd::Floor { .. } => {}
         Cmd::Idle { hold, .. } => {
             out.insert("conns".into(), json!(plan.conns));
             out.insert("connected".into(), json!(opened));
