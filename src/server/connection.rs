@@ -498,15 +498,6 @@ impl Outbound {
         Ok(Flushed::All)
     }
 
-    /// Empty and small: worth keeping for the next fan-out instead of freeing (a queue that
-    /// grew for a backlog gives its memory back).
-    pub fn is_reusable(&self) -> bool {
-        self.queued == 0
-            && self.chunks.is_empty()
-            && self.chunks.capacity() <= 8
-            && self.offset == 0
-    }
-
     /// One `sendmsg` of the first `N` chunks (at most).
     fn send_chunks<const N: usize>(&self, socket: &mut impl Sink) -> io::Result<usize> {
         let mut slices = [IoSlice::new(&[]); N];

@@ -55,8 +55,6 @@ const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 const DRAIN_STEP: Duration = Duration::from_millis(10);
 /// The wheel's slot key for the accept-pause timer (never a slab key).
 const ACCEPT_TIMER_KEY: u32 = u32::MAX;
-/// Emptied outbound queues a worker keeps for reuse (about 100 bytes each).
-const SPARE_OUTBOUNDS: usize = 4096;
 
 /// A worker's connection to the hub: the way there and its own inbox.
 pub(crate) struct HubLink {
@@ -91,10 +89,6 @@ pub(crate) struct Worker {
     /// Subscribe requests (and the `$user` join) each push connection has waiting for the
     /// hub's answer, bounded per connection; only connections with some are listed.
     subscribes_in_flight: HashMap<ConnId, u8>,
-    /// Emptied outbound queues kept for reuse (at most `SPARE_OUTBOUNDS`): fan-out queues a
-    /// frame on every subscriber and frees the queue once written, many times a second.
-    #[allow(clippy::vec_box)] // moved in and out of `Connection::outbound` whole
-    spare_outbound: Vec<Box<Outbound>>,
     /// Connections with frames queued by fan-out this turn, flushed at its end.
     dirty: Vec<Handle>,
     /// Push-endpoint messages of the connection being read, handled after its frames.
@@ -152,7 +146,6 @@ impl Worker {
                 channels: Table::new(),
                 joining: HashMap::new(),
                 subscribes_in_flight: HashMap::new(),
-                spare_outbound: Vec::new(),
                 dirty: Vec::new(),
                 push_in: Vec::new(),
                 push_msgs: Vec::new(),
@@ -819,7 +812,6 @@ impl Worker {
             settings,
             poll,
             bytes_out,
-            spare_outbound,
             ..
         } = self;
         let Some(conn) = conns
@@ -850,11 +842,7 @@ impl Worker {
                 *bytes_out += (before - outbound.queued) as u64;
                 result.map(|flushed| {
                     if flushed == Flushed::All {
-                        if let Some(empty) = conn.outbound.take() {
-                            if spare_outbound.len() < SPARE_OUTBOUNDS && empty.is_reusable() {
-                                spare_outbound.push(empty);
-                            }
-                        }
+                        conn.outbound = None;
                     }
                 })
             }

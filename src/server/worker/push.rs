@@ -26,7 +26,7 @@ use crate::push::client_protocol::{parse_client_op, write_error, write_unsubscri
 use crate::push::hub::{AckId, ConnId, Stream, Target, ToHub, ToWorker, UserId};
 use crate::push::names::{validate_user, USER_CHANNEL};
 use crate::server::connection::{
-    Connection, Endpoint, Handle, JoinedAt, Outbound, Phase, PushConn, Subscription, Token,
+    Connection, Endpoint, Handle, JoinedAt, Phase, PushConn, Subscription, Token,
 };
 use crate::server::Settings;
 
@@ -130,14 +130,11 @@ fn handle_of(id: ConnId) -> Handle {
 }
 
 /// Where fan-out queuing puts its side effects: connections to flush once the batch is done,
-/// slow consumers to close, and the worker's pool of emptied queues (so a fan-out to an idle
-/// connection allocates nothing).
+/// and slow consumers to close.
 struct Queuing<'a> {
     max_backlog: usize,
     dirty: &'a mut Vec<Handle>,
     slow: &'a mut Vec<Handle>,
-    #[allow(clippy::vec_box)] // moved in and out of `Connection::outbound` whole
-    spare: &'a mut Vec<Box<Outbound>>,
 }
 
 impl Queuing<'_> {
@@ -150,9 +147,8 @@ impl Queuing<'_> {
             self.slow.push(handle);
             return false;
         }
-        let spare = &mut *self.spare;
         conn.outbound
-            .get_or_insert_with(|| spare.pop().unwrap_or_default())
+            .get_or_insert_with(Default::default)
             .push_shared(Arc::clone(frame));
         if !conn.dirty {
             conn.dirty = true;
@@ -495,14 +491,12 @@ impl Worker {
             channels,
             dirty,
             settings,
-            spare_outbound,
             ..
         } = self;
         let mut queuing = Queuing {
             max_backlog: settings.max_backlog,
             dirty,
             slow,
-            spare: spare_outbound,
         };
         let mut count = 0;
         // The FIFO inbox guarantees every member joined below this message's seq (its
@@ -590,14 +584,12 @@ impl Worker {
             conns,
             dirty,
             settings,
-            spare_outbound,
             ..
         } = self;
         let mut queuing = Queuing {
             max_backlog: settings.max_backlog,
             dirty,
             slow,
-            spare: spare_outbound,
         };
         let Some(conn) = conn_of(conns, handle) else {
             return;
