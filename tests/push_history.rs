@@ -8,6 +8,7 @@
 
 mod common;
 
+use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -16,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use common::{guarded, push_client, wait_until, ApiClient, RawClient, Received, TestServer};
 use edgepush::config::Config;
+use edgepush::protocol::frame::OpCode;
 use edgepush::push::hub::HistoryConfig;
 use serde_json::{json, Value};
 
@@ -642,5 +644,111 @@ fn resubscribe_on_the_same_connection_never_duplicates() {
             1,
             "one subscription: {stats}"
         );
+    });
+}
+
+/// The hub holds each user's connections; a connection that goes before the hub has answered
+/// its join must still leave, or the user's stream would never expire.
+#[test]
+fn vanished_connections_leave_no_member_behind() {
+    guarded(|| {
+        const TTL: Duration = Duration::from_secs(1);
+        let server = server(HistoryConfig {
+            ttl: TTL,
+            ..Default::default()
+        });
+        let mut api = ApiClient::connect(server.api_addr());
+        for i in 0..300 {
+            let mut stream = common::connect(server.addr());
+            let user = format!("ghost-{}", i % 3);
+            stream
+                .write_all(common::upgrade_request(&format!("/ws?user={user}")).as_bytes())
+                .expect("send upgrade");
+            if i % 2 == 1 {
+                // Half of them wait for the 101 (the join is on its way), half don't.
+                let (response, _) = common::read_response_head(&mut stream);
+                assert_eq!(response.status, 101, "{response:?}");
+            }
+            socket2::SockRef::from(&stream)
+                .set_linger(Some(Duration::ZERO))
+                .expect("SO_LINGER 0");
+        }
+        assert!(
+            wait_until(Duration::from_secs(5), || stat(
+                &stats(&mut api),
+                "connections"
+            ) == 0),
+            "{}",
+            stats(&mut api)
+        );
+        assert!(
+            wait_until(TTL + Duration::from_secs(4), || stat(
+                &stats(&mut api),
+                "user_streams"
+            ) == 0),
+            "a user stream kept a member that is gone: {}",
+            stats(&mut api)
+        );
+        let answer = api.post(
+            "/api/send",
+            &json!({"user": "ghost-0", "data": 1}).to_string(),
+        );
+        assert_eq!(answer, json!({"seq": 0, "delivered": 0}));
+    });
+}
+
+/// A reconnecting client may ask for its `$user` recovery in the same write as the upgrade,
+/// before the hub has answered the connection's join: it is answered all the same, with the
+/// missed message once.
+#[test]
+fn user_recovery_sent_with_the_upgrade_is_answered() {
+    guarded(|| {
+        let server = server(history(100));
+        let mut api = ApiClient::connect(server.api_addr());
+        let mut client = RawClient::connect(server.addr(), "/ws?user=early");
+        let first = client.expect_user_subscribed();
+        let epoch = epoch_of(&first);
+        for k in 1..=2 {
+            let answer = api.post(
+                "/api/send",
+                &json!({"user": "early", "data": k}).to_string(),
+            );
+            assert_eq!(answer, json!({"seq": k, "delivered": 1}));
+            assert_eq!(client.recv_json()["seq"], k);
+        }
+        close(client);
+        wait_until(Duration::from_secs(5), || {
+            stat(&stats(&mut api), "connections") == 0
+        });
+        let answer = api.post(
+            "/api/send",
+            &json!({"user": "early", "data": 3}).to_string(),
+        );
+        assert_eq!(answer, json!({"seq": 3, "delivered": 0}));
+
+        let mut raw = RawClient::from_parts(common::connect(server.addr()), Vec::new());
+        let op = json!({"op": "subscribe", "channel": "$user", "since": 2, "epoch": epoch});
+        let mut bytes = common::upgrade_request("/ws?user=early").into_bytes();
+        bytes.extend(raw.frame(true, OpCode::Text, op.to_string().as_bytes()));
+        raw.send_raw(&bytes).expect("send upgrade and subscribe");
+        let (response, rest) = common::read_response_head(&mut raw.stream);
+        assert_eq!(response.status, 101, "{response:?}");
+        let mut client = RawClient::from_parts(raw.stream, rest);
+        let joined = client.recv_json();
+        assert_eq!(
+            joined,
+            json!({"op": "subscribed", "channel": "$user", "epoch": epoch, "seq": 3})
+        );
+        let recovered = client.recv_json();
+        assert_eq!(
+            recovered,
+            json!({"op": "subscribed", "channel": "$user", "epoch": epoch, "seq": 3,
+                   "recovered": true})
+        );
+        assert_eq!(
+            client.recv_json(),
+            json!({"op": "message", "channel": "$user", "seq": 3, "data": 3})
+        );
+        assert_nothing_queued(&mut client);
     });
 }
