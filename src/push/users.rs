@@ -146,12 +146,17 @@ impl UserStream {
         };
     }
 
-    /// Removes `member` if it is there; returns whether none are left.
+    /// Removes `member`; returns whether it was there and was the last.
     fn remove(&mut self, member: (u16, ConnId)) -> bool {
+        let mut found = false;
         self.members = match std::mem::replace(&mut self.members, Members::Empty) {
-            Members::One(w, c) if (w, c) == member => Members::Empty,
+            Members::One(w, c) if (w, c) == member => {
+                found = true;
+                Members::Empty
+            }
             Members::Many(mut v) => {
                 if let Some(i) = v.iter().position(|m| *m == member) {
+                    found = true;
                     v.swap_remove(i);
                 }
                 match v.len() {
@@ -162,7 +167,7 @@ impl UserStream {
             }
             other => other,
         };
-        !self.has_members()
+        found && !self.has_members()
     }
 }
 
@@ -292,7 +297,8 @@ impl Users {
         )
     }
 
-    /// `member` left; the stream starts its idle time at `now` if it was the last.
+    /// `member` left; the stream starts its idle time at `now` if it was the last. (A repeated
+    /// leave changes nothing.)
     pub fn leave(&mut self, id: UserId, member: Member, now: u32) {
         if let Some(entry) = self.get_mut(id) {
             if entry.remove(member_key(member)) {
@@ -423,5 +429,65 @@ mod tests {
         users.expire(1, 1, |_| {});
         assert_eq!(users.len(), 1);
         assert_eq!(users.find(&long), Some(id));
+    }
+
+    #[test]
+    fn randomized_against_a_model() {
+        use std::collections::{BTreeSet, HashMap};
+        for seed in 1..=6u64 {
+            let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+            let mut next = |n: u64| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x % n
+            };
+            let mut users = Users::new();
+            // name -> (id, members, idle_since)
+            let mut model: HashMap<String, (UserId, BTreeSet<(WorkerId, ConnId)>, u32)> =
+                HashMap::new();
+            let mut now = 0u32;
+            for _ in 0..1_500 {
+                let name = format!("user-{}", next(40));
+                let member = m(next(2) as WorkerId, next(30));
+                match next(10) {
+                    0..=4 => {
+                        let id = users.join(&name, member);
+                        let entry = model
+                            .entry(name.clone())
+                            .or_insert_with(|| (id, BTreeSet::new(), now));
+                        assert_eq!(entry.0, id, "seed {seed}: {name} changed id");
+                        entry.1.insert((member.worker, member.conn));
+                    }
+                    5..=7 => {
+                        if let Some((id, members, idle)) = model.get_mut(&name) {
+                            users.leave(*id, member, now);
+                            if members.remove(&(member.worker, member.conn)) && members.is_empty() {
+                                *idle = now;
+                            }
+                        }
+                    }
+                    8 => now += next(5) as u32,
+                    _ => {
+                        let ttl = 3;
+                        users.expire(now, ttl, |_| {});
+                        model.retain(|_, (_, members, idle)| {
+                            !members.is_empty() || now.wrapping_sub(*idle) < ttl
+                        });
+                    }
+                }
+                assert_eq!(users.len(), model.len(), "seed {seed}");
+                for (name, (id, members, _)) in &model {
+                    assert_eq!(users.find(name), Some(*id), "seed {seed}: {name}");
+                    let got: BTreeSet<_> = users
+                        .get(*id)
+                        .map(|u| u.members().map(|m| (m.worker, m.conn)).collect())
+                        .unwrap_or_default();
+                    assert_eq!(&got, members, "seed {seed}: {name}");
+                }
+                let ids: BTreeSet<_> = model.values().map(|e| e.0).collect();
+                assert_eq!(ids.len(), model.len(), "seed {seed}: ids are unique");
+            }
+        }
     }
 }
