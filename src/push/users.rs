@@ -444,8 +444,8 @@ mod tests {
             };
             let mut users = Users::new();
             // name -> (id, members, idle_since)
-            let mut model: HashMap<String, (UserId, BTreeSet<(WorkerId, ConnId)>, u32)> =
-                HashMap::new();
+            type Entry = (UserId, BTreeSet<(WorkerId, ConnId)>, u32);
+            let mut model: HashMap<String, Entry> = HashMap::new();
             let mut now = 0u32;
             for _ in 0..1_500 {
                 let name = format!("user-{}", next(40));
