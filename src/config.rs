@@ -226,7 +226,8 @@ pub struct Args {
     )]
     pub user_history_size: usize,
 
-    /// All history together (frames plus bookkeeping); the oldest messages go first.
+    /// All history together (frames plus bookkeeping), and the `$user` streams kept for users
+    /// who went offline (128 bytes each); the oldest go first.
     #[arg(
         long,
         value_name = "BYTES",

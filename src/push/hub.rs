@@ -15,7 +15,9 @@
 //! history together passed `max_bytes` (frames plus a fixed cost per message for the bookkeeping,
 //! so API input alone cannot grow memory past it). A channel lives while it has subscribers or
 //! history; a `$user` stream lives for `ttl` after its user's last connection left, so a user
-//! who drops for a moment gets what was sent meanwhile. An epoch names one incarnation of a
+//! who drops for a moment gets what was sent meanwhile. Such offline streams are charged to the
+//! same `max_bytes` (a fixed cost each), and go oldest first with the messages when it is
+//! full, so clients connecting under ever new names cannot grow the hub either. An epoch names one incarnation of a
 //! stream: when a stream is forgotten and comes back, its seq restarts under a new epoch, and a
 //! client asking to recover from the old one is told `recovered: false`.
 
@@ -189,7 +191,8 @@ pub struct HistoryConfig {
     pub ttl: Duration,
     /// Messages kept per `$user` stream (`--user-history-size`).
     pub user_size: usize,
-    /// All history together (`--history-max-bytes`), oldest first.
+    /// All history together, plus a fixed charge per offline `$user` stream
+    /// (`--history-max-bytes`), oldest first.
     pub max_bytes: usize,
 }
 
@@ -209,6 +212,11 @@ impl Default for HistoryConfig {
 /// kept only for its history always has at least one charged message. Streams with
 /// subscribers are bounded by the subscriptions themselves.
 const LOG_ENTRY_COST: usize = 128;
+
+/// Bytes charged to the same budget for each `$user` stream kept after its last connection
+/// left (its entry, index slot and idle record, rounded up): offline users are kept for the
+/// TTL, and a client that keeps connecting under new names must not grow that without bound.
+const IDLE_USER_COST: usize = 128;
 
 /// Names one incarnation of a stream: random per stream creation and per process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -392,14 +400,49 @@ impl Hub {
         let (now, mut messages, mut bytes) = (self.clock(), 0, 0);
         // A user stream can go with messages still held (sent while it was idle); their log
         // entries stay behind, stale, but their charge is released here.
-        self.users.expire(now, ttl_secs, |held| {
+        let gone = self.users.expire(now, ttl_secs, |held| {
             let (n, b) = held.clear();
             messages += n;
             bytes += b + n * LOG_ENTRY_COST;
         });
         self.history_messages -= messages;
-        self.history_bytes = self.history_bytes.saturating_sub(bytes);
+        self.history_bytes = self
+            .history_bytes
+            .saturating_sub(bytes + gone * IDLE_USER_COST);
         self.channels.retain(|_, state| !state.is_unused());
+    }
+
+    /// Brings history and offline users' streams back under `max_bytes`, oldest first: the
+    /// oldest held message or the user who left longest ago, whichever is older.
+    fn enforce_budget(&mut self) {
+        while self.history_bytes > self.history.max_bytes {
+            let message_at = self.log.front().map(|e| e.at);
+            let left_at = self
+                .users
+                .oldest_idle()
+                .map(|secs| self.start + Duration::from_secs(u64::from(secs)));
+            let user_first = match (message_at, left_at) {
+                (Some(m), Some(u)) => u < m,
+                (None, Some(_)) => true,
+                (Some(_), None) => false,
+                (None, None) => break,
+            };
+            if !user_first {
+                self.pop_log();
+                continue;
+            }
+            let (mut messages, mut bytes) = (0, 0);
+            let dropped = self.users.drop_oldest_idle(|held| {
+                let (n, b) = held.clear();
+                messages += n;
+                bytes += b + n * LOG_ENTRY_COST;
+            });
+            if !dropped {
+                break;
+            }
+            self.history_messages -= messages;
+            self.history_bytes = self.history_bytes.saturating_sub(bytes + IDLE_USER_COST);
+        }
     }
 
     fn held(&self, stream: &Stream) -> Option<&Held> {
@@ -484,9 +527,7 @@ impl Hub {
         if self.log.len() > 2 * self.history_messages + 1024 {
             self.compact_log();
         }
-        while self.history_bytes > self.history.max_bytes && !self.log.is_empty() {
-            self.pop_log();
-        }
+        self.enforce_budget();
     }
 
     /// The channel's state, created (with a fresh epoch) if it doesn't exist. The map's key
@@ -638,12 +679,18 @@ impl Hub {
                 since,
                 epoch,
             } => {
-                let id = self.users.join(&user, Member { worker, conn });
+                let (id, was_idle) = self.users.join(&user, Member { worker, conn });
+                if was_idle {
+                    self.history_bytes = self.history_bytes.saturating_sub(IDLE_USER_COST);
+                }
                 self.subscribe(worker, conn, Stream::User(id), since, epoch);
             }
             ToHub::LeaveUser { worker, conn, user } => {
                 let now = self.clock();
-                self.users.leave(user, Member { worker, conn }, now);
+                if self.users.leave(user, Member { worker, conn }, now) {
+                    self.history_bytes += IDLE_USER_COST;
+                    self.enforce_budget();
+                }
             }
             ToHub::Subscribe {
                 worker,
@@ -1261,5 +1308,47 @@ mod tests {
         });
         let answers: Vec<_> = hub.take_answers().collect();
         assert_eq!(answers[0].body, "{\"users\":[\"a\",\"b\"],\"count\":2}");
+    }
+
+    #[test]
+    fn offline_users_share_the_history_budget_oldest_first() {
+        let start = Instant::now();
+        let config = HistoryConfig {
+            max_bytes: 10 * IDLE_USER_COST,
+            ..HistoryConfig::default()
+        };
+        let mut hub = Hub::new(1, config, start);
+        // 50 users connect and leave, one a second: only the 10 who left last are kept.
+        let mut ids = Vec::new();
+        for i in 0..50u64 {
+            hub.tick(start + Duration::from_secs(i));
+            let (id, _, _) = join(&mut hub, 0, i, &format!("u{i}"), None, None);
+            hub.on_message(ToHub::LeaveUser {
+                worker: 0,
+                conn: i,
+                user: id,
+            });
+            ids.push(id);
+            assert!(hub.history_size().1 <= 10 * IDLE_USER_COST);
+        }
+        assert_eq!(hub.stream_counts().1, 10);
+        assert_eq!(hub.users.idle_count(), 10);
+        assert!(hub.users.get(ids[39]).is_none() && hub.users.get(ids[40]).is_some());
+        // Coming back takes a stream off the budget; leaving again puts it back.
+        let (again, _, _) = join(&mut hub, 0, 99, "u45", None, None);
+        assert_eq!(again, ids[45]);
+        assert_eq!(hub.history_size().1, 9 * IDLE_USER_COST);
+        hub.on_message(ToHub::LeaveUser {
+            worker: 0,
+            conn: 99,
+            user: again,
+        });
+        assert_eq!(hub.history_size().1, 10 * IDLE_USER_COST);
+        // Everything expires with the TTL and the charge goes with it.
+        hub.tick(start + Duration::from_secs(49) + HistoryConfig::default().ttl);
+        hub.tick(start + Duration::from_secs(51) + HistoryConfig::default().ttl);
+        assert_eq!(hub.stream_counts(), (0, 0));
+        assert_eq!(hub.history_size(), (0, 0));
+        assert_eq!(hub.users.idle_count(), 0);
     }
 }

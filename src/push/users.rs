@@ -10,6 +10,7 @@
 //! user's stream.
 
 use std::collections::hash_map::RandomState;
+use std::collections::VecDeque;
 use std::hash::{BuildHasher, Hasher};
 use std::num::NonZeroU64;
 
@@ -180,6 +181,12 @@ pub struct Users {
     /// Head of the free list (`u32::MAX`: empty).
     free: u32,
     live: usize,
+    /// Streams that lost their last connection, oldest first: (id, when). A record is stale
+    /// once the user is back (or the stream is gone); stale ones are skipped, and dropped in
+    /// bulk when they outnumber the live ones.
+    idle: VecDeque<(UserId, u32)>,
+    /// Streams with no connection now.
+    idle_count: usize,
     hasher: RandomState,
 }
 
@@ -190,9 +197,21 @@ impl Default for Users {
             index: HashTable::new(),
             free: u32::MAX,
             live: 0,
+            idle: VecDeque::new(),
+            idle_count: 0,
             hasher: RandomState::new(),
         }
     }
+}
+
+/// `idle_since` of a stream that has never lost a connection.
+const NEVER_IDLE: u32 = u32::MAX;
+
+/// Is the idle record (`id`, `at`) still the stream's own (no one came back since)?
+fn is_current(entries: &[UserStream], id: UserId, at: u32) -> bool {
+    entries.get(id.slot()).is_some_and(|e| {
+        e.generation == id.generation() && !e.is_free() && !e.has_members() && e.idle_since == at
+    })
 }
 
 fn member_key(member: Member) -> (u16, ConnId) {
@@ -243,16 +262,30 @@ impl Users {
             .filter(|e| e.generation == id.generation() && !e.is_free())
     }
 
-    /// `name`'s stream (created if new, fresh epoch and seq 0) with `member` added.
-    pub fn join(&mut self, name: &str, member: Member) -> UserId {
+    /// `name`'s stream (created if new, fresh epoch and seq 0) with `member` added, and
+    /// whether the stream was idle until now.
+    pub fn join(&mut self, name: &str, member: Member) -> (UserId, bool) {
         let id = match self.find(name) {
             Some(id) => id,
             None => self.insert(name),
         };
+        let mut was_idle = false;
         if let Some(entry) = self.get_mut(id) {
+            was_idle = !entry.has_members();
             entry.add(member_key(member));
         }
-        id
+        // A new stream is not counted idle before its first member.
+        let was_idle = was_idle && self.idle_count > 0 && self.is_listed_idle(id);
+        if was_idle {
+            self.idle_count -= 1;
+        }
+        (id, was_idle)
+    }
+
+    /// Was `id` counted idle? Only streams that had a member and lost it are: a brand-new
+    /// stream's record is absent.
+    fn is_listed_idle(&self, id: UserId) -> bool {
+        self.get(id).is_some_and(|e| e.idle_since != NEVER_IDLE)
     }
 
     fn insert(&mut self, name: &str) -> UserId {
@@ -263,7 +296,7 @@ impl Users {
             held: Held::default(),
             members: Members::Empty,
             generation,
-            idle_since: 0,
+            idle_since: NEVER_IDLE,
         };
         let slot = match self.entries.get_mut(self.free as usize) {
             Some(entry) => {
@@ -297,27 +330,75 @@ impl Users {
         )
     }
 
-    /// `member` left; the stream starts its idle time at `now` if it was the last. (A repeated
-    /// leave changes nothing.)
-    pub fn leave(&mut self, id: UserId, member: Member, now: u32) {
-        if let Some(entry) = self.get_mut(id) {
-            if entry.remove(member_key(member)) {
-                entry.idle_since = now;
+    /// `member` left; the stream starts its idle time at `now` if it was the last (`now`
+    /// must not go back). Returns whether the stream became idle. (A repeated leave changes
+    /// nothing.)
+    pub fn leave(&mut self, id: UserId, member: Member, now: u32) -> bool {
+        let now = now.min(NEVER_IDLE - 1);
+        let Some(entry) = self.get_mut(id) else {
+            return false;
+        };
+        if !entry.remove(member_key(member)) {
+            return false;
+        }
+        // (If it was idle before and came back, its earlier record went stale.)
+        entry.idle_since = now;
+        self.idle_count += 1;
+        self.idle.push_back((id, now));
+        if self.idle.len() > 2 * self.idle_count + 1024 {
+            let entries = &self.entries;
+            self.idle.retain(|&(id, at)| is_current(entries, id, at));
+        }
+        true
+    }
+
+    /// How many streams have no connection now.
+    pub fn idle_count(&self) -> usize {
+        self.idle_count
+    }
+
+    /// When the longest-idle stream lost its last connection.
+    pub fn oldest_idle(&mut self) -> Option<u32> {
+        self.skip_stale();
+        self.idle.front().map(|&(_, at)| at)
+    }
+
+    fn skip_stale(&mut self) {
+        while let Some(&(id, at)) = self.idle.front() {
+            if is_current(&self.entries, id, at) {
+                return;
             }
+            self.idle.pop_front();
         }
     }
 
-    /// Forgets every stream idle for `ttl` or longer at `now`; `dropped` sees each one's held
-    /// messages before they go.
-    pub fn expire(&mut self, now: u32, ttl: u32, mut dropped: impl FnMut(&mut Held)) {
-        for slot in 0..self.entries.len() {
-            let entry = &mut self.entries[slot];
-            if entry.is_free() || entry.has_members() || now.wrapping_sub(entry.idle_since) < ttl {
-                continue;
-            }
+    /// Forgets the longest-idle stream; `dropped` sees its held messages before they go.
+    /// Returns whether there was one.
+    pub fn drop_oldest_idle(&mut self, dropped: impl FnOnce(&mut Held)) -> bool {
+        self.skip_stale();
+        let Some((id, _)) = self.idle.pop_front() else {
+            return false;
+        };
+        if let Some(entry) = self.get_mut(id) {
             dropped(&mut entry.held);
-            self.remove_slot(slot);
         }
+        self.idle_count -= 1;
+        self.remove_slot(id.slot());
+        true
+    }
+
+    /// Forgets every stream idle for `ttl` or longer at `now`, oldest first; `dropped` sees
+    /// each one's held messages before they go. Returns how many went.
+    pub fn expire(&mut self, now: u32, ttl: u32, mut dropped: impl FnMut(&mut Held)) -> usize {
+        let mut gone = 0;
+        while self
+            .oldest_idle()
+            .is_some_and(|at| now.saturating_sub(at) >= ttl)
+        {
+            self.drop_oldest_idle(&mut dropped);
+            gone += 1;
+        }
+        gone
     }
 
     fn remove_slot(&mut self, slot: usize) {
@@ -349,6 +430,10 @@ mod tests {
     use super::*;
     use std::sync::Arc;
 
+    fn join(users: &mut Users, name: &str, member: Member) -> UserId {
+        users.join(name, member).0
+    }
+
     fn m(worker: WorkerId, conn: ConnId) -> Member {
         Member { worker, conn }
     }
@@ -371,10 +456,14 @@ mod tests {
     #[test]
     fn join_finds_or_creates_and_members_are_a_set() {
         let mut users = Users::new();
-        let a = users.join("alice", m(0, 1));
-        assert_eq!(users.join("alice", m(1, 7)), a);
-        assert_eq!(users.join("alice", m(0, 1)), a, "joining twice is once");
-        let b = users.join("bob", m(0, 2));
+        let a = join(&mut users, "alice", m(0, 1));
+        assert_eq!(join(&mut users, "alice", m(1, 7)), a);
+        assert_eq!(
+            join(&mut users, "alice", m(0, 1)),
+            a,
+            "joining twice is once"
+        );
+        let b = join(&mut users, "bob", m(0, 2));
         assert_ne!(a, b);
         assert_eq!(users.len(), 2);
         assert_eq!(members(&users, a), [(0, 1), (1, 7)]);
@@ -392,8 +481,8 @@ mod tests {
     #[test]
     fn idle_streams_expire_after_the_ttl_and_their_ids_go_stale() {
         let mut users = Users::new();
-        let a = users.join("alice", m(0, 1));
-        let b = users.join("bob", m(0, 2));
+        let a = join(&mut users, "alice", m(0, 1));
+        let b = join(&mut users, "bob", m(0, 2));
         users
             .get_mut(a)
             .map(|u| u.held.push(1, Arc::from(&b"xy"[..])));
@@ -406,7 +495,7 @@ mod tests {
         assert!(users.get(a).is_none() && users.find("alice").is_none());
         assert_eq!(users.len(), 1, "bob is connected");
         // The slot is reused under a new generation and a new epoch.
-        let a2 = users.join("alice", m(1, 3));
+        let a2 = join(&mut users, "alice", m(1, 3));
         assert_ne!(a2, a);
         assert!(users.get(a).is_none());
         assert_ne!(users.epoch_bits(a2), users.epoch_bits(a));
@@ -417,10 +506,10 @@ mod tests {
     fn long_names_and_many_users_round_trip() {
         let mut users = Users::new();
         let long = "x".repeat(255);
-        let id = users.join(&long, m(0, 0));
+        let id = join(&mut users, &long, m(0, 0));
         assert_eq!(users.get(id).map(|u| u.name()), Some(long.as_str()));
         let ids: Vec<_> = (0..5_000)
-            .map(|i| users.join(&format!("u{i}"), m(i % 2, i as ConnId)))
+            .map(|i| join(&mut users, &format!("u{i}"), m(i % 2, i as ConnId)))
             .collect();
         for (i, id) in ids.iter().enumerate() {
             assert_eq!(users.find(&format!("u{i}")), Some(*id));
@@ -452,7 +541,7 @@ mod tests {
                 let member = m(next(2) as WorkerId, next(30));
                 match next(10) {
                     0..=4 => {
-                        let id = users.join(&name, member);
+                        let id = join(&mut users, &name, member);
                         let entry = model
                             .entry(name.clone())
                             .or_insert_with(|| (id, BTreeSet::new(), now));
@@ -477,6 +566,8 @@ mod tests {
                     }
                 }
                 assert_eq!(users.len(), model.len(), "seed {seed}");
+                let idle = model.values().filter(|e| e.1.is_empty()).count();
+                assert_eq!(users.idle_count(), idle, "seed {seed}");
                 for (name, (id, members, _)) in &model {
                     assert_eq!(users.find(name), Some(*id), "seed {seed}: {name}");
                     let got: BTreeSet<_> = users

@@ -712,7 +712,7 @@ impl HubLoop {
         );
         e.gauge(
             "edgepush_history_bytes",
-            "Bytes charged for history (frames and bookkeeping).",
+            "Bytes charged against --history-max-bytes: held frames, their bookkeeping, and offline users' streams.",
             history_bytes as u64,
         );
         e.counter(
