@@ -549,6 +549,7 @@ impl Hub {
                 None => targets.push((worker, vec![conn])),
             }
         }
+        targets.sort_unstable_by_key(|&(w, _)| w);
         targets
     }
 
@@ -1240,6 +1241,13 @@ mod tests {
         let targets: Vec<_> = hub
             .take_outbox()
             .map(|(w, m)| match m {
+                ToWorker::Deliver {
+                    target: Target::Conns(mut conns),
+                    ..
+                } => {
+                    conns.sort_unstable();
+                    (w, Target::Conns(conns))
+                }
                 ToWorker::Deliver { target, .. } => (w, target),
                 other => panic!("{other:?}"),
             })

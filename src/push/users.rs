@@ -10,7 +10,7 @@
 //! user's stream.
 
 use std::collections::hash_map::RandomState;
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::hash::{BuildHasher, Hasher};
 use std::num::NonZeroU64;
 
@@ -45,7 +45,9 @@ pub struct Member {
     pub conn: ConnId,
 }
 
-/// A user's connections; one inline, since most users have one.
+/// A user's connections; one inline, since most users have one. More go in a set, so that
+/// joining and leaving stay O(1) for a user with very many connections (every open-mode
+/// client without `?user=` is "anonymous").
 #[derive(Debug)]
 enum Members {
     /// The slot is free; the next free slot (`u32::MAX`: none).
@@ -53,7 +55,7 @@ enum Members {
     Empty,
     One(u16, ConnId),
     #[allow(clippy::box_collection)]
-    Many(Box<Vec<(u16, ConnId)>>),
+    Many(Box<HashSet<(u16, ConnId)>>),
 }
 
 /// A user name: inline up to 22 bytes (most ids are short), else on the heap.
@@ -105,7 +107,7 @@ impl UserStream {
         self.name.as_str()
     }
 
-    /// The user's connections, in joining order (but for removals, which swap).
+    /// The user's connections, in no particular order.
     pub fn members(&self) -> impl Iterator<Item = Member> + '_ {
         let one = match self.members {
             Members::One(w, c) => Some(Member {
@@ -115,13 +117,14 @@ impl UserStream {
             _ => None,
         };
         let many = match &self.members {
-            Members::Many(v) => v.as_slice(),
-            _ => &[],
+            Members::Many(set) => Some(set.iter()),
+            _ => None,
         };
-        one.into_iter().chain(many.iter().map(|&(w, c)| Member {
-            worker: usize::from(w),
-            conn: c,
-        }))
+        one.into_iter()
+            .chain(many.into_iter().flatten().map(|&(w, c)| Member {
+                worker: usize::from(w),
+                conn: c,
+            }))
     }
 
     pub fn has_members(&self) -> bool {
@@ -137,12 +140,10 @@ impl UserStream {
         self.members = match std::mem::replace(&mut self.members, Members::Empty) {
             Members::Free(_) | Members::Empty => Members::One(member.0, member.1),
             Members::One(w, c) if (w, c) == member => Members::One(w, c),
-            Members::One(w, c) => Members::Many(Box::new(vec![(w, c), member])),
-            Members::Many(mut v) => {
-                if !v.contains(&member) {
-                    v.push(member);
-                }
-                Members::Many(v)
+            Members::One(w, c) => Members::Many(Box::new(HashSet::from([(w, c), member]))),
+            Members::Many(mut set) => {
+                set.insert(member);
+                Members::Many(set)
             }
         };
     }
@@ -155,15 +156,12 @@ impl UserStream {
                 found = true;
                 Members::Empty
             }
-            Members::Many(mut v) => {
-                if let Some(i) = v.iter().position(|m| *m == member) {
-                    found = true;
-                    v.swap_remove(i);
-                }
-                match v.len() {
-                    0 => Members::Empty,
-                    1 => Members::One(v[0].0, v[0].1),
-                    _ => Members::Many(v),
+            Members::Many(mut set) => {
+                found = set.remove(&member);
+                match (set.len(), set.iter().next()) {
+                    (1, Some(&(w, c))) => Members::One(w, c),
+                    (0, _) => Members::Empty,
+                    _ => Members::Many(set),
                 }
             }
             other => other,
@@ -500,6 +498,37 @@ mod tests {
         assert!(users.get(a).is_none());
         assert_ne!(users.epoch_bits(a2), users.epoch_bits(a));
         assert_eq!(users.find("bob"), Some(b));
+    }
+
+    #[test]
+    fn one_user_with_very_many_connections() {
+        let mut users = Users::new();
+        let id = join(&mut users, "anonymous", m(0, 0));
+        for conn in 1..20_000 {
+            assert_eq!(
+                join(&mut users, "anonymous", m(conn as usize % 2, conn)),
+                id
+            );
+        }
+        assert_eq!(
+            join(&mut users, "anonymous", m(1, 7)),
+            id,
+            "already a member"
+        );
+        let count = |users: &Users| users.get(id).map_or(0, |u| u.members().count());
+        assert_eq!(count(&users), 20_000);
+        for conn in (0..20_000).step_by(2) {
+            assert!(!users.leave(id, m(conn as usize % 2, conn), 1));
+        }
+        assert_eq!(count(&users), 10_000);
+        assert!(users
+            .get(id)
+            .is_some_and(|u| u.members().all(|m| m.conn % 2 == 1)));
+        for conn in (1..19_999).step_by(2) {
+            assert!(!users.leave(id, m(conn as usize % 2, conn), 2));
+        }
+        assert!(users.leave(id, m(1, 19_999), 3), "the last one leaves");
+        assert_eq!((count(&users), users.idle_count()), (0, 1));
     }
 
     #[test]
