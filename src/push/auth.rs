@@ -68,7 +68,46 @@ pub struct Claims {
     pub publish: Option<Vec<String>>,
 }
 
-impl Claims {
+/// What a token lets a connection do, in the form a connection keeps for its life: the
+/// `channels` patterns, then the `publish` patterns, in one string, each ended by `'\n'`. One
+/// allocation, and connections whose tokens grant the same can share it. (A pattern holding a
+/// `'\n'` is left out: channel names can't contain one, so it could match nothing.)
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Grants {
+    patterns: Box<str>,
+    /// How many of `patterns` come from `channels`; `None`: the claim was absent (any channel).
+    channels: Option<u16>,
+}
+
+impl Grants {
+    pub fn new(claims: &Claims) -> Grants {
+        let mut patterns = String::new();
+        let mut push_all = |list: &[String]| {
+            let mut n = 0u16;
+            for p in list.iter().filter(|p| !p.contains('\n')) {
+                if n == u16::MAX {
+                    break; // (a token fits in 8 KiB: never reached)
+                }
+                patterns.push_str(p);
+                patterns.push('\n');
+                n += 1;
+            }
+            n
+        };
+        let channels = claims.channels.as_deref().map(&mut push_all);
+        if let Some(publish) = &claims.publish {
+            push_all(publish);
+        }
+        Grants {
+            patterns: patterns.into_boxed_str(),
+            channels,
+        }
+    }
+
+    fn all(&self) -> std::str::SplitTerminator<'_, char> {
+        self.patterns.split_terminator('\n')
+    }
+
     /// May this connection subscribe to `channel`? Its own `$user` stream always; other `$`
     /// channels never; otherwise any channel when `channels` is absent, else a channel some
     /// pattern in it matches.
@@ -79,9 +118,12 @@ impl Claims {
         if names::is_server_channel(channel) {
             return false;
         }
-        match &self.channels {
+        match self.channels {
             None => true,
-            Some(patterns) => patterns.iter().any(|p| pattern_matches(p, channel)),
+            Some(n) => self
+                .all()
+                .take(usize::from(n))
+                .any(|p| pattern_matches(p, channel)),
         }
     }
 
@@ -91,10 +133,8 @@ impl Claims {
         if names::is_server_channel(channel) {
             return false;
         }
-        match &self.publish {
-            None => false,
-            Some(patterns) => patterns.iter().any(|p| pattern_matches(p, channel)),
-        }
+        let skip = usize::from(self.channels.unwrap_or(0));
+        self.all().skip(skip).any(|p| pattern_matches(p, channel))
     }
 }
 
@@ -728,9 +768,45 @@ mod tests {
             (&everything, "$admin", false, false),
         ];
         for (c, channel, sub, publ) in cases {
-            assert_eq!(c.may_subscribe(channel), sub, "subscribe {channel} {c:?}");
-            assert_eq!(c.may_publish(channel), publ, "publish {channel} {c:?}");
+            let g = Grants::new(c);
+            assert_eq!(g.may_subscribe(channel), sub, "subscribe {channel} {c:?}");
+            assert_eq!(g.may_publish(channel), publ, "publish {channel} {c:?}");
         }
+    }
+
+    #[test]
+    fn grants_keep_the_two_lists_apart_and_drop_patterns_that_cannot_match() {
+        let c = Claims {
+            channels: Some(vec!["a".into(), "x\n*".into(), "b:*".into()]),
+            publish: Some(vec!["p".into()]),
+            ..claims("u", 1)
+        };
+        let g = Grants::new(&c);
+        assert!(g.may_subscribe("a") && g.may_subscribe("b:1"));
+        assert!(
+            !g.may_subscribe("p"),
+            "publish patterns don't grant subscribing"
+        );
+        assert!(!g.may_subscribe("x"), "a split pattern must not become '*'");
+        assert!(g.may_publish("p") && !g.may_publish("a") && !g.may_publish("b:1"));
+        // Only publish given: subscribing is open, publishing limited.
+        let c = Claims {
+            publish: Some(vec!["p".into()]),
+            ..claims("u", 1)
+        };
+        let g = Grants::new(&c);
+        assert!(g.may_subscribe("anything") && g.may_publish("p") && !g.may_publish("q"));
+        // The same grants compare equal, whoever the user.
+        let a = Claims {
+            channels: Some(vec!["n".into()]),
+            ..claims("alice", 1)
+        };
+        let b = Claims {
+            channels: Some(vec!["n".into()]),
+            ..claims("bob", 9)
+        };
+        assert_eq!(Grants::new(&a), Grants::new(&b));
+        assert_ne!(Grants::new(&a), Grants::new(&c));
     }
 
     #[test]

@@ -16,7 +16,7 @@ use mio::net::TcpStream;
 use crate::protocol::close::CloseState;
 use crate::protocol::frame::{self, FrameHeader, OpCode};
 use crate::protocol::message::Decoder;
-use crate::push::auth::Claims;
+use crate::push::auth::Grants;
 use crate::push::hub::UserId;
 use crate::push::subscribers::Slot;
 
@@ -117,10 +117,13 @@ struct RareState {
     budget: Option<(u32, u16)>,
 }
 
-/// A token connection's claims, and the wheel tick at which the token expires.
+/// What a token connection keeps of its token: what it may do (shared with the worker's other
+/// connections granted the same), a keyed fingerprint of its user (a `refresh` must be for the
+/// same one), and the wheel tick at which it expires.
 #[derive(Debug)]
 pub struct Token {
-    pub claims: Claims,
+    pub grants: Arc<Grants>,
+    pub user_fingerprint: u64,
     pub expires: u64,
 }
 
@@ -138,13 +141,20 @@ impl PushConn {
         self.rare.as_ref().and_then(|r| r.token.as_ref())
     }
 
-    /// The token's claims; `None` in open mode (everything allowed, no expiry).
-    pub fn claims(&self) -> Option<&Claims> {
-        self.token().map(|t| &t.claims)
+    /// What the token grants; `None` in open mode (everything allowed, no expiry).
+    pub fn grants(&self) -> Option<&Grants> {
+        self.token().map(|t| &*t.grants)
     }
 
-    pub fn set_token(&mut self, token: Token) {
-        self.rare().token = Some(token);
+    pub fn take_token(&mut self) -> Option<Token> {
+        let token = self.rare.as_mut().and_then(|r| r.token.take());
+        self.tidy();
+        token
+    }
+
+    /// Sets the connection's token; returns the one it replaces.
+    pub fn set_token(&mut self, token: Token) -> Option<Token> {
+        self.rare().token.replace(token)
     }
 
     pub fn subs(&self) -> impl Iterator<Item = &Subscription> {

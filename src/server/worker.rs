@@ -11,7 +11,8 @@
 
 mod push;
 
-use std::collections::HashMap;
+use std::collections::hash_map::RandomState;
+use std::collections::{HashMap, HashSet};
 use std::io::{self, Read, Write};
 use std::net::IpAddr;
 use std::net::Shutdown;
@@ -30,6 +31,7 @@ use crate::protocol::close::{self, CloseReply, CloseState};
 use crate::protocol::frame::{write_frame, OpCode};
 use crate::protocol::handshake::{parse_request, write_accept_response, write_response};
 use crate::protocol::message::{Event, MessageKind};
+use crate::push::auth::Grants;
 use crate::push::hub::{ConnId, ToWorker};
 use crate::push::subscribers::Table;
 use crate::server::connection::{Connection, Endpoint, Flushed, Handle, Outbound, Phase};
@@ -89,6 +91,10 @@ pub(crate) struct Worker {
     /// Subscribe requests (and the `$user` join) each push connection has waiting for the
     /// hub's answer, bounded per connection; only connections with some are listed.
     subscribes_in_flight: HashMap<ConnId, u8>,
+    /// Token grants, one shared copy per distinct set (most tokens grant the same).
+    grants: HashSet<Arc<Grants>>,
+    /// Key for the user fingerprints token connections keep (see `connection::Token`).
+    user_key: RandomState,
     /// Connections with frames queued by fan-out this turn, flushed at its end.
     dirty: Vec<Handle>,
     /// Push-endpoint messages of the connection being read, handled after its frames.
@@ -146,6 +152,8 @@ impl Worker {
                 channels: Table::new(),
                 joining: HashMap::new(),
                 subscribes_in_flight: HashMap::new(),
+                grants: HashSet::new(),
+                user_key: RandomState::new(),
                 dirty: Vec::new(),
                 push_in: Vec::new(),
                 push_msgs: Vec::new(),

@@ -9,6 +9,7 @@
 //! closed with 1008.
 
 use std::collections::HashMap;
+use std::hash::BuildHasher;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::TryRecvError;
 use std::sync::Arc;
@@ -21,7 +22,7 @@ use crate::protocol::close::CloseState;
 use crate::protocol::frame::{write_frame, OpCode};
 use crate::protocol::handshake::Request;
 use crate::protocol::message::MessageKind;
-use crate::push::auth::{verify_hs256, Claims};
+use crate::push::auth::{verify_hs256, Claims, Grants};
 use crate::push::client_protocol::{parse_client_op, write_error, write_unsubscribed, ClientOp};
 use crate::push::hub::{AckId, ConnId, Stream, Target, ToHub, ToWorker, UserId};
 use crate::push::names::{validate_user, USER_CHANNEL};
@@ -169,10 +170,12 @@ impl Worker {
     pub(super) fn accept_push(&mut self, handle: Handle, identity: Identity) {
         let now = self.now;
         let ping_ticks = self.settings.ping_ticks;
+        if self.get(handle).is_none() {
+            return;
+        }
         let mut push = PushConn::default();
         if let Some(claims) = identity.claims {
-            let expires = now + self.settings.ticks(time_left(claims.exp));
-            push.set_token(Token { claims, expires });
+            push.set_token(self.token_of(&claims));
         }
         let expires = push.expires();
         let user = Arc::clone(&identity.user);
@@ -296,7 +299,7 @@ impl Worker {
             };
             return self.send_to_hub(message);
         }
-        if !push.claims().is_none_or(|c| c.may_subscribe(channel)) {
+        if !push.grants().is_none_or(|g| g.may_subscribe(channel)) {
             return self.reply_error(handle, 403, "the token does not allow this channel");
         }
         let existing = push.sub(channel).map(|s| Arc::clone(&s.channel));
@@ -369,7 +372,7 @@ impl Worker {
         let Some(push) = self.get(handle).and_then(|c| c.push.as_deref_mut()) else {
             return;
         };
-        let allowed = push.claims().is_none_or(|c| c.may_publish(channel));
+        let allowed = push.grants().is_none_or(|g| g.may_publish(channel));
         if !allowed || channel.starts_with('$') {
             return self.reply_error(handle, 403, "the token does not allow publishing here");
         }
@@ -391,23 +394,30 @@ impl Worker {
             Err(e) => return self.reply_error(handle, 403, &format!("refresh refused: {e}")),
         };
         let now = self.now;
-        let expires = now + self.settings.ticks(time_left(claims.exp));
         let ping_ticks = self.settings.ping_ticks;
+        let token = self.token_of(&claims);
+        let expires = token.expires;
         let Some(conn) = self.get(handle) else {
-            return;
+            return self.release_grants(token);
         };
         let last_seen = u64::from(conn.last_seen);
         let Some(push) = conn.push.as_deref_mut() else {
-            return;
+            return self.release_grants(token);
         };
-        if push.claims().is_none_or(|old| old.sub != claims.sub) {
+        if push
+            .token()
+            .is_none_or(|old| old.user_fingerprint != token.user_fingerprint)
+        {
+            self.release_grants(token);
             return self.reply_error(
                 handle,
                 403,
                 "refresh refused: the token is for another user",
             );
         }
-        push.set_token(Token { claims, expires });
+        if let Some(old) = push.set_token(token) {
+            self.release_grants(old);
+        }
         // Re-arm: the next deadline is the ping or the new expiry, whichever comes first.
         let ping_due = (now - (now as u32).wrapping_sub(last_seen as u32) as u64) + ping_ticks;
         self.arm(handle, ping_due.max(now + 1).min(expires));
@@ -667,8 +677,37 @@ impl Worker {
     }
 
     /// A push connection is gone: leave every table it is in.
-    pub(super) fn forget_push(&mut self, handle: Handle, push: PushConn) {
+    /// What a connection keeps of a verified token; its grants are the worker's shared copy.
+    fn token_of(&mut self, claims: &Claims) -> Token {
+        let grants = Grants::new(claims);
+        let grants = match self.grants.get(&grants) {
+            Some(shared) => Arc::clone(shared),
+            None => {
+                let shared = Arc::new(grants);
+                self.grants.insert(Arc::clone(&shared));
+                shared
+            }
+        };
+        Token {
+            grants,
+            user_fingerprint: self.user_key.hash_one(claims.sub.as_str()),
+            expires: self.now + self.settings.ticks(time_left(claims.exp)),
+        }
+    }
+
+    /// Lets go of a token; the shared grants go with the last connection holding them.
+    fn release_grants(&mut self, token: Token) {
+        // One reference is the worker's set, one is `token`: nobody else uses them.
+        if Arc::strong_count(&token.grants) == 2 {
+            self.grants.remove(&*token.grants);
+        }
+    }
+
+    pub(super) fn forget_push(&mut self, handle: Handle, mut push: PushConn) {
         self.subscribes_in_flight.remove(&conn_id(handle));
+        if let Some(token) = push.take_token() {
+            self.release_grants(token);
+        }
         for sub in push.subs() {
             self.stats.subscriptions.fetch_sub(1, Ordering::Relaxed);
             if let Some(slot) = sub.slot {
