@@ -275,7 +275,7 @@ impl Users {
         // A new stream is not counted idle before its first member.
         let was_idle = was_idle && self.idle_count > 0 && self.is_listed_idle(id);
         if was_idle {
-            self.idle_count -= 1;
+            self.idle_count = self.idle_count.saturating_sub(1);
         }
         (id, was_idle)
     }
@@ -380,7 +380,7 @@ impl Users {
         if let Some(entry) = self.get_mut(id) {
             dropped(&mut entry.held);
         }
-        self.idle_count -= 1;
+        self.idle_count = self.idle_count.saturating_sub(1);
         self.remove_slot(id.slot());
         true
     }
@@ -408,7 +408,7 @@ impl Users {
         entry.held = Held::default();
         entry.members = Members::Free(self.free);
         self.free = slot as u32;
-        self.live -= 1;
+        self.live = self.live.saturating_sub(1);
         if let Ok(found) = self.index.find_entry(hash, |&s| s as usize == slot) {
             found.remove();
         }
