@@ -1,6 +1,7 @@
 //! The push endpoint on a worker: identity at the upgrade, the JSON client protocol, the
-//! worker's routing tables, and what the hub sends through the inbox (fan-out, subscribe
-//! answers, disconnects, presence queries).
+//! worker's channel table (a user's connections are the hub's, see `push::users`: a connection
+//! joins its user's stream at the upgrade and leaves it when it goes), and what the hub sends
+//! through the inbox (fan-out, subscribe answers, disconnects, presence queries).
 //!
 //! Fan-out queues one shared frame (`Arc<[u8]>`) per subscriber and marks the connection
 //! dirty; when the inbox batch is done each dirty connection is written once, so a burst of
