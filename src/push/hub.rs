@@ -397,19 +397,24 @@ impl Hub {
             self.pop_log();
         }
         let ttl_secs = u32::try_from(ttl.as_secs()).unwrap_or(u32::MAX);
-        let (now, mut messages, mut bytes) = (self.clock(), 0, 0);
+        let now = self.clock();
         // A user stream can go with messages still held (sent while it was idle); their log
         // entries stay behind, stale, but their charge is released here.
-        let gone = self.users.expire(now, ttl_secs, |held| {
-            let (n, b) = held.clear();
-            messages += n;
-            bytes += b + n * LOG_ENTRY_COST;
-        });
-        self.history_messages -= messages;
+        let mut cleared = (0, 0);
+        let gone = self
+            .users
+            .expire(now, ttl_secs, |held| add_counts(&mut cleared, held.clear()));
+        self.uncharge(cleared, gone);
+        self.channels.retain(|_, state| !state.is_unused());
+    }
+
+    /// Takes back the charge of held messages, as (count, frame bytes), and of offline user
+    /// streams.
+    fn uncharge(&mut self, (messages, bytes): (usize, usize), offline_users: usize) {
+        self.history_messages = self.history_messages.saturating_sub(messages);
         self.history_bytes = self
             .history_bytes
-            .saturating_sub(bytes + gone * IDLE_USER_COST);
-        self.channels.retain(|_, state| !state.is_unused());
+            .saturating_sub(bytes + messages * LOG_ENTRY_COST + offline_users * IDLE_USER_COST);
     }
 
     /// Brings history and offline users' streams back under `max_bytes`, oldest first: the
@@ -431,17 +436,11 @@ impl Hub {
                 self.pop_log();
                 continue;
             }
-            let (mut messages, mut bytes) = (0, 0);
-            let dropped = self.users.drop_oldest_idle(|held| {
-                let (n, b) = held.clear();
-                messages += n;
-                bytes += b + n * LOG_ENTRY_COST;
-            });
-            if !dropped {
+            let mut cleared = (0, 0);
+            if !self.users.drop_oldest_idle(|held| cleared = held.clear()) {
                 break;
             }
-            self.history_messages -= messages;
-            self.history_bytes = self.history_bytes.saturating_sub(bytes + IDLE_USER_COST);
+            self.uncharge(cleared, 1);
         }
     }
 
@@ -481,10 +480,7 @@ impl Hub {
         };
         if held.oldest_seq() == Some(entry.seq) {
             if let Some(frame) = held.pop_oldest() {
-                self.history_bytes = self
-                    .history_bytes
-                    .saturating_sub(frame.len() + LOG_ENTRY_COST);
-                self.history_messages -= 1;
+                self.uncharge((1, frame.len()), 0);
             }
         }
         // A channel nobody listens to is kept only for its history.
@@ -514,10 +510,7 @@ impl Hub {
         self.history_bytes += frame.len() + LOG_ENTRY_COST;
         self.history_messages += 1;
         if let Some(old) = trimmed {
-            self.history_bytes = self
-                .history_bytes
-                .saturating_sub(old.len() + LOG_ENTRY_COST);
-            self.history_messages -= 1;
+            self.uncharge((1, old.len()), 0);
         }
         self.log.push_back(LogEntry {
             stream,
@@ -559,11 +552,17 @@ impl Hub {
             Command::Publish { channel, .. } | Command::Presence { channel } => {
                 workers_of(self.channels.get(channel))
             }
-            Command::Send { user, .. } | Command::Disconnect { user } => self
-                .user_targets(user)
-                .into_iter()
-                .map(|(w, _)| w)
-                .collect(),
+            Command::Send { user, .. } | Command::Disconnect { user } => {
+                // Only which workers: the connection lists are built once, by `command`.
+                let members = self.users.find(user).and_then(|id| self.users.get(id));
+                let mask = members
+                    .into_iter()
+                    .flat_map(|u| u.members())
+                    .fold(0u64, |mask, m| {
+                        mask | 1u64.checked_shl(m.worker as u32).unwrap_or(0)
+                    });
+                workers_in(mask)
+            }
             Command::Broadcast { .. } => (0..self.workers).collect(),
         }
     }
@@ -682,7 +681,7 @@ impl Hub {
             } => {
                 let (id, was_idle) = self.users.join(&user, Member { worker, conn });
                 if was_idle {
-                    self.history_bytes = self.history_bytes.saturating_sub(IDLE_USER_COST);
+                    self.uncharge((0, 0), 1);
                 }
                 self.subscribe(worker, conn, Stream::User(id), since, epoch);
             }
@@ -857,9 +856,18 @@ impl Hub {
 }
 
 fn workers_of(state: Option<&ChannelState>) -> Vec<WorkerId> {
-    state.map_or_else(Vec::new, |s| {
-        (0..64).filter(|w| s.workers & (1u64 << w) != 0).collect()
-    })
+    workers_in(state.map_or(0, |s| s.workers))
+}
+
+/// The workers whose bits are set in `mask`.
+fn workers_in(mask: u64) -> Vec<WorkerId> {
+    (0..64).filter(|w| mask & (1u64 << w) != 0).collect()
+}
+
+/// Adds a (count, bytes) pair to a running total.
+fn add_counts(total: &mut (usize, usize), (n, bytes): (usize, usize)) {
+    total.0 += n;
+    total.1 += bytes;
 }
 
 #[cfg(test)]

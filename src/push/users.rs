@@ -269,21 +269,14 @@ impl Users {
         };
         let mut was_idle = false;
         if let Some(entry) = self.get_mut(id) {
-            was_idle = !entry.has_members();
+            // Idle means it had a connection and lost it: a brand-new stream is not.
+            was_idle = !entry.has_members() && entry.idle_since != NEVER_IDLE;
             entry.add(member_key(member));
         }
-        // A new stream is not counted idle before its first member.
-        let was_idle = was_idle && self.idle_count > 0 && self.is_listed_idle(id);
         if was_idle {
             self.idle_count = self.idle_count.saturating_sub(1);
         }
         (id, was_idle)
-    }
-
-    /// Was `id` counted idle? Only streams that had a member and lost it are: a brand-new
-    /// stream's record is absent.
-    fn is_listed_idle(&self, id: UserId) -> bool {
-        self.get(id).is_some_and(|e| e.idle_since != NEVER_IDLE)
     }
 
     fn insert(&mut self, name: &str) -> UserId {
@@ -320,12 +313,8 @@ impl Users {
                 .map_or(0, |e| hasher.hash_one(e.name.as_str()))
         });
         self.live += 1;
-        // The slot's generation is at least 1, so the id is never zero.
-        let generation = self.entries.get(slot as usize).map_or(1, |e| e.generation);
-        UserId(
-            NonZeroU64::new(u64::from(generation) << 32 | u64::from(slot))
-                .unwrap_or(NonZeroU64::MIN),
-        )
+        // The slot exists and its generation is at least 1, so this is never `None`.
+        self.id_of(slot as usize).unwrap_or(UserId(NonZeroU64::MIN))
     }
 
     /// `member` left; the stream starts its idle time at `now` if it was the last (`now`
