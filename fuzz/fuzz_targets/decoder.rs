@@ -8,12 +8,9 @@
 #![no_main]
 
 use edgepush::protocol::frame::MAX_CONTROL_PAYLOAD;
-use edgepush::protocol::frame::MAX_HEADER_LEN;
-use edgepush::protocol::message::{Decoder, DecoderConfig, Event, MessageKind, Role};
+use edgepush::protocol::message::{drive_chunks, DecoderConfig, Event, MessageKind, Role};
 use edgepush::protocol::ProtocolError;
 use libfuzzer_sys::fuzz_target;
-
-const MAX_LEFTOVER: usize = MAX_HEADER_LEN + MAX_CONTROL_PAYLOAD; // 139
 
 const SIZES: [usize; 8] = [0, 1, 10, 125, 126, 1000, 65_536, 1 << 20];
 
@@ -54,42 +51,12 @@ fn own(event: Event<'_>, config: &DecoderConfig) -> Owned {
     }
 }
 
-/// The driver loop from the `message` module docs: leftover bytes go in front of the next read.
-/// Stops at the first error.
+/// The driver loop from the `message` module docs (leftover bytes go in front of the next
+/// read), with its invariants checked by `drive_chunks`. Stops at the first error.
 fn run(chunks: &[&[u8]], config: &DecoderConfig) -> (Vec<Owned>, Option<ProtocolError>) {
-    let mut decoder = Decoder::new();
     let mut events = Vec::new();
-    let mut stash: Vec<u8> = Vec::new();
-    for chunk in chunks {
-        let mut buf = std::mem::take(&mut stash);
-        buf.extend_from_slice(chunk);
-        let mut pos = 0;
-        loop {
-            let available = buf.len() - pos;
-            match decoder.decode(&mut buf[pos..], config) {
-                Err(e) => return (events, Some(e)),
-                Ok(step) => {
-                    assert!(step.consumed <= available, "consumed past the input");
-                    pos += step.consumed;
-                    match step.event {
-                        Some(ev) => events.push(own(ev, config)),
-                        None if step.consumed == 0 => break,
-                        None => {}
-                    }
-                }
-            }
-        }
-        stash = buf[pos..].to_vec();
-        assert!(
-            stash.len() <= MAX_LEFTOVER,
-            "leftover of {} bytes (at most {MAX_LEFTOVER})",
-            stash.len()
-        );
-        if decoder.is_idle() {
-            assert_eq!(decoder.buffered(), 0);
-        }
-    }
-    (events, None)
+    let result = drive_chunks(chunks, config, |event| events.push(own(event, config)));
+    (events, result.err())
 }
 
 /// Splits `stream` into reads of the sizes the pattern gives.

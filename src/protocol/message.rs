@@ -305,6 +305,50 @@ impl Decoder {
     }
 }
 
+/// Feeds `chunks` through a fresh decoder the way a driver feeds reads (the unconsumed rest
+/// of one read goes in front of the next), hands every event to `on_event`, and stops at the
+/// first error. On the way it asserts the decoder's promises: it never consumes past its
+/// input, carries at most a frame header plus a control frame into the next read, and holds
+/// nothing once idle. For the unit tests and the fuzz target; the server drives the decoder
+/// over its own buffers.
+#[doc(hidden)]
+pub fn drive_chunks(
+    chunks: &[&[u8]],
+    config: &DecoderConfig,
+    mut on_event: impl FnMut(Event<'_>),
+) -> Result<(), ProtocolError> {
+    const MAX_LEFTOVER: usize =
+        crate::protocol::frame::MAX_HEADER_LEN + crate::protocol::frame::MAX_CONTROL_PAYLOAD;
+    let mut decoder = Decoder::new();
+    let mut stash: Vec<u8> = Vec::new();
+    for chunk in chunks {
+        let mut buf = std::mem::take(&mut stash);
+        buf.extend_from_slice(chunk);
+        let mut pos = 0;
+        loop {
+            let available = buf.len() - pos;
+            let step = decoder.decode(&mut buf[pos..], config)?;
+            assert!(step.consumed <= available, "consumed past the input");
+            pos += step.consumed;
+            match step.event {
+                Some(event) => on_event(event),
+                None if step.consumed == 0 => break,
+                None => {}
+            }
+        }
+        stash = buf[pos..].to_vec();
+        assert!(
+            stash.len() <= MAX_LEFTOVER,
+            "leftover of {} bytes (at most {MAX_LEFTOVER}: a header or a control frame)",
+            stash.len()
+        );
+        if decoder.is_idle() {
+            assert_eq!(decoder.buffered(), 0, "an idle decoder holds nothing");
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -344,33 +388,9 @@ mod tests {
     /// Feeds `chunks` the way a driver does (leftover bytes go in front of the next read) and
     /// returns the events, stopping at the first error.
     fn run(chunks: &[&[u8]], config: &DecoderConfig) -> (Vec<Owned>, Option<ProtocolError>) {
-        let mut decoder = Decoder::new();
         let mut events = Vec::new();
-        let mut stash: Vec<u8> = Vec::new();
-        for chunk in chunks {
-            let mut buf = std::mem::take(&mut stash);
-            buf.extend_from_slice(chunk);
-            let mut pos = 0;
-            loop {
-                match decoder.decode(&mut buf[pos..], config) {
-                    Err(e) => return (events, Some(e)),
-                    Ok(step) => {
-                        pos += step.consumed;
-                        match step.event {
-                            Some(ev) => events.push(own(ev)),
-                            None if step.consumed == 0 => break,
-                            None => {}
-                        }
-                    }
-                }
-            }
-            stash = buf[pos..].to_vec();
-            assert!(
-                stash.len() <= 14 + 125,
-                "stash holds only a header or control frame"
-            );
-        }
-        (events, None)
+        let result = drive_chunks(chunks, config, |event| events.push(own(event)));
+        (events, result.err())
     }
 
     fn masked(fin: bool, op: OpCode, payload: &[u8]) -> Vec<u8> {
