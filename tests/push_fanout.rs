@@ -20,7 +20,6 @@ use common::{
 use edgepush::config::Config;
 use edgepush::protocol::frame::{write_masked_frame, OpCode};
 use serde_json::{json, Value};
-use socket2::{Domain, Protocol, Socket, Type};
 
 /// Raises this process's soft open-files limit to the hard limit (before the server starts,
 /// which derives its connection ceiling from it).
@@ -348,17 +347,7 @@ fn stalled_reader_is_closed_with_1008_and_others_get_everything() {
         let addr = server.addr();
 
         // The stalled reader: a tiny receive window, subscribed, then never reads.
-        let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).unwrap();
-        socket.set_recv_buffer_size(4096).unwrap();
-        socket
-            .connect_timeout(&addr.into(), Duration::from_secs(5))
-            .unwrap();
-        let stream: TcpStream = socket.into();
-        stream.set_read_timeout(Some(common::READ_TIMEOUT)).unwrap();
-        stream
-            .set_write_timeout(Some(common::READ_TIMEOUT))
-            .unwrap();
-        let mut stalled = RawClient::upgrade(stream, "/ws?user=stalled");
+        let mut stalled = RawClient::upgrade(common::small_window_stream(addr), "/ws?user=stalled");
         stalled.expect_user_subscribed();
         stalled.subscribe("feed");
 

@@ -5,7 +5,7 @@
 mod common;
 
 use std::io::Write;
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
@@ -14,7 +14,6 @@ use std::time::Duration;
 use common::{guarded, RawClient, Received, TestServer};
 use edgepush::config::Config;
 use edgepush::protocol::frame::OpCode;
-use socket2::{Domain, Protocol, Socket, Type};
 
 const MESSAGE: usize = 60 * 1024;
 
@@ -28,18 +27,7 @@ fn server() -> TestServer {
 
 /// A client whose socket has a tiny receive buffer, so that the server's queue fills fast.
 fn small_window_client(addr: SocketAddr) -> RawClient {
-    let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    socket
-        .connect_timeout(&addr.into(), Duration::from_secs(5))
-        .unwrap();
-    let stream: TcpStream = socket.into();
-    stream.set_read_timeout(Some(common::READ_TIMEOUT)).unwrap();
-    stream
-        .set_write_timeout(Some(common::READ_TIMEOUT))
-        .unwrap();
-    stream.set_nodelay(true).unwrap();
-    RawClient::upgrade(stream, "/echo")
+    RawClient::upgrade(common::small_window_stream(addr), "/echo")
 }
 
 /// A well-behaved client doing round trips until `stop`; returns how many it did.

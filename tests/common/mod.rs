@@ -114,6 +114,22 @@ pub fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
 }
 
 /// A TCP connection to `addr` with the default timeouts and `TCP_NODELAY`.
+/// A connected stream whose receive buffer is tiny (4 KiB), so that the server's queue for it
+/// fills fast once it stops reading; read and write timeouts as [`connect`].
+pub fn small_window_stream(addr: SocketAddr) -> TcpStream {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket
+        .connect_timeout(&addr.into(), Duration::from_secs(5))
+        .unwrap();
+    let stream: TcpStream = socket.into();
+    stream.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
+    stream.set_write_timeout(Some(READ_TIMEOUT)).unwrap();
+    stream.set_nodelay(true).unwrap();
+    stream
+}
+
 pub fn connect(addr: SocketAddr) -> TcpStream {
     let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
     stream.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
