@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use log::debug;
+use slab::Slab;
 
 use super::{conn_of, emit, peer, Worker};
 use crate::protocol::close::CloseState;
@@ -27,6 +28,7 @@ use crate::push::auth::{verify_hs256, Claims, Grants};
 use crate::push::client_protocol::{parse_client_op, write_error, write_unsubscribed, ClientOp};
 use crate::push::hub::{AckId, ConnId, Stream, Target, ToHub, ToWorker, UserId};
 use crate::push::names::{validate_user, USER_CHANNEL};
+use crate::push::subscribers::Table;
 use crate::server::connection::{
     Connection, Endpoint, Handle, JoinedAt, Phase, PushConn, Subscription, Token,
 };
@@ -495,8 +497,16 @@ impl Worker {
         }
     }
 
-    /// Queues `frame` for the target's local connections; returns how many took it.
-    fn deliver(&mut self, target: &Target, frame: &Arc<[u8]>, slow: &mut Vec<Handle>) -> u64 {
+    /// The connections, the channel table, and a [`Queuing`] into this worker's lists, borrowed
+    /// apart so that fan-out can hold all three.
+    fn queuing<'a>(
+        &'a mut self,
+        slow: &'a mut Vec<Handle>,
+    ) -> (
+        &'a mut Slab<Connection>,
+        &'a Table<Arc<str>, Handle>,
+        Queuing<'a>,
+    ) {
         let Worker {
             conns,
             channels,
@@ -504,11 +514,17 @@ impl Worker {
             settings,
             ..
         } = self;
-        let mut queuing = Queuing {
+        let queuing = Queuing {
             max_backlog: settings.max_backlog,
             dirty,
             slow,
         };
+        (conns, channels, queuing)
+    }
+
+    /// Queues `frame` for the target's local connections; returns how many took it.
+    fn deliver(&mut self, target: &Target, frame: &Arc<[u8]>, slow: &mut Vec<Handle>) -> u64 {
+        let (conns, channels, mut queuing) = self.queuing(slow);
         let mut count = 0;
         // The FIFO inbox guarantees every member joined below this message's seq (its
         // subscribe was answered before it): no duplicate check is needed here.
@@ -591,17 +607,7 @@ impl Worker {
         if !wanted {
             return;
         }
-        let Worker {
-            conns,
-            dirty,
-            settings,
-            ..
-        } = self;
-        let mut queuing = Queuing {
-            max_backlog: settings.max_backlog,
-            dirty,
-            slow,
-        };
+        let (conns, _, mut queuing) = self.queuing(slow);
         let Some(conn) = conn_of(conns, handle) else {
             return;
         };
