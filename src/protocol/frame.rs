@@ -191,12 +191,44 @@ pub fn write_masked_frame(
     apply_mask(&mut out[start..], key, 0);
 }
 
+/// A complete server frame (header and unmasked payload, §5.2) encoded once and shared by
+/// reference: every subscriber's outbound queue and the history hold the same allocation.
+/// Cloning is a reference-count increment. (Compression will give it a deflated twin.)
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SharedFrame(Arc<[u8]>);
+
+impl SharedFrame {
+    /// Shares `bytes` that the caller has already encoded as whole server frames (tests, and
+    /// frames built outside [`encode_shared`]). Nothing is checked: the bytes go out as given.
+    pub fn from_encoded(bytes: &[u8]) -> SharedFrame {
+        SharedFrame(Arc::from(bytes))
+    }
+
+    /// The frame's bytes, ready for the wire.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// The frame's length in bytes (header included).
+    #[allow(clippy::len_without_is_empty)] // a frame is never empty (2-byte header at least)
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+}
+
+impl std::ops::Deref for SharedFrame {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
 /// Encodes a complete server frame once into shared bytes, for fan-out: every subscriber's
 /// outbound queue holds a reference to the same allocation.
-pub fn encode_shared(opcode: OpCode, payload: &[u8]) -> Arc<[u8]> {
+pub fn encode_shared(opcode: OpCode, payload: &[u8]) -> SharedFrame {
     let mut buf = Vec::with_capacity(MAX_HEADER_LEN + payload.len());
     write_frame(&mut buf, opcode, payload);
-    Arc::from(buf)
+    SharedFrame(Arc::from(buf))
 }
 
 #[cfg(test)]

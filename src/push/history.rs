@@ -2,11 +2,11 @@
 //! decides whether it can. Shared by channels and `$user` streams; the hub's global log (in
 //! `hub`) decides when a held message goes.
 
+use crate::protocol::frame::SharedFrame;
 use std::collections::VecDeque;
-use std::sync::Arc;
 
 /// A held message: its seq and its encoded frame.
-type Message = (u64, Arc<[u8]>);
+type Message = (u64, SharedFrame);
 
 /// Held messages, oldest first and contiguous in seq. Behind one thin pointer, `None` when
 /// empty, because most streams hold nothing.
@@ -28,13 +28,13 @@ impl Held {
     }
 
     /// Keeps message `seq` (the next one) and returns how many are held now.
-    pub fn push(&mut self, seq: u64, frame: Arc<[u8]>) -> usize {
+    pub fn push(&mut self, seq: u64, frame: SharedFrame) -> usize {
         let history = self.0.get_or_insert_with(Default::default);
         history.push_back((seq, frame));
         history.len()
     }
 
-    pub fn pop_oldest(&mut self) -> Option<Arc<[u8]>> {
+    pub fn pop_oldest(&mut self) -> Option<SharedFrame> {
         let history = self.0.as_mut()?;
         let popped = history.pop_front().map(|(_, frame)| frame);
         if history.is_empty() {
@@ -52,7 +52,7 @@ impl Held {
     /// Can a client that has everything up to `since` catch up to `top` from what is held?
     /// `Some(replay)` (the frames after `since`, possibly none) if so. The caller has already
     /// checked that the client's epoch is this stream's.
-    pub fn recover(&self, top: u64, since: u64) -> Option<Vec<Arc<[u8]>>> {
+    pub fn recover(&self, top: u64, since: u64) -> Option<Vec<SharedFrame>> {
         if since > top {
             return None;
         }
@@ -65,7 +65,7 @@ impl Held {
                     .iter()
                     .flat_map(|h| h.iter())
                     .filter(|(s, _)| *s > since)
-                    .map(|(_, f)| Arc::clone(f))
+                    .map(|(_, f)| f.clone())
                     .collect(),
             ),
             _ => None,
@@ -80,7 +80,7 @@ mod tests {
     fn held(seqs: std::ops::RangeInclusive<u64>) -> Held {
         let mut held = Held::default();
         for s in seqs {
-            held.push(s, Arc::from(&s.to_le_bytes()[..]));
+            held.push(s, SharedFrame::from_encoded(&s.to_le_bytes()[..]));
         }
         held
     }

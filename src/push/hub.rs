@@ -28,7 +28,7 @@ use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::protocol::frame::{encode_shared, OpCode};
+use crate::protocol::frame::{encode_shared, OpCode, SharedFrame};
 use crate::push::client_protocol::{write_message, write_subscribed};
 use crate::push::history::Held;
 use crate::push::names::USER_CHANNEL;
@@ -43,7 +43,7 @@ pub type ConnId = u64;
 /// An API request waiting for workers' acknowledgements.
 pub type AckId = u64;
 /// A push-API connection on the hub thread (opaque to the hub).
-pub type ApiConn = u64;
+pub type RequestId = u64;
 
 /// The channel name broadcasts carry (not a stream: no seq, no history).
 pub const BROADCAST_CHANNEL: &str = "$broadcast";
@@ -76,7 +76,7 @@ pub enum ToWorker {
     /// whose top is below it.)
     Deliver {
         target: Target,
-        frame: Arc<[u8]>,
+        frame: SharedFrame,
         /// When the hub took the message (for the publish-latency histogram).
         at: Instant,
         ack: Option<AckId>,
@@ -87,8 +87,8 @@ pub enum ToWorker {
         conn: ConnId,
         stream: Stream,
         seq: u64,
-        frame: Arc<[u8]>,
-        replay: Vec<Arc<[u8]>>,
+        frame: SharedFrame,
+        replay: Vec<SharedFrame>,
     },
     /// Close these connections (one user's) with 4000; acknowledge with the count.
     Disconnect { conns: Vec<ConnId>, ack: AckId },
@@ -176,7 +176,7 @@ pub enum Command {
 /// An answer for an API connection: HTTP status and JSON body.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Answer {
-    pub conn: ApiConn,
+    pub conn: RequestId,
     pub status: u16,
     pub body: String,
 }
@@ -289,7 +289,7 @@ enum Waiting {
 
 #[derive(Debug)]
 struct Pending {
-    conn: ApiConn,
+    conn: RequestId,
     remaining: usize,
     count: u64,
     waiting: Waiting,
@@ -492,7 +492,7 @@ impl Hub {
     }
 
     /// Keeps `frame` as message `seq` of `stream` and enforces every history bound.
-    fn keep(&mut self, stream: Stream, seq: u64, frame: &Arc<[u8]>) {
+    fn keep(&mut self, stream: Stream, seq: u64, frame: &SharedFrame) {
         let limit = match stream {
             Stream::Channel(_) => self.history.size,
             Stream::User(_) => self.history.user_size,
@@ -503,7 +503,7 @@ impl Hub {
         let Some(held) = self.held_mut(&stream) else {
             return;
         };
-        let over = held.push(seq, Arc::clone(frame)) > limit;
+        let over = held.push(seq, frame.clone()) > limit;
         // Trimmed by the per-stream limit: its log entry stays (stale) but is no longer
         // charged; `compact_log` drops such entries in bulk.
         let trimmed = if over { held.pop_oldest() } else { None };
@@ -569,7 +569,7 @@ impl Hub {
 
     /// Runs an API command for `conn`; the answer comes out of [`Hub::take_answers`], at once
     /// or once every worker involved has acknowledged.
-    pub fn command(&mut self, conn: ApiConn, command: Command) {
+    pub fn command(&mut self, conn: RequestId, command: Command) {
         let ack = self.next_ack;
         self.next_ack += 1;
         let mut remaining = 0;
@@ -641,8 +641,14 @@ impl Hub {
         }
     }
 
-    fn deliver(&mut self, worker: WorkerId, target: Target, frame: &Arc<[u8]>, ack: Option<AckId>) {
-        let frame = Arc::clone(frame);
+    fn deliver(
+        &mut self,
+        worker: WorkerId,
+        target: Target,
+        frame: &SharedFrame,
+        ack: Option<AckId>,
+    ) {
+        let frame = frame.clone();
         let at = self.now;
         self.outbox.push((
             worker,
@@ -659,7 +665,7 @@ impl Hub {
     fn deliver_to_channel(
         &mut self,
         channel: &Arc<str>,
-        frame: &Arc<[u8]>,
+        frame: &SharedFrame,
         ack: Option<AckId>,
     ) -> usize {
         let workers = workers_of(self.channels.get(channel));
@@ -823,7 +829,7 @@ impl Hub {
 
     /// Assigns the next seq of `channel` (creating it if needed), encodes the message once
     /// and keeps it in the channel's history.
-    fn publish(&mut self, channel: &Arc<str>, data: &str) -> (u64, Epoch, Arc<[u8]>) {
+    fn publish(&mut self, channel: &Arc<str>, data: &str) -> (u64, Epoch, SharedFrame) {
         let state = self.channel_state(channel);
         state.seq += 1;
         let (seq, epoch) = (state.seq, state.epoch);
@@ -840,7 +846,7 @@ impl Hub {
         (seq, epoch, frame)
     }
 
-    fn encode(&mut self, channel: &str, seq: Option<u64>, data: &str) -> Arc<[u8]> {
+    fn encode(&mut self, channel: &str, seq: Option<u64>, data: &str) -> SharedFrame {
         self.scratch.clear();
         write_message(&mut self.scratch, channel, seq, data);
         encode_shared(OpCode::Text, &self.scratch)

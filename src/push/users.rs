@@ -415,7 +415,7 @@ impl Users {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
+    use crate::protocol::frame::SharedFrame;
 
     fn join(users: &mut Users, name: &str, member: Member) -> UserId {
         users.join(name, member).0
@@ -472,7 +472,7 @@ mod tests {
         let b = join(&mut users, "bob", m(0, 2));
         users
             .get_mut(a)
-            .map(|u| u.held.push(1, Arc::from(&b"xy"[..])));
+            .map(|u| u.held.push(1, SharedFrame::from_encoded(&b"xy"[..])));
         users.leave(a, m(0, 1), 10);
         let mut released = Vec::new();
         users.expire(69, 60, |held| released.push(held.clear()));

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use mio::net::TcpStream;
 
 use crate::protocol::close::CloseState;
-use crate::protocol::frame::{self, FrameHeader, OpCode};
+use crate::protocol::frame::{self, FrameHeader, OpCode, SharedFrame};
 use crate::protocol::message::Decoder;
 use crate::push::auth::Grants;
 use crate::push::hub::UserId;
@@ -313,7 +313,7 @@ pub enum Chunk {
     /// Frames encoded for this connection alone.
     Owned(Vec<u8>),
     /// A frame encoded once and shared by every recipient (fan-out).
-    Shared(Arc<[u8]>),
+    Shared(SharedFrame),
 }
 
 impl Chunk {
@@ -453,7 +453,7 @@ impl Outbound {
     }
 
     /// Queues a shared frame.
-    pub fn push_shared(&mut self, frame: Arc<[u8]>) {
+    pub fn push_shared(&mut self, frame: SharedFrame) {
         self.pong_tail = false;
         self.queued += frame.len();
         self.chunks.push_back(Chunk::Shared(frame));
@@ -672,7 +672,7 @@ mod tests {
     fn pongs_keep_their_place_and_only_the_latest_unsent_one_waits() {
         for budget in 1..40 {
             let mut out = Outbound::with_partial(b"AAAAAAAAAA", 0);
-            out.push_shared(Arc::from(&b"BBBBBBBBBB"[..]));
+            out.push_shared(SharedFrame::from_encoded(&b"BBBBBBBBBB"[..]));
             let mut sock = Trickle {
                 taken: Vec::new(),
                 budget,
@@ -786,7 +786,7 @@ mod tests {
     #[test]
     fn drop_unstarted_keeps_the_half_written_frame() {
         let mut out = Outbound::with_partial(b"0123456789", 0);
-        out.push_shared(Arc::from(&b"later"[..]));
+        out.push_shared(SharedFrame::from_encoded(&b"later"[..]));
         let mut sock = Trickle {
             taken: Vec::new(),
             budget: 4,

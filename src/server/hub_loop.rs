@@ -21,7 +21,7 @@ use slab::Slab;
 use crate::config::Config;
 use crate::metrics::Exposition;
 use crate::push::api::{self, ApiCommand, ApiLimits, Parsed};
-use crate::push::hub::{ApiConn, Command, HistoryConfig, Hub, ToHub, ToWorker};
+use crate::push::hub::{Command, HistoryConfig, Hub, RequestId, ToHub, ToWorker};
 use crate::server::Stats;
 
 const LISTENER: Token = Token(usize::MAX);
@@ -100,7 +100,7 @@ pub(crate) struct HubLoop {
     hub: Hub,
     history: HistoryConfig,
     /// Hub request id → the API connection that asked.
-    requests: HashMap<u64, ApiConn>,
+    requests: HashMap<u64, RequestId>,
     next_request: u64,
     rx: Receiver<ToHub>,
     workers: Vec<WorkerInbox>,
@@ -199,7 +199,7 @@ impl HubLoop {
                     WAKER => {}
                     SIGNALS => self.on_signals(),
                     token => {
-                        let id = token.0 as ApiConn;
+                        let id = token.0 as RequestId;
                         if event.is_readable() || event.is_read_closed() || event.is_error() {
                             self.on_readable(id);
                         }
@@ -300,7 +300,7 @@ impl HubLoop {
         }
     }
 
-    fn get(&mut self, id: ApiConn) -> Option<&mut ApiConnection> {
+    fn get(&mut self, id: RequestId) -> Option<&mut ApiConnection> {
         let key = (id & 0xffff_ffff) as usize;
         let generation = (id >> 32) as u32;
         self.conns
@@ -349,7 +349,7 @@ impl HubLoop {
         }
     }
 
-    fn on_readable(&mut self, id: ApiConn) {
+    fn on_readable(&mut self, id: RequestId) {
         // One request's worth: the parser refuses larger heads and bodies, so more than this
         // unparsed means requests are waiting behind `MAX_IN_FLIGHT` answers.
         let cap = self.limits.max_head + self.limits.max_body + READ_CHUNK;
@@ -389,7 +389,7 @@ impl HubLoop {
     }
 
     /// Parses and runs buffered requests until one is parked or the input runs out.
-    fn process(&mut self, id: ApiConn) {
+    fn process(&mut self, id: RequestId) {
         loop {
             let api_key = self.api_key.clone();
             let limits = self.limits;
@@ -438,7 +438,7 @@ impl HubLoop {
         self.write(id);
     }
 
-    fn run_command(&mut self, id: ApiConn, keep_alive: bool, command: ApiCommand) {
+    fn run_command(&mut self, id: RequestId, keep_alive: bool, command: ApiCommand) {
         let command = match command {
             ApiCommand::Stats => {
                 let body = self.stats_json();
@@ -504,12 +504,12 @@ impl HubLoop {
         self.hub.command(request, command);
     }
 
-    fn respond(&mut self, id: ApiConn, keep_alive: bool, status: u16, body: &str) {
+    fn respond(&mut self, id: RequestId, keep_alive: bool, status: u16, body: &str) {
         self.answer_now(id, keep_alive, api::json_response(status, body, keep_alive));
     }
 
     /// An answer known at once; it still waits behind earlier answers on the connection.
-    fn answer_now(&mut self, id: ApiConn, keep_alive: bool, response: Vec<u8>) {
+    fn answer_now(&mut self, id: RequestId, keep_alive: bool, response: Vec<u8>) {
         if let Some(conn) = self.get(id) {
             conn.owed.push_back(Owed {
                 request: 0,
@@ -520,7 +520,7 @@ impl HubLoop {
         }
     }
 
-    fn write(&mut self, id: ApiConn) {
+    fn write(&mut self, id: RequestId) {
         let Some(conn) = self.get(id) else {
             return;
         };
@@ -564,7 +564,7 @@ impl HubLoop {
         }
     }
 
-    fn close(&mut self, id: ApiConn) {
+    fn close(&mut self, id: RequestId) {
         if self.get(id).is_some() {
             self.conns.remove((id & 0xffff_ffff) as usize);
         }

@@ -3,7 +3,7 @@
 //! joins its user's stream at the upgrade and leaves it when it goes), and what the hub sends
 //! through the inbox (fan-out, subscribe answers, disconnects, presence queries).
 //!
-//! Fan-out queues one shared frame (`Arc<[u8]>`) per subscriber and marks the connection
+//! Fan-out queues one shared frame (`SharedFrame`) per subscriber and marks the connection
 //! dirty; when the inbox batch is done each dirty connection is written once, so a burst of
 //! messages costs one `writev` per subscriber, not one per message. A subscriber whose queue
 //! would pass `--max-backlog` is not given the frame (it doesn't count as delivered) and is
@@ -21,7 +21,7 @@ use slab::Slab;
 
 use super::{conn_of, emit, peer, Worker};
 use crate::protocol::close::CloseState;
-use crate::protocol::frame::{write_frame, OpCode};
+use crate::protocol::frame::{write_frame, OpCode, SharedFrame};
 use crate::protocol::handshake::Request;
 use crate::protocol::message::MessageKind;
 use crate::push::auth::{verify_hs256, Claims, Grants};
@@ -143,7 +143,7 @@ struct Queuing<'a> {
 
 impl Queuing<'_> {
     /// Queues a shared frame for `conn`. Returns whether the connection took it.
-    fn push(&mut self, conn: &mut Connection, handle: Handle, frame: &Arc<[u8]>) -> bool {
+    fn push(&mut self, conn: &mut Connection, handle: Handle, frame: &SharedFrame) -> bool {
         if conn.phase != Phase::WebSocket(CloseState::Open) {
             return false;
         }
@@ -153,7 +153,7 @@ impl Queuing<'_> {
         }
         conn.outbound
             .get_or_insert_with(Default::default)
-            .push_shared(Arc::clone(frame));
+            .push_shared(frame.clone());
         if !conn.dirty {
             conn.dirty = true;
             self.dirty.push(handle);
@@ -523,7 +523,7 @@ impl Worker {
     }
 
     /// Queues `frame` for the target's local connections; returns how many took it.
-    fn deliver(&mut self, target: &Target, frame: &Arc<[u8]>, slow: &mut Vec<Handle>) -> u64 {
+    fn deliver(&mut self, target: &Target, frame: &SharedFrame, slow: &mut Vec<Handle>) -> u64 {
         let (conns, channels, mut queuing) = self.queuing(slow);
         let mut count = 0;
         // The FIFO inbox guarantees every member joined below this message's seq (its
@@ -555,8 +555,8 @@ impl Worker {
         handle: Handle,
         stream: Stream,
         seq: u64,
-        frame: &Arc<[u8]>,
-        replay: &[Arc<[u8]>],
+        frame: &SharedFrame,
+        replay: &[SharedFrame],
         slow: &mut Vec<Handle>,
     ) {
         // Is the connection still there and still wanting this stream? Already in the table?
