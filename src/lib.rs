@@ -1,6 +1,12 @@
 //! edgepush: a WebSocket push server written by hand on mio.
+
+// `unsafe` lives in one module, `server::sys` (getrlimit/setrlimit), with its SAFETY notes.
+#![deny(unsafe_code)]
+
 pub mod config;
 pub mod metrics;
 pub mod protocol;
 pub mod push;
 pub mod server;
+pub mod session;
+pub mod tick;

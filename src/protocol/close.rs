@@ -25,6 +25,10 @@ pub const POLICY: u16 = 1008;
 pub const TOO_BIG: u16 = 1009;
 /// 1011: internal server error.
 pub const INTERNAL_ERROR: u16 = 1011;
+/// 4000 (private use, §7.4.2): the push API disconnected this user (`POST /api/disconnect`).
+pub const DISCONNECTED: u16 = 4000;
+/// 4001 (private use, §7.4.2): the connection's token expired and no `refresh` replaced it.
+pub const TOKEN_EXPIRED: u16 = 4001;
 
 /// §7.4.1/§7.4.2: may a peer put this code in a close frame? 1000–1003 and 1007–1011 are
 /// defined for use; 1004–1006 and 1015 are reserved or local-only; the rest of 1000–2999 is

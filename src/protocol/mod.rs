@@ -18,6 +18,8 @@
 //!    an error send Close with [`ProtocolError::close_code`] and close.
 //! 3. Write data with [`frame::write_frame`] or, for fan-out, [`frame::encode_shared`] once.
 
+#![forbid(unsafe_code)]
+
 pub mod close;
 pub mod error;
 pub mod frame;

@@ -2,6 +2,8 @@
 //! a socket: the server's workers and the hub thread call it with bytes and get back what to
 //! deliver to whom.
 
+#![forbid(unsafe_code)]
+
 pub mod api;
 pub mod auth;
 pub mod client_protocol;

@@ -13,35 +13,11 @@ use std::sync::Arc;
 
 use mio::net::TcpStream;
 
-use crate::protocol::close::CloseState;
 use crate::protocol::frame::{self, FrameHeader, OpCode, SharedFrame};
-use crate::protocol::message::Decoder;
 use crate::push::auth::Grants;
 use crate::push::hub::UserId;
 use crate::push::subscribers::Slot;
-
-/// What a connection is for, decided at the upgrade.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Endpoint {
-    /// Still reading the HTTP request.
-    None,
-    /// `--echo-path`: every message comes back.
-    Echo,
-    /// `--ws-path`: the JSON push protocol; state in [`Connection::push`].
-    Push,
-}
-
-/// Where a connection stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Phase {
-    /// Reading the HTTP request head; the handshake timeout runs.
-    Handshake,
-    /// A WebSocket, with its closing-handshake state (§7).
-    WebSocket(CloseState),
-    /// Everything we will ever send is queued (a Close or an HTTP answer): flush it, send FIN,
-    /// discard whatever arrives until the peer's EOF or the close timeout.
-    Finishing { fin_sent: bool },
-}
+use crate::session::Session;
 
 /// A connection handle's slab key and generation: timers and (later) hub entries carry it so
 /// they can never reach a connection that reused the slot.
@@ -70,19 +46,12 @@ impl Handle {
 pub struct Connection {
     pub socket: TcpStream,
     pub generation: u32,
-    pub phase: Phase,
-    pub endpoint: Endpoint,
     /// Registered for WRITABLE as well as READABLE.
     pub writable_interest: bool,
     /// Listed in the worker's to-flush list this turn.
     pub dirty: bool,
-    /// A ping went out and no frame has arrived since.
-    pub ping_outstanding: bool,
-    /// The tick of the single live timer entry; entries for other ticks are stale.
-    pub deadline: u32,
-    /// The tick of the last frame (of any kind) from the peer.
-    pub last_seen: u32,
-    pub decoder: Decoder,
+    /// The WebSocket state machine: phase, close state, deadlines, decoder.
+    pub session: Session,
     /// Unconsumed input: an incomplete request head, frame header or control frame. Behind
     /// one thin pointer (8 bytes in the struct): it is rare, and replaced whole, never grown.
     #[allow(clippy::box_collection)]
@@ -276,18 +245,14 @@ pub struct Subscription {
 }
 
 impl Connection {
-    pub fn new(socket: TcpStream, generation: u32) -> Self {
+    /// A connection just accepted, its session reading the request head.
+    pub fn new(socket: TcpStream, generation: u32, session: Session) -> Self {
         Connection {
             socket,
             generation,
-            phase: Phase::Handshake,
-            endpoint: Endpoint::None,
             writable_interest: false,
             dirty: false,
-            ping_outstanding: false,
-            deadline: 0,
-            last_seen: 0,
-            decoder: Decoder::new(),
+            session,
             stash: None,
             outbound: None,
             push: None,

@@ -3,12 +3,16 @@
 //! its connections for life and calls the sans-IO [`crate::protocol`] for every byte.
 
 pub mod connection;
+pub mod drain;
 pub mod http;
 mod hub_loop;
 pub mod listener;
 pub mod per_ip;
+mod sys;
 pub mod timer_wheel;
 mod worker;
+
+pub use sys::{open_files_limit, raise_open_files_limit};
 
 use std::io;
 use std::net::SocketAddr;
@@ -22,6 +26,7 @@ use crate::config::Config;
 use crate::metrics::{CloseCodes, HandshakeFailure, HandshakeFailures, Histogram};
 use crate::protocol::handshake::HandshakeConfig;
 use crate::protocol::message::{DecoderConfig, Role};
+use crate::session::SessionConfig;
 
 /// The timer wheel's resolution.
 const TICK: Duration = Duration::from_millis(10);
@@ -32,8 +37,8 @@ const RESERVED_FDS: usize = 64;
 /// What every worker needs from the configuration, in the form it uses.
 #[derive(Debug)]
 pub(crate) struct Settings {
-    handshake: HandshakeConfig,
-    decoder: DecoderConfig,
+    /// The sessions' timeouts (in ticks) and parser limits.
+    session: SessionConfig,
     echo_path: Option<String>,
     ws_path: String,
     /// HS256 secret; `None` is open mode.
@@ -49,20 +54,22 @@ pub(crate) struct Settings {
     max_connections: usize,
     max_backlog: usize,
     tick: Duration,
-    handshake_ticks: u64,
-    ping_ticks: u64,
-    pong_ticks: u64,
-    close_ticks: u64,
 }
 
 impl Settings {
     fn new(config: &Config, max_connections: usize) -> Settings {
         let ticks = |d: Duration| ticks(d, TICK);
         Settings {
-            handshake: HandshakeConfig::default(),
-            decoder: DecoderConfig {
-                role: Role::Server,
-                max_message_size: config.max_message_size,
+            session: SessionConfig {
+                handshake: HandshakeConfig::default(),
+                decoder: DecoderConfig {
+                    role: Role::Server,
+                    max_message_size: config.max_message_size,
+                },
+                handshake_ticks: ticks(config.handshake_timeout),
+                ping_ticks: ticks(config.ping_interval),
+                pong_ticks: ticks(config.pong_timeout),
+                close_ticks: ticks(config.close_timeout),
             },
             echo_path: config.echo_path.clone(),
             ws_path: config.ws_path.clone(),
@@ -78,10 +85,6 @@ impl Settings {
             max_connections,
             max_backlog: config.max_backlog,
             tick: TICK,
-            handshake_ticks: ticks(config.handshake_timeout),
-            ping_ticks: ticks(config.ping_interval),
-            pong_ticks: ticks(config.pong_timeout),
-            close_ticks: ticks(config.close_timeout),
         }
     }
 
@@ -331,40 +334,6 @@ impl Server {
     }
 }
 
-/// The soft open-files limit of this process.
-pub fn open_files_limit() -> usize {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes into the struct we pass and reads nothing else.
-    let ok = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0;
-    if ok {
-        usize::try_from(limit.rlim_cur).unwrap_or(usize::MAX)
-    } else {
-        1024
-    }
-}
-
-/// Raises the soft open-files limit to the hard limit; returns the new soft limit.
-pub fn raise_open_files_limit() -> io::Result<usize> {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit only read or write the struct we pass by pointer.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        limit.rlim_cur = limit.rlim_max;
-        if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
-            return Err(io::Error::last_os_error());
-        }
-    }
-    Ok(open_files_limit())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -374,11 +343,5 @@ mod tests {
         assert_eq!(ticks(Duration::from_millis(25), TICK), 3);
         assert_eq!(ticks(Duration::from_millis(30), TICK), 3);
         assert_eq!(ticks(Duration::ZERO, TICK), 1);
-    }
-
-    #[test]
-    fn limits_are_readable() {
-        assert!(open_files_limit() > 0);
-        assert!(raise_open_files_limit().unwrap() >= open_files_limit());
     }
 }

@@ -27,18 +27,23 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 
 use crate::metrics::HandshakeFailure;
-use crate::protocol::close::{self, CloseReply, CloseState};
+use crate::protocol::close;
 use crate::protocol::frame::{write_frame, OpCode};
-use crate::protocol::handshake::{parse_request, write_accept_response, write_response};
-use crate::protocol::message::{Event, MessageKind};
+use crate::protocol::handshake::Request;
+use crate::protocol::message::MessageKind;
 use crate::push::auth::Grants;
 use crate::push::hub::{ConnId, ToWorker};
 use crate::push::subscribers::Table;
-use crate::server::connection::{Connection, Endpoint, Flushed, Handle, Outbound, Phase};
+use crate::server::connection::{Connection, Flushed, Handle, Outbound};
+use crate::server::drain::DrainSchedule;
 use crate::server::hub_loop::HubHandle;
 use crate::server::per_ip::client_address;
 use crate::server::timer_wheel::{Entry, TimerWheel};
 use crate::server::{http, Settings, Stats};
+use crate::session::{
+    DropReason, Endpoint, Event, Head, Refusal, Session, State, Timeout, Transmit,
+};
+use crate::tick::Tick;
 
 pub(crate) const LISTENER: Token = Token(usize::MAX);
 pub(crate) const WAKER: Token = Token(usize::MAX - 1);
@@ -64,16 +69,6 @@ pub(crate) struct HubLink {
     pub(crate) inbox: Receiver<ToWorker>,
     /// Bytes pinned by inbox messages not yet taken (the hub's admission bound).
     pub(crate) inbox_load: Arc<AtomicUsize>,
-}
-
-/// A drain in progress: who still gets Close 1001, and when.
-struct Drain {
-    queue: Vec<Handle>,
-    sent: usize,
-    start: Instant,
-    spread: Duration,
-    /// After the last Close plus `--drain-timeout`: stop waiting for close handshakes.
-    give_up: Instant,
 }
 
 pub(crate) struct Worker {
@@ -103,7 +98,7 @@ pub(crate) struct Worker {
     /// Client addresses of connections counted by the per-address limits (only when on).
     client_ips: HashMap<u32, IpAddr>,
     /// The drain in progress, if any.
-    drain: Option<Drain>,
+    drain: Option<DrainSchedule<Handle>>,
     /// Counters summed locally and published once per turn.
     bytes_in: u64,
     bytes_out: u64,
@@ -117,8 +112,8 @@ pub(crate) struct Worker {
     /// no longer the connection's is stale and skipped).
     wheel: TimerWheel<Handle>,
     fired: Vec<Entry<Handle>>,
-    /// Ticks since the wheel's start, read once per turn.
-    now: u64,
+    /// The wheel's tick, read once per turn.
+    now: Tick,
     read_buf: Box<[u8]>,
     /// Frames produced for the connection being handled while it has no outbound queue.
     cork: Vec<u8>,
@@ -169,7 +164,7 @@ impl Worker {
                 next_generation: 0,
                 wheel,
                 fired: Vec::new(),
-                now: 0,
+                now: Tick(0),
                 read_buf: vec![0u8; READ_BUF_SIZE].into_boxed_slice(),
                 cork: Vec::new(),
                 again: Vec::new(),
@@ -201,7 +196,7 @@ impl Worker {
                 }
             }
             let now = Instant::now();
-            self.now = self.wheel.tick_of(now);
+            self.now = Tick(self.wheel.tick_of(now));
             for event in events.iter() {
                 match event.token() {
                     LISTENER => {
@@ -274,9 +269,10 @@ impl Worker {
                         warn!("worker {}: register: {e}", self.id);
                         continue;
                     }
-                    entry.insert(Connection::new(socket, generation));
+                    let session = Session::new(self.now, &self.settings.session);
+                    entry.insert(Connection::new(socket, generation, session));
                     self.stats.accepted.fetch_add(1, Ordering::Relaxed);
-                    self.arm(handle, self.now + self.settings.handshake_ticks);
+                    self.sync_timer(handle);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -305,10 +301,9 @@ impl Worker {
                 self.id
             );
         }
-        let ticks = self.settings.ticks(ACCEPT_PAUSE);
-        let tick = self.now + ticks;
+        let tick = self.now + self.settings.ticks(ACCEPT_PAUSE);
         self.wheel.insert(
-            tick,
+            tick.0,
             Handle {
                 key: ACCEPT_TIMER_KEY,
                 generation: 0,
@@ -316,12 +311,16 @@ impl Worker {
         );
     }
 
-    /// Makes `tick` the connection's one live deadline.
-    fn arm(&mut self, handle: Handle, tick: u64) {
+    /// The push layer's deadline for a connection (its token's expiry) changed: the session
+    /// re-derives its next deadline from it, and the wheel is armed there.
+    fn set_app_deadline(&mut self, handle: Handle, app_deadline: Tick) {
+        let now = self.now;
+        let settings = Arc::clone(&self.settings);
         if let Some(conn) = self.get(handle) {
-            conn.deadline = tick as u32;
-            self.wheel.insert(tick, handle);
+            conn.session
+                .set_app_deadline(now, app_deadline, &settings.session);
         }
+        self.sync_timer(handle);
     }
 
     fn on_timer(&mut self, handle: Handle, tick: u64) {
@@ -331,52 +330,58 @@ impl Worker {
             return;
         }
         let now = self.now;
-        let (ping_ticks, pong_ticks) = (self.settings.ping_ticks, self.settings.pong_ticks);
-        let Some(conn) = self
-            .conns
-            .get_mut(handle.key as usize)
-            .filter(|c| c.generation == handle.generation)
-        else {
+        let Worker {
+            conns,
+            cork,
+            settings,
+            stats,
+            ..
+        } = self;
+        let Some(conn) = conn_of(conns, handle) else {
             return;
         };
-        if conn.deadline != tick as u32 {
+        if !conn.session.is_deadline(Tick(tick)) {
             return; // re-armed since
         }
-        match conn.phase {
-            Phase::Handshake => {
-                debug!("{}: handshake timeout", peer(conn));
-                self.stats.handshake_failed(HandshakeFailure::Timeout);
-                self.remove(handle);
+        let app_deadline = conn
+            .push
+            .as_ref()
+            .map_or(Tick::NEVER, |p| Tick(p.expires()));
+        let mut tx = Tx::new(&mut conn.outbound, cork);
+        match conn
+            .session
+            .handle_timeout(now, app_deadline, &settings.session, &mut tx)
+        {
+            Timeout::Rearmed => self.sync_timer(handle),
+            Timeout::Pinged => self.flush(handle),
+            Timeout::AppDeadline => {
+                debug!("{}: token expired", peer(conn));
+                self.close_with(handle, close::TOKEN_EXPIRED, "token expired");
             }
-            Phase::WebSocket(CloseState::Open) => {
-                let silent = u64::from((now as u32).wrapping_sub(conn.last_seen));
-                let expires = conn.push.as_ref().map_or(u64::MAX, |p| p.expires());
-                if expires <= now {
-                    debug!("{}: token expired", peer(conn));
-                    self.close_with(handle, 4001, "token expired");
-                } else if conn.ping_outstanding {
-                    debug!("{}: no frame within the pong timeout", peer(conn));
-                    self.stats.pong_timeouts.fetch_add(1, Ordering::Relaxed);
-                    self.remove(handle);
-                } else if silent >= ping_ticks {
-                    conn.ping_outstanding = true;
-                    emit(&mut conn.outbound, &mut self.cork, |out| {
-                        write_frame(out, OpCode::Ping, b"")
-                    });
-                    self.arm(handle, (now + pong_ticks).min(expires));
-                    self.flush(handle);
-                } else {
-                    let due = now + ping_ticks - silent;
-                    self.arm(handle, due.min(expires));
+            Timeout::Drop(why) => {
+                match why {
+                    DropReason::Handshake => {
+                        debug!("{}: handshake timeout", peer(conn));
+                        stats.handshake_failed(HandshakeFailure::Timeout);
+                    }
+                    DropReason::Pong => {
+                        debug!("{}: no frame within the pong timeout", peer(conn));
+                        stats.pong_timeouts.fetch_add(1, Ordering::Relaxed);
+                    }
+                    DropReason::Close => debug!("{}: close timeout", peer(conn)),
                 }
-            }
-            Phase::WebSocket(_) | Phase::Finishing { .. } => {
-                debug!("{}: close timeout", peer(conn));
                 self.remove(handle);
             }
         }
     }
 
+    /// Arms the wheel at the session's new deadline, if it has one.
+    fn sync_timer(&mut self, handle: Handle) {
+        let now = self.now;
+        if let Some(tick) = self.get(handle).and_then(|c| c.session.poll_timeout(now)) {
+            self.wheel.insert(tick.0, handle);
+        }
+    }
     /// Reads until the socket is drained (or the per-turn budget), handling what arrived, then writes
     /// what that produced.
     ///
@@ -448,44 +453,113 @@ impl Worker {
         let Some(conn) = self.get(handle) else {
             return buf.len();
         };
-        match conn.phase {
-            Phase::Handshake => self.handle_request(handle, buf),
-            Phase::WebSocket(state) if state.can_read() => self.handle_frames(handle, buf),
-            // Finishing, or waiting to send our reply: what arrives is discarded.
-            _ => buf.len(),
+        match conn.session.state() {
+            State::Handshake => self.handle_request(handle, buf),
+            State::Open => self.handle_frames(handle, buf),
+            // Everything is queued: what arrives is discarded.
+            State::Closing { .. } => buf.len(),
         }
     }
 
     fn handle_request(&mut self, handle: Handle, buf: &mut [u8]) -> usize {
         let settings = Arc::clone(&self.settings);
-        let request = match parse_request(buf, &settings.handshake) {
-            Ok(None) => return 0,
-            Ok(Some(request)) => request,
-            Err(e) => {
+        let now = self.now;
+        let Worker { conns, cork, .. } = self;
+        let Some(conn) = conn_of(conns, handle) else {
+            return buf.len();
+        };
+        let request = match conn.session.handle_head(
+            buf,
+            now,
+            &settings.session,
+            &mut Tx::new(&mut conn.outbound, cork),
+        ) {
+            Head::Partial => return 0,
+            Head::Request(request) => request,
+            Head::Refused(e) => {
                 self.stats
                     .handshake_failed(HandshakeFailure::from_status(e.status()));
-                if let Some(conn) = self.get(handle) {
-                    debug!("{}: {e}; answering {}", peer(conn), e.status());
-                }
-                e.write_response(&mut self.cork);
-                self.finish(handle);
+                debug!("{}: {e}; answering {}", peer(conn), e.status());
                 return buf.len();
             }
         };
         let Some(upgrade) = request.upgrade else {
             let draining = self.stats.draining.load(Ordering::Relaxed);
-            let status = http::answer_plain(&request, draining, &mut self.cork);
-            if let Some(conn) = self.get(handle) {
-                debug!(
-                    "{}: {} {} -> {status}",
-                    peer(conn),
-                    request.method,
-                    request.path
-                );
-            }
-            self.finish(handle);
+            let status = http::answer_plain(&request, draining, cork);
+            debug!(
+                "{}: {} {} -> {status}",
+                peer(conn),
+                request.method,
+                request.path
+            );
+            conn.session.answered(now, &settings.session);
             return buf.len();
         };
+        let (endpoint, identity, mut refusal) = self.admit(&request);
+        // Per-address limits come last: only an upgrade that would otherwise succeed counts.
+        let client_ip = match (&settings.ip_limits, &refusal) {
+            (Some(limits), None) => {
+                let ip = self.client_ip(handle, &request);
+                match ip.map(|ip| (ip, limits.admit(ip, Instant::now()))) {
+                    Some((ip, Ok(()))) => Some(ip),
+                    Some((ip, Err(why))) => {
+                        if let Some(conn) = self.get(handle) {
+                            debug!("{}: client {ip}: {why:?}", peer(conn));
+                        }
+                        refusal = Some(Refusal::TooManyFromAddress);
+                        None
+                    }
+                    None => {
+                        refusal = Some(Refusal::TooManyFromAddress);
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
+        let Worker { conns, cork, .. } = self;
+        let Some(conn) = conn_of(conns, handle) else {
+            return buf.len();
+        };
+        if let Some(refusal) = refusal {
+            self.stats.handshake_failed(refusal.failure());
+            debug!(
+                "{}: upgrade to {} refused with {}: {}",
+                peer(conn),
+                request.path,
+                refusal.status(),
+                refusal.body().trim()
+            );
+            let mut tx = Tx::new(&mut conn.outbound, cork);
+            conn.session
+                .refuse(&refusal, now, &settings.session, &mut tx);
+            return buf.len();
+        }
+        let mut tx = Tx::new(&mut conn.outbound, cork);
+        conn.session
+            .accept(&upgrade, endpoint, now, &settings.session, &mut tx);
+        let head_len = request.head_len;
+        self.stats.upgraded(self.id);
+        if let Some(ip) = client_ip {
+            self.client_ips.insert(handle.key, ip);
+        }
+        if let Some(Ok(identity)) = identity {
+            self.accept_push(handle, identity);
+        }
+        head_len + self.handle_frames(handle, &mut buf[head_len..])
+    }
+
+    /// Decides an upgrade request: its endpoint, the push endpoint's identity, and the first
+    /// reason to refuse it (before the per-address limits, which the caller checks last).
+    fn admit(
+        &self,
+        request: &Request<'_>,
+    ) -> (
+        Endpoint,
+        Option<Result<push::Identity, String>>,
+        Option<Refusal>,
+    ) {
+        let settings = &self.settings;
         let endpoint = if settings.echo_path.as_deref() == Some(request.path) {
             Endpoint::Echo
         } else if settings.ws_path == request.path {
@@ -498,84 +572,23 @@ impl Worker {
                 .origin
                 .is_none_or(|o| settings.allowed_origins.iter().any(|a| a == o));
         let identity = match endpoint {
-            Endpoint::Push if origin_ok => Some(push::authenticate(&settings, &request)),
+            Endpoint::Push if origin_ok => Some(push::authenticate(settings, request)),
             _ => None,
         };
         let refusal = if endpoint == Endpoint::None {
-            Some((404, "no WebSocket endpoint here\n".to_owned()))
+            Some(Refusal::NoEndpoint)
         } else if !origin_ok {
-            Some((403, "origin not allowed\n".to_owned()))
+            Some(Refusal::OriginNotAllowed)
         } else if self.stats.draining.load(Ordering::Relaxed) {
-            Some((503, "draining: reconnect elsewhere\n".to_owned()))
+            Some(Refusal::Draining)
         } else if self.stats.open() >= settings.max_connections {
-            Some((503, "server full\n".to_owned()))
+            Some(Refusal::Full)
         } else if let Some(Err(reason)) = &identity {
-            Some((401, format!("{reason}\n")))
+            Some(Refusal::Unauthorized(reason.clone()))
         } else {
             None
         };
-        // Per-address limits come last: only an upgrade that would otherwise succeed counts.
-        let client_ip = match (&settings.ip_limits, refusal.is_none()) {
-            (Some(limits), true) => {
-                let ip = self.client_ip(handle, &request);
-                match ip.map(|ip| (ip, limits.admit(ip, Instant::now()))) {
-                    Some((ip, Ok(()))) => Some(ip),
-                    Some((ip, Err(why))) => {
-                        if let Some(conn) = self.get(handle) {
-                            debug!("{}: client {ip}: {why:?}", peer(conn));
-                        }
-                        None
-                    }
-                    None => None,
-                }
-            }
-            _ => None,
-        };
-        let refusal = match refusal {
-            None if settings.ip_limits.is_some() && client_ip.is_none() => Some((
-                429,
-                "too many connections or upgrades from your address\n".to_owned(),
-            )),
-            other => other,
-        };
-        if let Some((status, body)) = refusal {
-            self.stats
-                .handshake_failed(HandshakeFailure::from_status(status));
-            if let Some(conn) = self.get(handle) {
-                debug!(
-                    "{}: upgrade to {} refused with {status}: {}",
-                    peer(conn),
-                    request.path,
-                    body.trim()
-                );
-            }
-            let headers: &[(&str, &str)] = match status {
-                503 | 429 => &[("Retry-After", "5")],
-                401 => &[("WWW-Authenticate", "Bearer")],
-                _ => &[],
-            };
-            write_response(&mut self.cork, status, headers, &body);
-            self.finish(handle);
-            return buf.len();
-        }
-        write_accept_response(&mut self.cork, &upgrade);
-        let head_len = request.head_len;
-        let now = self.now;
-        let Some(conn) = self.get(handle) else {
-            return buf.len();
-        };
-        conn.phase = Phase::WebSocket(CloseState::Open);
-        conn.endpoint = endpoint;
-        conn.last_seen = now as u32;
-        self.stats.upgraded(self.id);
-        if let Some(ip) = client_ip {
-            self.client_ips.insert(handle.key, ip);
-        }
-        match identity {
-            Some(Ok(identity)) => self.accept_push(handle, identity),
-            _ => self.arm(handle, now + settings.ping_ticks),
-        }
-        head_len + self.handle_frames(handle, &mut buf[head_len..])
+        (endpoint, identity, refusal)
     }
 
     /// Decodes frames and acts on them; returns the bytes done with.
@@ -590,100 +603,60 @@ impl Worker {
             push_msgs,
             ..
         } = self;
-        let Some(conn) = conns
-            .get_mut(handle.key as usize)
-            .filter(|c| c.generation == handle.generation)
-        else {
+        let Some(conn) = conn_of(conns, handle) else {
             return buf.len();
         };
-        let is_push = conn.endpoint == Endpoint::Push;
+        let is_push = conn.session.endpoint() == Endpoint::Push;
         let mut pos = 0;
         let mut messages = 0u64;
-        // Some(code): the connection is done; a non-zero code is a Close we still owe.
-        let outcome = loop {
-            let step = match conn.decoder.decode(&mut buf[pos..], &settings.decoder) {
-                Ok(step) => step,
-                Err(e) => {
-                    debug!(
-                        "{}: {e}; closing with {}",
-                        peer_of(&conn.socket),
-                        e.close_code()
-                    );
-                    stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
-                    break Some(e.close_code());
-                }
-            };
+        loop {
+            let step = conn.session.handle_frames(
+                &mut buf[pos..],
+                *now,
+                &settings.session,
+                &mut Tx::new(&mut conn.outbound, cork),
+            );
             pos += step.consumed;
-            let Some(event) = step.event else {
-                if step.consumed == 0 {
-                    break None;
-                }
-                continue;
-            };
-            conn.last_seen = *now as u32;
-            conn.ping_outstanding = false;
-            let Phase::WebSocket(mut state) = conn.phase else {
-                break None;
-            };
-            match event {
-                Event::Message { kind, data } => {
+            match step.event {
+                None if step.consumed == 0 => break,
+                None => {}
+                Some(Event::Message { kind, data }) => {
                     messages += 1;
                     if is_push {
-                        // Handled once the decoder lets go of the connection (below).
+                        // Handled once the session lets go of the connection (below).
                         let start = push_in.len();
                         push_in.extend_from_slice(data);
                         push_msgs.push((kind, start, push_in.len()));
-                    } else if state.can_send() {
+                    } else {
                         emit(&mut conn.outbound, cork, |out| echo(out, kind, data));
                         stats.messages_out.fetch_add(1, Ordering::Relaxed);
                     }
                 }
-                Event::Ping(payload) => {
-                    // While the socket keeps up every ping is answered in order; once bytes
-                    // are queued only the latest pong waits (§5.5.3), so a ping flood
-                    // against a full socket costs at most one pong.
-                    if state.can_send() {
-                        match conn.outbound.as_mut() {
-                            Some(outbound) => outbound.set_pong(payload),
-                            None => write_frame(cork, OpCode::Pong, payload),
-                        }
+                Some(Event::CloseReceived { code, echoed }) => {
+                    stats.close_received.add(code);
+                    if let Some(code) = echoed {
+                        stats.close_sent.add(code);
                     }
+                    break;
                 }
-                Event::Pong(_) => {}
-                Event::Close(frame) => {
-                    stats
-                        .close_received
-                        .add(frame.map_or(close::NO_STATUS, |f| f.code));
-                    if let CloseReply::Echo(code) = state.on_receive_close(frame) {
-                        emit(&mut conn.outbound, cork, |out| match code {
-                            Some(code) => close::write_close_frame(out, code, ""),
-                            None => write_frame(out, OpCode::Close, b""),
-                        });
-                        stats.close_sent.add(code.unwrap_or(close::NO_STATUS));
-                    }
-                    break Some(0);
+                Some(Event::ProtocolError(e)) => {
+                    debug!("{}: {e}; closing with {}", peer(conn), e.close_code());
+                    stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
+                    stats.close_sent.add(e.close_code());
+                    break;
                 }
             }
-        };
+        }
         stats.messages_in.fetch_add(messages, Ordering::Relaxed);
+        let closing = conn.session.is_closing();
         if !self.push_msgs.is_empty() {
             self.handle_push_messages(handle);
         }
-        let Some(conn) = conn_of(&mut self.conns, handle) else {
-            return buf.len();
-        };
-        match outcome {
-            None => pos,
-            Some(code) => {
-                if code != 0 {
-                    emit(&mut conn.outbound, &mut self.cork, |out| {
-                        close::write_close_frame(out, code, "")
-                    });
-                    self.stats.close_sent.add(code);
-                }
-                self.finish(handle);
-                buf.len()
-            }
+        if closing {
+            self.after_close(handle);
+            buf.len()
+        } else {
+            pos
         }
     }
 
@@ -692,22 +665,15 @@ impl Worker {
         let queue: Vec<Handle> = self
             .conns
             .iter()
-            .filter(|(_, c)| c.phase == Phase::WebSocket(CloseState::Open))
+            .filter(|(_, c)| c.session.is_open())
             .map(|(key, c)| c.handle(key))
             .collect();
-        let start = Instant::now();
         debug!(
             "worker {}: draining {} connections over {spread:?}",
             self.id,
             queue.len()
         );
-        self.drain = Some(Drain {
-            queue,
-            sent: 0,
-            start,
-            spread,
-            give_up: start + spread + timeout,
-        });
+        self.drain = Some(DrainSchedule::new(queue, Instant::now(), spread, timeout));
     }
 
     /// Sends the Close frames that are due; true when the drain is over and the worker stops.
@@ -715,21 +681,9 @@ impl Worker {
         let Some(drain) = self.drain.as_mut() else {
             return false;
         };
-        let total = drain.queue.len();
-        let due = if drain.spread.is_zero() {
-            total
-        } else {
-            let part = now.duration_since(drain.start).as_secs_f64() / drain.spread.as_secs_f64();
-            ((total as f64 * part).ceil() as usize).min(total)
-        };
-        let closing: Vec<Handle> = drain.queue[drain.sent..due].to_vec();
-        drain.sent = due;
-        let (all_sent, give_up) = (due == total, drain.give_up);
+        let closing = drain.due(now).to_vec();
         for handle in closing {
-            if self
-                .get(handle)
-                .is_some_and(|c| c.phase == Phase::WebSocket(CloseState::Open))
-            {
+            if self.get(handle).is_some_and(|c| c.session.is_open()) {
                 self.close_with(handle, close::GOING_AWAY, "server going away");
             }
         }
@@ -738,7 +692,9 @@ impl Worker {
             .worker_open
             .get(self.id)
             .map_or(0, |n| n.load(Ordering::Relaxed));
-        all_sent && (open_here == 0 || now >= give_up)
+        self.drain
+            .as_ref()
+            .is_some_and(|d| d.is_over(now, open_here))
     }
 
     /// The client's address for per-address limits: the peer's, or the one a trusted proxy
@@ -757,20 +713,28 @@ impl Worker {
         ))
     }
 
-    /// Closes an open connection from our side with `code`: Close frame, then FIN.
+    /// Closes a connection from our side with `code`: Close frame (if none went out yet),
+    /// then FIN once it is flushed.
     fn close_with(&mut self, handle: Handle, code: u16, reason: &str) {
-        let Some(conn) = conn_of(&mut self.conns, handle) else {
+        let now = self.now;
+        let Worker {
+            conns,
+            cork,
+            settings,
+            stats,
+            ..
+        } = self;
+        let Some(conn) = conn_of(conns, handle) else {
             return;
         };
-        if let Phase::WebSocket(mut state) = conn.phase {
-            if state.on_send_close() {
-                emit(&mut conn.outbound, &mut self.cork, |out| {
-                    close::write_close_frame(out, code, reason)
-                });
-                self.stats.close_sent.add(code);
-            }
+        let mut tx = Tx::new(&mut conn.outbound, cork);
+        if conn
+            .session
+            .close(code, reason, now, &settings.session, &mut tx)
+        {
+            stats.close_sent.add(code);
         }
-        self.finish(handle);
+        self.after_close(handle);
         self.flush(handle);
     }
 
@@ -793,22 +757,13 @@ impl Worker {
         }
     }
 
-    /// Everything this connection will ever be sent is queued: flush, FIN, wait for EOF.
-    fn finish(&mut self, handle: Handle) {
-        let ticks = self.settings.close_ticks;
-        let now = self.now;
-        let Some(conn) = self.get(handle) else {
+    /// The session is closing: it will never be sent another message, so it leaves the
+    /// routing tables now (presence and the `$user` TTL don't wait for the peer's EOF).
+    fn after_close(&mut self, handle: Handle) {
+        let Some(push) = self.get(handle).and_then(|c| c.push.take()) else {
             return;
         };
-        conn.phase = Phase::Finishing { fin_sent: false };
-        conn.decoder = Default::default();
-        // It will never be sent another message: leave the routing tables now, so presence
-        // and the `$user` TTL don't wait for the peer to close TCP.
-        let push = conn.push.take();
-        self.arm(handle, now + ticks);
-        if let Some(push) = push {
-            self.forget_push(handle, *push);
-        }
+        self.forget_push(handle, *push);
     }
 
     /// Writes what is queued or corked for the connection, applies the backlog limit, sends
@@ -820,6 +775,8 @@ impl Worker {
             settings,
             poll,
             bytes_out,
+            wheel,
+            now,
             ..
         } = self;
         let Some(conn) = conns
@@ -860,17 +817,17 @@ impl Worker {
             self.remove(handle);
             return;
         }
-        // A finishing connection may stay over the limit (a half-written chunk plus our
+        // A closing connection may stay over the limit (a half-written chunk plus our
         // Close): it is already on its way out.
-        if conn.queued() > settings.max_backlog && !matches!(conn.phase, Phase::Finishing { .. }) {
+        if conn.queued() > settings.max_backlog && !conn.session.is_closing() {
             return self.drop_slow_consumer(handle);
         }
-        if let Phase::Finishing { fin_sent: false } = conn.phase {
-            if conn.outbound.is_none() {
-                // Our last bytes are out: FIN, then wait for the peer's EOF (or the timeout).
-                let _ = conn.socket.shutdown(Shutdown::Write);
-                conn.phase = Phase::Finishing { fin_sent: true };
-            }
+        if conn.outbound.is_none() && conn.session.poll_fin() {
+            // Our last bytes are out: FIN, then wait for the peer's EOF (or the timeout).
+            let _ = conn.socket.shutdown(Shutdown::Write);
+        }
+        if let Some(tick) = conn.session.poll_timeout(*now) {
+            wheel.insert(tick.0, handle);
         }
         let want_writable = conn.outbound.is_some();
         if want_writable != conn.writable_interest {
@@ -892,12 +849,12 @@ impl Worker {
         }
     }
 
-    /// Slow consumer: keep a half-written frame, drop the rest, say 1008 and finish.
+    /// Slow consumer: keep a half-written frame, drop the rest, say 1008 and close.
     fn drop_slow_consumer(&mut self, handle: Handle) {
         let Some(conn) = conn_of(&mut self.conns, handle) else {
             return;
         };
-        if matches!(conn.phase, Phase::Finishing { .. }) {
+        if !conn.session.is_open() {
             return;
         }
         debug!(
@@ -906,16 +863,11 @@ impl Worker {
             conn.queued()
         );
         self.stats.slow_consumers.fetch_add(1, Ordering::Relaxed);
-        let outbound = conn.outbound.get_or_insert_with(Default::default);
-        outbound.drop_unstarted();
-        let tail = outbound.push_owned();
-        let before = tail.len();
-        close::write_close_frame(tail, close::POLICY, "slow consumer");
-        self.stats.close_sent.add(close::POLICY);
-        let n = tail.len() - before;
-        outbound.account(n);
-        self.finish(handle);
-        self.flush(handle);
+        // The Close goes after the half-written frame, in the queue (never the cork).
+        conn.outbound
+            .get_or_insert_with(Default::default)
+            .drop_unstarted();
+        self.close_with(handle, close::POLICY, "slow consumer");
     }
 
     /// Drops the connection (closing its socket).
@@ -924,7 +876,7 @@ impl Worker {
             return;
         }
         let mut conn = self.conns.remove(handle.key as usize);
-        if conn.endpoint != Endpoint::None {
+        if conn.session.endpoint() != Endpoint::None {
             self.stats.closed(self.id);
         }
         if let Some(ip) = self.client_ips.remove(&handle.key) {
@@ -961,12 +913,40 @@ fn write_direct(socket: &mut impl Write, bytes: &[u8]) -> io::Result<usize> {
     Ok(written)
 }
 
+/// The [`Transmit`] a worker lends a session: the connection's queue when it has one (so
+/// order is kept), else the worker's cork, written when the connection's turn ends.
+struct Tx<'a> {
+    outbound: &'a mut Option<Box<Outbound>>,
+    cork: &'a mut Vec<u8>,
+}
+
+impl<'a> Tx<'a> {
+    fn new(outbound: &'a mut Option<Box<Outbound>>, cork: &'a mut Vec<u8>) -> Self {
+        Tx { outbound, cork }
+    }
+}
+
+impl Transmit for Tx<'_> {
+    fn write(&mut self, f: &mut dyn FnMut(&mut Vec<u8>)) {
+        emit(self.outbound, self.cork, f);
+    }
+
+    /// While the socket keeps up every ping is answered in order; once bytes are queued only
+    /// the latest pong waits (§5.5.3).
+    fn pong(&mut self, payload: &[u8]) {
+        match self.outbound.as_mut() {
+            Some(outbound) => outbound.set_pong(payload),
+            None => write_frame(self.cork, OpCode::Pong, payload),
+        }
+    }
+}
+
 /// Appends frames for a connection: to its queue when it has one (so order is kept), else to
 /// the worker's cork buffer, written when the connection's turn ends.
 fn emit(
     outbound: &mut Option<Box<Outbound>>,
     cork: &mut Vec<u8>,
-    write: impl FnOnce(&mut Vec<u8>),
+    mut write: impl FnMut(&mut Vec<u8>),
 ) {
     match outbound {
         Some(outbound) => {

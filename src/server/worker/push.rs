@@ -20,7 +20,7 @@ use log::debug;
 use slab::Slab;
 
 use super::{conn_of, emit, peer, Worker};
-use crate::protocol::close::CloseState;
+use crate::protocol::close;
 use crate::protocol::frame::{write_frame, OpCode, SharedFrame};
 use crate::protocol::handshake::Request;
 use crate::protocol::message::MessageKind;
@@ -29,10 +29,10 @@ use crate::push::client_protocol::{parse_client_op, write_error, write_unsubscri
 use crate::push::hub::{AckId, ConnId, Stream, Target, ToHub, ToWorker, UserId};
 use crate::push::names::{validate_user, USER_CHANNEL};
 use crate::push::subscribers::Table;
-use crate::server::connection::{
-    Connection, Endpoint, Handle, JoinedAt, Phase, PushConn, Subscription, Token,
-};
+use crate::server::connection::{Connection, Handle, JoinedAt, PushConn, Subscription, Token};
 use crate::server::Settings;
+use crate::session::Endpoint;
+use crate::tick::Tick;
 
 /// Subscribe requests one connection may have waiting for the hub's answer.
 const MAX_SUBSCRIBES_IN_FLIGHT: u8 = 16;
@@ -144,7 +144,7 @@ struct Queuing<'a> {
 impl Queuing<'_> {
     /// Queues a shared frame for `conn`. Returns whether the connection took it.
     fn push(&mut self, conn: &mut Connection, handle: Handle, frame: &SharedFrame) -> bool {
-        if conn.phase != Phase::WebSocket(CloseState::Open) {
+        if !conn.session.is_open() {
             return false;
         }
         if conn.queued() + frame.len() > self.max_backlog {
@@ -171,8 +171,6 @@ impl Worker {
 
     /// Sets up a freshly upgraded push connection and asks the hub for its `$user` stream.
     pub(super) fn accept_push(&mut self, handle: Handle, identity: Identity) {
-        let now = self.now;
-        let ping_ticks = self.settings.ping_ticks;
         if self.get(handle).is_none() {
             return;
         }
@@ -195,7 +193,7 @@ impl Worker {
             since: None,
             epoch: None,
         });
-        self.arm(handle, (now + ping_ticks).min(expires));
+        self.set_app_deadline(handle, Tick(expires));
     }
 
     /// Handles the push messages collected while decoding a read.
@@ -203,10 +201,7 @@ impl Worker {
         let input = std::mem::take(&mut self.push_in);
         let messages = std::mem::take(&mut self.push_msgs);
         for &(kind, start, end) in &messages {
-            if self
-                .get(handle)
-                .is_none_or(|c| c.phase != Phase::WebSocket(CloseState::Open))
-            {
+            if self.get(handle).is_none_or(|c| !c.session.is_open()) {
                 break;
             }
             self.on_push_message(handle, kind, &input[start..end]);
@@ -379,7 +374,7 @@ impl Worker {
         if !allowed || channel.starts_with('$') {
             return self.reply_error(handle, 403, "the token does not allow publishing here");
         }
-        if !push.take_publish(now, second, rate) {
+        if !push.take_publish(now.0, second, rate) {
             return self.reply_error(handle, 429, "too many publishes");
         }
         self.send_to_hub(ToHub::Publish {
@@ -396,14 +391,11 @@ impl Worker {
             Ok(claims) => claims,
             Err(e) => return self.reply_error(handle, 403, &format!("refresh refused: {e}")),
         };
-        let now = self.now;
-        let ping_ticks = self.settings.ping_ticks;
         let token = self.token_of(&claims);
         let expires = token.expires;
         let Some(conn) = self.get(handle) else {
             return self.release_grants(token);
         };
-        let last_seen = u64::from(conn.last_seen);
         let Some(push) = conn.push.as_deref_mut() else {
             return self.release_grants(token);
         };
@@ -421,9 +413,8 @@ impl Worker {
         if let Some(old) = push.set_token(token) {
             self.release_grants(old);
         }
-        // Re-arm: the next deadline is the ping or the new expiry, whichever comes first.
-        let ping_due = (now - (now as u32).wrapping_sub(last_seen as u32) as u64) + ping_ticks;
-        self.arm(handle, ping_due.max(now + 1).min(expires));
+        // The next deadline is the ping or the new expiry, whichever comes first.
+        self.set_app_deadline(handle, Tick(expires));
     }
 
     /// Takes what the hub sent, up to a per-turn budget, then writes every connection that
@@ -539,7 +530,7 @@ impl Worker {
             Target::Conns(list) => list.iter().for_each(|&c| each(handle_of(c))),
             Target::Everyone => {
                 for (key, conn) in conns.iter_mut() {
-                    if conn.endpoint == Endpoint::Push {
+                    if conn.session.endpoint() == Endpoint::Push {
                         let handle = conn.handle(key);
                         count += u64::from(queuing.push(conn, handle, frame));
                     }
@@ -651,15 +642,12 @@ impl Worker {
     fn disconnect(&mut self, conns: &[ConnId], ack: AckId) {
         let mut closed = 0;
         for handle in conns.iter().map(|&c| handle_of(c)) {
-            if self
-                .get(handle)
-                .is_some_and(|c| c.phase == Phase::WebSocket(CloseState::Open))
-            {
+            if self.get(handle).is_some_and(|c| c.session.is_open()) {
                 debug!(
                     "{}: disconnected by the API",
                     self.get(handle).map(|c| peer(c)).unwrap_or_default()
                 );
-                self.close_with(handle, 4000, "disconnected");
+                self.close_with(handle, close::DISCONNECTED, "disconnected");
                 closed += 1;
             }
         }
@@ -698,7 +686,7 @@ impl Worker {
         Token {
             grants,
             user_fingerprint: self.user_key.hash_one(claims.sub.as_str()),
-            expires: self.now + self.settings.ticks(time_left(claims.exp)),
+            expires: (self.now + self.settings.ticks(time_left(claims.exp))).0,
         }
     }
 
