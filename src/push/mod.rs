@@ -10,5 +10,6 @@ pub mod client_protocol;
 pub mod history;
 pub mod hub;
 pub mod names;
+pub mod router;
 pub mod subscribers;
 pub mod users;

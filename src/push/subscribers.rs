@@ -1,10 +1,11 @@
-//! One worker's routing table: channel → local subscribers. (Users are the hub's: see
-//! `push::users`.)
+//! One worker's routing table: channel → local subscribers, kept by the worker's
+//! [`Router`](crate::push::router::Router), whose module doc states the rules it keeps. (Users
+//! are the hub's: see `push::users`.)
 //!
 //! Each worker keeps its own table (a connection lives on one worker for life), so fan-out
 //! takes no lock. Membership is a `Vec` per key with O(1) removal: each member remembers its
 //! index, and a swap-remove tells the caller which member moved where. A key also counts the
-//! subscribe requests still waiting for the hub's answer, so the worker tells the hub a channel
+//! subscribe requests still waiting for the hub's answer, so the router tells the hub a channel
 //! went idle here only when it has neither members nor requests in flight — otherwise a
 //! publish could be routed past a subscriber that is about to join.
 
@@ -97,6 +98,7 @@ pub struct Removed<M> {
 }
 
 impl<K: Hash + Eq + Clone, M: Copy + PartialEq> Table<K, M> {
+    /// An empty table.
     pub fn new() -> Self {
         Self::default()
     }
@@ -172,6 +174,7 @@ impl<K: Hash + Eq + Clone, M: Copy + PartialEq> Table<K, M> {
         self.map.len()
     }
 
+    /// No key has members or requests.
     pub fn is_empty(&self) -> bool {
         self.map.is_empty()
     }

@@ -11,8 +11,7 @@
 
 mod push;
 
-use std::collections::hash_map::RandomState;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::IpAddr;
 use std::net::Shutdown;
@@ -31,9 +30,8 @@ use crate::protocol::close;
 use crate::protocol::frame::{write_frame, OpCode};
 use crate::protocol::handshake::Request;
 use crate::protocol::message::MessageKind;
-use crate::push::auth::Grants;
-use crate::push::hub::{ConnId, ToWorker};
-use crate::push::subscribers::Table;
+use crate::push::hub::ToWorker;
+use crate::push::router::Router;
 use crate::server::connection::{Connection, Flushed, Handle, Outbound};
 use crate::server::drain::DrainSchedule;
 use crate::server::hub_loop::HubHandle;
@@ -78,18 +76,9 @@ pub(crate) struct Worker {
     hub_wake: bool,
     /// The inbox was not drained this turn.
     inbox_again: bool,
-    /// Channel → local subscribers. (Users → connections is the hub's: see `push::users`.)
-    channels: Table<Arc<str>, Handle>,
-    /// Push connections whose `$user` join the hub has not answered yet, with their user
-    /// (needed if a `$user` recovery request comes before the answer). Empty when idle.
-    joining: HashMap<ConnId, Arc<str>>,
-    /// Subscribe requests (and the `$user` join) each push connection has waiting for the
-    /// hub's answer, bounded per connection; only connections with some are listed.
-    subscribes_in_flight: HashMap<ConnId, u8>,
-    /// Token grants, one shared copy per distinct set (most tokens grant the same).
-    grants: HashSet<Arc<Grants>>,
-    /// Key for the user fingerprints token connections keep (see `connection::Token`).
-    user_key: RandomState,
+    /// The push layer's state on this worker: channels, users joining, subscribes in flight,
+    /// grants (see `push::router`).
+    router: Router,
     /// Connections with frames queued by fan-out this turn, flushed at its end.
     dirty: Vec<Handle>,
     /// Push-endpoint messages of the connection being read, handled after its frames.
@@ -144,11 +133,7 @@ impl Worker {
                 link,
                 hub_wake: false,
                 inbox_again: false,
-                channels: Table::new(),
-                joining: HashMap::new(),
-                subscribes_in_flight: HashMap::new(),
-                grants: HashSet::new(),
-                user_key: RandomState::new(),
+                router: push::new_router(id, &settings),
                 dirty: Vec::new(),
                 push_in: Vec::new(),
                 push_msgs: Vec::new(),

@@ -1,7 +1,9 @@
-//! The push endpoint on a worker: identity at the upgrade, the JSON client protocol, the
-//! worker's channel table (a user's connections are the hub's, see `push::users`: a connection
-//! joins its user's stream at the upgrade and leaves it when it goes), and what the hub sends
-//! through the inbox (fan-out, subscribe answers, disconnects, presence queries).
+//! The push endpoint on a worker, as the driver of its [`Router`]: identity at the upgrade,
+//! then the client's messages and what the hub sends through the inbox go to the router, and
+//! its effects are applied here — text replies into the connection's queue (or the cork),
+//! messages to the hub, re-armed token deadlines, the frames of a delivery or of a subscribe
+//! answer. The router decides who gets what; this file only queues, sends and closes. It is
+//! also the one place where a worker [`Handle`] and a push [`ConnId`] are converted.
 //!
 //! Fan-out queues one shared frame (`SharedFrame`) per subscriber and marks the connection
 //! dirty; when the inbox batch is done each dirty connection is written once, so a burst of
@@ -9,12 +11,10 @@
 //! would pass `--max-backlog` is not given the frame (it doesn't count as delivered) and is
 //! closed with 1008.
 
-use std::collections::HashMap;
-use std::hash::BuildHasher;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::TryRecvError;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use log::debug;
 use slab::Slab;
@@ -23,19 +23,16 @@ use super::{conn_of, emit, peer, Worker};
 use crate::protocol::close;
 use crate::protocol::frame::{write_frame, OpCode, SharedFrame};
 use crate::protocol::handshake::Request;
-use crate::protocol::message::MessageKind;
-use crate::push::auth::{verify_hs256, Claims, Grants};
-use crate::push::client_protocol::{parse_client_op, write_error, write_unsubscribed, ClientOp};
-use crate::push::hub::{AckId, ConnId, Stream, Target, ToHub, ToWorker, UserId};
-use crate::push::names::{validate_user, USER_CHANNEL};
-use crate::push::subscribers::Table;
-use crate::server::connection::{Connection, Handle, JoinedAt, PushConn, Subscription, Token};
+use crate::push::auth::{verify_hs256, Claims};
+use crate::push::hub::{self, AckId, Stream, Target, ToHub, ToWorker};
+use crate::push::names::validate_user;
+use crate::push::router::{
+    ConnId, Effect, Now, PushConn, PushConns, Recipients, Router, RouterConfig,
+};
+use crate::server::connection::{Connection, Handle};
 use crate::server::Settings;
 use crate::session::Endpoint;
 use crate::tick::Tick;
-
-/// Subscribe requests one connection may have waiting for the hub's answer.
-const MAX_SUBSCRIBES_IN_FLIGHT: u8 = 16;
 
 /// Inbox messages handled per turn before sockets get their turn.
 const MAX_INBOX_PER_TURN: usize = 4096;
@@ -44,15 +41,6 @@ const MAX_INBOX_PER_TURN: usize = 4096;
 pub(crate) struct Identity {
     user: Arc<str>,
     claims: Option<Claims>,
-}
-
-/// Time from now until the Unix time `exp` (zero if past), to the nanosecond: a token is
-/// never honoured past its expiry.
-fn time_left(exp: u64) -> Duration {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    Duration::from_secs(exp).saturating_sub(now)
 }
 
 fn unix_now() -> u64 {
@@ -118,19 +106,36 @@ fn percent_decode(value: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// Frees a transient map's table once it is empty and was grown by a burst.
-fn release_if_empty<K, V>(map: &mut HashMap<K, V>) {
-    if map.is_empty() && map.capacity() > 64 {
-        *map = HashMap::new();
+/// The worker's handle for a push connection. With [`handle_of`], the one place where the
+/// server's connection handles and the push layer's ids meet: the same key and generation.
+fn conn_id(handle: Handle) -> ConnId {
+    ConnId::new(handle.key, handle.generation)
+}
+
+/// The worker handle a push connection id names.
+fn handle_of(id: ConnId) -> Handle {
+    Handle {
+        key: id.key(),
+        generation: id.generation(),
     }
 }
 
-fn conn_id(handle: Handle) -> ConnId {
-    handle.token().0 as ConnId
+/// The router finds a connection's push state in the worker's slab (generation checked).
+impl PushConns for Slab<Connection> {
+    fn push_conn(&mut self, id: ConnId) -> Option<&mut PushConn> {
+        conn_of(self, handle_of(id)).and_then(|c| c.push.as_deref_mut())
+    }
 }
 
-fn handle_of(id: ConnId) -> Handle {
-    Handle::from_token(mio::Token(id as usize))
+/// The router for worker `id`, configured from the worker's settings.
+pub(super) fn new_router(id: usize, settings: &Settings) -> Router {
+    Router::new(RouterConfig {
+        worker: id,
+        max_subscriptions: settings.max_subscriptions,
+        publish_rate: settings.publish_rate,
+        tick: settings.tick,
+        jwt_secret: settings.jwt_secret.clone(),
+    })
 }
 
 /// Where fan-out queuing puts its side effects: connections to flush once the batch is done,
@@ -169,30 +174,71 @@ impl Worker {
         }
     }
 
+    /// The time as the router takes it.
+    fn push_now(&self) -> Now {
+        Now {
+            tick: self.now.0,
+            unix: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default(),
+        }
+    }
+
+    /// Applies what the router asked for, in order.
+    fn apply_effects(&mut self) {
+        let mut effects = self.router.take_effects();
+        for effect in effects.drain(..) {
+            match effect {
+                Effect::Text { conn, text } => {
+                    let Worker { conns, cork, .. } = self;
+                    // A connection that is closing gets nothing after its Close.
+                    if let Some(conn) =
+                        conn_of(conns, handle_of(conn)).filter(|c| c.session.is_open())
+                    {
+                        emit(&mut conn.outbound, cork, |out| {
+                            write_frame(out, OpCode::Text, &text)
+                        });
+                    }
+                }
+                Effect::Hub(message) => self.send_to_hub(message),
+                Effect::Expires { conn, expires } => self.rearm_token(handle_of(conn), expires),
+            }
+        }
+        self.router.recycle(effects);
+        let delta = self.router.take_subscriptions_delta();
+        if delta > 0 {
+            self.stats
+                .subscriptions
+                .fetch_add(delta.unsigned_abs(), Ordering::Relaxed);
+        } else if delta < 0 {
+            self.stats
+                .subscriptions
+                .fetch_sub(delta.unsigned_abs(), Ordering::Relaxed);
+        }
+    }
+
+    /// The connection's token was refreshed: the next deadline is the ping or the new expiry,
+    /// whichever comes first.
+    fn rearm_token(&mut self, handle: Handle, expires: u64) {
+        self.set_app_deadline(handle, Tick(expires));
+    }
+
     /// Sets up a freshly upgraded push connection and asks the hub for its `$user` stream.
     pub(super) fn accept_push(&mut self, handle: Handle, identity: Identity) {
-        if self.get(handle).is_none() {
-            return;
-        }
-        let mut push = PushConn::default();
-        if let Some(claims) = identity.claims {
-            push.set_token(self.token_of(&claims));
-        }
-        let expires = push.expires();
-        let user = Arc::clone(&identity.user);
-        let Some(conn) = self.get(handle) else {
+        let now = self.push_now();
+        let Worker { conns, router, .. } = self;
+        let Some(conn) = conn_of(conns, handle) else {
             return;
         };
+        let push = router.accept(
+            conn_id(handle),
+            identity.user,
+            identity.claims.as_ref(),
+            now,
+        );
+        let expires = push.expires();
         conn.push = Some(Box::new(push));
-        self.joining.insert(conn_id(handle), Arc::clone(&user));
-        self.subscribes_in_flight.insert(conn_id(handle), 1);
-        self.send_to_hub(ToHub::JoinUser {
-            worker: self.id,
-            conn: conn_id(handle),
-            user,
-            since: None,
-            epoch: None,
-        });
+        self.apply_effects();
         self.set_app_deadline(handle, Tick(expires));
     }
 
@@ -200,221 +246,19 @@ impl Worker {
     pub(super) fn handle_push_messages(&mut self, handle: Handle) {
         let input = std::mem::take(&mut self.push_in);
         let messages = std::mem::take(&mut self.push_msgs);
+        let now = self.push_now();
         for &(kind, start, end) in &messages {
             if self.get(handle).is_none_or(|c| !c.session.is_open()) {
                 break;
             }
-            self.on_push_message(handle, kind, &input[start..end]);
+            let Worker { conns, router, .. } = self;
+            router.handle_message(conns, conn_id(handle), kind, &input[start..end], now);
+            self.apply_effects();
         }
         self.push_in = input;
         self.push_in.clear();
         self.push_msgs = messages;
         self.push_msgs.clear();
-    }
-
-    fn reply_text(&mut self, handle: Handle, json: &[u8]) {
-        let Worker { conns, cork, .. } = self;
-        if let Some(conn) = conn_of(conns, handle) {
-            emit(&mut conn.outbound, cork, |out| {
-                write_frame(out, OpCode::Text, json)
-            });
-        }
-    }
-
-    fn reply_error(&mut self, handle: Handle, code: u16, reason: &str) {
-        let mut json = Vec::new();
-        write_error(&mut json, code, reason);
-        self.reply_text(handle, &json);
-    }
-
-    fn on_push_message(&mut self, handle: Handle, kind: MessageKind, data: &[u8]) {
-        if kind == MessageKind::Binary {
-            return self.reply_error(
-                handle,
-                501,
-                "binary frames need an upstream; none is configured",
-            );
-        }
-        if data == b"ping" {
-            return self.reply_text(handle, b"pong");
-        }
-        match parse_client_op(data) {
-            Err(e) => self.reply_error(handle, e.code, &e.reason),
-            Ok(ClientOp::Subscribe {
-                channel,
-                since,
-                epoch,
-            }) => self.subscribe(handle, &channel, since, epoch.map(|e| e.into_owned())),
-            Ok(ClientOp::Unsubscribe { channel }) => self.unsubscribe(handle, &channel),
-            Ok(ClientOp::Publish { channel, data }) => {
-                self.client_publish(handle, &channel, data.get())
-            }
-            Ok(ClientOp::Refresh { token }) => self.refresh(handle, &token),
-        }
-    }
-
-    fn subscribe(
-        &mut self,
-        handle: Handle,
-        channel: &str,
-        since: Option<u64>,
-        epoch: Option<String>,
-    ) {
-        let max = self.settings.max_subscriptions;
-        // Share the table's copy of the name when the channel is known here.
-        let shared = self.channels.shared_key(channel);
-        let Some(push) = conn_of(&mut self.conns, handle).and_then(|c| c.push.as_deref_mut())
-        else {
-            return;
-        };
-        let id = conn_id(handle);
-        if self.subscribes_in_flight.get(&id).copied().unwrap_or(0) >= MAX_SUBSCRIBES_IN_FLIGHT {
-            return self.reply_error(handle, 429, "too many subscribe requests in flight");
-        }
-        if channel == USER_CHANNEL {
-            // The connection's own stream, already subscribed: a recovery request, by the
-            // hub's id or, if the join is still unanswered, by name.
-            *self.subscribes_in_flight.entry(id).or_insert(0) += 1;
-            let (worker, conn) = (self.id, id);
-            let message = match push.user {
-                Some(user) => ToHub::Subscribe {
-                    worker,
-                    conn,
-                    stream: Stream::User(user),
-                    since,
-                    epoch,
-                },
-                None => match self.joining.get(&conn) {
-                    Some(user) => ToHub::JoinUser {
-                        worker,
-                        conn,
-                        user: Arc::clone(user),
-                        since,
-                        epoch,
-                    },
-                    None => return,
-                },
-            };
-            return self.send_to_hub(message);
-        }
-        if !push.grants().is_none_or(|g| g.may_subscribe(channel)) {
-            return self.reply_error(handle, 403, "the token does not allow this channel");
-        }
-        let existing = push.sub(channel).map(|s| Arc::clone(&s.channel));
-        let name = match existing {
-            Some(name) => name,
-            None => {
-                if push.sub_count() >= max {
-                    return self.reply_error(handle, 429, "too many subscriptions");
-                }
-                let name: Arc<str> = shared.unwrap_or_else(|| Arc::from(channel));
-                push.add_sub(Subscription {
-                    channel: Arc::clone(&name),
-                    slot: None,
-                    joined_at: JoinedAt::NOT_YET,
-                });
-                self.stats.subscriptions.fetch_add(1, Ordering::Relaxed);
-                name
-            }
-        };
-        *self.subscribes_in_flight.entry(id).or_insert(0) += 1;
-        self.channels.add_pending(&name);
-        self.send_to_hub(ToHub::Subscribe {
-            worker: self.id,
-            conn: conn_id(handle),
-            stream: Stream::Channel(name),
-            since,
-            epoch,
-        });
-    }
-
-    fn unsubscribe(&mut self, handle: Handle, channel: &str) {
-        let Some(push) = self.get(handle).and_then(|c| c.push.as_deref_mut()) else {
-            return;
-        };
-        if let Some(sub) = push.remove_sub(channel) {
-            self.stats.subscriptions.fetch_sub(1, Ordering::Relaxed);
-            if let Some(slot) = sub.slot {
-                self.leave_channel(handle, &sub.channel, slot);
-            }
-        }
-        let mut json = Vec::new();
-        write_unsubscribed(&mut json, channel);
-        self.reply_text(handle, &json);
-    }
-
-    /// Removes `handle` from a channel's table and fixes the slot of whoever moved.
-    fn leave_channel(&mut self, handle: Handle, channel: &Arc<str>, slot: u32) {
-        let removed = self.channels.remove(channel, slot, handle);
-        if let Some(moved) = removed.moved {
-            if let Some(sub) = self
-                .get(moved)
-                .and_then(|c| c.push.as_deref_mut())
-                .and_then(|p| p.sub_mut(channel))
-            {
-                sub.slot = Some(slot);
-            }
-        }
-        if removed.now_idle {
-            self.send_to_hub(ToHub::Idle {
-                worker: self.id,
-                channel: Arc::clone(channel),
-            });
-        }
-    }
-
-    fn client_publish(&mut self, handle: Handle, channel: &str, data: &str) {
-        let now = self.now;
-        let second = self.settings.ticks(Duration::from_secs(1));
-        let rate = self.settings.publish_rate;
-        let Some(push) = self.get(handle).and_then(|c| c.push.as_deref_mut()) else {
-            return;
-        };
-        let allowed = push.grants().is_none_or(|g| g.may_publish(channel));
-        if !allowed || channel.starts_with('$') {
-            return self.reply_error(handle, 403, "the token does not allow publishing here");
-        }
-        if !push.take_publish(now.0, second, rate) {
-            return self.reply_error(handle, 429, "too many publishes");
-        }
-        self.send_to_hub(ToHub::Publish {
-            channel: Arc::from(channel),
-            data: data.to_owned(),
-        });
-    }
-
-    fn refresh(&mut self, handle: Handle, token: &str) {
-        let Some(secret) = self.settings.jwt_secret.clone() else {
-            return self.reply_error(handle, 400, "no tokens in open mode");
-        };
-        let claims = match verify_hs256(token, &secret, unix_now()) {
-            Ok(claims) => claims,
-            Err(e) => return self.reply_error(handle, 403, &format!("refresh refused: {e}")),
-        };
-        let token = self.token_of(&claims);
-        let expires = token.expires;
-        let Some(conn) = self.get(handle) else {
-            return self.release_grants(token);
-        };
-        let Some(push) = conn.push.as_deref_mut() else {
-            return self.release_grants(token);
-        };
-        if push
-            .token()
-            .is_none_or(|old| old.user_fingerprint != token.user_fingerprint)
-        {
-            self.release_grants(token);
-            return self.reply_error(
-                handle,
-                403,
-                "refresh refused: the token is for another user",
-            );
-        }
-        if let Some(old) = push.set_token(token) {
-            self.release_grants(old);
-        }
-        // The next deadline is the ping or the new expiry, whichever comes first.
-        self.set_app_deadline(handle, Tick(expires));
     }
 
     /// Takes what the hub sent, up to a per-turn budget, then writes every connection that
@@ -452,15 +296,25 @@ impl Worker {
                     seq,
                     frame,
                     replay,
-                } => self.on_subscribed(handle_of(conn), stream, seq, &frame, &replay, &mut slow),
+                } => self.on_subscribed(
+                    ConnId::from_hub(conn),
+                    &stream,
+                    seq,
+                    &frame,
+                    &replay,
+                    &mut slow,
+                ),
                 ToWorker::Disconnect { conns, ack } => self.disconnect(&conns, ack),
-                ToWorker::Presence { ack, channel } => self.presence(ack, &channel),
+                ToWorker::Presence { ack, channel } => {
+                    let Worker { conns, router, .. } = self;
+                    router.presence(conns, ack, &channel);
+                    self.apply_effects();
+                }
                 ToWorker::Drain { spread, timeout } => self.begin_drain(spread, timeout),
             }
         }
         // A burst of arrivals is over: give its bookkeeping back.
-        release_if_empty(&mut self.joining);
-        release_if_empty(&mut self.subscribes_in_flight);
+        self.router.end_batch();
         if self.link.inbox_load.load(Ordering::Relaxed) > 0 {
             // More may be waiting: come back after one round of sockets.
             self.inbox_again = true;
@@ -488,19 +342,15 @@ impl Worker {
         }
     }
 
-    /// The connections, the channel table, and a [`Queuing`] into this worker's lists, borrowed
+    /// The connections, the router, and a [`Queuing`] into this worker's lists, borrowed
     /// apart so that fan-out can hold all three.
     fn queuing<'a>(
         &'a mut self,
         slow: &'a mut Vec<Handle>,
-    ) -> (
-        &'a mut Slab<Connection>,
-        &'a Table<Arc<str>, Handle>,
-        Queuing<'a>,
-    ) {
+    ) -> (&'a mut Slab<Connection>, &'a mut Router, Queuing<'a>) {
         let Worker {
             conns,
-            channels,
+            router,
             dirty,
             settings,
             ..
@@ -510,25 +360,23 @@ impl Worker {
             dirty,
             slow,
         };
-        (conns, channels, queuing)
+        (conns, router, queuing)
     }
 
     /// Queues `frame` for the target's local connections; returns how many took it.
     fn deliver(&mut self, target: &Target, frame: &SharedFrame, slow: &mut Vec<Handle>) -> u64 {
-        let (conns, channels, mut queuing) = self.queuing(slow);
+        let (conns, router, mut queuing) = self.queuing(slow);
         let mut count = 0;
-        // The FIFO inbox guarantees every member joined below this message's seq (its
-        // subscribe was answered before it): no duplicate check is needed here.
-        let mut each = |handle: Handle| {
-            if let Some(conn) = conn_of(conns, handle) {
-                count += u64::from(queuing.push(conn, handle, frame));
+        match router.recipients(target) {
+            Recipients::Listed(listed) => {
+                for id in listed {
+                    let handle = handle_of(id);
+                    if let Some(conn) = conn_of(conns, handle) {
+                        count += u64::from(queuing.push(conn, handle, frame));
+                    }
+                }
             }
-        };
-        match target {
-            Target::Channel(channel) => channels.members(channel).iter().for_each(|&h| each(h)),
-            Target::Conn(conn) => each(handle_of(*conn)),
-            Target::Conns(list) => list.iter().for_each(|&c| each(handle_of(c))),
-            Target::Everyone => {
+            Recipients::Everyone => {
                 for (key, conn) in conns.iter_mut() {
                     if conn.session.endpoint() == Endpoint::Push {
                         let handle = conn.handle(key);
@@ -540,108 +388,41 @@ impl Worker {
         count
     }
 
-    /// The hub answered a subscribe: join the table, send `subscribed` and the replay.
+    /// The hub answered a subscribe: the router joins the connection; queue `subscribed`
+    /// and the replay it allows.
     fn on_subscribed(
         &mut self,
-        handle: Handle,
-        stream: Stream,
+        id: ConnId,
+        stream: &Stream,
         seq: u64,
         frame: &SharedFrame,
         replay: &[SharedFrame],
         slow: &mut Vec<Handle>,
     ) {
-        // Is the connection still there and still wanting this stream? Already in the table?
-        let push = self
-            .conns
-            .get(handle.key as usize)
-            .filter(|c| c.generation == handle.generation)
-            .and_then(|c| c.push.as_deref());
-        let (wanted, already) = match (&stream, push) {
-            (Stream::Channel(name), Some(p)) => match p.sub(name) {
-                Some(sub) => (true, sub.slot.is_some()),
-                None => (false, false),
-            },
-            // A live connection's `$user` answer is always for its own user.
-            (Stream::User(_), Some(p)) => (true, p.user.is_some()),
-            (_, None) => (false, false),
-        };
-        let mut slot = None;
-        match &stream {
-            Stream::Channel(name) => {
-                let (joined, idle) = self
-                    .channels
-                    .resolve_pending(name, (wanted && !already).then_some(handle));
-                slot = joined;
-                if idle {
-                    self.send_to_hub(ToHub::Idle {
-                        worker: self.id,
-                        channel: Arc::clone(name),
-                    });
-                }
-            }
-            // The hub made the connection a member when it asked; it is gone since.
-            Stream::User(user) if !wanted => self.send_to_hub(ToHub::LeaveUser {
-                worker: self.id,
-                conn: conn_id(handle),
-                user: *user,
-            }),
-            Stream::User(_) => {
-                self.joining.remove(&conn_id(handle));
-            }
-        }
-        if let Some(n) = self.subscribes_in_flight.get_mut(&conn_id(handle)) {
-            *n -= 1;
-            if *n == 0 {
-                self.subscribes_in_flight.remove(&conn_id(handle));
-            }
-        }
-        if !wanted {
+        let (conns, router, _) = self.queuing(slow);
+        let join = router.subscribed(conns, id, stream, seq, replay.len());
+        self.apply_effects();
+        let Some(join) = join else {
             return;
-        }
+        };
+        let handle = handle_of(join.conn);
         let (conns, _, mut queuing) = self.queuing(slow);
         let Some(conn) = conn_of(conns, handle) else {
             return;
         };
-        let Some(push) = conn.push.as_deref_mut() else {
-            return;
-        };
-        // The replay is contiguous and ends at `seq`. After this answer the connection holds
-        // every message above `holds_from`.
-        let first = (seq + 1).saturating_sub(replay.len() as u64);
-        let holds_from = if replay.is_empty() { seq } else { first - 1 };
-        let joined_at = match &stream {
-            Stream::Channel(name) => match push.sub_mut(name) {
-                Some(sub) => {
-                    if slot.is_some() {
-                        sub.slot = slot;
-                    }
-                    sub.joined_at.join(holds_from)
-                }
-                None => return,
-            },
-            Stream::User(user) => {
-                push.user = Some(*user);
-                push.user_joined_at.join(holds_from)
-            }
-        };
         if !queuing.push(conn, handle, frame) {
             return;
         }
-        // A first join gets the whole replay; a re-join (recovery on a stream this connection
-        // already receives) only what is at or below its join point: the rest came live.
-        for (i, frame) in replay.iter().enumerate() {
-            if joined_at.is_some_and(|j| first + i as u64 > j) {
-                break;
-            }
+        for frame in replay.iter().take(join.replay) {
             if !queuing.push(conn, handle, frame) {
                 return;
             }
         }
     }
 
-    fn disconnect(&mut self, conns: &[ConnId], ack: AckId) {
+    fn disconnect(&mut self, conns: &[hub::ConnId], ack: AckId) {
         let mut closed = 0;
-        for handle in conns.iter().map(|&c| handle_of(c)) {
+        for handle in conns.iter().map(|&c| handle_of(ConnId::from_hub(c))) {
             if self.get(handle).is_some_and(|c| c.session.is_open()) {
                 debug!(
                     "{}: disconnected by the API",
@@ -654,72 +435,11 @@ impl Worker {
         self.send_to_hub(ToHub::Ack { ack, count: closed });
     }
 
-    fn presence(&mut self, ack: AckId, channel: &Arc<str>) {
-        let mut users: Vec<UserId> = Vec::new();
-        for &handle in self.channels.members(channel) {
-            if let Some(push) = self
-                .conns
-                .get(handle.key as usize)
-                .filter(|c| c.generation == handle.generation)
-                .and_then(|c| c.push.as_deref())
-            {
-                users.extend(push.user);
-            }
-        }
-        users.sort_unstable();
-        users.dedup();
-        self.send_to_hub(ToHub::PresenceReply { ack, users });
-    }
-
     /// A push connection is gone: leave every table it is in.
-    /// What a connection keeps of a verified token; its grants are the worker's shared copy.
-    fn token_of(&mut self, claims: &Claims) -> Token {
-        let grants = Grants::new(claims);
-        let grants = match self.grants.get(&grants) {
-            Some(shared) => Arc::clone(shared),
-            None => {
-                let shared = Arc::new(grants);
-                self.grants.insert(Arc::clone(&shared));
-                shared
-            }
-        };
-        Token {
-            grants,
-            user_fingerprint: self.user_key.hash_one(claims.sub.as_str()),
-            expires: (self.now + self.settings.ticks(time_left(claims.exp))).0,
-        }
-    }
-
-    /// Lets go of a token; the shared grants go with the last connection holding them.
-    fn release_grants(&mut self, token: Token) {
-        // One reference is the worker's set, one is `token`: nobody else uses them.
-        if Arc::strong_count(&token.grants) == 2 {
-            self.grants.remove(&*token.grants);
-        }
-    }
-
-    pub(super) fn forget_push(&mut self, handle: Handle, mut push: PushConn) {
-        self.subscribes_in_flight.remove(&conn_id(handle));
-        if let Some(token) = push.take_token() {
-            self.release_grants(token);
-        }
-        for sub in push.subs() {
-            self.stats.subscriptions.fetch_sub(1, Ordering::Relaxed);
-            if let Some(slot) = sub.slot {
-                self.leave_channel(handle, &sub.channel, slot);
-            }
-        }
-        match push.user {
-            Some(user) => self.send_to_hub(ToHub::LeaveUser {
-                worker: self.id,
-                conn: conn_id(handle),
-                user,
-            }),
-            // Not joined yet: the hub's answer will find the connection gone and leave.
-            None => {
-                self.joining.remove(&conn_id(handle));
-            }
-        }
+    pub(super) fn forget_push(&mut self, handle: Handle, push: PushConn) {
+        let Worker { conns, router, .. } = self;
+        router.forget(conns, conn_id(handle), push);
+        self.apply_effects();
     }
 }
 

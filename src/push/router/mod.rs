@@ -1,0 +1,727 @@
+//! The worker side of the push layer: who on this worker listens to what, and the client's
+//! JSON protocol. Sans IO: the [`Router`] never touches a socket or a queue; it reads and
+//! changes the connections' [`PushConn`] state (found through [`PushConns`]) and returns what
+//! the worker must do as data — [`Effect`]s (text replies, messages for the hub, a new token
+//! expiry), the [`Recipients`] of a delivery, the [`Join`] a subscribe answer makes.
+//!
+//! # Who listens to a channel, and why no message is lost or doubled
+//!
+//! A connection's interest in a channel lives in three places on its worker, kept in step
+//! here: its [`Subscription`] (in its `PushConn`), the channel's member list in the table, and
+//! the count of its subscribes in flight. (The hub keeps the fourth: which workers want the
+//! channel at all.) The rules:
+//!
+//! 1. A `subscribe` adds the [`Subscription`] at once (it counts toward
+//!    `--max-subscriptions`), counts the request in flight for the channel (so the channel
+//!    is not idle here) and for the connection (at most [`MAX_SUBSCRIBES_IN_FLIGHT`]), and
+//!    asks the hub ([`ToHub::Subscribe`]).
+//! 2. The connection is **not** a member yet: a message the hub delivers meanwhile is not
+//!    queued for it. The hub answers through the same FIFO inbox as its deliveries, after
+//!    every message up to the top `seq` it reports and before every later one.
+//! 3. The answer ([`Router::subscribed`]) makes the connection a member. The worker then
+//!    queues the `subscribed` frame and the replay the router allows, and every later
+//!    delivery comes live: in order, no gap, no duplicate.
+//! 4. A connection's join point ([`JoinedAt`]) is the earliest top it was answered at. A
+//!    recovery on a stream it already receives (a second `subscribe` with `since`, or the
+//!    `$user` recovery) gets only the replayed messages at or below its join point: the rest
+//!    reached it live.
+//! 5. The channel goes idle here ([`ToHub::Idle`]) only when it has neither members nor
+//!    subscribes in flight, so the hub never stops routing a channel to a worker where a
+//!    subscriber is about to join.
+//!
+//! A connection's `$user` stream works the same way, except that the hub makes it a member
+//! when asked ([`ToHub::JoinUser`] at the upgrade) and names the stream in its answer; a
+//! connection that left before the answer is taken out again ([`ToHub::LeaveUser`]).
+
+mod push_conn;
+
+use std::borrow::Cow;
+use std::collections::hash_map::RandomState;
+use std::collections::{HashMap, HashSet};
+use std::hash::BuildHasher;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::protocol::message::MessageKind;
+use crate::push::auth::{verify_hs256, Claims, Grants};
+use crate::push::client_protocol::{
+    parse_client_op, write_error, write_unsubscribed, ClientOp, OpError,
+};
+use crate::push::hub::{self, AckId, Stream, Target, ToHub, UserId, WorkerId};
+use crate::push::names::USER_CHANNEL;
+use crate::push::subscribers::{Slot, Table};
+
+pub use push_conn::{JoinedAt, PushConn, Subscription, TokenGrant};
+
+/// Subscribe requests (the `$user` join included) one connection may have waiting for the
+/// hub's answer; more get error 429.
+pub const MAX_SUBSCRIBES_IN_FLIGHT: u8 = 16;
+
+/// A push connection as the router and the hub name it: the worker's slab key in the low 32
+/// bits and that slot's generation in the high 32. The generation makes an id held by the hub
+/// or a table unable to reach a later connection that reused the slot. The server converts
+/// its connection handle to and from this in one place (`server::worker::push`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnId(u64);
+
+impl ConnId {
+    /// The id of the connection in slab slot `key` at `generation`.
+    pub const fn new(key: u32, generation: u32) -> ConnId {
+        ConnId((key as u64) | ((generation as u64) << 32))
+    }
+
+    /// The slab key (low 32 bits).
+    pub const fn key(self) -> u32 {
+        self.0 as u32
+    }
+
+    /// The slot's generation (high 32 bits).
+    pub const fn generation(self) -> u32 {
+        (self.0 >> 32) as u32
+    }
+
+    /// The id as the hub's messages carry it (the same 64 bits, opaque to the hub).
+    pub const fn to_hub(self) -> hub::ConnId {
+        self.0
+    }
+
+    /// The id a hub message carries.
+    pub const fn from_hub(id: hub::ConnId) -> ConnId {
+        ConnId(id)
+    }
+}
+
+/// Where the router finds a connection's push state: the worker's connections.
+pub trait PushConns {
+    /// The push state of connection `id`, if it is still there and still a push connection
+    /// (a connection that is going gave its state back through [`Router::forget`]).
+    fn push_conn(&mut self, id: ConnId) -> Option<&mut PushConn>;
+}
+
+/// The time as the router needs it: the worker's wheel tick (for deadlines and the publish
+/// budget) and the wall clock (for the `exp`/`nbf` claims of a JWT).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Now {
+    /// The worker's timer-wheel tick.
+    pub tick: u64,
+    /// Time since the Unix epoch.
+    pub unix: Duration,
+}
+
+/// What a router needs to know of the configuration.
+#[derive(Debug, Clone)]
+pub struct RouterConfig {
+    /// The worker this router serves (named in its messages to the hub).
+    pub worker: WorkerId,
+    /// `--max-subscriptions`: channels one connection may hold (`$user` not counted).
+    pub max_subscriptions: usize,
+    /// `--max-client-publish-rate`: client `publish` ops per connection per second.
+    pub publish_rate: u16,
+    /// The length of one wheel tick.
+    pub tick: Duration,
+    /// `--jwt-secret`: the HS256 secret; `None` is open mode (no tokens, no refresh).
+    pub jwt_secret: Option<Vec<u8>>,
+}
+
+/// Something the worker must do for the router, in the order given.
+#[derive(Debug)]
+pub enum Effect {
+    /// Queue one text frame holding `text` for `conn` (a JSON reply, or `pong`).
+    Text {
+        /// The connection.
+        conn: ConnId,
+        /// The frame's payload.
+        text: Cow<'static, [u8]>,
+    },
+    /// Send this to the hub.
+    Hub(ToHub),
+    /// The connection's token now expires at wheel tick `expires` (a `refresh` was taken):
+    /// re-arm its deadline.
+    Expires {
+        /// The connection.
+        conn: ConnId,
+        /// Wheel tick of the new expiry.
+        expires: u64,
+    },
+}
+
+/// Who a delivery goes to on this worker, borrowed from the router's table or the hub's
+/// message: iterate it, or, for [`Recipients::Everyone`], take every push connection.
+#[derive(Debug)]
+pub enum Recipients<'a> {
+    /// These connections (a channel's members, or the connections of a user).
+    Listed(Listed<'a>),
+    /// Every push-endpoint connection of the worker (a broadcast).
+    Everyone,
+}
+
+/// The connections of a [`Recipients::Listed`], without allocating.
+#[derive(Debug, Clone)]
+pub struct Listed<'a>(ListedInner<'a>);
+
+#[derive(Debug, Clone)]
+enum ListedInner<'a> {
+    Members(std::slice::Iter<'a, ConnId>),
+    Hub(std::slice::Iter<'a, hub::ConnId>),
+}
+
+impl Iterator for Listed<'_> {
+    type Item = ConnId;
+
+    fn next(&mut self) -> Option<ConnId> {
+        match &mut self.0 {
+            ListedInner::Members(it) => it.next().copied(),
+            ListedInner::Hub(it) => it.next().map(|&c| ConnId::from_hub(c)),
+        }
+    }
+}
+
+/// What a subscribe answer asks of the worker: queue the `subscribed` frame for `conn`, then
+/// the first `replay` frames of the answer's replay, stopping at the first one the
+/// connection can't take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Join {
+    /// The connection.
+    pub conn: ConnId,
+    /// How many of the replayed frames to send (a prefix).
+    pub replay: usize,
+}
+
+/// One worker's push routing state (see the module doc for its rules).
+#[derive(Debug)]
+pub struct Router {
+    config: RouterConfig,
+    /// Ticks in one second (the publish budget's window).
+    second: u64,
+    /// Channel → members here, with each channel's subscribes in flight.
+    channels: Table<Arc<str>, ConnId>,
+    /// Push connections whose `$user` join the hub has not answered yet, with their user
+    /// (needed if a `$user` recovery request comes before the answer). Empty when idle.
+    joining: HashMap<ConnId, Arc<str>>,
+    /// Subscribe requests (and the `$user` join) each connection has waiting for the hub's
+    /// answer; only connections with some are listed.
+    in_flight: HashMap<ConnId, u8>,
+    /// Token grants, one shared copy per distinct set (most tokens grant the same).
+    grants: HashSet<Arc<Grants>>,
+    /// Key for the user fingerprints token connections keep (see [`TokenGrant`]).
+    user_key: RandomState,
+    /// Channel subscriptions added minus those dropped, since the worker last looked.
+    subscriptions_delta: isize,
+    /// What the worker has to do, in order.
+    effects: Vec<Effect>,
+}
+
+/// Whole ticks of `tick` in `d`, rounded up, at least one.
+fn ticks(d: Duration, tick: Duration) -> u64 {
+    let n = d.as_nanos().div_ceil(tick.as_nanos().max(1));
+    u64::try_from(n).unwrap_or(u64::MAX).max(1)
+}
+
+/// Frees a transient map's table once it is empty and was grown by a burst.
+fn release_if_empty<K, V>(map: &mut HashMap<K, V>) {
+    if map.is_empty() && map.capacity() > 64 {
+        *map = HashMap::new();
+    }
+}
+
+fn error_json(code: u16, reason: &str) -> Cow<'static, [u8]> {
+    let mut json = Vec::new();
+    write_error(&mut json, code, reason);
+    Cow::Owned(json)
+}
+
+impl Router {
+    /// An empty router.
+    pub fn new(config: RouterConfig) -> Router {
+        Router {
+            second: ticks(Duration::from_secs(1), config.tick),
+            config,
+            channels: Table::new(),
+            joining: HashMap::new(),
+            in_flight: HashMap::new(),
+            grants: HashSet::new(),
+            user_key: RandomState::new(),
+            subscriptions_delta: 0,
+            effects: Vec::new(),
+        }
+    }
+
+    /// Takes the effects produced since the last call, to apply in order. Hand the emptied
+    /// vector back with [`Router::recycle`] to keep its capacity.
+    #[must_use]
+    pub fn take_effects(&mut self) -> Vec<Effect> {
+        std::mem::take(&mut self.effects)
+    }
+
+    /// Gives back the vector [`Router::take_effects`] returned, once applied.
+    pub fn recycle(&mut self, mut effects: Vec<Effect>) {
+        effects.clear();
+        if self.effects.is_empty() && effects.capacity() <= 1024 {
+            self.effects = effects;
+        }
+    }
+
+    /// Channel subscriptions added minus removed since the last call (for the server's
+    /// figures).
+    #[must_use]
+    pub fn take_subscriptions_delta(&mut self) -> isize {
+        std::mem::take(&mut self.subscriptions_delta)
+    }
+
+    /// The members of `channel` here (joined: their subscribe was answered).
+    pub fn members(&self, channel: &str) -> &[ConnId] {
+        self.channels.members(channel)
+    }
+
+    /// Subscribe requests `conn` has waiting for the hub.
+    pub fn in_flight(&self, conn: ConnId) -> u8 {
+        self.in_flight.get(&conn).copied().unwrap_or(0)
+    }
+
+    fn reply(&mut self, conn: ConnId, text: Cow<'static, [u8]>) {
+        self.effects.push(Effect::Text { conn, text });
+    }
+
+    fn reply_error(&mut self, conn: ConnId, code: u16, reason: &str) {
+        self.reply(conn, error_json(code, reason));
+    }
+
+    fn tell_hub(&mut self, message: ToHub) {
+        self.effects.push(Effect::Hub(message));
+    }
+
+    fn add_in_flight(&mut self, conn: ConnId) {
+        *self.in_flight.entry(conn).or_insert(0) += 1;
+    }
+
+    // --- connections arriving and going -------------------------------------------------
+
+    /// A push connection of `user` was upgraded (`claims`: its verified token; `None` in open
+    /// mode): returns its push state for the worker to keep, and asks the hub to join it to
+    /// its `$user` stream. Its first deadline is [`PushConn::expires`] at the latest.
+    pub fn accept(
+        &mut self,
+        conn: ConnId,
+        user: Arc<str>,
+        claims: Option<&Claims>,
+        now: Now,
+    ) -> PushConn {
+        let mut push = PushConn::default();
+        if let Some(claims) = claims {
+            push.set_grant(self.grant(claims, now));
+        }
+        self.joining.insert(conn, Arc::clone(&user));
+        self.in_flight.insert(conn, 1);
+        self.tell_hub(ToHub::JoinUser {
+            worker: self.config.worker,
+            conn: conn.to_hub(),
+            user,
+            since: None,
+            epoch: None,
+        });
+        push
+    }
+
+    /// The connection is going (closing or closed): it leaves every table it is in. `push` is
+    /// its state, taken from it (it is no longer found through [`PushConns`]).
+    pub fn forget(&mut self, conns: &mut impl PushConns, conn: ConnId, mut push: PushConn) {
+        self.in_flight.remove(&conn);
+        if let Some(grant) = push.take_grant() {
+            self.release(grant);
+        }
+        for sub in push.subs() {
+            self.subscriptions_delta -= 1;
+            if let Some(slot) = sub.slot {
+                self.leave_channel(conns, conn, &sub.channel, slot);
+            }
+        }
+        match push.user {
+            Some(user) => self.tell_hub(ToHub::LeaveUser {
+                worker: self.config.worker,
+                conn: conn.to_hub(),
+                user,
+            }),
+            // Not joined yet: the hub's answer will find the connection gone and leave.
+            None => {
+                self.joining.remove(&conn);
+            }
+        }
+    }
+
+    // --- the client protocol ------------------------------------------------------------
+
+    /// Handles one whole message from a push client (the worker calls this only while the
+    /// connection is open): `ping` (text) gets `pong`; JSON ops `subscribe`, `unsubscribe`,
+    /// `publish`, `refresh`; anything else an error (400 bad op, 501 binary without an
+    /// upstream).
+    pub fn handle_message(
+        &mut self,
+        conns: &mut impl PushConns,
+        conn: ConnId,
+        kind: MessageKind,
+        data: &[u8],
+        now: Now,
+    ) {
+        if kind == MessageKind::Binary {
+            return self.reply_error(
+                conn,
+                OpError::NOT_IMPLEMENTED,
+                "binary frames need an upstream; none is configured",
+            );
+        }
+        if data == b"ping" {
+            return self.reply(conn, Cow::Borrowed(b"pong"));
+        }
+        match parse_client_op(data) {
+            Err(e) => self.reply_error(conn, e.code, &e.reason),
+            Ok(ClientOp::Subscribe {
+                channel,
+                since,
+                epoch,
+            }) => self.subscribe(conns, conn, &channel, since, epoch.map(|e| e.into_owned())),
+            Ok(ClientOp::Unsubscribe { channel }) => self.unsubscribe(conns, conn, &channel),
+            Ok(ClientOp::Publish { channel, data }) => {
+                self.publish(conns, conn, &channel, data.get(), now)
+            }
+            Ok(ClientOp::Refresh { token }) => self.refresh(conns, conn, &token, now),
+        }
+    }
+
+    /// `{"op":"subscribe",…}`: rule 1 of the module doc; `$user` is a recovery request.
+    pub fn subscribe(
+        &mut self,
+        conns: &mut impl PushConns,
+        conn: ConnId,
+        channel: &str,
+        since: Option<u64>,
+        epoch: Option<String>,
+    ) {
+        let worker = self.config.worker;
+        let Some(push) = conns.push_conn(conn) else {
+            return;
+        };
+        if self.in_flight(conn) >= MAX_SUBSCRIBES_IN_FLIGHT {
+            return self.reply_error(
+                conn,
+                OpError::TOO_MANY,
+                "too many subscribe requests in flight",
+            );
+        }
+        if channel == USER_CHANNEL {
+            // The connection's own stream, already subscribed: a recovery request, by the
+            // hub's id or, if the join is still unanswered, by name.
+            let message = match push.user {
+                Some(user) => ToHub::Subscribe {
+                    worker,
+                    conn: conn.to_hub(),
+                    stream: Stream::User(user),
+                    since,
+                    epoch,
+                },
+                None => match self.joining.get(&conn) {
+                    Some(user) => ToHub::JoinUser {
+                        worker,
+                        conn: conn.to_hub(),
+                        user: Arc::clone(user),
+                        since,
+                        epoch,
+                    },
+                    None => return,
+                },
+            };
+            self.add_in_flight(conn);
+            return self.tell_hub(message);
+        }
+        if !push.grants().is_none_or(|g| g.may_subscribe(channel)) {
+            return self.reply_error(
+                conn,
+                OpError::FORBIDDEN,
+                "the token does not allow this channel",
+            );
+        }
+        let name = match push.sub(channel) {
+            Some(sub) => Arc::clone(&sub.channel),
+            None => {
+                if push.sub_count() >= self.config.max_subscriptions {
+                    return self.reply_error(conn, OpError::TOO_MANY, "too many subscriptions");
+                }
+                // Share the table's copy of the name when the channel is known here.
+                let name: Arc<str> = self
+                    .channels
+                    .shared_key(channel)
+                    .unwrap_or_else(|| Arc::from(channel));
+                push.add_sub(Subscription {
+                    channel: Arc::clone(&name),
+                    slot: None,
+                    joined_at: JoinedAt::NOT_YET,
+                });
+                self.subscriptions_delta += 1;
+                name
+            }
+        };
+        self.add_in_flight(conn);
+        self.channels.add_pending(&name);
+        self.tell_hub(ToHub::Subscribe {
+            worker,
+            conn: conn.to_hub(),
+            stream: Stream::Channel(name),
+            since,
+            epoch,
+        });
+    }
+
+    /// `{"op":"unsubscribe",…}`: leaves the channel (at once if joined; a subscribe still in
+    /// flight is answered into nothing) and answers `unsubscribed`.
+    pub fn unsubscribe(&mut self, conns: &mut impl PushConns, conn: ConnId, channel: &str) {
+        let Some(push) = conns.push_conn(conn) else {
+            return;
+        };
+        if let Some(sub) = push.remove_sub(channel) {
+            self.subscriptions_delta -= 1;
+            if let Some(slot) = sub.slot {
+                self.leave_channel(conns, conn, &sub.channel, slot);
+            }
+        }
+        let mut json = Vec::new();
+        write_unsubscribed(&mut json, channel);
+        self.reply(conn, Cow::Owned(json));
+    }
+
+    /// Removes `conn` from a channel's members and fixes the slot of whoever moved.
+    fn leave_channel(
+        &mut self,
+        conns: &mut impl PushConns,
+        conn: ConnId,
+        channel: &Arc<str>,
+        slot: Slot,
+    ) {
+        let removed = self.channels.remove(channel, slot, conn);
+        if let Some(moved) = removed.moved {
+            if let Some(sub) = conns.push_conn(moved).and_then(|p| p.sub_mut(channel)) {
+                sub.slot = Some(slot);
+            }
+        }
+        if removed.now_idle {
+            self.tell_hub(ToHub::Idle {
+                worker: self.config.worker,
+                channel: Arc::clone(channel),
+            });
+        }
+    }
+
+    /// `{"op":"publish",…}`: forwarded to the hub where the token allows it (never to a `$`
+    /// channel) and within the connection's `--max-client-publish-rate` for the second
+    /// starting at its window's first publish (wheel ticks, `now.tick`).
+    pub fn publish(
+        &mut self,
+        conns: &mut impl PushConns,
+        conn: ConnId,
+        channel: &str,
+        data: &str,
+        now: Now,
+    ) {
+        let Some(push) = conns.push_conn(conn) else {
+            return;
+        };
+        let allowed = push.grants().is_none_or(|g| g.may_publish(channel));
+        if !allowed || channel.starts_with('$') {
+            return self.reply_error(
+                conn,
+                OpError::FORBIDDEN,
+                "the token does not allow publishing here",
+            );
+        }
+        if !push.take_publish(now.tick, self.second, self.config.publish_rate) {
+            return self.reply_error(conn, OpError::TOO_MANY, "too many publishes");
+        }
+        self.tell_hub(ToHub::Publish {
+            channel: Arc::from(channel),
+            data: data.to_owned(),
+        });
+    }
+
+    /// `{"op":"refresh","token":…}`: a newer valid token for the same user replaces the
+    /// connection's (an [`Effect::Expires`] with its expiry follows); anything else is refused
+    /// (400 in open mode, 403 otherwise) and the old token stays.
+    pub fn refresh(&mut self, conns: &mut impl PushConns, conn: ConnId, token: &str, now: Now) {
+        let claims = match &self.config.jwt_secret {
+            None => return self.reply_error(conn, OpError::BAD_REQUEST, "no tokens in open mode"),
+            Some(secret) => verify_hs256(token, secret, now.unix.as_secs()),
+        };
+        let claims = match claims {
+            Ok(claims) => claims,
+            Err(e) => {
+                return self.reply_error(conn, OpError::FORBIDDEN, &format!("refresh refused: {e}"))
+            }
+        };
+        let grant = self.grant(&claims, now);
+        let expires = grant.expires;
+        let Some(push) = conns.push_conn(conn) else {
+            return self.release(grant);
+        };
+        if push
+            .grant()
+            .is_none_or(|old| old.user_fingerprint != grant.user_fingerprint)
+        {
+            self.release(grant);
+            return self.reply_error(
+                conn,
+                OpError::FORBIDDEN,
+                "refresh refused: the token is for another user",
+            );
+        }
+        if let Some(old) = push.set_grant(grant) {
+            self.release(old);
+        }
+        self.effects.push(Effect::Expires { conn, expires });
+    }
+
+    /// What a connection keeps of a verified token; its grants are this router's shared copy.
+    fn grant(&mut self, claims: &Claims, now: Now) -> TokenGrant {
+        let grants = Grants::new(claims);
+        let grants = match self.grants.get(&grants) {
+            Some(shared) => Arc::clone(shared),
+            None => {
+                let shared = Arc::new(grants);
+                self.grants.insert(Arc::clone(&shared));
+                shared
+            }
+        };
+        // Never honoured past its expiry: the time left, rounded up to whole ticks.
+        let left = Duration::from_secs(claims.exp).saturating_sub(now.unix);
+        TokenGrant {
+            grants,
+            user_fingerprint: self.user_key.hash_one(claims.sub.as_str()),
+            expires: now.tick.saturating_add(ticks(left, self.config.tick)),
+        }
+    }
+
+    /// Lets go of a grant; the shared grants go with the last connection holding them.
+    fn release(&mut self, grant: TokenGrant) {
+        // One reference is the router's set, one is `grant`: nobody else uses them.
+        if Arc::strong_count(&grant.grants) == 2 {
+            self.grants.remove(&*grant.grants);
+        }
+    }
+
+    // --- what the hub sends ---------------------------------------------------------------
+
+    /// Who a delivery for `target` goes to here. Channel members all joined below the
+    /// message's seq (their subscribe was answered before it in the FIFO inbox): no
+    /// duplicate check is needed.
+    pub fn recipients<'a>(&'a self, target: &'a Target) -> Recipients<'a> {
+        let listed = match target {
+            Target::Channel(channel) => ListedInner::Members(self.members(channel).iter()),
+            Target::Conn(conn) => ListedInner::Hub(std::slice::from_ref(conn).iter()),
+            Target::Conns(list) => ListedInner::Hub(list.iter()),
+            Target::Everyone => return Recipients::Everyone,
+        };
+        Recipients::Listed(Listed(listed))
+    }
+
+    /// The hub answered a subscribe of `conn` to `stream` at top `seq`, with `replay_len`
+    /// replayed frames (contiguous, ending at `seq`): rule 3 of the module doc. Returns what
+    /// to queue, or `None` if the connection is gone or no longer wants the stream.
+    #[must_use]
+    pub fn subscribed(
+        &mut self,
+        conns: &mut impl PushConns,
+        conn: ConnId,
+        stream: &Stream,
+        seq: u64,
+        replay_len: usize,
+    ) -> Option<Join> {
+        // Is the connection still there and still wanting this stream? Already a member?
+        let push = conns.push_conn(conn);
+        let (wanted, already) = match (stream, push) {
+            (Stream::Channel(name), Some(p)) => match p.sub(name) {
+                Some(sub) => (true, sub.slot.is_some()),
+                None => (false, false),
+            },
+            // A live connection's `$user` answer is always for its own user.
+            (Stream::User(_), Some(p)) => (true, p.user.is_some()),
+            (_, None) => (false, false),
+        };
+        let mut slot = None;
+        match stream {
+            Stream::Channel(name) => {
+                let (joined, idle) = self
+                    .channels
+                    .resolve_pending(name, (wanted && !already).then_some(conn));
+                slot = joined;
+                if idle {
+                    self.tell_hub(ToHub::Idle {
+                        worker: self.config.worker,
+                        channel: Arc::clone(name),
+                    });
+                }
+            }
+            // The hub made the connection a member when it asked; it is gone since.
+            Stream::User(user) if !wanted => self.tell_hub(ToHub::LeaveUser {
+                worker: self.config.worker,
+                conn: conn.to_hub(),
+                user: *user,
+            }),
+            Stream::User(_) => {
+                self.joining.remove(&conn);
+            }
+        }
+        if let Some(n) = self.in_flight.get_mut(&conn) {
+            *n -= 1;
+            if *n == 0 {
+                self.in_flight.remove(&conn);
+            }
+        }
+        if !wanted {
+            return None;
+        }
+        let push = conns.push_conn(conn)?;
+        // After this answer the connection holds every message above `holds_from`.
+        let first = (seq + 1).saturating_sub(replay_len as u64);
+        let holds_from = if replay_len == 0 { seq } else { first - 1 };
+        let joined_at = match stream {
+            Stream::Channel(name) => {
+                let sub = push.sub_mut(name)?;
+                if slot.is_some() {
+                    sub.slot = slot;
+                }
+                sub.joined_at.join(holds_from)
+            }
+            Stream::User(user) => {
+                push.user = Some(*user);
+                push.user_joined_at.join(holds_from)
+            }
+        };
+        // A first join gets the whole replay; a re-join (recovery on a stream this connection
+        // already receives) only what is at or below its join point: the rest came live.
+        let replay = match joined_at {
+            None => replay_len,
+            Some(j) => usize::try_from((j + 1).saturating_sub(first))
+                .unwrap_or(usize::MAX)
+                .min(replay_len),
+        };
+        Some(Join { conn, replay })
+    }
+
+    /// `/api/presence`: the distinct users subscribed to `channel` here, sent to the hub.
+    pub fn presence(&mut self, conns: &mut impl PushConns, ack: AckId, channel: &str) {
+        let mut users: Vec<UserId> = Vec::new();
+        for &member in self.channels.members(channel) {
+            if let Some(push) = conns.push_conn(member) {
+                users.extend(push.user);
+            }
+        }
+        users.sort_unstable();
+        users.dedup();
+        self.tell_hub(ToHub::PresenceReply { ack, users });
+    }
+
+    /// A batch of hub messages is handled: give back what a burst of arrivals grew.
+    pub fn end_batch(&mut self) {
+        release_if_empty(&mut self.joining);
+        release_if_empty(&mut self.in_flight);
+    }
+}
+
+#[cfg(test)]
+mod tests;

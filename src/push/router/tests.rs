@@ -1,0 +1,562 @@
+//! The router's rules in simulated order, with no sockets and no hub thread: a small
+//! simulation plays the hub (seq, history, FIFO answers) and the worker (applying effects,
+//! recording what each connection would be sent).
+
+use std::collections::HashMap;
+
+use super::*;
+use crate::push::auth::sign_hs256;
+use crate::push::users::{Member, Users};
+
+const SECRET: &[u8] = b"router-test-secret";
+/// 10 ms ticks: 100 per second.
+const TICK: Duration = Duration::from_millis(10);
+
+#[derive(Default)]
+struct Conns(HashMap<ConnId, PushConn>);
+
+impl PushConns for Conns {
+    fn push_conn(&mut self, id: ConnId) -> Option<&mut PushConn> {
+        self.0.get_mut(&id)
+    }
+}
+
+fn now(tick: u64) -> Now {
+    Now {
+        tick,
+        unix: Duration::from_secs(1_000_000),
+    }
+}
+
+/// One worker's router, its connections, and what it was asked to do.
+struct Sim {
+    router: Router,
+    conns: Conns,
+    /// What each connection was sent, as short labels: `subscribed@T`, `news#7`, or a reply.
+    got: HashMap<ConnId, Vec<String>>,
+    /// Messages for the hub, in order.
+    hub: Vec<ToHub>,
+    /// Re-armed token expiries.
+    expires: Vec<(ConnId, u64)>,
+    /// The hub's side: each channel's top seq.
+    tops: HashMap<String, u64>,
+    users: Users,
+}
+
+impl Sim {
+    fn new(max_subscriptions: usize, jwt_secret: Option<&[u8]>) -> Sim {
+        Sim {
+            router: Router::new(RouterConfig {
+                worker: 0,
+                max_subscriptions,
+                publish_rate: 2,
+                tick: TICK,
+                jwt_secret: jwt_secret.map(<[u8]>::to_vec),
+            }),
+            conns: Conns::default(),
+            got: HashMap::new(),
+            hub: Vec::new(),
+            expires: Vec::new(),
+            tops: HashMap::new(),
+            users: Users::new(),
+        }
+    }
+
+    fn apply(&mut self) {
+        for effect in self.router.take_effects() {
+            match effect {
+                Effect::Text { conn, text } => self
+                    .got
+                    .entry(conn)
+                    .or_default()
+                    .push(String::from_utf8_lossy(&text).into_owned()),
+                Effect::Hub(message) => self.hub.push(message),
+                Effect::Expires { conn, expires } => self.expires.push((conn, expires)),
+            }
+        }
+    }
+
+    /// A connection is upgraded (open mode unless `claims`).
+    fn accept(&mut self, id: ConnId, user: &str, claims: Option<&Claims>, tick: u64) {
+        let push = self.router.accept(id, Arc::from(user), claims, now(tick));
+        self.conns.0.insert(id, push);
+        self.apply();
+    }
+
+    /// The hub answers a connection's `$user` join (top 0, nothing to replay).
+    fn join_user(&mut self, id: ConnId, user: &str) -> UserId {
+        let (uid, _) = self.users.join(
+            user,
+            Member {
+                worker: 0,
+                conn: id.to_hub(),
+            },
+        );
+        let join = self
+            .router
+            .subscribed(&mut self.conns, id, &Stream::User(uid), 0, 0);
+        assert_eq!(
+            join,
+            Some(Join {
+                conn: id,
+                replay: 0
+            })
+        );
+        self.apply();
+        uid
+    }
+
+    /// A connection, upgraded and joined to its `$user` stream.
+    fn connect(&mut self, id: ConnId) {
+        self.accept(id, "alice", None, 0);
+        self.join_user(id, "alice");
+        self.hub.clear();
+    }
+
+    fn client(&mut self, id: ConnId, json: &str) {
+        self.client_at(id, json, 0);
+    }
+
+    fn client_at(&mut self, id: ConnId, json: &str, tick: u64) {
+        self.router.handle_message(
+            &mut self.conns,
+            id,
+            MessageKind::Text,
+            json.as_bytes(),
+            now(tick),
+        );
+        self.apply();
+    }
+
+    /// The hub publishes the next message on `channel` and delivers it to this worker.
+    fn publish(&mut self, channel: &str) {
+        let top = self.tops.entry(channel.to_owned()).or_insert(0);
+        *top += 1;
+        let label = format!("{channel}#{top}");
+        let target = Target::Channel(Arc::from(channel));
+        let listed: Vec<ConnId> = match self.router.recipients(&target) {
+            Recipients::Listed(listed) => listed.collect(),
+            Recipients::Everyone => unreachable!("a channel target"),
+        };
+        for id in listed {
+            self.got.entry(id).or_default().push(label.clone());
+        }
+    }
+
+    /// The hub answers a subscribe to `channel` at its top now, replaying `since+1..=top`
+    /// (when `since` is given and history holds it).
+    fn answer(&mut self, id: ConnId, channel: &str, since: Option<u64>) -> Option<Join> {
+        let top = self.tops.get(channel).copied().unwrap_or(0);
+        let replay: Vec<u64> = since.map_or(Vec::new(), |s| (s + 1..=top).collect());
+        let stream = Stream::Channel(Arc::from(channel));
+        let join = self
+            .router
+            .subscribed(&mut self.conns, id, &stream, top, replay.len());
+        self.apply();
+        if let Some(join) = join {
+            let got = self.got.entry(join.conn).or_default();
+            got.push(format!("subscribed@{top}"));
+            for seq in replay.iter().take(join.replay) {
+                got.push(format!("{channel}#{seq}"));
+            }
+        }
+        join
+    }
+
+    fn got(&self, id: ConnId) -> Vec<&str> {
+        self.got
+            .get(&id)
+            .map_or(Vec::new(), |g| g.iter().map(String::as_str).collect())
+    }
+
+    fn take_hub(&mut self) -> Vec<ToHub> {
+        std::mem::take(&mut self.hub)
+    }
+}
+
+const A: ConnId = ConnId::new(1, 7);
+const B: ConnId = ConnId::new(2, 7);
+const C: ConnId = ConnId::new(3, 9);
+
+fn is_idle(message: &ToHub, channel: &str) -> bool {
+    matches!(message, ToHub::Idle { channel: c, .. } if &**c == channel)
+}
+
+#[test]
+fn conn_id_packs_key_and_generation() {
+    let id = ConnId::new(12345, 0xdead_beef);
+    assert_eq!((id.key(), id.generation()), (12345, 0xdead_beef));
+    assert_eq!(id.to_hub(), 0xdead_beef_0000_3039);
+    assert_eq!(ConnId::from_hub(id.to_hub()), id);
+    assert_ne!(
+        ConnId::new(1, 1),
+        ConnId::new(1, 2),
+        "a reused slot is another id"
+    );
+}
+
+#[test]
+fn subscribe_answered_at_top_then_live_has_no_gap_and_no_duplicate() {
+    let mut sim = Sim::new(8, None);
+    sim.connect(A);
+    sim.publish("news");
+    sim.publish("news");
+    sim.client(A, r#"{"op":"subscribe","channel":"news"}"#);
+    let asked = sim.take_hub();
+    assert!(
+        matches!(&asked[..], [ToHub::Subscribe { stream: Stream::Channel(c), since: None, .. }] if &**c == "news"),
+        "{asked:?}"
+    );
+    // Published while the subscribe is in flight: FIFO puts them before the answer, whose top
+    // covers them; the connection is not a member yet, so they are not queued for it.
+    sim.publish("news");
+    sim.publish("news");
+    assert!(sim.router.members("news").is_empty());
+    assert_eq!(sim.router.in_flight(A), 1);
+    assert_eq!(
+        sim.answer(A, "news", None),
+        Some(Join { conn: A, replay: 0 })
+    );
+    assert_eq!(sim.router.in_flight(A), 0);
+    sim.publish("news");
+    sim.publish("news");
+    assert_eq!(sim.got(A), ["subscribed@4", "news#5", "news#6"]);
+}
+
+#[test]
+fn recovery_since_replays_the_gap_then_live() {
+    let mut sim = Sim::new(8, None);
+    sim.connect(A);
+    for _ in 0..5 {
+        sim.publish("news");
+    }
+    sim.client(
+        A,
+        r#"{"op":"subscribe","channel":"news","since":2,"epoch":"e"}"#,
+    );
+    assert!(matches!(
+        &sim.take_hub()[..],
+        [ToHub::Subscribe { since: Some(2), epoch: Some(e), .. }] if e == "e"
+    ));
+    sim.publish("news"); // 6: before the answer (top 6), replayed rather than delivered
+    assert_eq!(
+        sim.answer(A, "news", Some(2)),
+        Some(Join { conn: A, replay: 4 })
+    );
+    sim.publish("news");
+    assert_eq!(
+        sim.got(A),
+        [
+            "subscribed@6",
+            "news#3",
+            "news#4",
+            "news#5",
+            "news#6",
+            "news#7"
+        ]
+    );
+}
+
+#[test]
+fn a_recovery_on_a_joined_channel_replays_only_up_to_the_join_point() {
+    let mut sim = Sim::new(8, None);
+    sim.connect(A);
+    sim.publish("news");
+    sim.publish("news");
+    sim.client(A, r#"{"op":"subscribe","channel":"news"}"#);
+    sim.answer(A, "news", None); // joined at 2
+    sim.publish("news"); // 3 and 4 came live
+    sim.publish("news");
+    sim.client(A, r#"{"op":"subscribe","channel":"news","since":0}"#);
+    // The second subscribe neither adds a subscription nor a second membership.
+    assert_eq!(sim.conns.0[&A].sub_count(), 1);
+    assert_eq!(
+        sim.answer(A, "news", Some(0)),
+        Some(Join { conn: A, replay: 2 })
+    );
+    assert_eq!(sim.router.members("news"), [A]);
+    sim.publish("news");
+    assert_eq!(
+        sim.got(A),
+        [
+            "subscribed@2",
+            "news#3",
+            "news#4",
+            "subscribed@4",
+            "news#1",
+            "news#2",
+            "news#5"
+        ]
+    );
+    assert_eq!(
+        sim.conns.0[&A].sub("news").and_then(|s| s.joined_at.get()),
+        Some(0),
+        "after the replay it holds everything above 0"
+    );
+}
+
+#[test]
+fn deliveries_during_a_subscribe_in_flight_skip_the_newcomer_only() {
+    let mut sim = Sim::new(8, None);
+    sim.connect(A);
+    sim.connect(B);
+    sim.client(A, r#"{"op":"subscribe","channel":"news"}"#);
+    sim.answer(A, "news", None);
+    sim.client(B, r#"{"op":"subscribe","channel":"news"}"#);
+    sim.publish("news");
+    sim.answer(B, "news", None);
+    sim.publish("news");
+    assert_eq!(sim.got(A), ["subscribed@0", "news#1", "news#2"]);
+    assert_eq!(sim.got(B), ["subscribed@1", "news#2"]);
+}
+
+#[test]
+fn user_stream_join_and_recovery() {
+    let mut sim = Sim::new(8, None);
+    sim.accept(A, "alice", None, 0);
+    assert!(matches!(
+        &sim.take_hub()[..],
+        [ToHub::JoinUser { conn, user, since: None, .. }] if *conn == A.to_hub() && &**user == "alice"
+    ));
+    assert_eq!(sim.router.in_flight(A), 1);
+    // A `$user` recovery before the join is answered goes by name.
+    sim.client(
+        A,
+        r#"{"op":"subscribe","channel":"$user","since":3,"epoch":"x"}"#,
+    );
+    assert!(matches!(
+        &sim.take_hub()[..],
+        [ToHub::JoinUser { since: Some(3), .. }]
+    ));
+    assert_eq!(sim.router.in_flight(A), 2);
+    let uid = sim.join_user(A, "alice");
+    assert_eq!(sim.conns.0[&A].user, Some(uid));
+    assert_eq!(sim.conns.0[&A].user_joined_at.get(), Some(0));
+    // After the answer, by the hub's id; `$user` does not count as a subscription.
+    sim.client(A, r#"{"op":"subscribe","channel":"$user","since":0}"#);
+    assert!(matches!(
+        &sim.take_hub()[..],
+        [ToHub::Subscribe { stream: Stream::User(u), since: Some(0), .. }] if *u == uid
+    ));
+    assert_eq!(sim.conns.0[&A].sub_count(), 0);
+}
+
+#[test]
+fn a_connection_gone_before_its_user_join_is_answered_leaves_the_stream() {
+    let mut sim = Sim::new(8, None);
+    sim.accept(A, "alice", None, 0);
+    sim.take_hub();
+    let push = sim.conns.0.remove(&A).unwrap_or_default();
+    sim.router.forget(&mut sim.conns, A, push);
+    sim.apply();
+    assert!(sim.take_hub().is_empty(), "nothing to leave yet");
+    let (uid, _) = sim.users.join(
+        "alice",
+        Member {
+            worker: 0,
+            conn: A.to_hub(),
+        },
+    );
+    let join = sim
+        .router
+        .subscribed(&mut sim.conns, A, &Stream::User(uid), 0, 0);
+    sim.apply();
+    assert_eq!(join, None);
+    assert!(matches!(
+        &sim.take_hub()[..],
+        [ToHub::LeaveUser { conn, user, .. }] if *conn == A.to_hub() && *user == uid
+    ));
+}
+
+#[test]
+fn unsubscribe_while_in_flight_answers_into_nothing() {
+    let mut sim = Sim::new(8, None);
+    sim.connect(A);
+    sim.client(A, r#"{"op":"subscribe","channel":"news"}"#);
+    sim.take_hub();
+    sim.client(A, r#"{"op":"unsubscribe","channel":"news"}"#);
+    assert_eq!(sim.got(A), [r#"{"op":"unsubscribed","channel":"news"}"#]);
+    assert!(
+        sim.take_hub().is_empty(),
+        "not idle: a subscribe is in flight"
+    );
+    assert_eq!(sim.router.take_subscriptions_delta(), 0);
+    sim.publish("news");
+    assert_eq!(sim.answer(A, "news", None), None);
+    let told = sim.take_hub();
+    assert!(
+        told.len() == 1 && is_idle(&told[0], "news"),
+        "idle once answered: {told:?}"
+    );
+    assert_eq!(sim.router.in_flight(A), 0);
+    sim.publish("news");
+    assert_eq!(sim.got(A).len(), 1, "nothing after the unsubscribe");
+    assert!(sim.router.members("news").is_empty());
+}
+
+#[test]
+fn leaving_fixes_the_slot_of_the_member_that_moved() {
+    let mut sim = Sim::new(8, None);
+    for id in [A, B, C] {
+        sim.connect(id);
+        sim.client(id, r#"{"op":"subscribe","channel":"news"}"#);
+        sim.answer(id, "news", None);
+    }
+    sim.take_hub();
+    sim.client(A, r#"{"op":"unsubscribe","channel":"news"}"#);
+    assert_eq!(sim.router.members("news"), [C, B]);
+    assert_eq!(sim.conns.0[&C].sub("news").and_then(|s| s.slot), Some(0));
+    // C leaves from its new slot, then B goes with its connection: the channel is idle.
+    sim.client(C, r#"{"op":"unsubscribe","channel":"news"}"#);
+    assert_eq!(sim.router.members("news"), [B]);
+    let push = sim.conns.0.remove(&B).unwrap_or_default();
+    sim.router.forget(&mut sim.conns, B, push);
+    sim.apply();
+    let told = sim.take_hub();
+    assert!(is_idle(&told[0], "news"), "{told:?}");
+    assert!(matches!(told[1], ToHub::LeaveUser { conn, .. } if conn == B.to_hub()));
+    assert!(sim.router.members("news").is_empty());
+    assert_eq!(sim.router.take_subscriptions_delta(), 0);
+}
+
+#[test]
+fn max_subscriptions_and_subscribes_in_flight() {
+    let mut sim = Sim::new(3, None);
+    sim.connect(A);
+    for c in ["a", "b", "c"] {
+        sim.client(A, &format!(r#"{{"op":"subscribe","channel":"{c}"}}"#));
+    }
+    assert!(sim.got(A).is_empty());
+    sim.client(A, r#"{"op":"subscribe","channel":"d"}"#);
+    assert!(sim.got(A)[0].contains("429") && sim.got(A)[0].contains("too many subscriptions"));
+    assert_eq!(sim.conns.0[&A].sub_count(), 3);
+    assert_eq!(sim.router.take_subscriptions_delta(), 3);
+    // Subscribing again to one held is not a new subscription, but each one is in flight.
+    for _ in 3..MAX_SUBSCRIBES_IN_FLIGHT {
+        sim.client(A, r#"{"op":"subscribe","channel":"a"}"#);
+    }
+    assert_eq!(sim.got(A).len(), 1);
+    assert_eq!(sim.router.in_flight(A), MAX_SUBSCRIBES_IN_FLIGHT);
+    sim.client(A, r#"{"op":"subscribe","channel":"a"}"#);
+    assert!(sim.got(A)[1].contains("in flight"), "{:?}", sim.got(A));
+    // An answer frees a place.
+    assert!(sim.answer(A, "b", None).is_some());
+    sim.client(A, r#"{"op":"subscribe","channel":"a"}"#);
+    assert_eq!(sim.got(A).len(), 3, "the subscribed frame, no new error");
+}
+
+#[test]
+fn publish_rate_is_a_budget_per_second_of_ticks() {
+    let mut sim = Sim::new(8, None);
+    sim.connect(A);
+    let publish = r#"{"op":"publish","channel":"chat","data":{"n":1}}"#;
+    sim.client_at(A, publish, 0);
+    sim.client_at(A, publish, 50);
+    assert!(sim.got(A).is_empty());
+    let hub = sim.take_hub();
+    assert_eq!(hub.len(), 2);
+    assert!(
+        matches!(&hub[0], ToHub::Publish { channel, data } if &**channel == "chat" && data == r#"{"n":1}"#)
+    );
+    sim.client_at(A, publish, 99);
+    assert!(sim.got(A)[0].contains("429"), "{:?}", sim.got(A));
+    assert!(sim.take_hub().is_empty());
+    sim.client_at(A, publish, 100); // 100 ticks of 10 ms: a new second
+    assert_eq!(sim.take_hub().len(), 1);
+    // Never to a server channel, even in open mode.
+    sim.client_at(A, r#"{"op":"publish","channel":"$user","data":1}"#, 300);
+    assert!(sim.got(A)[1].contains("403"));
+}
+
+#[test]
+fn binary_ping_and_bad_ops_get_replies() {
+    let mut sim = Sim::new(8, None);
+    sim.connect(A);
+    sim.router.handle_message(
+        &mut sim.conns,
+        A,
+        MessageKind::Binary,
+        b"\0\0\0\x01",
+        now(0),
+    );
+    sim.apply();
+    sim.client(A, "ping");
+    sim.client(A, "{");
+    let got = sim.got(A);
+    assert!(got[0].contains("501"));
+    assert_eq!(got[1], "pong");
+    assert!(got[2].contains("400"));
+}
+
+fn claims(sub: &str, exp: u64, channels: &str) -> Claims {
+    let token = sign_hs256(
+        &format!(r#"{{"sub":"{sub}","exp":{exp},"channels":[{channels}]}}"#),
+        SECRET,
+    );
+    verify_hs256(&token, SECRET, 1_000_000).unwrap_or_else(|e| panic!("{e}"))
+}
+
+#[test]
+fn tokens_limit_channels_share_grants_and_refresh_for_the_same_user() {
+    let mut sim = Sim::new(8, Some(SECRET));
+    // Expires 10 s from `now`: 1000 ticks of 10 ms after tick 5.
+    let alice = claims("alice", 1_000_010, r#""news""#);
+    sim.accept(A, "alice", Some(&alice), 5);
+    sim.accept(B, "bob", Some(&claims("bob", 1_000_010, r#""news""#)), 5);
+    assert_eq!(sim.conns.0[&A].expires(), 1005);
+    assert_eq!(
+        sim.router.grants.len(),
+        1,
+        "one shared copy of equal grants"
+    );
+    sim.client(A, r#"{"op":"subscribe","channel":"other"}"#);
+    assert!(sim.got(A)[0].contains("403"));
+    // A newer token for the same user: a later expiry.
+    let newer = sign_hs256(r#"{"sub":"alice","exp":1000020,"channels":["*"]}"#, SECRET);
+    sim.client_at(A, &format!(r#"{{"op":"refresh","token":"{newer}"}}"#), 7);
+    assert_eq!(sim.expires, [(A, 2007)]);
+    assert_eq!(sim.conns.0[&A].expires(), 2007);
+    assert_eq!(sim.router.grants.len(), 2);
+    // Another user's token is refused and the old one kept.
+    let mallory = sign_hs256(r#"{"sub":"mallory","exp":1000030}"#, SECRET);
+    sim.client(A, &format!(r#"{{"op":"refresh","token":"{mallory}"}}"#));
+    assert!(sim.got(A)[1].contains("another user"), "{:?}", sim.got(A));
+    assert_eq!(sim.conns.0[&A].expires(), 2007);
+    assert_eq!(sim.router.grants.len(), 2, "the refused grant was let go");
+    // The last holder of a grant set lets it go.
+    let push = sim.conns.0.remove(&B).unwrap_or_default();
+    sim.router.forget(&mut sim.conns, B, push);
+    assert_eq!(sim.router.grants.len(), 1);
+}
+
+#[test]
+fn refresh_in_open_mode_is_a_bad_request() {
+    let mut sim = Sim::new(8, None);
+    sim.connect(A);
+    sim.client(A, r#"{"op":"refresh","token":"x"}"#);
+    assert!(sim.got(A)[0].contains("400"));
+}
+
+#[test]
+fn presence_lists_distinct_users_of_members() {
+    let mut sim = Sim::new(8, None);
+    sim.accept(A, "alice", None, 0);
+    let alice = sim.join_user(A, "alice");
+    sim.accept(B, "alice", None, 0);
+    sim.join_user(B, "alice");
+    sim.accept(C, "carol", None, 0);
+    let carol = sim.join_user(C, "carol");
+    for id in [A, B, C] {
+        sim.client(id, r#"{"op":"subscribe","channel":"room"}"#);
+        sim.answer(id, "room", None);
+    }
+    sim.take_hub();
+    sim.router.presence(&mut sim.conns, 42, "room");
+    sim.apply();
+    let mut expected = vec![alice, carol];
+    expected.sort_unstable();
+    assert!(matches!(
+        &sim.take_hub()[..],
+        [ToHub::PresenceReply { ack: 42, users }] if *users == expected
+    ));
+}
