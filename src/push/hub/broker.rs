@@ -22,11 +22,11 @@
 //!
 //! Every worker message goes through that worker's FIFO inbox, in the order the hub takes the
 //! broker's events, and a worker adds a subscriber only when the subscribe's answer arrives. So
-//! a subscriber sees each message exactly once, whatever publishes race its subscribe, if and
-//! only if the answer reaches the inbox after every message with a seq up to the top it reports
-//! and before every later one. Messages up to the top are then either already past (and
-//! replayed from history if asked for) or not for this connection; every later one finds it
-//! subscribed. A broker must therefore guarantee, for every stream:
+//! a subscriber sees each message exactly once, whatever publishes race its subscribe, when
+//! the answer reaches the inbox after every message with a seq up to the top it reports and
+//! before every later one: messages up to the top reach the worker before the connection is a
+//! subscriber (the answer's replay carries the ones after its `since`), every later one finds
+//! it subscribed. A broker must therefore guarantee, for every stream this node listens to:
 //!
 //! 1. **One sequence.** Messages of the stream are reported ([`Event::Message`]) in seq order,
 //!    each seq once, without a gap, under one epoch. (Cluster mode: a duplicate from pub/sub is
@@ -39,8 +39,9 @@
 //! 3. **Interest before the answer.** A subscribe records the worker's interest (see
 //!    [`Broker::channel_workers`]) when it is asked, not when it is answered, and interest
 //!    goes only through [`Broker::idle`], which a worker sends once it has neither
-//!    subscribers nor a subscribe in flight for the channel. So every message after the
-//!    answer reaches the worker.
+//!    subscribers nor a subscribe in flight for the channel. (For a `$user` stream the
+//!    interest is membership: added by [`Broker::join_user`] when asked, removed by
+//!    [`Broker::leave_user`].) So every message after the answer reaches the worker.
 //! 4. **A new epoch is announced, never silent.** If the broker cannot keep rule 1 (history
 //!    lost, a store that restarted or came back older), the stream continues under a new
 //!    epoch, and the connections that listened are told with a `subscribed … recovered:false`
@@ -49,6 +50,15 @@
 //!
 //! The hub adds its part: it polls events after every input, forwards them in order, and
 //! sends a worker nothing about a stream except through these events.
+//!
+//! # Why a trait
+//!
+//! A trait, and the hub generic over it (`Hub<B = MemoryBroker>`), rather than an enum of the
+//! implementations: the contract is written once, on the trait; the checks at the bottom of
+//! this file go through the trait alone, so a Redis broker can run them unchanged; calls stay
+//! static (nothing dispatched on the publish path); and the memory broker and its tests never
+//! carry Redis types. When `--redis` arrives, the hub thread picks one at start (its loop
+//! generic over `B`, or an enum of the two that implements this trait): the hub does not change.
 
 use std::fmt;
 use std::sync::Arc;

@@ -9,7 +9,7 @@
 //! message with a `seq` up to the top it reports and before every later one. The worker adds the
 //! subscriber when the answer arrives, so a subscriber sees each message exactly once, whatever
 //! publishes race the subscribe. What the broker must guarantee for that is written down once,
-//! on [`Broker`]; the hub's part is to take the broker's events after every input and forward
+//! in [`broker`]; the hub's part is to take the broker's events after every input and forward
 //! them in the order they come.
 //!
 //! The parts, one file each: `messages` (what goes between the threads), [`broker`] (the
@@ -103,6 +103,8 @@ impl<B: Broker> Hub<B> {
     }
 
     /// Advances the hub's clock; about once a second, expires old history and idle streams.
+    /// Also forwards whatever the broker reported since the last input (a broker that answers
+    /// later wakes the hub thread, which then ticks).
     pub fn tick(&mut self, now: Instant) {
         self.now = now;
         self.broker.tick(now);
@@ -528,5 +530,61 @@ mod tests {
             })
             .collect();
         assert_eq!(conns, [(0, vec![10]), (1, vec![21])]);
+    }
+
+    #[test]
+    fn a_subscribe_answer_sits_between_the_messages_it_covers_and_the_later_ones() {
+        // The hub's half of the ordering contract: one worker's inbox, in order.
+        let mut hub = Hub::new(1, HistoryConfig::default(), Instant::now());
+        let publish = |hub: &mut Hub| {
+            hub.on_message(ToHub::Publish {
+                channel: Arc::from("n"),
+                data: "0".into(),
+            })
+        };
+        hub.on_message(sub(None, None));
+        publish(&mut hub);
+        publish(&mut hub);
+        let epoch = answer_epoch(&hub);
+        hub.on_message(ToHub::Subscribe {
+            worker: 0,
+            conn: 2,
+            stream: ch("n"),
+            since: Some(1),
+            epoch: Some(epoch),
+        });
+        publish(&mut hub);
+        let inbox: Vec<String> = hub
+            .take_outbox()
+            .map(|(_, m)| match m {
+                ToWorker::Deliver { frame, .. } => {
+                    let v: serde_json::Value = serde_json::from_slice(&frame[2..]).unwrap();
+                    format!("message {}", v["seq"])
+                }
+                ToWorker::Subscribed {
+                    conn, seq, replay, ..
+                } => format!("subscribed {conn} at {seq} replaying {}", replay.len()),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            inbox,
+            [
+                "subscribed 1 at 0 replaying 0",
+                "message 1",
+                "message 2",
+                "subscribed 2 at 2 replaying 1",
+                "message 3",
+            ]
+        );
+    }
+
+    /// The epoch named in the first `subscribed` still in the outbox (left there).
+    fn answer_epoch(hub: &Hub) -> String {
+        let Some((_, ToWorker::Subscribed { frame, .. })) = hub.outbox.first() else {
+            panic!("subscribed expected first")
+        };
+        let v: serde_json::Value = serde_json::from_slice(&frame[2..]).unwrap();
+        v["epoch"].as_str().unwrap().to_owned()
     }
 }
