@@ -1,6 +1,6 @@
 //! One stream's held messages: what a reconnecting client can get back, and the rule that
-//! decides whether it can. Shared by channels and `$user` streams; the hub's global log (in
-//! `hub`) decides when a held message goes.
+//! decides whether it can. Shared by channels and `$user` streams; the in-memory broker's
+//! global log (`hub::retention`) decides when a held message goes.
 
 use crate::protocol::frame::SharedFrame;
 use std::collections::VecDeque;

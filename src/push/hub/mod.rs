@@ -1,0 +1,590 @@
+//! The hub: drives API commands and worker messages through the broker that owns every stream's
+//! `seq`, epoch and history (channels and `$user` streams), forwards what the broker reports to
+//! the workers in order, and turns workers' acknowledgements into push-API answers. Sans IO:
+//! the hub thread (`crate::server::hub_loop`) feeds it commands, worker messages and the time,
+//! and ships what it returns.
+//!
+//! Ordering is the point of having one hub. Every message for a worker goes through that
+//! worker's FIFO inbox, and the hub answers a `subscribe` through the same inbox, after every
+//! message with a `seq` up to the top it reports and before every later one. The worker adds the
+//! subscriber when the answer arrives, so a subscriber sees each message exactly once, whatever
+//! publishes race the subscribe. What the broker must guarantee for that is written down once,
+//! in [`broker`]; the hub's part is to take the broker's events after every input and forward
+//! them in the order they come.
+//!
+//! The parts, one file each: `messages` (what goes between the threads), [`broker`] (the
+//! boundary and its ordering contract), `memory` (the in-process broker, [`MemoryBroker`]),
+//! `retention` (the global log, the byte budget and the TTL under it) and `acks` (API requests
+//! waiting for the broker and the workers).
+
+mod acks;
+pub mod broker;
+mod memory;
+mod messages;
+mod retention;
+#[cfg(test)]
+mod testing;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::protocol::frame::{encode_shared, OpCode, SharedFrame};
+use crate::push::client_protocol::write_subscribed;
+use crate::push::names::USER_CHANNEL;
+use crate::push::users::Member;
+
+use acks::{Acks, Pending, Waiting};
+
+pub use broker::{encode_message, Broker, Epoch, Event, PublishTo};
+pub use memory::MemoryBroker;
+pub use messages::{
+    AckId, Answer, Command, ConnId, RequestId, Stream, Target, ToHub, ToWorker, UserId, WorkerId,
+    BROADCAST_CHANNEL,
+};
+pub use retention::HistoryConfig;
+
+/// The hub's state, over the broker `B` (in process by default).
+#[derive(Debug)]
+pub struct Hub<B: Broker = MemoryBroker> {
+    workers: usize,
+    now: Instant,
+    broker: B,
+    acks: Acks,
+    outbox: Vec<(WorkerId, ToWorker)>,
+    answers: Vec<Answer>,
+    scratch: Vec<u8>,
+}
+
+impl Hub<MemoryBroker> {
+    /// A hub for `workers` workers over an in-memory broker keeping `history`, its clock at
+    /// `now`.
+    pub fn new(workers: usize, history: HistoryConfig, now: Instant) -> Hub {
+        Hub::with_broker(workers, MemoryBroker::new(history, now), now)
+    }
+}
+
+impl<B: Broker> Hub<B> {
+    /// A hub for `workers` workers over `broker`, its clock at `now`.
+    pub fn with_broker(workers: usize, broker: B, now: Instant) -> Hub<B> {
+        Hub {
+            workers,
+            now,
+            broker,
+            acks: Acks::new(),
+            outbox: Vec::new(),
+            answers: Vec::new(),
+            scratch: Vec::new(),
+        }
+    }
+
+    /// Messages to put in workers' inboxes, in order.
+    pub fn take_outbox(&mut self) -> std::vec::Drain<'_, (WorkerId, ToWorker)> {
+        self.outbox.drain(..)
+    }
+
+    /// Is anything waiting in the outbox or among the answers?
+    pub fn has_output(&self) -> bool {
+        !self.outbox.is_empty() || !self.answers.is_empty()
+    }
+
+    /// Answers ready for API connections.
+    pub fn take_answers(&mut self) -> std::vec::Drain<'_, Answer> {
+        self.answers.drain(..)
+    }
+
+    /// Channels and user streams the hub tracks.
+    pub fn stream_counts(&self) -> (usize, usize) {
+        self.broker.stream_counts()
+    }
+
+    /// Messages held for replay, and the bytes charged for them (see [`HistoryConfig`]).
+    pub fn history_size(&self) -> (usize, usize) {
+        self.broker.history_size()
+    }
+
+    /// Advances the hub's clock; about once a second, expires old history and idle streams.
+    /// Also forwards whatever the broker reported since the last input (a broker that answers
+    /// later wakes the hub thread, which then ticks).
+    pub fn tick(&mut self, now: Instant) {
+        self.now = now;
+        self.broker.tick(now);
+        self.forward_events();
+    }
+
+    /// How long the hub thread may sleep before [`Hub::tick`] has work.
+    pub fn next_tick(&self) -> Option<Duration> {
+        self.broker.next_tick()
+    }
+
+    /// Which workers hold `user`'s connections, and which connections each, in worker order.
+    fn user_targets(&self, user: UserId) -> Vec<(WorkerId, Vec<ConnId>)> {
+        let mut targets: Vec<(WorkerId, Vec<ConnId>)> = Vec::new();
+        for Member { worker, conn } in self.broker.user_members(user) {
+            match targets.iter_mut().find(|(w, _)| *w == worker) {
+                Some((_, conns)) => conns.push(conn),
+                None => targets.push((worker, vec![conn])),
+            }
+        }
+        targets.sort_unstable_by_key(|&(w, _)| w);
+        targets
+    }
+
+    /// How many workers a command will be sent to (for the inbox capacity check).
+    pub fn fan_out(&self, command: &Command) -> Vec<WorkerId> {
+        match command {
+            Command::Publish { channel, .. } | Command::Presence { channel } => {
+                workers_in(self.broker.channel_workers(channel))
+            }
+            Command::Send { user, .. } | Command::Disconnect { user } => {
+                // Only which workers: the connection lists are built once, by `command`.
+                let members = self.broker.find_user(user).into_iter();
+                let mask = members
+                    .flat_map(|id| self.broker.user_members(id))
+                    .fold(0u64, |mask, m| {
+                        mask | 1u64.checked_shl(m.worker as u32).unwrap_or(0)
+                    });
+                workers_in(mask)
+            }
+            Command::Broadcast { .. } => (0..self.workers).collect(),
+        }
+    }
+
+    /// Runs an API command for `conn`; the answer comes out of [`Hub::take_answers`], at once
+    /// or once the broker and every worker involved have answered.
+    pub fn command(&mut self, conn: RequestId, command: Command) {
+        let ack = self.acks.next_id();
+        let mut remaining = 0;
+        let waiting = match command {
+            // The broker answers first (see `forward_events`), then the workers.
+            Command::Publish { channel, data } => {
+                self.wait(ack, Pending::new(conn, 1, Waiting::Sequencing));
+                self.broker
+                    .publish(PublishTo::Channel(&channel), &data, Some(ack));
+                self.forward_events();
+                return;
+            }
+            Command::Send { user, data } => {
+                self.wait(ack, Pending::new(conn, 1, Waiting::Sequencing));
+                self.broker
+                    .publish(PublishTo::User(&user), &data, Some(ack));
+                self.forward_events();
+                return;
+            }
+            Command::Broadcast { data } => {
+                let frame = encode_message(&mut self.scratch, BROADCAST_CHANNEL, None, &data);
+                for w in 0..self.workers {
+                    self.deliver(w, Target::Everyone, &frame, Some(ack));
+                    remaining += 1;
+                }
+                Waiting::Broadcast
+            }
+            Command::Disconnect { user } => {
+                let targets = match self.broker.find_user(&user) {
+                    Some(id) => self.user_targets(id),
+                    None => Vec::new(),
+                };
+                for (w, conns) in targets {
+                    self.outbox.push((w, ToWorker::Disconnect { conns, ack }));
+                    remaining += 1;
+                }
+                Waiting::Disconnect
+            }
+            Command::Presence { channel } => {
+                for w in workers_in(self.broker.channel_workers(&channel)) {
+                    let channel = Arc::clone(&channel);
+                    self.outbox.push((w, ToWorker::Presence { ack, channel }));
+                    remaining += 1;
+                }
+                Waiting::Presence { users: Vec::new() }
+            }
+        };
+        self.wait(ack, Pending::new(conn, remaining, waiting));
+    }
+
+    /// Handles a worker's message.
+    pub fn on_message(&mut self, message: ToHub) {
+        match message {
+            ToHub::JoinUser {
+                worker,
+                conn,
+                user,
+                since,
+                epoch,
+            } => self
+                .broker
+                .join_user(Member { worker, conn }, &user, since, epoch),
+            ToHub::LeaveUser { worker, conn, user } => {
+                self.broker.leave_user(Member { worker, conn }, user);
+            }
+            ToHub::Subscribe {
+                worker,
+                conn,
+                stream,
+                since,
+                epoch,
+            } => self
+                .broker
+                .subscribe(Member { worker, conn }, stream, since, epoch),
+            ToHub::Publish { channel, data } => {
+                self.broker
+                    .publish(PublishTo::Channel(&channel), &data, None);
+            }
+            ToHub::Idle { worker, channel } => self.broker.idle(worker, &channel),
+            ToHub::Ack { ack, count } => {
+                let done = self.acks.acknowledge(ack, count, Vec::new());
+                self.finish(done);
+            }
+            ToHub::PresenceReply { ack, users } => {
+                let done = self.acks.acknowledge(ack, 0, users);
+                self.finish(done);
+            }
+            ToHub::Drain => {}
+        }
+        self.forward_events();
+    }
+
+    /// Takes every event the broker has, in order, and turns each into worker messages (and
+    /// API answers): the hub's half of the ordering contract (see [`Broker`]).
+    fn forward_events(&mut self) {
+        while let Some(event) = self.broker.poll_event() {
+            match event {
+                Event::Message {
+                    stream,
+                    seq,
+                    epoch,
+                    frame,
+                    request,
+                } => {
+                    let (workers, waiting) = match stream {
+                        Stream::Channel(channel) => {
+                            let workers = self.deliver_to_channel(&channel, &frame, request);
+                            (workers, Waiting::Publish { seq, epoch })
+                        }
+                        Stream::User(id) => {
+                            let workers = self.deliver_to_user(id, &frame, request);
+                            (workers, Waiting::Send { seq })
+                        }
+                    };
+                    if let Some(ack) = request {
+                        let done = self.acks.sequenced(ack, waiting, workers);
+                        self.finish(done);
+                    }
+                }
+                Event::NoStream { request } => {
+                    if let Some(ack) = request {
+                        let done = self.acks.sequenced(ack, Waiting::Send { seq: 0 }, 0);
+                        self.finish(done);
+                    }
+                }
+                Event::Subscribed {
+                    member,
+                    stream,
+                    seq,
+                    epoch,
+                    recovered,
+                    replay,
+                } => {
+                    let channel = match &stream {
+                        Stream::Channel(name) => &**name,
+                        Stream::User(_) => USER_CHANNEL,
+                    };
+                    self.scratch.clear();
+                    let epoch = epoch.to_string();
+                    write_subscribed(&mut self.scratch, channel, &epoch, seq, recovered);
+                    let frame = encode_shared(OpCode::Text, &self.scratch);
+                    self.outbox.push((
+                        member.worker,
+                        ToWorker::Subscribed {
+                            conn: member.conn,
+                            stream,
+                            seq,
+                            frame,
+                            replay,
+                        },
+                    ));
+                }
+            }
+        }
+    }
+
+    /// Waits for `pending`'s answers under `ack`, or answers at once if there are none.
+    fn wait(&mut self, ack: AckId, pending: Pending) {
+        let done = self.acks.wait(ack, pending);
+        self.finish(done);
+    }
+
+    /// Answers a request that has everything it waited for.
+    fn finish(&mut self, done: Option<Pending>) {
+        if let Some(pending) = done {
+            let broker = &self.broker;
+            self.answers.push(pending.answer(|id| broker.user_name(id)));
+        }
+    }
+
+    fn deliver(
+        &mut self,
+        worker: WorkerId,
+        target: Target,
+        frame: &SharedFrame,
+        ack: Option<AckId>,
+    ) {
+        let frame = frame.clone();
+        let at = self.now;
+        self.outbox.push((
+            worker,
+            ToWorker::Deliver {
+                target,
+                frame,
+                at,
+                ack,
+            },
+        ));
+    }
+
+    /// Sends a channel message to every worker with subscribers; returns how many.
+    fn deliver_to_channel(
+        &mut self,
+        channel: &Arc<str>,
+        frame: &SharedFrame,
+        ack: Option<AckId>,
+    ) -> usize {
+        let workers = workers_in(self.broker.channel_workers(channel));
+        for &w in &workers {
+            self.deliver(w, Target::Channel(Arc::clone(channel)), frame, ack);
+        }
+        workers.len()
+    }
+
+    /// Sends a `$user` message to every worker holding one of the user's connections, naming
+    /// them; returns how many workers.
+    fn deliver_to_user(&mut self, user: UserId, frame: &SharedFrame, ack: Option<AckId>) -> usize {
+        let targets = self.user_targets(user);
+        let workers = targets.len();
+        for (w, conns) in targets {
+            let target = match conns[..] {
+                [one] => Target::Conn(one),
+                _ => Target::Conns(conns),
+            };
+            self.deliver(w, target, frame, ack);
+        }
+        workers
+    }
+}
+
+/// The workers whose bits are set in `mask`.
+fn workers_in(mask: u64) -> Vec<WorkerId> {
+    (0..64).filter(|w| mask & (1u64 << w) != 0).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::{answer, ch, join, publish_n, sub};
+    use super::*;
+
+    #[test]
+    fn publish_with_no_subscribers_answers_at_once_and_is_kept_as_history() {
+        let mut hub = Hub::new(2, HistoryConfig::default(), Instant::now());
+        hub.command(
+            1,
+            Command::Publish {
+                channel: Arc::from("empty"),
+                data: "1".into(),
+            },
+        );
+        assert_eq!(hub.take_outbox().count(), 0);
+        let answers: Vec<_> = hub.take_answers().collect();
+        assert!(answers[0].body.contains("\"delivered\":0"));
+        assert_eq!(hub.stream_counts(), (1, 0));
+        assert_eq!(hub.history_size().0, 1);
+
+        // Without history, nothing is held.
+        let off = HistoryConfig {
+            size: 0,
+            ..HistoryConfig::default()
+        };
+        let mut hub = Hub::new(2, off, Instant::now());
+        hub.command(
+            1,
+            Command::Publish {
+                channel: Arc::from("empty"),
+                data: "1".into(),
+            },
+        );
+        assert_eq!(hub.stream_counts(), (0, 0));
+        assert_eq!(hub.history_size(), (0, 0));
+    }
+
+    #[test]
+    fn idle_workers_are_dropped_and_streams_forgotten() {
+        let mut hub = Hub::new(2, HistoryConfig::default(), Instant::now());
+        for worker in [0, 1] {
+            hub.on_message(ToHub::Subscribe {
+                worker,
+                conn: 1,
+                stream: ch("c"),
+                since: None,
+                epoch: None,
+            });
+        }
+        hub.take_outbox().for_each(drop);
+        hub.on_message(ToHub::Idle {
+            worker: 0,
+            channel: Arc::from("c"),
+        });
+        let cmd = Command::Publish {
+            channel: Arc::from("c"),
+            data: "1".into(),
+        };
+        assert_eq!(hub.fan_out(&cmd), vec![1]);
+        hub.on_message(ToHub::Idle {
+            worker: 1,
+            channel: Arc::from("c"),
+        });
+        assert_eq!(hub.stream_counts(), (0, 0));
+    }
+
+    #[test]
+    fn recovery_replays_exactly_what_was_missed() {
+        let mut hub = Hub::new(1, HistoryConfig::default(), Instant::now());
+        hub.on_message(sub(None, None));
+        let (recovered, seq, _, epoch) = answer(&mut hub);
+        assert_eq!((recovered, seq), (None, 0));
+        publish_n(&mut hub, 5);
+        hub.on_message(sub(Some(2), Some(&epoch)));
+        assert_eq!(answer(&mut hub), (Some(true), 5, 3, epoch.clone()));
+        hub.on_message(sub(Some(5), Some(&epoch)));
+        assert_eq!(answer(&mut hub), (Some(true), 5, 0, epoch.clone()));
+        // A wrong epoch, a since from the future, or no epoch: not recovered, no replay.
+        hub.on_message(sub(Some(2), Some("other")));
+        assert_eq!(answer(&mut hub).0, Some(false));
+        hub.on_message(sub(Some(9), Some(&epoch)));
+        assert_eq!(answer(&mut hub).0, Some(false));
+        hub.on_message(sub(Some(2), None));
+        assert_eq!(answer(&mut hub).2, 0);
+    }
+
+    #[test]
+    fn a_gap_longer_than_history_is_not_recovered() {
+        let small = HistoryConfig {
+            size: 3,
+            ..HistoryConfig::default()
+        };
+        let mut hub = Hub::new(1, small, Instant::now());
+        hub.on_message(sub(None, None));
+        let epoch = answer(&mut hub).3;
+        publish_n(&mut hub, 10);
+        hub.on_message(sub(Some(6), Some(&epoch)));
+        assert_eq!(answer(&mut hub).0, Some(false), "7 is gone");
+        hub.on_message(sub(Some(7), Some(&epoch)));
+        assert_eq!(answer(&mut hub), (Some(true), 10, 3, epoch));
+    }
+
+    #[test]
+    fn user_sends_reach_every_connection_of_the_user_by_worker() {
+        let mut hub = Hub::new(2, HistoryConfig::default(), Instant::now());
+        let (id, _, _) = join(&mut hub, 0, 10, "ann", None, None);
+        join(&mut hub, 1, 20, "ann", None, None);
+        join(&mut hub, 1, 21, "ann", None, None);
+        join(&mut hub, 1, 30, "bob", None, None);
+        let send = Command::Send {
+            user: Arc::from("ann"),
+            data: "1".into(),
+        };
+        assert_eq!(hub.fan_out(&send), vec![0, 1]);
+        hub.command(1, send);
+        let targets: Vec<_> = hub
+            .take_outbox()
+            .map(|(w, m)| match m {
+                ToWorker::Deliver {
+                    target: Target::Conns(mut conns),
+                    ..
+                } => {
+                    conns.sort_unstable();
+                    (w, Target::Conns(conns))
+                }
+                ToWorker::Deliver { target, .. } => (w, target),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            targets,
+            [(0, Target::Conn(10)), (1, Target::Conns(vec![20, 21]))]
+        );
+        // Disconnect goes to the same connections.
+        hub.on_message(ToHub::LeaveUser {
+            worker: 1,
+            conn: 20,
+            user: id,
+        });
+        hub.command(
+            2,
+            Command::Disconnect {
+                user: Arc::from("ann"),
+            },
+        );
+        let conns: Vec<_> = hub
+            .take_outbox()
+            .map(|(w, m)| match m {
+                ToWorker::Disconnect { conns, .. } => (w, conns),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(conns, [(0, vec![10]), (1, vec![21])]);
+    }
+
+    #[test]
+    fn a_subscribe_answer_sits_between_the_messages_it_covers_and_the_later_ones() {
+        // The hub's half of the ordering contract: one worker's inbox, in order.
+        let mut hub = Hub::new(1, HistoryConfig::default(), Instant::now());
+        let publish = |hub: &mut Hub| {
+            hub.on_message(ToHub::Publish {
+                channel: Arc::from("n"),
+                data: "0".into(),
+            })
+        };
+        hub.on_message(sub(None, None));
+        publish(&mut hub);
+        publish(&mut hub);
+        let epoch = answer_epoch(&hub);
+        hub.on_message(ToHub::Subscribe {
+            worker: 0,
+            conn: 2,
+            stream: ch("n"),
+            since: Some(1),
+            epoch: Some(epoch),
+        });
+        publish(&mut hub);
+        let inbox: Vec<String> = hub
+            .take_outbox()
+            .map(|(_, m)| match m {
+                ToWorker::Deliver { frame, .. } => {
+                    let v: serde_json::Value = serde_json::from_slice(&frame[2..]).unwrap();
+                    format!("message {}", v["seq"])
+                }
+                ToWorker::Subscribed {
+                    conn, seq, replay, ..
+                } => format!("subscribed {conn} at {seq} replaying {}", replay.len()),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            inbox,
+            [
+                "subscribed 1 at 0 replaying 0",
+                "message 1",
+                "message 2",
+                "subscribed 2 at 2 replaying 1",
+                "message 3",
+            ]
+        );
+    }
+
+    /// The epoch named in the first `subscribed` still in the outbox (left there).
+    fn answer_epoch(hub: &Hub) -> String {
+        let Some((_, ToWorker::Subscribed { frame, .. })) = hub.outbox.first() else {
+            panic!("subscribed expected first")
+        };
+        let v: serde_json::Value = serde_json::from_slice(&frame[2..]).unwrap();
+        v["epoch"].as_str().unwrap().to_owned()
+    }
+}
