@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::child::{ChildResult, ChildSpec, Mode, ReadyInfo, SPEC_ENV};
+use crate::child::{ChildResult, ChildSpec, ReadyInfo, ScenarioKind, SPEC_ENV};
 use crate::cli::{parse_url, Cli, Cmd, PubSub, Target, DEFAULT_ECHO_URL, DEFAULT_PUSH_URL};
 use crate::publish::{self, ApiPublisher, PublishReport, Publisher, WsPublisher};
 use crate::report::{svg_chart, table, Progress};
@@ -186,7 +186,7 @@ impl RssSampler {
 }
 
 struct Plan {
-    mode: Mode,
+    kind: ScenarioKind,
     target: Target,
     url: String,
     conns: usize,
@@ -200,15 +200,15 @@ fn ceil_div(a: usize, b: usize) -> usize {
 
 pub fn run(cli: Cli) -> Result<i32, String> {
     let c = &cli.common;
-    let (mode, default_url, conns) = match &cli.cmd {
-        Cmd::Idle { conns, .. } => (Mode::Idle, DEFAULT_PUSH_URL, *conns),
+    let (kind, default_url, conns) = match &cli.cmd {
+        Cmd::Idle { conns, .. } => (ScenarioKind::Idle, DEFAULT_PUSH_URL, *conns),
         Cmd::Echo { conns, size, .. } => {
             if *size < 8 {
                 return Err(
                     "--size must be at least 8 (a timestamp travels in each message)".into(),
                 );
             }
-            (Mode::Echo, DEFAULT_ECHO_URL, *conns)
+            (ScenarioKind::Echo, DEFAULT_ECHO_URL, *conns)
         }
         Cmd::Fanout {
             pubsub,
@@ -227,7 +227,7 @@ publishing through the API: not with --pub-ws or --sub-url"
                     );
                 }
             }
-            (Mode::Fanout, DEFAULT_PUSH_URL, pubsub.subs)
+            (ScenarioKind::Fanout, DEFAULT_PUSH_URL, pubsub.subs)
         }
         Cmd::Slow {
             pubsub,
@@ -237,9 +237,11 @@ publishing through the API: not with --pub-ws or --sub-url"
             if *readers_stopped > pubsub.subs {
                 return Err("--readers-stopped cannot exceed the number of subscribers".into());
             }
-            (Mode::Slow, DEFAULT_PUSH_URL, pubsub.subs)
+            (ScenarioKind::Slow, DEFAULT_PUSH_URL, pubsub.subs)
         }
-        Cmd::Churn { max_concurrent, .. } => (Mode::Churn, DEFAULT_PUSH_URL, *max_concurrent),
+        Cmd::Churn { max_concurrent, .. } => {
+            (ScenarioKind::Churn, DEFAULT_PUSH_URL, *max_concurrent)
+        }
         Cmd::Floor { .. } => return Err("floor needs no server: run by main".into()),
     };
     let pubsub: Option<&PubSub> = match &cli.cmd {
@@ -265,7 +267,7 @@ publishing through the API: not with --pub-ws or --sub-url"
     let procs = match c.procs {
         Some(0) => return Err("--procs must be at least 1".into()),
         Some(p) => p,
-        None if mode == Mode::Churn => 1,
+        None if kind == ScenarioKind::Churn => 1,
         None => ceil_div(conns, SOCKETS_PER_PROC).max(ceil_div(conns, usable)),
     };
     let per_proc = ceil_div(conns, procs);
@@ -297,7 +299,7 @@ use --procs {} or more, or raise the hard limit (ulimit -Hn, or LimitNOFILE= for
         Vec::new()
     };
     let plan = Plan {
-        mode,
+        kind,
         target,
         url,
         conns,
@@ -318,8 +320,12 @@ fn execute(cli: &Cli, plan: Plan, pub_target: Option<Target>) -> Result<i32, Str
         let n = plan.conns / plan.procs + usize::from(i < plan.conns % plan.procs);
         let mut spec = ChildSpec {
             index: i,
-            mode: plan.mode,
-            spin: !c.no_spin && matches!(plan.mode, Mode::Echo | Mode::Fanout | Mode::Slow),
+            scenario: plan.kind,
+            spin: !c.no_spin
+                && matches!(
+                    plan.kind,
+                    ScenarioKind::Echo | ScenarioKind::Fanout | ScenarioKind::Slow
+                ),
             addr: plan.target.addr,
             host: plan.target.host.clone(),
             path: plan.target.path.clone(),
@@ -412,13 +418,7 @@ fn execute(cli: &Cli, plan: Plan, pub_target: Option<Target>) -> Result<i32, Str
 
     let mut kids = spawn(&specs)?;
     let mut ui = Progress::new(plan.conns as u64);
-    let scenario = match plan.mode {
-        Mode::Idle => "idle",
-        Mode::Echo => "echo",
-        Mode::Fanout => "fanout",
-        Mode::Churn => "churn",
-        Mode::Slow => "slow",
-    };
+    let scenario = plan.kind.name();
 
     // 1. Connect (and subscribe).
     let mut timed_out = false;
@@ -444,7 +444,7 @@ fn execute(cli: &Cli, plan: Plan, pub_target: Option<Target>) -> Result<i32, Str
             *connect_errors.entry(k.clone()).or_insert(0) += v;
         }
     }
-    if timed_out || (plan.mode != Mode::Churn && opened == 0) {
+    if timed_out || (plan.kind != ScenarioKind::Churn && opened == 0) {
         kids.kill_all();
         kids.reap();
         ui.finish();
@@ -467,7 +467,7 @@ fn execute(cli: &Cli, plan: Plan, pub_target: Option<Target>) -> Result<i32, Str
     };
 
     // 2. Measured phase.
-    let (rss_after, tcp_after) = if plan.mode == Mode::Idle {
+    let (rss_after, tcp_after) = if plan.kind == ScenarioKind::Idle {
         std::thread::sleep(Duration::from_millis(500));
         (pid.and_then(rss_bytes).map(|r| r.0), tcp_mem_bytes())
     } else {
@@ -533,9 +533,9 @@ fn execute(cli: &Cli, plan: Plan, pub_target: Option<Target>) -> Result<i32, Str
     while !kids.all_done() {
         kids.pump(Duration::from_millis(100));
         let [o, r, e] = kids.totals();
-        let label = match plan.mode {
-            Mode::Idle => "holding",
-            Mode::Fanout | Mode::Slow => "delivering",
+        let label = match plan.kind {
+            ScenarioKind::Idle => "holding",
+            ScenarioKind::Fanout | ScenarioKind::Slow => "delivering",
             _ => "running",
         };
         ui.update(
@@ -690,7 +690,7 @@ fn execute(cli: &Cli, plan: Plan, pub_target: Option<Target>) -> Result<i32, Str
                 out.insert("replayed".into(), json!(sum(&|r| r.replayed)));
             }
             messages_for_cpu = received;
-            if plan.mode == Mode::Slow {
+            if plan.kind == ScenarioKind::Slow {
                 out.insert("stopped".into(), json!(sum(&|r| r.stopped)));
                 let closed = sum(&|r| {
                     r.stopped_close_1008 + r.stopped_close_other + r.stopped_eof + r.stopped_reset
