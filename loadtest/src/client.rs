@@ -88,6 +88,7 @@ impl End {
 /// This is what scenarios act on.
 #[derive(Debug)]
 pub struct Session {
+    /// Where the connection is in its life.
     pub state: ClientState,
     /// The connection's number (`{n}` in the URL).
     pub number: u64,
@@ -98,6 +99,7 @@ pub struct Session {
     written: usize,
     /// When the TCP connect started (CLOCK_MONOTONIC ns).
     pub started_ns: u64,
+    /// Whether the socket is read (slow readers stop).
     pub reading: Reading,
 }
 
@@ -137,20 +139,24 @@ pub enum Input<'a> {
 /// One client connection: a non-blocking socket, its frame decoder, the bytes read but not yet
 /// decoded, and its [`Session`].
 pub struct Client {
+    /// Registered with the child's `Poll` under the connection's slot.
     pub socket: TcpStream,
     decoder: Decoder,
     /// Read but not decoded yet: a partial head or frame, carried to the next read.
     unread: Vec<u8>,
+    /// State and outgoing bytes.
     pub session: Session,
 }
 
 /// Where and how to connect.
 pub struct ConnectTo<'a> {
+    /// The server.
     pub addr: SocketAddr,
     /// Source address to bind (with `IP_BIND_ADDRESS_NO_PORT`), if any.
     pub source_ip: Option<Ipv4Addr>,
     /// `SO_RCVBUF` to set before connecting (0 = the default).
     pub recv_buffer: usize,
+    /// The connection's number (`{n}` in the URL).
     pub number: u64,
     /// 16 random bytes for the `Sec-WebSocket-Key`.
     pub key_bytes: &'a [u8; 16],

@@ -33,11 +33,13 @@ pub enum Phase {
     Delivering,
     /// Slow: reading the stopped readers to see how the server ended them.
     StoppedDrain,
+    /// Over: the loop ends and `RESULT` is sent.
     Done,
 }
 
 /// The run's phase, clocks and figures: what every scenario hook may read and count into.
 pub struct Run {
+    /// What the child is doing.
     pub phase: Phase,
     /// When the measured phase ends (ns; set at `GO`).
     pub measure_end: u64,
@@ -45,8 +47,9 @@ pub struct Run {
     pub phase_deadline: u64,
     /// Connections between connect and open (or subscribed), in the connect phase.
     pub pending: usize,
-    /// When the first connection of the connect phase started and the last one finished.
+    /// When the first connection of the connect phase started (ns).
     pub connect_first_ns: u64,
+    /// When the last upgrade of the connect phase finished (ns).
     pub connect_last_ns: u64,
     /// Upgrade times (ns).
     pub handshake_hist: Histogram<u64>,
@@ -103,7 +106,9 @@ impl Run {
 
 /// The sockets and the run: everything of a child but its scenario.
 pub struct Engine {
+    /// What the parent asked of this child.
     pub spec: ChildSpec,
+    /// Phase, clocks and figures.
     pub run: Run,
     poll: Poll,
     /// Connection slots (mio tokens); a scenario's slot numbers index these.
