@@ -2,10 +2,13 @@
 
 mod child;
 mod cli;
+mod client;
+mod engine;
 mod floor;
 mod parent;
 mod publish;
 mod report;
+mod scenarios;
 mod stats;
 mod sys;
 

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::child::{ChildResult, ChildSpec, Mode, ReadyInfo, SPEC_ENV};
+use crate::child::{ChildResult, ChildSpec, ReadyInfo, ScenarioKind, SPEC_ENV};
 use crate::cli::{parse_url, Cli, Cmd, PubSub, Target, DEFAULT_ECHO_URL, DEFAULT_PUSH_URL};
 use crate::publish::{self, ApiPublisher, PublishReport, Publisher, WsPublisher};
 use crate::report::{svg_chart, table, Progress};
@@ -21,24 +21,26 @@ use crate::sys::{cpu_seconds, now_ns, raise_nofile_limit, rss_bytes, tcp_mem_byt
 const SOCKETS_PER_PROC: usize = 15_000;
 const CONNS_PER_SOURCE_IP: usize = 25_000;
 
-enum Msg {
+/// A line from a child's stdout (or its end), tagged with the child's index.
+enum FromChild {
     Progress(usize, [u64; 3]),
     Ready(usize, ReadyInfo),
     Result(usize, Box<ChildResult>),
     Exit(usize),
 }
 
-struct Kids {
-    children: Vec<Child>,
+/// The running child processes, their stdin pipes and what each last said.
+struct Children {
+    processes: Vec<Child>,
     stdins: Vec<Option<ChildStdin>>,
-    rx: mpsc::Receiver<Msg>,
+    rx: mpsc::Receiver<FromChild>,
     progress: Vec<[u64; 3]>,
     ready: Vec<Option<ReadyInfo>>,
     results: Vec<Option<ChildResult>>,
     exited: Vec<bool>,
 }
 
-impl Kids {
+impl Children {
     fn send_all(&mut self, line: &str) {
         for stdin in self.stdins.iter_mut().flatten() {
             let _ = writeln!(stdin, "{line}");
@@ -46,7 +48,7 @@ impl Kids {
         }
     }
 
-    /// Handles child messages for up to `wait`; false if the channel is closed.
+    /// Waits up to `wait` for a line from any child, then takes in every line already there.
     fn pump(&mut self, wait: Duration) {
         let Ok(msg) = self.rx.recv_timeout(wait) else {
             return;
@@ -54,10 +56,10 @@ impl Kids {
         let mut next = Some(msg);
         while let Some(msg) = next {
             match msg {
-                Msg::Progress(i, p) => self.progress[i] = p,
-                Msg::Ready(i, r) => self.ready[i] = Some(r),
-                Msg::Result(i, r) => self.results[i] = Some(*r),
-                Msg::Exit(i) => self.exited[i] = true,
+                FromChild::Progress(i, p) => self.progress[i] = p,
+                FromChild::Ready(i, r) => self.ready[i] = Some(r),
+                FromChild::Result(i, r) => self.results[i] = Some(*r),
+                FromChild::Exit(i) => self.exited[i] = true,
             }
             next = self.rx.try_recv().ok();
         }
@@ -78,23 +80,23 @@ impl Kids {
     }
 
     fn kill_all(&mut self) {
-        for c in &mut self.children {
+        for c in &mut self.processes {
             let _ = c.kill();
         }
     }
 
     fn reap(&mut self) {
         self.stdins.iter_mut().for_each(|s| *s = None);
-        for c in &mut self.children {
+        for c in &mut self.processes {
             let _ = c.wait();
         }
     }
 }
 
-fn spawn(specs: &[ChildSpec]) -> Result<Kids, String> {
+fn spawn(specs: &[ChildSpec]) -> Result<Children, String> {
     let exe = std::env::current_exe().map_err(|e| format!("cannot find my own binary: {e}"))?;
     let (tx, rx) = mpsc::channel();
-    let mut children = Vec::new();
+    let mut processes = Vec::new();
     let mut stdins = Vec::new();
     for spec in specs {
         let json = serde_json::to_string(spec).map_err(|e| e.to_string())?;
@@ -122,10 +124,10 @@ fn spawn(specs: &[ChildSpec]) -> Result<Kids, String> {
                         it.next().unwrap_or(0),
                         it.next().unwrap_or(0),
                     ];
-                    Msg::Progress(i, p)
+                    FromChild::Progress(i, p)
                 } else if let Some(rest) = line.strip_prefix("READY ") {
                     match serde_json::from_str(rest) {
-                        Ok(r) => Msg::Ready(i, r),
+                        Ok(r) => FromChild::Ready(i, r),
                         Err(e) => {
                             eprintln!("edgepush-load: child {i}: bad READY line: {e}");
                             continue;
@@ -133,7 +135,7 @@ fn spawn(specs: &[ChildSpec]) -> Result<Kids, String> {
                     }
                 } else if let Some(rest) = line.strip_prefix("RESULT ") {
                     match serde_json::from_str(rest) {
-                        Ok(r) => Msg::Result(i, Box::new(r)),
+                        Ok(r) => FromChild::Result(i, Box::new(r)),
                         Err(e) => {
                             eprintln!("edgepush-load: child {i}: bad RESULT line: {e}");
                             continue;
@@ -146,13 +148,13 @@ fn spawn(specs: &[ChildSpec]) -> Result<Kids, String> {
                     return;
                 }
             }
-            let _ = tx.send(Msg::Exit(i));
+            let _ = tx.send(FromChild::Exit(i));
         });
-        children.push(child);
+        processes.push(child);
     }
     let n = specs.len();
-    Ok(Kids {
-        children,
+    Ok(Children {
+        processes,
         stdins,
         rx,
         progress: vec![[0; 3]; n],
@@ -186,7 +188,7 @@ impl RssSampler {
 }
 
 struct Plan {
-    mode: Mode,
+    kind: ScenarioKind,
     target: Target,
     url: String,
     conns: usize,
@@ -198,17 +200,19 @@ fn ceil_div(a: usize, b: usize) -> usize {
     a.div_ceil(b.max(1)).max(1)
 }
 
+/// Plans and runs one scenario from the command line; returns the exit code (0 done, 2 timed
+/// out or a child failed) or the error that stopped it before or while starting.
 pub fn run(cli: Cli) -> Result<i32, String> {
     let c = &cli.common;
-    let (mode, default_url, conns) = match &cli.cmd {
-        Cmd::Idle { conns, .. } => (Mode::Idle, DEFAULT_PUSH_URL, *conns),
+    let (kind, default_url, conns) = match &cli.cmd {
+        Cmd::Idle { conns, .. } => (ScenarioKind::Idle, DEFAULT_PUSH_URL, *conns),
         Cmd::Echo { conns, size, .. } => {
             if *size < 8 {
                 return Err(
                     "--size must be at least 8 (a timestamp travels in each message)".into(),
                 );
             }
-            (Mode::Echo, DEFAULT_ECHO_URL, *conns)
+            (ScenarioKind::Echo, DEFAULT_ECHO_URL, *conns)
         }
         Cmd::Fanout {
             pubsub,
@@ -227,7 +231,7 @@ publishing through the API: not with --pub-ws or --sub-url"
                     );
                 }
             }
-            (Mode::Fanout, DEFAULT_PUSH_URL, pubsub.subs)
+            (ScenarioKind::Fanout, DEFAULT_PUSH_URL, pubsub.subs)
         }
         Cmd::Slow {
             pubsub,
@@ -237,9 +241,11 @@ publishing through the API: not with --pub-ws or --sub-url"
             if *readers_stopped > pubsub.subs {
                 return Err("--readers-stopped cannot exceed the number of subscribers".into());
             }
-            (Mode::Slow, DEFAULT_PUSH_URL, pubsub.subs)
+            (ScenarioKind::Slow, DEFAULT_PUSH_URL, pubsub.subs)
         }
-        Cmd::Churn { max_concurrent, .. } => (Mode::Churn, DEFAULT_PUSH_URL, *max_concurrent),
+        Cmd::Churn { max_concurrent, .. } => {
+            (ScenarioKind::Churn, DEFAULT_PUSH_URL, *max_concurrent)
+        }
         Cmd::Floor { .. } => return Err("floor needs no server: run by main".into()),
     };
     let pubsub: Option<&PubSub> = match &cli.cmd {
@@ -265,7 +271,7 @@ publishing through the API: not with --pub-ws or --sub-url"
     let procs = match c.procs {
         Some(0) => return Err("--procs must be at least 1".into()),
         Some(p) => p,
-        None if mode == Mode::Churn => 1,
+        None if kind == ScenarioKind::Churn => 1,
         None => ceil_div(conns, SOCKETS_PER_PROC).max(ceil_div(conns, usable)),
     };
     let per_proc = ceil_div(conns, procs);
@@ -297,7 +303,7 @@ use --procs {} or more, or raise the hard limit (ulimit -Hn, or LimitNOFILE= for
         Vec::new()
     };
     let plan = Plan {
-        mode,
+        kind,
         target,
         url,
         conns,
@@ -318,8 +324,12 @@ fn execute(cli: &Cli, plan: Plan, pub_target: Option<Target>) -> Result<i32, Str
         let n = plan.conns / plan.procs + usize::from(i < plan.conns % plan.procs);
         let mut spec = ChildSpec {
             index: i,
-            mode: plan.mode,
-            spin: !c.no_spin && matches!(plan.mode, Mode::Echo | Mode::Fanout | Mode::Slow),
+            scenario: plan.kind,
+            spin: !c.no_spin
+                && matches!(
+                    plan.kind,
+                    ScenarioKind::Echo | ScenarioKind::Fanout | ScenarioKind::Slow
+                ),
             addr: plan.target.addr,
             host: plan.target.host.clone(),
             path: plan.target.path.clone(),
@@ -410,21 +420,15 @@ fn execute(cli: &Cli, plan: Plan, pub_target: Option<Target>) -> Result<i32, Str
     let tcp_before = tcp_mem_bytes();
     let sampler = pid.map(RssSampler::start);
 
-    let mut kids = spawn(&specs)?;
+    let mut children = spawn(&specs)?;
     let mut ui = Progress::new(plan.conns as u64);
-    let scenario = match plan.mode {
-        Mode::Idle => "idle",
-        Mode::Echo => "echo",
-        Mode::Fanout => "fanout",
-        Mode::Churn => "churn",
-        Mode::Slow => "slow",
-    };
+    let scenario = plan.kind.name();
 
     // 1. Connect (and subscribe).
     let mut timed_out = false;
-    while !kids.all_ready() {
-        kids.pump(Duration::from_millis(100));
-        let [o, r, e] = kids.totals();
+    while !children.all_ready() {
+        children.pump(Duration::from_millis(100));
+        let [o, r, e] = children.totals();
         ui.update(
             "connecting",
             o,
@@ -436,7 +440,7 @@ fn execute(cli: &Cli, plan: Plan, pub_target: Option<Target>) -> Result<i32, Str
             break;
         }
     }
-    let ready: Vec<ReadyInfo> = kids.ready.iter().flatten().cloned().collect();
+    let ready: Vec<ReadyInfo> = children.ready.iter().flatten().cloned().collect();
     let opened: u64 = ready.iter().map(|r| r.opened).sum();
     let mut connect_errors: BTreeMap<String, u64> = BTreeMap::new();
     for r in &ready {
@@ -444,9 +448,9 @@ fn execute(cli: &Cli, plan: Plan, pub_target: Option<Target>) -> Result<i32, Str
             *connect_errors.entry(k.clone()).or_insert(0) += v;
         }
     }
-    if timed_out || (plan.mode != Mode::Churn && opened == 0) {
-        kids.kill_all();
-        kids.reap();
+    if timed_out || (plan.kind != ScenarioKind::Churn && opened == 0) {
+        children.kill_all();
+        children.reap();
         ui.finish();
         if timed_out {
             return Err(format!(
@@ -467,7 +471,7 @@ fn execute(cli: &Cli, plan: Plan, pub_target: Option<Target>) -> Result<i32, Str
     };
 
     // 2. Measured phase.
-    let (rss_after, tcp_after) = if plan.mode == Mode::Idle {
+    let (rss_after, tcp_after) = if plan.kind == ScenarioKind::Idle {
         std::thread::sleep(Duration::from_millis(500));
         (pid.and_then(rss_bytes).map(|r| r.0), tcp_mem_bytes())
     } else {
@@ -475,7 +479,7 @@ fn execute(cli: &Cli, plan: Plan, pub_target: Option<Target>) -> Result<i32, Str
     };
     let cpu_start = pid.and_then(cpu_seconds);
     let go_ns = now_ns();
-    kids.send_all("GO");
+    children.send_all("GO");
 
     let mut pub_report: Option<PublishReport> = None;
     if let (Some(pubsub), Some(pt)) = (
@@ -507,8 +511,8 @@ fn execute(cli: &Cli, plan: Plan, pub_target: Option<Target>) -> Result<i32, Str
             Ok(report)
         });
         while !handle.is_finished() {
-            kids.pump(Duration::from_millis(100));
-            let [o, r, e] = kids.totals();
+            children.pump(Duration::from_millis(100));
+            let [o, r, e] = children.totals();
             let p = done.load(Ordering::Relaxed);
             ui.update(
                 "publishing",
@@ -520,22 +524,22 @@ fn execute(cli: &Cli, plan: Plan, pub_target: Option<Target>) -> Result<i32, Str
         let report = match handle.join() {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => {
-                kids.kill_all();
-                kids.reap();
+                children.kill_all();
+                children.reap();
                 ui.finish();
                 return Err(e);
             }
             Err(_) => return Err("the publisher thread panicked".into()),
         };
-        kids.send_all(&format!("END {}", report.published));
+        children.send_all(&format!("END {}", report.published));
         pub_report = Some(report);
     }
-    while !kids.all_done() {
-        kids.pump(Duration::from_millis(100));
-        let [o, r, e] = kids.totals();
-        let label = match plan.mode {
-            Mode::Idle => "holding",
-            Mode::Fanout | Mode::Slow => "delivering",
+    while !children.all_done() {
+        children.pump(Duration::from_millis(100));
+        let [o, r, e] = children.totals();
+        let label = match plan.kind {
+            ScenarioKind::Idle => "holding",
+            ScenarioKind::Fanout | ScenarioKind::Slow => "delivering",
             _ => "running",
         };
         ui.update(
@@ -546,7 +550,7 @@ fn execute(cli: &Cli, plan: Plan, pub_target: Option<Target>) -> Result<i32, Str
         );
         if now_ns() >= deadline.saturating_add(2_000_000_000) {
             timed_out = true;
-            kids.kill_all();
+            children.kill_all();
             break;
         }
     }
@@ -556,11 +560,11 @@ fn execute(cli: &Cli, plan: Plan, pub_target: Option<Target>) -> Result<i32, Str
     if let Some(s) = &sampler {
         s.stop.store(true, Ordering::Relaxed);
     }
-    kids.reap();
+    children.reap();
     ui.finish();
 
     // 3. Merge.
-    let results: Vec<ChildResult> = kids.results.iter().flatten().cloned().collect();
+    let results: Vec<ChildResult> = children.results.iter().flatten().cloned().collect();
     let missing_children = plan.procs - results.len();
     let sum = |f: &dyn Fn(&ChildResult) -> u64| results.iter().map(f).sum::<u64>();
     let Merged {
@@ -690,7 +694,7 @@ fn execute(cli: &Cli, plan: Plan, pub_target: Option<Target>) -> Result<i32, Str
                 out.insert("replayed".into(), json!(sum(&|r| r.replayed)));
             }
             messages_for_cpu = received;
-            if plan.mode == Mode::Slow {
+            if plan.kind == ScenarioKind::Slow {
                 out.insert("stopped".into(), json!(sum(&|r| r.stopped)));
                 let closed = sum(&|r| {
                     r.stopped_close_1008 + r.stopped_close_other + r.stopped_eof + r.stopped_reset

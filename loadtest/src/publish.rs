@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use edgepush::protocol::frame::{write_masked_frame, OpCode};
 
-use crate::child::{base64_16, check_response};
 use crate::cli::Target;
+use crate::client::{base64_16, check_response};
 use crate::stats::contains;
 use crate::sys::now_ns;
 
