@@ -128,18 +128,7 @@ pub struct Outbound {
     pong_tail: bool,
 }
 
-/// Where queued bytes go: a socket that takes several buffers in one call.
-pub trait Sink {
-    fn send_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize>;
-}
-
-impl Sink for TcpStream {
-    /// `sendmsg` rather than `writev`: the socket call skips the VFS layer (`writev`'s file
-    /// position lock and checks), measurably cheaper per subscriber in a fan-out.
-    fn send_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-        socket2::SockRef::from(&*self).send_vectored_with_flags(bufs, libc::MSG_NOSIGNAL)
-    }
-}
+pub use crate::server::transport::Sink;
 
 /// What a write attempt achieved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -10,6 +10,7 @@ pub mod listener;
 pub mod per_ip;
 mod sys;
 pub mod timer_wheel;
+pub mod transport;
 mod worker;
 
 pub use sys::{open_files_limit, raise_open_files_limit};

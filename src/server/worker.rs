@@ -12,9 +12,8 @@
 mod push;
 
 use std::collections::HashMap;
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::net::IpAddr;
-use std::net::Shutdown;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::Receiver;
 use std::sync::Arc;
@@ -37,6 +36,7 @@ use crate::server::drain::DrainSchedule;
 use crate::server::hub_loop::HubHandle;
 use crate::server::per_ip::client_address;
 use crate::server::timer_wheel::{Entry, TimerWheel};
+use crate::server::transport::Transport;
 use crate::server::{http, Settings, Stats};
 use crate::session::{
     DropReason, Endpoint, Event, Head, Refusal, Session, State, Timeout, Transmit,
@@ -689,7 +689,7 @@ impl Worker {
         handle: Handle,
         request: &crate::protocol::handshake::Request<'_>,
     ) -> Option<IpAddr> {
-        let peer = self.get(handle)?.socket.peer_addr().ok()?.ip();
+        let peer = Transport::peer_addr(&self.get(handle)?.socket).ok()?.ip();
         Some(client_address(
             peer,
             &self.settings.trust_proxy,
@@ -809,7 +809,7 @@ impl Worker {
         }
         if conn.outbound.is_none() && conn.session.poll_fin() {
             // Our last bytes are out: FIN, then wait for the peer's EOF (or the timeout).
-            let _ = conn.socket.shutdown(Shutdown::Write);
+            let _ = conn.socket.shutdown_write();
         }
         if let Some(tick) = conn.session.poll_timeout(*now) {
             wheel.insert(tick.0, handle);
@@ -884,10 +884,10 @@ fn conn_of(conns: &mut Slab<Connection>, handle: Handle) -> Option<&mut Connecti
 }
 
 /// Writes `bytes` until done or `WouldBlock`; returns how many went out.
-fn write_direct(socket: &mut impl Write, bytes: &[u8]) -> io::Result<usize> {
+fn write_direct(socket: &mut impl Transport, bytes: &[u8]) -> io::Result<usize> {
     let mut written = 0;
     while written < bytes.len() {
-        match socket.write(&bytes[written..]) {
+        match socket.send(&bytes[written..]) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(n) => written += n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
