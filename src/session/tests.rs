@@ -459,3 +459,67 @@ fn the_session_stays_small() {
     let size = std::mem::size_of::<Session>();
     assert!(size <= 24, "Session is {size} bytes");
 }
+
+#[test]
+fn the_upgrade_replaces_the_handshake_deadline() {
+    let config = config();
+    let mut wire = Wire::default();
+    let t0 = Tick(0);
+    let mut probe = Session::new(t0, &config);
+    let handshake_due = probe.poll_timeout(t0).expect("armed");
+    let mut session = open_at(t0 + 5, &mut wire);
+    assert!(
+        !session.is_deadline(handshake_due),
+        "the handshake timer is stale once upgraded"
+    );
+    // Long after the handshake timeout the open connection is only ever pinged.
+    let due = session.poll_timeout(t0 + 5).expect("armed");
+    assert!(due > handshake_due);
+    assert_eq!(
+        session.handle_timeout(due, Tick::NEVER, &config, &mut wire),
+        Timeout::Pinged
+    );
+}
+
+#[test]
+fn traffic_postpones_the_ping() {
+    let config = config();
+    let mut wire = Wire::default();
+    let t0 = Tick(0);
+    let mut session = open_at(t0, &mut wire);
+    let mut due = session.poll_timeout(t0).expect("armed");
+    // A message every PING/3 ticks for a while: each deadline finds the peer heard from.
+    let mut last = t0;
+    for i in 1..=30u64 {
+        let now = t0 + i * (PING / 3);
+        if now >= due {
+            assert_eq!(
+                session.handle_timeout(due, Tick::NEVER, &config, &mut wire),
+                Timeout::Rearmed
+            );
+            due = session.poll_timeout(due).expect("re-armed");
+            assert_eq!(due, last + PING, "a ping interval after the last frame");
+        }
+        assert_eq!(
+            feed(
+                &mut session,
+                &client_frame(OpCode::Text, b"m"),
+                now,
+                &mut wire
+            ),
+            ["Text m"]
+        );
+        last = now;
+    }
+    assert!(wire.frames().is_empty(), "never pinged while busy");
+    // Then silence: the ping comes one interval after the last frame.
+    while due < last + PING {
+        let _ = session.handle_timeout(due, Tick::NEVER, &config, &mut wire);
+        due = session.poll_timeout(due).expect("re-armed");
+    }
+    assert_eq!(due, last + PING);
+    assert_eq!(
+        session.handle_timeout(due, Tick::NEVER, &config, &mut wire),
+        Timeout::Pinged
+    );
+}
