@@ -1,7 +1,8 @@
 //! The WebSocket protocol, sans IO: bytes in, events and bytes out; no sockets, no clocks.
 //!
 //! One file per idea:
-//! - [`handshake`]: the HTTP/1.1 Upgrade request (§4.2) → a [`handshake::Request`] to route,
+//! - [`handshake`]: the HTTP/1.1 Upgrade request (§4.2, HTTP itself from [`crate::http`]) → a
+//!   [`handshake::Request`] to route,
 //!   the 101 response, or the HTTP error owed.
 //! - [`frame`]: frame headers (§5.2) and frame writers; [`mask`]: §5.3 masking.
 //! - [`message`]: the per-connection [`message::Decoder`]: frames → messages, pings, pongs,

@@ -19,6 +19,7 @@ use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
 
 use crate::config::Config;
+use crate::http::response::write_continue;
 use crate::metrics::Exposition;
 use crate::push::api::{self, ApiCommand, ApiLimits, Parsed};
 use crate::push::hub::{Command, HistoryConfig, Hub, RequestId, ToHub, ToWorker};
@@ -403,9 +404,11 @@ impl HubLoop {
             match api::parse(&conn.input, api_key.as_deref(), &limits) {
                 Parsed::Partial => {
                     // curl and others wait (a second) for this before sending a body.
-                    if !conn.continued && conn.owed.is_empty() && expects_continue(&conn.input) {
-                        conn.output
-                            .extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+                    if !conn.continued
+                        && conn.owed.is_empty()
+                        && api::expects_continue(&conn.input, &limits)
+                    {
+                        write_continue(&mut conn.output);
                         conn.continued = true;
                     }
                     break;
@@ -795,37 +798,5 @@ impl HubLoop {
             now.handshake_failures - last.handshake_failures,
             self.stats_interval
         );
-    }
-}
-
-/// Does the complete request head at the start of `input` carry `Expect: 100-continue`?
-fn expects_continue(input: &[u8]) -> bool {
-    let Some(end) = input.windows(4).position(|w| w == b"\r\n\r\n") else {
-        return false;
-    };
-    input[..end].split(|&b| b == b'\n').any(|line| {
-        let line = String::from_utf8_lossy(line);
-        line.split_once(':').is_some_and(|(name, value)| {
-            name.trim().eq_ignore_ascii_case("expect")
-                && value.trim().eq_ignore_ascii_case("100-continue")
-        })
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::expects_continue;
-
-    #[test]
-    fn expect_continue_detection() {
-        assert!(expects_continue(
-            b"POST /api/send HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 5000\r\n\r\n"
-        ));
-        assert!(!expects_continue(
-            b"POST / HTTP/1.1\r\nExpect: 100-continue\r\n"
-        ));
-        assert!(!expects_continue(
-            b"POST / HTTP/1.1\r\nContent-Length: 1\r\n\r\n"
-        ));
     }
 }
