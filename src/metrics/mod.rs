@@ -20,6 +20,7 @@ pub struct CloseCodes {
 }
 
 impl CloseCodes {
+    /// Counts one close frame with `code` (under "other" if not in [`CLOSE_CODES`]).
     pub fn add(&self, code: u16) {
         let i = CLOSE_CODES
             .iter()
@@ -28,6 +29,7 @@ impl CloseCodes {
         self.counts[i].fetch_add(1, Ordering::Relaxed);
     }
 
+    /// The count for `code`; 0 for a code not in [`CLOSE_CODES`].
     pub fn get(&self, code: u16) -> u64 {
         CLOSE_CODES
             .iter()
@@ -48,15 +50,25 @@ impl CloseCodes {
 /// Why an upgrade did not happen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HandshakeFailure {
+    /// 400 (and any status not named below).
     BadRequest,
+    /// 401.
     Unauthorized,
+    /// 403.
     Forbidden,
+    /// 404.
     NotFound,
+    /// 405.
     MethodNotAllowed,
+    /// 426: not `Sec-WebSocket-Version: 13`.
     UpgradeRequired,
+    /// 429: a per-address limit.
     TooManyRequests,
+    /// 431.
     HeadTooLarge,
+    /// 503: draining or full.
     Unavailable,
+    /// No complete request within `--handshake-timeout`.
     Timeout,
 }
 
@@ -89,6 +101,7 @@ impl HandshakeFailure {
         }
     }
 
+    /// The `reason` label value in `edgepush_handshake_failures_total`.
     pub fn label(self) -> &'static str {
         match self {
             HandshakeFailure::BadRequest => "bad_request",
@@ -112,10 +125,12 @@ pub struct HandshakeFailures {
 }
 
 impl HandshakeFailures {
+    /// Counts one failure.
     pub fn add(&self, why: HandshakeFailure) {
         self.counts[why as usize].fetch_add(1, Ordering::Relaxed);
     }
 
+    /// The count for `why`.
     pub fn get(&self, why: HandshakeFailure) -> u64 {
         self.counts[why as usize].load(Ordering::Relaxed)
     }
@@ -135,6 +150,7 @@ pub struct Histogram {
 }
 
 impl Histogram {
+    /// Counts one observation of `d` (saturating at `u64::MAX` microseconds).
     pub fn observe(&self, d: Duration) {
         let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
         let i = LATENCY_BOUNDS_US.partition_point(|b| *b < us);
@@ -142,6 +158,7 @@ impl Histogram {
         self.sum_us.fetch_add(us, Ordering::Relaxed);
     }
 
+    /// Observations so far.
     pub fn count(&self) -> u64 {
         self.buckets.iter().map(|b| b.load(Ordering::Relaxed)).sum()
     }
@@ -156,20 +173,30 @@ pub struct Stats {
     pub(crate) worker_open: Vec<AtomicUsize>,
     /// SIGTERM/SIGINT arrived: `/healthz` and new upgrades get 503.
     pub draining: AtomicBool,
+    /// Failed upgrades by reason.
     pub handshake_failure_reasons: HandshakeFailures,
+    /// Close frames sent, by code.
     pub close_sent: CloseCodes,
+    /// Close frames received, by code.
     pub close_received: CloseCodes,
     /// Data frames queued for clients (echoes, replies and fan-out deliveries).
     pub messages_out: AtomicU64,
     /// From the hub taking a message to the worker having written it to every local
     /// recipient's socket (or queue).
     pub publish_latency: Histogram,
+    /// TCP connections accepted on the public listener.
     pub accepted: AtomicU64,
+    /// Successful WebSocket upgrades.
     pub upgrades: AtomicU64,
+    /// Upgrades refused or timed out (the sum of `handshake_failure_reasons`).
     pub handshake_failures: AtomicU64,
+    /// Connections failed for breaking RFC 6455.
     pub protocol_errors: AtomicU64,
+    /// Messages received from clients.
     pub messages_in: AtomicU64,
+    /// Connections closed with 1008 at `--max-backlog`.
     pub slow_consumers: AtomicU64,
+    /// Connections dropped for silence after a ping.
     pub pong_timeouts: AtomicU64,
     /// Times a worker paused accepting after EMFILE/ENFILE.
     pub accept_pauses: AtomicU64,
@@ -177,13 +204,16 @@ pub struct Stats {
     pub subscriptions: AtomicUsize,
     /// Frames queued for push connections by fan-out.
     pub deliveries: AtomicU64,
+    /// Bytes read from clients.
     pub bytes_in: AtomicU64,
+    /// Bytes written to clients.
     pub bytes_out: AtomicU64,
     /// API requests refused with 503 because workers' inboxes were full.
     pub api_overloaded: AtomicU64,
 }
 
 impl Stats {
+    /// Zeroed figures for `workers` event-loop threads.
     pub fn new(workers: usize) -> Stats {
         Stats {
             worker_open: (0..workers).map(|_| AtomicUsize::new(0)).collect(),
@@ -191,6 +221,7 @@ impl Stats {
         }
     }
 
+    /// Open WebSocket connections.
     pub fn open(&self) -> usize {
         self.open.load(Ordering::Relaxed)
     }

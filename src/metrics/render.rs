@@ -27,6 +27,7 @@ pub struct Exposition {
 }
 
 impl Exposition {
+    /// An empty exposition.
     pub fn new() -> Self {
         Self::default()
     }
@@ -35,11 +36,13 @@ impl Exposition {
         let _ = writeln!(self.out, "# HELP {name} {help}\n# TYPE {name} {kind}");
     }
 
+    /// A gauge family with one sample.
     pub fn gauge(&mut self, name: &str, help: &str, value: u64) {
         self.header(name, "gauge", help);
         let _ = writeln!(self.out, "{name} {value}");
     }
 
+    /// A counter family with one sample (`name` should end in `_total`).
     pub fn counter(&mut self, name: &str, help: &str, value: u64) {
         self.header(name, "counter", help);
         let _ = writeln!(self.out, "{name} {value}");
@@ -60,10 +63,12 @@ impl Exposition {
         }
     }
 
+    /// Close codes as a counter family labelled `code`.
     pub fn close_codes(&mut self, name: &str, help: &str, codes: &CloseCodes) {
         self.labelled(name, "counter", help, "code", codes.samples());
     }
 
+    /// Handshake failures as a counter family labelled `reason`.
     pub fn handshake_failures(&mut self, name: &str, help: &str, failures: &HandshakeFailures) {
         let samples = HandshakeFailure::ALL
             .iter()
@@ -86,6 +91,7 @@ impl Exposition {
         let _ = writeln!(self.out, "{name}_sum {sum}\n{name}_count {count}");
     }
 
+    /// The text, ready to serve.
     pub fn finish(self) -> String {
         self.out
     }
