@@ -4,6 +4,7 @@
 #![deny(unsafe_code)]
 
 pub mod config;
+pub mod http;
 pub mod metrics;
 pub mod protocol;
 pub mod push;

@@ -328,3 +328,77 @@ fn request_and_first_frame_in_one_write() {
         assert_eq!(client.recv(), common::Received::Text("eager".into()));
     });
 }
+
+/// Every answer the public listener writes, byte for byte: where the HTTP writer lives may
+/// change, the wire format may not.
+#[test]
+fn answers_are_byte_exact() {
+    guarded(|| {
+        let server = TestServer::start(common::config());
+        let text = "Content-Type: text/plain; charset=utf-8";
+        let version_8 = upgrade_with(&[
+            HOST,
+            UPGRADE,
+            CONNECTION,
+            &key_header(),
+            "Sec-WebSocket-Version: 8",
+        ]);
+        let cases: Vec<(Vec<u8>, String)> = vec![
+            (
+                get("/nope"),
+                format!("HTTP/1.1 404 Not Found\r\n{text}\r\nContent-Length: 10\r\nConnection: close\r\n\r\nnot found\n"),
+            ),
+            (
+                b"HEAD /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n".to_vec(),
+                format!("HTTP/1.1 200 OK\r\n{text}\r\nContent-Length: 3\r\nConnection: close\r\n\r\n"),
+            ),
+            (
+                b"DELETE / HTTP/1.1\r\nHost: localhost\r\n\r\n".to_vec(),
+                format!(
+                    "HTTP/1.1 405 Method Not Allowed\r\n{text}\r\nContent-Length: 19\r\n\
+                     Connection: close\r\nAllow: GET\r\n\r\nmethod not allowed\n"
+                ),
+            ),
+            (
+                version_8,
+                format!(
+                    "HTTP/1.1 426 Upgrade Required\r\n{text}\r\nContent-Length: 29\r\n\
+                     Connection: close\r\nSec-WebSocket-Version: 13\r\n\r\nonly Sec-WebSocket-Version 13"
+                ),
+            ),
+            (
+                b"GET / HTTP/1.1\r\nBad Header\r\n\r\n".to_vec(),
+                format!(
+                    "HTTP/1.1 400 Bad Request\r\n{text}\r\nContent-Length: 22\r\n\
+                     Connection: close\r\n\r\nmalformed HTTP request"
+                ),
+            ),
+        ];
+        for (request, expected) in cases {
+            let mut stream = connect(server.addr());
+            stream.write_all(&request).unwrap();
+            let mut got = Vec::new();
+            std::io::Read::read_to_end(&mut stream, &mut got).unwrap();
+            assert_eq!(String::from_utf8_lossy(&got), expected);
+        }
+        // The 101, up to its blank line (the connection stays open).
+        let mut stream = connect(server.addr());
+        stream
+            .write_all(upgrade_request("/echo").as_bytes())
+            .unwrap();
+        let mut got = Vec::new();
+        let mut byte = [0u8; 1];
+        while !got.ends_with(b"\r\n\r\n") {
+            let n = std::io::Read::read(&mut stream, &mut byte).unwrap();
+            assert_eq!(n, 1, "closed after {:?}", String::from_utf8_lossy(&got));
+            got.push(byte[0]);
+        }
+        let accept = edgepush::protocol::handshake::accept_key(KEY.as_bytes());
+        let expected = format!(
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Accept: {}\r\n\r\n",
+            String::from_utf8_lossy(&accept)
+        );
+        assert_eq!(String::from_utf8_lossy(&got), expected);
+    });
+}

@@ -1,6 +1,7 @@
-//! The opening handshake (RFC 6455 §4.2): reading the client's HTTP/1.1 request with httparse,
-//! checking it, computing `Sec-WebSocket-Accept`, and writing the 101 answer or the HTTP error
-//! the server owes.
+//! The opening handshake (RFC 6455 §4.2): checking the client's HTTP/1.1 request, computing
+//! `Sec-WebSocket-Accept`, and writing the 101 answer or the HTTP error the server owes. The
+//! HTTP itself (parsing the head, writing responses) is [`crate::http`]'s; this file holds the
+//! WebSocket rules on top of it.
 //!
 //! Parsing borrows the caller's buffer and allocates nothing (the header array lives on the
 //! stack for up to 64 headers). A request that has not fully arrived is `Ok(None)` and consumes
@@ -12,6 +13,13 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
 use sha1::{Digest, Sha1};
 use std::fmt;
+
+use crate::http::headers::has_token;
+use crate::http::request::{parse_request as parse_head, query_param};
+use crate::http::response::{
+    write_header, write_response as write_http_response, write_status_line, Persistence,
+};
+use crate::http::{self, Status};
 
 /// §1.3: the GUID appended to the key before hashing.
 const ACCEPT_GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
@@ -43,16 +51,23 @@ impl Default for HandshakeConfig {
 /// A complete, valid HTTP request head, borrowed from the input buffer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Request<'a> {
+    /// The method token (`GET` for an upgrade).
     pub method: &'a str,
     /// The path without the query.
     pub path: &'a str,
     /// What follows `?`, undecoded.
     pub query: Option<&'a str>,
+    /// `Host` (the last one sent), trimmed; an upgrade must have one (§4.2.1 item 2).
     pub host: Option<&'a str>,
+    /// `Origin` (§10.2), for the allow-list.
     pub origin: Option<&'a str>,
+    /// `Cookie`, whole; see [`Request::cookie_value`].
     pub cookie: Option<&'a str>,
+    /// `Authorization`, whole; see [`Request::bearer_token`].
     pub authorization: Option<&'a str>,
+    /// `X-Forwarded-For`, as a trusted proxy sent it.
     pub x_forwarded_for: Option<&'a str>,
+    /// `X-Real-IP`, as a trusted proxy sent it.
     pub x_real_ip: Option<&'a str>,
     /// Bytes of the head, including the blank line. Anything after it is the client's.
     pub head_len: usize,
@@ -70,12 +85,9 @@ pub struct Upgrade<'a> {
 }
 
 impl<'a> Request<'a> {
-    /// The raw (undecoded) value of query parameter `name`.
+    /// The raw (undecoded) value of the first query parameter `name`.
     pub fn query_param(&self, name: &str) -> Option<&'a str> {
-        self.query?.split('&').find_map(|pair| {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            (k == name).then_some(v)
-        })
+        query_param(self.query, name)
     }
 
     /// The value of cookie `name` from the `Cookie` header.
@@ -160,44 +172,33 @@ pub fn parse_request<'a>(
     buf: &'a [u8],
     config: &HandshakeConfig,
 ) -> Result<Option<Request<'a>>, HandshakeError> {
-    let mut stack = [httparse::EMPTY_HEADER; STACK_HEADERS];
+    let mut stack = [http::EMPTY_HEADER; STACK_HEADERS];
     let mut heap = Vec::new();
-    let headers: &mut [httparse::Header<'a>] = if config.max_headers <= STACK_HEADERS {
+    let headers: &mut [http::Header<'a>] = if config.max_headers <= STACK_HEADERS {
         &mut stack[..config.max_headers]
     } else {
-        heap.resize(config.max_headers, httparse::EMPTY_HEADER);
+        heap.resize(config.max_headers, http::EMPTY_HEADER);
         &mut heap
     };
-    let mut req = httparse::Request::new(headers);
-    let capped = &buf[..buf.len().min(config.max_head_size)];
-    let head_len = match req.parse(capped) {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) if buf.len() >= config.max_head_size => {
-            return Err(HandshakeError::HeadTooLarge)
-        }
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(httparse::Error::TooManyHeaders) => return Err(HandshakeError::TooManyHeaders),
+    let head = match parse_head(buf, headers, config.max_head_size) {
+        Ok(Status::Complete(head)) => head,
+        Ok(Status::Partial) => return Ok(None),
+        Err(http::Error::HeadTooLarge) => return Err(HandshakeError::HeadTooLarge),
+        Err(http::Error::TooManyHeaders) => return Err(HandshakeError::TooManyHeaders),
         Err(_) => return Err(HandshakeError::Malformed),
     };
-    let (Some(method), Some(target), Some(version)) = (req.method, req.path, req.version) else {
-        return Err(HandshakeError::Malformed);
-    };
-    let (path, query) = match target.split_once('?') {
-        Some((p, q)) => (p, Some(q)),
-        None => (target, None),
-    };
-
+    let method = head.method;
     let mut request = Request {
         method,
-        path,
-        query,
+        path: head.path,
+        query: head.query,
         host: None,
         origin: None,
         cookie: None,
         authorization: None,
         x_forwarded_for: None,
         x_real_ip: None,
-        head_len,
+        head_len: head.len,
         upgrade: None,
     };
     let mut upgrade_header = None;
@@ -206,7 +207,7 @@ pub fn parse_request<'a>(
     let mut key_count = 0;
     let mut ws_version = None;
     let mut protocol = None;
-    for header in req.headers.iter() {
+    for header in head.headers.lines() {
         let Ok(value) = std::str::from_utf8(header.value) else {
             continue; // obs-text in a header we may not even read; ignored below if needed
         };
@@ -217,7 +218,7 @@ pub fn parse_request<'a>(
         } else if name.eq_ignore_ascii_case("upgrade") {
             upgrade_header = Some(value);
         } else if name.eq_ignore_ascii_case("connection") {
-            connection_has_upgrade |= has_token(value, "upgrade");
+            connection_has_upgrade |= has_token(value.as_bytes(), "upgrade");
         } else if name.eq_ignore_ascii_case("sec-websocket-key") {
             key = Some(value);
             key_count += 1;
@@ -250,13 +251,13 @@ pub fn parse_request<'a>(
     if method != "GET" {
         return Err(HandshakeError::MethodNotAllowed);
     }
-    if version < 1 {
+    if head.minor_version < 1 {
         return Err(HandshakeError::BadUpgrade("HTTP/1.1 or later required"));
     }
     if request.host.is_none() {
         return Err(HandshakeError::BadUpgrade("missing Host"));
     }
-    if !upgrade_header.is_some_and(|v| has_token(v, "websocket")) {
+    if !upgrade_header.is_some_and(|v| has_token(v.as_bytes(), "websocket")) {
         return Err(HandshakeError::BadUpgrade("Upgrade must be websocket"));
     }
     if !connection_has_upgrade {
@@ -281,13 +282,6 @@ pub fn parse_request<'a>(
     Ok(Some(request))
 }
 
-/// Is `token` in the comma-separated list `value` (case-insensitive, RFC 7230 §7)?
-fn has_token(value: &str, token: &str) -> bool {
-    value
-        .split(',')
-        .any(|t| t.trim().eq_ignore_ascii_case(token))
-}
-
 fn is_valid_key(key: &str) -> bool {
     let mut decoded = [0u8; 18];
     key.len() == 24 && matches!(BASE64.decode_slice(key, &mut decoded), Ok(16))
@@ -307,69 +301,33 @@ pub fn accept_key(key: &[u8]) -> [u8; 28] {
 
 /// Appends the 101 Switching Protocols response for a validated upgrade to `out`.
 pub fn write_accept_response(out: &mut Vec<u8>, upgrade: &Upgrade<'_>) {
-    out.extend_from_slice(
-        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ",
+    write_status_line(out, 101);
+    write_header(out, "Upgrade", "websocket");
+    write_header(out, "Connection", "Upgrade");
+    let accept = accept_key(upgrade.key.as_bytes());
+    // Base64 is ASCII, so this is always the whole key.
+    write_header(
+        out,
+        "Sec-WebSocket-Accept",
+        std::str::from_utf8(&accept).unwrap_or_default(),
     );
-    out.extend_from_slice(&accept_key(upgrade.key.as_bytes()));
     if let Some(protocol) = upgrade.protocol {
-        out.extend_from_slice(b"\r\nSec-WebSocket-Protocol: ");
-        out.extend_from_slice(protocol.as_bytes());
+        write_header(out, "Sec-WebSocket-Protocol", protocol);
     }
-    out.extend_from_slice(b"\r\n\r\n");
-}
-
-/// The reason phrase for the statuses edgepush sends.
-pub fn reason_phrase(status: u16) -> &'static str {
-    match status {
-        101 => "Switching Protocols",
-        200 => "OK",
-        400 => "Bad Request",
-        401 => "Unauthorized",
-        403 => "Forbidden",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        413 => "Payload Too Large",
-        426 => "Upgrade Required",
-        429 => "Too Many Requests",
-        431 => "Request Header Fields Too Large",
-        500 => "Internal Server Error",
-        503 => "Service Unavailable",
-        _ => "Unknown",
-    }
+    out.extend_from_slice(b"\r\n");
 }
 
 /// Appends a complete HTTP/1.1 response with a plain-text body to `out`. The connection is
 /// closed after it (`Connection: close`): the server speaks HTTP only to upgrade or to answer.
 pub fn write_response(out: &mut Vec<u8>, status: u16, headers: &[(&str, &str)], body: &str) {
-    write_response_typed(
+    write_http_response(
         out,
         status,
-        headers,
         "text/plain; charset=utf-8",
         body.as_bytes(),
+        Persistence::Close,
+        headers,
     );
-}
-
-/// Like [`write_response`] with a given content type and raw body.
-pub fn write_response_typed(
-    out: &mut Vec<u8>,
-    status: u16,
-    headers: &[(&str, &str)],
-    content_type: &str,
-    body: &[u8],
-) {
-    use std::io::Write;
-    let _ = write!(
-        out,
-        "HTTP/1.1 {status} {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n",
-        reason_phrase(status),
-        body.len()
-    );
-    for (name, value) in headers {
-        let _ = write!(out, "{name}: {value}\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(body);
 }
 
 #[cfg(test)]

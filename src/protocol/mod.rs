@@ -1,8 +1,8 @@
 //! The WebSocket protocol, sans IO: bytes in, events and bytes out; no sockets, no clocks.
 //!
 //! One file per idea:
-//! - [`handshake`]: the HTTP/1.1 Upgrade request (§4.2) → a [`handshake::Request`] to route,
-//!   the 101 response, or the HTTP error owed.
+//! - [`handshake`]: the HTTP/1.1 Upgrade request (§4.2; the HTTP itself is [`crate::http`]'s)
+//!   → a [`handshake::Request`] to route, the 101 response, or the HTTP error owed.
 //! - [`frame`]: frame headers (§5.2) and frame writers; [`mask`]: §5.3 masking.
 //! - [`message`]: the per-connection [`message::Decoder`]: frames → messages, pings, pongs,
 //!   closes, with fragments reassembled (§5.4) and UTF-8 checked as it arrives ([`utf8`], §8.1).

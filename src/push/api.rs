@@ -5,6 +5,8 @@
 //!
 //! HTTP/1.1 with keep-alive and pipelining: [`parse`] reports how many bytes one request took and
 //! leaves the rest for the next call. HTTP/1.0 closes unless the client asked for keep-alive.
+//! The HTTP itself (heads, framing, bodies by length, response writing) is [`crate::http`]'s;
+//! this file holds the API's policy on top of it: routes, auth, limits and JSON.
 //!
 //! Decisions, in the order they are taken for a request:
 //! 1. Head larger than [`ApiLimits::max_head`] or with too many header lines: 431, close.
@@ -24,7 +26,10 @@
 //!    `$` channel is refused: those are the server's). `data` is any JSON value, `null`
 //!    included, but the key must be there. Every such error is a 400 whose body names the field.
 
-use crate::protocol::handshake::reason_phrase;
+use crate::http::body::{length_body, Framing};
+use crate::http::request::{parse_request, percent_decode, query_param};
+use crate::http::response::{write_response, Persistence};
+use crate::http::{self, Status};
 use crate::push::auth::constant_time_eq;
 use crate::push::names::{validate_channel, validate_user};
 use serde::Deserialize;
@@ -108,54 +113,83 @@ impl Parsed {
 /// `Authorization: Bearer <api_key>`. Sizes are checked against `limits` before the body is
 /// looked at; the head is never scanned past `limits.max_head`.
 pub fn parse(buf: &[u8], api_key: Option<&str>, limits: &ApiLimits) -> Parsed {
-    let head = match parse_head(buf, limits) {
-        Ok(Some(head)) => head,
-        Ok(None) => return Parsed::Partial,
-        Err(rejection) => return rejection,
+    let mut headers = [http::EMPTY_HEADER; MAX_HEADERS];
+    let head = match parse_request(buf, &mut headers, limits.max_head) {
+        Ok(Status::Complete(head)) => head,
+        Ok(Status::Partial) => return Parsed::Partial,
+        Err(http::Error::HeadTooLarge | http::Error::TooManyHeaders) => {
+            return reject_now(buf.len(), Failure::new(431, "request head too large"))
+        }
+        Err(e) => return reject_now(buf.len(), Failure::new(400, &e.to_string())),
     };
     // Framing problems: we cannot tell where this request ends, so nothing after it is usable.
-    if head.transfer_encoding {
-        return reject_now(
-            buf.len(),
-            Failure::new(
-                411,
-                "Transfer-Encoding is not supported: send the body with Content-Length",
-            ),
-        );
-    }
+    // An invalid or conflicting `Content-Length` is decided first (400), then any
+    // `Transfer-Encoding` (411).
+    let content_length = match head.framing() {
+        Ok(Framing::Length(n)) => Some(n),
+        Ok(Framing::Empty | Framing::UntilClose) => None,
+        Ok(Framing::Chunked)
+        | Err(
+            http::Error::LengthWithTransferEncoding
+            | http::Error::ChunkedNotFinal
+            | http::Error::UnsupportedTransferCoding,
+        ) => {
+            return reject_now(
+                buf.len(),
+                Failure::new(
+                    411,
+                    "Transfer-Encoding is not supported: send the body with Content-Length",
+                ),
+            )
+        }
+        Err(e) => return reject_now(buf.len(), Failure::new(400, &e.to_string())),
+    };
 
-    let routed = authorize(&head, api_key).and_then(|()| route(head.method, head.path));
-    let body_len = match (&routed, head.content_length) {
+    let routed = authorize(head.headers.get("authorization"), api_key)
+        .and_then(|()| route(head.method, head.path));
+    let body_len = match (&routed, content_length) {
         (_, Some(n)) => n,
         (Ok(route), None) if route.method() == "POST" => {
             return reject_now(buf.len(), Failure::new(411, "Content-Length is required"))
         }
         (_, None) => 0,
     };
-    if body_len > limits.max_body as u64 {
-        // The body will not be read, so the connection cannot go on after the answer.
-        let failure = routed.err().unwrap_or_else(|| {
-            Failure::new(413, &format!("body larger than {} bytes", limits.max_body))
-        });
-        return reject_now(head.len, failure);
-    }
-    // body_len <= max_body, a usize: the conversion is exact.
-    let consumed = head.len.saturating_add(body_len as usize);
-    let Some(body) = buf.get(head.len..consumed) else {
-        return Parsed::Partial;
+    let keep_alive = head.keep_alive();
+    let body = match length_body(&buf[head.len..], body_len, limits.max_body) {
+        Ok(Status::Complete(body)) => body,
+        Ok(Status::Partial) => return Parsed::Partial,
+        Err(_) => {
+            // The body will not be read, so the connection cannot go on after the answer.
+            let failure = routed.err().unwrap_or_else(|| {
+                Failure::new(413, &format!("body larger than {} bytes", limits.max_body))
+            });
+            return reject_now(head.len, failure);
+        }
     };
+    let consumed = head.len + body.len();
     match routed.and_then(|route| command(route, head.query, body)) {
         Ok(command) => Parsed::Request {
             consumed,
-            keep_alive: head.keep_alive,
+            keep_alive,
             command,
         },
         Err(failure) => Parsed::Reject {
             consumed,
-            close: !head.keep_alive,
-            response: failure.render(head.keep_alive),
+            close: !keep_alive,
+            response: failure.render(keep_alive),
         },
     }
+}
+
+/// Whether the complete request head at the start of `buf` carries `Expect: 100-continue`
+/// (RFC 9110 §10.1.1): when [`parse`] says [`Parsed::Partial`] for such a request, the
+/// server sends `100 Continue` once, or the client waits (curl: a second) before the body.
+pub fn expects_continue(buf: &[u8], limits: &ApiLimits) -> bool {
+    let mut headers = [http::EMPTY_HEADER; MAX_HEADERS];
+    matches!(
+        parse_request(buf, &mut headers, limits.max_head),
+        Ok(Status::Complete(head)) if head.expects_continue()
+    )
 }
 
 /// An `application/json` answer: `body` must already be JSON text.
@@ -174,15 +208,6 @@ pub fn error_body(message: &str, field: Option<&str>) -> String {
     serde_json::json!({ "error": message, "field": field }).to_string()
 }
 
-/// Our reason phrases: the handshake's, plus the ones only the API uses.
-fn reason(status: u16) -> &'static str {
-    match status {
-        204 => "No Content",
-        411 => "Length Required",
-        _ => reason_phrase(status),
-    }
-}
-
 fn response(
     status: u16,
     extra_headers: &[(&str, &str)],
@@ -190,22 +215,16 @@ fn response(
     body: &[u8],
     keep_alive: bool,
 ) -> Vec<u8> {
-    let mut head = format!(
-        "HTTP/1.1 {status} {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\
-         Connection: {}\r\n",
-        reason(status),
-        body.len(),
-        if keep_alive { "keep-alive" } else { "close" },
+    let mut out = Vec::with_capacity(128 + body.len());
+    let persistence = Persistence::from_keep_alive(keep_alive);
+    write_response(
+        &mut out,
+        status,
+        content_type,
+        body,
+        persistence,
+        extra_headers,
     );
-    for (name, value) in extra_headers {
-        head.push_str(name);
-        head.push_str(": ");
-        head.push_str(value);
-        head.push_str("\r\n");
-    }
-    head.push_str("\r\n");
-    let mut out = head.into_bytes();
-    out.extend_from_slice(body);
     out
 }
 
@@ -262,101 +281,9 @@ fn reject_now(consumed: usize, failure: Failure) -> Parsed {
     }
 }
 
-/// What the head told us, borrowed from the buffer.
-#[derive(Debug)]
-struct Head<'a> {
-    method: &'a str,
-    /// Without the query.
-    path: &'a str,
-    /// What follows `?`, undecoded.
-    query: Option<&'a str>,
-    /// Bytes of the head, blank line included.
-    len: usize,
-    keep_alive: bool,
-    content_length: Option<u64>,
-    transfer_encoding: bool,
-    /// The first `Authorization` header's value.
-    authorization: Option<&'a [u8]>,
-}
-
-/// `Ok(None)`: incomplete. `Err`: the answer for a head we cannot use (the connection closes).
-fn parse_head<'a>(buf: &'a [u8], limits: &ApiLimits) -> Result<Option<Head<'a>>, Parsed> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut headers);
-    // Never scan past the cap: a head that does not end within it is too large anyway.
-    let capped = &buf[..buf.len().min(limits.max_head)];
-    let too_large = || reject_now(buf.len(), Failure::new(431, "request head too large"));
-    let malformed = |what: &str| reject_now(buf.len(), Failure::new(400, what));
-    let len = match req.parse(capped) {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) if buf.len() >= limits.max_head => return Err(too_large()),
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(httparse::Error::TooManyHeaders) => return Err(too_large()),
-        Err(e) => return Err(malformed(&format!("malformed HTTP request: {e}"))),
-    };
-    let (Some(method), Some(target), Some(version)) = (req.method, req.path, req.version) else {
-        return Err(malformed("malformed HTTP request"));
-    };
-    let (path, query) = match target.split_once('?') {
-        Some((p, q)) => (p, Some(q)),
-        None => (target, None),
-    };
-    let mut content_length = None;
-    let mut transfer_encoding = false;
-    let mut authorization = None;
-    let (mut close, mut keep_alive) = (false, false);
-    for header in req.headers.iter() {
-        let name = header.name;
-        if name.eq_ignore_ascii_case("connection") {
-            for token in header.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
-                close |= token.eq_ignore_ascii_case(b"close");
-                keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
-            }
-        } else if name.eq_ignore_ascii_case("content-length") {
-            // RFC 9112 §6.3: several different or invalid lengths are unrecoverable.
-            let Some(n) = parse_length(header.value) else {
-                return Err(malformed("invalid Content-Length"));
-            };
-            if content_length.is_some_and(|m| m != n) {
-                return Err(malformed("conflicting Content-Length headers"));
-            }
-            content_length = Some(n);
-        } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            transfer_encoding = true;
-        } else if name.eq_ignore_ascii_case("authorization") && authorization.is_none() {
-            authorization = Some(header.value);
-        }
-    }
-    // RFC 9112 §9.3: 1.1 persists unless "close"; 1.0 only with "keep-alive"; "close" wins.
-    let keep_alive = !close && (version >= 1 || keep_alive);
-    Ok(Some(Head {
-        method,
-        path,
-        query,
-        len,
-        keep_alive,
-        content_length,
-        transfer_encoding,
-        authorization,
-    }))
-}
-
-/// `1*DIGIT`, at most 19 digits so that it fits a `u64` without overflow.
-fn parse_length(value: &[u8]) -> Option<u64> {
-    let digits = value.trim_ascii();
-    if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    Some(
-        digits
-            .iter()
-            .fold(0u64, |n, &d| n * 10 + u64::from(d - b'0')),
-    )
-}
-
 /// RFC 6750 §2.1: `Authorization: Bearer <token>`; the scheme is case-insensitive (RFC 9110
 /// §11.1), the token compared in constant time.
-fn authorize(head: &Head<'_>, api_key: Option<&str>) -> Result<(), Failure> {
+fn authorize(authorization: Option<&[u8]>, api_key: Option<&str>) -> Result<(), Failure> {
     let Some(key) = api_key else {
         return Ok(());
     };
@@ -364,7 +291,7 @@ fn authorize(head: &Head<'_>, api_key: Option<&str>) -> Result<(), Failure> {
         header: Some(("WWW-Authenticate", "Bearer")),
         ..Failure::new(401, message)
     };
-    let Some(value) = head.authorization else {
+    let Some(value) = authorization else {
         return Err(unauthorized("missing Authorization: Bearer header"));
     };
     let value = value.trim_ascii();
@@ -560,42 +487,6 @@ fn publish_channel(channel: String) -> Result<String, Failure> {
 fn user(user: String) -> Result<String, Failure> {
     validate_user(&user).map_err(|e| Failure::bad(&e.to_string(), "user"))?;
     Ok(user)
-}
-
-/// The raw value of the first `name=` pair in `query`.
-fn query_param<'a>(query: Option<&'a str>, name: &str) -> Option<&'a str> {
-    query?.split('&').find_map(|pair| {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        (k == name).then_some(v)
-    })
-}
-
-/// RFC 3986 §2.1 percent-decoding (`+` stays `+`: channel names cannot hold a space anyway).
-/// `None` for a `%` not followed by two hex digits, or bytes that are not UTF-8.
-fn percent_decode(s: &str) -> Option<String> {
-    fn hex(b: u8) -> Option<u8> {
-        match b {
-            b'0'..=b'9' => Some(b - b'0'),
-            b'a'..=b'f' => Some(b - b'a' + 10),
-            b'A'..=b'F' => Some(b - b'A' + 10),
-            _ => None,
-        }
-    }
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while let Some(&b) = bytes.get(i) {
-        if b == b'%' {
-            let hi = hex(*bytes.get(i + 1)?)?;
-            let lo = hex(*bytes.get(i + 2)?)?;
-            out.push((hi << 4) | lo);
-            i += 3;
-        } else {
-            out.push(b);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
 }
 
 #[cfg(test)]
@@ -1305,21 +1196,26 @@ mod tests {
     }
 
     #[test]
-    fn percent_decoding() {
-        let cases: &[(&str, Option<&str>)] = &[
-            ("", Some("")),
-            ("abc", Some("abc")),
-            ("a%2Fb%2fc", Some("a/b/c")),
-            ("%41%42", Some("AB")),
-            ("a+b", Some("a+b")),
-            ("%C3%A9", Some("é")),
-            ("%", None),
-            ("%4", None),
-            ("%4g", None),
-            ("%C3", None),
+    fn expect_continue_needs_a_complete_head() {
+        let cases: &[(&[u8], bool)] = &[
+            (
+                b"POST /api/send HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 5000\r\n\r\n",
+                true,
+            ),
+            (b"POST / HTTP/1.1\r\nExpect: 100-continue\r\n", false),
+            (b"POST / HTTP/1.1\r\nContent-Length: 1\r\n\r\n", false),
+            (
+                b"POST / HTTP/1.1\r\nExpect: 100-continue\r\nBad Header\r\n\r\n",
+                false,
+            ),
         ];
-        for &(input, expected) in cases {
-            assert_eq!(percent_decode(input).as_deref(), expected, "{input}");
+        for (buf, expected) in cases {
+            assert_eq!(
+                expects_continue(buf, &limits()),
+                *expected,
+                "{:?}",
+                String::from_utf8_lossy(buf)
+            );
         }
     }
 }

@@ -1,41 +1,49 @@
 //! Plain HTTP on the public listener: routing a request that is not (or not allowed to become)
-//! a WebSocket, and the fixed answers the server gives.
+//! a WebSocket, and the fixed answers the server gives. Every answer closes the connection.
 
-use crate::protocol::handshake::{write_response, write_response_typed, Request};
+use crate::http::response::{write_head, write_response, Persistence};
+use crate::protocol::handshake::Request;
 
 /// The seeds' test client, served at `GET /`.
 pub const DEMO_PAGE: &str = include_str!("../../static/index.html");
 
-/// Appends the answer to a plain (non-upgrade) request to `out`. While `draining`, `/healthz`
-/// answers 503 so load balancers take the node out.
+const TEXT: &str = "text/plain; charset=utf-8";
+
+/// Appends the answer to a plain (non-upgrade) request to `out` and returns its status. While
+/// `draining`, `/healthz` answers 503 so load balancers take the node out. `HEAD` gets the
+/// head `GET` would (RFC 9110 §9.3.2); any other method 405.
 pub fn answer_plain(request: &Request<'_>, draining: bool, out: &mut Vec<u8>) -> u16 {
     if request.method != "GET" && request.method != "HEAD" {
-        write_response(out, 405, &[("Allow", "GET")], "method not allowed\n");
+        let allow = [("Allow", "GET")];
+        write_response(
+            out,
+            405,
+            TEXT,
+            b"method not allowed\n",
+            Persistence::Close,
+            &allow,
+        );
         return 405;
     }
-    let head_only = request.method == "HEAD";
-    if draining && request.path == "/healthz" {
-        write_response_typed(
+    let retry = [("Retry-After", "5")];
+    let (status, content_type, body, headers): (u16, &str, &[u8], &[(&str, &str)]) =
+        match request.path {
+            "/healthz" if draining => (503, TEXT, b"draining\n", &retry),
+            "/" | "/index.html" => (200, "text/html; charset=utf-8", DEMO_PAGE.as_bytes(), &[]),
+            "/healthz" => (200, TEXT, b"ok\n", &[]),
+            _ => (404, TEXT, b"not found\n", &[]),
+        };
+    if request.method == "HEAD" {
+        write_head(
             out,
-            503,
-            &[("Retry-After", "5")],
-            "text/plain; charset=utf-8",
-            b"draining\n",
+            status,
+            content_type,
+            body.len(),
+            Persistence::Close,
+            headers,
         );
-        if head_only {
-            out.truncate(out.len() - b"draining\n".len());
-        }
-        return 503;
-    }
-    let (status, content_type, body): (u16, &str, &[u8]) = match request.path {
-        "/" | "/index.html" => (200, "text/html; charset=utf-8", DEMO_PAGE.as_bytes()),
-        "/healthz" => (200, "text/plain; charset=utf-8", b"ok\n"),
-        _ => (404, "text/plain; charset=utf-8", b"not found\n"),
-    };
-    let start = out.len();
-    write_response_typed(out, status, &[], content_type, body);
-    if head_only {
-        out.truncate(start + (out.len() - start - body.len()));
+    } else {
+        write_response(out, status, content_type, body, Persistence::Close, headers);
     }
     status
 }

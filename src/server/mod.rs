@@ -2,6 +2,7 @@
 //! `SO_REUSEPORT` listener per worker and runs one [`worker`] thread per core; each worker owns
 //! its connections for life and calls the sans-IO [`crate::protocol`] for every byte.
 
+mod api_conn;
 pub mod connection;
 pub mod drain;
 pub mod http;
@@ -17,17 +18,18 @@ pub use sys::{open_files_limit, raise_open_files_limit};
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crate::config::Config;
-use crate::metrics::{CloseCodes, HandshakeFailure, HandshakeFailures, Histogram};
 use crate::protocol::handshake::HandshakeConfig;
 use crate::protocol::message::{DecoderConfig, Role};
 use crate::session::SessionConfig;
+
+pub use crate::metrics::Stats;
 
 /// The timer wheel's resolution.
 const TICK: Duration = Duration::from_millis(10);
@@ -98,83 +100,6 @@ impl Settings {
 fn ticks(d: Duration, tick: Duration) -> u64 {
     let n = d.as_nanos().div_ceil(tick.as_nanos().max(1));
     u64::try_from(n).unwrap_or(u64::MAX).max(1)
-}
-
-/// Counters shared by all workers (relaxed atomics: figures, not synchronisation).
-#[derive(Debug, Default)]
-pub struct Stats {
-    /// Open WebSocket connections.
-    open: AtomicUsize,
-    /// Open WebSocket connections per worker.
-    worker_open: Vec<AtomicUsize>,
-    /// SIGTERM/SIGINT arrived: `/healthz` and new upgrades get 503.
-    pub draining: AtomicBool,
-    pub handshake_failure_reasons: HandshakeFailures,
-    pub close_sent: CloseCodes,
-    pub close_received: CloseCodes,
-    /// Data frames queued for clients (echoes, replies and fan-out deliveries).
-    pub messages_out: AtomicU64,
-    /// From the hub taking a message to the worker having written it to every local
-    /// recipient's socket (or queue).
-    pub publish_latency: Histogram,
-    pub accepted: AtomicU64,
-    pub upgrades: AtomicU64,
-    pub handshake_failures: AtomicU64,
-    pub protocol_errors: AtomicU64,
-    pub messages_in: AtomicU64,
-    pub slow_consumers: AtomicU64,
-    pub pong_timeouts: AtomicU64,
-    /// Times a worker paused accepting after EMFILE/ENFILE.
-    pub accept_pauses: AtomicU64,
-    /// Channel subscriptions held (not counting `$user`).
-    pub subscriptions: AtomicUsize,
-    /// Frames queued for push connections by fan-out.
-    pub deliveries: AtomicU64,
-    pub bytes_in: AtomicU64,
-    pub bytes_out: AtomicU64,
-    /// API requests refused with 503 because workers' inboxes were full.
-    pub api_overloaded: AtomicU64,
-}
-
-impl Stats {
-    pub fn new(workers: usize) -> Stats {
-        Stats {
-            worker_open: (0..workers).map(|_| AtomicUsize::new(0)).collect(),
-            ..Stats::default()
-        }
-    }
-
-    pub fn open(&self) -> usize {
-        self.open.load(Ordering::Relaxed)
-    }
-
-    /// Open connections on each worker.
-    pub fn open_by_worker(&self) -> Vec<usize> {
-        self.worker_open
-            .iter()
-            .map(|n| n.load(Ordering::Relaxed))
-            .collect()
-    }
-
-    fn upgraded(&self, worker: usize) {
-        self.open.fetch_add(1, Ordering::Relaxed);
-        self.upgrades.fetch_add(1, Ordering::Relaxed);
-        if let Some(n) = self.worker_open.get(worker) {
-            n.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-
-    fn closed(&self, worker: usize) {
-        self.open.fetch_sub(1, Ordering::Relaxed);
-        if let Some(n) = self.worker_open.get(worker) {
-            n.fetch_sub(1, Ordering::Relaxed);
-        }
-    }
-
-    fn handshake_failed(&self, why: HandshakeFailure) {
-        self.handshake_failures.fetch_add(1, Ordering::Relaxed);
-        self.handshake_failure_reasons.add(why);
-    }
 }
 
 /// A running server: its workers and the means to stop them.

@@ -1,10 +1,14 @@
-//! The figures operators watch: counters and gauges shared by the workers and the hub (relaxed
-//! atomics — figures, not synchronisation), a fixed-bucket latency histogram, and their
-//! rendering in the Prometheus text format (version 0.0.4) for `GET /metrics`.
+//! The figures operators watch: [`Stats`], the counters and gauges shared by the workers and
+//! the hub (relaxed atomics — figures, not synchronisation), with counts by close code and by
+//! handshake failure and a fixed-bucket latency histogram. Their rendering for `GET /metrics`
+//! (Prometheus text) and `GET /api/stats` (JSON) is [`render`]'s.
 
-use std::fmt::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
+pub mod render;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
+
+pub use render::Exposition;
 
 /// Close codes counted by name; anything else is counted as "other".
 pub const CLOSE_CODES: [u16; 10] = [1000, 1001, 1002, 1003, 1007, 1008, 1009, 1011, 4000, 4001];
@@ -16,6 +20,7 @@ pub struct CloseCodes {
 }
 
 impl CloseCodes {
+    /// Counts one close frame with `code` (under "other" if not in [`CLOSE_CODES`]).
     pub fn add(&self, code: u16) {
         let i = CLOSE_CODES
             .iter()
@@ -24,6 +29,7 @@ impl CloseCodes {
         self.counts[i].fetch_add(1, Ordering::Relaxed);
     }
 
+    /// The count for `code`; 0 for a code not in [`CLOSE_CODES`].
     pub fn get(&self, code: u16) -> u64 {
         CLOSE_CODES
             .iter()
@@ -44,15 +50,25 @@ impl CloseCodes {
 /// Why an upgrade did not happen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HandshakeFailure {
+    /// 400 (and any status not named below).
     BadRequest,
+    /// 401.
     Unauthorized,
+    /// 403.
     Forbidden,
+    /// 404.
     NotFound,
+    /// 405.
     MethodNotAllowed,
+    /// 426: not `Sec-WebSocket-Version: 13`.
     UpgradeRequired,
+    /// 429: a per-address limit.
     TooManyRequests,
+    /// 431.
     HeadTooLarge,
+    /// 503: draining or full.
     Unavailable,
+    /// No complete request within `--handshake-timeout`.
     Timeout,
 }
 
@@ -85,6 +101,7 @@ impl HandshakeFailure {
         }
     }
 
+    /// The `reason` label value in `edgepush_handshake_failures_total`.
     pub fn label(self) -> &'static str {
         match self {
             HandshakeFailure::BadRequest => "bad_request",
@@ -108,10 +125,12 @@ pub struct HandshakeFailures {
 }
 
 impl HandshakeFailures {
+    /// Counts one failure.
     pub fn add(&self, why: HandshakeFailure) {
         self.counts[why as usize].fetch_add(1, Ordering::Relaxed);
     }
 
+    /// The count for `why`.
     pub fn get(&self, why: HandshakeFailure) -> u64 {
         self.counts[why as usize].load(Ordering::Relaxed)
     }
@@ -131,6 +150,7 @@ pub struct Histogram {
 }
 
 impl Histogram {
+    /// Counts one observation of `d` (saturating at `u64::MAX` microseconds).
     pub fn observe(&self, d: Duration) {
         let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
         let i = LATENCY_BOUNDS_US.partition_point(|b| *b < us);
@@ -138,122 +158,99 @@ impl Histogram {
         self.sum_us.fetch_add(us, Ordering::Relaxed);
     }
 
+    /// Observations so far.
     pub fn count(&self) -> u64 {
         self.buckets.iter().map(|b| b.load(Ordering::Relaxed)).sum()
     }
 }
 
-/// Builds Prometheus text: one `# HELP`/`# TYPE` block per family.
+/// Counters shared by all workers (relaxed atomics: figures, not synchronisation).
 #[derive(Debug, Default)]
-pub struct Exposition {
-    out: String,
+pub struct Stats {
+    /// Open WebSocket connections.
+    pub(crate) open: AtomicUsize,
+    /// Open WebSocket connections per worker.
+    pub(crate) worker_open: Vec<AtomicUsize>,
+    /// SIGTERM/SIGINT arrived: `/healthz` and new upgrades get 503.
+    pub draining: AtomicBool,
+    /// Failed upgrades by reason.
+    pub handshake_failure_reasons: HandshakeFailures,
+    /// Close frames sent, by code.
+    pub close_sent: CloseCodes,
+    /// Close frames received, by code.
+    pub close_received: CloseCodes,
+    /// Data frames queued for clients (echoes, replies and fan-out deliveries).
+    pub messages_out: AtomicU64,
+    /// From the hub taking a message to the worker having written it to every local
+    /// recipient's socket (or queue).
+    pub publish_latency: Histogram,
+    /// TCP connections accepted on the public listener.
+    pub accepted: AtomicU64,
+    /// Successful WebSocket upgrades.
+    pub upgrades: AtomicU64,
+    /// Upgrades refused or timed out (the sum of `handshake_failure_reasons`).
+    pub handshake_failures: AtomicU64,
+    /// Connections failed for breaking RFC 6455.
+    pub protocol_errors: AtomicU64,
+    /// Messages received from clients.
+    pub messages_in: AtomicU64,
+    /// Connections closed with 1008 at `--max-backlog`.
+    pub slow_consumers: AtomicU64,
+    /// Connections dropped for silence after a ping.
+    pub pong_timeouts: AtomicU64,
+    /// Times a worker paused accepting after EMFILE/ENFILE.
+    pub accept_pauses: AtomicU64,
+    /// Channel subscriptions held (not counting `$user`).
+    pub subscriptions: AtomicUsize,
+    /// Frames queued for push connections by fan-out.
+    pub deliveries: AtomicU64,
+    /// Bytes read from clients.
+    pub bytes_in: AtomicU64,
+    /// Bytes written to clients.
+    pub bytes_out: AtomicU64,
+    /// API requests refused with 503 because workers' inboxes were full.
+    pub api_overloaded: AtomicU64,
 }
 
-impl Exposition {
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    fn header(&mut self, name: &str, kind: &str, help: &str) {
-        let _ = writeln!(self.out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-    }
-
-    pub fn gauge(&mut self, name: &str, help: &str, value: u64) {
-        self.header(name, "gauge", help);
-        let _ = writeln!(self.out, "{name} {value}");
-    }
-
-    pub fn counter(&mut self, name: &str, help: &str, value: u64) {
-        self.header(name, "counter", help);
-        let _ = writeln!(self.out, "{name} {value}");
-    }
-
-    /// One family with a label, e.g. `edgepush_close_codes_sent_total{code="1000"} 3`.
-    pub fn labelled(
-        &mut self,
-        name: &str,
-        kind: &str,
-        help: &str,
-        label: &str,
-        samples: impl IntoIterator<Item = (String, u64)>,
-    ) {
-        self.header(name, kind, help);
-        for (value, n) in samples {
-            let _ = writeln!(self.out, "{name}{{{label}=\"{value}\"}} {n}");
+impl Stats {
+    /// Zeroed figures for `workers` event-loop threads.
+    pub fn new(workers: usize) -> Stats {
+        Stats {
+            worker_open: (0..workers).map(|_| AtomicUsize::new(0)).collect(),
+            ..Stats::default()
         }
     }
 
-    pub fn close_codes(&mut self, name: &str, help: &str, codes: &CloseCodes) {
-        self.labelled(name, "counter", help, "code", codes.samples());
+    /// Open WebSocket connections.
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
     }
 
-    pub fn handshake_failures(&mut self, name: &str, help: &str, failures: &HandshakeFailures) {
-        let samples = HandshakeFailure::ALL
+    /// Open connections on each worker.
+    pub fn open_by_worker(&self) -> Vec<usize> {
+        self.worker_open
             .iter()
-            .map(|f| (f.label().to_owned(), failures.get(*f)));
-        self.labelled(name, "counter", help, "reason", samples);
+            .map(|n| n.load(Ordering::Relaxed))
+            .collect()
     }
 
-    /// A histogram in seconds with cumulative buckets, `_sum` and `_count`.
-    pub fn histogram(&mut self, name: &str, help: &str, h: &Histogram) {
-        self.header(name, "histogram", help);
-        let mut cumulative = 0;
-        for (i, bound) in LATENCY_BOUNDS_US.iter().enumerate() {
-            cumulative += h.buckets[i].load(Ordering::Relaxed);
-            let le = *bound as f64 / 1e6;
-            let _ = writeln!(self.out, "{name}_bucket{{le=\"{le}\"}} {cumulative}");
+    pub(crate) fn upgraded(&self, worker: usize) {
+        self.open.fetch_add(1, Ordering::Relaxed);
+        self.upgrades.fetch_add(1, Ordering::Relaxed);
+        if let Some(n) = self.worker_open.get(worker) {
+            n.fetch_add(1, Ordering::Relaxed);
         }
-        let count = h.count();
-        let _ = writeln!(self.out, "{name}_bucket{{le=\"+Inf\"}} {count}");
-        let sum = h.sum_us.load(Ordering::Relaxed) as f64 / 1e6;
-        let _ = writeln!(self.out, "{name}_sum {sum}\n{name}_count {count}");
     }
 
-    pub fn finish(self) -> String {
-        self.out
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn histogram_buckets_are_cumulative() {
-        let h = Histogram::default();
-        h.observe(Duration::from_micros(40));
-        h.observe(Duration::from_micros(700));
-        h.observe(Duration::from_secs(5));
-        let mut e = Exposition::new();
-        e.histogram("x_seconds", "test", &h);
-        let text = e.finish();
-        assert!(
-            text.contains("x_seconds_bucket{le=\"0.00005\"} 1\n"),
-            "{text}"
-        );
-        assert!(
-            text.contains("x_seconds_bucket{le=\"0.001\"} 2\n"),
-            "{text}"
-        );
-        assert!(text.contains("x_seconds_bucket{le=\"1\"} 2\n"), "{text}");
-        assert!(text.contains("x_seconds_bucket{le=\"+Inf\"} 3\n"), "{text}");
-        assert!(text.contains("x_seconds_count 3\n"));
+    pub(crate) fn closed(&self, worker: usize) {
+        self.open.fetch_sub(1, Ordering::Relaxed);
+        if let Some(n) = self.worker_open.get(worker) {
+            n.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 
-    #[test]
-    fn codes_and_reasons() {
-        let c = CloseCodes::default();
-        c.add(1000);
-        c.add(1000);
-        c.add(4999);
-        assert_eq!(c.get(1000), 2);
-        let mut e = Exposition::new();
-        e.close_codes("c_total", "codes", &c);
-        let text = e.finish();
-        assert!(text.contains("c_total{code=\"1000\"} 2\n"));
-        assert!(text.contains("c_total{code=\"other\"} 1\n"));
-        let f = HandshakeFailures::default();
-        f.add(HandshakeFailure::from_status(429));
-        assert_eq!(f.get(HandshakeFailure::TooManyRequests), 1);
+    pub(crate) fn handshake_failed(&self, why: HandshakeFailure) {
+        self.handshake_failures.fetch_add(1, Ordering::Relaxed);
+        self.handshake_failure_reasons.add(why);
     }
 }
