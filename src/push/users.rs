@@ -421,8 +421,14 @@ mod tests {
         users.join(name, member).0
     }
 
-    fn m(worker: WorkerId, conn: ConnId) -> Member {
-        Member { worker, conn }
+    /// Connection `n` (slab key `n`, generation 0).
+    fn c(n: u32) -> ConnId {
+        ConnId::new(n, 0)
+    }
+
+    /// Worker `worker`'s connection `n`.
+    fn m(worker: WorkerId, n: u32) -> Member {
+        Member { worker, conn: c(n) }
     }
 
     fn members(users: &Users, id: UserId) -> Vec<(WorkerId, ConnId)> {
@@ -453,13 +459,13 @@ mod tests {
         let b = join(&mut users, "bob", m(0, 2));
         assert_ne!(a, b);
         assert_eq!(users.len(), 2);
-        assert_eq!(members(&users, a), [(0, 1), (1, 7)]);
+        assert_eq!(members(&users, a), [(0, c(1)), (1, c(7))]);
         assert_eq!(users.find("bob"), Some(b));
         assert_eq!(users.find("carol"), None);
         assert_eq!(users.get(b).map(|u| u.name()), Some("bob"));
 
         users.leave(a, m(0, 1), 5);
-        assert_eq!(members(&users, a), [(1, 7)]);
+        assert_eq!(members(&users, a), [(1, c(7))]);
         users.leave(a, m(0, 1), 6);
         users.leave(a, m(1, 7), 7);
         assert!(users.get(a).is_some_and(|u| !u.has_members()));
@@ -493,7 +499,7 @@ mod tests {
     fn one_user_with_very_many_connections() {
         let mut users = Users::new();
         let id = join(&mut users, "anonymous", m(0, 0));
-        for conn in 1..20_000 {
+        for conn in 1..20_000u32 {
             assert_eq!(
                 join(&mut users, "anonymous", m(conn as usize % 2, conn)),
                 id
@@ -506,14 +512,14 @@ mod tests {
         );
         let count = |users: &Users| users.get(id).map_or(0, |u| u.members().count());
         assert_eq!(count(&users), 20_000);
-        for conn in (0..20_000).step_by(2) {
+        for conn in (0..20_000u32).step_by(2) {
             assert!(!users.leave(id, m(conn as usize % 2, conn), 1));
         }
         assert_eq!(count(&users), 10_000);
         assert!(users
             .get(id)
-            .is_some_and(|u| u.members().all(|m| m.conn % 2 == 1)));
-        for conn in (1..19_999).step_by(2) {
+            .is_some_and(|u| u.members().all(|m| m.conn.key() % 2 == 1)));
+        for conn in (1..19_999u32).step_by(2) {
             assert!(!users.leave(id, m(conn as usize % 2, conn), 2));
         }
         assert!(users.leave(id, m(1, 19_999), 3), "the last one leaves");
@@ -527,11 +533,11 @@ mod tests {
         let id = join(&mut users, &long, m(0, 0));
         assert_eq!(users.get(id).map(|u| u.name()), Some(long.as_str()));
         let ids: Vec<_> = (0..5_000)
-            .map(|i| join(&mut users, &format!("u{i}"), m(i % 2, i as ConnId)))
+            .map(|i| join(&mut users, &format!("u{i}"), m(i % 2, i as u32)))
             .collect();
         for (i, id) in ids.iter().enumerate() {
             assert_eq!(users.find(&format!("u{i}")), Some(*id));
-            users.leave(*id, m(i % 2, i as ConnId), 0);
+            users.leave(*id, m(i % 2, i as u32), 0);
         }
         users.expire(1, 1, |_| {});
         assert_eq!(users.len(), 1);
@@ -556,7 +562,7 @@ mod tests {
             let mut now = 0u32;
             for _ in 0..1_500 {
                 let name = format!("user-{}", next(40));
-                let member = m(next(2) as WorkerId, next(30));
+                let member = m(next(2) as WorkerId, next(30) as u32);
                 match next(10) {
                     0..=4 => {
                         let id = join(&mut users, &name, member);

@@ -328,10 +328,7 @@ impl Worker {
         if !conn.session.is_deadline(Tick(tick)) {
             return; // re-armed since
         }
-        let app_deadline = conn
-            .push
-            .as_ref()
-            .map_or(Tick::NEVER, |p| Tick(p.expires()));
+        let app_deadline = conn.push.as_ref().map_or(Tick::NEVER, |p| p.expires());
         let mut tx = Tx::new(&mut conn.outbound, cork);
         match conn
             .session

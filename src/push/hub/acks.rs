@@ -162,7 +162,7 @@ mod tests {
     use std::sync::Arc;
     use std::time::Instant;
 
-    use super::super::testing::{ch, join, subscribed_seq};
+    use super::super::testing::{c, ch, join, subscribed_seq};
     use super::super::{Command, HistoryConfig, Hub, ToHub, ToWorker};
     use super::*;
 
@@ -224,7 +224,7 @@ mod tests {
         let mut hub = Hub::new(2, HistoryConfig::default(), Instant::now());
         hub.on_message(ToHub::Subscribe {
             worker: 1,
-            conn: 7,
+            conn: c(7),
             stream: ch("news"),
             since: None,
             epoch: None,
@@ -269,12 +269,12 @@ mod tests {
     #[test]
     fn presence_merges_workers() {
         let mut hub = Hub::new(2, HistoryConfig::default(), Instant::now());
-        let (a, _, _) = join(&mut hub, 0, 1, "a", None, None);
-        let (b, _, _) = join(&mut hub, 0, 2, "b", None, None);
+        let (a, _, _) = join(&mut hub, 0, c(1), "a", None, None);
+        let (b, _, _) = join(&mut hub, 0, c(2), "b", None, None);
         for worker in [0, 1] {
             hub.on_message(ToHub::Subscribe {
                 worker,
-                conn: 1,
+                conn: c(1),
                 stream: ch("room"),
                 since: None,
                 epoch: None,

@@ -235,15 +235,21 @@ pub fn encode_message(
 /// same checks.
 #[cfg(test)]
 mod tests {
-    use super::super::{HistoryConfig, MemoryBroker};
+    use super::super::{ConnId, HistoryConfig, MemoryBroker};
     use super::*;
 
     fn memory(history: HistoryConfig) -> MemoryBroker {
         MemoryBroker::new(history, Instant::now())
     }
 
-    fn member(worker: WorkerId, conn: u64) -> Member {
-        Member { worker, conn }
+    /// Connection `n` (slab key `n`, generation 0).
+    fn c(n: u32) -> ConnId {
+        ConnId::new(n, 0)
+    }
+
+    /// Worker `worker`'s connection `n`.
+    fn member(worker: WorkerId, n: u32) -> Member {
+        Member { worker, conn: c(n) }
     }
 
     fn news() -> Arc<str> {
@@ -312,7 +318,7 @@ mod tests {
         // Publishes and subscribes interleaved: each answer's top is the last seq reported
         // before it, and the next message after it is top + 1.
         let mut last = 0;
-        for round in 0..5u64 {
+        for round in 0..5u32 {
             for _ in 0..round {
                 broker.publish(PublishTo::Channel(&news()), "0", None);
             }
@@ -398,7 +404,7 @@ mod tests {
             .map(|m| (m.worker, m.conn))
             .collect();
         members.sort_unstable();
-        assert_eq!(members, [(0, 1), (1, 9)]);
+        assert_eq!(members, [(0, c(1)), (1, c(9))]);
         broker.leave_user(member(1, 9), id);
         assert_eq!(broker.user_members(id).count(), 1);
     }

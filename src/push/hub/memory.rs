@@ -323,6 +323,7 @@ impl Broker for MemoryBroker {
 
 #[cfg(test)]
 mod tests {
+    use super::super::testing::c;
     use super::*;
 
     #[test]
@@ -334,7 +335,10 @@ mod tests {
     #[test]
     fn requests_complete_at_once_in_request_order() {
         let mut broker = MemoryBroker::new(HistoryConfig::default(), Instant::now());
-        let member = Member { worker: 0, conn: 1 };
+        let member = Member {
+            worker: 0,
+            conn: c(1),
+        };
         let news: Arc<str> = Arc::from("news");
         broker.publish(PublishTo::Channel(&news), "1", Some(7));
         broker.subscribe(member, Stream::Channel(Arc::clone(&news)), None, None);
@@ -360,7 +364,10 @@ mod tests {
         assert_eq!(broker.stream_counts(), (0, 0));
         assert_eq!(broker.next_tick(), None);
         broker.subscribe(
-            Member { worker: 3, conn: 1 },
+            Member {
+                worker: 3,
+                conn: c(1),
+            },
             Stream::Channel(Arc::from("c")),
             None,
             None,

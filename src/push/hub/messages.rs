@@ -2,6 +2,7 @@
 //! the ids they carry. Plain data: the hub (`super`) produces and consumes them, the server
 //! ships them through the workers' FIFO inboxes and the hub's channel.
 
+use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -11,8 +12,41 @@ pub use crate::push::users::UserId;
 
 /// Which worker (event-loop thread).
 pub type WorkerId = usize;
-/// A connection, as its worker names it (opaque to the hub).
-pub type ConnId = u64;
+/// A push connection, as its worker names it: the worker's slab key in the low 32 bits and
+/// that slot's generation in the high 32. The generation makes an id held by the hub or a
+/// router table unable to reach a later connection that reused the slot. Opaque to the hub
+/// (it only stores and returns it); the worker converts its connection handle to and from
+/// this in one place (`server::worker::push`). Not a mio token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnId(u64);
+
+impl ConnId {
+    /// The id of the connection in slab slot `key` at `generation`.
+    #[must_use]
+    pub const fn new(key: u32, generation: u32) -> ConnId {
+        ConnId((key as u64) | ((generation as u64) << 32))
+    }
+
+    /// The slab key (low 32 bits).
+    #[must_use]
+    pub const fn key(self) -> u32 {
+        self.0 as u32
+    }
+
+    /// The slot's generation (high 32 bits).
+    #[must_use]
+    pub const fn generation(self) -> u32 {
+        (self.0 >> 32) as u32
+    }
+}
+
+/// `key:generation`, e.g. `7:0`.
+impl fmt::Display for ConnId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.key(), self.generation())
+    }
+}
+
 /// An API request waiting for workers' acknowledgements (or for its broker's answer).
 pub type AckId = u64;
 /// A push-API connection on the hub thread (opaque to the hub).
@@ -226,4 +260,22 @@ pub struct Answer {
     pub status: u16,
     /// The JSON body.
     pub body: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conn_id_packs_key_and_generation() {
+        let id = ConnId::new(12345, 0xdead_beef);
+        assert_eq!((id.key(), id.generation()), (12345, 0xdead_beef));
+        assert_eq!(id.0, 0xdead_beef_0000_3039);
+        assert_eq!(id.to_string(), "12345:3735928559");
+        assert_ne!(
+            ConnId::new(1, 1),
+            ConnId::new(1, 2),
+            "a reused slot is another id"
+        );
+    }
 }

@@ -378,7 +378,7 @@ fn workers_in(mask: u64) -> Vec<WorkerId> {
 
 #[cfg(test)]
 mod tests {
-    use super::testing::{answer, ch, join, publish_n, sub};
+    use super::testing::{answer, c, ch, join, publish_n, sub};
     use super::*;
 
     #[test]
@@ -420,7 +420,7 @@ mod tests {
         for worker in [0, 1] {
             hub.on_message(ToHub::Subscribe {
                 worker,
-                conn: 1,
+                conn: c(1),
                 stream: ch("c"),
                 since: None,
                 epoch: None,
@@ -482,10 +482,10 @@ mod tests {
     #[test]
     fn user_sends_reach_every_connection_of_the_user_by_worker() {
         let mut hub = Hub::new(2, HistoryConfig::default(), Instant::now());
-        let (id, _, _) = join(&mut hub, 0, 10, "ann", None, None);
-        join(&mut hub, 1, 20, "ann", None, None);
-        join(&mut hub, 1, 21, "ann", None, None);
-        join(&mut hub, 1, 30, "bob", None, None);
+        let (id, _, _) = join(&mut hub, 0, c(10), "ann", None, None);
+        join(&mut hub, 1, c(20), "ann", None, None);
+        join(&mut hub, 1, c(21), "ann", None, None);
+        join(&mut hub, 1, c(30), "bob", None, None);
         let send = Command::Send {
             user: Arc::from("ann"),
             data: "1".into(),
@@ -508,12 +508,15 @@ mod tests {
             .collect();
         assert_eq!(
             targets,
-            [(0, Target::Conn(10)), (1, Target::Conns(vec![20, 21]))]
+            [
+                (0, Target::Conn(c(10))),
+                (1, Target::Conns(vec![c(20), c(21)]))
+            ]
         );
         // Disconnect goes to the same connections.
         hub.on_message(ToHub::LeaveUser {
             worker: 1,
-            conn: 20,
+            conn: c(20),
             user: id,
         });
         hub.command(
@@ -529,7 +532,7 @@ mod tests {
                 other => panic!("{other:?}"),
             })
             .collect();
-        assert_eq!(conns, [(0, vec![10]), (1, vec![21])]);
+        assert_eq!(conns, [(0, vec![c(10)]), (1, vec![c(21)])]);
     }
 
     #[test]
@@ -548,7 +551,7 @@ mod tests {
         let epoch = answer_epoch(&hub);
         hub.on_message(ToHub::Subscribe {
             worker: 0,
-            conn: 2,
+            conn: c(2),
             stream: ch("n"),
             since: Some(1),
             epoch: Some(epoch),
@@ -570,10 +573,10 @@ mod tests {
         assert_eq!(
             inbox,
             [
-                "subscribed 1 at 0 replaying 0",
+                "subscribed 1:0 at 0 replaying 0",
                 "message 1",
                 "message 2",
-                "subscribed 2 at 2 replaying 1",
+                "subscribed 2:0 at 2 replaying 1",
                 "message 3",
             ]
         );

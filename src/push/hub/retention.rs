@@ -272,7 +272,7 @@ fn add_counts(total: &mut (usize, usize), (n, bytes): (usize, usize)) {
 mod tests {
     use std::sync::Arc;
 
-    use super::super::testing::{answer, join, publish_n, sub};
+    use super::super::testing::{answer, c, join, publish_n, sub};
     use super::super::{Broker, Command, Hub, MemoryBroker, PublishTo, ToHub};
     use super::*;
 
@@ -400,7 +400,10 @@ mod tests {
             ..HistoryConfig::default()
         };
         let mut broker = MemoryBroker::new(config, Instant::now());
-        let member = crate::push::users::Member { worker: 0, conn: 1 };
+        let member = crate::push::users::Member {
+            worker: 0,
+            conn: c(1),
+        };
         broker.join_user(member, "u", None, None);
         for _ in 0..5 {
             broker.publish(PublishTo::Channel(&Arc::from("c")), "1", None);
@@ -430,23 +433,23 @@ mod tests {
         };
         // Never connected: nothing kept.
         assert_eq!(send(&mut hub), "{\"seq\":0,\"delivered\":0}");
-        let (id, epoch, _) = join(&mut hub, 0, 1, "u1", None, None);
+        let (id, epoch, _) = join(&mut hub, 0, c(1), "u1", None, None);
         hub.on_message(ToHub::LeaveUser {
             worker: 0,
-            conn: 1,
+            conn: c(1),
             user: id,
         });
         // Offline for a moment: kept, and recovered on reconnect.
         hub.tick(start + Duration::from_secs(10));
         assert!(send(&mut hub).starts_with("{\"seq\":1,"));
         assert_eq!(hub.history_size().0, 1);
-        let (again, _, replayed) = join(&mut hub, 0, 2, "u1", Some(0), Some(epoch.clone()));
+        let (again, _, replayed) = join(&mut hub, 0, c(2), "u1", Some(0), Some(epoch.clone()));
         assert_eq!((again, replayed), (id, 1));
         // Another message while offline, then gone for longer than the TTL: the stream is
         // dropped with its history (and the history's charge); sends keep nothing.
         hub.on_message(ToHub::LeaveUser {
             worker: 0,
-            conn: 2,
+            conn: c(2),
             user: id,
         });
         hub.tick(start + Duration::from_secs(50));
@@ -461,7 +464,7 @@ mod tests {
         assert_eq!(hub.history_size(), (0, 0));
         assert_eq!(send(&mut hub), "{\"seq\":0,\"delivered\":0}");
         // Back under a new epoch: an old position is not recovered.
-        let (_, fresh, replayed) = join(&mut hub, 0, 3, "u1", Some(2), Some(epoch.clone()));
+        let (_, fresh, replayed) = join(&mut hub, 0, c(3), "u1", Some(2), Some(epoch.clone()));
         assert_ne!(fresh, epoch);
         assert_eq!(replayed, 0);
     }
@@ -476,12 +479,12 @@ mod tests {
         let mut hub = Hub::new(1, config, start);
         // 50 users connect and leave, one a second: only the 10 who left last are kept.
         let mut ids = Vec::new();
-        for i in 0..50u64 {
-            hub.tick(start + Duration::from_secs(i));
-            let (id, _, _) = join(&mut hub, 0, i, &format!("u{i}"), None, None);
+        for i in 0..50u32 {
+            hub.tick(start + Duration::from_secs(u64::from(i)));
+            let (id, _, _) = join(&mut hub, 0, c(i), &format!("u{i}"), None, None);
             hub.on_message(ToHub::LeaveUser {
                 worker: 0,
-                conn: i,
+                conn: c(i),
                 user: id,
             });
             ids.push(id);
@@ -494,12 +497,12 @@ mod tests {
         assert_eq!(users(&hub).idle_count(), 10);
         assert!(users(&hub).get(ids[39]).is_none() && users(&hub).get(ids[40]).is_some());
         // Coming back takes a stream off the budget; leaving again puts it back.
-        let (again, _, _) = join(&mut hub, 0, 99, "u45", None, None);
+        let (again, _, _) = join(&mut hub, 0, c(99), "u45", None, None);
         assert_eq!(again, ids[45]);
         assert_eq!(hub.history_size().1, 9 * IDLE_USER_COST);
         hub.on_message(ToHub::LeaveUser {
             worker: 0,
-            conn: 99,
+            conn: c(99),
             user: again,
         });
         assert_eq!(hub.history_size().1, 10 * IDLE_USER_COST);

@@ -4,6 +4,11 @@ use std::sync::Arc;
 
 use super::{ConnId, Hub, Stream, ToHub, ToWorker, UserId, WorkerId};
 
+/// Connection `n` (slab key `n`, generation 0).
+pub(super) fn c(n: u32) -> ConnId {
+    ConnId::new(n, 0)
+}
+
 pub(super) fn ch(name: &str) -> Stream {
     Stream::Channel(Arc::from(name))
 }
@@ -19,7 +24,7 @@ pub(super) fn subscribed_seq(msg: &ToWorker) -> u64 {
 pub(super) fn sub(since: Option<u64>, epoch: Option<&str>) -> ToHub {
     ToHub::Subscribe {
         worker: 0,
-        conn: 1,
+        conn: c(1),
         stream: ch("n"),
         since,
         epoch: epoch.map(str::to_owned),

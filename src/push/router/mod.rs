@@ -47,49 +47,17 @@ use crate::push::auth::{verify_hs256, Claims, Grants};
 use crate::push::client_protocol::{
     parse_client_op, write_error, write_unsubscribed, ClientOp, OpError,
 };
-use crate::push::hub::{self, AckId, Stream, Target, ToHub, UserId, WorkerId};
+use crate::push::hub::{AckId, Stream, Target, ToHub, UserId, WorkerId};
 use crate::push::names::USER_CHANNEL;
 use crate::push::subscribers::{Slot, Table};
+use crate::tick::Tick;
 
+pub use crate::push::hub::ConnId;
 pub use push_conn::{JoinedAt, PushConn, Subscription, TokenGrant};
 
 /// Subscribe requests (the `$user` join included) one connection may have waiting for the
 /// hub's answer; more get error 429.
 pub const MAX_SUBSCRIBES_IN_FLIGHT: u8 = 16;
-
-/// A push connection as the router and the hub name it: the worker's slab key in the low 32
-/// bits and that slot's generation in the high 32. The generation makes an id held by the hub
-/// or a table unable to reach a later connection that reused the slot. The server converts
-/// its connection handle to and from this in one place (`server::worker::push`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ConnId(u64);
-
-impl ConnId {
-    /// The id of the connection in slab slot `key` at `generation`.
-    pub const fn new(key: u32, generation: u32) -> ConnId {
-        ConnId((key as u64) | ((generation as u64) << 32))
-    }
-
-    /// The slab key (low 32 bits).
-    pub const fn key(self) -> u32 {
-        self.0 as u32
-    }
-
-    /// The slot's generation (high 32 bits).
-    pub const fn generation(self) -> u32 {
-        (self.0 >> 32) as u32
-    }
-
-    /// The id as the hub's messages carry it (the same 64 bits, opaque to the hub).
-    pub const fn to_hub(self) -> hub::ConnId {
-        self.0
-    }
-
-    /// The id a hub message carries.
-    pub const fn from_hub(id: hub::ConnId) -> ConnId {
-        ConnId(id)
-    }
-}
 
 /// Where the router finds a connection's push state: the worker's connections.
 pub trait PushConns {
@@ -103,7 +71,7 @@ pub trait PushConns {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Now {
     /// The worker's timer-wheel tick.
-    pub tick: u64,
+    pub tick: Tick,
     /// Time since the Unix epoch.
     pub unix: Duration,
 }
@@ -141,7 +109,7 @@ pub enum Effect {
         /// The connection.
         conn: ConnId,
         /// Wheel tick of the new expiry.
-        expires: u64,
+        expires: Tick,
     },
 }
 
@@ -157,22 +125,13 @@ pub enum Recipients<'a> {
 
 /// The connections of a [`Recipients::Listed`], without allocating.
 #[derive(Debug, Clone)]
-pub struct Listed<'a>(ListedInner<'a>);
-
-#[derive(Debug, Clone)]
-enum ListedInner<'a> {
-    Members(std::slice::Iter<'a, ConnId>),
-    Hub(std::slice::Iter<'a, hub::ConnId>),
-}
+pub struct Listed<'a>(std::slice::Iter<'a, ConnId>);
 
 impl Iterator for Listed<'_> {
     type Item = ConnId;
 
     fn next(&mut self) -> Option<ConnId> {
-        match &mut self.0 {
-            ListedInner::Members(it) => it.next().copied(),
-            ListedInner::Hub(it) => it.next().map(|&c| ConnId::from_hub(c)),
-        }
+        self.0.next().copied()
     }
 }
 
@@ -314,7 +273,7 @@ impl Router {
         self.in_flight.insert(conn, 1);
         self.tell_hub(ToHub::JoinUser {
             worker: self.config.worker,
-            conn: conn.to_hub(),
+            conn,
             user,
             since: None,
             epoch: None,
@@ -338,7 +297,7 @@ impl Router {
         match push.user {
             Some(user) => self.tell_hub(ToHub::LeaveUser {
                 worker: self.config.worker,
-                conn: conn.to_hub(),
+                conn,
                 user,
             }),
             // Not joined yet: the hub's answer will find the connection gone and leave.
@@ -413,7 +372,7 @@ impl Router {
             let message = match push.user {
                 Some(user) => ToHub::Subscribe {
                     worker,
-                    conn: conn.to_hub(),
+                    conn,
                     stream: Stream::User(user),
                     since,
                     epoch,
@@ -421,7 +380,7 @@ impl Router {
                 None => match self.joining.get(&conn) {
                     Some(user) => ToHub::JoinUser {
                         worker,
-                        conn: conn.to_hub(),
+                        conn,
                         user: Arc::clone(user),
                         since,
                         epoch,
@@ -463,7 +422,7 @@ impl Router {
         self.channels.add_pending(&name);
         self.tell_hub(ToHub::Subscribe {
             worker,
-            conn: conn.to_hub(),
+            conn,
             stream: Stream::Channel(name),
             since,
             epoch,
@@ -592,7 +551,7 @@ impl Router {
         TokenGrant {
             grants,
             user_fingerprint: self.user_key.hash_one(claims.sub.as_str()),
-            expires: now.tick.saturating_add(ticks(left, self.config.tick)),
+            expires: now.tick + ticks(left, self.config.tick),
         }
     }
 
@@ -611,12 +570,12 @@ impl Router {
     /// duplicate check is needed.
     pub fn recipients<'a>(&'a self, target: &'a Target) -> Recipients<'a> {
         let listed = match target {
-            Target::Channel(channel) => ListedInner::Members(self.members(channel).iter()),
-            Target::Conn(conn) => ListedInner::Hub(std::slice::from_ref(conn).iter()),
-            Target::Conns(list) => ListedInner::Hub(list.iter()),
+            Target::Channel(channel) => self.members(channel),
+            Target::Conn(conn) => std::slice::from_ref(conn),
+            Target::Conns(list) => list,
             Target::Everyone => return Recipients::Everyone,
         };
-        Recipients::Listed(Listed(listed))
+        Recipients::Listed(Listed(listed.iter()))
     }
 
     /// The hub answered a subscribe of `conn` to `stream` at top `seq`, with `replay_len`
@@ -659,7 +618,7 @@ impl Router {
             // The hub made the connection a member when it asked; it is gone since.
             Stream::User(user) if !wanted => self.tell_hub(ToHub::LeaveUser {
                 worker: self.config.worker,
-                conn: conn.to_hub(),
+                conn,
                 user: *user,
             }),
             Stream::User(_) => {

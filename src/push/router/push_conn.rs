@@ -12,6 +12,7 @@ use std::sync::Arc;
 use crate::push::auth::Grants;
 use crate::push::hub::UserId;
 use crate::push::subscribers::Slot;
+use crate::tick::{ShortTick, Tick};
 
 /// What a push-endpoint connection is and holds (56 bytes; see the module doc).
 #[derive(Debug, Default)]
@@ -29,9 +30,9 @@ pub struct PushConn {
 struct RareState {
     grant: Option<TokenGrant>,
     more_subs: Vec<Subscription>,
-    /// The current one-second publish window: its start tick (wrapping) and the publishes
+    /// The current one-second publish window: its start tick (short form) and the publishes
     /// left in it. `None` until the first publish.
-    budget: Option<(u32, u16)>,
+    budget: Option<(ShortTick, u16)>,
 }
 
 /// What a connection keeps of its verified JWT (not to be confused with a mio token): what it
@@ -44,7 +45,7 @@ pub struct TokenGrant {
     /// The `sub` claim hashed with the worker's key.
     pub user_fingerprint: u64,
     /// Wheel tick of the `exp` claim (rounded up).
-    pub expires: u64,
+    pub expires: Tick,
 }
 
 impl PushConn {
@@ -52,9 +53,10 @@ impl PushConn {
         self.rare.get_or_insert_with(Default::default)
     }
 
-    /// Wheel tick at which the connection's token expires (`u64::MAX`: never).
-    pub fn expires(&self) -> u64 {
-        self.grant().map_or(u64::MAX, |t| t.expires)
+    /// Wheel tick at which the connection's token expires ([`Tick::NEVER`] in open mode).
+    #[must_use]
+    pub fn expires(&self) -> Tick {
+        self.grant().map_or(Tick::NEVER, |t| t.expires)
     }
 
     /// The connection's token grant; `None` in open mode.
@@ -141,11 +143,11 @@ impl PushConn {
 
     /// Takes one client publish from the budget of `rate` per `second` (ticks in a second)
     /// that starts at the window's first publish; `false` if none is left. `now` is the wheel
-    /// tick; the window arithmetic wraps at 32 bits.
-    pub fn take_publish(&mut self, now: u64, second: u64, rate: u16) -> bool {
-        let budget = self.rare().budget.get_or_insert((now as u32, rate));
-        if u64::from((now as u32).wrapping_sub(budget.0)) >= second {
-            *budget = (now as u32, rate);
+    /// tick; the window's start is kept short (see [`Tick::since_short`]).
+    pub fn take_publish(&mut self, now: Tick, second: u64, rate: u16) -> bool {
+        let budget = self.rare().budget.get_or_insert((now.short(), rate));
+        if now.since_short(budget.0) >= second {
+            *budget = (now.short(), rate);
         }
         if budget.1 == 0 {
             return false;
@@ -264,13 +266,13 @@ mod tests {
     fn publish_budget_refills_each_second() {
         let mut push = PushConn::default();
         let second = 100;
-        assert!(push.take_publish(5, second, 2));
-        assert!(push.take_publish(50, second, 2));
-        assert!(!push.take_publish(104, second, 2), "two per second");
-        assert!(push.take_publish(105, second, 2), "a new window");
+        assert!(push.take_publish(Tick(5), second, 2));
+        assert!(push.take_publish(Tick(50), second, 2));
+        assert!(!push.take_publish(Tick(104), second, 2), "two per second");
+        assert!(push.take_publish(Tick(105), second, 2), "a new window");
         // Tick counters wrap at 32 bits without stalling the budget.
         let mut push = PushConn::default();
-        let near = u64::from(u32::MAX) - 10;
+        let near = Tick(u64::from(u32::MAX) - 10);
         assert!(push.take_publish(near, second, 1));
         assert!(!push.take_publish(near + 50, second, 1));
         assert!(push.take_publish(near + 100, second, 1));

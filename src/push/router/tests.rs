@@ -21,7 +21,7 @@ impl PushConns for Conns {
     }
 }
 
-fn now(tick: u64) -> Now {
+fn now(tick: Tick) -> Now {
     Now {
         tick,
         unix: Duration::from_secs(1_000_000),
@@ -37,7 +37,7 @@ struct Sim {
     /// Messages for the hub, in order.
     hub: Vec<ToHub>,
     /// Re-armed token expiries.
-    expires: Vec<(ConnId, u64)>,
+    expires: Vec<(ConnId, Tick)>,
     /// The hub's side: each channel's top seq.
     tops: HashMap<String, u64>,
     users: Users,
@@ -77,7 +77,7 @@ impl Sim {
     }
 
     /// A connection is upgraded (open mode unless `claims`).
-    fn accept(&mut self, id: ConnId, user: &str, claims: Option<&Claims>, tick: u64) {
+    fn accept(&mut self, id: ConnId, user: &str, claims: Option<&Claims>, tick: Tick) {
         let push = self.router.accept(id, Arc::from(user), claims, now(tick));
         self.conns.0.insert(id, push);
         self.apply();
@@ -89,7 +89,7 @@ impl Sim {
             user,
             Member {
                 worker: 0,
-                conn: id.to_hub(),
+                conn: id,
             },
         );
         let join = self
@@ -108,16 +108,16 @@ impl Sim {
 
     /// A connection, upgraded and joined to its `$user` stream.
     fn connect(&mut self, id: ConnId) {
-        self.accept(id, "alice", None, 0);
+        self.accept(id, "alice", None, Tick(0));
         self.join_user(id, "alice");
         self.hub.clear();
     }
 
     fn client(&mut self, id: ConnId, json: &str) {
-        self.client_at(id, json, 0);
+        self.client_at(id, json, Tick(0));
     }
 
-    fn client_at(&mut self, id: ConnId, json: &str, tick: u64) {
+    fn client_at(&mut self, id: ConnId, json: &str, tick: Tick) {
         self.router.handle_message(
             &mut self.conns,
             id,
@@ -180,19 +180,6 @@ const C: ConnId = ConnId::new(3, 9);
 
 fn is_idle(message: &ToHub, channel: &str) -> bool {
     matches!(message, ToHub::Idle { channel: c, .. } if &**c == channel)
-}
-
-#[test]
-fn conn_id_packs_key_and_generation() {
-    let id = ConnId::new(12345, 0xdead_beef);
-    assert_eq!((id.key(), id.generation()), (12345, 0xdead_beef));
-    assert_eq!(id.to_hub(), 0xdead_beef_0000_3039);
-    assert_eq!(ConnId::from_hub(id.to_hub()), id);
-    assert_ne!(
-        ConnId::new(1, 1),
-        ConnId::new(1, 2),
-        "a reused slot is another id"
-    );
 }
 
 #[test]
@@ -313,10 +300,10 @@ fn deliveries_during_a_subscribe_in_flight_skip_the_newcomer_only() {
 #[test]
 fn user_stream_join_and_recovery() {
     let mut sim = Sim::new(8, None);
-    sim.accept(A, "alice", None, 0);
+    sim.accept(A, "alice", None, Tick(0));
     assert!(matches!(
         &sim.take_hub()[..],
-        [ToHub::JoinUser { conn, user, since: None, .. }] if *conn == A.to_hub() && &**user == "alice"
+        [ToHub::JoinUser { conn, user, since: None, .. }] if *conn == A && &**user == "alice"
     ));
     assert_eq!(sim.router.in_flight(A), 1);
     // A `$user` recovery before the join is answered goes by name.
@@ -344,19 +331,13 @@ fn user_stream_join_and_recovery() {
 #[test]
 fn a_connection_gone_before_its_user_join_is_answered_leaves_the_stream() {
     let mut sim = Sim::new(8, None);
-    sim.accept(A, "alice", None, 0);
+    sim.accept(A, "alice", None, Tick(0));
     sim.take_hub();
     let push = sim.conns.0.remove(&A).unwrap_or_default();
     sim.router.forget(&mut sim.conns, A, push);
     sim.apply();
     assert!(sim.take_hub().is_empty(), "nothing to leave yet");
-    let (uid, _) = sim.users.join(
-        "alice",
-        Member {
-            worker: 0,
-            conn: A.to_hub(),
-        },
-    );
+    let (uid, _) = sim.users.join("alice", Member { worker: 0, conn: A });
     let join = sim
         .router
         .subscribed(&mut sim.conns, A, &Stream::User(uid), 0, 0);
@@ -364,7 +345,7 @@ fn a_connection_gone_before_its_user_join_is_answered_leaves_the_stream() {
     assert_eq!(join, None);
     assert!(matches!(
         &sim.take_hub()[..],
-        [ToHub::LeaveUser { conn, user, .. }] if *conn == A.to_hub() && *user == uid
+        [ToHub::LeaveUser { conn, user, .. }] if *conn == A && *user == uid
     ));
 }
 
@@ -414,7 +395,7 @@ fn leaving_fixes_the_slot_of_the_member_that_moved() {
     sim.apply();
     let told = sim.take_hub();
     assert!(is_idle(&told[0], "news"), "{told:?}");
-    assert!(matches!(told[1], ToHub::LeaveUser { conn, .. } if conn == B.to_hub()));
+    assert!(matches!(told[1], ToHub::LeaveUser { conn, .. } if conn == B));
     assert!(sim.router.members("news").is_empty());
     assert_eq!(sim.router.take_subscriptions_delta(), 0);
 }
@@ -450,21 +431,25 @@ fn publish_rate_is_a_budget_per_second_of_ticks() {
     let mut sim = Sim::new(8, None);
     sim.connect(A);
     let publish = r#"{"op":"publish","channel":"chat","data":{"n":1}}"#;
-    sim.client_at(A, publish, 0);
-    sim.client_at(A, publish, 50);
+    sim.client_at(A, publish, Tick(0));
+    sim.client_at(A, publish, Tick(50));
     assert!(sim.got(A).is_empty());
     let hub = sim.take_hub();
     assert_eq!(hub.len(), 2);
     assert!(
         matches!(&hub[0], ToHub::Publish { channel, data } if &**channel == "chat" && data == r#"{"n":1}"#)
     );
-    sim.client_at(A, publish, 99);
+    sim.client_at(A, publish, Tick(99));
     assert!(sim.got(A)[0].contains("429"), "{:?}", sim.got(A));
     assert!(sim.take_hub().is_empty());
-    sim.client_at(A, publish, 100); // 100 ticks of 10 ms: a new second
+    sim.client_at(A, publish, Tick(100)); // 100 ticks of 10 ms: a new second
     assert_eq!(sim.take_hub().len(), 1);
     // Never to a server channel, even in open mode.
-    sim.client_at(A, r#"{"op":"publish","channel":"$user","data":1}"#, 300);
+    sim.client_at(
+        A,
+        r#"{"op":"publish","channel":"$user","data":1}"#,
+        Tick(300),
+    );
     assert!(sim.got(A)[1].contains("403"));
 }
 
@@ -477,7 +462,7 @@ fn binary_ping_and_bad_ops_get_replies() {
         A,
         MessageKind::Binary,
         b"\0\0\0\x01",
-        now(0),
+        now(Tick(0)),
     );
     sim.apply();
     sim.client(A, "ping");
@@ -501,9 +486,14 @@ fn tokens_limit_channels_share_grants_and_refresh_for_the_same_user() {
     let mut sim = Sim::new(8, Some(SECRET));
     // Expires 10 s from `now`: 1000 ticks of 10 ms after tick 5.
     let alice = claims("alice", 1_000_010, r#""news""#);
-    sim.accept(A, "alice", Some(&alice), 5);
-    sim.accept(B, "bob", Some(&claims("bob", 1_000_010, r#""news""#)), 5);
-    assert_eq!(sim.conns.0[&A].expires(), 1005);
+    sim.accept(A, "alice", Some(&alice), Tick(5));
+    sim.accept(
+        B,
+        "bob",
+        Some(&claims("bob", 1_000_010, r#""news""#)),
+        Tick(5),
+    );
+    assert_eq!(sim.conns.0[&A].expires(), Tick(1005));
     assert_eq!(
         sim.router.grants.len(),
         1,
@@ -513,15 +503,19 @@ fn tokens_limit_channels_share_grants_and_refresh_for_the_same_user() {
     assert!(sim.got(A)[0].contains("403"));
     // A newer token for the same user: a later expiry.
     let newer = sign_hs256(r#"{"sub":"alice","exp":1000020,"channels":["*"]}"#, SECRET);
-    sim.client_at(A, &format!(r#"{{"op":"refresh","token":"{newer}"}}"#), 7);
-    assert_eq!(sim.expires, [(A, 2007)]);
-    assert_eq!(sim.conns.0[&A].expires(), 2007);
+    sim.client_at(
+        A,
+        &format!(r#"{{"op":"refresh","token":"{newer}"}}"#),
+        Tick(7),
+    );
+    assert_eq!(sim.expires, [(A, Tick(2007))]);
+    assert_eq!(sim.conns.0[&A].expires(), Tick(2007));
     assert_eq!(sim.router.grants.len(), 2);
     // Another user's token is refused and the old one kept.
     let mallory = sign_hs256(r#"{"sub":"mallory","exp":1000030}"#, SECRET);
     sim.client(A, &format!(r#"{{"op":"refresh","token":"{mallory}"}}"#));
     assert!(sim.got(A)[1].contains("another user"), "{:?}", sim.got(A));
-    assert_eq!(sim.conns.0[&A].expires(), 2007);
+    assert_eq!(sim.conns.0[&A].expires(), Tick(2007));
     assert_eq!(sim.router.grants.len(), 2, "the refused grant was let go");
     // The last holder of a grant set lets it go.
     let push = sim.conns.0.remove(&B).unwrap_or_default();
@@ -540,11 +534,11 @@ fn refresh_in_open_mode_is_a_bad_request() {
 #[test]
 fn presence_lists_distinct_users_of_members() {
     let mut sim = Sim::new(8, None);
-    sim.accept(A, "alice", None, 0);
+    sim.accept(A, "alice", None, Tick(0));
     let alice = sim.join_user(A, "alice");
-    sim.accept(B, "alice", None, 0);
+    sim.accept(B, "alice", None, Tick(0));
     sim.join_user(B, "alice");
-    sim.accept(C, "carol", None, 0);
+    sim.accept(C, "carol", None, Tick(0));
     let carol = sim.join_user(C, "carol");
     for id in [A, B, C] {
         sim.client(id, r#"{"op":"subscribe","channel":"room"}"#);

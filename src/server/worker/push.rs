@@ -24,7 +24,7 @@ use crate::protocol::close;
 use crate::protocol::frame::{write_frame, OpCode, SharedFrame};
 use crate::protocol::handshake::Request;
 use crate::push::auth::{verify_hs256, Claims};
-use crate::push::hub::{self, AckId, Stream, Target, ToHub, ToWorker};
+use crate::push::hub::{AckId, Stream, Target, ToHub, ToWorker};
 use crate::push::names::validate_user;
 use crate::push::router::{
     ConnId, Effect, Now, PushConn, PushConns, Recipients, Router, RouterConfig,
@@ -177,7 +177,7 @@ impl Worker {
     /// The time as the router takes it.
     fn push_now(&self) -> Now {
         Now {
-            tick: self.now.0,
+            tick: self.now,
             unix: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .unwrap_or_default(),
@@ -219,8 +219,8 @@ impl Worker {
 
     /// The connection's token was refreshed: the next deadline is the ping or the new expiry,
     /// whichever comes first.
-    fn rearm_token(&mut self, handle: Handle, expires: u64) {
-        self.set_app_deadline(handle, Tick(expires));
+    fn rearm_token(&mut self, handle: Handle, expires: Tick) {
+        self.set_app_deadline(handle, expires);
     }
 
     /// Sets up a freshly upgraded push connection and asks the hub for its `$user` stream.
@@ -239,7 +239,7 @@ impl Worker {
         let expires = push.expires();
         conn.push = Some(Box::new(push));
         self.apply_effects();
-        self.set_app_deadline(handle, Tick(expires));
+        self.set_app_deadline(handle, expires);
     }
 
     /// Handles the push messages collected while decoding a read.
@@ -296,14 +296,7 @@ impl Worker {
                     seq,
                     frame,
                     replay,
-                } => self.on_subscribed(
-                    ConnId::from_hub(conn),
-                    &stream,
-                    seq,
-                    &frame,
-                    &replay,
-                    &mut slow,
-                ),
+                } => self.on_subscribed(conn, &stream, seq, &frame, &replay, &mut slow),
                 ToWorker::Disconnect { conns, ack } => self.disconnect(&conns, ack),
                 ToWorker::Presence { ack, channel } => {
                     let Worker { conns, router, .. } = self;
@@ -420,9 +413,9 @@ impl Worker {
         }
     }
 
-    fn disconnect(&mut self, conns: &[hub::ConnId], ack: AckId) {
+    fn disconnect(&mut self, conns: &[ConnId], ack: AckId) {
         let mut closed = 0;
-        for handle in conns.iter().map(|&c| handle_of(ConnId::from_hub(c))) {
+        for handle in conns.iter().copied().map(handle_of) {
             if self.get(handle).is_some_and(|c| c.session.is_open()) {
                 debug!(
                     "{}: disconnected by the API",
