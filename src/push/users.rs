@@ -41,7 +41,9 @@ impl UserId {
 /// One connection of a user: which worker holds it, and the worker's name for it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Member {
+    /// The worker (event-loop thread) that holds the connection for life.
     pub worker: WorkerId,
+    /// The connection's id on that worker (slab key and generation).
     pub conn: ConnId,
 }
 
@@ -94,6 +96,7 @@ pub struct UserStream {
     name: Name,
     /// The last seq given out.
     pub seq: u64,
+    /// The stream's recent messages kept for replay (`--user-history-size`, `--history-ttl`).
     pub held: Held,
     members: Members,
     generation: u32,
@@ -103,6 +106,7 @@ pub struct UserStream {
 }
 
 impl UserStream {
+    /// The user's name: the JWT `sub` claim, or `?user=` in open mode.
     pub fn name(&self) -> &str {
         self.name.as_str()
     }
@@ -127,6 +131,7 @@ impl UserStream {
             }))
     }
 
+    /// True while the user has at least one connection on some worker.
     pub fn has_members(&self) -> bool {
         matches!(self.members, Members::One(..) | Members::Many(_))
     }
@@ -217,14 +222,17 @@ fn member_key(member: Member) -> (u16, ConnId) {
 }
 
 impl Users {
+    /// An empty table.
     pub fn new() -> Users {
         Users::default()
     }
 
+    /// Users with a stream: connected, or offline within `--history-ttl`.
     pub fn len(&self) -> usize {
         self.live
     }
 
+    /// True when no user has a stream.
     pub fn is_empty(&self) -> bool {
         self.live == 0
     }
@@ -238,6 +246,7 @@ impl Users {
         UserId::new(slot as u32, entry.generation)
     }
 
+    /// The id of user `name`'s stream, if it has one (one hash lookup, no allocation).
     pub fn find(&self, name: &str) -> Option<UserId> {
         let entries = &self.entries;
         let slot = *self.index.find(self.hash(name), |&s| {
@@ -248,12 +257,14 @@ impl Users {
         self.id_of(slot as usize)
     }
 
+    /// The stream `id` names, unless it was freed since (the generation no longer matches).
     pub fn get(&self, id: UserId) -> Option<&UserStream> {
         self.entries
             .get(id.slot())
             .filter(|e| e.generation == id.generation() && !e.is_free())
     }
 
+    /// [`Users::get`], mutable.
     pub fn get_mut(&mut self, id: UserId) -> Option<&mut UserStream> {
         self.entries
             .get_mut(id.slot())
