@@ -179,12 +179,12 @@ impl HubLoop {
                     }
                 }
             }
-            self.drain_workers();
+            self.take_worker_messages();
         }
     }
 
     /// Takes every message the workers sent, then ships what the hub produced.
-    fn drain_workers(&mut self) {
+    fn take_worker_messages(&mut self) {
         while let Ok(message) = self.rx.try_recv() {
             match message {
                 ToHub::Drain => self.begin_drain(),
@@ -401,7 +401,7 @@ fn run_command(
         return Some(api::json_response(503, &body, keep_alive));
     }
     requests.insert(pending.request, pending.conn);
-    // Shipped to the workers once per turn (see `drain_workers`), so a pipelined burst
+    // Shipped to the workers once per turn (see `take_worker_messages`), so a pipelined burst
     // reaches each worker as one batch.
     hub.command(pending.request, command);
     None

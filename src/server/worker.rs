@@ -74,7 +74,7 @@ pub(crate) struct Worker {
     link: HubLink,
     /// Something was sent to the hub this turn: wake it once at the end.
     hub_wake: bool,
-    /// The inbox was not drained this turn.
+    /// The inbox was not emptied this turn (its per-turn budget ran out).
     inbox_again: bool,
     /// The push layer's state on this worker: channels, users joining, subscribes in flight,
     /// grants (see `push::router`).
@@ -106,7 +106,7 @@ pub(crate) struct Worker {
     read_buf: Box<[u8]>,
     /// Frames produced for the connection being handled while it has no outbound queue.
     cork: Vec<u8>,
-    /// Connections whose input was not drained this turn.
+    /// Connections whose input was not read to the end this turn (the fairness budget).
     again: Vec<Handle>,
     settings: Arc<Settings>,
     stats: Arc<Stats>,
@@ -189,7 +189,7 @@ impl Worker {
                             self.accept_all();
                         }
                     }
-                    WAKER => self.drain_inbox(),
+                    WAKER => self.take_inbox(),
                     token => {
                         let handle = Handle::from_token(token);
                         let closing = event.is_read_closed() || event.is_error();
@@ -206,7 +206,7 @@ impl Worker {
                 self.on_readable(handle, true);
             }
             if self.inbox_again {
-                self.drain_inbox();
+                self.take_inbox();
             }
             self.wheel.advance(now, &mut self.fired);
             let mut fired = std::mem::take(&mut self.fired);

@@ -263,7 +263,7 @@ impl Worker {
 
     /// Takes what the hub sent, up to a per-turn budget, then writes every connection that
     /// got frames.
-    pub(super) fn drain_inbox(&mut self) {
+    pub(super) fn take_inbox(&mut self) {
         self.inbox_again = false;
         let mut slow = Vec::new();
         let mut published = Vec::new();
