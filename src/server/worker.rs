@@ -39,7 +39,7 @@ use crate::server::timer_wheel::{Entry, TimerWheel};
 use crate::server::transport::Transport;
 use crate::server::{http, Settings, Stats};
 use crate::session::{
-    DropReason, Endpoint, Event, Head, Refusal, Session, State, Timeout, Transmit,
+    DropReason, Endpoint, Event, Head, Refusal, Session, SessionConfig, State, Timeout, Transmit,
 };
 use crate::tick::Tick;
 
@@ -314,47 +314,60 @@ impl Worker {
             self.accept_all();
             return;
         }
-        let now = self.now;
-        let Worker {
-            conns,
-            cork,
-            settings,
-            stats,
-            ..
-        } = self;
-        let Some(conn) = conn_of(conns, handle) else {
+        let Some(conn) = self.get(handle) else {
             return;
         };
         if !conn.session.is_deadline(Tick(tick)) {
             return; // re-armed since
         }
         let app_deadline = conn.push.as_ref().map_or(Tick::NEVER, |p| p.expires());
-        let mut tx = Tx::new(&mut conn.outbound, cork);
-        match conn
-            .session
-            .handle_timeout(now, app_deadline, &settings.session, &mut tx)
-        {
-            Timeout::Rearmed => self.sync_timer(handle),
-            Timeout::Pinged => self.flush(handle),
-            Timeout::AppDeadline => {
-                debug!("{}: token expired", peer(conn));
+        let timeout = self.with_session(handle, |session, now, config, tx| {
+            session.handle_timeout(now, app_deadline, config, tx)
+        });
+        let peer = self.get(handle).map(|c| peer(c)).unwrap_or_default();
+        match timeout {
+            None => {}
+            Some(Timeout::Rearmed) => self.sync_timer(handle),
+            Some(Timeout::Pinged) => self.flush(handle),
+            Some(Timeout::AppDeadline) => {
+                debug!("{peer}: token expired");
                 self.close_with(handle, close::TOKEN_EXPIRED, "token expired");
             }
-            Timeout::Drop(why) => {
+            Some(Timeout::Drop(why)) => {
                 match why {
                     DropReason::Handshake => {
-                        debug!("{}: handshake timeout", peer(conn));
-                        stats.handshake_failed(HandshakeFailure::Timeout);
+                        debug!("{peer}: handshake timeout");
+                        self.stats.handshake_failed(HandshakeFailure::Timeout);
                     }
                     DropReason::Pong => {
-                        debug!("{}: no frame within the pong timeout", peer(conn));
-                        stats.pong_timeouts.fetch_add(1, Ordering::Relaxed);
+                        debug!("{peer}: no frame within the pong timeout");
+                        self.stats.pong_timeouts.fetch_add(1, Ordering::Relaxed);
                     }
-                    DropReason::Close => debug!("{}: close timeout", peer(conn)),
+                    DropReason::Close => debug!("{peer}: close timeout"),
                 }
                 self.remove(handle);
             }
         }
+    }
+
+    /// Runs `f` on the connection's session with what every session input needs: the turn's
+    /// tick, the sessions' config, and the connection's transmit sink. `None` if the
+    /// connection is gone.
+    fn with_session<R>(
+        &mut self,
+        handle: Handle,
+        f: impl FnOnce(&mut Session, Tick, &SessionConfig, &mut dyn Transmit) -> R,
+    ) -> Option<R> {
+        let now = self.now;
+        let Worker {
+            conns,
+            cork,
+            settings,
+            ..
+        } = self;
+        let conn = conn_of(conns, handle)?;
+        let mut tx = Tx::new(&mut conn.outbound, cork);
+        Some(f(&mut conn.session, now, &settings.session, &mut tx))
     }
 
     /// Arms the wheel at the session's new deadline, if it has one.
@@ -698,23 +711,11 @@ impl Worker {
     /// Closes a connection from our side with `code`: Close frame (if none went out yet),
     /// then FIN once it is flushed.
     fn close_with(&mut self, handle: Handle, code: u16, reason: &str) {
-        let now = self.now;
-        let Worker {
-            conns,
-            cork,
-            settings,
-            stats,
-            ..
-        } = self;
-        let Some(conn) = conn_of(conns, handle) else {
-            return;
-        };
-        let mut tx = Tx::new(&mut conn.outbound, cork);
-        if conn
-            .session
-            .close(code, reason, now, &settings.session, &mut tx)
-        {
-            stats.close_sent.add(code);
+        let sent = self.with_session(handle, |session, now, config, tx| {
+            session.close(code, reason, now, config, tx)
+        });
+        if sent == Some(true) {
+            self.stats.close_sent.add(code);
         }
         self.after_close(handle);
         self.flush(handle);
