@@ -6,8 +6,8 @@ use std::io;
 
 use edgepush::protocol::message::MessageKind;
 
-use super::subscribers::Subscribers;
-use super::{is_error_op, Scenario};
+use super::subscribers::{SubscribeAnswer, Subscribers};
+use super::Scenario;
 use crate::child::ChildSpec;
 use crate::client::{ClientState, End, Session};
 use crate::engine::{Engine, Phase, Run};
@@ -222,23 +222,17 @@ impl Scenario for Fanout {
         now: u64,
     ) -> Option<End> {
         match session.state {
-            ClientState::Subscribing => {
-                let is_reply = self
-                    .subscribers
-                    .subscribe
-                    .as_ref()
-                    .is_some_and(|op| op.is_reply(data));
-                if kind == MessageKind::Text && is_reply {
-                    if self.is_reconnection(slot) {
-                        self.on_resubscribed(run, session, slot, data, now);
-                    } else {
-                        self.on_first_subscribed(run, slot, data);
-                        self.subscribers.start(run, session, slot);
-                    }
-                } else if is_error_op(data) {
-                    return Some(End::Error("subscribe_refused".into()));
+            ClientState::Subscribing => match self.subscribers.subscribe_answer(kind, data) {
+                SubscribeAnswer::Subscribed if self.is_reconnection(slot) => {
+                    self.on_resubscribed(run, session, slot, data, now);
                 }
-            }
+                SubscribeAnswer::Subscribed => {
+                    self.on_first_subscribed(run, slot, data);
+                    self.subscribers.start(run, session, slot);
+                }
+                SubscribeAnswer::Refused => return Some(End::Error("subscribe_refused".into())),
+                SubscribeAnswer::Other => {}
+            },
             ClientState::Open if kind == MessageKind::Text => {
                 let recovery = match self.recovery.get_mut(slot) {
                     Some(rec) if self.reconnect_every > 0 => Some(rec),

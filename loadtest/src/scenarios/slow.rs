@@ -6,8 +6,8 @@ use std::io;
 
 use edgepush::protocol::message::MessageKind;
 
-use super::subscribers::Subscribers;
-use super::{is_error_op, Scenario};
+use super::subscribers::{SubscribeAnswer, Subscribers};
+use super::Scenario;
 use crate::child::ChildSpec;
 use crate::client::{ClientState, End, Reading, Session};
 use crate::engine::{Engine, Phase, Run};
@@ -86,18 +86,11 @@ impl Scenario for Slow {
         now: u64,
     ) -> Option<End> {
         match session.state {
-            ClientState::Subscribing => {
-                let is_reply = self
-                    .subscribers
-                    .subscribe
-                    .as_ref()
-                    .is_some_and(|op| op.is_reply(data));
-                if kind == MessageKind::Text && is_reply {
-                    self.on_subscribed(run, session, slot);
-                } else if is_error_op(data) {
-                    return Some(End::Error("subscribe_refused".into()));
-                }
-            }
+            ClientState::Subscribing => match self.subscribers.subscribe_answer(kind, data) {
+                SubscribeAnswer::Subscribed => self.on_subscribed(run, session, slot),
+                SubscribeAnswer::Refused => return Some(End::Error("subscribe_refused".into())),
+                SubscribeAnswer::Other => {}
+            },
             ClientState::Open => {
                 if session.reading == Reading::Draining {
                     run.result.stopped_msgs += 1;

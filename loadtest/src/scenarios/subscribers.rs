@@ -5,6 +5,7 @@
 use std::io;
 
 use edgepush::protocol::frame::OpCode;
+use edgepush::protocol::message::MessageKind;
 
 use super::SubscribeOp;
 use crate::child::ChildSpec;
@@ -13,6 +14,17 @@ use crate::engine::{Phase, Run};
 use crate::stats::{contains, scan_channel_seq, scan_seq_t, Recovery, SeqTracker};
 
 /// The subscribers of one child, by slot.
+/// What a message on a connection still waiting for its subscribe answer is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SubscribeAnswer {
+    /// The answer to our subscribe: the connection is subscribed.
+    Subscribed,
+    /// An `error` op: the server refused the subscribe.
+    Refused,
+    /// Something else (e.g. the `$user` stream's own `subscribed`).
+    Other,
+}
+
 pub struct Subscribers {
     /// The op to subscribe with; `None` subscribes by URL (every text frame is a delivery).
     pub subscribe: Option<SubscribeOp>,
@@ -49,6 +61,18 @@ impl Subscribers {
 
     /// After the upgrade: sends `frame` (or the subscribe op) and returns true, or returns false
     /// when subscribing by URL (the connection is subscribed already).
+    /// Reads a message that arrived while `Subscribing`.
+    pub fn subscribe_answer(&self, kind: MessageKind, data: &[u8]) -> SubscribeAnswer {
+        let is_reply = self.subscribe.as_ref().is_some_and(|op| op.is_reply(data));
+        if kind == MessageKind::Text && is_reply {
+            SubscribeAnswer::Subscribed
+        } else if super::is_error_op(data) {
+            SubscribeAnswer::Refused
+        } else {
+            SubscribeAnswer::Other
+        }
+    }
+
     pub fn send_subscribe(
         &self,
         run: &mut Run,
