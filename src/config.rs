@@ -308,13 +308,19 @@ pub struct Args {
     pub log: LogLevel,
 }
 
-/// The `--log` values.
+/// The `--log` values. Their doc lines are also the `--help` text of each value (clap), so
+/// they stay short and without Markdown.
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogLevel {
+    /// Errors only
     Error,
+    /// Also warnings: open mode, a low open-files limit, a failed poll, accept or register
     Warn,
+    /// Also start-up, signals, drain progress and the --stats-interval line
     Info,
+    /// Also one line per connection event: refusal, timeout, close, read or write failure
     Debug,
+    /// Everything, the dependencies' detail included
     Trace,
 }
 
@@ -343,30 +349,59 @@ pub struct Config {
     pub max_connections: usize,
     /// Largest client message in bytes, at least 1.
     pub max_message_size: usize,
+    /// `--handshake-timeout`: from accept to a finished upgrade (RFC 6455 section 4); later
+    /// the connection is dropped without a response. Non-zero; rounded to ticks by the server.
     pub handshake_timeout: Duration,
+    /// `--ping-interval`: silence on a connection after which the server sends a Ping
+    /// (RFC 6455 section 5.5.2). Non-zero.
     pub ping_interval: Duration,
+    /// `--pong-timeout`: after a Ping, how long to wait for any frame at all before closing
+    /// the connection. Non-zero.
     pub pong_timeout: Duration,
     /// Per-connection unsent-bytes limit; at least `2 * max_message_size`.
     pub max_backlog: usize,
     /// Wait for the peer's Close after ours, then drop TCP.
     pub close_timeout: Duration,
+    /// `--log`, converted from [`LogLevel`]; `RUST_LOG` can refine it per module.
     pub log_level: log::LevelFilter,
     /// Push endpoint path.
     pub ws_path: String,
+    /// `--api-listen`: the push API and `/metrics` listener. Loopback unless `api_key` is set
+    /// ([`ConfigError::ApiKeyRequired`]).
     pub api_listen: SocketAddr,
+    /// `--api-key`: the bearer token (`Authorization: Bearer KEY`) the push API requires;
+    /// `None`: the API is open to whoever can reach `api_listen`.
     pub api_key: Option<String>,
+    /// `--jwt-secret`: the HS256 key (RFC 7519 / RFC 7518 section 3.2) that signs connection
+    /// tokens on the push endpoint; `None`: open mode, the user comes from `?user=`.
     pub jwt_secret: Option<String>,
     /// Empty: any Origin.
     pub allowed_origins: Vec<String>,
+    /// `--max-subscriptions`: channels one connection may hold at once, not counting its
+    /// `$user` stream. At least 1.
     pub max_subscriptions: usize,
     /// Client publishes per connection per second.
     pub max_client_publish_rate: u16,
+    /// `--history-size`, `--history-ttl`, `--user-history-size` and `--history-max-bytes`:
+    /// what the hub keeps for replay.
     pub history: crate::push::hub::HistoryConfig,
+    /// `--max-connections-per-ip`: concurrent connections from one client address; 0: no
+    /// limit. Excess upgrades get 429.
     pub max_connections_per_ip: usize,
+    /// `--max-handshakes-per-ip`: upgrades per second from one client address; 0: no limit.
+    /// Excess gets 429 with `Retry-After`.
     pub max_handshakes_per_ip: usize,
+    /// `--trust-proxy`: peers whose `X-Forwarded-For` / `X-Real-IP` name the client address;
+    /// empty: the TCP peer address is always the client address.
     pub trust_proxy: Vec<crate::server::per_ip::Cidr>,
+    /// `--drain-duration`: on SIGTERM/SIGINT, the window over which the Close 1001 frames are
+    /// spread; zero: all at once.
     pub drain_duration: Duration,
+    /// `--drain-timeout`: after the last Close 1001, the longest wait for close handshakes
+    /// before the process exits.
     pub drain_timeout: Duration,
+    /// `--stats-interval`: how often the info line with connections, messages per second and
+    /// drops is logged. Non-zero.
     pub stats_interval: Duration,
 }
 
@@ -377,17 +412,35 @@ pub enum ConfigError {
     /// `--max-backlog` must hold at least two maximal messages, or a connection sending one
     /// reply while one broadcast is queued would already count as a slow consumer.
     BacklogTooSmall {
+        /// The `--max-backlog` given, in bytes.
         max_backlog: usize,
+        /// The `--max-message-size` given, in bytes.
         max_message_size: usize,
     },
     /// `--echo-path` must be an absolute path that a request target can match.
-    InvalidEchoPath { path: String, reason: &'static str },
+    InvalidEchoPath {
+        /// The `--echo-path` given.
+        path: String,
+        /// What is wrong with it, e.g. "it must start with '/'".
+        reason: &'static str,
+    },
     /// `--ws-path` must be a valid path, distinct from the echo path.
-    InvalidWsPath { path: String, reason: &'static str },
+    InvalidWsPath {
+        /// The `--ws-path` given.
+        path: String,
+        /// What is wrong with it, e.g. "it is also the echo path".
+        reason: &'static str,
+    },
     /// A push API reachable from other hosts must require a key.
-    ApiKeyRequired { api_listen: SocketAddr },
+    ApiKeyRequired {
+        /// The non-loopback `--api-listen` given.
+        api_listen: SocketAddr,
+    },
     /// The hub tracks workers in a 64-bit mask.
-    TooManyThreads { threads: usize },
+    TooManyThreads {
+        /// The `--threads` given, or the number of cores when it was not given.
+        threads: usize,
+    },
 }
 
 impl fmt::Display for ConfigError {

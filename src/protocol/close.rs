@@ -41,7 +41,11 @@ pub fn is_valid_peer_code(code: u16) -> bool {
 /// A close frame's body: the status code and the UTF-8 reason, or nothing at all.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CloseFrame<'a> {
+    /// The status code (§7.4), big-endian on the wire; from a peer, one that
+    /// [`is_valid_peer_code`] accepts.
     pub code: u16,
+    /// The UTF-8 reason after the code, possibly empty; at most 123 bytes, as the whole
+    /// payload of a control frame is at most 125 (§5.5).
     pub reason: &'a str,
 }
 

@@ -27,7 +27,13 @@ pub enum ProtocolError {
     /// §5.4: a new text or binary frame while a fragmented message is still open.
     ExpectedContinuation,
     /// §10.4: a message (counted across all its fragments) over the configured limit.
-    MessageTooBig { size: u64, limit: usize },
+    MessageTooBig {
+        /// Bytes of the message: its earlier fragments plus the payload length the crossing
+        /// frame's header announces (the payload is refused before it is read).
+        size: u64,
+        /// The decoder's limit in bytes (`--max-message-size` on the server).
+        limit: usize,
+    },
     /// §8.1: a text message (or close reason, §5.5.1) that is not UTF-8.
     InvalidUtf8,
     /// §5.5.1: a close payload of one byte cannot hold the two-byte status code.

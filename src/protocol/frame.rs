@@ -20,15 +20,26 @@ pub const MAX_CONTROL_PAYLOAD: usize = 125;
 /// Frame opcodes (§5.2); reserved values are refused when decoding.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OpCode {
+    /// 0x0: a further fragment of the message begun by the last Text or Binary frame (§5.4).
     Continuation = 0x0,
+    /// 0x1: the first frame of a text message; the whole message must be UTF-8 (§5.6, §8.1).
     Text = 0x1,
+    /// 0x2: the first frame of a binary message (§5.6).
     Binary = 0x2,
+    /// 0x8: a Close control frame; its payload is empty or a status code and reason (§5.5.1).
     Close = 0x8,
+    /// 0x9: a Ping control frame; the receiver answers with a Pong of the same payload (§5.5.2).
     Ping = 0x9,
+    /// 0xA: a Pong control frame, answering a Ping or unsolicited as a heartbeat (§5.5.3).
     Pong = 0xA,
 }
 
 impl OpCode {
+    /// Reads the 4-bit opcode field (the low nibble of the first header byte).
+    ///
+    /// # Errors
+    /// [`ProtocolError::ReservedOpcode`] for 0x3–0x7 and 0xB–0xF (§5.2), which the connection
+    /// must be failed for, with close code 1002.
     pub fn from_u8(op: u8) -> Result<OpCode, ProtocolError> {
         Ok(match op {
             0x0 => OpCode::Continuation,
@@ -50,11 +61,17 @@ impl OpCode {
 /// A decoded frame header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FrameHeader {
+    /// FIN: this is the last frame of its message (always set on control frames, §5.5).
     pub fin: bool,
     /// RSV1..3 as the low three bits.
     pub rsv: u8,
+    /// What the payload is (§5.2); already checked to be a defined opcode.
     pub opcode: OpCode,
+    /// The 4-byte masking key when the MASK bit is set (§5.3): present on every client frame,
+    /// absent on every server frame. The payload is still masked when the header is decoded.
     pub mask: Option<[u8; 4]>,
+    /// Payload length in bytes, from the 7-bit, 16-bit or 64-bit form (§5.2); at most 2^63 - 1,
+    /// and at most [`MAX_CONTROL_PAYLOAD`] for control frames.
     pub payload_len: u64,
 }
 

@@ -33,13 +33,18 @@ use crate::protocol::utf8::Utf8Validator;
 /// Which end of the connection we are: servers require masked frames, clients refuse them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
+    /// We accepted the connection: every incoming frame must be masked
+    /// ([`ProtocolError::UnmaskedFrame`] otherwise, §5.1).
     Server,
+    /// We opened the connection (the tests' client, the load generator): no incoming frame may
+    /// be masked ([`ProtocolError::MaskedFrame`] otherwise, §5.1).
     Client,
 }
 
 /// What the decoder enforces; passed on every call so that it is not stored per connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DecoderConfig {
+    /// Our end of the connection, which decides the masking rule (§5.1).
     pub role: Role,
     /// The largest message, counted across all its fragments (§10.4). Refused from the header.
     pub max_message_size: usize,
@@ -50,6 +55,7 @@ pub struct DecoderConfig {
 pub enum MessageKind {
     /// UTF-8, already validated.
     Text,
+    /// Arbitrary bytes (opcode 0x2), not inspected.
     Binary,
 }
 
@@ -57,7 +63,13 @@ pub enum MessageKind {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Event<'a> {
     /// A complete data message.
-    Message { kind: MessageKind, data: &'a [u8] },
+    Message {
+        /// Text or binary, from the opcode of the message's first frame (§5.6).
+        kind: MessageKind,
+        /// The unmasked payload of all fragments in order: a slice of the input for a whole
+        /// unfragmented frame, else of the decoder's own buffer (valid until the next call).
+        data: &'a [u8],
+    },
     /// The driver owes a Pong with the same payload (§5.5.2).
     Ping(&'a [u8]),
     /// May be unsolicited; nothing is owed (§5.5.3).
@@ -72,6 +84,8 @@ pub enum Event<'a> {
 pub struct Step<'a> {
     /// Bytes of the input that are done with.
     pub consumed: usize,
+    /// What the consumed bytes completed, if anything; `None` with `consumed == 0` means the
+    /// input holds no complete header (or control frame) yet: read more.
     pub event: Option<Event<'a>>,
 }
 
@@ -108,6 +122,7 @@ struct Assembly {
 }
 
 impl Decoder {
+    /// An idle decoder, between messages; it allocates nothing until a message spans calls.
     pub fn new() -> Self {
         Self::default()
     }

@@ -20,6 +20,7 @@ pub struct Utf8Validator {
 }
 
 impl Utf8Validator {
+    /// A validator at the start of a message, with no unfinished code point.
     pub fn new() -> Self {
         Self::default()
     }

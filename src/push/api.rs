@@ -61,19 +61,39 @@ impl Default for ApiLimits {
 pub enum ApiCommand {
     /// `POST /api/publish {"channel":…,"data":…}`; `channel` never starts with `$`.
     Publish {
+        /// The channel name, valid per [`validate_channel`].
         channel: String,
+        /// The `data` value exactly as the client wrote it (any JSON, `null` included); it is
+        /// put unparsed into the `{"op":"message",…}` frames the subscribers get.
         data: Box<RawValue>,
     },
-    /// `POST /api/send {"user":…,"data":…}`
-    Send { user: String, data: Box<RawValue> },
-    /// `POST /api/broadcast {"data":…}`
-    Broadcast { data: Box<RawValue> },
-    /// `POST /api/disconnect {"user":…}`
-    Disconnect { user: String },
+    /// `POST /api/send {"user":…,"data":…}`: to every connection of that user, through its
+    /// `$user` stream.
+    Send {
+        /// The user id, valid per [`validate_user`].
+        user: String,
+        /// The `data` value verbatim, as for [`ApiCommand::Publish`].
+        data: Box<RawValue>,
+    },
+    /// `POST /api/broadcast {"data":…}`: to every push-endpoint connection (not echo ones), as
+    /// channel `$broadcast`, without a seq and not kept in history.
+    Broadcast {
+        /// The `data` value verbatim, as for [`ApiCommand::Publish`].
+        data: Box<RawValue>,
+    },
+    /// `POST /api/disconnect {"user":…}`: close every connection of that user with 4000
+    /// ([`crate::protocol::close::DISCONNECTED`]).
+    Disconnect {
+        /// The user id, valid per [`validate_user`].
+        user: String,
+    },
     /// `GET /api/stats`
     Stats,
     /// `GET /api/presence?channel=…` (the value percent-decoded)
-    Presence { channel: String },
+    Presence {
+        /// The channel whose subscribed users are listed, valid per [`validate_channel`].
+        channel: String,
+    },
     /// `GET /metrics`
     Metrics,
 }
@@ -87,8 +107,13 @@ pub enum Parsed {
     /// A complete request: it took the first `consumed` bytes of the buffer. Answer it, then
     /// keep the connection iff `keep_alive` (pass the same flag to the response function).
     Request {
+        /// Bytes of the buffer this request took (head and body); drop them before the next
+        /// [`parse`], which reads the next pipelined request.
         consumed: usize,
+        /// Keep the connection after the answer: HTTP/1.1 without `Connection: close`, or
+        /// HTTP/1.0 with `Connection: keep-alive` (RFC 9112 section 9.3).
         keep_alive: bool,
+        /// What the hub is to do.
         command: ApiCommand,
     },
     /// A request that gets this error answer, already rendered. Drop the first `consumed` bytes;
@@ -96,8 +121,12 @@ pub enum Parsed {
     /// not to be read: unparseable HTTP, 411, 413 with the body unread, 431, or a client that
     /// did not ask for keep-alive). The response's `Connection` header already says so.
     Reject {
+        /// Bytes of the buffer to drop: the whole request when the connection stays; with
+        /// `close`, the whole buffer or only the head (an unread body), as nothing more is read.
         consumed: usize,
+        /// Close the connection once `response` is written.
         close: bool,
+        /// The whole HTTP response (status line, headers, JSON error body), ready to write.
         response: Vec<u8>,
     },
 }

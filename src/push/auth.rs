@@ -80,6 +80,9 @@ pub struct Grants {
 }
 
 impl Grants {
+    /// Keeps the `channels` and `publish` patterns of verified `claims` (a trailing `*`
+    /// matches a prefix, design.md "Public listener"); `channels: None` stays "any channel",
+    /// `publish: None` "no channel". At most 65535 patterns of each list are kept.
     pub fn new(claims: &Claims) -> Grants {
         let mut patterns = String::new();
         let mut push_all = |list: &[String]| {

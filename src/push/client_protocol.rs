@@ -29,26 +29,45 @@ pub enum ClientOp<'a> {
     /// `{"op":"subscribe","channel":…,"since":17,"epoch":"k3x9"}`: `since` is the last `seq`
     /// the client saw and `epoch` the channel incarnation it saw it in.
     Subscribe {
+        /// The channel, valid per [`names::validate_channel`]; may be `$user`.
         channel: Cow<'a, str>,
+        /// The last `seq` the client saw on this channel; `None` (absent or `null`): no replay,
+        /// live messages only. Replay sends `since + 1` onwards.
         since: Option<u64>,
+        /// The channel incarnation `since` belongs to, as the server last sent it; it must
+        /// equal the current one for a replay, so `None` (absent or `null`) with a `since`
+        /// gets `recovered:false`.
         epoch: Option<Cow<'a, str>>,
     },
     /// `{"op":"unsubscribe","channel":…}`
-    Unsubscribe { channel: Cow<'a, str> },
+    Unsubscribe {
+        /// The channel, valid per [`names::validate_channel`] (the caller refuses `$user`).
+        channel: Cow<'a, str>,
+    },
     /// `{"op":"publish","channel":…,"data":…}`: `data` is any JSON value, kept as its raw text.
     Publish {
+        /// The channel, valid per [`names::validate_channel`]; whether the token allows
+        /// publishing there is the caller's check (403).
         channel: Cow<'a, str>,
+        /// The raw JSON text of the value, borrowed from the frame, forwarded unparsed.
         data: &'a RawValue,
     },
     /// `{"op":"refresh","token":…}`: a newer token for the same `sub`.
-    Refresh { token: Cow<'a, str> },
+    Refresh {
+        /// The compact JWS as sent; not yet verified (the caller runs
+        /// [`crate::push::auth::verify_hs256`]).
+        token: Cow<'a, str>,
+    },
 }
 
 /// A refusal to send back as `{"op":"error","code":…,"reason":…}`. The parser only makes 400s;
 /// the caller uses the other codes for its own refusals.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OpError {
+    /// The HTTP-like status: one of the associated constants (400, 403, 413, 429, 501) or
+    /// 502/504 for upstream failures (design.md, "Client protocol on the push endpoint").
     pub code: u16,
+    /// Human-readable text for the client; at most a short, truncated echo of its input.
     pub reason: String,
 }
 
@@ -64,6 +83,7 @@ impl OpError {
     /// Binary frames with no upstream.
     pub const NOT_IMPLEMENTED: u16 = 501;
 
+    /// An error with any `code`; the parser itself only makes [`OpError::BAD_REQUEST`].
     pub fn new(code: u16, reason: impl Into<String>) -> Self {
         OpError {
             code,

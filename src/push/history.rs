@@ -15,14 +15,18 @@ type Message = (u64, SharedFrame);
 pub struct Held(Option<Box<VecDeque<Message>>>);
 
 impl Held {
+    /// True when no message is held (and no memory either).
     pub fn is_empty(&self) -> bool {
         self.0.as_ref().is_none_or(|h| h.is_empty())
     }
 
+    /// Messages held.
     pub fn len(&self) -> usize {
         self.0.as_ref().map_or(0, |h| h.len())
     }
 
+    /// The seq of the oldest held message; with [`Held::len`] it gives the range held,
+    /// `oldest ..= oldest + len - 1`. `None` when empty.
     pub fn oldest_seq(&self) -> Option<u64> {
         self.0.as_ref().and_then(|h| h.front()).map(|(s, _)| *s)
     }
@@ -34,6 +38,8 @@ impl Held {
         history.len()
     }
 
+    /// Drops the oldest held message and returns its frame (so the caller can subtract its
+    /// bytes from the history budget); frees the queue when it was the last. `None` when empty.
     pub fn pop_oldest(&mut self) -> Option<SharedFrame> {
         let history = self.0.as_mut()?;
         let popped = history.pop_front().map(|(_, frame)| frame);

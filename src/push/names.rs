@@ -24,9 +24,17 @@ pub enum NameError {
     /// The name has no bytes at all.
     Empty,
     /// The name is longer than [`MAX_NAME_LEN`] bytes; `len` is its length.
-    TooLong { len: usize },
+    TooLong {
+        /// The name's length in bytes, over [`MAX_NAME_LEN`].
+        len: usize,
+    },
     /// The character `ch` starting at byte `index` is not allowed.
-    BadChar { index: usize, ch: char },
+    BadChar {
+        /// Byte offset of the character in the name.
+        index: usize,
+        /// The refused character (for a user id, a control character).
+        ch: char,
+    },
     /// A `$` name other than [`USER_CHANNEL`]: those are the server's.
     Reserved,
 }

@@ -19,7 +19,10 @@ use crate::session::Session;
 /// they can never reach a connection that reused the slot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Handle {
+    /// The connection's index in the worker's slab (reused once the connection is gone).
     pub key: u32,
+    /// [`Connection::generation`] at the time the handle was made; a handle whose generation
+    /// differs from the slot's now names a connection that is gone.
     pub generation: u32,
 }
 
@@ -29,6 +32,7 @@ impl Handle {
         mio::Token((self.key as usize) | ((self.generation as usize) << 32))
     }
 
+    /// The inverse of [`Handle::token`]: splits a mio token into key and generation.
     pub fn from_token(token: mio::Token) -> Handle {
         Handle {
             key: token.0 as u32,
@@ -40,7 +44,11 @@ impl Handle {
 /// A connection in the worker's slab.
 #[derive(Debug)]
 pub struct Connection {
+    /// The accepted, non-blocking TCP socket, registered with the worker's poll under
+    /// [`Handle::token`].
     pub socket: TcpStream,
+    /// Taken from the worker's counter at accept (wrapping): tells this connection from the
+    /// earlier and later ones in the same slab slot.
     pub generation: u32,
     /// Registered for WRITABLE as well as READABLE.
     pub writable_interest: bool,
@@ -73,6 +81,8 @@ impl Connection {
         }
     }
 
+    /// The handle of this connection, given its slab `key` (below 2^32: slabs stay far
+    /// smaller).
     pub fn handle(&self, key: usize) -> Handle {
         Handle {
             key: key as u32,
@@ -194,6 +204,7 @@ impl Outbound {
         out
     }
 
+    /// True when every queued byte was written: the queue can be dropped.
     pub fn is_empty(&self) -> bool {
         self.queued == 0
     }

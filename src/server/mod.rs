@@ -1,5 +1,5 @@
 //! The event-loop side: sockets, buffers and timers. [`Server::start`] binds one
-//! `SO_REUSEPORT` listener per worker and runs one [`worker`] thread per core; each worker owns
+//! `SO_REUSEPORT` listener per worker and runs one `worker` thread per core; each worker owns
 //! its connections for life and calls the sans-IO [`crate::protocol`] for every byte.
 
 mod api_conn;
@@ -208,6 +208,7 @@ impl Server {
         self.api_addr
     }
 
+    /// The public listener's bound address (`--listen`, with the actual port when it was 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
     }
@@ -217,6 +218,8 @@ impl Server {
         self.max_connections
     }
 
+    /// The counters shared by every worker and the hub: what `/api/stats`, `/metrics` and the
+    /// `--stats-interval` line report.
     pub fn stats(&self) -> &Stats {
         &self.stats
     }

@@ -24,6 +24,8 @@ pub struct Cidr {
 }
 
 impl Cidr {
+    /// True when `ip` lies in the block: its first `prefix` bits are the block's. An IPv4
+    /// address is never in an IPv6 block, nor the reverse.
     pub fn contains(&self, ip: IpAddr) -> bool {
         match (self.addr, ip) {
             (IpAddr::V4(net), IpAddr::V4(ip)) => {
@@ -113,7 +115,10 @@ pub fn client_address(
 /// Why an upgrade from this address is refused (429).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
+    /// The address already holds `--max-connections-per-ip` open connections.
     TooManyConnections,
+    /// The address's upgrade budget is spent: a token bucket holding `--max-handshakes-per-ip`
+    /// and refilled at that many per second.
     TooManyHandshakes,
 }
 

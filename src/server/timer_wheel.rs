@@ -22,7 +22,10 @@ use std::time::{Duration, Instant};
 /// back with their deadline, so items need not repeat it (a connection's entry is 16 bytes).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Entry<T> {
+    /// The due tick, counted from the wheel's start in units of its tick length (10 ms in the
+    /// server), as [`TimerWheel::tick_of`] computes it.
     pub deadline: u64,
+    /// What to do when due; checked by the caller for staleness, never removed early.
     pub item: T,
 }
 

@@ -165,11 +165,24 @@ pub struct Step<'a> {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Event<'a> {
     /// A complete data message (reassembled from its fragments, UTF-8 checked if text).
-    Message { kind: MessageKind, data: &'a [u8] },
+    Message {
+        /// Text or binary, from the message's first frame (RFC 6455 §5.6).
+        kind: MessageKind,
+        /// The unmasked payload, at most `--max-message-size` bytes; borrowed from the input
+        /// or the decoder, so valid only until the next call.
+        data: &'a [u8],
+    },
     /// The peer's Close arrived with `code` ([`close::NO_STATUS`] when it had none); `echoed`
     /// is the code of the Close queued in answer ([`close::NO_STATUS`] for an empty one), if
     /// any. The session is closing.
-    CloseReceived { code: u16, echoed: Option<u16> },
+    CloseReceived {
+        /// The peer's status code (§7.4), or [`close::NO_STATUS`] for an empty Close.
+        code: u16,
+        /// The code of the Close we queued in answer (§5.5.1), [`close::NO_STATUS`] for an
+        /// empty one. `None` would mean ours was sent first; as frames are not decoded once
+        /// the session is closing, it is `Some` today.
+        echoed: Option<u16>,
+    },
     /// The peer broke a rule: a Close with `error.close_code()` is queued and the session is
     /// closing.
     ProtocolError(ProtocolError),
