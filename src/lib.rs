@@ -2,6 +2,7 @@
 
 // `unsafe` lives in one module, `server::sys` (getrlimit/setrlimit), with its SAFETY notes.
 #![deny(unsafe_code)]
+#![warn(missing_docs)]
 
 pub mod config;
 pub mod http;
