@@ -769,6 +769,9 @@ impl Worker {
             cork.clear();
             return;
         };
+        // Registered for WRITABLE exactly while a queue exists: the flag lives in the queue,
+        // so an idle connection keeps no bit for it.
+        let had_writable = conn.outbound.as_ref().is_some_and(|o| o.writable_interest);
         let result = match conn.outbound.as_mut() {
             None => {
                 let result = write_direct(&mut conn.socket, cork);
@@ -812,23 +815,20 @@ impl Worker {
         if let Some(tick) = conn.session.poll_timeout(*now) {
             wheel.insert(tick.0, handle);
         }
-        let want_writable = conn.outbound.is_some();
-        if want_writable != conn.writable_interest {
-            let interest = if want_writable {
+        let interest = match conn.outbound.as_deref_mut() {
+            Some(outbound) if !outbound.writable_interest => {
+                outbound.writable_interest = true;
                 Interest::READABLE | Interest::WRITABLE
-            } else {
-                Interest::READABLE
-            };
-            match poll
-                .registry()
-                .reregister(&mut conn.socket, handle.token(), interest)
-            {
-                Ok(()) => conn.writable_interest = want_writable,
-                Err(e) => {
-                    debug!("{}: reregister: {e}", peer_of(&conn.socket));
-                    self.remove(handle);
-                }
             }
+            None if had_writable => Interest::READABLE,
+            _ => return,
+        };
+        if let Err(e) = poll
+            .registry()
+            .reregister(&mut conn.socket, handle.token(), interest)
+        {
+            debug!("{}: reregister: {e}", peer_of(&conn.socket));
+            self.remove(handle);
         }
     }
 

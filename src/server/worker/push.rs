@@ -156,11 +156,11 @@ impl Queuing<'_> {
             self.slow.push(handle);
             return false;
         }
-        conn.outbound
-            .get_or_insert_with(Default::default)
-            .push_shared(frame.clone());
-        if !conn.dirty {
-            conn.dirty = true;
+        let outbound = conn.outbound.get_or_insert_with(Default::default);
+        outbound.push_shared(frame.clone());
+        // Fan-out always leaves a queue, so the "listed already" bit lives there.
+        if !outbound.dirty {
+            outbound.dirty = true;
             self.dirty.push(handle);
         }
         true
@@ -323,7 +323,9 @@ impl Worker {
         }
         for handle in std::mem::take(&mut self.dirty) {
             if let Some(conn) = self.get(handle) {
-                conn.dirty = false;
+                if let Some(outbound) = conn.outbound.as_deref_mut() {
+                    outbound.dirty = false;
+                }
                 self.flush(handle);
             }
         }
