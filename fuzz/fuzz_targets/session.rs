@@ -171,5 +171,11 @@ fuzz_target!(|data: &[u8]| {
             }
         }
     }
+    // The peer half-closes: whatever state, the session ends up closing and says so.
+    session.handle_eof(now, &config);
+    assert!(session.peer_ended() && session.is_closing());
+    if session.poll_fin() {
+        fins += 1;
+    }
     assert!(fins <= 1, "FIN asked for {fins} times");
 });

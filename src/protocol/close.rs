@@ -30,12 +30,19 @@ pub const DISCONNECTED: u16 = 4000;
 /// 4001 (private use, §7.4.2): the connection's token expired and no `refresh` replaced it.
 pub const TOKEN_EXPIRED: u16 = 4001;
 
-/// §7.4.1/§7.4.2: may a peer put this code in a close frame? 1000–1003 and 1007–1011 are
-/// defined for use; 1004–1006 and 1015 are reserved or local-only; the rest of 1000–2999 is
-/// reserved for future RFCs (Autobahn 7.9.x expects those refused); 3000–4999 belong to
-/// libraries and applications.
+/// §7.4.1/§7.4.2 and the IANA "WebSocket Close Code Number Registry": may a peer put this
+/// code in a close frame? This is the one table of it.
+///
+/// - 1000–1003 and 1007–1011: defined by RFC 6455 for use on the wire;
+/// - 1012 (service restart), 1013 (try again later), 1014 (bad gateway): registered with IANA
+///   since, sent by servers and proxies, accepted by browsers and the main libraries;
+/// - 1004 (reserved), 1005 and 1006 (local only, never on the wire), 1015 (TLS failure, local
+///   only), and the rest of 1000–2999 (reserved for future RFCs): refused with 1002
+///   (Autobahn 7.9.x);
+/// - 3000–3999 (registered by libraries and frameworks) and 4000–4999 (private use): accepted;
+/// - 0–999 and 5000 up: not close codes; refused.
 pub fn is_valid_peer_code(code: u16) -> bool {
-    matches!(code, 1000..=1003 | 1007..=1011 | 3000..=4999)
+    matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
 }
 
 /// A close frame's body: the status code and the UTF-8 reason, or nothing at all.
@@ -151,10 +158,11 @@ mod tests {
     #[test]
     fn peer_code_table() {
         let valid = [
-            1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 3000, 3999, 4000, 4999,
+            1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014, 3000, 3999,
+            4000, 4999,
         ];
         let invalid = [
-            0, 999, 1004, 1005, 1006, 1012, 1015, 1016, 1100, 2000, 2999, 5000, 65535,
+            0, 999, 1004, 1005, 1006, 1015, 1016, 1100, 2000, 2999, 5000, 65535,
         ];
         for code in valid {
             assert!(is_valid_peer_code(code), "{code}");

@@ -32,6 +32,11 @@ pub trait Transport: Read + Sink {
 
     /// The peer's address (per-address limits, debug lines).
     fn peer_addr(&self) -> io::Result<SocketAddr>;
+
+    /// Makes dropping the transport an abortive close (TCP: RST, via `SO_LINGER` 0) instead of
+    /// an orderly one: for a connection given up with bytes still queued, so that the peer
+    /// sees an error rather than a FIN that passes a cut-off stream off as complete.
+    fn abort_on_close(&mut self) -> io::Result<()>;
 }
 
 impl Sink for TcpStream {
@@ -54,6 +59,10 @@ impl Transport for TcpStream {
 
     fn peer_addr(&self) -> io::Result<SocketAddr> {
         TcpStream::peer_addr(self)
+    }
+
+    fn abort_on_close(&mut self) -> io::Result<()> {
+        socket2::SockRef::from(&*self).set_linger(Some(std::time::Duration::ZERO))
     }
 }
 
@@ -86,5 +95,20 @@ mod tests {
         client.read_to_end(&mut got).expect("read to EOF");
         assert_eq!(got, b"abcde");
         std::io::Write::write_all(&mut client, b"still open").expect("the other half is open");
+    }
+
+    /// After `abort_on_close`, dropping the transport resets the connection.
+    #[test]
+    fn abort_on_close_resets() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let mut client =
+            std::net::TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+        let (server, _) = listener.accept().expect("accept");
+        let mut server = TcpStream::from_std(server);
+        server.abort_on_close().expect("SO_LINGER");
+        drop(server);
+        let mut buf = [0u8; 8];
+        let err = client.read(&mut buf).expect_err("a reset, not EOF");
+        assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset);
     }
 }

@@ -388,7 +388,11 @@ impl Worker {
         let mut buf = std::mem::take(&mut self.read_buf);
         let mut reads = 0;
         let mut alive = true;
+        let mut eof = false;
         while let Some(conn) = self.get(handle) {
+            if conn.session.peer_ended() {
+                break; // EOF seen already: nothing more to read
+            }
             if reads == MAX_READS_PER_TURN {
                 self.again.push(handle);
                 break;
@@ -400,9 +404,28 @@ impl Worker {
             }
             match conn.socket.read(&mut buf[stash_len..]) {
                 Ok(0) => {
-                    debug!("{}: peer closed the connection", peer(conn));
-                    alive = false;
+                    debug!("{}: peer ended its direction (EOF)", peer(conn));
+                    eof = true;
                     break;
+                }
+                Ok(n) if conn.session.is_closing() => {
+                    // Lingering: read and discard (time-bounded by the close deadline).
+                    conn.stash = None;
+                    let keep = conn.session.discard(n);
+                    if !keep {
+                        // An abortive close (RST): the queue we drop is not passed off as a
+                        // complete stream ending in a FIN.
+                        debug!("{}: too much input while closing; resetting", peer(conn));
+                        let _ = conn.socket.abort_on_close();
+                    }
+                    self.bytes_in += n as u64;
+                    if !keep {
+                        alive = false;
+                        break;
+                    }
+                    if n < buf.len() && !closing {
+                        break;
+                    }
                 }
                 Ok(n) => {
                     self.bytes_in += n as u64;
@@ -433,13 +456,24 @@ impl Worker {
             }
         }
         self.read_buf = buf;
-        if alive {
-            self.flush(handle);
-        } else {
+        if !alive {
             // What this read produced is for a connection that is gone.
             self.cork.clear();
             self.remove(handle);
+            return;
         }
+        if eof {
+            // End of input is not a reason to drop output: what this read produced (an echo,
+            // the Close we owe, an HTTP answer) still goes out, then the connection closes.
+            let settings = Arc::clone(&self.settings);
+            let now = self.now;
+            if let Some(conn) = self.get(handle) {
+                conn.stash = None;
+                conn.session.handle_eof(now, &settings.session);
+            }
+            self.after_close(handle);
+        }
+        self.flush(handle);
     }
 
     /// Handles bytes read for a connection; returns how many are done with (the rest is an
@@ -800,6 +834,11 @@ impl Worker {
         };
         if let Err(e) = result {
             debug!("{}: write failed: {e}", peer_of(&conn.socket));
+            self.remove(handle);
+            return;
+        }
+        if conn.outbound.is_none() && conn.session.peer_ended() {
+            // The peer's input ended and everything owed to it is out.
             self.remove(handle);
             return;
         }

@@ -6,14 +6,16 @@
 //!
 //! # States (stored, never recomputed)
 //! ```text
-//!   Handshake ──accept──▶ Open ──close() / peer Close / protocol error──▶ Closing ──▶ (dropped)
-//!       │                                                                  ▲
-//!       └──refuse / bad request / plain HTTP answer────────────────────────┘
+//!   Handshake ──accept──▶ Open ──close() / peer Close / protocol error / EOF──▶ Closing ──▶ (dropped)
+//!       │                                                                       ▲
+//!       └──refuse / bad request / plain HTTP answer / EOF───────────────────────┘
 //! ```
 //! [`State::Closing`] means everything we will ever send is queued (our Close, our echo of the
 //! peer's, or an HTTP answer): the driver flushes it, sends FIN once it is out
 //! ([`Session::poll_fin`]), and waits for the peer's EOF or the close deadline. Input that
-//! arrives meanwhile is discarded: after our FIN nothing the peer sends changes what we do.
+//! arrives meanwhile is discarded (a lingering close: bounded by the close deadline, and for
+//! an HTTP answer also in amount): after our FIN nothing the peer sends changes what we do.
+//! The peer's EOF ends nothing by itself: what is queued still goes out.
 //! Which Close (if any) went which way is kept in [`Closing`].
 //!
 //! # Driving it (the call order)
@@ -28,7 +30,11 @@
 //! 4. A timer fired at tick `t`: if [`Session::is_deadline`]`(t)`, call
 //!    [`Session::handle_timeout`] and act on its [`Timeout`].
 //! 5. To close from our side: [`Session::close`].
-//! 6. After any of these, arm the wheel at [`Session::poll_timeout`] if it returns `Some`,
+//! 6. Bytes read while closing: [`Session::discard`] (a lingering close); drop the connection
+//!    when it returns false.
+//! 7. A read returned EOF: [`Session::handle_eof`], then keep writing what is queued; once the
+//!    queue is empty and [`Session::peer_ended`], close.
+//! 8. After any of these, arm the wheel at [`Session::poll_timeout`] if it returns `Some`,
 //!    and after each flush that emptied the queue, send FIN if [`Session::poll_fin`] says so.
 //!
 //! Frames go out through [`Transmit`], a sink the driver lends for the duration of one call
@@ -93,7 +99,15 @@ pub enum Closing {
     /// The peer sent Close and ours is queued in answer (§5.5.1), or it came after ours:
     /// the closing handshake is complete; the server closes TCP first (§7.1.1).
     Closed,
+    /// The peer ended its direction (EOF) without a Close. It may still read: what is queued
+    /// goes out, then the connection closes.
+    PeerGone,
 }
+
+/// The lingering close's amount bound: a connection that sends more than this (in KiB) after
+/// an HTTP answer that ends it (an error, a refusal) is reset without waiting for its EOF. The
+/// time bound is `--close-timeout`.
+pub const LINGER_MAX_KIB: u16 = 1024;
 
 /// Negotiated extensions (RFC 6455 §9): bits, no state. Empty until permessage-deflate
 /// (RFC 7692) lands; its parameters will fit here because the server always asks for
@@ -213,24 +227,51 @@ pub enum DropReason {
     Close,
 }
 
-/// A session's clock-facing state. A struct of its own so that it can be updated while the
-/// decoder's output is still borrowed, and packed so the session stays 24 bytes.
+/// A session's deadline and what it knows of the peer's liveness. A struct of its own so that
+/// it can be updated while the decoder's output is still borrowed, and packed (flags in one
+/// byte) so the session stays 24 bytes.
 #[derive(Debug, Clone, Copy)]
-struct Timers {
+struct Liveness {
     /// The one live deadline; wheel entries for other ticks are stale.
     tick: ShortTick,
     /// The last frame (of any kind) from the peer.
     last_seen: ShortTick,
-    /// `tick` changed since the driver last asked [`Session::poll_timeout`].
-    rearm: bool,
-    /// A Ping went out and no frame has arrived since.
-    ping_outstanding: bool,
+    /// Input discarded while closing, in KiB (saturating): the lingering close's amount bound.
+    discarded_kib: u16,
+    /// [`Liveness::REARM`], [`Liveness::PING_OUTSTANDING`], [`Liveness::PEER_EOF`].
+    flags: u8,
 }
 
-impl Timers {
+impl Liveness {
+    /// `tick` changed since the driver last asked [`Session::poll_timeout`].
+    const REARM: u8 = 1;
+    /// A Ping went out and no frame has arrived since.
+    const PING_OUTSTANDING: u8 = 2;
+    /// The peer ended its direction (EOF): nothing more will be read.
+    const PEER_EOF: u8 = 4;
+
     fn set(&mut self, tick: Tick) {
         self.tick = tick.short();
-        self.rearm = true;
+        self.flags |= Self::REARM;
+    }
+
+    fn has(&self, flag: u8) -> bool {
+        self.flags & flag != 0
+    }
+
+    fn put(&mut self, flag: u8, on: bool) {
+        if on {
+            self.flags |= flag;
+        } else {
+            self.flags &= !flag;
+        }
+    }
+
+    /// Clears `flag`; returns whether it was set.
+    fn take(&mut self, flag: u8) -> bool {
+        let was = self.has(flag);
+        self.flags &= !flag;
+        was
     }
 }
 
@@ -240,7 +281,7 @@ pub struct Session {
     state: State,
     endpoint: Endpoint,
     extensions: Extensions,
-    timer: Timers,
+    timer: Liveness,
     decoder: Decoder,
 }
 
@@ -252,11 +293,11 @@ impl Session {
             state: State::Handshake,
             endpoint: Endpoint::None,
             extensions: Extensions::NONE,
-            timer: Timers {
+            timer: Liveness {
                 tick: ShortTick::default(),
                 last_seen: now.short(),
-                rearm: false,
-                ping_outstanding: false,
+                discarded_kib: 0,
+                flags: 0,
             },
             decoder: Decoder::new(),
         };
@@ -398,7 +439,7 @@ impl Session {
             };
         };
         self.timer.last_seen = now.short();
-        self.timer.ping_outstanding = false;
+        self.timer.put(Liveness::PING_OUTSTANDING, false);
         let event = match event {
             DecoderEvent::Message { kind, data } => Some(Event::Message { kind, data }),
             DecoderEvent::Ping(payload) => {
@@ -459,10 +500,10 @@ impl Session {
                 let silent = now.since_short(self.timer.last_seen);
                 if app_deadline <= now {
                     Timeout::AppDeadline
-                } else if self.timer.ping_outstanding {
+                } else if self.timer.has(Liveness::PING_OUTSTANDING) {
                     Timeout::Drop(DropReason::Pong)
                 } else if silent >= config.ping_ticks {
-                    self.timer.ping_outstanding = true;
+                    self.timer.put(Liveness::PING_OUTSTANDING, true);
                     tx.write(&mut |out| write_frame(out, OpCode::Ping, b""));
                     self.timer.set((now + config.pong_ticks).min(app_deadline));
                     Timeout::Pinged
@@ -500,6 +541,45 @@ impl Session {
         }
     }
 
+    /// The peer ended its direction: a read returned EOF (a TCP half-close). Nothing more will
+    /// be read, but the peer may still be reading, so what is queued (an echo, the Close we
+    /// owe, an HTTP answer) is still written: end of input is not a reason to drop output, only
+    /// a write error is. The driver closes the connection once its queue is empty
+    /// ([`Session::peer_ended`]), or at the close deadline. A session that was not closing yet
+    /// is now ([`Closing::PeerGone`]; no Close is sent: the peer chose not to have a closing
+    /// handshake).
+    pub fn handle_eof(&mut self, now: Tick, config: &SessionConfig) {
+        self.timer.put(Liveness::PEER_EOF, true);
+        if !self.is_closing() {
+            self.enter_closing(Closing::PeerGone, now, config);
+        }
+    }
+
+    /// True once the peer ended its direction: close as soon as nothing is left to write.
+    pub fn peer_ended(&self) -> bool {
+        self.timer.has(Liveness::PEER_EOF)
+    }
+
+    /// `len` bytes arrived while closing and were discarded (a lingering close: reading on
+    /// after our last bytes, so the peer's unread input does not turn our close into a reset
+    /// before it read them). Returns false once an HTTP answer's lingering passed
+    /// [`LINGER_MAX_KIB`]: the driver drops the connection. A WebSocket closing handshake is
+    /// bounded by the close deadline alone: its peer may be mid-way through a large message
+    /// when our Close goes out (a slow consumer's 1008, a drain's 1001), and what it still
+    /// sends is part of an orderly end.
+    pub fn discard(&mut self, len: usize) -> bool {
+        let kib = u16::try_from(len.div_ceil(1024)).unwrap_or(u16::MAX);
+        self.timer.discarded_kib = self.timer.discarded_kib.saturating_add(kib);
+        let http = matches!(
+            self.state,
+            State::Closing {
+                how: Closing::Http,
+                ..
+            }
+        );
+        !http || self.timer.discarded_kib <= LINGER_MAX_KIB
+    }
+
     /// The application's deadline changed (a token arrived or was refreshed, expiring at
     /// `app_deadline`): the next deadline becomes the keep-alive one (a Ping is due
     /// `--ping-interval` after the last frame, at the earliest next tick), or `app_deadline`
@@ -523,7 +603,9 @@ impl Session {
         if self.is_closing() {
             self.decoder = Decoder::new();
         }
-        std::mem::take(&mut self.timer.rearm).then(|| now.expand(self.timer.tick))
+        self.timer
+            .take(Liveness::REARM)
+            .then(|| now.expand(self.timer.tick))
     }
 
     /// Called after a flush that left nothing queued: true (once) when the driver must now

@@ -523,3 +523,65 @@ fn traffic_postpones_the_ping() {
         Timeout::Pinged
     );
 }
+
+#[test]
+fn eof_while_open_closes_without_a_close_frame_and_the_peer_is_done() {
+    let config = config();
+    let mut wire = Wire::default();
+    let mut session = open_at(Tick(0), &mut wire);
+    assert!(!session.peer_ended());
+    session.handle_eof(Tick(10), &config);
+    assert!(session.peer_ended());
+    assert_eq!(
+        session.state(),
+        State::Closing {
+            how: Closing::PeerGone,
+            fin_sent: false
+        }
+    );
+    assert!(wire.bytes.is_empty(), "no Close: the peer cannot answer it");
+    assert_eq!(session.poll_timeout(Tick(10)), Some(Tick(10 + CLOSE)));
+}
+
+#[test]
+fn eof_after_the_peers_close_keeps_the_close_reply_owed() {
+    let config = config();
+    let mut wire = Wire::default();
+    let mut session = open_at(Tick(0), &mut wire);
+    let _ = feed(
+        &mut session,
+        &client_frame(OpCode::Close, &close_payload(NORMAL)),
+        Tick(1),
+        &mut wire,
+    );
+    session.handle_eof(Tick(2), &config);
+    // The state (and so the Close reply queued by the driver) is kept; only EOF is noted.
+    assert_eq!(
+        session.state(),
+        State::Closing {
+            how: Closing::Closed,
+            fin_sent: false
+        }
+    );
+    assert!(session.peer_ended());
+    assert_eq!(wire.frames(), [(OpCode::Close, close_payload(NORMAL))]);
+}
+
+#[test]
+fn lingering_after_an_http_answer_is_bounded_in_amount_only_for_http() {
+    let config = config();
+    let mut wire = Wire::default();
+    let mut http = Session::new(Tick(0), &config);
+    http.refuse(&Refusal::NoEndpoint, Tick(0), &config, &mut wire);
+    let mut total = 0;
+    while http.discard(64 * 1024) {
+        total += 64 * 1024;
+        assert!(total <= usize::from(LINGER_MAX_KIB) * 1024, "unbounded");
+    }
+    assert_eq!(total, usize::from(LINGER_MAX_KIB) * 1024);
+    wire.bytes.clear();
+    // A WebSocket closing handshake is bounded by its deadline only.
+    let mut ws = open_at(Tick(0), &mut wire);
+    assert!(ws.close(GOING_AWAY, "", Tick(1), &config, &mut wire));
+    assert!((0..100).all(|_| ws.discard(64 * 1024)));
+}
