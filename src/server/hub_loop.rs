@@ -113,7 +113,7 @@ impl HubLoop {
                 api: ApiConns::new(
                     config.api_key.as_deref(),
                     ApiLimits {
-                        max_head: 8 * 1024,
+                        max_head: config.max_request_head,
                         max_body: config.max_message_size,
                     },
                 ),
