@@ -928,15 +928,24 @@ fn target_forms_and_repeated_fields_on_the_api() {
 }
 
 /// Writes `request` in full with blocking writes (as Python's `urllib` does), then reads the
-/// answer. Without a lingering close the server's close turns into a reset while the client
-/// is still writing, and the write fails with "broken pipe" / "connection reset".
-fn send_all_then_read(addr: std::net::SocketAddr, request: &[u8]) -> common::HttpResponse {
+/// answer. The first `pause_after` bytes go first, then a pause, as on a real network where
+/// the head arrives well before the end of a large body: the server answers before the body
+/// is in. Without a lingering close the server's close then turns into a reset while the
+/// client is still writing, and the write fails with "broken pipe" / "connection reset".
+fn send_all_then_read(
+    addr: std::net::SocketAddr,
+    request: &[u8],
+    pause_after: usize,
+) -> common::HttpResponse {
     let mut stream = common::connect(addr);
     stream
         .set_write_timeout(Some(Duration::from_secs(10)))
         .unwrap();
+    let (first, rest) = request.split_at(pause_after);
+    stream.write_all(first).expect("send the head");
+    std::thread::sleep(Duration::from_millis(200));
     stream
-        .write_all(request)
+        .write_all(rest)
         .expect("the whole request is written before the answer is read");
     common::read_full_response(&mut stream)
 }
@@ -946,21 +955,26 @@ fn an_early_413_is_read_by_a_client_that_sends_its_whole_body() {
     guarded(|| {
         let server = server();
         let body = format!(r#"{{"channel":"news","data":"{}"}}"#, "a".repeat(2 << 20));
-        let mut request = format!(
+        let head = format!(
             "POST /api/publish HTTP/1.1\r\nHost: h\r\nContent-Length: {}\r\n\r\n",
             body.len()
-        )
-        .into_bytes();
+        );
+        let mut request = head.clone().into_bytes();
         request.extend_from_slice(body.as_bytes());
-        let response = send_all_then_read(server.api_addr(), &request);
+        let response = send_all_then_read(server.api_addr(), &request, head.len());
         assert_eq!(response.status, 413);
-        // The same with chunks, and with a 431 whose head goes on and on.
+        // The same with chunks (refused once the sizes pass 1 MiB), and with a 431 whose
+        // head goes on and on.
         let chunked = chunked_request("/api/publish", &body, 16 * 1024, "");
-        assert_eq!(send_all_then_read(server.api_addr(), &chunked).status, 413);
+        let sent_first = (1 << 20) + 64 * 1024;
+        assert_eq!(
+            send_all_then_read(server.api_addr(), &chunked, sent_first).status,
+            413
+        );
         let mut huge_head = b"GET /api/stats HTTP/1.1\r\nX-Pad: ".to_vec();
         huge_head.resize(2 << 20, b'a');
         assert_eq!(
-            send_all_then_read(server.api_addr(), &huge_head).status,
+            send_all_then_read(server.api_addr(), &huge_head, 32 * 1024).status,
             431
         );
         // The server is still fine.
