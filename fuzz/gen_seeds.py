@@ -106,3 +106,37 @@ for name, text in handshake_seeds.items():
     if name == "chrome_with_frame":
         data += frame(0x1, b"Hello")
     write("handshake", name, data)
+
+# Push API inputs (issue 12): chunked bodies and request-target forms. The older push_input
+# seeds were written by hand and are kept as they are.
+def chunked(target, body, piece, extra=""):
+    out = f"POST {target} HTTP/1.1\r\nHost: h\r\n{extra}Transfer-Encoding: chunked\r\n\r\n"
+    for i in range(0, len(body), piece):
+        part = body[i : i + piece]
+        out += f"{len(part):x};ext=1\r\n{part}\r\n"
+    return out + "0\r\nX-Trailer: 1\r\n\r\n"
+
+
+PUBLISH = '{"channel":"news","data":{"n":[1,2,3]}}'
+push_input_seeds = {
+    "chunked_publish": chunked("/api/publish", PUBLISH, 7),
+    "chunked_pipelined": chunked("/api/broadcast", '{"data":1}', 3)
+    + "GET /api/stats HTTP/1.1\r\n\r\n",
+    "chunked_with_length": chunked("/api/publish", PUBLISH, 64, "Content-Length: 5\r\n"),
+    "chunked_gzip": chunked("/api/publish", PUBLISH, 64, "Transfer-Encoding: gzip\r\n"),
+    "chunked_bad_size": "POST /api/send HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+    "fffffffffffffffff\r\n",
+    "chunked_http10": "POST /api/broadcast HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n"
+    "a\r\n{\"data\":1}\r\n0\r\n\r\n",
+    "absolute_form": "GET http://127.0.0.1:8081/api/presence?channel=news HTTP/1.1\r\n"
+    "Host: 127.0.0.1:8081\r\n\r\n"
+    + "POST HTTPS://h/api/send HTTP/1.1\r\nContent-Length: 23\r\n\r\n"
+    '{"user":"u","data":"x"}',
+    "other_targets": "OPTIONS * HTTP/1.1\r\n\r\nCONNECT h:443 HTTP/1.1\r\n\r\n"
+    "GET /api/stats#f HTTP/1.1\r\n\r\n",
+    "repeated_fields": "GET /api/stats HTTP/1.1\r\nHost: a\r\nHost: a\r\n"
+    "Authorization: Bearer k3y\r\n\r\n",
+    "origins": "https://App.Example.com:443|https://app.example.com",
+}
+for name, text in push_input_seeds.items():
+    write("push_input", name, text.encode())

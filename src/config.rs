@@ -286,6 +286,19 @@ pub struct Args {
     )]
     pub drain_timeout: Duration,
 
+    /// Largest request head (request line and header fields) of a WebSocket upgrade or a
+    /// push API request; a larger one gets 431. Browsers send their cookies in the upgrade,
+    /// so leave room for them. The buffer is freed once a connection is upgraded.
+    /// Between 1KiB and 64KiB.
+    #[arg(
+        long,
+        value_name = "BYTES",
+        env = "EDGEPUSH_MAX_REQUEST_HEAD",
+        default_value = "16KiB",
+        value_parser = parse_request_head_size
+    )]
+    pub max_request_head: usize,
+
     /// How often to log one info line with connections, messages per second and drops.
     #[arg(
         long,
@@ -403,7 +416,18 @@ pub struct Config {
     /// `--stats-interval`: how often the info line with connections, messages per second and
     /// drops is logged. Non-zero.
     pub stats_interval: Duration,
+    /// `--max-request-head`: the largest request head (request line and fields, RFC 9112
+    /// §2.1) in bytes on both listeners; 431 beyond. Within [`MIN_REQUEST_HEAD`]..=
+    /// [`MAX_REQUEST_HEAD`].
+    pub max_request_head: usize,
 }
+
+/// The smallest `--max-request-head`: an upgrade request with its usual fields fits in it.
+pub const MIN_REQUEST_HEAD: usize = 1 << 10;
+
+/// The largest `--max-request-head`: a worker reads into one 64 KiB buffer that holds the
+/// unfinished head, so a head must end within it.
+pub const MAX_REQUEST_HEAD: usize = 64 << 10;
 
 /// A rule between flags that the individual value parsers cannot check.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -548,6 +572,7 @@ impl Config {
             drain_duration: args.drain_duration,
             drain_timeout: args.drain_timeout,
             stats_interval: args.stats_interval,
+            max_request_head: args.max_request_head,
         })
     }
 
@@ -580,6 +605,7 @@ impl Config {
             drain_duration: Duration::ZERO,
             drain_timeout: Duration::from_secs(10),
             stats_interval: Duration::from_secs(60),
+            max_request_head: 16 << 10,
         }
     }
 
@@ -647,6 +673,7 @@ impl Config {
                 ),
             ),
             ("stats interval", format_duration(self.stats_interval)),
+            ("max request head", format_size(self.max_request_head)),
             (
                 "history",
                 format!(
@@ -775,6 +802,18 @@ fn parse_positive_size(s: &str) -> Result<usize, String> {
     match parse_size(s)? {
         0 => Err("must be greater than zero".to_owned()),
         n => Ok(n),
+    }
+}
+
+/// `--max-request-head`: a size within [`MIN_REQUEST_HEAD`]..=[`MAX_REQUEST_HEAD`].
+fn parse_request_head_size(s: &str) -> Result<usize, String> {
+    match parse_size(s)? {
+        n if (MIN_REQUEST_HEAD..=MAX_REQUEST_HEAD).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "must be between {} and {}",
+            format_size(MIN_REQUEST_HEAD),
+            format_size(MAX_REQUEST_HEAD)
+        )),
     }
 }
 
@@ -1028,6 +1067,8 @@ mod tests {
             "1s",
             "--log",
             "debug",
+            "--max-request-head",
+            "32KiB",
         ])
         .expect("valid flags");
         let c = Config::from_args(args).expect("valid config");
@@ -1042,6 +1083,11 @@ mod tests {
         assert_eq!(c.max_backlog, 128 << 10);
         assert_eq!(c.close_timeout, Duration::from_secs(1));
         assert_eq!(c.log_level, log::LevelFilter::Debug);
+        assert_eq!(c.max_request_head, 32 << 10);
+        for (value, bytes) in [("1KiB", 1 << 10), ("64KiB", 64 << 10), ("20000", 20_000)] {
+            let c = Config::from_args(parse(&["--max-request-head", value]).expect("valid"));
+            assert_eq!(c.map(|c| c.max_request_head), Ok(bytes), "{value}");
+        }
 
         let c = Config::from_args(parse(&["--no-echo"]).expect("valid")).expect("valid");
         assert_eq!(c.echo_path, None);
@@ -1071,6 +1117,11 @@ mod tests {
             &["--log", "verbose"],
             &["--no-such-flag"],
             &["--no-echo=maybe"],
+            &["--max-request-head", "0"],
+            &["--max-request-head", "1023"],
+            &["--max-request-head", "65537"],
+            &["--max-request-head", "1MiB"],
+            &["--max-request-head", "16 KiB please"],
         ];
         for args in bad {
             let err = parse(args).expect_err(&format!("{args:?} accepted"));
@@ -1137,7 +1188,8 @@ mod tests {
         ] {
             assert!(s.contains(needle), "{needle:?} missing from\n{s}");
         }
-        assert_eq!(s.lines().count(), 24);
+        assert_eq!(s.lines().count(), 25);
+        assert!(s.contains("max request head   16KiB"), "{s}");
         c.echo_path = None;
         assert!(c.render_summary().contains("echo path          off"));
     }

@@ -206,7 +206,8 @@ fn malformed_upgrades_are_400() {
 fn oversized_head_is_431() {
     guarded(|| {
         let server = TestServer::start(common::config());
-        let big = format!("X-Filler: {}", "a".repeat(9 * 1024));
+        // Over the default --max-request-head (16 KiB).
+        let big = format!("X-Filler: {}", "a".repeat(17 * 1024));
         let key = key_header();
         let request = upgrade_with(&[HOST, UPGRADE, CONNECTION, VERSION, &key, &big]);
         let response = http_exchange(server.addr(), &request);
@@ -225,11 +226,11 @@ fn head_just_under_the_limit_upgrades() {
     guarded(|| {
         let server = TestServer::start(common::config());
         let base = upgrade_request("/echo").len();
-        let filler_len = 8 * 1024 - base - "X-Filler: \r\n".len() - 1;
+        let filler_len = 16 * 1024 - base - "X-Filler: \r\n".len() - 1;
         let mut request = upgrade_request("/echo");
         request.truncate(request.len() - 2);
         request.push_str(&format!("X-Filler: {}\r\n\r\n", "a".repeat(filler_len)));
-        assert!(request.len() < 8 * 1024);
+        assert!(request.len() < 16 * 1024);
         let stream = connect(server.addr());
         let mut stream = stream;
         stream.write_all(request.as_bytes()).unwrap();
@@ -245,7 +246,8 @@ fn too_many_headers_is_431() {
     guarded(|| {
         let server = TestServer::start(common::config());
         let key = key_header();
-        let extra: Vec<String> = (0..70).map(|i| format!("X-H{i}: v")).collect();
+        // 128 fields are allowed (edgepush::http::MAX_HEADERS): 5 + 124 is one too many.
+        let extra: Vec<String> = (0..124).map(|i| format!("X-H{i}: v")).collect();
         let mut headers: Vec<&str> = vec![HOST, UPGRADE, CONNECTION, VERSION, &key];
         headers.extend(extra.iter().map(String::as_str));
         let response = http_exchange(server.addr(), &upgrade_with(&headers));
@@ -400,5 +402,131 @@ fn answers_are_byte_exact() {
             String::from_utf8_lossy(&accept)
         );
         assert_eq!(String::from_utf8_lossy(&got), expected);
+    });
+}
+
+// ---- HTTP/1.1 rules (issue 12) ----
+
+#[test]
+fn absolute_form_is_served_like_its_path() {
+    guarded(|| {
+        let server = TestServer::start(common::config());
+        let key = key_header();
+        for target in [
+            format!("http://{}/echo?x=1", server.addr()),
+            "HTTP://localhost/echo".to_owned(),
+        ] {
+            let request = common::upgrade_request_with(&target, &[]);
+            let mut stream = connect(server.addr());
+            stream.write_all(request.as_bytes()).unwrap();
+            let (response, rest) = common::read_response_head(&mut stream);
+            assert_eq!(response.status, 101, "{target}");
+            RawClient::from_parts(stream, rest).round_trip("absolute");
+        }
+        let target = format!("http://{}/healthz", server.addr());
+        assert_eq!(http_exchange(server.addr(), &get(&target)).status, 200);
+        // Other forms and fragments: 400.
+        for target in [
+            "*",
+            "localhost:8080",
+            "/ws?user=bob#x",
+            "/echo#",
+            "ftp://h/echo",
+        ] {
+            let request = format!(
+                "GET {target} HTTP/1.1\r\n{HOST}\r\n{UPGRADE}\r\n{CONNECTION}\r\n{VERSION}\r\n{key}\r\n\r\n"
+            );
+            let response = http_exchange(server.addr(), request.as_bytes());
+            assert_eq!(response.status, 400, "{target}");
+        }
+    });
+}
+
+#[test]
+fn repeated_singleton_fields_are_400() {
+    guarded(|| {
+        let server = TestServer::start(common::config());
+        let key = key_header();
+        let repeats = [
+            HOST,
+            "Host: other",
+            "Origin: http://a.example",
+            VERSION,
+            key.as_str(),
+            "Authorization: Bearer x",
+            "X-Real-IP: 1.2.3.4",
+        ];
+        for repeated in repeats {
+            let mut headers = vec![HOST, UPGRADE, CONNECTION, VERSION, &key];
+            if repeated.starts_with("Origin")
+                || repeated.starts_with("Authorization")
+                || repeated.starts_with("X-Real")
+            {
+                headers.push(repeated);
+            }
+            headers.push(repeated);
+            let response = http_exchange(server.addr(), &upgrade_with(&headers));
+            assert_eq!(response.status, 400, "{repeated}");
+        }
+        // A body on an upgrade, and bad framing on a plain request.
+        let with_body = upgrade_with(&[
+            HOST,
+            UPGRADE,
+            CONNECTION,
+            VERSION,
+            &key,
+            "Content-Length: 2",
+        ]);
+        assert_eq!(http_exchange(server.addr(), &with_body).status, 400);
+        let framing =
+            b"GET /healthz HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: gzip, chunked\r\n\r\n";
+        assert_eq!(http_exchange(server.addr(), framing).status, 501);
+    });
+}
+
+#[test]
+fn max_request_head_is_configurable() {
+    guarded(|| {
+        // A browser's 8.7 KB cookie jar fits the default.
+        let server = TestServer::start(common::config());
+        let key = key_header();
+        let cookie = format!("Cookie: a={}; token=t", "c".repeat(8700));
+        let request = upgrade_with(&[HOST, UPGRADE, CONNECTION, VERSION, &key, &cookie]);
+        let mut stream = connect(server.addr());
+        stream.write_all(&request).unwrap();
+        let (response, rest) = common::read_response_head(&mut stream);
+        assert_eq!(response.status, 101);
+        RawClient::from_parts(stream, rest).round_trip("cookies");
+        // A smaller limit refuses it on both listeners; a larger one takes 40 KB.
+        let small = TestServer::start(Config {
+            max_request_head: 4 * 1024,
+            ..common::config()
+        });
+        assert_eq!(http_exchange(small.addr(), &request).status, 431);
+        let api_request = format!("GET /api/stats HTTP/1.1\r\n{cookie}\r\n\r\n");
+        assert_eq!(
+            http_exchange(small.api_addr(), api_request.as_bytes()).status,
+            431
+        );
+        let large = TestServer::start(Config {
+            max_request_head: 48 * 1024,
+            ..common::config()
+        });
+        let cookie = format!("Cookie: a={}", "c".repeat(40 * 1024));
+        let request = upgrade_with(&[HOST, UPGRADE, CONNECTION, VERSION, &key, &cookie]);
+        let mut stream = connect(large.addr());
+        // In pieces, so the head is buffered across reads.
+        for piece in request.chunks(7000) {
+            stream.write_all(piece).unwrap();
+            thread::sleep(Duration::from_millis(10));
+        }
+        let (response, rest) = common::read_response_head(&mut stream);
+        assert_eq!(response.status, 101);
+        let mut client = RawClient::from_parts(stream, rest);
+        client.round_trip("a 40 KB head");
+        let mut api = common::ApiClient::connect(large.api_addr());
+        let api_request = format!("GET /api/stats HTTP/1.1\r\n{cookie}\r\n\r\n");
+        api.send_raw(api_request.as_bytes());
+        assert_eq!(api.read_response().status, 200);
     });
 }

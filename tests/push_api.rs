@@ -802,3 +802,211 @@ fn pipelined_requests_beyond_the_in_flight_limit_are_not_stalled() {
         }
     });
 }
+
+// ---- HTTP/1.1 (issue 12): chunked bodies, target forms, singletons, lingering close ----
+
+/// A chunked `POST path` whose body is sent in pieces of `piece` bytes.
+fn chunked_request(path: &str, body: &str, piece: usize, extra: &str) -> Vec<u8> {
+    let mut out = format!(
+        "POST {path} HTTP/1.1\r\nHost: localhost\r\n{extra}Transfer-Encoding: chunked\r\n\r\n"
+    )
+    .into_bytes();
+    for chunk in body.as_bytes().chunks(piece) {
+        out.extend_from_slice(format!("{:X};ext=1\r\n", chunk.len()).as_bytes());
+        out.extend_from_slice(chunk);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"0\r\nX-Trailer: ignored\r\n\r\n");
+    out
+}
+
+#[test]
+fn chunked_publish_is_delivered_and_the_connection_goes_on() {
+    guarded(|| {
+        let server = server();
+        let mut client = push_client(server.addr(), "u1");
+        client.subscribe("news");
+        let mut api = ApiClient::connect(server.api_addr());
+        // Chunked, then a pipelined Content-Length request and a chunked one, in one write.
+        let mut bytes = chunked_request(
+            "/api/publish",
+            r#"{"channel":"news","data":{"n":1}}"#,
+            5,
+            "",
+        );
+        bytes.extend_from_slice(&api.request(
+            "POST",
+            "/api/publish",
+            Some(r#"{"channel":"news","data":2}"#),
+        ));
+        bytes.extend_from_slice(&chunked_request(
+            "http://localhost/api/publish",
+            r#"{"channel":"news","data":3}"#,
+            1000,
+            "",
+        ));
+        api.send_raw(&bytes);
+        for seq in 1..=3 {
+            let response = api.read_response();
+            assert_eq!(response.status, 200, "{}", response.body_text());
+            assert_eq!(response.json()["seq"], seq);
+        }
+        for (seq, data) in [(1, json!({"n":1})), (2, json!(2)), (3, json!(3))] {
+            let message = client.recv_json();
+            assert_eq!(
+                message,
+                json!({"op":"message","channel":"news","seq":seq,"data":data})
+            );
+        }
+        // Still open after all that.
+        assert_eq!(api.get("/api/stats")["connections"], 1);
+    });
+}
+
+#[test]
+fn chunked_framing_errors() {
+    guarded(|| {
+        let server = server();
+        // (extra header lines, body after the head, status)
+        let cases: &[(&str, &str, u16)] = &[
+            ("Content-Length: 5\r\n", "0\r\n\r\n", 400),
+            ("Transfer-Encoding: gzip\r\n", "0\r\n\r\n", 501),
+            ("", "zz\r\n", 400),
+            ("", "5\r\nabcdefg\r\n", 400),
+            ("", "fffffffffffffffff\r\n", 400),
+            ("", "100001\r\n", 413),
+        ];
+        for (extra, body, status) in cases {
+            let mut stream = common::connect(server.api_addr());
+            let head = format!(
+                "POST /api/publish HTTP/1.1\r\nHost: h\r\n{extra}Transfer-Encoding: chunked\r\n\r\n{body}"
+            );
+            stream.write_all(head.as_bytes()).unwrap();
+            let response = common::read_full_response(&mut stream);
+            assert_eq!(response.status, *status, "{extra:?} {body:?}");
+            assert_eq!(response.header("connection"), Some("close"));
+        }
+        // A chunked body over the limit is refused as soon as the sizes pass it.
+        let mut api = ApiClient::connect(server.api_addr());
+        // 16 chunks of 64 KiB make the 1 MiB limit; the 17th chunk's size line passes it, and
+        // its data is never sent.
+        let mut request =
+            b"POST /api/publish HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+        for _ in 0..16 {
+            request.extend_from_slice(b"10000\r\n");
+            request.extend_from_slice(&[b' '; 64 * 1024]);
+            request.extend_from_slice(b"\r\n");
+        }
+        request.extend_from_slice(b"1\r\n");
+        api.send_raw(&request);
+        let response = api.read_response();
+        assert_eq!(response.status, 413);
+    });
+}
+
+#[test]
+fn target_forms_and_repeated_fields_on_the_api() {
+    guarded(|| {
+        let server = server();
+        let mut api = ApiClient::connect(server.api_addr());
+        let target = format!("http://{}/api/stats?x=1", server.api_addr());
+        assert_eq!(api.call("GET", &target, None).status, 200);
+        let bad: &[&str] = &[
+            "GET /api/stats#top HTTP/1.1\r\nHost: h\r\n\r\n",
+            "GET * HTTP/1.1\r\nHost: h\r\n\r\n",
+            "CONNECT localhost:8081 HTTP/1.1\r\nHost: h\r\n\r\n",
+            "GET /api/stats HTTP/1.1\r\nHost: h\r\nHost: h\r\n\r\n",
+            "GET /api/stats HTTP/1.1\r\nHost: h\r\nAuthorization: Bearer a\r\nAuthorization: Bearer a\r\n\r\n",
+            "POST /api/broadcast HTTP/1.1\r\nHost: h\r\nContent-Length: 10\r\nContent-Length: 10\r\n\r\n{\"data\":1}",
+            "POST /api/broadcast HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        ];
+        for request in bad {
+            let response = common::http_exchange(server.api_addr(), request.as_bytes());
+            assert_eq!(response.status, 400, "{request:?}");
+        }
+    });
+}
+
+/// Writes `request` in full with blocking writes (as Python's `urllib` does), then reads the
+/// answer. The first `pause_after` bytes go first, then a pause, as on a real network where
+/// the head arrives well before the end of a large body: the server answers before the body
+/// is in. Without a lingering close the server's close then turns into a reset while the
+/// client is still writing, and the write fails with "broken pipe" / "connection reset".
+fn send_all_then_read(
+    addr: std::net::SocketAddr,
+    request: &[u8],
+    pause_after: usize,
+) -> common::HttpResponse {
+    let mut stream = common::connect(addr);
+    stream
+        .set_write_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let (first, rest) = request.split_at(pause_after);
+    stream.write_all(first).expect("send the head");
+    std::thread::sleep(Duration::from_millis(200));
+    stream
+        .write_all(rest)
+        .expect("the whole request is written before the answer is read");
+    common::read_full_response(&mut stream)
+}
+
+#[test]
+fn an_early_413_is_read_by_a_client_that_sends_its_whole_body() {
+    guarded(|| {
+        let server = server();
+        let body = format!(r#"{{"channel":"news","data":"{}"}}"#, "a".repeat(2 << 20));
+        let head = format!(
+            "POST /api/publish HTTP/1.1\r\nHost: h\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        let mut request = head.clone().into_bytes();
+        request.extend_from_slice(body.as_bytes());
+        let response = send_all_then_read(server.api_addr(), &request, head.len());
+        assert_eq!(response.status, 413);
+        // The same with chunks (refused once the sizes pass 1 MiB), and with a 431 whose
+        // head goes on and on.
+        let chunked = chunked_request("/api/publish", &body, 16 * 1024, "");
+        let sent_first = (1 << 20) + 64 * 1024;
+        assert_eq!(
+            send_all_then_read(server.api_addr(), &chunked, sent_first).status,
+            413
+        );
+        let mut huge_head = b"GET /api/stats HTTP/1.1\r\nX-Pad: ".to_vec();
+        huge_head.resize(2 << 20, b'a');
+        assert_eq!(
+            send_all_then_read(server.api_addr(), &huge_head, 32 * 1024).status,
+            431
+        );
+        // The server is still fine.
+        let mut api = ApiClient::connect(server.api_addr());
+        assert_eq!(api.call("GET", "/api/stats", None).status, 200);
+    });
+}
+
+#[test]
+fn a_lingering_connection_is_closed_when_its_time_is_up() {
+    guarded(|| {
+        let server = server();
+        let mut stream = common::connect(server.api_addr());
+        // 413 from the header; then the client sends a little and goes quiet, never closing.
+        stream
+            .write_all(
+                b"POST /api/publish HTTP/1.1\r\nHost: h\r\nContent-Length: 99999999\r\n\r\nabc",
+            )
+            .unwrap();
+        let started = std::time::Instant::now();
+        let response = common::read_full_response(&mut stream);
+        assert_eq!(response.status, 413);
+        // read_full_response read to EOF: the write side was shut at once, not after the
+        // linger time.
+        assert!(started.elapsed() < Duration::from_secs(2));
+        // Reading more is end of input; writing is accepted (discarded) until the linger time
+        // is up, after which the server has closed the socket and a write is reset.
+        assert!(common::wait_until(Duration::from_secs(6), || {
+            let _ = stream.write_all(b"more");
+            std::thread::sleep(Duration::from_millis(100));
+            stream.write_all(b"more").is_err()
+        }));
+        assert!(started.elapsed() >= Duration::from_millis(1500));
+    });
+}

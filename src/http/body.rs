@@ -71,21 +71,30 @@ enum Coding {
     NotChunked,
 }
 
-/// `Ok(None)` without `Transfer-Encoding`. Codings other than `chunked` before a final
-/// `chunked` are [`Error::UnsupportedTransferCoding`] (we decode none of them, and `chunked`
-/// may not be applied twice).
+/// `Ok(None)` without `Transfer-Encoding`. The lines form one list (RFC 9110 §5.3). A list
+/// that does not end in `chunked`, or applies `chunked` twice (RFC 9112 §6.1: a sender MUST
+/// NOT), is [`Coding::NotChunked`]; any other coding before a final `chunked` is
+/// [`Error::UnsupportedTransferCoding`] (we decode none of them: 501).
 fn transfer_coding(headers: &Headers<'_, '_>) -> Result<Option<Coding>, Error> {
     if !headers.contains("transfer-encoding") {
         return Ok(None);
     }
-    let (mut count, mut last) = (0usize, None);
+    let is_chunked = |c: &[u8]| c.eq_ignore_ascii_case(b"chunked");
+    let (mut last, mut chunked_before, mut other_before) = (None, false, false);
     for coding in headers.get_all("transfer-encoding").flat_map(list) {
-        count += 1;
+        if let Some(previous) = last {
+            if is_chunked(previous) {
+                chunked_before = true;
+            } else {
+                other_before = true;
+            }
+        }
         last = Some(coding);
     }
     match last {
-        Some(c) if c.eq_ignore_ascii_case(b"chunked") && count == 1 => Ok(Some(Coding::Chunked)),
-        Some(c) if c.eq_ignore_ascii_case(b"chunked") => Err(Error::UnsupportedTransferCoding),
+        Some(c) if is_chunked(c) && chunked_before => Ok(Some(Coding::NotChunked)),
+        Some(c) if is_chunked(c) && other_before => Err(Error::UnsupportedTransferCoding),
+        Some(c) if is_chunked(c) => Ok(Some(Coding::Chunked)),
         _ => Ok(Some(Coding::NotChunked)),
     }
 }
@@ -111,14 +120,26 @@ pub fn length_body(buf: &[u8], length: u64, limit: usize) -> Result<Status<&[u8]
 /// data, a chunk or trailer line longer than [`MAX_CHUNK_LINE`]).
 pub fn chunked_body(buf: &[u8], limit: usize, out: &mut Vec<u8>) -> Result<Status<usize>, Error> {
     let start = out.len();
-    let result = decode_chunks(buf, limit, out);
+    let result = decode_chunks(buf, limit, Some(out));
     if !matches!(result, Ok(Status::Complete(_))) {
         out.truncate(start);
     }
     result
 }
 
-fn decode_chunks(buf: &[u8], limit: usize, out: &mut Vec<u8>) -> Result<Status<usize>, Error> {
+/// [`chunked_body`] without the copy: how many bytes of `buf` the whole chunked body takes,
+/// with the same errors, at a cost that grows with the number of chunks, not with their
+/// size. A server that re-reads a growing buffer calls this on each read and decodes once it
+/// is `Complete`.
+pub fn chunked_extent(buf: &[u8], limit: usize) -> Result<Status<usize>, Error> {
+    decode_chunks(buf, limit, None)
+}
+
+fn decode_chunks(
+    buf: &[u8],
+    limit: usize,
+    mut out: Option<&mut Vec<u8>>,
+) -> Result<Status<usize>, Error> {
     let mut at = 0;
     let mut total = 0usize;
     loop {
@@ -146,7 +167,9 @@ fn decode_chunks(buf: &[u8], limit: usize, out: &mut Vec<u8>) -> Result<Status<u
             None if buf.get(end).is_some_and(|&b| b != b'\r') => return Err(Error::BadChunk),
             None => return Ok(Status::Partial),
         }
-        out.extend_from_slice(data);
+        if let Some(out) = out.as_mut() {
+            out.extend_from_slice(data);
+        }
         at = end + 2;
     }
     // trailer-section CRLF: field lines until an empty one.
@@ -255,7 +278,26 @@ mod tests {
                     ("Transfer-Encoding", "chunked"),
                     ("Transfer-Encoding", "chunked"),
                 ],
+                Err(Error::ChunkedNotFinal),
+            ),
+            (
+                &[
+                    ("Transfer-Encoding", "gzip"),
+                    ("Transfer-Encoding", "chunked"),
+                ],
                 Err(Error::UnsupportedTransferCoding),
+            ),
+            (
+                &[("Transfer-Encoding", "chunked, identity")],
+                Err(Error::ChunkedNotFinal),
+            ),
+            (
+                &[("Transfer-Encoding", "chunked;q=1")],
+                Err(Error::ChunkedNotFinal),
+            ),
+            (
+                &[("Transfer-Encoding", " , chunked ,")],
+                Ok(Framing::Chunked),
             ),
         ];
         for (lines, expected) in cases {
@@ -336,7 +378,9 @@ mod tests {
             Ok(Status::Complete(whole))
         );
         assert_eq!(out, b"keptWikipedia in\r\n\r\nchunks.");
+        assert_eq!(chunked_extent(CHUNKED, 100), Ok(Status::Complete(whole)));
         for cut in 0..whole {
+            assert_eq!(chunked_extent(&CHUNKED[..cut], 100), Ok(Status::Partial));
             let mut out = Vec::new();
             assert_eq!(
                 chunked_body(&CHUNKED[..cut], 100, &mut out),
@@ -372,8 +416,30 @@ mod tests {
             (b"3\r\nabc\n", 10, Err(Error::BadChunk)),
             (b"0\r\nX: 1\n\r\n", 10, Err(Error::BadChunk)),
             (b"3 ; ext\r\nabc\r\n0\r\n\r\n", 10, Ok(Status::Complete(19))),
+            // Neighbours: sign, prefix, whitespace before the size, size overflow at the limit.
+            (b"+3\r\nabc\r\n0\r\n\r\n", 10, Err(Error::BadChunk)),
+            (b"0x3\r\nabc\r\n0\r\n\r\n", 10, Err(Error::BadChunk)),
+            (b" 3\r\nabc\r\n0\r\n\r\n", 10, Err(Error::BadChunk)),
+            (b"3\r\nabc\r\n", 10, Ok(Status::Partial)),
+            (b"3\r\nabc\r\n0\r\n", 10, Ok(Status::Partial)),
+            (
+                b"A\r\n0123456789\r\n0\r\n\r\n",
+                10,
+                Ok(Status::Complete(20)),
+            ),
+            (
+                b"8\r\n01234567\r\n3\r\nabc\r\n",
+                10,
+                Err(Error::BodyTooLarge),
+            ),
+            (
+                b"fffffffffffffff0\r\n",
+                usize::MAX,
+                Err(Error::BodyTooLarge),
+            ),
         ];
         for (input, limit, expected) in cases {
+            assert_eq!(chunked_extent(input, *limit), *expected);
             let mut out = Vec::new();
             let got = chunked_body(input, *limit, &mut out);
             assert_eq!(got, *expected, "{:?}", String::from_utf8_lossy(input));

@@ -61,6 +61,23 @@ impl<'h, 'b> Headers<'h, 'b> {
         self.get(name).is_some()
     }
 
+    /// The value of the field `name`, which must appear at most once: a second line is
+    /// [`Error::RepeatedField`] (400, RFC 9112 §3.2), whatever the values.
+    pub fn once(&self, name: &'static str) -> Result<Option<&'b [u8]>, Error> {
+        let mut values = self.get_all(name);
+        let first = values.next();
+        match values.next() {
+            Some(_) => Err(Error::RepeatedField(name)),
+            None => Ok(first),
+        }
+    }
+
+    /// Checks that none of `names` appears more than once (see [`Headers::once`]); the first
+    /// repeated one, in `names` order, is the error.
+    pub fn check_once(&self, names: &[&'static str]) -> Result<(), Error> {
+        names.iter().try_for_each(|name| self.once(name).map(drop))
+    }
+
     /// `Content-Length` (RFC 9112 §6.3 item 5): `Ok(None)` without one; every line must be
     /// `1*DIGIT` (at most 19 digits, so it fits a `u64`) and all must agree.
     pub fn content_length(&self) -> Result<Option<u64>, Error> {
@@ -147,6 +164,49 @@ mod tests {
             assert_eq!(h.get_all("Host").collect::<Vec<_>>(), [b"a", b"b"]);
             assert!(h.contains("x") && !h.contains("y"));
             assert_eq!(h.lines().len(), 3);
+        });
+    }
+
+    #[test]
+    fn singletons() {
+        let cases: &[(Lines<'_>, Result<(), Error>)] = &[
+            (&[], Ok(())),
+            (&[("Host", "a"), ("Origin", "o")], Ok(())),
+            (
+                &[("Host", "a"), ("host", "a")],
+                Err(Error::RepeatedField("host")),
+            ),
+            (
+                &[("HOST", "a"), ("X", "1"), ("Host", "b")],
+                Err(Error::RepeatedField("host")),
+            ),
+            (
+                &[("Origin", "o"), ("Origin", "o")],
+                Err(Error::RepeatedField("origin")),
+            ),
+            (
+                &[("Content-Length", "3"), ("Content-Length", "3")],
+                Err(Error::RepeatedField("content-length")),
+            ),
+            (
+                &[("Authorization", "Bearer a"), ("authorization", "Bearer b")],
+                Err(Error::RepeatedField("authorization")),
+            ),
+            // Lists may be split over lines (RFC 9110 §5.3).
+            (&[("Connection", "a"), ("Connection", "b")], Ok(())),
+        ];
+        for (lines, expected) in cases {
+            with(lines, |h| {
+                assert_eq!(
+                    h.check_once(&crate::http::SINGLETON_FIELDS),
+                    *expected,
+                    "{lines:?}"
+                );
+            });
+        }
+        with(&[("Host", "a")], |h| {
+            assert_eq!(h.once("host"), Ok(Some(&b"a"[..])));
+            assert_eq!(h.once("origin"), Ok(None));
         });
     }
 

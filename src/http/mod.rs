@@ -19,6 +19,7 @@
 //!   and chunked bodies (§7.1).
 //! - [`response`]: the one table of reason phrases, response writers, and response heads parsed
 //!   for a client.
+//! - [`origin`]: comparing a request's `Origin` with a configured one (RFC 6454 §4–§5).
 //!
 //! A server calls them in this order, re-running from step 1 whenever more bytes arrive:
 //! 1. [`request::parse_request`] on the buffered input with a lent header array. `Partial`:
@@ -33,12 +34,30 @@
 
 pub mod body;
 pub mod headers;
+pub mod origin;
 pub mod request;
 pub mod response;
 
 use std::fmt;
 
 pub use httparse::{Header, EMPTY_HEADER};
+
+/// Header lines a request head may carry on either listener (the length of the array a server
+/// lends [`request::parse_request`]); more is [`Error::TooManyHeaders`] (431).
+///
+/// Fixed rather than derived from the head-size limit: a field line takes at least 4 bytes, so
+/// a derived cap would lend a 4,096-slot array (128 KiB, cleared on every parse attempt) for a
+/// 16 KiB head. Browsers send 10–25 fields and proxies add a few; 128 fields of the 128 bytes
+/// an average field takes is the default 16 KiB head, so for real clients the size limit is
+/// the one that bites.
+pub const MAX_HEADERS: usize = 128;
+
+/// Header fields a request may carry at most once, on every route of both listeners: `Host`
+/// (RFC 9112 §3.2: more than one is 400), `Content-Length` (RFC 9110 §8.6; a repeat is
+/// refused even when the values agree, as proxies disagree on which one counts),
+/// `Authorization` (RFC 9110 §11.6.2, not a list) and `Origin` (RFC 6454 §7.3). Names are
+/// lowercase. The WebSocket upgrade adds its own ([`crate::protocol::handshake`]).
+pub const SINGLETON_FIELDS: [&str; 4] = ["host", "content-length", "authorization", "origin"];
 
 /// The outcome of a parse that may need more input (httparse's shape).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -138,6 +157,17 @@ pub enum Error {
     BadChunk,
     /// The body is longer than the caller's limit (413, RFC 9110 §15.5.14).
     BodyTooLarge,
+    /// A request target that is not in origin form (`/path?query`) or absolute form
+    /// (`http://host/path?query`), or that carries a `#` fragment, a byte outside visible
+    /// ASCII, or userinfo (400, RFC 9112 §3.2, §3.2.3–§3.2.4; RFC 9110 §4.2.4). Authority form
+    /// (`CONNECT`) and asterisk form (`OPTIONS *`) are among them: we serve neither.
+    BadTarget,
+    /// A field that must appear once appeared more than once (400, RFC 9112 §3.2): its
+    /// lowercase name.
+    RepeatedField(&'static str),
+    /// `Transfer-Encoding` in an HTTP/1.0 request (400): RFC 9112 §6.1 says to treat the
+    /// framing as faulty, as an HTTP/1.0 peer does not know chunked.
+    TransferEncodingInHttp10,
 }
 
 impl Error {
@@ -152,7 +182,10 @@ impl Error {
             | Error::ConflictingContentLength
             | Error::LengthWithTransferEncoding
             | Error::ChunkedNotFinal
-            | Error::BadChunk => 400,
+            | Error::BadChunk
+            | Error::BadTarget
+            | Error::RepeatedField(_)
+            | Error::TransferEncodingInHttp10 => 400,
         }
     }
 }
@@ -168,10 +201,15 @@ impl fmt::Display for Error {
             Error::LengthWithTransferEncoding => {
                 f.write_str("both Transfer-Encoding and Content-Length")
             }
-            Error::ChunkedNotFinal => f.write_str("Transfer-Encoding must end with chunked"),
+            Error::ChunkedNotFinal => {
+                f.write_str("Transfer-Encoding must end with chunked, applied once")
+            }
             Error::UnsupportedTransferCoding => f.write_str("unsupported transfer coding"),
             Error::BadChunk => f.write_str("malformed chunked body"),
             Error::BodyTooLarge => f.write_str("body too large"),
+            Error::BadTarget => f.write_str("invalid request target"),
+            Error::RepeatedField(name) => write!(f, "repeated {name} header"),
+            Error::TransferEncodingInHttp10 => f.write_str("Transfer-Encoding in HTTP/1.0"),
         }
     }
 }
@@ -213,6 +251,9 @@ mod tests {
             (Error::UnsupportedTransferCoding, 501),
             (Error::BadChunk, 400),
             (Error::BodyTooLarge, 413),
+            (Error::BadTarget, 400),
+            (Error::RepeatedField("host"), 400),
+            (Error::TransferEncodingInHttp10, 400),
         ];
         for (e, status) in cases {
             assert_eq!(e.status(), status, "{e:?}");

@@ -1,10 +1,15 @@
 //! Request heads (RFC 9112 §3): the request line split into method, path and query, the
 //! version, the header lines and the head's length; and query parameters with
 //! percent-decoding (RFC 3986 §2.1, §3.4).
+//!
+//! The request target (§3.2) is read in origin form (`/path?query`) or absolute form
+//! (`http://host:port/path?query`, served like its path and query, §3.2.2); every other form,
+//! and a target with a `#` fragment, is [`Error::BadTarget`]. Fields that must appear once
+//! ([`super::SINGLETON_FIELDS`]) are checked here, for every request on both listeners.
 
 use super::body::Framing;
 use super::headers::Headers;
-use super::{capped_parse, Error, Header, Status, Syntax};
+use super::{capped_parse, Error, Header, Status, Syntax, SINGLETON_FIELDS};
 
 /// A complete request head, borrowed from the input buffer (`'b`) and the lent header array
 /// (`'h`).
@@ -14,10 +19,14 @@ pub struct RequestHead<'h, 'b> {
     pub method: &'b str,
     /// The request target as sent (§3.2), query included.
     pub target: &'b str,
-    /// The target up to the first `?`.
+    /// The path: in origin form the target up to the first `?`; in absolute form the part
+    /// after the authority up to the first `?`, or `/` when that is empty (§3.2.2, RFC 9110
+    /// §4.2.3).
     pub path: &'b str,
     /// What follows the first `?`, undecoded; `Some("")` for a bare `?`.
     pub query: Option<&'b str>,
+    /// The authority (`host[:port]`) of an absolute-form target; `None` in origin form.
+    pub authority: Option<&'b str>,
     /// The minor version: 0 for HTTP/1.0, 1 for HTTP/1.1.
     pub minor_version: u8,
     /// The header lines.
@@ -44,8 +53,13 @@ impl<'h, 'b> RequestHead<'h, 'b> {
         query_param(self.query, name)
     }
 
-    /// How the body is delimited (RFC 9112 §6.3); see [`Framing::of_request`].
+    /// How the body is delimited (RFC 9112 §6.3); see [`Framing::of_request`]. Also
+    /// [`Error::TransferEncodingInHttp10`] for `Transfer-Encoding` in an HTTP/1.0 request
+    /// (§6.1).
     pub fn framing(&self) -> Result<Framing, Error> {
+        if self.minor_version == 0 && self.headers.contains("transfer-encoding") {
+            return Err(Error::TransferEncodingInHttp10);
+        }
         Framing::of_request(&self.headers)
     }
 }
@@ -55,7 +69,8 @@ impl<'h, 'b> RequestHead<'h, 'b> {
 ///
 /// `Ok(Partial)`: the head has not fully arrived and `buf` is shorter than `max_head`: read
 /// more (nothing is consumed). Errors: [`Error::HeadTooLarge`] (the head does not end within
-/// `max_head` bytes), [`Error::TooManyHeaders`], [`Error::Malformed`].
+/// `max_head` bytes), [`Error::TooManyHeaders`], [`Error::Malformed`], [`Error::BadTarget`]
+/// (see [`split_target`]), [`Error::RepeatedField`] (one of [`SINGLETON_FIELDS`] twice).
 pub fn parse_request<'h, 'b>(
     buf: &'b [u8],
     headers: &'h mut [Header<'b>],
@@ -76,19 +91,50 @@ pub fn parse_request<'h, 'b>(
     let (Some(method), Some(target), Some(minor_version)) = (method, path, version) else {
         return Err(Error::Malformed(Syntax::Token));
     };
-    let (path, query) = match target.split_once('?') {
-        Some((p, q)) => (p, Some(q)),
-        None => (target, None),
-    };
+    let (authority, path, query) = split_target(target)?;
+    let headers = Headers::new(headers);
+    headers.check_once(&SINGLETON_FIELDS)?;
     Ok(Status::Complete(RequestHead {
         method,
         target,
         path,
         query,
+        authority,
         minor_version,
-        headers: Headers::new(headers),
+        headers,
         len,
     }))
+}
+
+/// Splits a request target (RFC 9112 §3.2) into authority (absolute form only), path and
+/// query. Origin form: `/path[?query]`. Absolute form: `http://` or `https://` (scheme
+/// case-insensitive), a non-empty authority without userinfo (RFC 9110 §4.2.4), then an
+/// optional path and query; an empty path is `/`. Everything else is [`Error::BadTarget`]:
+/// authority form (`host:port`), asterisk form (`*`), other schemes, a `#` anywhere (a
+/// fragment is never sent, RFC 9110 §4.2.5), and bytes outside visible ASCII.
+pub fn split_target(target: &str) -> Result<(Option<&str>, &str, Option<&str>), Error> {
+    if target.is_empty() || !target.bytes().all(|b| b.is_ascii_graphic()) || target.contains('#') {
+        return Err(Error::BadTarget);
+    }
+    let (authority, rest) = if target.starts_with('/') {
+        (None, target)
+    } else {
+        let (scheme, rest) = target.split_once("://").ok_or(Error::BadTarget)?;
+        if !(scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("https")) {
+            return Err(Error::BadTarget);
+        }
+        let end = rest.find(['/', '?']).unwrap_or(rest.len());
+        let (authority, rest) = rest.split_at(end);
+        if authority.is_empty() || authority.contains('@') {
+            return Err(Error::BadTarget);
+        }
+        (Some(authority), rest)
+    };
+    let (path, query) = match rest.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (rest, None),
+    };
+    Ok((authority, if path.is_empty() { "/" } else { path }, query))
 }
 
 /// The raw value of the first `name=` pair in `query` (pairs split on `&`; a pair without `=`
@@ -246,9 +292,9 @@ mod tests {
             ),
             (b"GET /p?a?b HTTP/1.1\r\n\r\n", "/p", Some("a?b"), true),
             (
-                b"GET * HTTP/1.1\r\nConnection: close\r\n\r\n",
-                "*",
-                None,
+                b"GET http://h/x?y HTTP/1.1\r\nConnection: close\r\n\r\n",
+                "/x",
+                Some("y"),
                 false,
             ),
         ];
@@ -261,6 +307,112 @@ mod tests {
             assert_eq!((head.path, head.query), (*path, *query));
             assert_eq!(head.keep_alive(), *keep_alive, "{path}");
         }
+    }
+
+    #[test]
+    fn target_forms() {
+        type Split<'a> = Result<(Option<&'a str>, &'a str, Option<&'a str>), Error>;
+        let cases: &[(&str, Split<'_>)] = &[
+            ("/", Ok((None, "/", None))),
+            ("/echo?x=1", Ok((None, "/echo", Some("x=1")))),
+            ("//x", Ok((None, "//x", None))),
+            (
+                "http://127.0.0.1:8080/echo?x=1",
+                Ok((Some("127.0.0.1:8080"), "/echo", Some("x=1"))),
+            ),
+            ("HTTPS://h/ws", Ok((Some("h"), "/ws", None))),
+            ("http://h", Ok((Some("h"), "/", None))),
+            ("http://h?q", Ok((Some("h"), "/", Some("q")))),
+            ("http://[::1]:80/a", Ok((Some("[::1]:80"), "/a", None))),
+            // Authority form, asterisk form, other schemes, no authority, userinfo.
+            ("h:443", Err(Error::BadTarget)),
+            ("*", Err(Error::BadTarget)),
+            ("ftp://h/x", Err(Error::BadTarget)),
+            ("ws://h/ws", Err(Error::BadTarget)),
+            ("http:///x", Err(Error::BadTarget)),
+            ("http:/x", Err(Error::BadTarget)),
+            ("http://u:p@h/x", Err(Error::BadTarget)),
+            ("echo", Err(Error::BadTarget)),
+            ("", Err(Error::BadTarget)),
+            // A fragment anywhere.
+            ("/ws?user=bob#x", Err(Error::BadTarget)),
+            ("/ws#", Err(Error::BadTarget)),
+            ("http://h/#x", Err(Error::BadTarget)),
+            // Bytes outside visible ASCII.
+            ("/caf\u{e9}", Err(Error::BadTarget)),
+            ("/a\x7f", Err(Error::BadTarget)),
+        ];
+        for (target, expected) in cases {
+            assert_eq!(split_target(target), *expected, "{target:?}");
+        }
+    }
+
+    #[test]
+    fn heads_that_are_refused() {
+        let cases: &[(&[u8], Error)] = &[
+            (b"GET http://h:1/e?x=1#f HTTP/1.1\r\n\r\n", Error::BadTarget),
+            (b"OPTIONS * HTTP/1.1\r\nHost: h\r\n\r\n", Error::BadTarget),
+            (
+                b"CONNECT h:443 HTTP/1.1\r\nHost: h\r\n\r\n",
+                Error::BadTarget,
+            ),
+            (b"GET /\xc3\xa9 HTTP/1.1\r\n\r\n", Error::BadTarget),
+            (
+                b"GET / HTTP/1.1\r\nHost: a\r\nHost: a\r\n\r\n",
+                Error::RepeatedField("host"),
+            ),
+            (
+                b"GET / HTTP/1.1\r\nhost: a\r\nHOST: b\r\n\r\n",
+                Error::RepeatedField("host"),
+            ),
+            (
+                b"GET / HTTP/1.1\r\nOrigin: a\r\nOrigin: a\r\n\r\n",
+                Error::RepeatedField("origin"),
+            ),
+            (
+                b"GET / HTTP/1.1\r\nAuthorization: a\r\nAuthorization: b\r\n\r\n",
+                Error::RepeatedField("authorization"),
+            ),
+            (
+                b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n",
+                Error::RepeatedField("content-length"),
+            ),
+            // obs-fold (RFC 9112 §5.2) and whitespace before the colon (§5.1): not fields.
+            (
+                b"GET / HTTP/1.1\r\nX: a\r\n b\r\n\r\n",
+                Error::Malformed(Syntax::HeaderName),
+            ),
+            (
+                b"GET / HTTP/1.1\r\nHost : h\r\n\r\n",
+                Error::Malformed(Syntax::HeaderName),
+            ),
+        ];
+        for (input, error) in cases {
+            let mut headers = [EMPTY_HEADER; 8];
+            assert_eq!(
+                parse_request(input, &mut headers, 1024),
+                Err(*error),
+                "{:?}",
+                String::from_utf8_lossy(input)
+            );
+        }
+    }
+
+    #[test]
+    fn transfer_encoding_in_http_1_0() {
+        let input = b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let mut headers = [EMPTY_HEADER; 8];
+        let head = parse_request(input, &mut headers, 1024)
+            .unwrap()
+            .complete()
+            .unwrap();
+        assert_eq!(head.framing(), Err(Error::TransferEncodingInHttp10));
+        let input = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let head = parse_request(input, &mut headers, 1024)
+            .unwrap()
+            .complete()
+            .unwrap();
+        assert_eq!(head.framing(), Ok(Framing::Chunked));
     }
 
     #[test]

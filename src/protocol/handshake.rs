@@ -4,16 +4,24 @@
 //! WebSocket rules on top of it.
 //!
 //! Parsing borrows the caller's buffer and allocates nothing (the header array lives on the
-//! stack for up to 64 headers). A request that has not fully arrived is `Ok(None)` and consumes
-//! nothing; the head is capped (`max_head_size`, `max_headers`) before anything grows. The
-//! server routes on [`Request::path`] and decides auth from the exposed headers; this module
+//! stack for up to [`http::MAX_HEADERS`] headers). A request that has not fully arrived is
+//! `Ok(None)` and consumes nothing; the head is capped (`max_head_size`, `max_headers`) before
+//! anything grows. The server routes on [`Request::path`] (an absolute-form target is served
+//! like its path, RFC 9112 §3.2.2) and decides auth from the exposed headers; this module
 //! knows nothing of endpoints.
+//!
+//! Besides the HTTP rules every request obeys ([`crate::http::request`]: target forms, `Host`,
+//! `Origin`, `Authorization` and `Content-Length` at most once, body framing), an upgrade
+//! request carries `Sec-WebSocket-Key` and `Sec-WebSocket-Version` once each (§11.3.1,
+//! §11.3.5), `X-Real-IP` at most once (it names one address), and no body: the bytes after
+//! the head are WebSocket frames.
 
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
 use sha1::{Digest, Sha1};
 use std::fmt;
 
+use crate::http::body::Framing;
 use crate::http::headers::has_token;
 use crate::http::request::{parse_request as parse_head, query_param};
 use crate::http::response::{
@@ -25,14 +33,21 @@ use crate::http::{self, Status};
 const ACCEPT_GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 
 /// Headers that fit the stack array; more are allowed through a heap array.
-const STACK_HEADERS: usize = 64;
+const STACK_HEADERS: usize = http::MAX_HEADERS;
+
+/// Fields an upgrade request carries at most once, besides [`http::SINGLETON_FIELDS`].
+const UPGRADE_SINGLETONS: [&str; 3] = ["sec-websocket-key", "sec-websocket-version", "x-real-ip"];
+
+/// `--max-request-head`'s default: request line and headers, in bytes.
+pub const DEFAULT_MAX_HEAD_SIZE: usize = 16 * 1024;
 
 /// Limits and choices for the handshake.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HandshakeConfig {
-    /// Largest request head (request line and headers) in bytes: 431 beyond.
+    /// Largest request head (request line and headers) in bytes: 431 beyond
+    /// (`--max-request-head`, default [`DEFAULT_MAX_HEAD_SIZE`]).
     pub max_head_size: usize,
-    /// Most header lines: 431 beyond.
+    /// Most header lines: 431 beyond (default [`http::MAX_HEADERS`]).
     pub max_headers: usize,
     /// Subprotocols we speak, in our order of preference is irrelevant: the client's order wins.
     pub subprotocols: Vec<String>,
@@ -41,8 +56,8 @@ pub struct HandshakeConfig {
 impl Default for HandshakeConfig {
     fn default() -> Self {
         HandshakeConfig {
-            max_head_size: 8 * 1024,
-            max_headers: 64,
+            max_head_size: DEFAULT_MAX_HEAD_SIZE,
+            max_headers: http::MAX_HEADERS,
             subprotocols: Vec::new(),
         }
     }
@@ -57,7 +72,7 @@ pub struct Request<'a> {
     pub path: &'a str,
     /// What follows `?`, undecoded.
     pub query: Option<&'a str>,
-    /// `Host` (the last one sent), trimmed; an upgrade must have one (§4.2.1 item 2).
+    /// `Host`, trimmed (never sent twice: 400); an upgrade must have one (§4.2.1 item 2).
     pub host: Option<&'a str>,
     /// `Origin` (§10.2), for the allow-list.
     pub origin: Option<&'a str>,
@@ -122,6 +137,11 @@ pub enum HandshakeError {
     HeadTooLarge,
     /// More than `max_headers` header lines (431).
     TooManyHeaders,
+    /// A request that breaks an HTTP/1.1 rule of [`crate::http`] other than its syntax: a
+    /// request target not in origin or absolute form, a repeated singleton field, bad body
+    /// framing. Answered with [`http::Error::status`] (400, or 501 for a transfer coding we
+    /// do not decode).
+    Http(http::Error),
 }
 
 impl HandshakeError {
@@ -132,6 +152,7 @@ impl HandshakeError {
             HandshakeError::MethodNotAllowed => 405,
             HandshakeError::UnsupportedVersion => 426,
             HandshakeError::HeadTooLarge | HandshakeError::TooManyHeaders => 431,
+            HandshakeError::Http(e) => e.status(),
         }
     }
 
@@ -159,6 +180,7 @@ impl fmt::Display for HandshakeError {
             HandshakeError::UnsupportedVersion => f.write_str("only Sec-WebSocket-Version 13"),
             HandshakeError::HeadTooLarge => f.write_str("request head too large"),
             HandshakeError::TooManyHeaders => f.write_str("too many request headers"),
+            HandshakeError::Http(e) => e.fmt(f),
         }
     }
 }
@@ -185,7 +207,15 @@ pub fn parse_request<'a>(
         Ok(Status::Partial) => return Ok(None),
         Err(http::Error::HeadTooLarge) => return Err(HandshakeError::HeadTooLarge),
         Err(http::Error::TooManyHeaders) => return Err(HandshakeError::TooManyHeaders),
-        Err(_) => return Err(HandshakeError::Malformed),
+        Err(http::Error::Malformed(_)) => return Err(HandshakeError::Malformed),
+        Err(e) => return Err(HandshakeError::Http(e)),
+    };
+    head.headers
+        .check_once(&UPGRADE_SINGLETONS)
+        .map_err(HandshakeError::Http)?;
+    let has_body = match head.framing().map_err(HandshakeError::Http)? {
+        Framing::Empty | Framing::Length(0) => false,
+        Framing::Length(_) | Framing::Chunked | Framing::UntilClose => true,
     };
     let method = head.method;
     let mut request = Request {
@@ -204,7 +234,6 @@ pub fn parse_request<'a>(
     let mut upgrade_header = None;
     let mut connection_has_upgrade = false;
     let mut key = None;
-    let mut key_count = 0;
     let mut ws_version = None;
     let mut protocol = None;
     for header in head.headers.lines() {
@@ -221,7 +250,6 @@ pub fn parse_request<'a>(
             connection_has_upgrade |= has_token(value.as_bytes(), "upgrade");
         } else if name.eq_ignore_ascii_case("sec-websocket-key") {
             key = Some(value);
-            key_count += 1;
         } else if name.eq_ignore_ascii_case("sec-websocket-version") {
             ws_version = Some(value);
         } else if name.eq_ignore_ascii_case("sec-websocket-protocol") {
@@ -254,6 +282,9 @@ pub fn parse_request<'a>(
     if head.minor_version < 1 {
         return Err(HandshakeError::BadUpgrade("HTTP/1.1 or later required"));
     }
+    if has_body {
+        return Err(HandshakeError::BadUpgrade("an upgrade request has no body"));
+    }
     if request.host.is_none() {
         return Err(HandshakeError::BadUpgrade("missing Host"));
     }
@@ -273,7 +304,7 @@ pub fn parse_request<'a>(
     let Some(key) = key else {
         return Err(HandshakeError::BadUpgrade("missing Sec-WebSocket-Key"));
     };
-    if key_count > 1 || !is_valid_key(key) {
+    if !is_valid_key(key) {
         return Err(HandshakeError::BadUpgrade(
             "Sec-WebSocket-Key must be 16 bytes in base64",
         ));
@@ -478,6 +509,140 @@ mod tests {
         let tokens = replace("Connection: Upgrade", "Connection: keep-alive, UPGRADE")
             .replace("Upgrade: websocket", "Upgrade: WebSocket");
         assert!(parse(&tokens).unwrap().unwrap().upgrade.is_some());
+    }
+
+    #[test]
+    fn http_rules_on_the_upgrade() {
+        use crate::http::Error as E;
+        let replace = |from: &str, to: &str| GOOD.replacen(from, to, 1);
+        let add = |header: &str| GOOD.replacen("\r\n\r\n", &format!("\r\n{header}\r\n\r\n"), 1);
+        let cases: Vec<(&str, String, HandshakeError, u16)> = vec![
+            (
+                "two Host, same value",
+                add("Host: server.example.com"),
+                HandshakeError::Http(E::RepeatedField("host")),
+                400,
+            ),
+            (
+                "two Origin",
+                add("Origin: http://example.com"),
+                HandshakeError::Http(E::RepeatedField("origin")),
+                400,
+            ),
+            (
+                "two keys",
+                add("Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ=="),
+                HandshakeError::Http(E::RepeatedField("sec-websocket-key")),
+                400,
+            ),
+            (
+                "two versions",
+                add("Sec-WebSocket-Version: 13"),
+                HandshakeError::Http(E::RepeatedField("sec-websocket-version")),
+                400,
+            ),
+            (
+                "two Authorization",
+                add("Authorization: Bearer xyz"),
+                HandshakeError::Http(E::RepeatedField("authorization")),
+                400,
+            ),
+            (
+                "two X-Real-IP",
+                add("X-Real-IP: 1.2.3.4\r\nX-Real-IP: 1.2.3.5"),
+                HandshakeError::Http(E::RepeatedField("x-real-ip")),
+                400,
+            ),
+            (
+                "fragment",
+                replace("/chat?user=42&x=1", "/chat?user=bob#x"),
+                HandshakeError::Http(E::BadTarget),
+                400,
+            ),
+            (
+                "asterisk form",
+                replace("/chat?user=42&x=1", "*"),
+                HandshakeError::Http(E::BadTarget),
+                400,
+            ),
+            (
+                "authority form",
+                replace("/chat?user=42&x=1", "server.example.com:80"),
+                HandshakeError::Http(E::BadTarget),
+                400,
+            ),
+            (
+                "a body",
+                add("Content-Length: 5"),
+                HandshakeError::BadUpgrade("an upgrade request has no body"),
+                400,
+            ),
+            (
+                "a chunked body",
+                add("Transfer-Encoding: chunked"),
+                HandshakeError::BadUpgrade("an upgrade request has no body"),
+                400,
+            ),
+            (
+                "length and chunked",
+                add("Transfer-Encoding: chunked\r\nContent-Length: 0"),
+                HandshakeError::Http(E::LengthWithTransferEncoding),
+                400,
+            ),
+            (
+                "unknown coding",
+                add("Transfer-Encoding: gzip, chunked"),
+                HandshakeError::Http(E::UnsupportedTransferCoding),
+                501,
+            ),
+        ];
+        for (name, req, err, status) in cases {
+            assert_eq!(parse(&req), Err(err), "{name}");
+            assert_eq!(err.status(), status, "{name}");
+            let mut out = Vec::new();
+            err.write_response(&mut out);
+            assert!(
+                out.starts_with(format!("HTTP/1.1 {status} ").as_bytes()),
+                "{name}"
+            );
+        }
+        // Absolute form is served like its path and query; an empty body is no body.
+        for target in [
+            "http://server.example.com/chat?user=42&x=1",
+            "HTTP://127.0.0.1:8080/chat?user=42&x=1",
+        ] {
+            let req = replace("/chat?user=42&x=1", target)
+                .replace("Version: 13\r\n", "Version: 13\r\nContent-Length: 0\r\n");
+            let r = parse(&req).unwrap().unwrap();
+            assert_eq!(
+                (r.path, r.query),
+                ("/chat", Some("user=42&x=1")),
+                "{target}"
+            );
+            assert!(r.upgrade.is_some());
+        }
+        // A plain request gets the same rules.
+        assert_eq!(
+            parse("GET /healthz HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"),
+            Err(HandshakeError::Http(E::RepeatedField("host")))
+        );
+    }
+
+    #[test]
+    fn a_browser_head_with_a_big_cookie_fits_the_default() {
+        // 8.7 KB of cookies (issue 12 item 3) and 40 more fields.
+        let mut req = GOOD.replace(
+            "Cookie: a=1; token=abc",
+            &format!("Cookie: a={}; token=abc", "c".repeat(8700)),
+        );
+        let extra: String = (0..40).map(|i| format!("X-Extra-{i}: v\r\n")).collect();
+        req = req.replacen("\r\n\r\n", &format!("\r\n{extra}\r\n"), 1);
+        let r = parse(&req).unwrap().unwrap();
+        assert_eq!(r.cookie_value("token"), Some("abc"));
+        assert!(r.upgrade.is_some());
+        // Beyond the default: 431.
+        let big = GOOD.replace("a=1", &"c".repeat(DEFAULT_MAX_HEAD_SIZE));
+        assert_eq!(parse(&big), Err(HandshakeError::HeadTooLarge));
     }
 
     #[test]

@@ -10,14 +10,20 @@
 //!
 //! Decisions, in the order they are taken for a request:
 //! 1. Head larger than [`ApiLimits::max_head`] or with too many header lines: 431, close.
-//!    Unparseable head, or a `Content-Length` that is not one decimal number: 400, close.
-//! 2. Any `Transfer-Encoding`: 411 Length Required, close. We do not decode chunked bodies, so we
-//!    cannot find where the request ends; the client is told to send `Content-Length`.
+//!    Unparseable head, a request target in neither origin nor absolute form (or with a `#`),
+//!    a repeated singleton field (`Host`, `Content-Length`, `Authorization`, `Origin`), or a
+//!    `Content-Length` that is not one decimal number: 400, close. See [`crate::http::request`].
+//! 2. Framing (RFC 9112 §6.1, §6.3): `Transfer-Encoding` with `Content-Length`, codings that
+//!    do not end in one `chunked`, or `Transfer-Encoding` in HTTP/1.0: 400, close; another
+//!    coding before `chunked`: 501, close.
 //! 3. Auth (RFC 6750 §2.1 `Authorization: Bearer KEY`, on every path when a key is set): 401
 //!    with `WWW-Authenticate: Bearer`. Then the route: 404 unknown path, 405 with `Allow`.
-//! 4. `POST` without `Content-Length`: 411, close (a body we cannot frame may follow).
-//!    `Content-Length` above [`ApiLimits::max_body`]: 413, close, decided from the header before
-//!    the body arrives (a 401/404/405 decided in step 3 wins, but also closes).
+//! 4. `POST` with neither `Content-Length` nor chunked: 411, close (a body we cannot frame may
+//!    follow). `Content-Length` above [`ApiLimits::max_body`], or chunk sizes that add up past
+//!    it: 413, close, decided as soon as the sizes are known, before the data arrives (a
+//!    401/404/405 decided in step 3 wins, but also closes). A chunked body (extensions and
+//!    trailers ignored) that takes more than [`ApiLimits::max_chunked_wire`] bytes on the
+//!    wire: 413, close. Bad chunk syntax: 400, close.
 //! 5. The body is looked at only once fully buffered ([`Parsed::Partial`] until then); every error
 //!    from here on, and every 401/404/405, consumes the whole request and keeps the connection
 //!    as the client asked.
@@ -26,7 +32,7 @@
 //!    `$` channel is refused: those are the server's). `data` is any JSON value, `null`
 //!    included, but the key must be there. Every such error is a 400 whose body names the field.
 
-use crate::http::body::{length_body, Framing};
+use crate::http::body::{chunked_body, chunked_extent, length_body, Framing};
 use crate::http::request::{parse_request, percent_decode, query_param};
 use crate::http::response::{write_response, Persistence};
 use crate::http::{self, Status};
@@ -36,21 +42,45 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 /// Header lines a request may carry: 431 beyond.
-const MAX_HEADERS: usize = 64;
+const MAX_HEADERS: usize = http::MAX_HEADERS;
+
+/// What a chunked body may take on the wire beyond twice [`ApiLimits::max_body`]: chunk
+/// lines and the trailer section.
+const CHUNKED_SLACK: usize = 64 * 1024;
 
 /// Size limits for one API request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ApiLimits {
-    /// Request line and headers, blank line included: 431 beyond. 8 KiB is a good value.
+    /// Request line and headers, blank line included: 431 beyond (the server passes
+    /// `--max-request-head`, 16 KiB by default).
     pub max_head: usize,
-    /// `Content-Length` above this gets 413 (the server passes `--max-message-size`).
+    /// A body (by `Content-Length`, or decoded from chunks) above this gets 413 (the server
+    /// passes `--max-message-size`).
     pub max_body: usize,
+}
+
+impl ApiLimits {
+    /// The most bytes a chunked body may take on the wire, chunk lines and trailers included:
+    /// twice `max_body` plus 64 KiB (chunks of 6 bytes or more fit at any body size). A client
+    /// that sends more gets 413: so the buffered input of one request stays bounded by
+    /// [`ApiLimits::max_buffered`].
+    pub fn max_chunked_wire(&self) -> usize {
+        self.max_body
+            .saturating_mul(2)
+            .saturating_add(CHUNKED_SLACK)
+    }
+
+    /// The most bytes one request takes in the input buffer: head plus the largest body on
+    /// the wire. A connection holding more unparsed input has requests waiting behind it.
+    pub fn max_buffered(&self) -> usize {
+        self.max_head.saturating_add(self.max_chunked_wire())
+    }
 }
 
 impl Default for ApiLimits {
     fn default() -> Self {
         ApiLimits {
-            max_head: 8 * 1024,
+            max_head: crate::protocol::handshake::DEFAULT_MAX_HEAD_SIZE,
             max_body: 1024 * 1024,
         }
     }
@@ -149,53 +179,64 @@ pub fn parse(buf: &[u8], api_key: Option<&str>, limits: &ApiLimits) -> Parsed {
         Err(http::Error::HeadTooLarge | http::Error::TooManyHeaders) => {
             return reject_now(buf.len(), Failure::new(431, "request head too large"))
         }
-        Err(e) => return reject_now(buf.len(), Failure::new(400, &e.to_string())),
+        Err(e) => return reject_now(buf.len(), Failure::new(e.status(), &e.to_string())),
     };
     // Framing problems: we cannot tell where this request ends, so nothing after it is usable.
-    // An invalid or conflicting `Content-Length` is decided first (400), then any
-    // `Transfer-Encoding` (411).
-    let content_length = match head.framing() {
-        Ok(Framing::Length(n)) => Some(n),
-        Ok(Framing::Empty | Framing::UntilClose) => None,
-        Ok(Framing::Chunked)
-        | Err(
-            http::Error::LengthWithTransferEncoding
-            | http::Error::ChunkedNotFinal
-            | http::Error::UnsupportedTransferCoding,
-        ) => {
-            return reject_now(
-                buf.len(),
-                Failure::new(
-                    411,
-                    "Transfer-Encoding is not supported: send the body with Content-Length",
-                ),
-            )
-        }
-        Err(e) => return reject_now(buf.len(), Failure::new(400, &e.to_string())),
+    let framing = match head.framing() {
+        Ok(framing) => framing,
+        Err(e) => return reject_now(buf.len(), Failure::new(e.status(), &e.to_string())),
     };
 
     let routed = authorize(head.headers.get("authorization"), api_key)
         .and_then(|()| route(head.method, head.path));
-    let body_len = match (&routed, content_length) {
-        (_, Some(n)) => n,
-        (Ok(route), None) if route.method() == "POST" => {
-            return reject_now(buf.len(), Failure::new(411, "Content-Length is required"))
-        }
-        (_, None) => 0,
-    };
     let keep_alive = head.keep_alive();
-    let body = match length_body(&buf[head.len..], body_len, limits.max_body) {
-        Ok(Status::Complete(body)) => body,
-        Ok(Status::Partial) => return Parsed::Partial,
-        Err(_) => {
-            // The body will not be read, so the connection cannot go on after the answer.
-            let failure = routed.err().unwrap_or_else(|| {
-                Failure::new(413, &format!("body larger than {} bytes", limits.max_body))
-            });
-            return reject_now(head.len, failure);
-        }
+    let after_head = &buf[head.len..];
+    // The body will not be read, so the connection cannot go on after the answer. A 401, 404
+    // or 405 decided from the head wins over 413.
+    let unread = |failure: Failure| reject_now(head.len, routed.clone().err().unwrap_or(failure));
+    let too_large = || Failure::new(413, &format!("body larger than {} bytes", limits.max_body));
+    let mut decoded = Vec::new();
+    let (body, wire_len): (&[u8], usize) = match framing {
+        Framing::Length(n) => match length_body(after_head, n, limits.max_body) {
+            Ok(Status::Complete(body)) => (body, body.len()),
+            Ok(Status::Partial) => return Parsed::Partial,
+            Err(_) => return unread(too_large()),
+        },
+        Framing::Chunked => match chunked_extent(after_head, limits.max_body) {
+            Ok(Status::Complete(n)) => {
+                // The same bytes decode as they scanned.
+                if chunked_body(&after_head[..n], limits.max_body, &mut decoded).is_err() {
+                    return unread(Failure::new(400, "malformed chunked body"));
+                }
+                (&decoded[..], n)
+            }
+            Ok(Status::Partial) if after_head.len() > limits.max_chunked_wire() => {
+                return unread(Failure::new(
+                    413,
+                    &format!(
+                        "chunked body takes more than {} bytes",
+                        limits.max_chunked_wire()
+                    ),
+                ))
+            }
+            Ok(Status::Partial) => return Parsed::Partial,
+            Err(http::Error::BodyTooLarge) => return unread(too_large()),
+            Err(e) => return unread(Failure::new(e.status(), &e.to_string())),
+        },
+        Framing::Empty | Framing::UntilClose => match &routed {
+            Ok(route) if route.method() == "POST" => {
+                return reject_now(
+                    buf.len(),
+                    Failure::new(
+                        411,
+                        "Content-Length (or Transfer-Encoding: chunked) is required",
+                    ),
+                )
+            }
+            _ => (&[][..], 0),
+        },
     };
-    let consumed = head.len + body.len();
+    let consumed = head.len + wire_len;
     match routed.and_then(|route| command(route, head.query, body)) {
         Ok(command) => Parsed::Request {
             consumed,
@@ -881,19 +922,209 @@ mod tests {
 
     #[test]
     fn length_required() {
-        let cases: &[&[u8]] = &[
-            b"POST /api/publish HTTP/1.1\r\n\r\n",
-            b"POST /api/publish HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n",
-            b"POST /api/publish HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
-            b"GET /api/stats HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        let buf = b"POST /api/publish HTTP/1.1\r\n\r\n";
+        let parsed = parse(buf, None, &limits());
+        if let Parsed::Reject { response, .. } = &parsed {
+            assert!(response.starts_with(b"HTTP/1.1 411 Length Required\r\n"));
+        }
+        let (consumed, close, a) = expect_reject(parsed);
+        assert_eq!((consumed, close, a.status), (buf.len(), true, 411));
+    }
+
+    /// A chunked request for `target` whose body is sent in `chunks`.
+    fn chunked(target: &str, chunks: &[&str]) -> Vec<u8> {
+        let mut s =
+            format!("POST {target} HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n");
+        for c in chunks {
+            s.push_str(&format!("{:x}\r\n{c}\r\n", c.len()));
+        }
+        s.push_str("0\r\n\r\n");
+        s.into_bytes()
+    }
+
+    #[test]
+    fn chunked_bodies_are_decoded() {
+        let buf = chunked(
+            "/api/publish",
+            &["{\"channel\":", "\"news\",\"data\"", ":1}"],
+        );
+        let (consumed, keep_alive, command) = expect_request(parse(&buf, None, &limits()));
+        assert_eq!((consumed, keep_alive), (buf.len(), true));
+        assert_eq!(command, "publish news 1");
+        // Partial at every cut, then pipelined with the next request.
+        for cut in 0..buf.len() {
+            assert!(
+                parse(&buf[..cut], None, &limits()).is_partial(),
+                "cut {cut}"
+            );
+        }
+        let mut two = buf.clone();
+        two.extend_from_slice(&get("/api/stats"));
+        assert_eq!(expect_request(parse(&two, None, &limits())).0, buf.len());
+        assert_eq!(
+            expect_request(parse(&two[buf.len()..], None, &limits())).2,
+            "stats"
+        );
+        // Extensions and trailers are ignored; the size is hex, any case.
+        let buf = b"POST /api/broadcast HTTP/1.1\r\nTransfer-Encoding: Chunked\r\n\r\n\
+                    A;x=y\r\n{\"data\":[]\r\n1\r\n}\r\n0\r\nX-Trailer: 1\r\n\r\n";
+        assert_eq!(
+            expect_request(parse(buf, None, &limits())).2,
+            "broadcast []"
+        );
+        // Exactly the body limit is fine.
+        let data = format!("{{\"data\":\"{}\"}}", "a".repeat(256 - 11));
+        assert_eq!(data.len(), 256);
+        let buf = chunked("/api/broadcast", &[&data[..100], &data[100..]]);
+        assert!(matches!(
+            parse(&buf, None, &limits()),
+            Parsed::Request { .. }
+        ));
+        // A chunked GET body is read and ignored, like a Content-Length one.
+        let buf = b"GET /api/stats HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
+        assert_eq!(
+            expect_request(parse(buf, None, &limits())),
+            (buf.len(), true, "stats".into())
+        );
+    }
+
+    #[test]
+    fn chunked_body_limits_and_errors() {
+        // (request, status, consumed: whole buffer or head only)
+        let head = "POST /api/publish HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let cases: Vec<(Vec<u8>, u16, usize)> = vec![
+            // 413 as soon as the sizes pass the limit, before the data.
+            (format!("{head}101\r\n").into_bytes(), 413, head.len()),
+            (
+                format!("{head}ff\r\n{}\r\n2\r\n", "a".repeat(255)).into_bytes(),
+                413,
+                head.len(),
+            ),
+            (
+                format!("{head}ffffffffffffffff\r\n").into_bytes(),
+                413,
+                head.len(),
+            ),
+            // Bad chunk syntax.
+            (format!("{head}x\r\n").into_bytes(), 400, head.len()),
+            (
+                format!("{head}10000000000000000\r\n").into_bytes(),
+                400,
+                head.len(),
+            ),
+            (format!("{head}2\r\nabc\r\n").into_bytes(), 400, head.len()),
+            (format!("{head}2\nab\n").into_bytes(), 400, head.len()),
         ];
-        for buf in cases {
-            let parsed = parse(buf, None, &limits());
-            if let Parsed::Reject { response, .. } = &parsed {
-                assert!(response.starts_with(b"HTTP/1.1 411 Length Required\r\n"));
-            }
-            let (consumed, close, a) = expect_reject(parsed);
-            assert_eq!((consumed, close, a.status), (buf.len(), true, 411));
+        for (buf, status, consumed) in cases {
+            let (got, close, a) = expect_reject(parse(&buf, None, &limits()));
+            assert_eq!(
+                (got, close, a.status),
+                (consumed, true, status),
+                "{:?}",
+                String::from_utf8_lossy(&buf)
+            );
+        }
+        // Too much wire for the body: 1-byte chunks with long extensions.
+        let mut buf = head.as_bytes().to_vec();
+        let chunk = format!("1;{}\r\na\r\n", "x".repeat(4000));
+        while buf.len() <= head.len() + limits().max_chunked_wire() {
+            assert!(parse(&buf, None, &limits()).is_partial());
+            buf.extend_from_slice(chunk.as_bytes());
+        }
+        let (got, close, a) = expect_reject(parse(&buf, None, &limits()));
+        assert_eq!((got, close, a.status), (head.len(), true, 413));
+        assert!(limits().max_buffered() > limits().max_head + 2 * limits().max_body);
+        // Unauthorized wins over too large, and closes too.
+        let buf = format!("{head}101\r\n");
+        let (_, close, a) = expect_reject(parse(buf.as_bytes(), Some(KEY), &limits()));
+        assert_eq!((close, a.status), (true, 401));
+    }
+
+    #[test]
+    fn transfer_coding_rules() {
+        // (extra header lines, status)
+        let cases: &[(&[&str], u16)] = &[
+            (&["Transfer-Encoding: chunked", "Content-Length: 3"], 400),
+            (&["Content-Length: 3", "Transfer-Encoding: chunked"], 400),
+            (&["Transfer-Encoding: gzip"], 400),
+            (&["Transfer-Encoding: chunked, gzip"], 400),
+            (&["Transfer-Encoding: chunked, chunked"], 400),
+            (&["Transfer-Encoding: identity"], 400),
+            (&["Transfer-Encoding:"], 400),
+            (&["Transfer-Encoding: gzip, chunked"], 501),
+            (
+                &["Transfer-Encoding: x-custom", "Transfer-Encoding: chunked"],
+                501,
+            ),
+        ];
+        for (lines, status) in cases {
+            let buf = req("POST", "/api/publish", lines, None);
+            let (consumed, close, a) = expect_reject(parse(&buf, None, &limits()));
+            assert_eq!(
+                (consumed, close, a.status),
+                (buf.len(), true, *status),
+                "{lines:?}"
+            );
+        }
+        // HTTP/1.0 knows no chunked: the framing is faulty (RFC 9112 §6.1).
+        let buf = b"POST /api/broadcast HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
+        let (_, close, a) = expect_reject(parse(buf, None, &limits()));
+        assert_eq!((close, a.status), (true, 400));
+    }
+
+    #[test]
+    fn request_targets_and_singletons() {
+        // Absolute form is served like its path and query.
+        for target in ["http://127.0.0.1:8081/api/stats", "HTTP://h/api/stats?x=1"] {
+            assert_eq!(
+                expect_request(parse(&get(target), None, &limits())).2,
+                "stats",
+                "{target}"
+            );
+        }
+        let buf = get("http://h/api/presence?channel=news");
+        assert_eq!(
+            expect_request(parse(&buf, None, &limits())).2,
+            "presence news"
+        );
+        let buf = post("https://h:8443/api/broadcast", "{\"data\":1}");
+        assert_eq!(
+            expect_request(parse(&buf, None, &limits())).2,
+            "broadcast 1"
+        );
+        // Other forms, fragments, repeated singleton fields: 400 and close.
+        let bad = [
+            get("/api/stats#x"),
+            get("/api/presence?channel=news#x"),
+            get("*"),
+            get("h:8081"),
+            get("ftp://h/api/stats"),
+            req("GET", "/api/stats", &["Host: other"], None),
+            req("GET", "/api/stats", &["Origin: a", "Origin: a"], None),
+            req(
+                "GET",
+                "/api/stats",
+                &[
+                    "Authorization: Bearer s3cret",
+                    "Authorization: Bearer s3cret",
+                ],
+                None,
+            ),
+            req(
+                "POST",
+                "/api/broadcast",
+                &["Content-Length: 10"],
+                Some("{\"data\":1}"),
+            ),
+        ];
+        for buf in bad {
+            let (consumed, close, a) = expect_reject(parse(&buf, Some(KEY), &limits()));
+            assert_eq!(
+                (consumed, close, a.status),
+                (buf.len(), true, 400),
+                "{:?}",
+                String::from_utf8_lossy(&buf)
+            );
         }
     }
 
@@ -908,7 +1139,7 @@ mod tests {
         let (_, close, a) = expect_reject(parse(&buf, None, &limits()));
         assert_eq!((close, a.status), (true, 431));
         // Too many header lines.
-        let lines: Vec<String> = (0..70).map(|i| format!("X-{i}: 1")).collect();
+        let lines: Vec<String> = (0..MAX_HEADERS).map(|i| format!("X-{i}: 1")).collect();
         let lines: Vec<&str> = lines.iter().map(String::as_str).collect();
         let buf = req("GET", "/api/stats", &lines, None);
         let roomy = ApiLimits {
@@ -948,10 +1179,11 @@ mod tests {
             );
             assert_eq!(a.field(), Value::Null);
         }
-        // Identical repeated lengths are tolerated (RFC 9112 §6.3 allows it).
+        // Identical repeated lengths too: a field that must appear once (issue 12).
         let buf = b"POST /api/broadcast HTTP/1.1\r\nContent-Length: 10\r\n\
                     Content-Length: 10\r\n\r\n{\"data\":1}";
-        assert_eq!(expect_request(parse(buf, None, &limits())).2, "broadcast 1");
+        let (_, close, a) = expect_reject(parse(buf, None, &limits()));
+        assert_eq!((close, a.status), (true, 400));
     }
 
     #[test]

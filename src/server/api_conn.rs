@@ -3,10 +3,20 @@
 //! keep-alive, `100 Continue`, back-pressure and writing. What a request *does* is not decided
 //! here: each parsed command goes to the caller's handler, which answers at once or later
 //! through [`ApiConns::answer`]. The hub loop ([`super::hub_loop`]) owns one [`ApiConns`].
+//!
+//! Closing after an answer is a lingering close, as nginx does it: once the answer is
+//! written the write side is shut (the client sees the end of the answer), then whatever
+//! the client still sends — typically the rest of a body refused with 413 before it was read
+//! — is read and discarded, for at most [`LINGER_TIME`] and [`ApiLimits::max_buffered`]
+//! bytes (at least [`LINGER_MIN_BYTES`]), until the client closes. Closing with unread input
+//! would make the kernel send a reset, and a client still writing its body (Python's
+//! `urllib`, `requests`) would report "broken pipe" instead of reading the answer.
 
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
+use std::net::Shutdown;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use log::{debug, warn};
 use mio::net::{TcpListener, TcpStream};
@@ -26,6 +36,10 @@ const MAX_IN_FLIGHT: usize = 1024;
 /// An API connection's unparsed input is capped (head + body limits) by the parser; this is
 /// the read size.
 const READ_CHUNK: usize = 16 * 1024;
+/// The longest a closing connection reads and discards its client's input.
+pub(crate) const LINGER_TIME: Duration = Duration::from_secs(2);
+/// The least a closing connection reads and discards (more with a larger body limit).
+pub(crate) const LINGER_MIN_BYTES: usize = 4 << 20;
 
 /// A parsed request handed to the handler: whom to answer, under which number, and whether
 /// the answer keeps the connection (pass it to [`api::json_response`] and friends).
@@ -55,6 +69,8 @@ struct ApiConnection {
     paused: bool,
     close_after_write: bool,
     writable_interest: bool,
+    /// Answered and write side shut: the input is discarded, this many bytes more at most.
+    lingering: Option<usize>,
 }
 
 struct Owed {
@@ -71,6 +87,9 @@ pub(crate) struct ApiConns {
     /// Shared so the per-request borrow is a refcount, not a copy.
     api_key: Option<Arc<str>>,
     limits: ApiLimits,
+    /// Lingering connections by deadline; deadlines only grow, so the front is due first.
+    /// An entry whose connection is gone is skipped (the generation in the id tells).
+    lingering: VecDeque<(Instant, ApiConnId)>,
 }
 
 impl ApiConns {
@@ -82,6 +101,7 @@ impl ApiConns {
             next_request: 1,
             api_key: api_key.map(Arc::from),
             limits,
+            lingering: VecDeque::new(),
         }
     }
 
@@ -114,6 +134,7 @@ impl ApiConns {
                         paused: false,
                         close_after_write: false,
                         writable_interest: false,
+                        lingering: None,
                     });
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
@@ -158,9 +179,13 @@ impl ApiConns {
         registry: &Registry,
         handler: &mut Handler,
     ) {
+        if self.get(id).is_some_and(|c| c.lingering.is_some()) {
+            self.discard(id);
+            return;
+        }
         // One request's worth: the parser refuses larger heads and bodies, so more than this
         // unparsed means requests are waiting behind `MAX_IN_FLIGHT` answers.
-        let cap = self.limits.max_head + self.limits.max_body + READ_CHUNK;
+        let cap = self.limits.max_buffered() + READ_CHUNK;
         let mut chunk = [0u8; READ_CHUNK];
         loop {
             let Some(conn) = self.get(id) else {
@@ -285,8 +310,8 @@ impl ApiConns {
         if conn.written == conn.output.len() {
             conn.output.clear();
             conn.written = 0;
-            if conn.close_after_write {
-                self.close(id);
+            if conn.close_after_write && conn.lingering.is_none() {
+                self.linger(id);
                 return;
             }
         }
@@ -304,6 +329,62 @@ impl ApiConns {
                 conn.writable_interest = want;
             }
         }
+    }
+
+    /// The answer is out: shuts the write side and starts discarding input (see the module
+    /// doc). Closes at once if the socket refuses the shutdown.
+    fn linger(&mut self, id: ApiConnId) {
+        let budget = self.limits.max_buffered().max(LINGER_MIN_BYTES);
+        let Some(conn) = self.get(id) else {
+            return;
+        };
+        if conn.socket.shutdown(Shutdown::Write).is_err() {
+            self.close(id);
+            return;
+        }
+        conn.lingering = Some(budget);
+        conn.input = Vec::new();
+        conn.owed.clear();
+        self.lingering.push_back((Instant::now() + LINGER_TIME, id));
+        // Whatever arrived already (or the client's end of input) is read now.
+        self.discard(id);
+    }
+
+    /// Reads and throws away a lingering connection's input until `WouldBlock`; closes it at
+    /// the client's end of input, on an error, or once its byte budget is spent.
+    fn discard(&mut self, id: ApiConnId) {
+        let mut chunk = [0u8; READ_CHUNK];
+        loop {
+            let Some(conn) = self.get(id) else {
+                return;
+            };
+            let left = conn.lingering.unwrap_or(0);
+            match conn.socket.read(&mut chunk) {
+                Ok(n) if n > 0 && n < left => conn.lingering = Some(left - n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                // End of input, an error, or the budget spent.
+                _ => {
+                    self.close(id);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Closes the lingering connections whose time is up at `now`; returns when the next
+    /// one is due, for the caller's poll timeout.
+    pub(crate) fn expire_lingering(&mut self, now: Instant) -> Option<Instant> {
+        while let Some(&(deadline, id)) = self.lingering.front() {
+            if deadline > now {
+                return Some(deadline);
+            }
+            self.lingering.pop_front();
+            if self.get(id).is_some_and(|c| c.lingering.is_some()) {
+                self.close(id);
+            }
+        }
+        None
     }
 
     /// Drops the connection (closing its socket), if it is still the one `id` names.

@@ -113,7 +113,7 @@ impl HubLoop {
                 api: ApiConns::new(
                     config.api_key.as_deref(),
                     ApiLimits {
-                        max_head: 8 * 1024,
+                        max_head: config.max_request_head,
                         max_body: config.max_message_size,
                     },
                 ),
@@ -149,6 +149,11 @@ impl HubLoop {
                 .hub
                 .next_tick()
                 .map_or(until_stats, |t| t.min(until_stats));
+            // Lingering API connections whose time is up are closed; the next is waited for.
+            let now = Instant::now();
+            let timeout = self.api.expire_lingering(now).map_or(timeout, |due| {
+                timeout.min(due.saturating_duration_since(now))
+            });
             if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
                 if e.kind() != io::ErrorKind::Interrupted {
                     warn!("hub: poll failed: {e}");

@@ -64,7 +64,10 @@ impl Settings {
         let ticks = |d: Duration| ticks(d, TICK);
         Settings {
             session: SessionConfig {
-                handshake: HandshakeConfig::default(),
+                handshake: HandshakeConfig {
+                    max_head_size: config.max_request_head,
+                    ..HandshakeConfig::default()
+                },
                 decoder: DecoderConfig {
                     role: Role::Server,
                     max_message_size: config.max_message_size,
