@@ -461,6 +461,39 @@ fn allowed_origins_are_enforced_on_the_upgrade() {
         )
         .unwrap_or_else(|r| panic!("good origin: {}", r.status));
         good.expect_user_subscribed();
+        // RFC 6454 §4: scheme and host compare case-insensitively; the default port is no port.
+        for (i, same) in [
+            "HTTPS://Good.Example",
+            "https://GOOD.example:443",
+            "https://good.example:443",
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let header = format!("Origin: {same}");
+            let mut client = try_upgrade(server.addr(), &format!("/ws?user=s{i}"), &[&header])
+                .unwrap_or_else(|r| panic!("{same}: {}", r.status));
+            client.expect_user_subscribed();
+        }
+        for other_port in ["https://good.example:8443", "https://good.example:80"] {
+            let header = format!("Origin: {other_port}");
+            match try_upgrade(server.addr(), "/echo", &[&header]) {
+                Ok(_) => panic!("{other_port} upgraded"),
+                Err(response) => assert_eq!(response.status, 403, "{other_port}"),
+            }
+        }
+        // Two Origin fields: 400 (RFC 9112 §5.3: a field that must appear once).
+        match try_upgrade(
+            server.addr(),
+            "/echo",
+            &[
+                "Origin: https://good.example",
+                "Origin: https://good.example",
+            ],
+        ) {
+            Ok(_) => panic!("two Origins upgraded"),
+            Err(response) => assert_eq!(response.status, 400),
+        }
         // No Origin: not a browser, allowed.
         let mut none = try_upgrade(server.addr(), "/ws?user=b", &[])
             .unwrap_or_else(|r| panic!("no origin: {}", r.status));

@@ -24,6 +24,7 @@ use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 
+use crate::http::origin::origin_matches;
 use crate::metrics::HandshakeFailure;
 use crate::protocol::close;
 use crate::protocol::frame::{write_frame, OpCode};
@@ -597,9 +598,12 @@ impl Worker {
             Endpoint::None
         };
         let origin_ok = settings.allowed_origins.is_empty()
-            || request
-                .origin
-                .is_none_or(|o| settings.allowed_origins.iter().any(|a| a == o));
+            || request.origin.is_none_or(|o| {
+                settings
+                    .allowed_origins
+                    .iter()
+                    .any(|a| origin_matches(a, o))
+            });
         let identity = match endpoint {
             Endpoint::Push if origin_ok => Some(push::authenticate(settings, request)),
             _ => None,
