@@ -96,7 +96,8 @@ fn an_early_refusal_lingers_so_the_client_reads_it() {
         stream.write_all(head.as_bytes()).unwrap();
         stream.write_all(&body).expect("the server keeps reading");
         let response = common::read_full_response(&mut stream);
-        assert_eq!(response.status, 404);
+        // An upgrade may not carry a body (its bytes would be read as frames): 400.
+        assert_eq!(response.status, 400);
     });
 }
 
