@@ -200,14 +200,32 @@ pub struct Router {
 }
 
 /// A connection's subscribe requests not yet answered: how many are at the hub, and, in the
-/// order sent, those waiting for a place (rule 1). Kept only while there are some.
+/// order the client sent its ops, the requests and replies waiting behind them (rule 1).
+/// Kept only while there are some.
 #[derive(Debug, Default)]
 struct Requests {
     /// At the hub (at most [`MAX_SUBSCRIBES_IN_FLIGHT`]).
     sent: u8,
-    /// Not sent yet, oldest first; empty unless `sent` is at the maximum.
-    waiting: VecDeque<Request>,
+    /// Subscribe requests among `waiting`.
+    subscribes: usize,
+    /// Oldest first. A request at the front goes to the hub when there is a place; a reply
+    /// at the front goes out once every request before it is answered (`sent` is 0).
+    waiting: VecDeque<Waiting>,
 }
+
+/// What waits in a connection's queue.
+#[derive(Debug)]
+enum Waiting {
+    /// A subscribe not sent to the hub yet.
+    Subscribe(Request),
+    /// A reply to a later op (an error, `unsubscribed`, `pong`): it must not overtake the
+    /// answers of the subscribes sent before that op.
+    Reply(Cow<'static, [u8]>),
+}
+
+/// Replies one connection may have waiting behind its subscribe answers; past this (a client
+/// flooding ops while its subscribes wait) they go out at once.
+const MAX_REPLIES_WAITING: usize = 1024;
 
 /// One subscribe request not sent to the hub yet.
 #[derive(Debug)]
@@ -287,11 +305,18 @@ impl Router {
 
     /// Subscribe requests `conn` has queued behind those at the hub.
     pub fn queued(&self, conn: ConnId) -> usize {
-        self.in_flight.get(&conn).map_or(0, |r| r.waiting.len())
+        self.in_flight.get(&conn).map_or(0, |r| r.subscribes)
     }
 
+    /// A reply to the op being handled: at once, unless subscribes sent before it wait for
+    /// their answers (then it waits behind them, rule 1).
     fn reply(&mut self, conn: ConnId, text: Cow<'static, [u8]>) {
-        self.effects.push(Effect::Text { conn, text });
+        match self.in_flight.get_mut(&conn) {
+            Some(r) if r.waiting.len() - r.subscribes < MAX_REPLIES_WAITING => {
+                r.waiting.push_back(Waiting::Reply(text));
+            }
+            _ => self.effects.push(Effect::Text { conn, text }),
+        }
     }
 
     fn reply_error(&mut self, conn: ConnId, code: u16, reason: &str) {
@@ -312,7 +337,8 @@ impl Router {
     fn request(&mut self, conns: &mut impl PushConns, conn: ConnId, request: Request) {
         let requests = self.in_flight.entry(conn).or_default();
         if !requests.waiting.is_empty() || requests.sent >= MAX_SUBSCRIBES_IN_FLIGHT {
-            requests.waiting.push_back(request);
+            requests.waiting.push_back(Waiting::Subscribe(request));
+            requests.subscribes += 1;
             return;
         }
         if self.send_request(conns, conn, request) {
@@ -375,7 +401,9 @@ impl Router {
         true
     }
 
-    /// One of `conn`'s requests was answered: the queued ones take the free places, in order.
+    /// One of `conn`'s requests was answered: what waits behind it goes, in order — requests
+    /// while there is a place at the hub, replies once nothing before them is unanswered.
+    /// Replies come out as effects: the worker applies them after queuing the answer.
     fn answered(&mut self, conns: &mut impl PushConns, conn: ConnId) {
         let Some(requests) = self.in_flight.get_mut(&conn) else {
             return;
@@ -385,16 +413,25 @@ impl Router {
             let Some(requests) = self.in_flight.get_mut(&conn) else {
                 return;
             };
-            if requests.sent >= MAX_SUBSCRIBES_IN_FLIGHT {
+            let ready = match requests.waiting.front() {
+                None => false,
+                Some(Waiting::Subscribe(_)) => requests.sent < MAX_SUBSCRIBES_IN_FLIGHT,
+                Some(Waiting::Reply(_)) => requests.sent == 0,
+            };
+            if !ready {
                 break;
             }
-            let Some(next) = requests.waiting.pop_front() else {
-                break;
-            };
-            if self.send_request(conns, conn, next) {
-                if let Some(requests) = self.in_flight.get_mut(&conn) {
-                    requests.sent += 1;
+            match requests.waiting.pop_front() {
+                Some(Waiting::Subscribe(next)) => {
+                    requests.subscribes -= 1;
+                    if self.send_request(conns, conn, next) {
+                        if let Some(requests) = self.in_flight.get_mut(&conn) {
+                            requests.sent += 1;
+                        }
+                    }
                 }
+                Some(Waiting::Reply(text)) => self.effects.push(Effect::Text { conn, text }),
+                None => break,
             }
         }
         self.tidy_requests(conn);
@@ -436,6 +473,7 @@ impl Router {
             conn,
             Requests {
                 sent: 1,
+                subscribes: 0,
                 waiting: VecDeque::new(),
             },
         );
@@ -528,7 +566,8 @@ impl Router {
         let max_subscriptions = self.config.max_subscriptions;
         // Only a request that would wait can find the queue full.
         let queue_full = self.in_flight.get(&conn).is_some_and(|r| {
-            r.sent >= MAX_SUBSCRIBES_IN_FLIGHT && r.waiting.len() >= max_subscriptions
+            (r.sent >= MAX_SUBSCRIBES_IN_FLIGHT || !r.waiting.is_empty())
+                && r.subscribes >= max_subscriptions
         });
         let Some(push) = conns.push_conn(conn) else {
             return;
@@ -755,7 +794,8 @@ impl Router {
 
     /// The hub answered a subscribe of `conn` to `stream` at top `seq`, with `replay_len`
     /// replayed frames (contiguous, ending at `seq`): rule 3 of the module doc. Returns what
-    /// to queue, or `None` if the connection is gone or no longer wants the stream.
+    /// to queue, or `None` if the connection is gone or no longer wants the stream. Queue it
+    /// **before** applying the effects: they may hold replies to ops sent after the subscribe.
     #[must_use]
     pub fn subscribed(
         &mut self,

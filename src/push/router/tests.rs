@@ -166,7 +166,7 @@ impl Sim {
         let join = self
             .router
             .subscribed(&mut self.conns, id, &stream, top, replay.len());
-        self.apply();
+        // Like the worker: the answer is queued before the effects are applied.
         if let Some(join) = join {
             let got = self.got.entry(join.conn).or_default();
             got.push(format!("subscribed@{top}"));
@@ -174,6 +174,7 @@ impl Sim {
                 got.push(format!("{channel}#{seq}"));
             }
         }
+        self.apply();
         join
     }
 
@@ -430,7 +431,10 @@ fn unsubscribe_while_in_flight_answers_into_nothing() {
     sim.client(A, r#"{"op":"subscribe","channel":"news"}"#);
     sim.take_hub();
     sim.client(A, r#"{"op":"unsubscribe","channel":"news"}"#);
-    assert_eq!(sim.got(A), [r#"{"op":"unsubscribed","channel":"news"}"#]);
+    assert!(
+        sim.got(A).is_empty(),
+        "the reply waits behind the subscribe's answer"
+    );
     assert!(
         sim.take_hub().is_empty(),
         "not idle: a subscribe is in flight"
@@ -438,6 +442,7 @@ fn unsubscribe_while_in_flight_answers_into_nothing() {
     assert_eq!(sim.router.take_subscriptions_delta(), 0);
     sim.publish("news");
     assert_eq!(sim.answer(A, "news", None), None);
+    assert_eq!(sim.got(A), [r#"{"op":"unsubscribed","channel":"news"}"#]);
     let told = sim.take_hub();
     assert!(
         told.len() == 1 && is_idle(&told[0], "news"),
@@ -491,7 +496,15 @@ fn max_subscriptions_refuses_naming_the_channel() {
     }
     assert!(sim.got(A).is_empty());
     sim.client(A, &subscribe_op("d"));
-    let error = json(sim.got(A)[0]);
+    assert!(
+        sim.got(A).is_empty(),
+        "the refusal waits behind the answers before it"
+    );
+    for c in ["a", "b", "c"] {
+        assert!(sim.answer(A, c, None).is_some());
+    }
+    assert_eq!(sim.got(A)[..3], ["subscribed@0"; 3]);
+    let error = json(sim.got(A)[3]);
     assert_eq!(error["code"], 429, "{error}");
     assert_eq!(error["channel"], "d", "{error}");
     assert_eq!(error["reason"], "too many subscriptions", "{error}");
@@ -499,8 +512,43 @@ fn max_subscriptions_refuses_naming_the_channel() {
     assert_eq!(sim.router.take_subscriptions_delta(), 3);
     // Subscribing again to one held is not a new subscription.
     sim.client(A, &subscribe_op("a"));
-    assert_eq!(sim.got(A).len(), 1);
-    assert_eq!(sim.router.in_flight(A), 4);
+    assert_eq!(sim.got(A).len(), 4);
+    assert_eq!(sim.router.in_flight(A), 1);
+}
+
+/// Replies to later ops (errors, `unsubscribed`, `pong`) never overtake the answers of the
+/// subscribes sent before them — not even the `$user` answer, the connection's first frame.
+#[test]
+fn replies_wait_behind_the_answers_of_earlier_subscribes() {
+    let mut sim = Sim::new(8, None);
+    sim.accept(A, "alice", None, Tick(0));
+    sim.client(A, "ping");
+    sim.client(A, &subscribe_op("a"));
+    sim.client(A, r#"{"op":"subscribe","channel":"bad name"}"#);
+    sim.client(A, &subscribe_op("b"));
+    sim.client(A, r#"{"op":"unsubscribe","channel":"b"}"#);
+    assert!(sim.got(A).is_empty());
+    // Only the join is at the hub: the subscribes wait behind the replies queued before them.
+    assert_eq!((sim.router.in_flight(A), sim.router.queued(A)), (1, 2));
+    sim.take_hub();
+    sim.join_user(A, "alice");
+    assert_eq!(sim.got(A), ["pong"], "after the $user answer: the pong");
+    assert_eq!(sim.router.in_flight(A), 1, "a is asked");
+    assert!(sim.answer(A, "a", None).is_some());
+    // Then the error; b, unsubscribed while it waited, is never asked; then its reply.
+    let got = sim.got(A);
+    assert_eq!(got.len(), 4, "{got:?}");
+    assert_eq!(got[1], "subscribed@0");
+    assert_eq!(json(got[2])["channel"], "bad name");
+    assert_eq!(got[3], r#"{"op":"unsubscribed","channel":"b"}"#);
+    assert!(sim
+        .take_hub()
+        .iter()
+        .all(|m| !matches!(m, ToHub::Subscribe { stream: Stream::Channel(c), .. } if &**c == "b")));
+    assert!(sim.router.in_flight.is_empty());
+    // With nothing at the hub, replies go at once.
+    sim.client(A, "ping");
+    assert_eq!(sim.got(A).last(), Some(&"pong"));
 }
 
 /// Issue 12, item 9: a burst of subscribes (a client resubscribing after a reconnect) is all
@@ -568,7 +616,6 @@ fn a_queued_subscribe_unsubscribed_is_dropped_unsent() {
     sim.client(A, &subscribe_op("kept"));
     assert_eq!(sim.router.queued(A), 2);
     sim.client(A, r#"{"op":"unsubscribe","channel":"late"}"#);
-    assert_eq!(sim.got(A), [r#"{"op":"unsubscribed","channel":"late"}"#]);
     sim.take_hub();
     assert!(sim.answer(A, "c0", None).is_some());
     assert!(
@@ -581,6 +628,8 @@ fn a_queued_subscribe_unsubscribed_is_dropped_unsent() {
         assert!(sim.answer(A, &format!("c{i}"), None).is_some());
     }
     assert!(sim.answer(A, "kept", None).is_some());
+    assert_eq!(sim.got(A)[16], "subscribed@0", "kept's answer");
+    assert_eq!(sim.got(A)[17], r#"{"op":"unsubscribed","channel":"late"}"#);
     assert!(sim.router.in_flight.is_empty());
     assert!(sim.router.members("late").is_empty());
 }
@@ -624,15 +673,19 @@ fn the_subscribe_queue_is_bounded() {
     assert!(sim.got(A).is_empty());
     assert_eq!(sim.router.queued(A), 4);
     sim.client(A, &subscribe_op("a"));
-    let error = json(sim.got(A)[0]);
+    assert!(sim.got(A).is_empty(), "the refusal waits its turn");
+    let total = usize::from(MAX_SUBSCRIBES_IN_FLIGHT) + 4;
+    for _ in 0..total {
+        assert!(sim.answer(A, "a", None).is_some());
+    }
+    let got = sim.got(A);
+    assert_eq!(got.len(), total + 1, "{got:?}");
+    let error = json(got[total]);
     assert_eq!(
         (error["code"].as_u64(), error["channel"].as_str()),
         (Some(429), Some("a"))
     );
-    // A plain `$user` subscribe waits in the same queue, in order.
-    assert!(sim.answer(A, "a", None).is_some());
-    sim.client(A, r#"{"op":"subscribe","channel":"$user"}"#);
-    assert_eq!(sim.router.queued(A), 4);
+    assert!(sim.router.in_flight.is_empty());
 }
 
 #[test]
@@ -768,6 +821,7 @@ fn tokens_limit_channels_share_grants_and_refresh_for_the_same_user() {
     // Expires 10 s from `now`: 1000 ticks of 10 ms after tick 5.
     let alice = claims("alice", 1_000_010, r#""news""#);
     sim.accept(A, "alice", Some(&alice), Tick(5));
+    sim.join_user(A, "alice");
     sim.accept(
         B,
         "bob",

@@ -423,25 +423,21 @@ impl Worker {
         replay: &[SharedFrame],
         slow: &mut Vec<Handle>,
     ) {
-        let (conns, router, _) = self.queuing(slow);
+        let (conns, router, mut queuing) = self.queuing(slow);
         let join = router.subscribed(conns, id, stream, seq, replay.len());
-        self.apply_effects();
-        let Some(join) = join else {
-            return;
-        };
-        let handle = handle_of(join.conn);
-        let (conns, _, mut queuing) = self.queuing(slow);
-        let Some(conn) = conn_of(conns, handle) else {
-            return;
-        };
-        if !queuing.push(conn, handle, frame) {
-            return;
-        }
-        for frame in replay.iter().take(join.replay) {
-            if !queuing.push(conn, handle, frame) {
-                return;
+        if let Some(join) = join {
+            let handle = handle_of(join.conn);
+            if let Some(conn) = conn_of(conns, handle) {
+                let frames = std::iter::once(frame).chain(replay.iter().take(join.replay));
+                for frame in frames {
+                    if !queuing.push(conn, handle, frame) {
+                        break;
+                    }
+                }
             }
         }
+        // After the answer: the effects may hold replies to ops the client sent after it.
+        self.apply_effects();
     }
 
     fn disconnect(&mut self, conns: &[ConnId], ack: AckId) {
