@@ -1010,3 +1010,171 @@ fn a_lingering_connection_is_closed_when_its_time_is_up() {
         assert!(started.elapsed() >= Duration::from_millis(1500));
     });
 }
+
+/// `n` levels of arrays around `inner`.
+fn nested(n: usize, inner: &str) -> String {
+    format!("{}{inner}{}", "[".repeat(n), "]".repeat(n))
+}
+
+/// Issue 12, item 12: `data` nested deeper than 64 levels (each array or object one level) is
+/// refused on every route that carries one, by the API (400 naming `data`) and on a client's
+/// `publish` (error 400 naming the channel); 64 levels pass, and brackets inside strings are
+/// not levels. 100,000 levels get the same clean 400 (the check is a loop, and the body's
+/// parse skips the value without recursion), and the server stays up.
+#[test]
+fn data_nested_deeper_than_64_levels_is_refused() {
+    guarded(|| {
+        let server = TestServer::start(Config {
+            threads: 2,
+            max_message_size: 4 << 20,
+            ..Config::for_tests()
+        });
+        let mut api = ApiClient::connect(server.api_addr());
+        let mut client = push_client(server.addr(), "deep");
+        client.subscribe("news");
+
+        let at_limit = nested(64, "1");
+        let object_at_limit = format!("{}1{}", r#"{"k":"#.repeat(64), "}".repeat(64));
+        let in_string = format!(r#"["{}"]"#, "[{".repeat(500));
+        for data in [&at_limit, &object_at_limit, &in_string] {
+            let body = format!(r#"{{"channel":"news","data":{data}}}"#);
+            assert_eq!(api.post("/api/publish", &body)["delivered"], 1, "{body}");
+            let got = client.recv_json();
+            let want: Value = serde_json::from_str(data).expect("valid");
+            assert_eq!(got["data"], want);
+        }
+
+        let over = [
+            nested(65, ""),
+            format!("{}1{}", r#"{"k":"#.repeat(65), "}".repeat(65)),
+            format!(
+                "[{}]",
+                nested(32, &format!("{}1{}", r#"{"k":"#.repeat(33), "}".repeat(33)))
+            ),
+            nested(100_000, ""),
+        ];
+        for data in &over {
+            for (path, body) in [
+                (
+                    "/api/publish",
+                    format!(r#"{{"channel":"news","data":{data}}}"#),
+                ),
+                ("/api/send", format!(r#"{{"user":"deep","data":{data}}}"#)),
+                ("/api/broadcast", format!(r#"{{"data":{data}}}"#)),
+            ] {
+                assert_bad_request(&mut api, path, &body, Some("data"));
+                let response = api.call("POST", path, Some(&body));
+                let message = response.json()["error"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned();
+                assert!(message.contains("64 levels"), "{path}: {message}");
+            }
+        }
+        // Deep but unbalanced, or deep in a field that is not `data`: plain invalid JSON or
+        // a wrong type, still a 400, still no recursion.
+        let response = api.call(
+            "POST",
+            "/api/publish",
+            Some(&format!(
+                r#"{{"channel":"news","data":{}"#,
+                "[".repeat(100_000)
+            )),
+        );
+        assert_eq!(response.status, 400, "{}", response.body_text());
+        let response = api.call(
+            "POST",
+            "/api/publish",
+            Some(&format!(
+                r#"{{"channel":{},"data":1}}"#,
+                nested(100_000, "")
+            )),
+        );
+        assert_eq!(response.status, 400, "{}", response.body_text());
+        assert_eq!(response.json()["field"], "channel");
+
+        // A client's publish: refused naming the channel, the connection stays.
+        for data in &over {
+            let op = format!(r#"{{"op":"publish","channel":"news","data":{data}}}"#);
+            client.send_text(&op);
+            let error = client.recv_json();
+            assert_eq!(error["op"], "error", "{error}");
+            assert_eq!(error["code"], 400, "{error}");
+            assert_eq!(error["channel"], "news", "{error}");
+            assert!(
+                error["reason"]
+                    .as_str()
+                    .is_some_and(|r| r.contains("64 levels")),
+                "{error}"
+            );
+        }
+        expect_nothing_pending(&mut client);
+        let op = json!({"op": "publish", "channel": "news", "data": serde_json::from_str::<Value>(&at_limit).expect("valid")});
+        client.send_json(&op);
+        let got = client.recv_json();
+        assert_eq!(got["op"], "message", "{got}");
+        assert_eq!(got["data"], op["data"]);
+        common::assert_server_healthy(server.addr());
+    });
+}
+
+/// Issue 12, item 11: `$user` can't be unsubscribed: error 400 naming it, and sends to the
+/// user still arrive. The neighbours: every refused channel op names its channel.
+#[test]
+fn user_unsubscribe_is_refused_and_sends_still_arrive() {
+    guarded(|| {
+        let server = server();
+        let mut api = ApiClient::connect(server.api_addr());
+        let mut client = push_client(server.addr(), "keeper");
+        client.send_json(&json!({"op": "unsubscribe", "channel": "$user"}));
+        let error = client.recv_json();
+        assert_eq!(error["op"], "error", "{error}");
+        assert_eq!(error["code"], 400, "{error}");
+        assert_eq!(error["channel"], "$user", "{error}");
+        let answer = api.post(
+            "/api/send",
+            &json!({"user": "keeper", "data": 1}).to_string(),
+        );
+        assert_eq!(answer["delivered"], 1, "{answer}");
+        expect_json(
+            &mut client,
+            &json!({"op": "message", "channel": "$user", "seq": answer["seq"], "data": 1}),
+        );
+
+        for (op, code, channel) in [
+            (
+                json!({"op": "subscribe", "channel": "no space"}),
+                400,
+                "no space",
+            ),
+            (
+                json!({"op": "subscribe", "channel": "n", "since": -1}),
+                400,
+                "n",
+            ),
+            (
+                json!({"op": "unsubscribe", "channel": "$other"}),
+                400,
+                "$other",
+            ),
+            (json!({"op": "publish", "channel": "n"}), 400, "n"),
+            (
+                json!({"op": "publish", "channel": "$user", "data": 1}),
+                403,
+                "$user",
+            ),
+            (
+                json!({"op": "subscribe", "channel": "$user", "since": 0}),
+                400,
+                "$user",
+            ),
+        ] {
+            client.send_json(&op);
+            let error = client.recv_json();
+            assert_eq!(error["op"], "error", "{op}: {error}");
+            assert_eq!(error["code"], code, "{op}: {error}");
+            assert_eq!(error["channel"], channel, "{op}: {error}");
+        }
+        expect_nothing_pending(&mut client);
+    });
+}

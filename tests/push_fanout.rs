@@ -461,3 +461,73 @@ fn stalled_reader_is_closed_with_1008_and_others_get_everything() {
         eprintln!("stalled reader dropped after {full} of {seq} messages; it read {got} of them");
     });
 }
+
+/// Upgrades as `user` and sends a `subscribe` for every channel in `channels`, all in one
+/// write (a client library resubscribing after a reconnect); returns the client past its
+/// `$user` frame.
+fn subscribe_burst(addr: SocketAddr, user: &str, channels: &[String]) -> RawClient {
+    let mut stream = connect(addr);
+    let mut bytes = upgrade_request(&format!("/ws?user={user}")).into_bytes();
+    for channel in channels {
+        let op = json!({"op": "subscribe", "channel": channel}).to_string();
+        write_masked_frame(&mut bytes, true, OpCode::Text, op.as_bytes(), [3, 1, 4, 1]);
+    }
+    stream
+        .write_all(&bytes)
+        .expect("send upgrade and subscribes");
+    let (response, rest) = read_response_head(&mut stream);
+    assert_eq!(response.status, 101, "{user}: {response:?}");
+    let mut client = RawClient::from_parts(stream, rest);
+    client.expect_user_subscribed();
+    client
+}
+
+/// Issue 12, item 9: 40 subscribes in one write are all answered, in the order sent, and
+/// every one took: a publish to each reaches the client. Up to `--max-subscriptions` (128) in
+/// one burst likewise; past it, 429 naming the channel, and the rest are unaffected.
+#[test]
+fn a_burst_of_subscribes_is_answered_in_order() {
+    with_timeout(Duration::from_secs(60), || {
+        let server = TestServer::start(Config {
+            max_subscriptions: 128,
+            ..two_workers()
+        });
+        let mut api = ApiClient::connect(server.api_addr());
+        let channels: Vec<String> = (0..40).map(|i| format!("burst-{i}")).collect();
+        let mut client = subscribe_burst(server.addr(), "burst", &channels);
+        for channel in &channels {
+            let answer = client.recv_json();
+            assert_eq!(answer["op"], "subscribed", "{channel}: {answer}");
+            assert_eq!(answer["channel"], channel.as_str(), "{answer}");
+        }
+        for channel in &channels {
+            let body = json!({"channel": channel, "data": channel}).to_string();
+            assert_eq!(api.post("/api/publish", &body)["delivered"], 1, "{channel}");
+            let got = client.recv_json();
+            assert_eq!(got["channel"], channel.as_str(), "{got}");
+        }
+
+        // 130 at once: 128 answered in order, the two past the limit refused by name.
+        let channels: Vec<String> = (0..130).map(|i| format!("max-{i}")).collect();
+        let mut client = subscribe_burst(server.addr(), "max", &channels);
+        let mut answered = Vec::new();
+        let mut refused = Vec::new();
+        while answered.len() + refused.len() < channels.len() {
+            let frame = client.recv_json();
+            match frame["op"].as_str() {
+                Some("subscribed") => {
+                    answered.push(frame["channel"].as_str().unwrap_or_default().to_owned())
+                }
+                Some("error") => {
+                    assert_eq!(frame["code"], 429, "{frame}");
+                    refused.push(frame["channel"].as_str().unwrap_or_default().to_owned());
+                }
+                _ => panic!("unexpected {frame}"),
+            }
+        }
+        assert_eq!(answered, channels[..128]);
+        assert_eq!(refused, channels[128..]);
+        let stats = api.get("/api/stats");
+        assert_eq!(stats["subscriptions"], 40 + 128, "{stats}");
+    });
+}

@@ -17,7 +17,6 @@ use std::time::{Duration, Instant};
 
 use common::{guarded, push_client, wait_until, ApiClient, RawClient, Received, TestServer};
 use edgepush::config::Config;
-use edgepush::protocol::frame::OpCode;
 use edgepush::push::hub::HistoryConfig;
 use serde_json::{json, Value};
 
@@ -422,14 +421,12 @@ fn offline_user_recovers_sends_within_ttl_and_not_after() {
             assert_eq!(answer, json!({"seq": since + k, "delivered": 0}));
         }
 
-        // Back within the TTL: same stream, and the three come back on request.
-        let mut client = RawClient::connect(addr, "/ws?user=u4");
+        // Back within the TTL: same stream, and the three come back when the upgrade asks.
+        let mut client =
+            RawClient::connect(addr, &format!("/ws?user=u4&since={since}&epoch={epoch}"));
         let first = client.expect_user_subscribed();
-        assert_eq!(epoch_of(&first), epoch, "{first}");
-        assert_eq!(seq_of(&first), since + 3, "{first}");
-        let answer = subscribe_with(&mut client, "$user", Some(since), Some(&epoch));
         assert_eq!(
-            answer,
+            first,
             json!({"op": "subscribed", "channel": "$user", "epoch": epoch, "seq": since + 3,
                    "recovered": true})
         );
@@ -467,14 +464,13 @@ fn offline_user_recovers_sends_within_ttl_and_not_after() {
         }
         assert_eq!(stat(&stats(&mut api), "user_streams"), 0);
 
-        let mut client = RawClient::connect(addr, "/ws?user=u4");
+        let since = since + 3;
+        let mut client =
+            RawClient::connect(addr, &format!("/ws?user=u4&since={since}&epoch={epoch}"));
         let first = client.expect_user_subscribed();
         assert_ne!(epoch_of(&first), epoch, "a new incarnation: {first}");
         assert_eq!(seq_of(&first), 0, "{first}");
-        let answer = subscribe_with(&mut client, "$user", Some(since + 3), Some(&epoch));
-        assert_eq!(answer["recovered"], false, "{answer}");
-        assert_eq!(answer["epoch"], first["epoch"], "{answer}");
-        assert_eq!(seq_of(&answer), 0, "{answer}");
+        assert_eq!(first["recovered"], false, "{first}");
         assert_nothing_queued(&mut client);
     });
 }
@@ -697,58 +693,132 @@ fn vanished_connections_leave_no_member_behind() {
     });
 }
 
-/// A reconnecting client may ask for its `$user` recovery in the same write as the upgrade,
-/// before the hub has answered the connection's join: it is answered all the same, with the
-/// missed message once.
+/// Issue 12, item 10: a reconnecting client gives its `$user` recovery in the upgrade request.
+/// A send that lands between the upgrade and anything the client could send after it is
+/// still live *after* the replay: the first frame is the recovered answer, then the missed
+/// messages, then live ones — never 4, 2, 3. A later `subscribe` on `$user` with `since`
+/// would reorder, so it is refused, naming the channel.
 #[test]
-fn user_recovery_sent_with_the_upgrade_is_answered() {
+fn user_recovery_in_the_upgrade_request_comes_before_live_messages() {
     guarded(|| {
         let server = server(history(100));
         let mut api = ApiClient::connect(server.api_addr());
         let mut client = RawClient::connect(server.addr(), "/ws?user=early");
         let first = client.expect_user_subscribed();
         let epoch = epoch_of(&first);
-        for k in 1..=2 {
-            let answer = api.post(
-                "/api/send",
-                &json!({"user": "early", "data": k}).to_string(),
-            );
-            assert_eq!(answer, json!({"seq": k, "delivered": 1}));
-            assert_eq!(client.recv_json()["seq"], k);
-        }
+        let answer = api.post(
+            "/api/send",
+            &json!({"user": "early", "data": data(1)}).to_string(),
+        );
+        assert_eq!(answer, json!({"seq": 1, "delivered": 1}));
+        expect_message(&mut client, "$user", 1);
         close(client);
         wait_until(Duration::from_secs(5), || {
             stat(&stats(&mut api), "connections") == 0
         });
+        for k in 2..=3 {
+            let answer = api.post(
+                "/api/send",
+                &json!({"user": "early", "data": data(k)}).to_string(),
+            );
+            assert_eq!(answer, json!({"seq": k, "delivered": 0}));
+        }
+
+        // The upgrade goes out, then a send is made before the client reads anything; the
+        // upgrade may be handled before or after it: either way the order holds.
+        let path = format!("/ws?user=early&since=1&epoch={epoch}");
+        let mut raw = RawClient::from_parts(common::connect(server.addr()), Vec::new());
+        raw.send_raw(common::upgrade_request(&path).as_bytes())
+            .expect("send the upgrade");
         let answer = api.post(
             "/api/send",
-            &json!({"user": "early", "data": 3}).to_string(),
+            &json!({"user": "early", "data": data(4)}).to_string(),
         );
-        assert_eq!(answer, json!({"seq": 3, "delivered": 0}));
-
-        let mut raw = RawClient::from_parts(common::connect(server.addr()), Vec::new());
-        let op = json!({"op": "subscribe", "channel": "$user", "since": 2, "epoch": epoch});
-        let mut bytes = common::upgrade_request("/ws?user=early").into_bytes();
-        bytes.extend(raw.frame(true, OpCode::Text, op.to_string().as_bytes()));
-        raw.send_raw(&bytes).expect("send upgrade and subscribe");
+        assert_eq!(answer["seq"], 4, "{answer}");
         let (response, rest) = common::read_response_head(&mut raw.stream);
         assert_eq!(response.status, 101, "{response:?}");
         let mut client = RawClient::from_parts(raw.stream, rest);
         let joined = client.recv_json();
-        assert_eq!(
-            joined,
-            json!({"op": "subscribed", "channel": "$user", "epoch": epoch, "seq": 3})
+        assert_eq!(joined["op"], "subscribed", "{joined}");
+        assert_eq!(joined["channel"], "$user", "{joined}");
+        assert_eq!(joined["epoch"], epoch.as_str(), "{joined}");
+        assert_eq!(joined["recovered"], true, "{joined}");
+        let top = seq_of(&joined);
+        assert!(top == 3 || top == 4, "{joined}");
+        for k in 2..=4 {
+            expect_message(&mut client, "$user", k);
+        }
+        assert_nothing_queued(&mut client);
+
+        // A recovery by `subscribe` afterwards is refused; the stream goes on live.
+        send_subscribe(&mut client, "$user", Some(1), Some(&epoch));
+        let error = client.recv_json();
+        assert_eq!(error["op"], "error", "{error}");
+        assert_eq!(error["code"], 400, "{error}");
+        assert_eq!(error["channel"], "$user", "{error}");
+        assert!(
+            error["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("upgrade request")),
+            "{error}"
         );
-        let recovered = client.recv_json();
-        assert_eq!(
-            recovered,
-            json!({"op": "subscribed", "channel": "$user", "epoch": epoch, "seq": 3,
-                   "recovered": true})
+        let answer = api.post(
+            "/api/send",
+            &json!({"user": "early", "data": data(5)}).to_string(),
         );
+        assert_eq!(answer, json!({"seq": 5, "delivered": 1}));
+        expect_message(&mut client, "$user", 5);
+        assert_nothing_queued(&mut client);
+    });
+}
+
+/// The neighbours of the upgrade recovery: a wrong epoch, a `since` from the future, a
+/// `since` that is not a number, or a `since` without an epoch: `recovered:false`, nothing
+/// replayed; no `since`: no `recovered` at all.
+#[test]
+fn user_recovery_in_the_upgrade_request_that_cannot_be_honoured() {
+    guarded(|| {
+        let server = server(history(100));
+        let mut api = ApiClient::connect(server.api_addr());
+        let mut client = RawClient::connect(server.addr(), "/ws?user=v");
+        let epoch = epoch_of(&client.expect_user_subscribed());
+        close(client);
+        for k in 1..=2 {
+            api.post(
+                "/api/send",
+                &json!({"user": "v", "data": data(k)}).to_string(),
+            );
+        }
+        for query in [
+            "since=0&epoch=nope".to_owned(),
+            format!("since=9&epoch={epoch}"),
+            format!("since=x1&epoch={epoch}"),
+            format!("since=-1&epoch={epoch}"),
+            "since=0".to_owned(),
+        ] {
+            let mut client = RawClient::connect(server.addr(), &format!("/ws?user=v&{query}"));
+            let first = client.expect_user_subscribed();
+            assert_eq!(
+                first,
+                json!({"op": "subscribed", "channel": "$user", "epoch": epoch, "seq": 2,
+                       "recovered": false}),
+                "{query}"
+            );
+            assert_nothing_queued(&mut client);
+            close(client);
+        }
+        let mut client = RawClient::connect(server.addr(), &format!("/ws?user=v&epoch={epoch}"));
+        let first = client.expect_user_subscribed();
         assert_eq!(
-            client.recv_json(),
-            json!({"op": "message", "channel": "$user", "seq": 3, "data": 3})
+            first,
+            json!({"op": "subscribed", "channel": "$user", "epoch": epoch, "seq": 2})
         );
+        assert_nothing_queued(&mut client);
+        // Up to date: recovered, nothing to replay.
+        close(client);
+        let mut client =
+            RawClient::connect(server.addr(), &format!("/ws?user=v&since=2&epoch={epoch}"));
+        assert_eq!(client.expect_user_subscribed()["recovered"], true);
         assert_nothing_queued(&mut client);
     });
 }

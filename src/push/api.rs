@@ -37,6 +37,7 @@ use crate::http::request::{parse_request, percent_decode, query_param};
 use crate::http::response::{write_response, Persistence};
 use crate::http::{self, Status};
 use crate::push::auth::constant_time_eq;
+use crate::push::json_depth::{data_too_deep, DATA_TOO_DEEP};
 use crate::push::names::{validate_channel, validate_user};
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -425,20 +426,20 @@ fn command(route: Route, query: Option<&str>, body: &[u8]) -> Result<ApiCommand,
             let b: PublishBody = json_object(body)?;
             ApiCommand::Publish {
                 channel: publish_channel(string_field(b.channel, "channel")?)?,
-                data: b.data.to_owned(),
+                data: data(b.data)?,
             }
         }
         Route::Send => {
             let b: SendBody = json_object(body)?;
             ApiCommand::Send {
                 user: user(string_field(b.user, "user")?)?,
-                data: b.data.to_owned(),
+                data: data(b.data)?,
             }
         }
         Route::Broadcast => {
             let b: BroadcastBody = json_object(body)?;
             ApiCommand::Broadcast {
-                data: b.data.to_owned(),
+                data: data(b.data)?,
             }
         }
         Route::Disconnect => {
@@ -541,6 +542,15 @@ fn quoted_field<'m>(message: &'m str, kind: &str) -> Option<&'m str> {
 fn string_field(raw: &RawValue, field: &str) -> Result<String, Failure> {
     serde_json::from_str(raw.get())
         .map_err(|_| Failure::bad(&format!("{field} must be a string"), field))
+}
+
+/// A message's `data`, refused (400, field `data`) when nested deeper than the clients can
+/// take (see [`crate::push::json_depth`]).
+fn data(raw: &RawValue) -> Result<Box<RawValue>, Failure> {
+    if data_too_deep(raw.get()) {
+        return Err(Failure::bad(DATA_TOO_DEEP, "data"));
+    }
+    Ok(raw.to_owned())
 }
 
 fn publish_channel(channel: String) -> Result<String, Failure> {

@@ -4,7 +4,11 @@
 //!
 //! Parsing borrows from the frame: channel names, epochs and tokens are `Cow::Borrowed` unless
 //! they contain JSON escapes, and a publish's `data` is the raw JSON text of the value, never
-//! rebuilt. Every refusal is an [`OpError`] with code 400 and a reason naming the field.
+//! rebuilt. Every refusal is an [`OpError`] with code 400 and a reason naming the field; a
+//! refusal of a channel op (`subscribe`, `unsubscribe`, `publish`) whose `channel` is a string
+//! also names that channel, so a client with many ops in flight knows which one failed. A
+//! publish whose `data` nests deeper than 64 levels is refused here too (the check is
+//! [`crate::push::json_depth`]'s).
 //!
 //! Field rules: `op` selects the op; fields the op does not use are ignored whatever their type,
 //! and so are unknown fields; `since` and `epoch` are optional and `null` counts as absent; a
@@ -21,6 +25,7 @@ use serde::Deserialize;
 use serde_json::error::Category;
 use serde_json::value::RawValue;
 
+use crate::push::json_depth::{data_too_deep, DATA_TOO_DEEP};
 use crate::push::names;
 
 /// One op from a client.
@@ -69,6 +74,9 @@ pub struct OpError {
     pub code: u16,
     /// Human-readable text for the client; at most a short, truncated echo of its input.
     pub reason: String,
+    /// The channel of the op refused, when it is a channel op with a string `channel`
+    /// (at most [`MAX_ECHO_CHANNEL`] bytes of it): sent back as `"channel"`.
+    pub channel: Option<String>,
 }
 
 impl OpError {
@@ -88,7 +96,15 @@ impl OpError {
         OpError {
             code,
             reason: reason.into(),
+            channel: None,
         }
+    }
+
+    /// The same error, about `channel` (cut to [`MAX_ECHO_CHANNEL`] bytes).
+    #[must_use]
+    pub fn on_channel(mut self, channel: &str) -> Self {
+        self.channel = Some(truncate(channel, MAX_ECHO_CHANNEL).to_owned());
+        self
     }
 
     fn bad(reason: impl Into<String>) -> Self {
@@ -107,6 +123,10 @@ impl std::error::Error for OpError {}
 /// Longest piece of client input (an unknown op's name) echoed back in a reason.
 const MAX_ECHO: usize = 32;
 
+/// Longest channel echoed back in an error's `"channel"`: one byte more than a valid name may
+/// have, so a name refused for its length is still told apart from a valid one.
+pub const MAX_ECHO_CHANNEL: usize = names::MAX_NAME_LEN + 1;
+
 /// Parses one text frame from a client. See the module doc for the field rules.
 pub fn parse_client_op(text: &[u8]) -> Result<ClientOp<'_>, OpError> {
     let fields: Fields<'_> = serde_json::from_slice(text).map_err(|e| match e.classify() {
@@ -119,7 +139,19 @@ pub fn parse_client_op(text: &[u8]) -> Result<ClientOp<'_>, OpError> {
         return Err(OpError::bad(format!("duplicate field `{name}`")));
     }
     let op = required_str(fields.op, "op")?;
-    match &*op {
+    let channel_op = matches!(&*op, "subscribe" | "unsubscribe" | "publish");
+    channel_op_of(&op, &fields).map_err(|e| {
+        // A refused channel op names its channel whenever the client gave one as a string.
+        match fields.channel.and_then(|raw| as_str(raw, "channel").ok()) {
+            Some(name) if channel_op => e.on_channel(&name),
+            _ => e,
+        }
+    })
+}
+
+/// The op named `op`, from its fields.
+fn channel_op_of<'a>(op: &str, fields: &Fields<'a>) -> Result<ClientOp<'a>, OpError> {
+    match op {
         "subscribe" => Ok(ClientOp::Subscribe {
             channel: channel(fields.channel)?,
             since: optional_u64(fields.since, "since")?,
@@ -128,10 +160,14 @@ pub fn parse_client_op(text: &[u8]) -> Result<ClientOp<'_>, OpError> {
         "unsubscribe" => Ok(ClientOp::Unsubscribe {
             channel: channel(fields.channel)?,
         }),
-        "publish" => Ok(ClientOp::Publish {
-            channel: channel(fields.channel)?,
-            data: fields.data.ok_or_else(|| missing("data"))?,
-        }),
+        "publish" => {
+            let channel = channel(fields.channel)?;
+            let data = fields.data.ok_or_else(|| missing("data"))?;
+            if data_too_deep(data.get()) {
+                return Err(OpError::bad(DATA_TOO_DEEP));
+            }
+            Ok(ClientOp::Publish { channel, data })
+        }
         "refresh" => Ok(ClientOp::Refresh {
             token: required_str(fields.token, "token")?,
         }),
@@ -178,10 +214,15 @@ pub fn write_message(out: &mut Vec<u8>, channel: &str, seq: Option<u64>, data: &
     out.push(b'}');
 }
 
-/// Appends `{"op":"error","code":…,"reason":…}`.
-pub fn write_error(out: &mut Vec<u8>, code: u16, reason: &str) {
+/// Appends `{"op":"error","code":…,"reason":…}`, with `,"channel":…` after the code when the
+/// error is about a channel op.
+pub fn write_error(out: &mut Vec<u8>, code: u16, reason: &str, channel: Option<&str>) {
     out.extend_from_slice(br#"{"op":"error","code":"#);
     push_u64(out, u64::from(code));
+    if let Some(channel) = channel {
+        out.extend_from_slice(br#","channel":"#);
+        push_json_str(out, channel);
+    }
     out.extend_from_slice(br#","reason":"#);
     push_json_str(out, reason);
     out.push(b'}');
@@ -558,6 +599,68 @@ mod tests {
     }
 
     #[test]
+    fn refused_channel_ops_name_their_channel() {
+        let long = "a".repeat(300);
+        let long_op = format!(r#"{{"op":"subscribe","channel":"{long}"}}"#);
+        let cases: &[(&str, Option<&str>)] = &[
+            (
+                r#"{"op":"subscribe","channel":"news feed"}"#,
+                Some("news feed"),
+            ),
+            (r#"{"op":"unsubscribe","channel":"$admin"}"#, Some("$admin")),
+            (r#"{"op":"subscribe","channel":"n","since":-1}"#, Some("n")),
+            (r#"{"op":"subscribe","channel":"n","epoch":7}"#, Some("n")),
+            (r#"{"op":"publish","channel":"n"}"#, Some("n")),
+            (r#"{"op":"publish","channel":"ne\u0077s"}"#, Some("news")),
+            (&long_op, Some(&long[..MAX_ECHO_CHANNEL])),
+            // No string channel to name, or not a channel op.
+            (r#"{"op":"subscribe","channel":5}"#, None),
+            (r#"{"op":"publish","data":1}"#, None),
+            (r#"{"op":"refresh","channel":"n"}"#, None),
+            (r#"{"op":"sub","channel":"n"}"#, None),
+            (r#"{"op":"subscribe","channel":"a","channel":"b"}"#, None),
+        ];
+        for (input, want) in cases {
+            let e = parse_client_op(input.as_bytes()).expect_err(input);
+            assert_eq!(e.code, 400, "{input}");
+            assert_eq!(e.channel.as_deref(), *want, "{input}: {}", e.reason);
+        }
+    }
+
+    #[test]
+    fn publish_data_nested_deeper_than_64_is_refused() {
+        let publish = |data: &str| format!(r#"{{"op":"publish","channel":"c","data":{data}}}"#);
+        let at = format!("{}{}", "[".repeat(64), "]".repeat(64));
+        assert!(parse_client_op(publish(&at).as_bytes()).is_ok());
+        let objects = format!("{}1{}", r#"{"a":"#.repeat(64), "}".repeat(64));
+        assert!(parse_client_op(publish(&objects).as_bytes()).is_ok());
+        for data in [
+            format!("{}{}", "[".repeat(65), "]".repeat(65)),
+            format!("{}1{}", r#"{"a":"#.repeat(65), "}".repeat(65)),
+            format!("{}{}", "[".repeat(100_000), "]".repeat(100_000)),
+        ] {
+            let e = parse_client_op(publish(&data).as_bytes()).expect_err("too deep");
+            assert_eq!(e.code, 400);
+            assert_eq!(e.reason, DATA_TOO_DEEP);
+            assert_eq!(e.channel.as_deref(), Some("c"));
+        }
+        // Brackets inside strings are text, not depth.
+        let text = format!(r#""{}""#, "[".repeat(1000));
+        assert!(parse_client_op(publish(&text).as_bytes()).is_ok());
+        // Deep values elsewhere are skipped without recursion and never relayed.
+        let ignored = format!(
+            r#"{{"op":"publish","channel":"c","data":1,"x":{}{}}}"#,
+            "[".repeat(100_000),
+            "]".repeat(100_000)
+        );
+        assert!(parse_client_op(ignored.as_bytes()).is_ok());
+        // Unbalanced, it is bad JSON (found without recursion either).
+        let open = publish(&"[".repeat(100_000));
+        let e = parse_client_op(open.as_bytes()).expect_err("bad JSON");
+        assert!(e.reason.starts_with("bad JSON"), "{}", e.reason);
+    }
+
+    #[test]
     fn invalid_utf8_is_bad_json() {
         let e = parse_client_op(b"{\"op\":\"subscribe\",\"channel\":\"\xff\"}").unwrap_err();
         assert_eq!(e.code, 400);
@@ -606,12 +709,16 @@ mod tests {
                 json!({"op":"message","channel":nasty,"seq":1,"data":"\u{e9}"}),
             ),
             (
-                encoded(|o| write_error(o, 403, "not allowed")),
+                encoded(|o| write_error(o, 403, "not allowed", None)),
                 json!({"op":"error","code":403,"reason":"not allowed"}),
             ),
             (
-                encoded(|o| write_error(o, 400, nasty)),
+                encoded(|o| write_error(o, 400, nasty, None)),
                 json!({"op":"error","code":400,"reason":nasty}),
+            ),
+            (
+                encoded(|o| write_error(o, 429, "too many", Some(nasty))),
+                json!({"op":"error","code":429,"channel":nasty,"reason":"too many"}),
             ),
             (
                 encoded(|o| write_unsubscribed(o, "news")),
@@ -642,10 +749,16 @@ mod tests {
             br#"{"op":"message","channel":"news","seq":18,"data":[1]}"#
         );
         out.clear();
-        write_error(&mut out, 429, "say \"when\"\\");
+        write_error(&mut out, 429, "say \"when\"\\", None);
         assert_eq!(
             out,
             br#"{"op":"error","code":429,"reason":"say \"when\"\\"}"#
+        );
+        out.clear();
+        write_error(&mut out, 400, "no", Some("news"));
+        assert_eq!(
+            out,
+            br#"{"op":"error","code":400,"channel":"news","reason":"no"}"#
         );
     }
 

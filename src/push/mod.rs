@@ -9,6 +9,7 @@ pub mod auth;
 pub mod client_protocol;
 pub mod history;
 pub mod hub;
+pub mod json_depth;
 pub mod names;
 pub mod router;
 pub mod subscribers;

@@ -123,6 +123,13 @@ async function run() {
   const page = context.pages()[0] || await context.newPage();
   const pageErrors = [];
   page.on("pageerror", (e) => pageErrors.push(String(e)));
+  // Every WebSocket the page opens, with the text frames it receives, in order.
+  const sockets = [];
+  page.on("websocket", (ws) => {
+    const entry = { url: ws.url(), frames: [] };
+    sockets.push(entry);
+    ws.on("framereceived", (f) => { if (typeof f.payload === "string") entry.frames.push(f.payload); });
+  });
   page.on("console", (m) => { if (m.type() === "error") pageErrors.push("console: " + m.text()); });
 
   const cardIn = (channel, text) =>
@@ -206,6 +213,19 @@ async function run() {
     const want = ["$user#1", "$user#2", "news#1", "news#2", "news#3"];  // order across streams is free
     if (JSON.stringify(shown.sort()) !== JSON.stringify(want))
       throw new Error(`messages shown ${JSON.stringify(shown)}, expected each exactly once: ${JSON.stringify(want)}`);
+    // The $user recovery went in the upgrade request, so its answer is the first frame and
+    // the replay follows it before anything else.
+    const last = sockets[sockets.length - 1];
+    const query = new URL(last.url).searchParams;
+    if (query.get("since") !== "1" || !query.get("epoch"))
+      throw new Error(`reconnected to ${last.url}, expected since=1 and the $user epoch in the URL`);
+    const [first, second] = last.frames.map((t) => JSON.parse(t));
+    if (first.op !== "subscribed" || first.channel !== "$user" || first.recovered !== true)
+      throw new Error(`first frame ${JSON.stringify(first)}, expected the recovered $user answer`);
+    if (second.op !== "message" || second.channel !== "$user" || second.seq !== mine.seq)
+      throw new Error(`second frame ${JSON.stringify(second)}, expected the replayed $user message ${mine.seq}`);
+    if (last.frames.some((t) => t.includes('"op":"error"')))
+      throw new Error(`errors on reconnect: ${last.frames.filter((t) => t.includes('"op":"error"'))}`);
   });
 
   await check("no script errors on the page", async () => {

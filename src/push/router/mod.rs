@@ -8,13 +8,18 @@
 //!
 //! A connection's interest in a channel lives in three places on its worker, kept in step
 //! here: its [`Subscription`] (in its `PushConn`), the channel's member list in the table, and
-//! the count of its subscribes in flight. (The hub keeps the fourth: which workers want the
-//! channel at all.) The rules:
+//! its subscribe requests waiting for the hub. (The hub keeps the fourth: which workers want
+//! the channel at all.) The rules:
 //!
 //! 1. A `subscribe` adds the [`Subscription`] at once (it counts toward
-//!    `--max-subscriptions`), counts the request in flight for the channel (so the channel
-//!    is not idle here) and for the connection (at most [`MAX_SUBSCRIBES_IN_FLIGHT`]), and
-//!    asks the hub ([`ToHub::Subscribe`]).
+//!    `--max-subscriptions`) and asks the hub ([`ToHub::Subscribe`]), counting the request in
+//!    flight for the channel (so the channel is not idle here) and for the connection. A
+//!    connection has at most [`MAX_SUBSCRIBES_IN_FLIGHT`] requests at the hub; the ones after
+//!    wait in its queue, in the order sent, and go one per answer. None is refused for
+//!    arriving in a burst: the queue is bounded by `--max-subscriptions` (each new channel in
+//!    it already holds a subscription), and it exists only while the connection has requests
+//!    waiting, so an idle connection holds none. A request whose channel was unsubscribed
+//!    while it waited is dropped unsent. Every subscribe is answered in the order sent.
 //! 2. The connection is **not** a member yet: a message the hub delivers meanwhile is not
 //!    queued for it. The hub answers through the same FIFO inbox as its deliveries, after
 //!    every message up to the top `seq` it reports and before every later one.
@@ -22,22 +27,26 @@
 //!    queues the `subscribed` frame and the replay the router allows, and every later
 //!    delivery comes live: in order, no gap, no duplicate.
 //! 4. A connection's join point ([`JoinedAt`]) is the earliest top it was answered at. A
-//!    recovery on a stream it already receives (a second `subscribe` with `since`, or the
-//!    `$user` recovery) gets only the replayed messages at or below its join point: the rest
-//!    reached it live.
+//!    recovery on a channel it already receives (a second `subscribe` with `since`) gets only
+//!    the replayed messages at or below its join point: the rest reached it live.
 //! 5. The channel goes idle here ([`ToHub::Idle`]) only when it has neither members nor
 //!    subscribes in flight, so the hub never stops routing a channel to a worker where a
 //!    subscriber is about to join.
 //!
 //! A connection's `$user` stream works the same way, except that the hub makes it a member
 //! when asked ([`ToHub::JoinUser`] at the upgrade) and names the stream in its answer; a
-//! connection that left before the answer is taken out again ([`ToHub::LeaveUser`]).
+//! connection that left before the answer is taken out again ([`ToHub::LeaveUser`]). Its
+//! recovery (`since`/`epoch`) comes with the upgrade request and goes with the join, so the
+//! first frame is the recovered answer, then the replay, then live messages. A `subscribe` on
+//! `$user` with `since` later would be answered after live messages it must precede (a send
+//! can land between the join and the op): it is refused with 400, naming the channel; one
+//! without `since` only reports the stream's top. `$user` cannot be unsubscribed (400).
 
 mod push_conn;
 
 use std::borrow::Cow;
 use std::collections::hash_map::RandomState;
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::time::Duration;
@@ -48,6 +57,7 @@ use crate::push::client_protocol::{
     parse_client_op, write_error, write_unsubscribed, ClientOp, OpError,
 };
 use crate::push::hub::{AckId, Stream, Target, ToHub, UserId, WorkerId};
+use crate::push::json_depth::{data_too_deep, DATA_TOO_DEEP};
 use crate::push::names::USER_CHANNEL;
 use crate::push::subscribers::{Slot, Table};
 use crate::tick::Tick;
@@ -55,9 +65,16 @@ use crate::tick::Tick;
 pub use crate::push::hub::ConnId;
 pub use push_conn::{JoinedAt, PushConn, Subscription, TokenGrant};
 
-/// Subscribe requests (the `$user` join included) one connection may have waiting for the
-/// hub's answer; more get error 429.
+/// Subscribe requests (the `$user` join included) one connection may have at the hub at
+/// once; later ones wait in the connection's queue until an answer frees a place (rule 1).
 pub const MAX_SUBSCRIBES_IN_FLIGHT: u8 = 16;
+
+/// The reason a `subscribe` on `$user` with `since` is refused (400).
+pub const USER_RECOVERY_IN_UPGRADE: &str = "$user is recovered at connect: give since/epoch in \
+     the upgrade request (/ws?since=…&epoch=…), not in a subscribe";
+
+/// The reason an `unsubscribe` on `$user` is refused (400).
+pub const USER_NOT_UNSUBSCRIBABLE: &str = "$user cannot be unsubscribed";
 
 /// Where the router finds a connection's push state: the worker's connections.
 pub trait PushConns {
@@ -74,6 +91,18 @@ pub struct Now {
     pub tick: Tick,
     /// Time since the Unix epoch.
     pub unix: Duration,
+}
+
+/// The `$user` recovery a push connection's upgrade request asked for (`?since=…&epoch=…`);
+/// the default asks for none.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Resume {
+    /// The last `$user` seq the client saw; `None`: no replay, and no `recovered` in the
+    /// answer.
+    pub since: Option<u64>,
+    /// The `$user` epoch `since` belongs to; it must be the stream's current one for a
+    /// replay.
+    pub epoch: Option<String>,
 }
 
 /// What a router needs to know of the configuration.
@@ -158,8 +187,8 @@ pub struct Router {
     /// (needed if a `$user` recovery request comes before the answer). Empty when idle.
     joining: HashMap<ConnId, Arc<str>>,
     /// Subscribe requests (and the `$user` join) each connection has waiting for the hub's
-    /// answer; only connections with some are listed.
-    in_flight: HashMap<ConnId, u8>,
+    /// answer, at the hub or queued; only connections with some are listed.
+    in_flight: HashMap<ConnId, Requests>,
     /// Token grants, one shared copy per distinct set (most tokens grant the same).
     grants: HashSet<Arc<Grants>>,
     /// Key for the user fingerprints token connections keep (see [`TokenGrant`]).
@@ -168,6 +197,43 @@ pub struct Router {
     subscriptions_delta: isize,
     /// What the worker has to do, in order.
     effects: Vec<Effect>,
+}
+
+/// A connection's subscribe requests not yet answered: how many are at the hub, and, in the
+/// order the client sent its ops, the requests and replies waiting behind them (rule 1).
+/// Kept only while there are some.
+#[derive(Debug, Default)]
+struct Requests {
+    /// At the hub (at most [`MAX_SUBSCRIBES_IN_FLIGHT`]).
+    sent: u8,
+    /// Subscribe requests among `waiting`.
+    subscribes: usize,
+    /// Oldest first. A request at the front goes to the hub when there is a place; a reply
+    /// at the front goes out once every request before it is answered (`sent` is 0).
+    waiting: VecDeque<Waiting>,
+}
+
+/// What waits in a connection's queue.
+#[derive(Debug)]
+enum Waiting {
+    /// A subscribe not sent to the hub yet.
+    Subscribe(Request),
+    /// A reply to a later op (an error, `unsubscribed`, `pong`): it must not overtake the
+    /// answers of the subscribes sent before that op.
+    Reply(Cow<'static, [u8]>),
+}
+
+/// Replies one connection may have waiting behind its subscribe answers; past this (a client
+/// flooding ops while its subscribes wait) they go out at once.
+const MAX_REPLIES_WAITING: usize = 1024;
+
+/// One subscribe request not sent to the hub yet.
+#[derive(Debug)]
+struct Request {
+    /// The channel (the table's shared name); `None` is the connection's `$user` stream.
+    channel: Option<Arc<str>>,
+    since: Option<u64>,
+    epoch: Option<String>,
 }
 
 /// Whole ticks of `tick` in `d`, rounded up, at least one.
@@ -183,9 +249,9 @@ fn release_if_empty<K, V>(map: &mut HashMap<K, V>) {
     }
 }
 
-fn error_json(code: u16, reason: &str) -> Cow<'static, [u8]> {
+fn error_json(code: u16, reason: &str, channel: Option<&str>) -> Cow<'static, [u8]> {
     let mut json = Vec::new();
-    write_error(&mut json, code, reason);
+    write_error(&mut json, code, reason, channel);
     Cow::Owned(json)
 }
 
@@ -232,37 +298,170 @@ impl Router {
         self.channels.members(channel)
     }
 
-    /// Subscribe requests `conn` has waiting for the hub.
+    /// Subscribe requests `conn` has at the hub.
     pub fn in_flight(&self, conn: ConnId) -> u8 {
-        self.in_flight.get(&conn).copied().unwrap_or(0)
+        self.in_flight.get(&conn).map_or(0, |r| r.sent)
     }
 
+    /// Subscribe requests `conn` has queued behind those at the hub.
+    pub fn queued(&self, conn: ConnId) -> usize {
+        self.in_flight.get(&conn).map_or(0, |r| r.subscribes)
+    }
+
+    /// A reply to the op being handled: at once, unless subscribes sent before it wait for
+    /// their answers (then it waits behind them, rule 1).
     fn reply(&mut self, conn: ConnId, text: Cow<'static, [u8]>) {
-        self.effects.push(Effect::Text { conn, text });
+        match self.in_flight.get_mut(&conn) {
+            Some(r) if r.waiting.len() - r.subscribes < MAX_REPLIES_WAITING => {
+                r.waiting.push_back(Waiting::Reply(text));
+            }
+            _ => self.effects.push(Effect::Text { conn, text }),
+        }
     }
 
     fn reply_error(&mut self, conn: ConnId, code: u16, reason: &str) {
-        self.reply(conn, error_json(code, reason));
+        self.reply(conn, error_json(code, reason, None));
+    }
+
+    /// An error about a channel op: it names the channel.
+    fn reply_channel_error(&mut self, conn: ConnId, code: u16, reason: &str, channel: &str) {
+        self.reply(conn, error_json(code, reason, Some(channel)));
     }
 
     fn tell_hub(&mut self, message: ToHub) {
         self.effects.push(Effect::Hub(message));
     }
 
-    fn add_in_flight(&mut self, conn: ConnId) {
-        *self.in_flight.entry(conn).or_insert(0) += 1;
+    /// Sends `request` to the hub now if `conn` has a place and nothing queued before it,
+    /// else queues it (rule 1).
+    fn request(&mut self, conns: &mut impl PushConns, conn: ConnId, request: Request) {
+        let requests = self.in_flight.entry(conn).or_default();
+        if !requests.waiting.is_empty() || requests.sent >= MAX_SUBSCRIBES_IN_FLIGHT {
+            requests.waiting.push_back(Waiting::Subscribe(request));
+            requests.subscribes += 1;
+            return;
+        }
+        if self.send_request(conns, conn, request) {
+            if let Some(requests) = self.in_flight.get_mut(&conn) {
+                requests.sent += 1;
+            }
+        }
+        self.tidy_requests(conn);
+    }
+
+    /// Asks the hub for `request`; `false` if there is nothing to ask any more (the channel
+    /// was unsubscribed while the request waited, or the connection is gone).
+    fn send_request(&mut self, conns: &mut impl PushConns, conn: ConnId, request: Request) -> bool {
+        let worker = self.config.worker;
+        let Some(push) = conns.push_conn(conn) else {
+            return false;
+        };
+        let Request {
+            channel,
+            since,
+            epoch,
+        } = request;
+        let message = match channel {
+            Some(name) => {
+                if push.sub(&name).is_none() {
+                    return false;
+                }
+                self.channels.add_pending(&name);
+                ToHub::Subscribe {
+                    worker,
+                    conn,
+                    stream: Stream::Channel(name),
+                    since,
+                    epoch,
+                }
+            }
+            // The connection's own stream, by the hub's id or, if the join is still
+            // unanswered, by name.
+            None => match push.user {
+                Some(user) => ToHub::Subscribe {
+                    worker,
+                    conn,
+                    stream: Stream::User(user),
+                    since,
+                    epoch,
+                },
+                None => match self.joining.get(&conn) {
+                    Some(user) => ToHub::JoinUser {
+                        worker,
+                        conn,
+                        user: Arc::clone(user),
+                        since,
+                        epoch,
+                    },
+                    None => return false,
+                },
+            },
+        };
+        self.tell_hub(message);
+        true
+    }
+
+    /// One of `conn`'s requests was answered: what waits behind it goes, in order — requests
+    /// while there is a place at the hub, replies once nothing before them is unanswered.
+    /// Replies come out as effects: the worker applies them after queuing the answer.
+    fn answered(&mut self, conns: &mut impl PushConns, conn: ConnId) {
+        let Some(requests) = self.in_flight.get_mut(&conn) else {
+            return;
+        };
+        requests.sent = requests.sent.saturating_sub(1);
+        loop {
+            let Some(requests) = self.in_flight.get_mut(&conn) else {
+                return;
+            };
+            let ready = match requests.waiting.front() {
+                None => false,
+                Some(Waiting::Subscribe(_)) => requests.sent < MAX_SUBSCRIBES_IN_FLIGHT,
+                Some(Waiting::Reply(_)) => requests.sent == 0,
+            };
+            if !ready {
+                break;
+            }
+            match requests.waiting.pop_front() {
+                Some(Waiting::Subscribe(next)) => {
+                    requests.subscribes -= 1;
+                    if self.send_request(conns, conn, next) {
+                        if let Some(requests) = self.in_flight.get_mut(&conn) {
+                            requests.sent += 1;
+                        }
+                    }
+                }
+                Some(Waiting::Reply(text)) => self.effects.push(Effect::Text { conn, text }),
+                None => break,
+            }
+        }
+        self.tidy_requests(conn);
+    }
+
+    /// Drops `conn`'s entry once it has no request left, with its queue.
+    fn tidy_requests(&mut self, conn: ConnId) {
+        if self
+            .in_flight
+            .get(&conn)
+            .is_some_and(|r| r.sent == 0 && r.waiting.is_empty())
+        {
+            self.in_flight.remove(&conn);
+        }
     }
 
     // --- connections arriving and going -------------------------------------------------
 
     /// A push connection of `user` was upgraded (`claims`: its verified token; `None` in open
     /// mode): returns its push state for the worker to keep, and asks the hub to join it to
-    /// its `$user` stream. Its first deadline is [`PushConn::expires`] at the latest.
+    /// its `$user` stream. `resume` is the `$user` recovery the upgrade request asked for
+    /// (`since`/`epoch` in its query): the hub's answer, the connection's first frame, then
+    /// says whether it `recovered`, and the replay follows it before any live message. Its
+    /// first deadline is [`PushConn::expires`] at the latest.
     pub fn accept(
         &mut self,
         conn: ConnId,
         user: Arc<str>,
         claims: Option<&Claims>,
+        resume: Resume,
         now: Now,
     ) -> PushConn {
         let mut push = PushConn::default();
@@ -270,13 +469,20 @@ impl Router {
             push.set_grant(self.grant(claims, now));
         }
         self.joining.insert(conn, Arc::clone(&user));
-        self.in_flight.insert(conn, 1);
+        self.in_flight.insert(
+            conn,
+            Requests {
+                sent: 1,
+                subscribes: 0,
+                waiting: VecDeque::new(),
+            },
+        );
         self.tell_hub(ToHub::JoinUser {
             worker: self.config.worker,
             conn,
             user,
-            since: None,
-            epoch: None,
+            since: resume.since,
+            epoch: resume.epoch,
         });
         push
     }
@@ -332,7 +538,7 @@ impl Router {
             return self.reply(conn, Cow::Borrowed(b"pong"));
         }
         match parse_client_op(data) {
-            Err(e) => self.reply_error(conn, e.code, &e.reason),
+            Err(e) => self.reply(conn, error_json(e.code, &e.reason, e.channel.as_deref())),
             Ok(ClientOp::Subscribe {
                 channel,
                 since,
@@ -346,7 +552,9 @@ impl Router {
         }
     }
 
-    /// `{"op":"subscribe",…}`: rule 1 of the module doc; `$user` is a recovery request.
+    /// `{"op":"subscribe",…}`: rule 1 of the module doc. Refused, naming the channel: a
+    /// channel the token does not allow (403), one more than `--max-subscriptions` or a full
+    /// queue (429), `$user` with `since` (400: its recovery goes in the upgrade request).
     pub fn subscribe(
         &mut self,
         conns: &mut impl PushConns,
@@ -355,83 +563,79 @@ impl Router {
         since: Option<u64>,
         epoch: Option<String>,
     ) {
-        let worker = self.config.worker;
+        let max_subscriptions = self.config.max_subscriptions;
+        // Only a request that would wait can find the queue full.
+        let queue_full = self.in_flight.get(&conn).is_some_and(|r| {
+            (r.sent >= MAX_SUBSCRIBES_IN_FLIGHT || !r.waiting.is_empty())
+                && r.subscribes >= max_subscriptions
+        });
         let Some(push) = conns.push_conn(conn) else {
             return;
         };
-        if self.in_flight(conn) >= MAX_SUBSCRIBES_IN_FLIGHT {
-            return self.reply_error(
-                conn,
-                OpError::TOO_MANY,
-                "too many subscribe requests in flight",
-            );
-        }
-        if channel == USER_CHANNEL {
-            // The connection's own stream, already subscribed: a recovery request, by the
-            // hub's id or, if the join is still unanswered, by name.
-            let message = match push.user {
-                Some(user) => ToHub::Subscribe {
-                    worker,
-                    conn,
-                    stream: Stream::User(user),
-                    since,
-                    epoch,
-                },
-                None => match self.joining.get(&conn) {
-                    Some(user) => ToHub::JoinUser {
-                        worker,
-                        conn,
-                        user: Arc::clone(user),
-                        since,
-                        epoch,
-                    },
-                    None => return,
-                },
-            };
-            self.add_in_flight(conn);
-            return self.tell_hub(message);
-        }
-        if !push.grants().is_none_or(|g| g.may_subscribe(channel)) {
-            return self.reply_error(
-                conn,
-                OpError::FORBIDDEN,
-                "the token does not allow this channel",
-            );
-        }
-        let name = match push.sub(channel) {
-            Some(sub) => Arc::clone(&sub.channel),
-            None => {
-                if push.sub_count() >= self.config.max_subscriptions {
-                    return self.reply_error(conn, OpError::TOO_MANY, "too many subscriptions");
-                }
-                // Share the table's copy of the name when the channel is known here.
-                let name: Arc<str> = self
-                    .channels
-                    .shared_key(channel)
-                    .unwrap_or_else(|| Arc::from(channel));
-                push.add_sub(Subscription {
-                    channel: Arc::clone(&name),
-                    slot: None,
-                    joined_at: JoinedAt::NOT_YET,
-                });
-                self.subscriptions_delta += 1;
-                name
-            }
+        let refusal = if channel == USER_CHANNEL {
+            since
+                .is_some()
+                .then_some((OpError::BAD_REQUEST, USER_RECOVERY_IN_UPGRADE))
+        } else if !push.grants().is_none_or(|g| g.may_subscribe(channel)) {
+            Some((OpError::FORBIDDEN, "the token does not allow this channel"))
+        } else if push.sub(channel).is_none() && push.sub_count() >= max_subscriptions {
+            Some((OpError::TOO_MANY, "too many subscriptions"))
+        } else {
+            None
         };
-        self.add_in_flight(conn);
-        self.channels.add_pending(&name);
-        self.tell_hub(ToHub::Subscribe {
-            worker,
+        // A full queue holds `--max-subscriptions` requests already: only repeats of
+        // subscribes to channels held get here, and they wait for nothing.
+        let refusal = refusal.or(queue_full.then_some((
+            OpError::TOO_MANY,
+            "too many subscribe requests waiting for an answer",
+        )));
+        if let Some((code, reason)) = refusal {
+            return self.reply_channel_error(conn, code, reason, channel);
+        }
+        let name = if channel == USER_CHANNEL {
+            None
+        } else {
+            Some(match push.sub(channel) {
+                Some(sub) => Arc::clone(&sub.channel),
+                None => {
+                    // Share the table's copy of the name when the channel is known here.
+                    let name: Arc<str> = self
+                        .channels
+                        .shared_key(channel)
+                        .unwrap_or_else(|| Arc::from(channel));
+                    push.add_sub(Subscription {
+                        channel: Arc::clone(&name),
+                        slot: None,
+                        joined_at: JoinedAt::NOT_YET,
+                    });
+                    self.subscriptions_delta += 1;
+                    name
+                }
+            })
+        };
+        self.request(
+            conns,
             conn,
-            stream: Stream::Channel(name),
-            since,
-            epoch,
-        });
+            Request {
+                channel: name,
+                since,
+                epoch,
+            },
+        );
     }
 
     /// `{"op":"unsubscribe",…}`: leaves the channel (at once if joined; a subscribe still in
-    /// flight is answered into nothing) and answers `unsubscribed`.
+    /// flight is answered into nothing, one still queued is dropped) and answers
+    /// `unsubscribed`. `$user` is refused (400, naming it): the connection keeps its stream.
     pub fn unsubscribe(&mut self, conns: &mut impl PushConns, conn: ConnId, channel: &str) {
+        if channel == USER_CHANNEL {
+            return self.reply_channel_error(
+                conn,
+                OpError::BAD_REQUEST,
+                USER_NOT_UNSUBSCRIBABLE,
+                channel,
+            );
+        }
         let Some(push) = conns.push_conn(conn) else {
             return;
         };
@@ -484,14 +688,24 @@ impl Router {
         };
         let allowed = push.grants().is_none_or(|g| g.may_publish(channel));
         if !allowed || channel.starts_with('$') {
-            return self.reply_error(
+            return self.reply_channel_error(
                 conn,
                 OpError::FORBIDDEN,
                 "the token does not allow publishing here",
+                channel,
             );
         }
         if !push.take_publish(now.tick, self.second, self.config.publish_rate) {
-            return self.reply_error(conn, OpError::TOO_MANY, "too many publishes");
+            return self.reply_channel_error(
+                conn,
+                OpError::TOO_MANY,
+                "too many publishes",
+                channel,
+            );
+        }
+        // The client op's parser refuses it already; this keeps the rule for any caller.
+        if data_too_deep(data) {
+            return self.reply_channel_error(conn, OpError::BAD_REQUEST, DATA_TOO_DEEP, channel);
         }
         self.tell_hub(ToHub::Publish {
             channel: Arc::from(channel),
@@ -580,7 +794,8 @@ impl Router {
 
     /// The hub answered a subscribe of `conn` to `stream` at top `seq`, with `replay_len`
     /// replayed frames (contiguous, ending at `seq`): rule 3 of the module doc. Returns what
-    /// to queue, or `None` if the connection is gone or no longer wants the stream.
+    /// to queue, or `None` if the connection is gone or no longer wants the stream. Queue it
+    /// **before** applying the effects: they may hold replies to ops sent after the subscribe.
     #[must_use]
     pub fn subscribed(
         &mut self,
@@ -625,12 +840,7 @@ impl Router {
                 self.joining.remove(&conn);
             }
         }
-        if let Some(n) = self.in_flight.get_mut(&conn) {
-            *n -= 1;
-            if *n == 0 {
-                self.in_flight.remove(&conn);
-            }
-        }
+        self.answered(conns, conn);
         if !wanted {
             return None;
         }

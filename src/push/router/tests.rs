@@ -78,7 +78,21 @@ impl Sim {
 
     /// A connection is upgraded (open mode unless `claims`).
     fn accept(&mut self, id: ConnId, user: &str, claims: Option<&Claims>, tick: Tick) {
-        let push = self.router.accept(id, Arc::from(user), claims, now(tick));
+        self.accept_resuming(id, user, claims, Resume::default(), tick);
+    }
+
+    /// A connection is upgraded with a `$user` recovery in its request.
+    fn accept_resuming(
+        &mut self,
+        id: ConnId,
+        user: &str,
+        claims: Option<&Claims>,
+        resume: Resume,
+        tick: Tick,
+    ) {
+        let push = self
+            .router
+            .accept(id, Arc::from(user), claims, resume, now(tick));
         self.conns.0.insert(id, push);
         self.apply();
     }
@@ -152,7 +166,7 @@ impl Sim {
         let join = self
             .router
             .subscribed(&mut self.conns, id, &stream, top, replay.len());
-        self.apply();
+        // Like the worker: the answer is queued before the effects are applied.
         if let Some(join) = join {
             let got = self.got.entry(join.conn).or_default();
             got.push(format!("subscribed@{top}"));
@@ -160,6 +174,7 @@ impl Sim {
                 got.push(format!("{channel}#{seq}"));
             }
         }
+        self.apply();
         join
     }
 
@@ -298,34 +313,94 @@ fn deliveries_during_a_subscribe_in_flight_skip_the_newcomer_only() {
 }
 
 #[test]
-fn user_stream_join_and_recovery() {
+fn user_stream_join_and_recovery_from_the_upgrade() {
     let mut sim = Sim::new(8, None);
     sim.accept(A, "alice", None, Tick(0));
     assert!(matches!(
         &sim.take_hub()[..],
-        [ToHub::JoinUser { conn, user, since: None, .. }] if *conn == A && &**user == "alice"
+        [ToHub::JoinUser { conn, user, since: None, epoch: None, .. }]
+            if *conn == A && &**user == "alice"
     ));
     assert_eq!(sim.router.in_flight(A), 1);
-    // A `$user` recovery before the join is answered goes by name.
-    sim.client(
-        A,
-        r#"{"op":"subscribe","channel":"$user","since":3,"epoch":"x"}"#,
+    // The recovery asked for in the upgrade request goes with the join: the hub's answer,
+    // the connection's first frame, is the recovery's, so no live message comes before it.
+    sim.accept_resuming(
+        B,
+        "alice",
+        None,
+        Resume {
+            since: Some(3),
+            epoch: Some("x".to_owned()),
+        },
+        Tick(0),
     );
     assert!(matches!(
         &sim.take_hub()[..],
-        [ToHub::JoinUser { since: Some(3), .. }]
+        [ToHub::JoinUser { conn, since: Some(3), epoch: Some(e), .. }] if *conn == B && e == "x"
     ));
-    assert_eq!(sim.router.in_flight(A), 2);
     let uid = sim.join_user(A, "alice");
     assert_eq!(sim.conns.0[&A].user, Some(uid));
     assert_eq!(sim.conns.0[&A].user_joined_at.get(), Some(0));
-    // After the answer, by the hub's id; `$user` does not count as a subscription.
-    sim.client(A, r#"{"op":"subscribe","channel":"$user","since":0}"#);
+    assert_eq!(sim.router.in_flight(A), 0);
+    // The first join gets its whole replay (seqs 4..=6 at top 6).
+    let join = sim
+        .router
+        .subscribed(&mut sim.conns, B, &Stream::User(uid), 6, 3);
+    assert_eq!(join, Some(Join { conn: B, replay: 3 }));
+    // A plain `subscribe` on `$user` only reports its top; `$user` is not a subscription.
+    sim.client(A, r#"{"op":"subscribe","channel":"$user"}"#);
     assert!(matches!(
         &sim.take_hub()[..],
-        [ToHub::Subscribe { stream: Stream::User(u), since: Some(0), .. }] if *u == uid
+        [ToHub::Subscribe { stream: Stream::User(u), since: None, .. }] if *u == uid
     ));
     assert_eq!(sim.conns.0[&A].sub_count(), 0);
+}
+
+/// Issue 12, item 10: a `$user` recovery asked for after the join would come after live
+/// messages it must precede; it is refused, naming the channel, before and after the join.
+#[test]
+fn user_recovery_by_subscribe_is_refused() {
+    let mut sim = Sim::new(8, None);
+    sim.accept(A, "alice", None, Tick(0));
+    sim.take_hub();
+    let recover = r#"{"op":"subscribe","channel":"$user","since":3,"epoch":"x"}"#;
+    sim.client(A, recover);
+    sim.join_user(A, "alice");
+    sim.client(A, recover);
+    sim.client(A, r#"{"op":"subscribe","channel":"$user","since":0}"#);
+    assert!(sim.take_hub().is_empty(), "nothing asked of the hub");
+    let got = sim.got(A);
+    assert_eq!(got.len(), 3, "{got:?}");
+    for reply in got {
+        let v: serde_json::Value = serde_json::from_str(reply).unwrap_or_default();
+        assert_eq!(v["op"], "error", "{reply}");
+        assert_eq!(v["code"], 400, "{reply}");
+        assert_eq!(v["channel"], "$user", "{reply}");
+        assert_eq!(v["reason"], USER_RECOVERY_IN_UPGRADE, "{reply}");
+    }
+    assert_eq!(sim.router.in_flight(A), 0);
+}
+
+/// Issue 12, item 11: `$user` can't be unsubscribed; the connection stays on its stream.
+#[test]
+fn user_unsubscribe_is_refused_and_the_stream_kept() {
+    let mut sim = Sim::new(8, None);
+    sim.connect(A);
+    let uid = sim.conns.0[&A].user;
+    sim.client(A, r#"{"op":"unsubscribe","channel":"$user"}"#);
+    assert_eq!(
+        sim.got(A),
+        [format!(
+            r#"{{"op":"error","code":400,"channel":"$user","reason":"{USER_NOT_UNSUBSCRIBABLE}"}}"#
+        )]
+    );
+    assert!(sim.take_hub().is_empty(), "no LeaveUser");
+    assert_eq!(sim.conns.0[&A].user, uid);
+    // It still leaves with its connection.
+    let push = sim.conns.0.remove(&A).unwrap_or_default();
+    sim.router.forget(&mut sim.conns, A, push);
+    sim.apply();
+    assert!(matches!(&sim.take_hub()[..], [ToHub::LeaveUser { conn, .. }] if *conn == A));
 }
 
 #[test]
@@ -356,7 +431,10 @@ fn unsubscribe_while_in_flight_answers_into_nothing() {
     sim.client(A, r#"{"op":"subscribe","channel":"news"}"#);
     sim.take_hub();
     sim.client(A, r#"{"op":"unsubscribe","channel":"news"}"#);
-    assert_eq!(sim.got(A), [r#"{"op":"unsubscribed","channel":"news"}"#]);
+    assert!(
+        sim.got(A).is_empty(),
+        "the reply waits behind the subscribe's answer"
+    );
     assert!(
         sim.take_hub().is_empty(),
         "not idle: a subscribe is in flight"
@@ -364,6 +442,7 @@ fn unsubscribe_while_in_flight_answers_into_nothing() {
     assert_eq!(sim.router.take_subscriptions_delta(), 0);
     sim.publish("news");
     assert_eq!(sim.answer(A, "news", None), None);
+    assert_eq!(sim.got(A), [r#"{"op":"unsubscribed","channel":"news"}"#]);
     let told = sim.take_hub();
     assert!(
         told.len() == 1 && is_idle(&told[0], "news"),
@@ -400,30 +479,285 @@ fn leaving_fixes_the_slot_of_the_member_that_moved() {
     assert_eq!(sim.router.take_subscriptions_delta(), 0);
 }
 
+fn subscribe_op(channel: &str) -> String {
+    format!(r#"{{"op":"subscribe","channel":"{channel}"}}"#)
+}
+
+fn json(reply: &str) -> serde_json::Value {
+    serde_json::from_str(reply).unwrap_or_else(|e| panic!("{reply}: {e}"))
+}
+
 #[test]
-fn max_subscriptions_and_subscribes_in_flight() {
+fn max_subscriptions_refuses_naming_the_channel() {
     let mut sim = Sim::new(3, None);
     sim.connect(A);
     for c in ["a", "b", "c"] {
-        sim.client(A, &format!(r#"{{"op":"subscribe","channel":"{c}"}}"#));
+        sim.client(A, &subscribe_op(c));
     }
     assert!(sim.got(A).is_empty());
-    sim.client(A, r#"{"op":"subscribe","channel":"d"}"#);
-    assert!(sim.got(A)[0].contains("429") && sim.got(A)[0].contains("too many subscriptions"));
+    sim.client(A, &subscribe_op("d"));
+    assert!(
+        sim.got(A).is_empty(),
+        "the refusal waits behind the answers before it"
+    );
+    for c in ["a", "b", "c"] {
+        assert!(sim.answer(A, c, None).is_some());
+    }
+    assert_eq!(sim.got(A)[..3], ["subscribed@0"; 3]);
+    let error = json(sim.got(A)[3]);
+    assert_eq!(error["code"], 429, "{error}");
+    assert_eq!(error["channel"], "d", "{error}");
+    assert_eq!(error["reason"], "too many subscriptions", "{error}");
     assert_eq!(sim.conns.0[&A].sub_count(), 3);
     assert_eq!(sim.router.take_subscriptions_delta(), 3);
-    // Subscribing again to one held is not a new subscription, but each one is in flight.
-    for _ in 3..MAX_SUBSCRIBES_IN_FLIGHT {
-        sim.client(A, r#"{"op":"subscribe","channel":"a"}"#);
+    // Subscribing again to one held is not a new subscription.
+    sim.client(A, &subscribe_op("a"));
+    assert_eq!(sim.got(A).len(), 4);
+    assert_eq!(sim.router.in_flight(A), 1);
+}
+
+/// Replies to later ops (errors, `unsubscribed`, `pong`) never overtake the answers of the
+/// subscribes sent before them — not even the `$user` answer, the connection's first frame.
+#[test]
+fn replies_wait_behind_the_answers_of_earlier_subscribes() {
+    let mut sim = Sim::new(8, None);
+    sim.accept(A, "alice", None, Tick(0));
+    sim.client(A, "ping");
+    sim.client(A, &subscribe_op("a"));
+    sim.client(A, r#"{"op":"subscribe","channel":"bad name"}"#);
+    sim.client(A, &subscribe_op("b"));
+    sim.client(A, r#"{"op":"unsubscribe","channel":"b"}"#);
+    assert!(sim.got(A).is_empty());
+    // Only the join is at the hub: the subscribes wait behind the replies queued before them.
+    assert_eq!((sim.router.in_flight(A), sim.router.queued(A)), (1, 2));
+    sim.take_hub();
+    sim.join_user(A, "alice");
+    assert_eq!(sim.got(A), ["pong"], "after the $user answer: the pong");
+    assert_eq!(sim.router.in_flight(A), 1, "a is asked");
+    assert!(sim.answer(A, "a", None).is_some());
+    // Then the error; b, unsubscribed while it waited, is never asked; then its reply.
+    let got = sim.got(A);
+    assert_eq!(got.len(), 4, "{got:?}");
+    assert_eq!(got[1], "subscribed@0");
+    assert_eq!(json(got[2])["channel"], "bad name");
+    assert_eq!(got[3], r#"{"op":"unsubscribed","channel":"b"}"#);
+    assert!(sim
+        .take_hub()
+        .iter()
+        .all(|m| !matches!(m, ToHub::Subscribe { stream: Stream::Channel(c), .. } if &**c == "b")));
+    assert!(sim.router.in_flight.is_empty());
+    // With nothing at the hub, replies go at once.
+    sim.client(A, "ping");
+    assert_eq!(sim.got(A).last(), Some(&"pong"));
+}
+
+/// Issue 12, item 9: a burst of subscribes (a client resubscribing after a reconnect) is all
+/// answered, in the order sent; the hub never has more than [`MAX_SUBSCRIBES_IN_FLIGHT`] of
+/// a connection's at once, and the queue goes once the burst is answered.
+#[test]
+fn a_burst_of_subscribes_is_queued_and_answered_in_order() {
+    let mut sim = Sim::new(128, None);
+    sim.connect(A);
+    let names: Vec<String> = (0..40).map(|i| format!("c{i}")).collect();
+    for name in &names {
+        sim.client(A, &subscribe_op(name));
     }
-    assert_eq!(sim.got(A).len(), 1);
+    assert!(sim.got(A).is_empty(), "nothing refused: {:?}", sim.got(A));
+    assert_eq!(sim.conns.0[&A].sub_count(), 40, "each counts at once");
     assert_eq!(sim.router.in_flight(A), MAX_SUBSCRIBES_IN_FLIGHT);
-    sim.client(A, r#"{"op":"subscribe","channel":"a"}"#);
-    assert!(sim.got(A)[1].contains("in flight"), "{:?}", sim.got(A));
-    // An answer frees a place.
-    assert!(sim.answer(A, "b", None).is_some());
-    sim.client(A, r#"{"op":"subscribe","channel":"a"}"#);
-    assert_eq!(sim.got(A).len(), 3, "the subscribed frame, no new error");
+    assert_eq!(
+        sim.router.queued(A),
+        40 - usize::from(MAX_SUBSCRIBES_IN_FLIGHT)
+    );
+    let mut asked: Vec<String> = Vec::new();
+    let mut take_asked = |sim: &mut Sim| {
+        for message in sim.take_hub() {
+            match message {
+                ToHub::Subscribe {
+                    stream: Stream::Channel(c),
+                    ..
+                } => asked.push(c.to_string()),
+                other => panic!("{other:?}"),
+            }
+        }
+        asked.clone()
+    };
+    assert_eq!(take_asked(&mut sim), names[..16]);
+    // The hub answers in the order asked; each answer sends the next one waiting.
+    for (i, name) in names.iter().enumerate() {
+        sim.publish(name);
+        assert_eq!(sim.answer(A, name, None), Some(Join { conn: A, replay: 0 }));
+        let sent = take_asked(&mut sim).len();
+        assert_eq!(sent, (i + 17).min(40), "after answer {i}");
+        assert!(sim.router.in_flight(A) <= MAX_SUBSCRIBES_IN_FLIGHT);
+    }
+    assert_eq!(take_asked(&mut sim), names, "asked once each, in order");
+    let want: Vec<String> = (0..40).map(|_| "subscribed@1".to_owned()).collect();
+    assert_eq!(sim.got(A), want);
+    for name in &names {
+        assert_eq!(sim.router.members(name), [A]);
+    }
+    // Nothing is kept for a connection with nothing waiting.
+    assert_eq!((sim.router.in_flight(A), sim.router.queued(A)), (0, 0));
+    assert!(
+        sim.router.in_flight.is_empty(),
+        "the queue went with its entry"
+    );
+}
+
+#[test]
+fn a_queued_subscribe_unsubscribed_is_dropped_unsent() {
+    let mut sim = Sim::new(128, None);
+    sim.connect(A);
+    for i in 0..MAX_SUBSCRIBES_IN_FLIGHT {
+        sim.client(A, &subscribe_op(&format!("c{i}")));
+    }
+    sim.client(A, &subscribe_op("late"));
+    sim.client(A, &subscribe_op("kept"));
+    assert_eq!(sim.router.queued(A), 2);
+    sim.client(A, r#"{"op":"unsubscribe","channel":"late"}"#);
+    sim.take_hub();
+    assert!(sim.answer(A, "c0", None).is_some());
+    assert!(
+        matches!(&sim.take_hub()[..], [ToHub::Subscribe { stream: Stream::Channel(c), .. }] if &**c == "kept"),
+        "the unsubscribed one is skipped"
+    );
+    assert_eq!(sim.router.queued(A), 0);
+    // Subscribed again while its old request waited: asked once more, answered once more.
+    for i in 1..MAX_SUBSCRIBES_IN_FLIGHT {
+        assert!(sim.answer(A, &format!("c{i}"), None).is_some());
+    }
+    assert!(sim.answer(A, "kept", None).is_some());
+    assert_eq!(sim.got(A)[16], "subscribed@0", "kept's answer");
+    assert_eq!(sim.got(A)[17], r#"{"op":"unsubscribed","channel":"late"}"#);
+    assert!(sim.router.in_flight.is_empty());
+    assert!(sim.router.members("late").is_empty());
+}
+
+#[test]
+fn a_connection_going_with_a_queue_leaves_nothing_behind() {
+    let mut sim = Sim::new(128, None);
+    sim.connect(A);
+    for i in 0..40 {
+        sim.client(A, &subscribe_op(&format!("c{i}")));
+    }
+    sim.take_hub();
+    let push = sim.conns.0.remove(&A).unwrap_or_default();
+    sim.router.forget(&mut sim.conns, A, push);
+    sim.apply();
+    assert!(sim.router.in_flight.is_empty());
+    assert_eq!(sim.router.take_subscriptions_delta(), 0);
+    // The answers of what was at the hub find nobody and send nothing more.
+    for i in 0..MAX_SUBSCRIBES_IN_FLIGHT {
+        assert_eq!(sim.answer(A, &format!("c{i}"), None), None);
+    }
+    let told = sim.take_hub();
+    assert!(
+        told.iter()
+            .all(|m| matches!(m, ToHub::Idle { .. }) || matches!(m, ToHub::LeaveUser { .. })),
+        "{told:?}"
+    );
+    assert!(sim.router.in_flight.is_empty());
+}
+
+/// The queue is bounded: by `--max-subscriptions` new channels, and repeats of held ones
+/// (which add no subscription) at most as many again; beyond, 429 naming the channel.
+#[test]
+fn the_subscribe_queue_is_bounded() {
+    let mut sim = Sim::new(4, None);
+    sim.connect(A);
+    sim.client(A, &subscribe_op("a"));
+    for _ in 1..MAX_SUBSCRIBES_IN_FLIGHT + 4 {
+        sim.client(A, &subscribe_op("a"));
+    }
+    assert!(sim.got(A).is_empty());
+    assert_eq!(sim.router.queued(A), 4);
+    sim.client(A, &subscribe_op("a"));
+    assert!(sim.got(A).is_empty(), "the refusal waits its turn");
+    let total = usize::from(MAX_SUBSCRIBES_IN_FLIGHT) + 4;
+    for _ in 0..total {
+        assert!(sim.answer(A, "a", None).is_some());
+    }
+    let got = sim.got(A);
+    assert_eq!(got.len(), total + 1, "{got:?}");
+    let error = json(got[total]);
+    assert_eq!(
+        (error["code"].as_u64(), error["channel"].as_str()),
+        (Some(429), Some("a"))
+    );
+    assert!(sim.router.in_flight.is_empty());
+}
+
+#[test]
+fn channel_op_errors_name_the_channel() {
+    let mut sim = Sim::new(8, Some(SECRET));
+    let alice = claims("alice", 1_000_010, r#""news""#);
+    sim.accept(A, "alice", Some(&alice), Tick(0));
+    sim.join_user(A, "alice");
+    let ops = [
+        // 403: not in the token's channels / publish grants; `$` channels are the server's.
+        (r#"{"op":"subscribe","channel":"other"}"#, 403, "other"),
+        (r#"{"op":"publish","channel":"news","data":1}"#, 403, "news"),
+        (
+            r#"{"op":"publish","channel":"$user","data":1}"#,
+            403,
+            "$user",
+        ),
+        // 400 from the parser: bad name, bad since, missing data, data too deep.
+        (r#"{"op":"subscribe","channel":"a b"}"#, 400, "a b"),
+        (
+            r#"{"op":"subscribe","channel":"news","since":"1"}"#,
+            400,
+            "news",
+        ),
+        (r#"{"op":"unsubscribe","channel":"$x"}"#, 400, "$x"),
+        (r#"{"op":"publish","channel":"news"}"#, 400, "news"),
+        // 400 from the router: `$user` can't be recovered late or left.
+        (
+            r#"{"op":"subscribe","channel":"$user","since":1}"#,
+            400,
+            "$user",
+        ),
+        (r#"{"op":"unsubscribe","channel":"$user"}"#, 400, "$user"),
+    ];
+    for (op, code, channel) in ops {
+        sim.got.clear();
+        sim.client(A, op);
+        let error = json(sim.got(A)[0]);
+        assert_eq!(error["op"], "error", "{op}: {error}");
+        assert_eq!(error["code"], code, "{op}: {error}");
+        assert_eq!(error["channel"], channel, "{op}: {error}");
+    }
+    let deep = format!(
+        r#"{{"op":"publish","channel":"news","data":{}{}}}"#,
+        "[".repeat(100_000),
+        "]".repeat(100_000)
+    );
+    sim.got.clear();
+    sim.client(A, &deep);
+    let error = json(sim.got(A)[0]);
+    assert_eq!(
+        (error["code"].as_u64(), error["channel"].as_str()),
+        (Some(400), Some("news"))
+    );
+    assert_eq!(error["reason"], crate::push::json_depth::DATA_TOO_DEEP);
+    // 429 on publishes, in open mode (everything allowed, two per second here).
+    let mut sim = Sim::new(8, None);
+    sim.connect(A);
+    for _ in 0..3 {
+        sim.client(A, r#"{"op":"publish","channel":"chat","data":1}"#);
+    }
+    let error = json(sim.got(A)[0]);
+    assert_eq!(
+        (error["code"].as_u64(), error["channel"].as_str()),
+        (Some(429), Some("chat"))
+    );
+    // Errors of other ops name no channel.
+    sim.client(A, r#"{"op":"refresh","token":"x"}"#);
+    sim.client(A, "{");
+    for reply in &sim.got(A)[1..] {
+        assert!(json(reply).get("channel").is_none(), "{reply}");
+    }
 }
 
 #[test]
@@ -487,6 +821,7 @@ fn tokens_limit_channels_share_grants_and_refresh_for_the_same_user() {
     // Expires 10 s from `now`: 1000 ticks of 10 ms after tick 5.
     let alice = claims("alice", 1_000_010, r#""news""#);
     sim.accept(A, "alice", Some(&alice), Tick(5));
+    sim.join_user(A, "alice");
     sim.accept(
         B,
         "bob",

@@ -27,7 +27,7 @@ use crate::push::auth::{verify_hs256, Claims};
 use crate::push::hub::{AckId, Stream, Target, ToHub, ToWorker};
 use crate::push::names::validate_user;
 use crate::push::router::{
-    ConnId, Effect, Now, PushConn, PushConns, Recipients, Router, RouterConfig,
+    ConnId, Effect, Now, PushConn, PushConns, Recipients, Resume, Router, RouterConfig,
 };
 use crate::server::connection::{Connection, Handle};
 use crate::server::Settings;
@@ -37,10 +37,12 @@ use crate::tick::Tick;
 /// Inbox messages handled per turn before sockets get their turn.
 const MAX_INBOX_PER_TURN: usize = 4096;
 
-/// Who a push connection is, decided before the upgrade.
+/// Who a push connection is, decided before the upgrade, and the `$user` recovery it asked
+/// for.
 pub(crate) struct Identity {
     user: Arc<str>,
     claims: Option<Claims>,
+    resume: Resume,
 }
 
 fn unix_now() -> u64 {
@@ -50,9 +52,11 @@ fn unix_now() -> u64 {
 }
 
 /// Decides who is connecting: a verified HS256 token (from `?token=`, `Authorization: Bearer`
-/// or a `token` cookie) when a secret is set, else `?user=` (open mode). `Err` is the reason
-/// for the 401.
+/// or a `token` cookie) when a secret is set, else `?user=` (open mode); and the `$user`
+/// recovery it asks for (`?since=…&epoch=…`, see [`resume`]). `Err` is the reason for the
+/// 401.
 pub(crate) fn authenticate(settings: &Settings, request: &Request<'_>) -> Result<Identity, String> {
+    let resume = resume(request);
     match &settings.jwt_secret {
         Some(secret) => {
             let token = request
@@ -64,6 +68,7 @@ pub(crate) fn authenticate(settings: &Settings, request: &Request<'_>) -> Result
             Ok(Identity {
                 user: Arc::from(claims.sub.as_str()),
                 claims: Some(claims),
+                resume,
             })
         }
         None => {
@@ -75,8 +80,31 @@ pub(crate) fn authenticate(settings: &Settings, request: &Request<'_>) -> Result
             Ok(Identity {
                 user: Arc::from(user),
                 claims: None,
+                resume,
             })
         }
+    }
+}
+
+/// The `$user` recovery of an upgrade request: `since` (the last `$user` seq the client saw)
+/// and `epoch` from its query (design.md, "Public listener"). A `since` that is not a
+/// non-negative integer can't be honoured, so it asks for a recovery that fails: the answer
+/// says `recovered:false` and the client resyncs (refusing the upgrade would take a status the
+/// upgrade path only gives to bad tokens).
+fn resume(request: &Request<'_>) -> Resume {
+    let epoch = request.query_param("epoch").map(percent_decode);
+    match request.query_param("since").map(percent_decode) {
+        None => Resume { since: None, epoch },
+        Some(since) => match since.parse::<u64>() {
+            Ok(since) => Resume {
+                since: Some(since),
+                epoch,
+            },
+            Err(_) => Resume {
+                since: Some(0),
+                epoch: None,
+            },
+        },
     }
 }
 
@@ -234,6 +262,7 @@ impl Worker {
             conn_id(handle),
             identity.user,
             identity.claims.as_ref(),
+            identity.resume,
             now,
         );
         let expires = push.expires();
@@ -394,25 +423,21 @@ impl Worker {
         replay: &[SharedFrame],
         slow: &mut Vec<Handle>,
     ) {
-        let (conns, router, _) = self.queuing(slow);
+        let (conns, router, mut queuing) = self.queuing(slow);
         let join = router.subscribed(conns, id, stream, seq, replay.len());
-        self.apply_effects();
-        let Some(join) = join else {
-            return;
-        };
-        let handle = handle_of(join.conn);
-        let (conns, _, mut queuing) = self.queuing(slow);
-        let Some(conn) = conn_of(conns, handle) else {
-            return;
-        };
-        if !queuing.push(conn, handle, frame) {
-            return;
-        }
-        for frame in replay.iter().take(join.replay) {
-            if !queuing.push(conn, handle, frame) {
-                return;
+        if let Some(join) = join {
+            let handle = handle_of(join.conn);
+            if let Some(conn) = conn_of(conns, handle) {
+                let frames = std::iter::once(frame).chain(replay.iter().take(join.replay));
+                for frame in frames {
+                    if !queuing.push(conn, handle, frame) {
+                        break;
+                    }
+                }
             }
         }
+        // After the answer: the effects may hold replies to ops the client sent after it.
+        self.apply_effects();
     }
 
     fn disconnect(&mut self, conns: &[ConnId], ack: AckId) {
