@@ -586,7 +586,7 @@ impl Worker {
         request: &Request<'_>,
     ) -> (
         Endpoint,
-        Option<Result<push::Identity, String>>,
+        Option<Result<push::Identity, Refusal>>,
         Option<Refusal>,
     ) {
         let settings = &self.settings;
@@ -616,8 +616,8 @@ impl Worker {
             Some(Refusal::Draining)
         } else if self.stats.open() >= settings.max_connections {
             Some(Refusal::Full)
-        } else if let Some(Err(reason)) = &identity {
-            Some(Refusal::Unauthorized(reason.clone()))
+        } else if let Some(Err(refusal)) = &identity {
+            Some(refusal.clone())
         } else {
             None
         };

@@ -9,6 +9,9 @@ use crate::protocol::handshake::write_response;
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Refusal {
+    /// The request is well-formed HTTP but asks for something malformed (a `since` that is
+    /// not a number): 400, the text says what.
+    BadRequest(String),
     /// No WebSocket endpoint at this path: 404.
     NoEndpoint,
     /// `Origin` is not one of `--allowed-origin`: 403.
@@ -28,6 +31,7 @@ impl Refusal {
     /// The HTTP status of the answer.
     pub fn status(&self) -> u16 {
         match self {
+            Refusal::BadRequest(_) => 400,
             Refusal::NoEndpoint => 404,
             Refusal::OriginNotAllowed => 403,
             Refusal::Draining | Refusal::Full => 503,
@@ -44,6 +48,7 @@ impl Refusal {
     /// The answer's body (one line of text).
     pub fn body(&self) -> String {
         match self {
+            Refusal::BadRequest(reason) => format!("{reason}\n"),
             Refusal::NoEndpoint => "no WebSocket endpoint here\n".to_owned(),
             Refusal::OriginNotAllowed => "origin not allowed\n".to_owned(),
             Refusal::Draining => "draining: reconnect elsewhere\n".to_owned(),
@@ -62,7 +67,7 @@ impl Refusal {
                 &[("Retry-After", "5")]
             }
             Refusal::Unauthorized(_) => &[("WWW-Authenticate", "Bearer")],
-            Refusal::NoEndpoint | Refusal::OriginNotAllowed => &[],
+            Refusal::BadRequest(_) | Refusal::NoEndpoint | Refusal::OriginNotAllowed => &[],
         }
     }
 
@@ -79,6 +84,7 @@ mod tests {
     #[test]
     fn each_refusal_has_its_status_and_headers() {
         let cases = [
+            (Refusal::BadRequest("since".into()), 400, None),
             (Refusal::NoEndpoint, 404, None),
             (Refusal::OriginNotAllowed, 403, None),
             (Refusal::Draining, 503, Some("Retry-After: 5")),

@@ -31,7 +31,7 @@ use crate::push::router::{
 };
 use crate::server::connection::{Connection, Handle};
 use crate::server::Settings;
-use crate::session::Endpoint;
+use crate::session::{Endpoint, Refusal};
 use crate::tick::Tick;
 
 /// Inbox messages handled per turn before sockets get their turn.
@@ -55,16 +55,20 @@ fn unix_now() -> u64 {
 /// or a `token` cookie) when a secret is set, else `?user=` (open mode); and the `$user`
 /// recovery it asks for (`?since=…&epoch=…`, see [`resume`]). `Err` is the reason for the
 /// 401.
-pub(crate) fn authenticate(settings: &Settings, request: &Request<'_>) -> Result<Identity, String> {
-    let resume = resume(request);
+pub(crate) fn authenticate(
+    settings: &Settings,
+    request: &Request<'_>,
+) -> Result<Identity, Refusal> {
+    let resume = resume(request)?;
     match &settings.jwt_secret {
         Some(secret) => {
             let token = request
                 .query_param("token")
                 .or_else(|| request.bearer_token())
                 .or_else(|| request.cookie_value("token"))
-                .ok_or_else(|| "missing token".to_owned())?;
-            let claims = verify_hs256(token, secret, unix_now()).map_err(|e| e.to_string())?;
+                .ok_or_else(|| Refusal::Unauthorized("missing token".to_owned()))?;
+            let claims = verify_hs256(token, secret, unix_now())
+                .map_err(|e| Refusal::Unauthorized(e.to_string()))?;
             Ok(Identity {
                 user: Arc::from(claims.sub.as_str()),
                 claims: Some(claims),
@@ -76,7 +80,7 @@ pub(crate) fn authenticate(settings: &Settings, request: &Request<'_>) -> Result
                 .query_param("user")
                 .map(percent_decode)
                 .unwrap_or_else(|| "anonymous".to_owned());
-            validate_user(&user).map_err(|e| format!("bad user: {e}"))?;
+            validate_user(&user).map_err(|e| Refusal::Unauthorized(format!("bad user: {e}")))?;
             Ok(Identity {
                 user: Arc::from(user),
                 claims: None,
@@ -88,24 +92,18 @@ pub(crate) fn authenticate(settings: &Settings, request: &Request<'_>) -> Result
 
 /// The `$user` recovery of an upgrade request: `since` (the last `$user` seq the client saw)
 /// and `epoch` from its query (design.md, "Public listener"). A `since` that is not a
-/// non-negative integer can't be honoured, so it asks for a recovery that fails: the answer
-/// says `recovered:false` and the client resyncs (refusing the upgrade would take a status the
-/// upgrade path only gives to bad tokens).
-fn resume(request: &Request<'_>) -> Resume {
+/// non-negative integer is a malformed request: 400.
+fn resume(request: &Request<'_>) -> Result<Resume, Refusal> {
     let epoch = request.query_param("epoch").map(percent_decode);
-    match request.query_param("since").map(percent_decode) {
-        None => Resume { since: None, epoch },
-        Some(since) => match since.parse::<u64>() {
-            Ok(since) => Resume {
-                since: Some(since),
-                epoch,
-            },
-            Err(_) => Resume {
-                since: Some(0),
-                epoch: None,
-            },
-        },
-    }
+    let since = match request.query_param("since").map(percent_decode) {
+        None => None,
+        Some(since) => Some(since.parse::<u64>().map_err(|_| {
+            Refusal::BadRequest(format!(
+                "since must be the last $user seq you saw (a whole number), not {since:?}"
+            ))
+        })?),
+    };
+    Ok(Resume { since, epoch })
 }
 
 /// Decodes `%XX` escapes and `+` in a query value (invalid escapes are kept as they are).
