@@ -761,6 +761,11 @@ impl Worker {
 
     /// Publishes the turn's counters and wakes the hub if anything was sent to it.
     fn end_turn(&mut self) {
+        // Frames queued this turn outside a connection's own read (e.g. replies released by a
+        // subscribe answer taken from the inbox) go out now at the latest.
+        if !self.dirty.is_empty() {
+            self.flush_dirty();
+        }
         if self.bytes_in > 0 {
             self.stats
                 .bytes_in

@@ -16,10 +16,11 @@
 //!    flight for the channel (so the channel is not idle here) and for the connection. A
 //!    connection has at most [`MAX_SUBSCRIBES_IN_FLIGHT`] requests at the hub; the ones after
 //!    wait in its queue, in the order sent, and go one per answer. None is refused for
-//!    arriving in a burst: the queue is bounded by `--max-subscriptions` (each new channel in
-//!    it already holds a subscription), and it exists only while the connection has requests
-//!    waiting, so an idle connection holds none. A request whose channel was unsubscribed
-//!    while it waited is dropped unsent. Every subscribe is answered in the order sent.
+//!    arriving in a burst: the queue holds at most `--max-subscriptions` requests (more: 429
+//!    naming the channel), and it exists only while the connection has requests waiting, so
+//!    an idle connection holds none. A request whose channel was unsubscribed while it waited
+//!    is still asked and answered in its turn, but joins nothing. Every subscribe is answered,
+//!    and every reply to a later op comes after the answers of the subscribes before it.
 //! 2. The connection is **not** a member yet: a message the hub delivers meanwhile is not
 //!    queued for it. The hub answers through the same FIFO inbox as its deliveries, after
 //!    every message up to the top `seq` it reports and before every later one.
@@ -349,8 +350,8 @@ impl Router {
         self.tidy_requests(conn);
     }
 
-    /// Asks the hub for `request`; `false` if there is nothing to ask any more (the channel
-    /// was unsubscribed while the request waited, or the connection is gone).
+    /// Asks the hub for `request`; `false` if there is nothing to ask any more (the
+    /// connection is gone).
     fn send_request(&mut self, conns: &mut impl PushConns, conn: ConnId, request: Request) -> bool {
         let worker = self.config.worker;
         let Some(push) = conns.push_conn(conn) else {
@@ -362,10 +363,9 @@ impl Router {
             epoch,
         } = request;
         let message = match channel {
+            // Asked even if the channel was unsubscribed while the request waited: every
+            // subscribe is answered, in order (its answer joins nothing, see `subscribed`).
             Some(name) => {
-                if push.sub(&name).is_none() {
-                    return false;
-                }
                 self.channels.add_pending(&name);
                 ToHub::Subscribe {
                     worker,
@@ -625,8 +625,9 @@ impl Router {
     }
 
     /// `{"op":"unsubscribe",…}`: leaves the channel (at once if joined; a subscribe still in
-    /// flight is answered into nothing, one still queued is dropped) and answers
-    /// `unsubscribed`. `$user` is refused (400, naming it): the connection keeps its stream.
+    /// flight or queued is still answered — its `subscribed` comes first — but joins
+    /// nothing) and answers `unsubscribed`. `$user` is refused (400, naming it): the
+    /// connection keeps its stream.
     pub fn unsubscribe(&mut self, conns: &mut impl PushConns, conn: ConnId, channel: &str) {
         if channel == USER_CHANNEL {
             return self.reply_channel_error(
@@ -842,7 +843,9 @@ impl Router {
         }
         self.answered(conns, conn);
         if !wanted {
-            return None;
+            // Unsubscribed since it asked (or gone): the answer still goes out, before the
+            // `unsubscribed` that follows it, so every op is answered in order; nothing joins.
+            return conns.push_conn(conn).map(|_| Join { conn, replay: 0 });
         }
         let push = conns.push_conn(conn)?;
         // After this answer the connection holds every message above `holds_from`.

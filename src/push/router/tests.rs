@@ -425,7 +425,7 @@ fn a_connection_gone_before_its_user_join_is_answered_leaves_the_stream() {
 }
 
 #[test]
-fn unsubscribe_while_in_flight_answers_into_nothing() {
+fn unsubscribe_while_in_flight_is_answered_in_order_but_joins_nothing() {
     let mut sim = Sim::new(8, None);
     sim.connect(A);
     sim.client(A, r#"{"op":"subscribe","channel":"news"}"#);
@@ -441,8 +441,16 @@ fn unsubscribe_while_in_flight_answers_into_nothing() {
     );
     assert_eq!(sim.router.take_subscriptions_delta(), 0);
     sim.publish("news");
-    assert_eq!(sim.answer(A, "news", None), None);
-    assert_eq!(sim.got(A), [r#"{"op":"unsubscribed","channel":"news"}"#]);
+    // Every op is answered, in order: the subscribe's answer, then the unsubscribe's.
+    assert_eq!(
+        sim.answer(A, "news", None),
+        Some(Join { conn: A, replay: 0 })
+    );
+    assert_eq!(
+        sim.got(A),
+        ["subscribed@1", r#"{"op":"unsubscribed","channel":"news"}"#]
+    );
+    assert!(sim.router.members("news").is_empty(), "joined nothing");
     let told = sim.take_hub();
     assert!(
         told.len() == 1 && is_idle(&told[0], "news"),
@@ -450,7 +458,7 @@ fn unsubscribe_while_in_flight_answers_into_nothing() {
     );
     assert_eq!(sim.router.in_flight(A), 0);
     sim.publish("news");
-    assert_eq!(sim.got(A).len(), 1, "nothing after the unsubscribe");
+    assert_eq!(sim.got(A).len(), 2, "nothing after the unsubscribe");
     assert!(sim.router.members("news").is_empty());
 }
 
@@ -535,16 +543,23 @@ fn replies_wait_behind_the_answers_of_earlier_subscribes() {
     assert_eq!(sim.got(A), ["pong"], "after the $user answer: the pong");
     assert_eq!(sim.router.in_flight(A), 1, "a is asked");
     assert!(sim.answer(A, "a", None).is_some());
-    // Then the error; b, unsubscribed while it waited, is never asked; then its reply.
+    // Then the error; b, unsubscribed while it waited, is still asked and answered (joining
+    // nothing), then its unsubscribe's reply: every op answered, in order.
     let got = sim.got(A);
-    assert_eq!(got.len(), 4, "{got:?}");
+    assert_eq!(got.len(), 3, "{got:?}");
     assert_eq!(got[1], "subscribed@0");
     assert_eq!(json(got[2])["channel"], "bad name");
-    assert_eq!(got[3], r#"{"op":"unsubscribed","channel":"b"}"#);
     assert!(sim
         .take_hub()
         .iter()
-        .all(|m| !matches!(m, ToHub::Subscribe { stream: Stream::Channel(c), .. } if &**c == "b")));
+        .any(|m| matches!(m, ToHub::Subscribe { stream: Stream::Channel(c), .. } if &**c == "b")));
+    assert!(sim.answer(A, "b", None).is_some());
+    let got = sim.got(A);
+    assert_eq!(
+        got[3..],
+        ["subscribed@0", r#"{"op":"unsubscribed","channel":"b"}"#]
+    );
+    assert!(sim.router.members("b").is_empty());
     assert!(sim.router.in_flight.is_empty());
     // With nothing at the hub, replies go at once.
     sim.client(A, "ping");
@@ -606,7 +621,7 @@ fn a_burst_of_subscribes_is_queued_and_answered_in_order() {
 }
 
 #[test]
-fn a_queued_subscribe_unsubscribed_is_dropped_unsent() {
+fn a_queued_subscribe_unsubscribed_is_still_answered_in_its_turn() {
     let mut sim = Sim::new(128, None);
     sim.connect(A);
     for i in 0..MAX_SUBSCRIBES_IN_FLIGHT {
@@ -619,19 +634,31 @@ fn a_queued_subscribe_unsubscribed_is_dropped_unsent() {
     sim.take_hub();
     assert!(sim.answer(A, "c0", None).is_some());
     assert!(
-        matches!(&sim.take_hub()[..], [ToHub::Subscribe { stream: Stream::Channel(c), .. }] if &**c == "kept"),
-        "the unsubscribed one is skipped"
+        matches!(&sim.take_hub()[..], [ToHub::Subscribe { stream: Stream::Channel(c), .. }] if &**c == "late"),
+        "the unsubscribed one is still asked, in its turn"
     );
-    assert_eq!(sim.router.queued(A), 0);
-    // Subscribed again while its old request waited: asked once more, answered once more.
+    assert_eq!(sim.router.queued(A), 1);
     for i in 1..MAX_SUBSCRIBES_IN_FLIGHT {
         assert!(sim.answer(A, &format!("c{i}"), None).is_some());
     }
+    assert_eq!(
+        sim.answer(A, "late", None),
+        Some(Join { conn: A, replay: 0 })
+    );
     assert!(sim.answer(A, "kept", None).is_some());
-    assert_eq!(sim.got(A)[16], "subscribed@0", "kept's answer");
-    assert_eq!(sim.got(A)[17], r#"{"op":"unsubscribed","channel":"late"}"#);
+    let got = sim.got(A);
+    assert_eq!(
+        got[16..],
+        [
+            "subscribed@0",
+            "subscribed@0",
+            r#"{"op":"unsubscribed","channel":"late"}"#
+        ],
+        "late's answer, kept's, then the unsubscribe's"
+    );
     assert!(sim.router.in_flight.is_empty());
     assert!(sim.router.members("late").is_empty());
+    assert_eq!(sim.router.members("kept"), [A]);
 }
 
 #[test]

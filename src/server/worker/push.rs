@@ -210,20 +210,39 @@ impl Worker {
         }
     }
 
-    /// Applies what the router asked for, in order.
-    fn apply_effects(&mut self) {
+    /// Applies what the router asked for, in order. `turn` is the connection whose read is
+    /// being handled, if any: its replies go where its other frames of this turn went (its
+    /// queue, or the cork written at the end of its turn). A reply for any other connection
+    /// (one released by a subscribe answer from the inbox) goes to that connection's queue,
+    /// which is flushed with the batch: the cork belongs to the turn's connection alone.
+    fn apply_effects(&mut self, turn: Option<Handle>) {
         let mut effects = self.router.take_effects();
         for effect in effects.drain(..) {
             match effect {
                 Effect::Text { conn, text } => {
-                    let Worker { conns, cork, .. } = self;
+                    let handle = handle_of(conn);
+                    let Worker {
+                        conns, cork, dirty, ..
+                    } = self;
                     // A connection that is closing gets nothing after its Close.
-                    if let Some(conn) =
-                        conn_of(conns, handle_of(conn)).filter(|c| c.session.is_open())
-                    {
+                    let Some(conn) = conn_of(conns, handle).filter(|c| c.session.is_open()) else {
+                        continue;
+                    };
+                    if turn == Some(handle) {
                         emit(&mut conn.outbound, cork, |out| {
                             write_frame(out, OpCode::Text, &text)
                         });
+                    } else {
+                        let outbound = conn.outbound.get_or_insert_with(Default::default);
+                        let tail = outbound.push_owned();
+                        let before = tail.len();
+                        write_frame(tail, OpCode::Text, &text);
+                        let n = tail.len() - before;
+                        outbound.account(n);
+                        if !outbound.dirty {
+                            outbound.dirty = true;
+                            dirty.push(handle);
+                        }
                     }
                 }
                 Effect::Hub(message) => self.send_to_hub(message),
@@ -240,6 +259,19 @@ impl Worker {
             self.stats
                 .subscriptions
                 .fetch_sub(delta.unsigned_abs(), Ordering::Relaxed);
+        }
+    }
+
+    /// Writes every connection that got frames queued outside its own turn (fan-out, replies
+    /// released by a subscribe answer): once per batch, so a burst is one `sendmsg` each.
+    pub(super) fn flush_dirty(&mut self) {
+        for handle in std::mem::take(&mut self.dirty) {
+            if let Some(conn) = self.get(handle) {
+                if let Some(outbound) = conn.outbound.as_deref_mut() {
+                    outbound.dirty = false;
+                }
+                self.flush(handle);
+            }
         }
     }
 
@@ -265,7 +297,7 @@ impl Worker {
         );
         let expires = push.expires();
         conn.push = Some(Box::new(push));
-        self.apply_effects();
+        self.apply_effects(Some(handle));
         self.set_app_deadline(handle, expires);
     }
 
@@ -280,7 +312,7 @@ impl Worker {
             }
             let Worker { conns, router, .. } = self;
             router.handle_message(conns, conn_id(handle), kind, &input[start..end], now);
-            self.apply_effects();
+            self.apply_effects(Some(handle));
         }
         self.push_in = input;
         self.push_in.clear();
@@ -328,7 +360,7 @@ impl Worker {
                 ToWorker::Presence { ack, channel } => {
                     let Worker { conns, router, .. } = self;
                     router.presence(conns, ack, &channel);
-                    self.apply_effects();
+                    self.apply_effects(None);
                 }
                 ToWorker::Drain { spread, timeout } => self.begin_drain(spread, timeout),
             }
@@ -348,14 +380,7 @@ impl Worker {
         for handle in slow {
             self.drop_slow_consumer(handle);
         }
-        for handle in std::mem::take(&mut self.dirty) {
-            if let Some(conn) = self.get(handle) {
-                if let Some(outbound) = conn.outbound.as_deref_mut() {
-                    outbound.dirty = false;
-                }
-                self.flush(handle);
-            }
-        }
+        self.flush_dirty();
         let now = std::time::Instant::now();
         for at in published {
             self.stats
@@ -435,7 +460,7 @@ impl Worker {
             }
         }
         // After the answer: the effects may hold replies to ops the client sent after it.
-        self.apply_effects();
+        self.apply_effects(None);
     }
 
     fn disconnect(&mut self, conns: &[ConnId], ack: AckId) {
@@ -457,7 +482,7 @@ impl Worker {
     pub(super) fn forget_push(&mut self, handle: Handle, push: PushConn) {
         let Worker { conns, router, .. } = self;
         router.forget(conns, conn_id(handle), push);
-        self.apply_effects();
+        self.apply_effects(None);
     }
 }
 
