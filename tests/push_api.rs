@@ -1273,3 +1273,107 @@ fn user_unsubscribe_is_refused_and_sends_still_arrive() {
         expect_nothing_pending(&mut client);
     });
 }
+
+#[test]
+fn answers_come_once_sequenced_without_counts() {
+    guarded(|| {
+        let server = server();
+        let mut a = RawClient::connect(server.addr(), "/ws?user=alice");
+        let user_epoch = a.expect_user_subscribed()["epoch"].clone();
+        let epoch = a.subscribe("news")["epoch"].clone();
+        let mut api = ApiClient::connect(server.api_addr());
+        let answer = api.post("/api/publish", r#"{"channel":"news","data":1}"#);
+        assert_eq!(answer, json!({"seq": 1, "epoch": epoch}));
+        expect_json(
+            &mut a,
+            &json!({"op": "message", "channel": "news", "seq": 1, "data": 1}),
+        );
+        let answer = api.post("/api/send", r#"{"user":"alice","data":2}"#);
+        assert_eq!(answer, json!({"seq": 1, "epoch": user_epoch}));
+        expect_json(
+            &mut a,
+            &json!({"op": "message", "channel": "$user", "seq": 1, "data": 2}),
+        );
+        // A user never connected: nothing kept, no epoch.
+        let answer = api.post("/api/send", r#"{"user":"nobody","data":2}"#);
+        assert_eq!(answer, json!({"seq": 0, "epoch": null}));
+        assert_eq!(api.post("/api/broadcast", r#"{"data":3}"#), json!({}));
+        expect_json(
+            &mut a,
+            &json!({"op": "message", "channel": "$broadcast", "data": 3}),
+        );
+        assert_eq!(
+            api.post("/api/disconnect", r#"{"user":"alice"}"#),
+            json!({})
+        );
+        a.expect_close_code(4000);
+    });
+}
+
+#[test]
+fn unknown_query_parameters_and_long_keys_are_400() {
+    guarded(|| {
+        let server = server();
+        let mut api = ApiClient::connect(server.api_addr());
+        let publish = r#"{"channel":"news","data":1}"#;
+        assert_bad_request(&mut api, "/api/publish?wait=now", publish, Some("wait"));
+        assert_bad_request(&mut api, "/api/publish?fast=1", publish, Some("fast"));
+        assert_bad_request(
+            &mut api,
+            "/api/disconnect?wait=delivered&x=1",
+            r#"{"user":"u"}"#,
+            Some("x"),
+        );
+        let long = json!({"data": 1, "idempotency_key": "k".repeat(65)}).to_string();
+        assert_bad_request(&mut api, "/api/broadcast", &long, Some("idempotency_key"));
+        let ok = json!({"data": 1, "idempotency_key": "k".repeat(64)}).to_string();
+        assert_eq!(api.post("/api/broadcast", &ok), json!({}));
+    });
+}
+
+#[test]
+fn a_retry_with_the_same_idempotency_key_gets_the_first_answer_and_one_delivery() {
+    guarded(|| {
+        let server = server();
+        let mut a = push_client(server.addr(), "alice");
+        a.subscribe("news");
+        let mut api = ApiClient::connect(server.api_addr());
+        let body = r#"{"channel":"news","data":"once","idempotency_key":"order-17"}"#;
+        let first = api.call("POST", "/api/publish?wait=delivered", Some(body));
+        assert_eq!(first.status, 200, "{}", first.body_text());
+        assert_eq!(first.json()["delivered"], 1);
+        // The retry, on another connection and without ?wait: the same bytes.
+        let mut retry_api = ApiClient::connect(server.api_addr());
+        let again = retry_api.call("POST", "/api/publish", Some(body));
+        assert_eq!(again.status, 200);
+        assert_eq!(again.body, first.body, "byte-identical");
+        // Pipelined retries, and a new key after them.
+        let mut bytes = Vec::new();
+        for _ in 0..3 {
+            bytes.extend_from_slice(&api.request("POST", "/api/publish", Some(body)));
+        }
+        let other = r#"{"channel":"news","data":"twice","idempotency_key":"order-18"}"#;
+        bytes.extend_from_slice(&api.request("POST", "/api/publish", Some(other)));
+        api.send_raw(&bytes);
+        for _ in 0..3 {
+            assert_eq!(api.read_response().body, first.body);
+        }
+        assert_eq!(api.read_response().json()["seq"], 2);
+        // The same key on another route is another request.
+        let broadcast = r#"{"data":"all","idempotency_key":"order-17"}"#;
+        assert_eq!(api.post("/api/broadcast", broadcast), json!({}));
+        expect_json(
+            &mut a,
+            &json!({"op": "message", "channel": "news", "seq": 1, "data": "once"}),
+        );
+        expect_json(
+            &mut a,
+            &json!({"op": "message", "channel": "news", "seq": 2, "data": "twice"}),
+        );
+        expect_json(
+            &mut a,
+            &json!({"op": "message", "channel": "$broadcast", "data": "all"}),
+        );
+        expect_nothing_pending(&mut a);
+    });
+}
