@@ -179,6 +179,10 @@ pub struct PubSub {
     /// request by request)
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..))]
     pub api_pipeline: u64,
+    /// Publish with `?wait=delivered`: edgepush answers after every worker acknowledged and
+    /// says how many connections took the message (`api_delivered` in the report)
+    #[arg(long)]
+    pub wait_delivered: bool,
     /// Publish over this WebSocket instead of the API (each message one text frame)
     #[arg(long)]
     pub pub_ws: Option<String>,

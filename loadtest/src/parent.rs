@@ -500,6 +500,7 @@ fn execute(cli: &Cli, plan: Plan, pub_target: Option<Target>) -> Result<i32, Str
                     &pubsub.channel,
                     api_key.as_deref(),
                     pubsub.api_pipeline,
+                    pubsub.wait_delivered,
                 )?),
             };
             let report = publish::run(
