@@ -108,11 +108,14 @@ fn metrics_parse_with_prometheus_client_after_traffic() {
         bob.subscribe("news");
         let mut api = ApiClient::connect(server.api_addr());
         let published = api.post(
-            "/api/publish",
+            "/api/publish?wait=delivered",
             r#"{"channel":"news","data":{"headline":"metrics"}}"#,
         );
         assert_eq!(published["delivered"], 2, "{published}");
-        let sent = api.post("/api/send", r#"{"user":"alice","data":"direct"}"#);
+        let sent = api.post(
+            "/api/send?wait=delivered",
+            r#"{"user":"alice","data":"direct"}"#,
+        );
         assert_eq!(sent["delivered"], 1, "{sent}");
         for client in [&mut alice, &mut bob] {
             let message = client.recv_json();

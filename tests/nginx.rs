@@ -403,7 +403,7 @@ fn push_through_nginx() {
         // The API is not behind nginx: publish on edgepush's API address directly.
         let mut api = ApiClient::connect(stack.server.api_addr());
         let published = api.post(
-            "/api/publish",
+            "/api/publish?wait=delivered",
             r#"{"channel":"news","data":{"headline":"via nginx"}}"#,
         );
         assert_eq!(published["delivered"], 1, "{published}");
@@ -413,7 +413,10 @@ fn push_through_nginx() {
         assert_eq!(message["seq"], 1, "{message}");
         assert_eq!(message["data"]["headline"], "via nginx", "{message}");
 
-        let sent = api.post("/api/send", r#"{"user":"alice","data":"just you"}"#);
+        let sent = api.post(
+            "/api/send?wait=delivered",
+            r#"{"user":"alice","data":"just you"}"#,
+        );
         assert_eq!(sent["delivered"], 1, "{sent}");
         let direct = alice.recv_json();
         assert_eq!(direct["channel"], "$user", "{direct}");

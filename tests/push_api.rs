@@ -89,7 +89,7 @@ fn publish_answers_seq_epoch_and_exact_delivered_count() {
         let mut api = ApiClient::connect(server.api_addr());
         let response = api.call(
             "POST",
-            "/api/publish",
+            "/api/publish?wait=delivered",
             Some(r#"{"channel":"news","data":{"title":"hello","n":[1,2]}}"#),
         );
         assert_eq!(response.status, 200, "{}", response.body_text());
@@ -104,7 +104,10 @@ fn publish_answers_seq_epoch_and_exact_delivered_count() {
         expect_json(&mut b, &message);
 
         // data may be any JSON value, null included; seq goes on.
-        let answer = api.post("/api/publish", r#"{"channel":"news","data":null}"#);
+        let answer = api.post(
+            "/api/publish?wait=delivered",
+            r#"{"channel":"news","data":null}"#,
+        );
         assert_eq!(answer, json!({"seq": 2, "epoch": epoch, "delivered": 2}));
         let message = json!({"op": "message", "channel": "news", "seq": 2, "data": null});
         expect_json(&mut a, &message);
@@ -113,7 +116,10 @@ fn publish_answers_seq_epoch_and_exact_delivered_count() {
         // After an unsubscribe only one subscriber is left.
         a.send_json(&json!({"op": "unsubscribe", "channel": "news"}));
         expect_json(&mut a, &json!({"op": "unsubscribed", "channel": "news"}));
-        let answer = api.post("/api/publish", r#"{"channel":"news","data":"x"}"#);
+        let answer = api.post(
+            "/api/publish?wait=delivered",
+            r#"{"channel":"news","data":"x"}"#,
+        );
         assert_eq!(answer, json!({"seq": 3, "epoch": epoch, "delivered": 1}));
         expect_json(
             &mut b,
@@ -121,7 +127,10 @@ fn publish_answers_seq_epoch_and_exact_delivered_count() {
         );
 
         // A channel nobody listens to: delivered 0.
-        let answer = api.post("/api/publish", r#"{"channel":"empty","data":1}"#);
+        let answer = api.post(
+            "/api/publish?wait=delivered",
+            r#"{"channel":"empty","data":1}"#,
+        );
         assert_keys(&answer, &["seq", "epoch", "delivered"]);
         assert_eq!(answer["delivered"], 0);
 
@@ -144,15 +153,26 @@ fn send_reaches_every_connection_of_the_user_and_no_one_else() {
         bob.subscribe("alice");
 
         let mut api = ApiClient::connect(server.api_addr());
-        let answer = api.post("/api/send", r#"{"user":"alice","data":{"text":"hi"}}"#);
-        assert_eq!(answer, json!({"seq": 1, "delivered": 3}));
+        let answer = api.post(
+            "/api/send?wait=delivered",
+            r#"{"user":"alice","data":{"text":"hi"}}"#,
+        );
+        assert!(answer["epoch"].is_string(), "{answer}");
+        assert_eq!(
+            answer,
+            json!({"seq": 1, "epoch": answer["epoch"], "delivered": 3})
+        );
         let message = json!({"op": "message", "channel": "$user", "seq": 1,
                              "data": {"text": "hi"}});
         for client in &mut alice {
             expect_json(client, &message);
         }
-        let answer = api.post("/api/send", r#"{"user":"alice","data":2}"#);
-        assert_eq!(answer, json!({"seq": 2, "delivered": 3}));
+        let answer = api.post("/api/send?wait=delivered", r#"{"user":"alice","data":2}"#);
+        assert!(answer["epoch"].is_string(), "{answer}");
+        assert_eq!(
+            answer,
+            json!({"seq": 2, "epoch": answer["epoch"], "delivered": 3})
+        );
         for client in &mut alice {
             expect_json(
                 client,
@@ -161,16 +181,20 @@ fn send_reaches_every_connection_of_the_user_and_no_one_else() {
         }
 
         // Bob's own stream has its own seq.
-        let answer = api.post("/api/send", r#"{"user":"bob","data":"b"}"#);
-        assert_eq!(answer, json!({"seq": 1, "delivered": 1}));
+        let answer = api.post("/api/send?wait=delivered", r#"{"user":"bob","data":"b"}"#);
+        assert!(answer["epoch"].is_string(), "{answer}");
+        assert_eq!(
+            answer,
+            json!({"seq": 1, "epoch": answer["epoch"], "delivered": 1})
+        );
         expect_json(
             &mut bob,
             &json!({"op": "message", "channel": "$user", "seq": 1, "data": "b"}),
         );
 
         // A user with no connection: nothing delivered.
-        let answer = api.post("/api/send", r#"{"user":"nobody","data":1}"#);
-        assert_keys(&answer, &["seq", "delivered"]);
+        let answer = api.post("/api/send?wait=delivered", r#"{"user":"nobody","data":1}"#);
+        assert_keys(&answer, &["seq", "epoch", "delivered"]);
         assert_eq!(answer["delivered"], 0);
 
         for client in &mut alice {
@@ -193,7 +217,10 @@ fn broadcast_reaches_push_connections_but_not_echo_connections() {
         echo.round_trip("echo works");
 
         let mut api = ApiClient::connect(server.api_addr());
-        let answer = api.post("/api/broadcast", r#"{"data":{"alert":"maintenance"}}"#);
+        let answer = api.post(
+            "/api/broadcast?wait=delivered",
+            r#"{"data":{"alert":"maintenance"}}"#,
+        );
         assert_eq!(answer, json!({"delivered": 3}));
         for client in &mut push {
             let message = client.recv_json();
@@ -223,7 +250,7 @@ fn disconnect_closes_every_connection_of_the_user_with_4000() {
         bob.subscribe("news");
 
         let mut api = ApiClient::connect(server.api_addr());
-        let answer = api.post("/api/disconnect", r#"{"user":"alice"}"#);
+        let answer = api.post("/api/disconnect?wait=delivered", r#"{"user":"alice"}"#);
         assert_eq!(answer, json!({"closed": 3}));
         for client in &mut alice {
             client.expect_close_code(4000);
@@ -231,7 +258,10 @@ fn disconnect_closes_every_connection_of_the_user_with_4000() {
         drop(alice);
         // Bob is untouched, and alice is no longer a subscriber of news.
         expect_nothing_pending(&mut bob);
-        let answer = api.post("/api/publish", r#"{"channel":"news","data":1}"#);
+        let answer = api.post(
+            "/api/publish?wait=delivered",
+            r#"{"channel":"news","data":1}"#,
+        );
         assert_eq!(answer["delivered"], 1, "{answer}");
         assert_eq!(
             bob.recv_json(),
@@ -243,9 +273,9 @@ fn disconnect_closes_every_connection_of_the_user_with_4000() {
             server.stats().open()
         );
         // Nobody left of that user.
-        let answer = api.post("/api/disconnect", r#"{"user":"alice"}"#);
+        let answer = api.post("/api/disconnect?wait=delivered", r#"{"user":"alice"}"#);
         assert_eq!(answer, json!({"closed": 0}));
-        let answer = api.post("/api/send", r#"{"user":"alice","data":1}"#);
+        let answer = api.post("/api/send?wait=delivered", r#"{"user":"alice","data":1}"#);
         assert_eq!(answer["delivered"], 0, "{answer}");
     });
 }
@@ -319,7 +349,10 @@ fn stats_and_metrics_report_connections_and_subscriptions() {
         echo.round_trip("hi");
 
         let mut api = ApiClient::connect(server.api_addr());
-        api.post("/api/publish", r#"{"channel":"news","data":1}"#);
+        api.post(
+            "/api/publish?wait=delivered",
+            r#"{"channel":"news","data":1}"#,
+        );
         let stats = api.get("/api/stats");
         assert_eq!(stats["connections"], 3, "{stats}");
         assert_eq!(stats["subscriptions"], 3, "{stats}");
@@ -413,54 +446,74 @@ fn json_errors_are_400_naming_the_field() {
         let mut api = ApiClient::connect(server.api_addr());
         let cases: &[(&str, &str, Option<&str>)] = &[
             // bad JSON
-            ("/api/publish", r#"{"channel":"news","data":"#, None),
-            ("/api/publish", "not json", None),
-            ("/api/send", "", None),
-            ("/api/publish", r#"["news",1]"#, None),
+            (
+                "/api/publish?wait=delivered",
+                r#"{"channel":"news","data":"#,
+                None,
+            ),
+            ("/api/publish?wait=delivered", "not json", None),
+            ("/api/send?wait=delivered", "", None),
+            ("/api/publish?wait=delivered", r#"["news",1]"#, None),
             // missing fields
-            ("/api/publish", r#"{"data":1}"#, Some("channel")),
-            ("/api/publish", r#"{"channel":"news"}"#, Some("data")),
-            ("/api/send", r#"{"data":1}"#, Some("user")),
-            ("/api/broadcast", r#"{}"#, Some("data")),
-            ("/api/disconnect", r#"{}"#, Some("user")),
+            (
+                "/api/publish?wait=delivered",
+                r#"{"data":1}"#,
+                Some("channel"),
+            ),
+            (
+                "/api/publish?wait=delivered",
+                r#"{"channel":"news"}"#,
+                Some("data"),
+            ),
+            ("/api/send?wait=delivered", r#"{"data":1}"#, Some("user")),
+            ("/api/broadcast?wait=delivered", r#"{}"#, Some("data")),
+            ("/api/disconnect?wait=delivered", r#"{}"#, Some("user")),
             // unknown fields
             (
-                "/api/publish",
+                "/api/publish?wait=delivered",
                 r#"{"channel":"news","data":1,"extra":2}"#,
                 Some("extra"),
             ),
             (
-                "/api/broadcast",
+                "/api/broadcast?wait=delivered",
                 r#"{"data":1,"channel":"x"}"#,
                 Some("channel"),
             ),
             // wrong types
-            ("/api/publish", r#"{"channel":5,"data":1}"#, Some("channel")),
-            ("/api/send", r#"{"user":["a"],"data":1}"#, Some("user")),
+            (
+                "/api/publish?wait=delivered",
+                r#"{"channel":5,"data":1}"#,
+                Some("channel"),
+            ),
+            (
+                "/api/send?wait=delivered",
+                r#"{"user":["a"],"data":1}"#,
+                Some("user"),
+            ),
             // bad channel names
             (
-                "/api/publish",
+                "/api/publish?wait=delivered",
                 r#"{"channel":"bad name","data":1}"#,
                 Some("channel"),
             ),
             (
-                "/api/publish",
+                "/api/publish?wait=delivered",
                 r#"{"channel":"","data":1}"#,
                 Some("channel"),
             ),
             (
-                "/api/publish",
+                "/api/publish?wait=delivered",
                 r#"{"channel":"a*","data":1}"#,
                 Some("channel"),
             ),
             // the server's own channels
             (
-                "/api/publish",
+                "/api/publish?wait=delivered",
                 r#"{"channel":"$user","data":1}"#,
                 Some("channel"),
             ),
             (
-                "/api/publish",
+                "/api/publish?wait=delivered",
                 r#"{"channel":"$news","data":1}"#,
                 Some("channel"),
             ),
@@ -471,7 +524,10 @@ fn json_errors_are_400_naming_the_field() {
         // Nothing was published by any of them, and the connection is still good.
         let mut client = push_client(server.addr(), "u");
         client.subscribe("news");
-        let answer = api.post("/api/publish", r#"{"channel":"news","data":1}"#);
+        let answer = api.post(
+            "/api/publish?wait=delivered",
+            r#"{"channel":"news","data":1}"#,
+        );
         assert_eq!(answer["seq"], 1, "{answer}");
         assert_eq!(answer["delivered"], 1, "{answer}");
     });
@@ -487,12 +543,24 @@ fn api_key_is_required_on_every_route() {
         let routes: &[(&str, &str, Option<&str>)] = &[
             (
                 "POST",
-                "/api/publish",
+                "/api/publish?wait=delivered",
                 Some(r#"{"channel":"news","data":1}"#),
             ),
-            ("POST", "/api/send", Some(r#"{"user":"u","data":1}"#)),
-            ("POST", "/api/broadcast", Some(r#"{"data":1}"#)),
-            ("POST", "/api/disconnect", Some(r#"{"user":"u"}"#)),
+            (
+                "POST",
+                "/api/send?wait=delivered",
+                Some(r#"{"user":"u","data":1}"#),
+            ),
+            (
+                "POST",
+                "/api/broadcast?wait=delivered",
+                Some(r#"{"data":1}"#),
+            ),
+            (
+                "POST",
+                "/api/disconnect?wait=delivered",
+                Some(r#"{"user":"u"}"#),
+            ),
             ("GET", "/api/stats", None),
             ("GET", "/api/presence?channel=news", None),
             ("GET", "/metrics", None),
@@ -550,10 +618,15 @@ fn unknown_paths_404_and_wrong_methods_405() {
             assert_eq!(response.header("connection"), Some("keep-alive"));
         }
         for (method, path, body, allow) in [
-            ("GET", "/api/publish", None, "POST"),
-            ("GET", "/api/send", None, "POST"),
-            ("PUT", "/api/broadcast", Some(r#"{"data":1}"#), "POST"),
-            ("DELETE", "/api/disconnect", None, "POST"),
+            ("GET", "/api/publish?wait=delivered", None, "POST"),
+            ("GET", "/api/send?wait=delivered", None, "POST"),
+            (
+                "PUT",
+                "/api/broadcast?wait=delivered",
+                Some(r#"{"data":1}"#),
+                "POST",
+            ),
+            ("DELETE", "/api/disconnect?wait=delivered", None, "POST"),
             ("POST", "/api/stats", Some("{}"), "GET"),
             ("POST", "/api/presence?channel=a", Some("{}"), "GET"),
             ("POST", "/metrics", Some("{}"), "GET"),
@@ -585,7 +658,7 @@ fn body_over_max_message_size_is_413_from_content_length() {
         let pad = "x".repeat(MAX - prefix.len() - 2);
         let body = format!("{prefix}{pad}\"}}");
         assert_eq!(body.len(), MAX);
-        let answer = api.post("/api/publish", &body);
+        let answer = api.post("/api/publish?wait=delivered", &body);
         assert_eq!(answer["delivered"], 1, "{answer}");
         assert_eq!(
             client.recv_json()["data"].as_str().map(str::len),
@@ -629,7 +702,7 @@ fn keep_alive_serves_many_requests_on_one_connection() {
         for i in 1..=5u64 {
             let response = api.call(
                 "POST",
-                "/api/publish",
+                "/api/publish?wait=delivered",
                 Some(&format!(r#"{{"channel":"news","data":{i}}}"#)),
             );
             assert_eq!(response.status, 200);
@@ -637,7 +710,11 @@ fn keep_alive_serves_many_requests_on_one_connection() {
             assert_eq!(response.json()["seq"], i);
             let response = api.call("GET", "/api/stats", None);
             assert_eq!(response.header("connection"), Some("keep-alive"));
-            let response = api.call("POST", "/api/send", Some(r#"{"user":"alice","data":0}"#));
+            let response = api.call(
+                "POST",
+                "/api/send?wait=delivered",
+                Some(r#"{"user":"alice","data":0}"#),
+            );
             assert_eq!(response.json()["seq"], i);
             // An error answer keeps the connection too.
             assert_eq!(api.call("GET", "/nope", None).status, 404);
@@ -679,7 +756,7 @@ fn pipelined_requests_are_answered_in_order() {
             seq += 1;
             burst.extend(api.request(
                 "POST",
-                "/api/publish",
+                "/api/publish?wait=delivered",
                 Some(&format!(r#"{{"channel":"news","data":{seq}}}"#)),
             ));
             expected.push((200, Some(json!(seq))));
@@ -693,7 +770,7 @@ fn pipelined_requests_are_answered_in_order() {
                     expected.push((404, None));
                 }
                 2 => {
-                    burst.extend(api.request("POST", "/api/publish", Some("{bad")));
+                    burst.extend(api.request("POST", "/api/publish?wait=delivered", Some("{bad")));
                     expected.push((400, None));
                 }
                 _ => {
@@ -745,7 +822,11 @@ fn pipelined_burst_larger_than_one_body_is_served() {
         let mut burst = Vec::new();
         for i in 1..=COUNT {
             let body = json!({"channel": "burst", "data": {"i": i, "pad": "p".repeat(60)}});
-            burst.extend(api.request("POST", "/api/publish", Some(&body.to_string())));
+            burst.extend(api.request(
+                "POST",
+                "/api/publish?wait=delivered",
+                Some(&body.to_string()),
+            ));
         }
         assert!(burst.len() > 100 * 1024, "{} bytes", burst.len());
         api.stream.write_all(&burst).expect("send burst");
@@ -783,7 +864,11 @@ fn pipelined_requests_beyond_the_in_flight_limit_are_not_stalled() {
         api.stream
             .set_read_timeout(Some(Duration::from_secs(3)))
             .unwrap();
-        let request = api.request("POST", "/api/broadcast", Some(r#"{"data":1}"#));
+        let request = api.request(
+            "POST",
+            "/api/broadcast?wait=delivered",
+            Some(r#"{"data":1}"#),
+        );
         api.send_raw(&request.repeat(COUNT));
         let started = std::time::Instant::now();
         for i in 1..=COUNT {
@@ -829,14 +914,14 @@ fn chunked_publish_is_delivered_and_the_connection_goes_on() {
         let mut api = ApiClient::connect(server.api_addr());
         // Chunked, then a pipelined Content-Length request and a chunked one, in one write.
         let mut bytes = chunked_request(
-            "/api/publish",
+            "/api/publish?wait=delivered",
             r#"{"channel":"news","data":{"n":1}}"#,
             5,
             "",
         );
         bytes.extend_from_slice(&api.request(
             "POST",
-            "/api/publish",
+            "/api/publish?wait=delivered",
             Some(r#"{"channel":"news","data":2}"#),
         ));
         bytes.extend_from_slice(&chunked_request(
@@ -965,7 +1050,7 @@ fn an_early_413_is_read_by_a_client_that_sends_its_whole_body() {
         assert_eq!(response.status, 413);
         // The same with chunks (refused once the sizes pass 1 MiB), and with a 431 whose
         // head goes on and on.
-        let chunked = chunked_request("/api/publish", &body, 16 * 1024, "");
+        let chunked = chunked_request("/api/publish?wait=delivered", &body, 16 * 1024, "");
         let sent_first = (1 << 20) + 64 * 1024;
         assert_eq!(
             send_all_then_read(server.api_addr(), &chunked, sent_first).status,
@@ -1038,7 +1123,11 @@ fn data_nested_deeper_than_64_levels_is_refused() {
         let in_string = format!(r#"["{}"]"#, "[{".repeat(500));
         for data in [&at_limit, &object_at_limit, &in_string] {
             let body = format!(r#"{{"channel":"news","data":{data}}}"#);
-            assert_eq!(api.post("/api/publish", &body)["delivered"], 1, "{body}");
+            assert_eq!(
+                api.post("/api/publish?wait=delivered", &body)["delivered"],
+                1,
+                "{body}"
+            );
             let got = client.recv_json();
             let want: Value = serde_json::from_str(data).expect("valid");
             assert_eq!(got["data"], want);
@@ -1056,11 +1145,17 @@ fn data_nested_deeper_than_64_levels_is_refused() {
         for data in &over {
             for (path, body) in [
                 (
-                    "/api/publish",
+                    "/api/publish?wait=delivered",
                     format!(r#"{{"channel":"news","data":{data}}}"#),
                 ),
-                ("/api/send", format!(r#"{{"user":"deep","data":{data}}}"#)),
-                ("/api/broadcast", format!(r#"{{"data":{data}}}"#)),
+                (
+                    "/api/send?wait=delivered",
+                    format!(r#"{{"user":"deep","data":{data}}}"#),
+                ),
+                (
+                    "/api/broadcast?wait=delivered",
+                    format!(r#"{{"data":{data}}}"#),
+                ),
             ] {
                 assert_bad_request(&mut api, path, &body, Some("data"));
                 let response = api.call("POST", path, Some(&body));
@@ -1075,7 +1170,7 @@ fn data_nested_deeper_than_64_levels_is_refused() {
         // a wrong type, still a 400, still no recursion.
         let response = api.call(
             "POST",
-            "/api/publish",
+            "/api/publish?wait=delivered",
             Some(&format!(
                 r#"{{"channel":"news","data":{}"#,
                 "[".repeat(100_000)
@@ -1084,7 +1179,7 @@ fn data_nested_deeper_than_64_levels_is_refused() {
         assert_eq!(response.status, 400, "{}", response.body_text());
         let response = api.call(
             "POST",
-            "/api/publish",
+            "/api/publish?wait=delivered",
             Some(&format!(
                 r#"{{"channel":{},"data":1}}"#,
                 nested(100_000, "")
@@ -1132,7 +1227,7 @@ fn user_unsubscribe_is_refused_and_sends_still_arrive() {
         assert_eq!(error["code"], 400, "{error}");
         assert_eq!(error["channel"], "$user", "{error}");
         let answer = api.post(
-            "/api/send",
+            "/api/send?wait=delivered",
             &json!({"user": "keeper", "data": 1}).to_string(),
         );
         assert_eq!(answer["delivered"], 1, "{answer}");
@@ -1176,5 +1271,109 @@ fn user_unsubscribe_is_refused_and_sends_still_arrive() {
             assert_eq!(error["channel"], channel, "{op}: {error}");
         }
         expect_nothing_pending(&mut client);
+    });
+}
+
+#[test]
+fn answers_come_once_sequenced_without_counts() {
+    guarded(|| {
+        let server = server();
+        let mut a = RawClient::connect(server.addr(), "/ws?user=alice");
+        let user_epoch = a.expect_user_subscribed()["epoch"].clone();
+        let epoch = a.subscribe("news")["epoch"].clone();
+        let mut api = ApiClient::connect(server.api_addr());
+        let answer = api.post("/api/publish", r#"{"channel":"news","data":1}"#);
+        assert_eq!(answer, json!({"seq": 1, "epoch": epoch}));
+        expect_json(
+            &mut a,
+            &json!({"op": "message", "channel": "news", "seq": 1, "data": 1}),
+        );
+        let answer = api.post("/api/send", r#"{"user":"alice","data":2}"#);
+        assert_eq!(answer, json!({"seq": 1, "epoch": user_epoch}));
+        expect_json(
+            &mut a,
+            &json!({"op": "message", "channel": "$user", "seq": 1, "data": 2}),
+        );
+        // A user never connected: nothing kept, no epoch.
+        let answer = api.post("/api/send", r#"{"user":"nobody","data":2}"#);
+        assert_eq!(answer, json!({"seq": 0, "epoch": null}));
+        assert_eq!(api.post("/api/broadcast", r#"{"data":3}"#), json!({}));
+        expect_json(
+            &mut a,
+            &json!({"op": "message", "channel": "$broadcast", "data": 3}),
+        );
+        assert_eq!(
+            api.post("/api/disconnect", r#"{"user":"alice"}"#),
+            json!({})
+        );
+        a.expect_close_code(4000);
+    });
+}
+
+#[test]
+fn unknown_query_parameters_and_long_keys_are_400() {
+    guarded(|| {
+        let server = server();
+        let mut api = ApiClient::connect(server.api_addr());
+        let publish = r#"{"channel":"news","data":1}"#;
+        assert_bad_request(&mut api, "/api/publish?wait=now", publish, Some("wait"));
+        assert_bad_request(&mut api, "/api/publish?fast=1", publish, Some("fast"));
+        assert_bad_request(
+            &mut api,
+            "/api/disconnect?wait=delivered&x=1",
+            r#"{"user":"u"}"#,
+            Some("x"),
+        );
+        let long = json!({"data": 1, "idempotency_key": "k".repeat(65)}).to_string();
+        assert_bad_request(&mut api, "/api/broadcast", &long, Some("idempotency_key"));
+        let ok = json!({"data": 1, "idempotency_key": "k".repeat(64)}).to_string();
+        assert_eq!(api.post("/api/broadcast", &ok), json!({}));
+    });
+}
+
+#[test]
+fn a_retry_with_the_same_idempotency_key_gets_the_first_answer_and_one_delivery() {
+    guarded(|| {
+        let server = server();
+        let mut a = push_client(server.addr(), "alice");
+        a.subscribe("news");
+        let mut api = ApiClient::connect(server.api_addr());
+        let body = r#"{"channel":"news","data":"once","idempotency_key":"order-17"}"#;
+        let first = api.call("POST", "/api/publish?wait=delivered", Some(body));
+        assert_eq!(first.status, 200, "{}", first.body_text());
+        assert_eq!(first.json()["delivered"], 1);
+        // The retry, on another connection and without ?wait: the same bytes.
+        let mut retry_api = ApiClient::connect(server.api_addr());
+        let again = retry_api.call("POST", "/api/publish", Some(body));
+        assert_eq!(again.status, 200);
+        assert_eq!(again.body, first.body, "byte-identical");
+        // Pipelined retries, and a new key after them.
+        let mut bytes = Vec::new();
+        for _ in 0..3 {
+            bytes.extend_from_slice(&api.request("POST", "/api/publish", Some(body)));
+        }
+        let other = r#"{"channel":"news","data":"twice","idempotency_key":"order-18"}"#;
+        bytes.extend_from_slice(&api.request("POST", "/api/publish", Some(other)));
+        api.send_raw(&bytes);
+        for _ in 0..3 {
+            assert_eq!(api.read_response().body, first.body);
+        }
+        assert_eq!(api.read_response().json()["seq"], 2);
+        // The same key on another route is another request.
+        let broadcast = r#"{"data":"all","idempotency_key":"order-17"}"#;
+        assert_eq!(api.post("/api/broadcast", broadcast), json!({}));
+        expect_json(
+            &mut a,
+            &json!({"op": "message", "channel": "news", "seq": 1, "data": "once"}),
+        );
+        expect_json(
+            &mut a,
+            &json!({"op": "message", "channel": "news", "seq": 2, "data": "twice"}),
+        );
+        expect_json(
+            &mut a,
+            &json!({"op": "message", "channel": "$broadcast", "data": "all"}),
+        );
+        expect_nothing_pending(&mut a);
     });
 }

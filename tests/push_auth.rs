@@ -99,7 +99,7 @@ fn expect_pong(client: &mut RawClient) {
 fn send_to(server: &TestServer, user: &str) -> u64 {
     let mut api = ApiClient::connect(server.api_addr());
     let answer = api.post(
-        "/api/send",
+        "/api/send?wait=delivered",
         &json!({"user": user, "data": "hello"}).to_string(),
     );
     answer["delivered"].as_u64().expect("delivered")
@@ -273,9 +273,15 @@ fn channels_claim_limits_subscriptions_with_prefix_patterns() {
 
         // A refused subscribe is not a subscription.
         let mut api = ApiClient::connect(server.api_addr());
-        let answer = api.post("/api/publish", r#"{"channel":"sports","data":1}"#);
+        let answer = api.post(
+            "/api/publish?wait=delivered",
+            r#"{"channel":"sports","data":1}"#,
+        );
         assert_eq!(answer["delivered"], 0, "{answer}");
-        let answer = api.post("/api/publish", r#"{"channel":"chat:1","data":1}"#);
+        let answer = api.post(
+            "/api/publish?wait=delivered",
+            r#"{"channel":"chat:1","data":1}"#,
+        );
         assert_eq!(answer["delivered"], 1, "{answer}");
         assert_eq!(client.recv_json()["channel"], "chat:1");
         expect_pong(&mut client);
@@ -324,7 +330,10 @@ fn publish_is_allowed_only_where_the_publish_claim_says() {
         expect_pong(&mut publisher);
         // The channel's seq moved only once.
         let mut api = ApiClient::connect(server.api_addr());
-        let answer = api.post("/api/publish", r#"{"channel":"chat:1","data":3}"#);
+        let answer = api.post(
+            "/api/publish?wait=delivered",
+            r#"{"channel":"chat:1","data":3}"#,
+        );
         assert_eq!(answer["seq"], 2, "{answer}");
     });
 }
@@ -379,7 +388,10 @@ fn refresh_with_a_newer_token_keeps_the_connection_past_the_old_exp() {
         std::thread::sleep(Duration::from_millis(1200));
         expect_pong(&mut client);
         let mut api = ApiClient::connect(server.api_addr());
-        let answer = api.post("/api/publish", r#"{"channel":"news","data":1}"#);
+        let answer = api.post(
+            "/api/publish?wait=delivered",
+            r#"{"channel":"news","data":1}"#,
+        );
         assert_eq!(answer["delivered"], 1, "{answer}");
         assert_eq!(client.recv_json()["channel"], "news");
     });
@@ -592,7 +604,7 @@ fn too_many_subscriptions_get_429() {
         let mut api = ApiClient::connect(server.api_addr());
         for (channel, delivered) in [("a", 1), ("b", 0), ("c", 1)] {
             let answer = api.post(
-                "/api/publish",
+                "/api/publish?wait=delivered",
                 &json!({"channel": channel, "data": 0}).to_string(),
             );
             assert_eq!(answer["delivered"], delivered, "{channel}: {answer}");

@@ -142,7 +142,7 @@ fn every_subscriber_gets_every_message_once_in_order() {
         for i in 1..=MESSAGES {
             burst.extend(api.request(
                 "POST",
-                "/api/publish",
+                "/api/publish?wait=delivered",
                 Some(&format!(r#"{{"channel":"fan","data":{i}}}"#)),
             ));
         }
@@ -299,10 +299,14 @@ fn user_send_reaches_all_connections_of_the_user_on_every_worker() {
         let mut api = ApiClient::connect(server.api_addr());
         for seq in 1..=3u64 {
             let answer = api.post(
-                "/api/send",
+                "/api/send?wait=delivered",
                 &json!({"user": "alice", "data": {"n": seq}}).to_string(),
             );
-            assert_eq!(answer, json!({"seq": seq, "delivered": 3}));
+            assert!(answer["epoch"].is_string(), "{answer}");
+            assert_eq!(
+                answer,
+                json!({"seq": seq, "epoch": answer["epoch"], "delivered": 3})
+            );
         }
         for client in &mut alice {
             for seq in 1..=3u64 {
@@ -314,17 +318,21 @@ fn user_send_reaches_all_connections_of_the_user_on_every_worker() {
             expect_nothing_pending(client);
         }
         // Each other user gets only their own.
-        let answer = api.post("/api/send", r#"{"user":"other0","data":0}"#);
-        assert_eq!(answer, json!({"seq": 1, "delivered": 1}));
+        let answer = api.post("/api/send?wait=delivered", r#"{"user":"other0","data":0}"#);
+        assert!(answer["epoch"].is_string(), "{answer}");
+        assert_eq!(
+            answer,
+            json!({"seq": 1, "epoch": answer["epoch"], "delivered": 1})
+        );
         expect_message(&mut others[0], "$user", 1, &json!(0));
         for client in others.iter_mut().skip(1).chain(alice.iter_mut()) {
             expect_nothing_pending(client);
         }
         // A broadcast counts every push connection on both workers.
-        let answer = api.post("/api/broadcast", r#"{"data":"all"}"#);
+        let answer = api.post("/api/broadcast?wait=delivered", r#"{"data":"all"}"#);
         assert_eq!(answer["delivered"], alice.len() + others.len(), "{answer}");
         // Disconnect closes alice on both workers.
-        let answer = api.post("/api/disconnect", r#"{"user":"alice"}"#);
+        let answer = api.post("/api/disconnect?wait=delivered", r#"{"user":"alice"}"#);
         assert_eq!(answer, json!({"closed": 3}));
         for client in &mut alice {
             assert_eq!(client.expect_close(), Some(4000));
@@ -394,7 +402,7 @@ fn stalled_reader_is_closed_with_1008_and_others_get_everything() {
             for _ in 0..BATCH {
                 burst.extend(api.request(
                     "POST",
-                    "/api/publish",
+                    "/api/publish?wait=delivered",
                     Some(&json!({"channel": "feed", "data": payload}).to_string()),
                 ));
             }
@@ -408,7 +416,7 @@ fn stalled_reader_is_closed_with_1008_and_others_get_everything() {
         }
         // One more after the drop, so that the readers are known to be past it.
         let answer = api.post(
-            "/api/publish",
+            "/api/publish?wait=delivered",
             &json!({"channel": "feed", "data": "end"}).to_string(),
         );
         seq += 1;
@@ -502,7 +510,11 @@ fn a_burst_of_subscribes_is_answered_in_order() {
         }
         for channel in &channels {
             let body = json!({"channel": channel, "data": channel}).to_string();
-            assert_eq!(api.post("/api/publish", &body)["delivered"], 1, "{channel}");
+            assert_eq!(
+                api.post("/api/publish?wait=delivered", &body)["delivered"],
+                1,
+                "{channel}"
+            );
             let got = client.recv_json();
             assert_eq!(got["channel"], channel.as_str(), "{got}");
         }

@@ -90,7 +90,11 @@ fn publish_range(
         let mut bytes = Vec::new();
         for &n in chunk {
             let body = json!({"channel": channel, "data": data(n)}).to_string();
-            bytes.extend_from_slice(&api.request("POST", "/api/publish", Some(&body)));
+            bytes.extend_from_slice(&api.request(
+                "POST",
+                "/api/publish?wait=delivered",
+                Some(&body),
+            ));
         }
         api.send_raw(&bytes);
         for &n in chunk {
@@ -249,7 +253,11 @@ fn resubscribes_racing_publishers_never_gap_or_duplicate() {
                     let mut bytes = Vec::new();
                     for k in 1..=burst {
                         let body = json!({"channel": "race", "data": data(n + k)}).to_string();
-                        bytes.extend_from_slice(&api.request("POST", "/api/publish", Some(&body)));
+                        bytes.extend_from_slice(&api.request(
+                            "POST",
+                            "/api/publish?wait=delivered",
+                            Some(&body),
+                        ));
                     }
                     api.send_raw(&bytes);
                     for _ in 0..burst {
@@ -415,10 +423,14 @@ fn offline_user_recovers_sends_within_ttl_and_not_after() {
         // Offline: delivered to nobody but kept, with increasing seqs.
         for k in 1..=3 {
             let answer = api.post(
-                "/api/send",
+                "/api/send?wait=delivered",
                 &json!({"user": "u4", "data": data(k)}).to_string(),
             );
-            assert_eq!(answer, json!({"seq": since + k, "delivered": 0}));
+            assert!(answer["epoch"].is_string(), "{answer}");
+            assert_eq!(
+                answer,
+                json!({"seq": since + k, "epoch": answer["epoch"], "delivered": 0})
+            );
         }
 
         // Back within the TTL: same stream, and the three come back when the upgrade asks.
@@ -457,10 +469,14 @@ fn offline_user_recovers_sends_within_ttl_and_not_after() {
         );
         for k in 4..=5 {
             let answer = api.post(
-                "/api/send",
+                "/api/send?wait=delivered",
                 &json!({"user": "u4", "data": data(k)}).to_string(),
             );
-            assert_eq!(answer, json!({"seq": 0, "delivered": 0}), "nothing is kept");
+            assert_eq!(
+                answer,
+                json!({"seq": 0, "epoch": null, "delivered": 0}),
+                "nothing is kept"
+            );
         }
         assert_eq!(stat(&stats(&mut api), "user_streams"), 0);
 
@@ -494,7 +510,11 @@ fn history_stays_under_max_bytes_oldest_first() {
                 let n = batch * 250 + i;
                 let body =
                     json!({"channel": format!("mem-{:03}", n % 500), "data": filler}).to_string();
-                bytes.extend_from_slice(&api.request("POST", "/api/publish", Some(&body)));
+                bytes.extend_from_slice(&api.request(
+                    "POST",
+                    "/api/publish?wait=delivered",
+                    Some(&body),
+                ));
             }
             api.send_raw(&bytes);
             for _ in 0..250 {
@@ -686,10 +706,10 @@ fn vanished_connections_leave_no_member_behind() {
             stats(&mut api)
         );
         let answer = api.post(
-            "/api/send",
+            "/api/send?wait=delivered",
             &json!({"user": "ghost-0", "data": 1}).to_string(),
         );
-        assert_eq!(answer, json!({"seq": 0, "delivered": 0}));
+        assert_eq!(answer, json!({"seq": 0, "epoch": null, "delivered": 0}));
     });
 }
 
@@ -707,10 +727,14 @@ fn user_recovery_in_the_upgrade_request_comes_before_live_messages() {
         let first = client.expect_user_subscribed();
         let epoch = epoch_of(&first);
         let answer = api.post(
-            "/api/send",
+            "/api/send?wait=delivered",
             &json!({"user": "early", "data": data(1)}).to_string(),
         );
-        assert_eq!(answer, json!({"seq": 1, "delivered": 1}));
+        assert!(answer["epoch"].is_string(), "{answer}");
+        assert_eq!(
+            answer,
+            json!({"seq": 1, "epoch": answer["epoch"], "delivered": 1})
+        );
         expect_message(&mut client, "$user", 1);
         close(client);
         wait_until(Duration::from_secs(5), || {
@@ -718,10 +742,14 @@ fn user_recovery_in_the_upgrade_request_comes_before_live_messages() {
         });
         for k in 2..=3 {
             let answer = api.post(
-                "/api/send",
+                "/api/send?wait=delivered",
                 &json!({"user": "early", "data": data(k)}).to_string(),
             );
-            assert_eq!(answer, json!({"seq": k, "delivered": 0}));
+            assert!(answer["epoch"].is_string(), "{answer}");
+            assert_eq!(
+                answer,
+                json!({"seq": k, "epoch": answer["epoch"], "delivered": 0})
+            );
         }
 
         // The upgrade goes out, then a send is made before the client reads anything; the
@@ -731,7 +759,7 @@ fn user_recovery_in_the_upgrade_request_comes_before_live_messages() {
         raw.send_raw(common::upgrade_request(&path).as_bytes())
             .expect("send the upgrade");
         let answer = api.post(
-            "/api/send",
+            "/api/send?wait=delivered",
             &json!({"user": "early", "data": data(4)}).to_string(),
         );
         assert_eq!(answer["seq"], 4, "{answer}");
@@ -763,10 +791,14 @@ fn user_recovery_in_the_upgrade_request_comes_before_live_messages() {
             "{error}"
         );
         let answer = api.post(
-            "/api/send",
+            "/api/send?wait=delivered",
             &json!({"user": "early", "data": data(5)}).to_string(),
         );
-        assert_eq!(answer, json!({"seq": 5, "delivered": 1}));
+        assert!(answer["epoch"].is_string(), "{answer}");
+        assert_eq!(
+            answer,
+            json!({"seq": 5, "epoch": answer["epoch"], "delivered": 1})
+        );
         expect_message(&mut client, "$user", 5);
         assert_nothing_queued(&mut client);
     });
@@ -785,7 +817,7 @@ fn user_recovery_in_the_upgrade_request_that_cannot_be_honoured() {
         close(client);
         for k in 1..=2 {
             api.post(
-                "/api/send",
+                "/api/send?wait=delivered",
                 &json!({"user": "v", "data": data(k)}).to_string(),
             );
         }

@@ -174,6 +174,15 @@ pub struct PubSub {
     /// Approximate size of each message's data object, in bytes
     #[arg(long, default_value_t = 64)]
     pub size: usize,
+    /// With `--rate 0`: API publishes kept in flight on the keep-alive connection (HTTP/1.1
+    /// pipelining); 1 = one at a time, each waiting for its answer (a backend publishing
+    /// request by request)
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..))]
+    pub api_pipeline: u64,
+    /// Publish with `?wait=delivered`: edgepush answers after every worker acknowledged and
+    /// says how many connections took the message (`api_delivered` in the report)
+    #[arg(long)]
+    pub wait_delivered: bool,
     /// Publish over this WebSocket instead of the API (each message one text frame)
     #[arg(long)]
     pub pub_ws: Option<String>,

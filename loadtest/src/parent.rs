@@ -495,7 +495,13 @@ fn execute(cli: &Cli, plan: Plan, pub_target: Option<Target>) -> Result<i32, Str
         let handle = std::thread::spawn(move || -> Result<PublishReport, String> {
             let mut publisher: Box<dyn Publisher> = match &pubsub.pub_ws {
                 Some(_) => Box::new(WsPublisher::new(&pt)?),
-                None => Box::new(ApiPublisher::new(pt, &pubsub.channel, api_key.as_deref())?),
+                None => Box::new(ApiPublisher::new(
+                    pt,
+                    &pubsub.channel,
+                    api_key.as_deref(),
+                    pubsub.api_pipeline,
+                    pubsub.wait_delivered,
+                )?),
             };
             let report = publish::run(
                 publisher.as_mut(),
@@ -656,6 +662,7 @@ fn execute(cli: &Cli, plan: Plan, pub_target: Option<Target>) -> Result<i32, Str
                 json!(if pubsub.pub_ws.is_some() { "ws" } else { "api" }),
             );
             out.insert("rate".into(), json!(pubsub.rate));
+            out.insert("api_pipeline".into(), json!(pubsub.api_pipeline));
             out.insert("size".into(), json!(pubsub.size));
             out.insert("published".into(), json!(p.published));
             out.insert("publish_errors".into(), json!(p.errors));

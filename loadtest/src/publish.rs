@@ -50,9 +50,6 @@ pub fn write_data(out: &mut Vec<u8>, seq: u64, t: u64, size: usize) {
     out.extend_from_slice(b"\"}");
 }
 
-/// Requests kept in flight by a pipelined burst.
-const PIPELINE_WINDOW: u64 = 64;
-
 pub trait Publisher {
     /// Publishes one message; `Err` is a description of what went wrong.
     fn publish(&mut self, seq: u64, size: usize) -> Result<u64, String>;
@@ -86,14 +83,32 @@ pub struct ApiPublisher {
     channel_json: String,
     auth: Option<String>,
     stream: Option<TcpStream>,
+    /// Requests kept in flight by a pipelined burst (`--api-pipeline`; 1: one at a time).
+    window: u64,
+    /// `/api/publish`, or `/api/publish?wait=delivered` (`--wait-delivered`).
+    path: &'static str,
     body: Vec<u8>,
     req: Vec<u8>,
     resp: Vec<u8>,
 }
 
 impl ApiPublisher {
-    pub fn new(target: Target, channel: &str, api_key: Option<&str>) -> Result<Self, String> {
+    /// A publisher to `channel` that keeps up to `window` requests in flight in a burst and,
+    /// if `wait_delivered`, asks for the delivery counts.
+    pub fn new(
+        target: Target,
+        channel: &str,
+        api_key: Option<&str>,
+        window: u64,
+        wait_delivered: bool,
+    ) -> Result<Self, String> {
         let mut p = ApiPublisher {
+            window: window.max(1),
+            path: if wait_delivered {
+                "/api/publish?wait=delivered"
+            } else {
+                "/api/publish"
+            },
             channel_json: serde_json::to_string(channel).map_err(|e| e.to_string())?,
             auth: api_key.map(|k| format!("Authorization: Bearer {k}\r\n")),
             stream: None,
@@ -189,7 +204,8 @@ impl ApiPublisher {
         self.req.clear();
         let _ = write!(
             self.req,
-            "POST /api/publish HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{}\r\n",
+            "POST {} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{}\r\n",
+            self.path,
             self.target.host,
             self.body.len(),
             self.auth.as_deref().unwrap_or("")
@@ -240,7 +256,7 @@ impl Publisher for ApiPublisher {
         let mut next = seqs.start;
         let mut answered = seqs.start;
         while answered < seqs.end {
-            while next < seqs.end && next - answered < PIPELINE_WINDOW {
+            while next < seqs.end && next - answered < self.window {
                 self.build_request(next, size);
                 if self.stream.is_none() {
                     match connect(&self.target) {

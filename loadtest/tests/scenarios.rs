@@ -120,6 +120,7 @@ fn fanout_delivers_everything_exactly_once() {
         &url,
         "--api",
         &api,
+        "--wait-delivered",
     ]);
     assert_eq!(r["scenario"], "fanout");
     assert_eq!(u(&r, "subscribers"), 200);

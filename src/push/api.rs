@@ -31,12 +31,17 @@
 //!    `channel`/`user` strings that pass [`names`](crate::push::names) (and publishing to a
 //!    `$` channel is refused: those are the server's). `data` is any JSON value, `null`
 //!    included, but the key must be there. Every such error is a 400 whose body names the field.
+//! 7. The POST routes take one optional JSON field more, `idempotency_key` (a string of 1 to
+//!    [`MAX_IDEMPOTENCY_KEY`] bytes), and one query parameter, `wait=delivered`
+//!    ([`Wait::Delivered`]); any other query parameter, or another `wait` value, is a 400
+//!    naming the parameter. See [`PostOptions`].
 
 use crate::http::body::{chunked_body, chunked_extent, length_body, Framing};
 use crate::http::request::{parse_request, percent_decode, query_param};
 use crate::http::response::{write_response, Persistence};
 use crate::http::{self, Status};
 use crate::push::auth::constant_time_eq;
+use crate::push::hub::{Wait, MAX_IDEMPOTENCY_KEY};
 use crate::push::json_depth::{data_too_deep, DATA_TOO_DEEP};
 use crate::push::names::{validate_channel, validate_user};
 use serde::Deserialize;
@@ -87,6 +92,16 @@ impl Default for ApiLimits {
     }
 }
 
+/// What every POST route takes besides its own fields: when to answer, and the client's
+/// idempotency key.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PostOptions {
+    /// `?wait=delivered` ([`Wait::Delivered`]); [`Wait::Sequenced`] without it.
+    pub wait: Wait,
+    /// `"idempotency_key"`: 1 to [`MAX_IDEMPOTENCY_KEY`] bytes, if given (`null` is absent).
+    pub idempotency_key: Option<String>,
+}
+
 /// What an API request asks the hub to do; names are already validated.
 #[derive(Debug)]
 pub enum ApiCommand {
@@ -97,6 +112,8 @@ pub enum ApiCommand {
         /// The `data` value exactly as the client wrote it (any JSON, `null` included); it is
         /// put unparsed into the `{"op":"message",…}` frames the subscribers get.
         data: Box<RawValue>,
+        /// `?wait=` and `idempotency_key`.
+        options: PostOptions,
     },
     /// `POST /api/send {"user":…,"data":…}`: to every connection of that user, through its
     /// `$user` stream.
@@ -105,18 +122,24 @@ pub enum ApiCommand {
         user: String,
         /// The `data` value verbatim, as for [`ApiCommand::Publish`].
         data: Box<RawValue>,
+        /// `?wait=` and `idempotency_key`.
+        options: PostOptions,
     },
     /// `POST /api/broadcast {"data":…}`: to every push-endpoint connection (not echo ones), as
     /// channel `$broadcast`, without a seq and not kept in history.
     Broadcast {
         /// The `data` value verbatim, as for [`ApiCommand::Publish`].
         data: Box<RawValue>,
+        /// `?wait=` and `idempotency_key`.
+        options: PostOptions,
     },
     /// `POST /api/disconnect {"user":…}`: close every connection of that user with 4000
     /// ([`crate::protocol::close::DISCONNECTED`]).
     Disconnect {
         /// The user id, valid per [`validate_user`].
         user: String,
+        /// `?wait=` and `idempotency_key`.
+        options: PostOptions,
     },
     /// `GET /api/stats`
     Stats,
@@ -423,29 +446,37 @@ fn route(method: &str, path: &str) -> Result<Route, Failure> {
 fn command(route: Route, query: Option<&str>, body: &[u8]) -> Result<ApiCommand, Failure> {
     Ok(match route {
         Route::Publish => {
+            let wait = wait(query)?;
             let b: PublishBody = json_object(body)?;
             ApiCommand::Publish {
                 channel: publish_channel(string_field(b.channel, "channel")?)?,
                 data: data(b.data)?,
+                options: options(wait, b.idempotency_key)?,
             }
         }
         Route::Send => {
+            let wait = wait(query)?;
             let b: SendBody = json_object(body)?;
             ApiCommand::Send {
                 user: user(string_field(b.user, "user")?)?,
                 data: data(b.data)?,
+                options: options(wait, b.idempotency_key)?,
             }
         }
         Route::Broadcast => {
+            let wait = wait(query)?;
             let b: BroadcastBody = json_object(body)?;
             ApiCommand::Broadcast {
                 data: data(b.data)?,
+                options: options(wait, b.idempotency_key)?,
             }
         }
         Route::Disconnect => {
+            let wait = wait(query)?;
             let b: DisconnectBody = json_object(body)?;
             ApiCommand::Disconnect {
                 user: user(string_field(b.user, "user")?)?,
+                options: options(wait, b.idempotency_key)?,
             }
         }
         Route::Stats => ApiCommand::Stats,
@@ -473,6 +504,8 @@ struct PublishBody<'a> {
     channel: &'a RawValue,
     #[serde(borrow)]
     data: &'a RawValue,
+    #[serde(borrow, default)]
+    idempotency_key: Option<&'a RawValue>,
 }
 
 #[derive(Deserialize)]
@@ -482,6 +515,8 @@ struct SendBody<'a> {
     user: &'a RawValue,
     #[serde(borrow)]
     data: &'a RawValue,
+    #[serde(borrow, default)]
+    idempotency_key: Option<&'a RawValue>,
 }
 
 #[derive(Deserialize)]
@@ -489,6 +524,8 @@ struct SendBody<'a> {
 struct BroadcastBody<'a> {
     #[serde(borrow)]
     data: &'a RawValue,
+    #[serde(borrow, default)]
+    idempotency_key: Option<&'a RawValue>,
 }
 
 #[derive(Deserialize)]
@@ -496,6 +533,8 @@ struct BroadcastBody<'a> {
 struct DisconnectBody<'a> {
     #[serde(borrow)]
     user: &'a RawValue,
+    #[serde(borrow, default)]
+    idempotency_key: Option<&'a RawValue>,
 }
 
 /// The body as one JSON object of shape `T`.
@@ -551,6 +590,57 @@ fn data(raw: &RawValue) -> Result<Box<RawValue>, Failure> {
         return Err(Failure::bad(DATA_TOO_DEEP, "data"));
     }
     Ok(raw.to_owned())
+}
+
+/// A POST route's query: nothing, or `wait=delivered`. Any other parameter, another `wait`
+/// value or `wait` twice: 400 naming the parameter. (In cluster mode `wait=delivered` will be
+/// refused too, by the hub thread, which knows the mode.)
+fn wait(query: Option<&str>) -> Result<Wait, Failure> {
+    let mut wait = None;
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (raw_name, raw_value) = pair.split_once('=').unwrap_or((pair, ""));
+        let name = percent_decode(raw_name).unwrap_or_else(|| raw_name.to_owned());
+        if name != "wait" {
+            return Err(Failure::bad(
+                &format!("unknown query parameter {name}"),
+                &name,
+            ));
+        }
+        if wait.is_some() {
+            return Err(Failure::bad("query parameter wait given twice", "wait"));
+        }
+        if percent_decode(raw_value).as_deref() != Some("delivered") {
+            return Err(Failure::bad("wait must be delivered (or absent)", "wait"));
+        }
+        wait = Some(Wait::Delivered);
+    }
+    Ok(wait.unwrap_or_default())
+}
+
+/// The POST options from the query's `wait` and the body's `idempotency_key` (a JSON `null`
+/// counts as absent).
+fn options(wait: Wait, key: Option<&RawValue>) -> Result<PostOptions, Failure> {
+    const FIELD: &str = "idempotency_key";
+    let idempotency_key = match key {
+        None => None,
+        Some(raw) => {
+            let key: Option<String> = serde_json::from_str(raw.get())
+                .map_err(|_| Failure::bad("idempotency_key must be a string", FIELD))?;
+            if let Some(key) = &key {
+                if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY {
+                    return Err(Failure::bad(
+                        &format!("idempotency_key must be 1 to {MAX_IDEMPOTENCY_KEY} bytes"),
+                        FIELD,
+                    ));
+                }
+            }
+            key
+        }
+    };
+    Ok(PostOptions {
+        wait,
+        idempotency_key,
+    })
 }
 
 fn publish_channel(channel: String) -> Result<String, Failure> {
@@ -610,10 +700,12 @@ mod tests {
     /// A command as one comparable line.
     fn describe(c: &ApiCommand) -> String {
         match c {
-            ApiCommand::Publish { channel, data } => format!("publish {channel} {}", data.get()),
-            ApiCommand::Send { user, data } => format!("send {user} {}", data.get()),
-            ApiCommand::Broadcast { data } => format!("broadcast {}", data.get()),
-            ApiCommand::Disconnect { user } => format!("disconnect {user}"),
+            ApiCommand::Publish { channel, data, .. } => {
+                format!("publish {channel} {}", data.get())
+            }
+            ApiCommand::Send { user, data, .. } => format!("send {user} {}", data.get()),
+            ApiCommand::Broadcast { data, .. } => format!("broadcast {}", data.get()),
+            ApiCommand::Disconnect { user, .. } => format!("disconnect {user}"),
             ApiCommand::Stats => "stats".into(),
             ApiCommand::Presence { channel } => format!("presence {channel}"),
             ApiCommand::Metrics => "metrics".into(),
@@ -1194,6 +1286,76 @@ mod tests {
                     Content-Length: 10\r\n\r\n{\"data\":1}";
         let (_, close, a) = expect_reject(parse(buf, None, &limits()));
         assert_eq!((close, a.status), (true, 400));
+    }
+
+    /// The options of a POST request that parses.
+    fn options_of(target: &str, body: &str) -> PostOptions {
+        let request = post(target, body);
+        match parse(&request, None, &limits()) {
+            Parsed::Request {
+                command:
+                    ApiCommand::Publish { options, .. }
+                    | ApiCommand::Send { options, .. }
+                    | ApiCommand::Broadcast { options, .. }
+                    | ApiCommand::Disconnect { options, .. },
+                ..
+            } => options,
+            other => panic!("{target} {body}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn wait_and_idempotency_key_on_every_post_route() {
+        let key = "k".repeat(MAX_IDEMPOTENCY_KEY);
+        for (path, fields) in [
+            ("/api/publish", r#""channel":"a","data":1"#),
+            ("/api/send", r#""user":"u","data":1"#),
+            ("/api/broadcast", r#""data":1"#),
+            ("/api/disconnect", r#""user":"u""#),
+        ] {
+            let plain = format!("{{{fields}}}");
+            assert_eq!(options_of(path, &plain), PostOptions::default());
+            let keyed = format!(r#"{{{fields},"idempotency_key":"{key}"}}"#);
+            let delivered = format!("{path}?wait=delivered");
+            assert_eq!(
+                options_of(&delivered, &keyed),
+                PostOptions {
+                    wait: Wait::Delivered,
+                    idempotency_key: Some(key.clone()),
+                }
+            );
+            let null = format!(r#"{{{fields},"idempotency_key":null}}"#);
+            assert_eq!(options_of(path, &null), PostOptions::default());
+            // Refused, each naming its parameter or field.
+            let too_long = format!(r#"{{{fields},"idempotency_key":"{key}x"}}"#);
+            let not_string = format!(r#"{{{fields},"idempotency_key":5}}"#);
+            let empty = format!(r#"{{{fields},"idempotency_key":""}}"#);
+            for (target, body, field) in [
+                (path.to_owned(), &too_long, "idempotency_key"),
+                (path.to_owned(), &not_string, "idempotency_key"),
+                (path.to_owned(), &empty, "idempotency_key"),
+                (format!("{path}?wait=sequenced"), &plain, "wait"),
+                (format!("{path}?wait"), &plain, "wait"),
+                (
+                    format!("{path}?wait=delivered&wait=delivered"),
+                    &plain,
+                    "wait",
+                ),
+                (format!("{path}?wait=delivered&fast=1"), &plain, "fast"),
+                (format!("{path}?x"), &plain, "x"),
+            ] {
+                let (_, close, answer) =
+                    expect_reject(parse(&post(&target, body), None, &limits()));
+                assert!(!close, "{target} {body}");
+                assert_eq!(answer.status, 400, "{target} {body}");
+                assert_eq!(answer.field(), field, "{target} {body}");
+            }
+        }
+        // Percent-encoded, and an empty query, are fine.
+        let wait = options_of("/api/broadcast?wai%74=deliver%65d", r#"{"data":1}"#).wait;
+        assert_eq!(wait, Wait::Delivered);
+        let wait = options_of("/api/broadcast?", r#"{"data":1}"#).wait;
+        assert_eq!(wait, Wait::Sequenced);
     }
 
     #[test]

@@ -22,8 +22,8 @@ use signal_hook_mio::v1_0::Signals;
 use crate::config::Config;
 use crate::metrics::render::{metrics_text, stats_json, HubFigures};
 use crate::metrics::Stats;
-use crate::push::api::{self, ApiCommand, ApiLimits};
-use crate::push::hub::{Command, HistoryConfig, Hub, RequestId, ToHub, ToWorker};
+use crate::push::api::{self, ApiCommand, ApiLimits, PostOptions};
+use crate::push::hub::{Command, HistoryConfig, Hub, Request, RequestId, ToHub, ToWorker};
 use crate::server::api_conn::{self, ApiConnId, ApiConns, Pending};
 
 const LISTENER: Token = Token(usize::MAX);
@@ -356,7 +356,7 @@ fn run_command(
             history_bytes,
         }
     };
-    let command = match command {
+    let request = match command {
         ApiCommand::Stats => {
             let body = stats_json(stats, &figures());
             return Some(api::json_response(200, &body, keep_alive));
@@ -370,32 +370,62 @@ fn run_command(
                 keep_alive,
             ));
         }
-        ApiCommand::Publish { channel, data } => Command::Publish {
+        ApiCommand::Publish {
+            channel,
+            data,
+            options,
+        } => request(
+            Command::Publish {
+                channel: Arc::from(channel),
+                data: data.get().to_owned(),
+            },
+            options,
+        ),
+        ApiCommand::Send {
+            user,
+            data,
+            options,
+        } => request(
+            Command::Send {
+                user: Arc::from(user),
+                data: data.get().to_owned(),
+            },
+            options,
+        ),
+        ApiCommand::Broadcast { data, options } => request(
+            Command::Broadcast {
+                data: data.get().to_owned(),
+            },
+            options,
+        ),
+        ApiCommand::Disconnect { user, options } => request(
+            Command::Disconnect {
+                user: Arc::from(user),
+            },
+            options,
+        ),
+        ApiCommand::Presence { channel } => Request::from(Command::Presence {
             channel: Arc::from(channel),
-            data: data.get().to_owned(),
-        },
-        ApiCommand::Send { user, data } => Command::Send {
-            user: Arc::from(user),
-            data: data.get().to_owned(),
-        },
-        ApiCommand::Broadcast { data } => Command::Broadcast {
-            data: data.get().to_owned(),
-        },
-        ApiCommand::Disconnect { user } => Command::Disconnect {
-            user: Arc::from(user),
-        },
-        ApiCommand::Presence { channel } => Command::Presence {
-            channel: Arc::from(channel),
-        },
+        }),
     };
+    // Cluster mode (not built yet) refuses `?wait=delivered` here with 400, field `wait`:
+    // delivery is asynchronous across nodes.
+    if hub.remembers(&request) {
+        // A retry of a keyed request: it runs nothing, the hub answers it from memory (or
+        // with the first when that comes), whatever the inboxes hold.
+        requests.insert(pending.request, pending.conn);
+        hub.request(pending.request, request);
+        return None;
+    }
+    let command = &request.command;
     let weight = 256
-        + match &command {
+        + match command {
             Command::Publish { data, .. }
             | Command::Send { data, .. }
             | Command::Broadcast { data } => data.len(),
             _ => 0,
         };
-    let full = hub.fan_out(&command).into_iter().any(|w| {
+    let full = hub.fan_out(command).into_iter().any(|w| {
         workers
             .get(w)
             .is_some_and(|inbox| inbox.load.load(Ordering::Relaxed) + weight > MAX_INBOX_BYTES)
@@ -408,6 +438,15 @@ fn run_command(
     requests.insert(pending.request, pending.conn);
     // Shipped to the workers once per turn (see `take_worker_messages`), so a pipelined burst
     // reaches each worker as one batch.
-    hub.command(pending.request, command);
+    hub.request(pending.request, request);
     None
+}
+
+/// A POST command with its options, for the hub.
+fn request(command: Command, options: PostOptions) -> Request {
+    Request {
+        command,
+        wait: options.wait,
+        idempotency_key: options.idempotency_key.map(String::into_boxed_str),
+    }
 }

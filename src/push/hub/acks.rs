@@ -1,6 +1,9 @@
 //! Push-API acknowledgement bookkeeping: an API request waits here for its broker's answer
-//! (a publish or send being sequenced) and for every worker it was sent to, then becomes the
-//! JSON answer (`{"seq":…,"epoch":…,"delivered":N}`, `{"closed":N}`, presence lists).
+//! (a publish or send being sequenced) and, under `?wait=delivered` (or for presence), for
+//! every worker it was sent to, then becomes the JSON answer (`{"seq":…,"epoch":…}`, `{}`;
+//! with the counts `{"seq":…,"epoch":…,"delivered":N}`, `{"closed":N}`; presence lists).
+//! A request answered once sequenced waits for nothing from the workers: its entry lives only
+//! from the command to the broker's answer (at once for the in-memory broker).
 
 use std::collections::HashMap;
 
@@ -14,8 +17,9 @@ pub(super) enum Waiting {
     Sequencing,
     /// `POST /api/publish`, sequenced.
     Publish { seq: u64, epoch: Epoch },
-    /// `POST /api/send`, sequenced (seq 0: the user had no stream).
-    Send { seq: u64 },
+    /// `POST /api/send`, sequenced (seq 0: the user had no stream, and `epoch` means
+    /// nothing: the answer says `null`).
+    Send { seq: u64, epoch: Epoch },
     /// `POST /api/broadcast`.
     Broadcast,
     /// `POST /api/disconnect`.
@@ -29,35 +33,62 @@ pub(super) enum Waiting {
 pub(super) struct Pending {
     conn: RequestId,
     /// Workers (or the broker) yet to answer.
-    remaining: usize,
+    remaining: u32,
+    /// `?wait=delivered`: the workers count for this request, and the answer says the count.
+    counted: bool,
     /// Deliveries or closes counted so far.
     count: u64,
     waiting: Waiting,
 }
 
 impl Pending {
-    /// A request from `conn` that waits for `remaining` answers.
-    pub(super) fn new(conn: RequestId, remaining: usize, waiting: Waiting) -> Pending {
+    /// A request from `conn` that waits for `remaining` answers; `counted`: its answer
+    /// carries the workers' count (`?wait=delivered`).
+    pub(super) fn new(
+        conn: RequestId,
+        remaining: usize,
+        counted: bool,
+        waiting: Waiting,
+    ) -> Pending {
         Pending {
             conn,
-            remaining,
+            remaining: to_u32(remaining),
+            counted,
             count: 0,
             waiting,
         }
+    }
+
+    /// Does the answer wait for the workers' counts?
+    pub(super) fn counted(&self) -> bool {
+        self.counted
     }
 
     /// The HTTP answer; `name` gives a presence answer its users' names (ids of streams gone
     /// meanwhile are left out).
     pub(super) fn answer<'a>(self, name: impl Fn(UserId) -> Option<&'a str>) -> Answer {
         let n = self.count;
-        let body = match self.waiting {
-            Waiting::Publish { seq, epoch } => {
+        let body = match (self.waiting, self.counted) {
+            (Waiting::Publish { seq, epoch }, false) => {
+                format!("{{\"seq\":{seq},\"epoch\":\"{epoch}\"}}")
+            }
+            (Waiting::Publish { seq, epoch }, true) => {
                 format!("{{\"seq\":{seq},\"epoch\":\"{epoch}\",\"delivered\":{n}}}")
             }
-            Waiting::Send { seq } => format!("{{\"seq\":{seq},\"delivered\":{n}}}"),
-            Waiting::Broadcast => format!("{{\"delivered\":{n}}}"),
-            Waiting::Disconnect => format!("{{\"closed\":{n}}}"),
-            Waiting::Presence { users } => {
+            (Waiting::Send { seq: 0, .. }, false) => "{\"seq\":0,\"epoch\":null}".to_owned(),
+            (Waiting::Send { seq: 0, .. }, true) => {
+                format!("{{\"seq\":0,\"epoch\":null,\"delivered\":{n}}}")
+            }
+            (Waiting::Send { seq, epoch }, false) => {
+                format!("{{\"seq\":{seq},\"epoch\":\"{epoch}\"}}")
+            }
+            (Waiting::Send { seq, epoch }, true) => {
+                format!("{{\"seq\":{seq},\"epoch\":\"{epoch}\",\"delivered\":{n}}}")
+            }
+            (Waiting::Broadcast | Waiting::Disconnect, false) => "{}".to_owned(),
+            (Waiting::Broadcast, true) => format!("{{\"delivered\":{n}}}"),
+            (Waiting::Disconnect, true) => format!("{{\"closed\":{n}}}"),
+            (Waiting::Presence { users }, _) => {
                 let mut list: Vec<&str> = users.iter().filter_map(|&id| name(id)).collect();
                 list.sort_unstable();
                 list.dedup();
@@ -68,7 +99,7 @@ impl Pending {
                 )
             }
             // Never answered before the broker's answer came; if it were, say so plainly.
-            Waiting::Sequencing => "{}".to_owned(),
+            (Waiting::Sequencing, _) => "{}".to_owned(),
         };
         Answer {
             conn: self.conn,
@@ -76,6 +107,11 @@ impl Pending {
             body,
         }
     }
+}
+
+/// Worker counts fit: there are at most 64 workers.
+fn to_u32(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
 }
 
 /// Every API request in flight, by the id its workers acknowledge.
@@ -122,7 +158,7 @@ impl Acks {
         let pending = self.pending.get_mut(&ack)?;
         pending.waiting = waiting;
         // The broker's answer was one of `remaining`; the workers take its place.
-        pending.remaining = pending.remaining.saturating_sub(1) + workers;
+        pending.remaining = pending.remaining.saturating_sub(1) + to_u32(workers);
         if pending.remaining > 0 {
             return None;
         }
@@ -150,6 +186,12 @@ impl Acks {
         self.pending.remove(&ack)
     }
 
+    /// Does the request in flight under `ack` wait for its workers' counts (false if there
+    /// is none)?
+    pub(super) fn counted(&self, ack: AckId) -> bool {
+        self.pending.get(&ack).is_some_and(Pending::counted)
+    }
+
     /// Requests in flight.
     #[cfg(test)]
     pub(super) fn len(&self) -> usize {
@@ -162,7 +204,7 @@ mod tests {
     use std::sync::Arc;
     use std::time::Instant;
 
-    use super::super::testing::{c, ch, join, subscribed_seq};
+    use super::super::testing::{c, ch, counted, join, subscribed_seq};
     use super::super::{Command, HistoryConfig, Hub, ToHub, ToWorker};
     use super::*;
 
@@ -177,7 +219,7 @@ mod tests {
         let mut acks = Acks::new();
         let ack = acks.next_id();
         assert!(acks
-            .wait(ack, Pending::new(5, 2, Waiting::Broadcast))
+            .wait(ack, Pending::new(5, 2, true, Waiting::Broadcast))
             .is_none());
         assert!(acks.acknowledge(ack, 3, Vec::new()).is_none());
         assert!(
@@ -198,7 +240,7 @@ mod tests {
         let mut acks = Acks::new();
         let ack = acks.next_id();
         assert!(acks
-            .wait(ack, Pending::new(1, 1, Waiting::Sequencing))
+            .wait(ack, Pending::new(1, 1, true, Waiting::Sequencing))
             .is_none());
         let epoch = Epoch::from_bits(0);
         assert!(acks
@@ -212,11 +254,37 @@ mod tests {
         // Sequenced with no worker to wait for: done at once.
         let ack = acks.next_id();
         assert!(acks
-            .wait(ack, Pending::new(1, 1, Waiting::Sequencing))
+            .wait(ack, Pending::new(1, 1, true, Waiting::Sequencing))
             .is_none());
-        let done = acks.sequenced(ack, Waiting::Send { seq: 0 }, 0).unwrap();
-        assert_eq!(done.answer(|_| None).body, "{\"seq\":0,\"delivered\":0}");
+        let waiting = Waiting::Send { seq: 0, epoch };
+        let done = acks.sequenced(ack, waiting, 0).unwrap();
+        assert_eq!(
+            done.answer(|_| None).body,
+            "{\"seq\":0,\"epoch\":null,\"delivered\":0}"
+        );
         assert_eq!(acks.len(), 0);
+    }
+
+    #[test]
+    fn answers_without_counts_say_what_was_sequenced() {
+        let epoch = Epoch::from_bits(0);
+        let body = |waiting| Pending::new(1, 0, false, waiting).answer(|_| None).body;
+        assert_eq!(
+            body(Waiting::Publish { seq: 3, epoch }),
+            "{\"seq\":3,\"epoch\":\"00000000\"}"
+        );
+        assert_eq!(
+            body(Waiting::Send { seq: 4, epoch }),
+            "{\"seq\":4,\"epoch\":\"00000000\"}"
+        );
+        assert_eq!(
+            body(Waiting::Send { seq: 0, epoch }),
+            "{\"seq\":0,\"epoch\":null}"
+        );
+        assert_eq!(body(Waiting::Broadcast), "{}");
+        assert_eq!(body(Waiting::Disconnect), "{}");
+        let closed = Pending::new(1, 0, true, Waiting::Disconnect);
+        assert_eq!(closed.answer(|_| None).body, "{\"closed\":0}");
     }
 
     #[test]
@@ -234,12 +302,15 @@ mod tests {
         assert_eq!(out[0].0, 1);
         assert_eq!(subscribed_seq(&out[0].1), 0);
 
-        hub.command(
+        hub.request(
             99,
-            Command::Publish {
-                channel: Arc::from("news"),
-                data: "{\"a\":1}".into(),
-            },
+            counted(
+                Command::Publish {
+                    channel: Arc::from("news"),
+                    data: "{\"a\":1}".into(),
+                },
+                None,
+            ),
         );
         let out: Vec<_> = hub.take_outbox().collect();
         assert_eq!(out.len(), 1, "only worker 1 has subscribers");
@@ -264,6 +335,115 @@ mod tests {
             answers[0].body
         );
         assert!(answers[0].body.contains("\"seq\":1"));
+    }
+
+    /// A hub with worker 0 holding 2 subscribers of `news` and worker 1 holding 1 (as the
+    /// workers would count them), the outbox emptied.
+    fn hub_with_subscribers() -> Hub {
+        let mut hub = Hub::new(2, HistoryConfig::default(), Instant::now());
+        for (worker, conn) in [(0, 1), (0, 2), (1, 3)] {
+            hub.on_message(ToHub::Subscribe {
+                worker,
+                conn: c(conn),
+                stream: ch("news"),
+                since: None,
+                epoch: None,
+            });
+        }
+        hub.take_outbox().for_each(drop);
+        hub
+    }
+
+    fn publish_news() -> Command {
+        Command::Publish {
+            channel: Arc::from("news"),
+            data: "1".into(),
+        }
+    }
+
+    #[test]
+    fn the_answer_comes_once_sequenced_and_no_worker_acknowledges() {
+        let mut hub = hub_with_subscribers();
+        hub.command(7, publish_news());
+        let answers: Vec<_> = hub.take_answers().collect();
+        assert_eq!(answers.len(), 1, "answered before any worker saw it");
+        let body: serde_json::Value = serde_json::from_str(&answers[0].body).unwrap();
+        assert_eq!(body["seq"], 1);
+        assert!(body["epoch"].is_string());
+        assert_eq!(body.as_object().unwrap().len(), 2, "{body}");
+        let out: Vec<_> = hub.take_outbox().collect();
+        assert_eq!(out.len(), 2, "queued to both workers");
+        assert!(
+            out.iter()
+                .all(|(_, m)| matches!(m, ToWorker::Deliver { ack: None, .. })),
+            "nobody waits: no acknowledgement asked for"
+        );
+        assert_eq!(hub.acks.len(), 0, "nothing left in flight");
+        // Broadcast and disconnect likewise.
+        join(&mut hub, 1, c(9), "ann", None, None);
+        hub.command(8, Command::Broadcast { data: "1".into() });
+        hub.command(
+            9,
+            Command::Disconnect {
+                user: Arc::from("ann"),
+            },
+        );
+        let bodies: Vec<_> = hub.take_answers().map(|a| (a.conn, a.body)).collect();
+        assert_eq!(bodies, [(8, "{}".to_owned()), (9, "{}".to_owned())]);
+        assert!(hub.take_outbox().all(|(_, m)| matches!(
+            m,
+            ToWorker::Deliver { ack: None, .. } | ToWorker::Disconnect { ack: None, .. }
+        )));
+        assert_eq!(hub.acks.len(), 0);
+    }
+
+    #[test]
+    fn wait_delivered_answers_after_every_worker_with_the_counts() {
+        let mut hub = hub_with_subscribers();
+        hub.request(7, counted(publish_news(), None));
+        hub.request(8, counted(Command::Broadcast { data: "1".into() }, None));
+        let acks: Vec<AckId> = hub
+            .take_outbox()
+            .map(|(_, m)| match m {
+                ToWorker::Deliver { ack: Some(ack), .. } => ack,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(acks.len(), 4, "2 workers each");
+        assert_eq!(hub.take_answers().count(), 0, "waits for the acks");
+        for (ack, count) in acks.into_iter().zip([2, 1, 2, 1]) {
+            hub.on_message(ToHub::Ack { ack, count });
+        }
+        let bodies: Vec<_> = hub.take_answers().map(|a| a.body).collect();
+        let publish: serde_json::Value = serde_json::from_str(&bodies[0]).unwrap();
+        assert_eq!(publish["seq"], 1);
+        assert_eq!(publish["delivered"], 3);
+        assert_eq!(bodies[1], "{\"delivered\":3}");
+        // A send and a disconnect count too.
+        join(&mut hub, 0, c(20), "ann", None, None);
+        let send = Command::Send {
+            user: Arc::from("ann"),
+            data: "1".into(),
+        };
+        hub.request(9, counted(send, None));
+        let disconnect = Command::Disconnect {
+            user: Arc::from("ann"),
+        };
+        hub.request(10, counted(disconnect, None));
+        let acks: Vec<AckId> = hub
+            .take_outbox()
+            .map(|(_, m)| match m {
+                ToWorker::Deliver { ack: Some(ack), .. }
+                | ToWorker::Disconnect { ack: Some(ack), .. } => ack,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        for ack in acks {
+            hub.on_message(ToHub::Ack { ack, count: 1 });
+        }
+        let bodies: Vec<_> = hub.take_answers().map(|a| a.body).collect();
+        assert!(bodies[0].ends_with(",\"delivered\":1}"), "{}", bodies[0]);
+        assert_eq!(bodies[1], "{\"closed\":1}");
     }
 
     #[test]

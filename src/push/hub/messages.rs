@@ -81,7 +81,7 @@ pub enum Target {
 #[derive(Debug, Clone)]
 pub enum ToWorker {
     /// Queue `frame` for the target's local connections; acknowledge with the count if `ack`
-    /// is set. (No seq is needed: FIFO order already puts it after every subscribe answer
+    /// is set (only a `?wait=delivered` request waits for it; nothing is sent back otherwise). (No seq is needed: FIFO order already puts it after every subscribe answer
     /// whose top is below it.)
     Deliver {
         /// Whose connections.
@@ -107,12 +107,13 @@ pub enum ToWorker {
         /// The messages after the client's `since`, oldest first (empty unless recovered).
         replay: Vec<SharedFrame>,
     },
-    /// Close these connections (one user's) with 4000; acknowledge with the count.
+    /// Close these connections (one user's) with 4000; acknowledge with the count if `ack`
+    /// is set (only a `?wait=delivered` request waits for it).
     Disconnect {
         /// The user's connections on this worker.
         conns: Vec<ConnId>,
         /// The API request to acknowledge.
-        ack: AckId,
+        ack: Option<AckId>,
     },
     /// Which users are subscribed to `channel` here?
     Presence {
@@ -250,6 +251,50 @@ pub enum Command {
         channel: Arc<str>,
     },
 }
+
+/// When a push-API request is answered (design.md, Push API, "When the answer comes").
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Wait {
+    /// As soon as the message is sequenced: the hub gave it its `seq` and queued it to the
+    /// workers. The answer's latency does not grow with the audience, and no worker sends an
+    /// acknowledgement back.
+    #[default]
+    Sequenced,
+    /// `?wait=delivered`: after every worker involved acknowledged; the answer adds
+    /// `"delivered":N` (publish, send, broadcast) or `"closed":N` (disconnect).
+    Delivered,
+}
+
+/// A push-API request for the hub: the command, when to answer it, and the client's
+/// idempotency key if it gave one.
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// What to do.
+    pub command: Command,
+    /// When to answer (`GET /api/presence` always waits for its workers).
+    pub wait: Wait,
+    /// `idempotency_key` (at most [`MAX_IDEMPOTENCY_KEY`] bytes, checked by the API layer):
+    /// a retry of the same route with the same key within [`IDEMPOTENCY_TTL`] gets the first
+    /// answer again and is not executed twice. Ignored for `GET /api/presence`.
+    pub idempotency_key: Option<Box<str>>,
+}
+
+impl From<Command> for Request {
+    /// Answered once sequenced, without an idempotency key.
+    fn from(command: Command) -> Request {
+        Request {
+            command,
+            wait: Wait::Sequenced,
+            idempotency_key: None,
+        }
+    }
+}
+
+/// The longest `idempotency_key`, in bytes (UTF-8): longer is refused with 400.
+pub const MAX_IDEMPOTENCY_KEY: usize = 64;
+
+/// How long an idempotency key and its answer are remembered after the answer.
+pub const IDEMPOTENCY_TTL: Duration = Duration::from_secs(300);
 
 /// An answer for an API connection: HTTP status and JSON body.
 #[derive(Debug, Clone, PartialEq, Eq)]

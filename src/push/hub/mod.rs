@@ -1,6 +1,7 @@
 //! The hub: drives API commands and worker messages through the broker that owns every stream's
 //! `seq`, epoch and history (channels and `$user` streams), forwards what the broker reports to
-//! the workers in order, and turns workers' acknowledgements into push-API answers. Sans IO:
+//! the workers in order, and turns the broker's sequencing (and, under `?wait=delivered`, the
+//! workers' acknowledgements) into push-API answers. Sans IO:
 //! the hub thread (`crate::server::hub_loop`) feeds it commands, worker messages and the time,
 //! and ships what it returns.
 //!
@@ -14,11 +15,13 @@
 //!
 //! The parts, one file each: `messages` (what goes between the threads), [`broker`] (the
 //! boundary and its ordering contract), `memory` (the in-process broker, [`MemoryBroker`]),
-//! `retention` (the global log, the byte budget and the TTL under it) and `acks` (API requests
-//! waiting for the broker and the workers).
+//! `retention` (the global log, the byte budget and the TTL under it), `acks` (API requests
+//! waiting for the broker and, under `?wait=delivered`, the workers) and `idempotency` (the
+//! remembered `idempotency_key`s and their answers).
 
 mod acks;
 pub mod broker;
+mod idempotency;
 mod memory;
 mod messages;
 mod retention;
@@ -34,12 +37,13 @@ use crate::push::names::USER_CHANNEL;
 use crate::push::users::Member;
 
 use acks::{Acks, Pending, Waiting};
+use idempotency::{Begin, Remembered, Route};
 
 pub use broker::{encode_message, Broker, Epoch, Event, PublishTo};
 pub use memory::MemoryBroker;
 pub use messages::{
-    AckId, Answer, Command, ConnId, RequestId, Stream, Target, ToHub, ToWorker, UserId, WorkerId,
-    BROADCAST_CHANNEL,
+    AckId, Answer, Command, ConnId, Request, RequestId, Stream, Target, ToHub, ToWorker, UserId,
+    Wait, WorkerId, BROADCAST_CHANNEL, IDEMPOTENCY_TTL, MAX_IDEMPOTENCY_KEY,
 };
 pub use retention::HistoryConfig;
 
@@ -50,6 +54,7 @@ pub struct Hub<B: Broker = MemoryBroker> {
     now: Instant,
     broker: B,
     acks: Acks,
+    remembered: Remembered,
     outbox: Vec<(WorkerId, ToWorker)>,
     answers: Vec<Answer>,
     scratch: Vec<u8>,
@@ -58,8 +63,11 @@ pub struct Hub<B: Broker = MemoryBroker> {
 impl Hub<MemoryBroker> {
     /// A hub for `workers` workers over an in-memory broker keeping `history`, its clock at
     /// `now`.
+    /// Idempotency keys get a budget of their own, as large as `history.max_bytes`.
     pub fn new(workers: usize, history: HistoryConfig, now: Instant) -> Hub {
-        Hub::with_broker(workers, MemoryBroker::new(history, now), now)
+        let mut hub = Hub::with_broker(workers, MemoryBroker::new(history, now), now);
+        hub.remembered = Remembered::new(history.max_bytes);
+        hub
     }
 }
 
@@ -71,6 +79,7 @@ impl<B: Broker> Hub<B> {
             now,
             broker,
             acks: Acks::new(),
+            remembered: Remembered::new(HistoryConfig::default().max_bytes),
             outbox: Vec::new(),
             answers: Vec::new(),
             scratch: Vec::new(),
@@ -107,13 +116,24 @@ impl<B: Broker> Hub<B> {
     /// later wakes the hub thread, which then ticks).
     pub fn tick(&mut self, now: Instant) {
         self.now = now;
+        self.remembered.expire(now);
         self.broker.tick(now);
         self.forward_events();
     }
 
     /// How long the hub thread may sleep before [`Hub::tick`] has work.
     pub fn next_tick(&self) -> Option<Duration> {
-        self.broker.next_tick()
+        let keys = idempotency::until(self.remembered.next_expiry(), self.now);
+        match (self.broker.next_tick(), keys) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Idempotency keys remembered (answered or in flight), and the bytes charged for them
+    /// (their own budget, as large as `--history-max-bytes`).
+    pub fn idempotency_size(&self) -> (usize, usize) {
+        self.remembered.size()
     }
 
     /// Which workers hold `user`'s connections, and which connections each, in worker order.
@@ -149,22 +169,61 @@ impl<B: Broker> Hub<B> {
         }
     }
 
-    /// Runs an API command for `conn`; the answer comes out of [`Hub::take_answers`], at once
-    /// or once the broker and every worker involved have answered.
+    /// Runs an API command for `conn`, answered once sequenced and without an idempotency
+    /// key (see [`Hub::request`]).
     pub fn command(&mut self, conn: RequestId, command: Command) {
+        self.request(conn, Request::from(command));
+    }
+
+    /// Has the hub an answer (or a request in flight) for `request`'s idempotency key? Then
+    /// the request runs nothing: the caller need not check the workers' inboxes for it.
+    pub fn remembers(&self, request: &Request) -> bool {
+        match (&request.idempotency_key, Route::of(&request.command)) {
+            (Some(key), Some(route)) => self.remembered.contains(route, key, self.now),
+            _ => false,
+        }
+    }
+
+    /// Runs an API request for `conn`; the answer comes out of [`Hub::take_answers`]: once the
+    /// message is sequenced and queued to the workers ([`Wait::Sequenced`]), or once the
+    /// broker and every worker involved have answered ([`Wait::Delivered`], and always for
+    /// presence). A retry of a keyed request gets the first answer (see `idempotency`).
+    pub fn request(&mut self, conn: RequestId, request: Request) {
+        let Request {
+            command,
+            wait,
+            idempotency_key,
+        } = request;
         let ack = self.acks.next_id();
+        if let (Some(key), Some(route)) = (idempotency_key, Route::of(&command)) {
+            match self.remembered.begin(route, &key, ack, conn, self.now) {
+                Begin::New => {}
+                Begin::Joined => return,
+                Begin::Answered(body) => {
+                    self.answers.push(Answer {
+                        conn,
+                        status: 200,
+                        body: body.to_string(),
+                    });
+                    return;
+                }
+            }
+        }
+        let counted = wait == Wait::Delivered;
+        // Workers acknowledge only what somebody waits for.
+        let worker_ack = counted.then_some(ack);
         let mut remaining = 0;
         let waiting = match command {
-            // The broker answers first (see `forward_events`), then the workers.
+            // The broker answers first (see `forward_events`), then, if counted, the workers.
             Command::Publish { channel, data } => {
-                self.wait(ack, Pending::new(conn, 1, Waiting::Sequencing));
+                self.wait(ack, Pending::new(conn, 1, counted, Waiting::Sequencing));
                 self.broker
                     .publish(PublishTo::Channel(&channel), &data, Some(ack));
                 self.forward_events();
                 return;
             }
             Command::Send { user, data } => {
-                self.wait(ack, Pending::new(conn, 1, Waiting::Sequencing));
+                self.wait(ack, Pending::new(conn, 1, counted, Waiting::Sequencing));
                 self.broker
                     .publish(PublishTo::User(&user), &data, Some(ack));
                 self.forward_events();
@@ -173,8 +232,10 @@ impl<B: Broker> Hub<B> {
             Command::Broadcast { data } => {
                 let frame = encode_message(&mut self.scratch, BROADCAST_CHANNEL, None, &data);
                 for w in 0..self.workers {
-                    self.deliver(w, Target::Everyone, &frame, Some(ack));
-                    remaining += 1;
+                    self.deliver(w, Target::Everyone, &frame, worker_ack);
+                }
+                if counted {
+                    remaining = self.workers;
                 }
                 Waiting::Broadcast
             }
@@ -184,8 +245,14 @@ impl<B: Broker> Hub<B> {
                     None => Vec::new(),
                 };
                 for (w, conns) in targets {
-                    self.outbox.push((w, ToWorker::Disconnect { conns, ack }));
-                    remaining += 1;
+                    self.outbox.push((
+                        w,
+                        ToWorker::Disconnect {
+                            conns,
+                            ack: worker_ack,
+                        },
+                    ));
+                    remaining += usize::from(counted);
                 }
                 Waiting::Disconnect
             }
@@ -198,7 +265,7 @@ impl<B: Broker> Hub<B> {
                 Waiting::Presence { users: Vec::new() }
             }
         };
-        self.wait(ack, Pending::new(conn, remaining, waiting));
+        self.wait(ack, Pending::new(conn, remaining, counted, waiting));
     }
 
     /// Handles a worker's message.
@@ -232,11 +299,11 @@ impl<B: Broker> Hub<B> {
             ToHub::Idle { worker, channel } => self.broker.idle(worker, &channel),
             ToHub::Ack { ack, count } => {
                 let done = self.acks.acknowledge(ack, count, Vec::new());
-                self.finish(done);
+                self.finish(ack, done);
             }
             ToHub::PresenceReply { ack, users } => {
                 let done = self.acks.acknowledge(ack, 0, users);
-                self.finish(done);
+                self.finish(ack, done);
             }
             ToHub::Drain => {}
         }
@@ -255,25 +322,32 @@ impl<B: Broker> Hub<B> {
                     frame,
                     request,
                 } => {
+                    // Only a `?wait=delivered` request has its workers acknowledge.
+                    let counted = request.filter(|&ack| self.acks.counted(ack));
                     let (workers, waiting) = match stream {
                         Stream::Channel(channel) => {
-                            let workers = self.deliver_to_channel(&channel, &frame, request);
+                            let workers = self.deliver_to_channel(&channel, &frame, counted);
                             (workers, Waiting::Publish { seq, epoch })
                         }
                         Stream::User(id) => {
-                            let workers = self.deliver_to_user(id, &frame, request);
-                            (workers, Waiting::Send { seq })
+                            let workers = self.deliver_to_user(id, &frame, counted);
+                            (workers, Waiting::Send { seq, epoch })
                         }
                     };
                     if let Some(ack) = request {
+                        let workers = if counted.is_some() { workers } else { 0 };
                         let done = self.acks.sequenced(ack, waiting, workers);
-                        self.finish(done);
+                        self.finish(ack, done);
                     }
                 }
                 Event::NoStream { request } => {
                     if let Some(ack) = request {
-                        let done = self.acks.sequenced(ack, Waiting::Send { seq: 0 }, 0);
-                        self.finish(done);
+                        let waiting = Waiting::Send {
+                            seq: 0,
+                            epoch: Epoch::from_bits(0),
+                        };
+                        let done = self.acks.sequenced(ack, waiting, 0);
+                        self.finish(ack, done);
                     }
                 }
                 Event::Subscribed {
@@ -310,14 +384,22 @@ impl<B: Broker> Hub<B> {
     /// Waits for `pending`'s answers under `ack`, or answers at once if there are none.
     fn wait(&mut self, ack: AckId, pending: Pending) {
         let done = self.acks.wait(ack, pending);
-        self.finish(done);
+        self.finish(ack, done);
     }
 
-    /// Answers a request that has everything it waited for.
-    fn finish(&mut self, done: Option<Pending>) {
+    /// Answers a request (under `ack`) that has everything it waited for, and the retries
+    /// of it that waited with it; remembers the answer if the request had a key.
+    fn finish(&mut self, ack: AckId, done: Option<Pending>) {
         if let Some(pending) = done {
             let broker = &self.broker;
-            self.answers.push(pending.answer(|id| broker.user_name(id)));
+            let answer = pending.answer(|id| broker.user_name(id));
+            for conn in self.remembered.answered(ack, &answer.body, self.now) {
+                self.answers.push(Answer {
+                    conn,
+                    ..answer.clone()
+                });
+            }
+            self.answers.push(answer);
         }
     }
 
@@ -378,18 +460,21 @@ fn workers_in(mask: u64) -> Vec<WorkerId> {
 
 #[cfg(test)]
 mod tests {
-    use super::testing::{answer, c, ch, join, publish_n, sub};
+    use super::testing::{answer, c, ch, counted, join, publish_n, sub};
     use super::*;
 
     #[test]
     fn publish_with_no_subscribers_answers_at_once_and_is_kept_as_history() {
         let mut hub = Hub::new(2, HistoryConfig::default(), Instant::now());
-        hub.command(
+        hub.request(
             1,
-            Command::Publish {
-                channel: Arc::from("empty"),
-                data: "1".into(),
-            },
+            counted(
+                Command::Publish {
+                    channel: Arc::from("empty"),
+                    data: "1".into(),
+                },
+                None,
+            ),
         );
         assert_eq!(hub.take_outbox().count(), 0);
         let answers: Vec<_> = hub.take_answers().collect();

@@ -432,7 +432,7 @@ mod tests {
             hub.take_answers().next().unwrap().body
         };
         // Never connected: nothing kept.
-        assert_eq!(send(&mut hub), "{\"seq\":0,\"delivered\":0}");
+        assert_eq!(send(&mut hub), "{\"seq\":0,\"epoch\":null}");
         let (id, epoch, _) = join(&mut hub, 0, c(1), "u1", None, None);
         hub.on_message(ToHub::LeaveUser {
             worker: 0,
@@ -462,7 +462,7 @@ mod tests {
         assert_eq!(hub.history_size(), (0, 0));
         hub.tick(start + Duration::from_secs(200));
         assert_eq!(hub.history_size(), (0, 0));
-        assert_eq!(send(&mut hub), "{\"seq\":0,\"delivered\":0}");
+        assert_eq!(send(&mut hub), "{\"seq\":0,\"epoch\":null}");
         // Back under a new epoch: an old position is not recovered.
         let (_, fresh, replayed) = join(&mut hub, 0, c(3), "u1", Some(2), Some(epoch.clone()));
         assert_ne!(fresh, epoch);

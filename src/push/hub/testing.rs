@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use super::{ConnId, Hub, Stream, ToHub, ToWorker, UserId, WorkerId};
+use super::{Command, ConnId, Hub, Request, Stream, ToHub, ToWorker, UserId, Wait, WorkerId};
 
 /// Connection `n` (slab key `n`, generation 0).
 pub(super) fn c(n: u32) -> ConnId {
@@ -89,4 +89,22 @@ pub(super) fn join(
     let v: serde_json::Value = serde_json::from_slice(&frame[2..]).unwrap();
     assert_eq!(v["channel"], "$user");
     (*id, v["epoch"].as_str().unwrap().to_owned(), replay.len())
+}
+
+/// `command` under `?wait=delivered`, with `key` as its idempotency key if given.
+pub(super) fn counted(command: Command, key: Option<&str>) -> Request {
+    Request {
+        command,
+        wait: Wait::Delivered,
+        idempotency_key: key.map(Box::from),
+    }
+}
+
+/// `command` answered once sequenced, with `key` as its idempotency key if given.
+pub(super) fn keyed(command: Command, key: &str) -> Request {
+    Request {
+        command,
+        wait: Wait::Sequenced,
+        idempotency_key: Some(Box::from(key)),
+    }
 }

@@ -463,7 +463,9 @@ impl Worker {
         self.apply_effects(None);
     }
 
-    fn disconnect(&mut self, conns: &[ConnId], ack: AckId) {
+    /// Closes `conns` with 4000; acknowledges with the count only if `ack` is set (a
+    /// `?wait=delivered` request waits for it).
+    fn disconnect(&mut self, conns: &[ConnId], ack: Option<AckId>) {
         let mut closed = 0;
         for handle in conns.iter().copied().map(handle_of) {
             if self.get(handle).is_some_and(|c| c.session.is_open()) {
@@ -475,7 +477,9 @@ impl Worker {
                 closed += 1;
             }
         }
-        self.send_to_hub(ToHub::Ack { ack, count: closed });
+        if let Some(ack) = ack {
+            self.send_to_hub(ToHub::Ack { ack, count: closed });
+        }
     }
 
     /// A push connection is gone: leave every table it is in.
