@@ -39,7 +39,7 @@ const READ_CHUNK: usize = 16 * 1024;
 /// The longest a closing connection reads and discards its client's input.
 pub(crate) const LINGER_TIME: Duration = Duration::from_secs(2);
 /// The least a closing connection reads and discards (more with a larger body limit).
-pub(crate) const LINGER_MIN_BYTES: usize = 4 << 20;
+pub(crate) const LINGER_MIN_BYTES: usize = 64 << 20;
 
 /// A parsed request handed to the handler: whom to answer, under which number, and whether
 /// the answer keeps the connection (pass it to [`api::json_response`] and friends).

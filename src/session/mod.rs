@@ -104,10 +104,14 @@ pub enum Closing {
     PeerGone,
 }
 
-/// The lingering close's amount bound: a connection that sends more than this (in KiB) after
-/// an HTTP answer that ends it (an error, a refusal) is reset without waiting for its EOF. The
-/// time bound is `--close-timeout`.
-pub const LINGER_MAX_KIB: u16 = 1024;
+/// The lingering close's amount bound: a connection that sends more than this after an HTTP
+/// answer that ends it (an error, a refusal) is reset without waiting for its EOF. Generous,
+/// so that a client uploading a large body in full before it reads (Python's `urllib`) still
+/// reads the answer; the time bound is `--close-timeout`.
+pub const LINGER_MAX_BYTES: usize = 64 << 20;
+
+/// The unit the session counts discarded input in (its counter is 16 bits).
+const LINGER_BLOCK: usize = 16 << 10;
 
 /// Negotiated extensions (RFC 6455 §9): bits, no state. Empty until permessage-deflate
 /// (RFC 7692) lands; its parameters will fit here because the server always asks for
@@ -236,8 +240,9 @@ struct Liveness {
     tick: ShortTick,
     /// The last frame (of any kind) from the peer.
     last_seen: ShortTick,
-    /// Input discarded while closing, in KiB (saturating): the lingering close's amount bound.
-    discarded_kib: u16,
+    /// Input discarded while closing, in blocks of [`LINGER_BLOCK`] bytes (saturating): the
+    /// lingering close's amount bound.
+    discarded_blocks: u16,
     /// [`Liveness::REARM`], [`Liveness::PING_OUTSTANDING`], [`Liveness::PEER_EOF`].
     flags: u8,
 }
@@ -296,7 +301,7 @@ impl Session {
             timer: Liveness {
                 tick: ShortTick::default(),
                 last_seen: now.short(),
-                discarded_kib: 0,
+                discarded_blocks: 0,
                 flags: 0,
             },
             decoder: Decoder::new(),
@@ -563,13 +568,13 @@ impl Session {
     /// `len` bytes arrived while closing and were discarded (a lingering close: reading on
     /// after our last bytes, so the peer's unread input does not turn our close into a reset
     /// before it read them). Returns false once an HTTP answer's lingering passed
-    /// [`LINGER_MAX_KIB`]: the driver drops the connection. A WebSocket closing handshake is
+    /// [`LINGER_MAX_BYTES`]: the driver drops the connection. A WebSocket closing handshake is
     /// bounded by the close deadline alone: its peer may be mid-way through a large message
     /// when our Close goes out (a slow consumer's 1008, a drain's 1001), and what it still
     /// sends is part of an orderly end.
     pub fn discard(&mut self, len: usize) -> bool {
-        let kib = u16::try_from(len.div_ceil(1024)).unwrap_or(u16::MAX);
-        self.timer.discarded_kib = self.timer.discarded_kib.saturating_add(kib);
+        let blocks = u16::try_from(len.div_ceil(LINGER_BLOCK)).unwrap_or(u16::MAX);
+        self.timer.discarded_blocks = self.timer.discarded_blocks.saturating_add(blocks);
         let http = matches!(
             self.state,
             State::Closing {
@@ -577,7 +582,7 @@ impl Session {
                 ..
             }
         );
-        !http || self.timer.discarded_kib <= LINGER_MAX_KIB
+        !http || usize::from(self.timer.discarded_blocks) * LINGER_BLOCK <= LINGER_MAX_BYTES
     }
 
     /// The application's deadline changed (a token arrived or was refreshed, expiring at
