@@ -15,7 +15,7 @@
 
 use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};
 
-use crate::protocol::frame::{FrameHeader, OpCode, MAX_HEADER_LEN};
+use crate::protocol::frame::{FrameHeader, OpCode, SharedFrame, MAX_HEADER_LEN};
 
 /// The extension's token in `Sec-WebSocket-Extensions` (§5).
 pub const EXTENSION_NAME: &str = "permessage-deflate";
@@ -359,6 +359,24 @@ impl Deflater {
     }
 }
 
+/// The compressed twin of a shared frame to send to a connection whose client allows a window
+/// of 2^`window_bits`, or `None` to send it plain: a payload under `min_size`, or longer than
+/// the window, or that doesn't shrink. The twin is made once for all workers
+/// ([`SharedFrame::deflated`]) with the `deflater` of the first that asks.
+pub fn shared_twin<'f>(
+    frame: &'f SharedFrame,
+    deflater: &mut Deflater,
+    min_size: usize,
+    window_bits: u8,
+) -> Option<&'f [u8]> {
+    let (header, _) = FrameHeader::parse(frame).ok()??;
+    let len = usize::try_from(header.payload_len).ok()?;
+    if len < min_size || len > 1usize << window_bits {
+        return None;
+    }
+    frame.deflated(|bytes| deflater.compress_frame(bytes))
+}
+
 /// Appends an unmasked, final frame header with RSV1 = `compressed` (§6: "Per-Message
 /// Compressed" bit on the first frame of the message).
 fn write_header(out: &mut Vec<u8>, opcode: OpCode, compressed: bool, len: usize) {
@@ -538,6 +556,44 @@ mod tests {
         assert_eq!(&twin[..], &out[..]);
         assert_eq!(deflater.compress_frame(&frame[..frame.len() - 1]), None);
         assert_eq!(deflater.compress_frame(b"BBBB"), None);
+    }
+
+    #[test]
+    fn a_shared_frame_is_compressed_once() {
+        let json = [
+            br#"{"op":"message","channel":"news","data":"#.as_slice(),
+            &[b'7'; 300],
+            b"}",
+        ]
+        .concat();
+        let frame = crate::protocol::frame::encode_shared(OpCode::Text, &json);
+        let mut deflater = Deflater::new();
+        assert_eq!(
+            shared_twin(&frame, &mut deflater, 1000, 15),
+            None,
+            "under min"
+        );
+        assert_eq!(
+            shared_twin(&frame, &mut deflater, 16, 8),
+            None,
+            "past the window"
+        );
+        assert_eq!(frame.deflated_bytes(), None, "not made for nothing");
+        let twin = shared_twin(&frame, &mut deflater, 16, 15).unwrap().to_vec();
+        assert_eq!(twin[0], 0xc1);
+        let (header, len) = FrameHeader::parse(&twin).unwrap().unwrap();
+        let mut inflater = Inflater::new();
+        assert_eq!(inflater.inflate(&twin[len..], 1 << 20).unwrap(), &json[..]);
+        assert_eq!(header.payload_len as usize, twin.len() - len);
+        // Made once: a second ask does not compress again.
+        let again = frame.deflated(|_| panic!("compressed twice")).unwrap();
+        assert_eq!(again, &twin[..]);
+        assert_eq!(
+            frame.clone().deflated_bytes(),
+            Some(&twin[..]),
+            "shared by clones"
+        );
+        assert_eq!(std::mem::size_of::<SharedFrame>(), 8, "one pointer");
     }
 
     #[test]
