@@ -247,9 +247,13 @@ impl Inflater {
     }
 }
 
-/// One worker's compressor, reset for every message (`server_no_context_takeover`).
+/// One worker's compressor, reset for every message (`server_no_context_takeover`): one per
+/// window size a client asked for (made on first use), so `server_max_window_bits=N` is
+/// honoured by compressing with a window of 2^N (zlib's 2^9 for N = 8: it never reaches back
+/// more than 2^9 − 262 bytes, which fits 2^8).
 pub struct Deflater {
-    deflate: Option<Compress>,
+    /// Indexed by window bits − 9 (9..=15).
+    deflate: [Option<Compress>; 7],
     out: Vec<u8>,
 }
 
@@ -271,33 +275,42 @@ impl Deflater {
     /// A compressor that allocates on first use.
     pub fn new() -> Deflater {
         Deflater {
-            deflate: None,
+            deflate: Default::default(),
             out: Vec::new(),
         }
     }
 
     /// Compresses `payload` as one message (§7.2.1: raw deflate, sync-flushed, the trailing
-    /// `00 00 ff ff` removed). `None` when the result would not be smaller than `payload`:
-    /// the caller sends it plain.
+    /// `00 00 ff ff` removed) with a window of 2^15. `None` when the result would not be
+    /// smaller than `payload`: the caller sends it plain.
     pub fn compress(&mut self, payload: &[u8]) -> Option<&[u8]> {
-        let len = self.compress_len(payload)?;
+        let len = self.compress_len(payload, 15, false)?;
         self.out.get(..len)
     }
 
-    /// [`Deflater::compress`]'s work: the compressed body is `self.out[..len]`.
-    fn compress_len(&mut self, payload: &[u8]) -> Option<usize> {
-        if payload.is_empty() {
+    /// [`Deflater::compress`]'s work with a window of 2^`window_bits` (8..=15); with
+    /// `always`, also when it does not shrink (or is empty: then one byte, §7.2.3.6). The
+    /// compressed body is `self.out[..len]`.
+    fn compress_len(&mut self, payload: &[u8], window_bits: u8, always: bool) -> Option<usize> {
+        if payload.is_empty() && !always {
             return None;
         }
         if self.out.capacity() > INFLATE_KEEP {
             self.out = Vec::new();
         }
         self.out.clear();
-        // Worth it only if the result (with the tail) is smaller than the payload.
-        self.out.reserve_exact(payload.len() + TAIL.len());
-        let deflate = self
-            .deflate
-            .get_or_insert_with(|| Compress::new(Compression::new(LEVEL), false));
+        // Worth it only if the result (with the tail) is smaller than the payload; when it
+        // must be compressed, room for deflate's worst case (stored blocks).
+        let room = if always {
+            payload.len() + payload.len() / 16 + 64
+        } else {
+            payload.len() + TAIL.len()
+        };
+        self.out.reserve_exact(room);
+        let bits = window_bits.clamp(9, 15);
+        let deflate = self.deflate[usize::from(bits - 9)].get_or_insert_with(|| {
+            Compress::new_with_window_bits(Compression::new(LEVEL), false, bits)
+        });
         deflate.reset();
         let status = deflate
             .compress_vec(payload, &mut self.out, FlushCompress::Sync)
@@ -306,12 +319,14 @@ impl Deflater {
             && deflate.total_in() == payload.len() as u64
             && self.out.len() < self.out.capacity();
         let body = self.out.strip_suffix(&TAIL[..]).filter(|_| done)?;
-        (body.len() < payload.len()).then_some(body.len())
+        (always || body.len() < payload.len()).then_some(body.len())
     }
 
-    /// Appends `payload` as one server frame of `opcode` to `out`: compressed with RSV1 set
-    /// when that is allowed and pays (at least `min_size` bytes, at most 2^`window_bits` so no
-    /// back-reference reaches past the client's window, smaller once compressed), else plain.
+    /// Appends `payload` as one server frame of `opcode` to `out`: compressed with RSV1 set,
+    /// with a window of 2^`window_bits` (the client's `server_max_window_bits`), when it has
+    /// at least `min_size` bytes and shrinks; else plain. A `min_size` of 0 compresses every
+    /// message, even one that grows (for peers that mishandle uncompressed messages on a
+    /// deflate connection, although RFC 7692 §6 allows them).
     pub fn write_frame(
         &mut self,
         out: &mut Vec<u8>,
@@ -320,9 +335,8 @@ impl Deflater {
         min_size: usize,
         window_bits: u8,
     ) {
-        let fits = payload.len() >= min_size && payload.len() <= 1usize << window_bits;
-        let body = fits
-            .then(|| self.compress_len(payload))
+        let body = (payload.len() >= min_size)
+            .then(|| self.compress_len(payload, window_bits, min_size == 0))
             .flatten()
             .and_then(|len| self.out.get(..len));
         match body {
@@ -360,8 +374,10 @@ impl Deflater {
 }
 
 /// The compressed twin of a shared frame to send to a connection whose client allows a window
-/// of 2^`window_bits`, or `None` to send it plain: a payload under `min_size`, or longer than
-/// the window, or that doesn't shrink. The twin is made once for all workers
+/// of 2^`window_bits`, or `None` to send it plain: a payload under `min_size`, or that
+/// doesn't shrink, or, for a client that limited our window, longer than that window (the
+/// twin is made with a window of 2^15, and a message compressed alone never reaches back
+/// further than its own length). The twin is made once for all workers
 /// ([`SharedFrame::deflated`]) with the `deflater` of the first that asks.
 pub fn shared_twin<'f>(
     frame: &'f SharedFrame,
@@ -371,7 +387,7 @@ pub fn shared_twin<'f>(
 ) -> Option<&'f [u8]> {
     let (header, _) = FrameHeader::parse(frame).ok()??;
     let len = usize::try_from(header.payload_len).ok()?;
-    if len < min_size || len > 1usize << window_bits {
+    if len < min_size || (window_bits < 15 && len > 1usize << window_bits) {
         return None;
     }
     frame.deflated(|bytes| deflater.compress_frame(bytes))
@@ -544,11 +560,20 @@ mod tests {
         deflater.write_frame(&mut plain, OpCode::Text, json, json.len() + 1, 15);
         assert_eq!(plain[0], 0x81, "under the minimum size: plain");
         let mut small_window = Vec::new();
-        deflater.write_frame(&mut small_window, OpCode::Text, json, 16, 6);
+        deflater.write_frame(&mut small_window, OpCode::Text, json, 16, 9);
+        assert_eq!(small_window[0], 0xc1, "a window of 2^9 compressor");
+        let mut always = Vec::new();
+        deflater.write_frame(&mut always, OpCode::Binary, b"xq", 0, 15);
+        assert_eq!(always[0], 0xc2, "min size 0: compressed even when it grows");
+        let mut empty = Vec::new();
+        deflater.write_frame(&mut empty, OpCode::Text, b"", 0, 15);
         assert_eq!(
-            small_window, plain,
-            "longer than the client's window: plain"
+            empty,
+            [0xc1, 0x01, 0x00],
+            "RFC 7692 §7.2.3.6: an empty message"
         );
+        let mut inflater = Inflater::new();
+        assert_eq!(inflater.inflate(&always[2..], 10), Ok(&b"xq"[..]));
 
         let mut frame = Vec::new();
         crate::protocol::frame::write_frame(&mut frame, OpCode::Text, json);
