@@ -9,6 +9,7 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
+use edgepush::protocol::deflate::{Deflater, Inflater};
 use edgepush::protocol::frame::{self, FrameHeader, OpCode, MAX_HEADER_LEN};
 use edgepush::protocol::handshake::{self, HandshakeConfig};
 use edgepush::protocol::mask;
@@ -288,9 +289,41 @@ fn bench_decode(c: &mut Criterion) {
     group.finish();
 }
 
+/// permessage-deflate on a 1 KiB JSON push, as the worker does it: compress with a reset
+/// compressor (`server_no_context_takeover`), inflate with a reset inflater.
+fn bench_deflate(c: &mut Criterion) {
+    let mut json = String::new();
+    let mut i = 0;
+    while json.len() < 1024 {
+        json.push_str(&format!(
+            r#"{{"op":"message","channel":"news","seq":{i},"data":{{"price":{},"sym":"ACME{}"}}}},"#,
+            1000 + i * 7,
+            i % 13
+        ));
+        i += 1;
+    }
+    let json = &json.as_bytes()[..1024];
+    let mut group = c.benchmark_group("deflate");
+    group.throughput(Throughput::Bytes(json.len() as u64));
+    let mut deflater = Deflater::new();
+    group.bench_function("compress 1 KiB JSON", |b| {
+        b.iter(|| deflater.compress(black_box(json)).map(<[u8]>::len))
+    });
+    let compressed = deflater.compress(json).expect("JSON shrinks").to_vec();
+    let mut inflater = Inflater::new();
+    group.bench_function("inflate 1 KiB JSON", |b| {
+        b.iter(|| {
+            inflater
+                .inflate(black_box(&compressed), 1 << 20)
+                .map(<[u8]>::len)
+        })
+    });
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     config = config();
-    targets = bench_unmask, bench_frame_header, bench_handshake, bench_decode
+    targets = bench_unmask, bench_frame_header, bench_handshake, bench_decode, bench_deflate
 }
 criterion_main!(benches);

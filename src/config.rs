@@ -299,6 +299,26 @@ pub struct Args {
     )]
     pub max_request_head: usize,
 
+    /// Do not negotiate permessage-deflate (RFC 7692); by default it is accepted when a client
+    /// offers it, on both endpoints.
+    #[arg(
+        long,
+        env = "EDGEPUSH_NO_COMPRESSION",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub no_compression: bool,
+
+    /// Outgoing messages smaller than this are sent uncompressed even to a connection that
+    /// negotiated permessage-deflate (small messages barely shrink and cost CPU).
+    #[arg(
+        long,
+        value_name = "BYTES",
+        env = "EDGEPUSH_COMPRESSION_MIN_SIZE",
+        default_value = "128",
+        value_parser = parse_size
+    )]
+    pub compression_min_size: usize,
+
     /// How often to log one info line with connections, messages per second and drops.
     #[arg(
         long,
@@ -420,6 +440,10 @@ pub struct Config {
     /// §2.1) in bytes on both listeners; 431 beyond. Within [`MIN_REQUEST_HEAD`]..=
     /// [`MAX_REQUEST_HEAD`].
     pub max_request_head: usize,
+    /// `--no-compression` inverted: permessage-deflate (RFC 7692) is negotiated when offered.
+    pub compression: bool,
+    /// `--compression-min-size`: smaller outgoing messages go uncompressed, in bytes.
+    pub compression_min_size: usize,
 }
 
 /// The smallest `--max-request-head`: an upgrade request with its usual fields fits in it.
@@ -573,6 +597,8 @@ impl Config {
             drain_timeout: args.drain_timeout,
             stats_interval: args.stats_interval,
             max_request_head: args.max_request_head,
+            compression: !args.no_compression,
+            compression_min_size: args.compression_min_size,
         })
     }
 
@@ -606,6 +632,8 @@ impl Config {
             drain_timeout: Duration::from_secs(10),
             stats_interval: Duration::from_secs(60),
             max_request_head: 16 << 10,
+            compression: true,
+            compression_min_size: 128,
         }
     }
 
@@ -674,6 +702,17 @@ impl Config {
             ),
             ("stats interval", format_duration(self.stats_interval)),
             ("max request head", format_size(self.max_request_head)),
+            (
+                "compression",
+                if self.compression {
+                    format!(
+                        "permessage-deflate, from {}",
+                        format_size(self.compression_min_size)
+                    )
+                } else {
+                    "off".to_owned()
+                },
+            ),
             (
                 "history",
                 format!(
@@ -995,6 +1034,24 @@ mod tests {
     }
 
     #[test]
+    fn compression_flags() {
+        let c = Config::from_args(parse(&[]).unwrap()).unwrap();
+        assert!(c.compression);
+        assert_eq!(c.compression_min_size, 128);
+        let c = Config::from_args(
+            parse(&["--no-compression", "--compression-min-size", "1KiB"]).unwrap(),
+        )
+        .unwrap();
+        assert!(!c.compression);
+        assert_eq!(c.compression_min_size, 1024);
+        assert!(
+            c.render_summary().contains("compression        off"),
+            "{}",
+            c.render_summary()
+        );
+    }
+
+    #[test]
     fn push_flags() {
         let c = Config::from_args(parse(&["--max-client-publish-rate", "5/s"]).unwrap()).unwrap();
         assert_eq!(c.max_client_publish_rate, 5);
@@ -1188,7 +1245,7 @@ mod tests {
         ] {
             assert!(s.contains(needle), "{needle:?} missing from\n{s}");
         }
-        assert_eq!(s.lines().count(), 25);
+        assert_eq!(s.lines().count(), 26);
         assert!(s.contains("max request head   16KiB"), "{s}");
         c.echo_path = None;
         assert!(c.render_summary().contains("echo path          off"));

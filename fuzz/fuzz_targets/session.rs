@@ -10,6 +10,7 @@
 
 #![no_main]
 
+use edgepush::protocol::deflate::Inflater;
 use edgepush::protocol::frame::{FrameHeader, OpCode, MAX_CONTROL_PAYLOAD, MAX_HEADER_LEN};
 use edgepush::protocol::handshake::HandshakeConfig;
 use edgepush::protocol::message::{DecoderConfig, Role};
@@ -17,7 +18,8 @@ use edgepush::session::{Endpoint, Event, Head, Session, SessionConfig, State, Ti
 use edgepush::tick::Tick;
 use libfuzzer_sys::fuzz_target;
 
-const UPGRADE: &[u8] = b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+const UPGRADE: &[u8] =
+    b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
 Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
 
 #[derive(Default)]
@@ -78,8 +80,11 @@ fuzz_target!(|data: &[u8]| {
     };
     let mut now = Tick(u64::from(u32::MAX) - 200); // cross the short-tick wrap
     let mut session = Session::new(now, &config);
-    let mut deadline = session.poll_timeout(now).expect("a new session has a deadline");
+    let mut deadline = session
+        .poll_timeout(now)
+        .expect("a new session has a deadline");
     let mut wire = Wire::default();
+    let mut inflater = Inflater::new();
     let mut stash: Vec<u8> = Vec::new();
     let mut fins = 0;
     let mut pos = 0;
@@ -121,7 +126,8 @@ fuzz_target!(|data: &[u8]| {
             loop {
                 let was_open = session.is_open();
                 let available = buf.len() - used;
-                let step = session.handle_frames(&mut buf[used..], now, &config, &mut wire);
+                let step =
+                    session.handle_frames(&mut buf[used..], now, &config, &mut wire, &mut inflater);
                 assert!(step.consumed <= available, "consumed past the input");
                 used += step.consumed;
                 match step.event {
@@ -144,8 +150,11 @@ fuzz_target!(|data: &[u8]| {
             used = buf.len();
             let before = wire.bytes.len();
             let mut rest = stream[pos..].to_vec();
-            let step = session.handle_frames(&mut rest, now, &config, &mut wire);
-            assert!(step.event.is_none() && wire.bytes.len() == before, "quiet once closing");
+            let step = session.handle_frames(&mut rest, now, &config, &mut wire, &mut inflater);
+            assert!(
+                step.event.is_none() && wire.bytes.len() == before,
+                "quiet once closing"
+            );
         }
         stash = buf[used..].to_vec();
         assert!(

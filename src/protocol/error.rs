@@ -8,7 +8,8 @@ use std::fmt;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ProtocolError {
-    /// §5.2: RSV1–3 "MUST be 0 unless an extension is negotiated"; we negotiate none.
+    /// §5.2: RSV1–3 "MUST be 0 unless an extension is negotiated". permessage-deflate allows
+    /// RSV1 on the first frame of a data message only (RFC 7692 §6.1).
     ReservedBits(u8),
     /// §5.2: opcodes 3–7 and 0xB–0xF are reserved.
     ReservedOpcode(u8),
@@ -36,6 +37,15 @@ pub enum ProtocolError {
     },
     /// §8.1: a text message (or close reason, §5.5.1) that is not UTF-8.
     InvalidUtf8,
+    /// RFC 7692 §7.2.2: a compressed message that inflates past the configured limit
+    /// (§10.4); found as soon as the output passes it.
+    InflatedTooBig {
+        /// The limit in bytes (`--max-message-size`).
+        limit: usize,
+    },
+    /// RFC 7692 §7.2.2: a compressed message whose data is not valid deflate (closed with
+    /// 1007: the message's data is inconsistent with its type, §7.4.1).
+    BadCompressedData,
     /// §5.5.1: a close payload of one byte cannot hold the two-byte status code.
     ClosePayloadTooShort,
     /// §7.4: a status code a peer must not send (under 1000, 1004–1006, 1015, 1016–2999, 5000+).
@@ -46,8 +56,12 @@ impl ProtocolError {
     /// The close code to fail the connection with (§7.4.1).
     pub fn close_code(&self) -> u16 {
         match self {
-            ProtocolError::InvalidUtf8 => crate::protocol::close::INVALID_PAYLOAD,
-            ProtocolError::MessageTooBig { .. } => crate::protocol::close::TOO_BIG,
+            ProtocolError::InvalidUtf8 | ProtocolError::BadCompressedData => {
+                crate::protocol::close::INVALID_PAYLOAD
+            }
+            ProtocolError::MessageTooBig { .. } | ProtocolError::InflatedTooBig { .. } => {
+                crate::protocol::close::TOO_BIG
+            }
             _ => crate::protocol::close::PROTOCOL_ERROR,
         }
     }
@@ -59,7 +73,7 @@ impl fmt::Display for ProtocolError {
             ProtocolError::ReservedBits(bits) => {
                 write!(
                     f,
-                    "RSV bits {bits:#05b} set with no extension (RFC 6455 §5.2)"
+                    "RSV bits {bits:#05b} set where no extension allows them (RFC 6455 §5.2)"
                 )
             }
             ProtocolError::ReservedOpcode(op) => {
@@ -92,6 +106,12 @@ impl fmt::Display for ProtocolError {
                 )
             }
             ProtocolError::InvalidUtf8 => f.write_str("invalid UTF-8 in text (RFC 6455 §8.1)"),
+            ProtocolError::InflatedTooBig { limit } => {
+                write!(f, "compressed message inflates past the {limit}-byte limit")
+            }
+            ProtocolError::BadCompressedData => {
+                f.write_str("compressed message is not valid deflate data (RFC 7692 §7.2.2)")
+            }
             ProtocolError::ClosePayloadTooShort => {
                 f.write_str("one-byte close payload (RFC 6455 §5.5.1)")
             }

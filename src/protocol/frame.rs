@@ -6,7 +6,7 @@
 //! depend on who we are and what we negotiated (masking, RSV bits, size limits) to
 //! [`crate::protocol::message::Decoder`]. Short input is `Ok(None)` and consumes nothing.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use crate::protocol::error::ProtocolError;
 use crate::protocol::mask::apply_mask;
@@ -210,33 +210,75 @@ pub fn write_masked_frame(
 
 /// A complete server frame (header and unmasked payload, §5.2) encoded once and shared by
 /// reference: every subscriber's outbound queue and the history hold the same allocation.
-/// Cloning is a reference-count increment. (Compression will give it a deflated twin.)
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SharedFrame(Arc<[u8]>);
+/// Cloning is a reference-count increment; the handle is one pointer.
+///
+/// Beside the plain frame it carries a compressed twin (permessage-deflate, RFC 7692), made
+/// lazily by the first worker that has a deflate subscriber for it ([`SharedFrame::deflated`])
+/// and then shared by every worker: a publish is compressed at most once.
+#[derive(Debug, Clone)]
+pub struct SharedFrame(Arc<Encoded>);
+
+#[derive(Debug)]
+struct Encoded {
+    bytes: Box<[u8]>,
+    /// The compressed twin once asked for: `None` inside when it does not shrink (or the
+    /// bytes are not one data frame), so the question is answered once.
+    deflated: OnceLock<Option<Box<[u8]>>>,
+}
 
 impl SharedFrame {
+    fn new(bytes: Box<[u8]>) -> SharedFrame {
+        SharedFrame(Arc::new(Encoded {
+            bytes,
+            deflated: OnceLock::new(),
+        }))
+    }
+
     /// Shares `bytes` that the caller has already encoded as whole server frames (tests, and
     /// frames built outside [`encode_shared`]). Nothing is checked: the bytes go out as given.
     pub fn from_encoded(bytes: &[u8]) -> SharedFrame {
-        SharedFrame(Arc::from(bytes))
+        SharedFrame::new(Box::from(bytes))
     }
 
     /// The frame's bytes, ready for the wire.
     pub fn as_bytes(&self) -> &[u8] {
-        &self.0
+        &self.0.bytes
     }
 
     /// The frame's length in bytes (header included).
     #[allow(clippy::len_without_is_empty)] // a frame is never empty (2-byte header at least)
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.0.bytes.len()
+    }
+
+    /// The compressed twin (a whole frame with RSV1 set), made by `compress` from the plain
+    /// frame's bytes the first time any thread asks; `None` when `compress` found it not worth
+    /// it. Later calls (from any worker) return the first answer without calling `compress`.
+    pub fn deflated(&self, compress: impl FnOnce(&[u8]) -> Option<Box<[u8]>>) -> Option<&[u8]> {
+        self.0
+            .deflated
+            .get_or_init(|| compress(&self.0.bytes))
+            .as_deref()
+    }
+
+    /// The compressed twin if one was made already (see [`SharedFrame::deflated`]).
+    pub fn deflated_bytes(&self) -> Option<&[u8]> {
+        self.0.deflated.get().and_then(|twin| twin.as_deref())
     }
 }
+
+impl PartialEq for SharedFrame {
+    fn eq(&self, other: &SharedFrame) -> bool {
+        self.as_bytes() == other.as_bytes()
+    }
+}
+
+impl Eq for SharedFrame {}
 
 impl std::ops::Deref for SharedFrame {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
-        &self.0
+        &self.0.bytes
     }
 }
 
@@ -245,7 +287,7 @@ impl std::ops::Deref for SharedFrame {
 pub fn encode_shared(opcode: OpCode, payload: &[u8]) -> SharedFrame {
     let mut buf = Vec::with_capacity(MAX_HEADER_LEN + payload.len());
     write_frame(&mut buf, opcode, payload);
-    SharedFrame(Arc::from(buf))
+    SharedFrame::new(buf.into_boxed_slice())
 }
 
 #[cfg(test)]

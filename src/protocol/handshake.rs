@@ -28,6 +28,7 @@ use crate::http::response::{
     write_header, write_response as write_http_response, write_status_line, Persistence,
 };
 use crate::http::{self, Status};
+use crate::protocol::deflate::{self, Agreement};
 
 /// §1.3: the GUID appended to the key before hashing.
 const ACCEPT_GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
@@ -51,6 +52,8 @@ pub struct HandshakeConfig {
     pub max_headers: usize,
     /// Subprotocols we speak, in our order of preference is irrelevant: the client's order wins.
     pub subprotocols: Vec<String>,
+    /// Accept a `permessage-deflate` offer (RFC 7692); false with `--no-compression`.
+    pub permessage_deflate: bool,
 }
 
 impl Default for HandshakeConfig {
@@ -59,6 +62,7 @@ impl Default for HandshakeConfig {
             max_head_size: DEFAULT_MAX_HEAD_SIZE,
             max_headers: http::MAX_HEADERS,
             subprotocols: Vec::new(),
+            permessage_deflate: true,
         }
     }
 }
@@ -97,6 +101,9 @@ pub struct Upgrade<'a> {
     pub key: &'a str,
     /// The first subprotocol the client offered that we support.
     pub protocol: Option<&'a str>,
+    /// The accepted `permessage-deflate` offer (RFC 7692 §5), when one was acceptable and
+    /// the server negotiates compression.
+    pub deflate: Option<Agreement>,
 }
 
 impl<'a> Request<'a> {
@@ -309,7 +316,20 @@ pub fn parse_request<'a>(
             "Sec-WebSocket-Key must be 16 bytes in base64",
         ));
     }
-    request.upgrade = Some(Upgrade { key, protocol });
+    let deflate = if config.permessage_deflate {
+        deflate::negotiate(
+            head.headers
+                .get_all("sec-websocket-extensions")
+                .filter_map(|v| std::str::from_utf8(v).ok()),
+        )
+    } else {
+        None
+    };
+    request.upgrade = Some(Upgrade {
+        key,
+        protocol,
+        deflate,
+    });
     Ok(Some(request))
 }
 
@@ -344,6 +364,11 @@ pub fn write_accept_response(out: &mut Vec<u8>, upgrade: &Upgrade<'_>) {
     );
     if let Some(protocol) = upgrade.protocol {
         write_header(out, "Sec-WebSocket-Protocol", protocol);
+    }
+    if let Some(deflate) = upgrade.deflate {
+        let mut value = String::new();
+        deflate.write_response_value(&mut value);
+        write_header(out, "Sec-WebSocket-Extensions", &value);
     }
     out.extend_from_slice(b"\r\n");
 }

@@ -87,6 +87,10 @@ pub struct Step<'a> {
     /// What the consumed bytes completed, if anything; `None` with `consumed == 0` means the
     /// input holds no complete header (or control frame) yet: read more.
     pub event: Option<Event<'a>>,
+    /// The message in `event` had RSV1 on its first frame (permessage-deflate, RFC 7692 §6):
+    /// its data is compressed, and its UTF-8 was not checked (the caller inflates, then
+    /// checks).
+    pub compressed: bool,
 }
 
 /// The per-connection decoding state: empty (one pointer) between messages.
@@ -117,6 +121,8 @@ struct PayloadProgress {
 #[derive(Debug)]
 struct Assembly {
     kind: MessageKind,
+    /// RSV1 was set on the first frame: the data is deflated; UTF-8 is checked after inflating.
+    compressed: bool,
     data: Vec<u8>,
     utf8: Utf8Validator,
 }
@@ -142,10 +148,24 @@ impl Decoder {
 
     /// Decodes from the start of `input`, unmasking in place. See the module docs for the loop
     /// a driver runs. After an error the decoder's state is meaningless: fail the connection.
+    /// With no extension negotiated: any RSV bit is an error (§5.2).
     pub fn decode<'a>(
         &'a mut self,
         input: &'a mut [u8],
         config: &DecoderConfig,
+    ) -> Result<Step<'a>, ProtocolError> {
+        self.decode_with(input, config, false)
+    }
+
+    /// [`Decoder::decode`] on a connection that may have negotiated permessage-deflate: when
+    /// `permessage_deflate`, RSV1 is allowed on the first frame of a data message (RFC 7692
+    /// §6.1; never on a continuation or control frame) and marks it compressed
+    /// ([`Step::compressed`]). The size limit then applies to the compressed size.
+    pub fn decode_with<'a>(
+        &'a mut self,
+        input: &'a mut [u8],
+        config: &DecoderConfig,
+        permessage_deflate: bool,
     ) -> Result<Step<'a>, ProtocolError> {
         if let Some(partial) = self.partial.as_deref_mut() {
             if partial.delivered {
@@ -164,6 +184,7 @@ impl Decoder {
             return Ok(Step {
                 consumed: 0,
                 event: None,
+                compressed: false,
             });
         };
         match (config.role, header.mask) {
@@ -171,9 +192,16 @@ impl Decoder {
             (Role::Client, Some(_)) => return Err(ProtocolError::MaskedFrame),
             _ => {}
         }
-        if header.rsv != 0 {
+        let first_data_frame = matches!(header.opcode, OpCode::Text | OpCode::Binary);
+        let rsv1_allowed = if permessage_deflate && first_data_frame {
+            0b100
+        } else {
+            0
+        };
+        if header.rsv & !rsv1_allowed != 0 {
             return Err(ProtocolError::ReservedBits(header.rsv));
         }
+        let compressed = header.rsv & 0b100 != 0;
 
         if header.opcode.is_control() {
             // At most 125 bytes (checked by the header parser): wait for the whole frame.
@@ -182,6 +210,7 @@ impl Decoder {
                 return Ok(Step {
                     consumed: 0,
                     event: None,
+                    compressed: false,
                 });
             };
             if let Some(key) = header.mask {
@@ -196,6 +225,7 @@ impl Decoder {
             return Ok(Step {
                 consumed: total,
                 event: Some(event),
+                compressed: false,
             });
         }
 
@@ -225,7 +255,7 @@ impl Decoder {
             if let Some(key) = header.mask {
                 apply_mask(payload, key, 0);
             }
-            if kind == MessageKind::Text && std::str::from_utf8(payload).is_err() {
+            if kind == MessageKind::Text && !compressed && std::str::from_utf8(payload).is_err() {
                 return Err(ProtocolError::InvalidUtf8);
             }
             return Ok(Step {
@@ -234,6 +264,7 @@ impl Decoder {
                     kind,
                     data: payload,
                 }),
+                compressed,
             });
         }
 
@@ -241,6 +272,7 @@ impl Decoder {
         if let Some(kind) = kind {
             partial.message = Some(Assembly {
                 kind,
+                compressed,
                 data: Vec::new(),
                 utf8: Utf8Validator::new(),
             });
@@ -268,6 +300,7 @@ impl Decoder {
             return Ok(Step {
                 consumed: start,
                 event: None,
+                compressed: false,
             });
         };
         let (Some(frame), Some(message)) = (partial.frame.as_mut(), partial.message.as_mut())
@@ -275,6 +308,7 @@ impl Decoder {
             return Ok(Step {
                 consumed: start,
                 event: None,
+                compressed: false,
             });
         };
         let available = input.len().saturating_sub(start) as u64;
@@ -283,7 +317,8 @@ impl Decoder {
         if let Some(key) = frame.key {
             apply_mask(chunk, key, frame.offset);
         }
-        if message.kind == MessageKind::Text {
+        let check_utf8 = message.kind == MessageKind::Text && !message.compressed;
+        if check_utf8 {
             message
                 .utf8
                 .feed(chunk)
@@ -300,10 +335,11 @@ impl Decoder {
             return Ok(Step {
                 consumed,
                 event: None,
+                compressed: false,
             });
         }
         partial.frame = None;
-        if message.kind == MessageKind::Text {
+        if check_utf8 {
             message
                 .utf8
                 .finish()
@@ -316,6 +352,7 @@ impl Decoder {
                 kind: message.kind,
                 data: &message.data,
             }),
+            compressed: message.compressed,
         })
     }
 }

@@ -21,6 +21,7 @@
 #![forbid(unsafe_code)]
 
 pub mod close;
+pub mod deflate;
 pub mod error;
 pub mod frame;
 pub mod handshake;

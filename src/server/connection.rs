@@ -97,6 +97,9 @@ pub enum Chunk {
     Owned(Vec<u8>),
     /// A frame encoded once and shared by every recipient (fan-out).
     Shared(SharedFrame),
+    /// The compressed twin of a shared frame (permessage-deflate), for a connection that
+    /// negotiated it; queued only once the twin exists.
+    Deflated(SharedFrame),
 }
 
 impl Chunk {
@@ -104,6 +107,8 @@ impl Chunk {
         match self {
             Chunk::Owned(v) => v,
             Chunk::Shared(a) => a,
+            // The plain frame is a valid fallback (a message may always go uncompressed).
+            Chunk::Deflated(a) => a.deflated_bytes().unwrap_or(a),
         }
     }
 }
@@ -236,6 +241,15 @@ impl Outbound {
         self.pong_tail = false;
         self.queued += frame.len();
         self.chunks.push_back(Chunk::Shared(frame));
+    }
+
+    /// Queues a shared frame's compressed twin ([`SharedFrame::deflated`]; the plain frame if
+    /// it has none).
+    pub fn push_deflated(&mut self, frame: SharedFrame) {
+        self.pong_tail = false;
+        let chunk = Chunk::Deflated(frame);
+        self.queued += chunk.bytes().len();
+        self.chunks.push_back(chunk);
     }
 
     /// Queues the pong answering a ping with `payload` (at most 125 bytes, checked by the

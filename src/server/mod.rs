@@ -56,6 +56,8 @@ pub(crate) struct Settings {
     /// min(--max-connections, open-files limit − 64).
     max_connections: usize,
     max_backlog: usize,
+    /// `--compression-min-size`: smaller outgoing messages go plain.
+    compression_min_size: usize,
     tick: Duration,
 }
 
@@ -66,6 +68,7 @@ impl Settings {
             session: SessionConfig {
                 handshake: HandshakeConfig {
                     max_head_size: config.max_request_head,
+                    permessage_deflate: config.compression,
                     ..HandshakeConfig::default()
                 },
                 decoder: DecoderConfig {
@@ -90,6 +93,7 @@ impl Settings {
             ),
             max_connections,
             max_backlog: config.max_backlog,
+            compression_min_size: config.compression_min_size,
             tick: TICK,
         }
     }

@@ -27,6 +27,7 @@ use slab::Slab;
 use crate::http::origin::origin_matches;
 use crate::metrics::HandshakeFailure;
 use crate::protocol::close;
+use crate::protocol::deflate::{Deflater, Inflater};
 use crate::protocol::frame::{write_frame, OpCode};
 use crate::protocol::handshake::Request;
 use crate::protocol::message::MessageKind;
@@ -40,7 +41,8 @@ use crate::server::timer_wheel::{Entry, TimerWheel};
 use crate::server::transport::Transport;
 use crate::server::{http, Settings, Stats};
 use crate::session::{
-    DropReason, Endpoint, Event, Head, Refusal, Session, SessionConfig, State, Timeout, Transmit,
+    DropReason, Endpoint, Event, Extensions, Head, Refusal, Session, SessionConfig, State, Timeout,
+    Transmit,
 };
 use crate::tick::Tick;
 
@@ -107,6 +109,10 @@ pub(crate) struct Worker {
     read_buf: Box<[u8]>,
     /// Frames produced for the connection being handled while it has no outbound queue.
     cork: Vec<u8>,
+    /// permessage-deflate: the one decompressor and the one compressor of this worker, lent
+    /// per message (no connection keeps compression state).
+    inflater: Inflater,
+    deflater: Deflater,
     /// Connections whose input was not read to the end this turn (the fairness budget).
     again: Vec<Handle>,
     settings: Arc<Settings>,
@@ -153,6 +159,8 @@ impl Worker {
                 now: Tick(0),
                 read_buf: vec![0u8; READ_BUF_SIZE].into_boxed_slice(),
                 cork: Vec::new(),
+                inflater: Inflater::new(),
+                deflater: Deflater::new(),
                 again: Vec::new(),
                 settings,
                 stats,
@@ -634,12 +642,15 @@ impl Worker {
             now,
             push_in,
             push_msgs,
+            inflater,
+            deflater,
             ..
         } = self;
         let Some(conn) = conn_of(conns, handle) else {
             return buf.len();
         };
         let is_push = conn.session.endpoint() == Endpoint::Push;
+        let extensions = conn.session.extensions();
         let mut pos = 0;
         let mut messages = 0u64;
         loop {
@@ -648,6 +659,7 @@ impl Worker {
                 *now,
                 &settings.session,
                 &mut Tx::new(&mut conn.outbound, cork),
+                inflater,
             );
             pos += step.consumed;
             match step.event {
@@ -661,7 +673,10 @@ impl Worker {
                         push_in.extend_from_slice(data);
                         push_msgs.push((kind, start, push_in.len()));
                     } else {
-                        emit(&mut conn.outbound, cork, |out| echo(out, kind, data));
+                        let min_size = settings.compression_min_size;
+                        emit(&mut conn.outbound, cork, |out| {
+                            echo(out, kind, data, extensions, deflater, min_size)
+                        });
                         stats.messages_out.fetch_add(1, Ordering::Relaxed);
                     }
                 }
@@ -992,12 +1007,26 @@ fn emit(
 }
 
 /// The echo endpoint: every message comes back, except that text `ping` gets text `pong`.
-fn echo(out: &mut Vec<u8>, kind: MessageKind, data: &[u8]) {
-    match kind {
-        MessageKind::Text if data == b"ping" => write_frame(out, OpCode::Text, b"pong"),
-        MessageKind::Text => write_frame(out, OpCode::Text, data),
-        MessageKind::Binary => write_frame(out, OpCode::Binary, data),
+/// On a permessage-deflate connection a message of at least `min_size` bytes comes back
+/// compressed by the worker's `deflater` when that shrinks it.
+fn echo(
+    out: &mut Vec<u8>,
+    kind: MessageKind,
+    data: &[u8],
+    extensions: Extensions,
+    deflater: &mut Deflater,
+    min_size: usize,
+) {
+    let (opcode, data) = match kind {
+        MessageKind::Text if data == b"ping" => (OpCode::Text, &b"pong"[..]),
+        MessageKind::Text => (OpCode::Text, data),
+        MessageKind::Binary => (OpCode::Binary, data),
     };
+    if extensions.deflate() {
+        deflater.write_frame(out, opcode, data, min_size, extensions.server_window_bits());
+    } else {
+        write_frame(out, opcode, data);
+    }
 }
 
 /// The peer's address for a debug line (a syscall, so only when debug logging is on).

@@ -25,7 +25,8 @@
 //!    feed the bytes after `head_len` to step 3), [`Session::refuse`] or
 //!    [`Session::answered`] (after writing a plain HTTP answer yourself).
 //! 3. Bytes read, while open: call [`Session::handle_frames`] in a loop on the unconsumed
-//!    rest until a step consumes nothing and has no event; act on each [`Event`]. Pings are
+//!    rest until a step consumes nothing and has no event; act on each [`Event`]. Lend it
+//!    the worker's [`Inflater`] (permessage-deflate keeps no state per connection). Pings are
 //!    answered and the peer's Close is echoed inside, through the [`Transmit`] the driver lends.
 //! 4. A timer fired at tick `t`: if [`Session::is_deadline`]`(t)`, call
 //!    [`Session::handle_timeout`] and act on its [`Timeout`].
@@ -54,6 +55,7 @@ mod tests;
 pub use refusal::Refusal;
 
 use crate::protocol::close::{self, CloseReply, CloseState};
+use crate::protocol::deflate::{Agreement, InflateError, Inflater};
 use crate::protocol::frame::{write_frame, OpCode};
 use crate::protocol::handshake::{
     parse_request, write_accept_response, HandshakeConfig, HandshakeError, Request, Upgrade,
@@ -113,9 +115,10 @@ pub const LINGER_MAX_BYTES: usize = 64 << 20;
 /// The unit the session counts discarded input in (its counter is 16 bits).
 const LINGER_BLOCK: usize = 16 << 10;
 
-/// Negotiated extensions (RFC 6455 §9): bits, no state. Empty until permessage-deflate
-/// (RFC 7692) lands; its parameters will fit here because the server always asks for
-/// `server_no_context_takeover; client_no_context_takeover`.
+/// Negotiated extensions (RFC 6455 §9): bits, no state. permessage-deflate (RFC 7692) fits
+/// here because the server always asks for `server_no_context_takeover;
+/// client_no_context_takeover`: the compressor and inflater are the worker's, lent per
+/// message. Bit 0: permessage-deflate; bits 1–3: 15 − the client's `server_max_window_bits`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Extensions(u8);
 
@@ -123,9 +126,33 @@ impl Extensions {
     /// No extension negotiated.
     pub const NONE: Extensions = Extensions(0);
 
+    const DEFLATE: u8 = 1;
+
+    /// The extensions of an accepted upgrade.
+    pub fn from_upgrade(deflate: Option<Agreement>) -> Extensions {
+        match deflate {
+            Some(agreement) => {
+                let shrink = 15u8.saturating_sub(agreement.server_window_bits()).min(7);
+                Extensions(Self::DEFLATE | (shrink << 1))
+            }
+            None => Extensions::NONE,
+        }
+    }
+
     /// True when no extension is in use.
     pub fn is_empty(self) -> bool {
         self.0 == 0
+    }
+
+    /// permessage-deflate was negotiated: RSV1 marks a compressed message both ways.
+    pub fn deflate(self) -> bool {
+        self.0 & Self::DEFLATE != 0
+    }
+
+    /// The largest window our compressed messages may use, in bits (8..=15, §7.1.2.1): a
+    /// message longer than 2^bits goes plain.
+    pub fn server_window_bits(self) -> u8 {
+        15 - ((self.0 >> 1) & 7)
     }
 }
 
@@ -376,6 +403,7 @@ impl Session {
         tx.write(&mut |out| write_accept_response(out, upgrade));
         self.state = State::Open;
         self.endpoint = endpoint;
+        self.extensions = Extensions::from_upgrade(upgrade.deflate);
         self.timer.last_seen = now.short();
         self.timer.set(now + config.ping_ticks);
     }
@@ -407,12 +435,19 @@ impl Session {
     /// the connection alive again. Returns what the driver must act on. Call again on the
     /// unconsumed rest until a step consumes nothing and has no event. Once closing (or
     /// before the upgrade) the whole input is consumed and discarded.
+    ///
+    /// With permessage-deflate negotiated, a compressed message (RSV1, RFC 7692 §6) is
+    /// inflated whole with the worker's `inflater` (reset for each message) up to
+    /// `--max-message-size`: past it the connection is failed with 1009 as soon as the
+    /// output passes it, on bad deflate data with 1007; its UTF-8 is checked once inflated.
+    /// The message's data then borrows the inflater's buffer.
     pub fn handle_frames<'a>(
         &'a mut self,
         buf: &'a mut [u8],
         now: Tick,
         config: &SessionConfig,
         tx: &mut dyn Transmit,
+        inflater: &'a mut Inflater,
     ) -> Step<'a> {
         if self.state != State::Open {
             return Step {
@@ -421,28 +456,65 @@ impl Session {
             };
         }
         let len = buf.len();
-        let step = match self.decoder.decode(buf, &config.decoder) {
+        let deflate = self.extensions.deflate();
+        let step = match self.decoder.decode_with(buf, &config.decoder, deflate) {
             Ok(step) => step,
             Err(error) => {
-                let code = error.close_code();
-                tx.write(&mut |out| close::write_close_frame(out, code, ""));
-                self.state = State::Closing {
-                    how: Closing::CloseSent,
-                    fin_sent: false,
-                };
-                self.timer.set(now + config.close_ticks);
-                return Step {
-                    consumed: len,
-                    event: Some(Event::ProtocolError(error)),
-                };
+                return fail(
+                    &mut self.state,
+                    &mut self.timer,
+                    error,
+                    len,
+                    now,
+                    config,
+                    tx,
+                )
             }
         };
-        let Some(event) = step.event else {
+        let Some(mut event) = step.event else {
             return Step {
                 consumed: step.consumed,
                 event: None,
             };
         };
+        if let (true, DecoderEvent::Message { kind, data }) = (step.compressed, &event) {
+            let kind = *kind;
+            let limit = config.decoder.max_message_size;
+            let inflated = match inflater.inflate(data, limit) {
+                Ok(inflated) => inflated,
+                Err(e) => {
+                    let error = match e {
+                        InflateError::TooBig => ProtocolError::InflatedTooBig { limit },
+                        InflateError::BadData => ProtocolError::BadCompressedData,
+                    };
+                    return fail(
+                        &mut self.state,
+                        &mut self.timer,
+                        error,
+                        len,
+                        now,
+                        config,
+                        tx,
+                    );
+                }
+            };
+            if kind == MessageKind::Text && std::str::from_utf8(inflated).is_err() {
+                let error = ProtocolError::InvalidUtf8;
+                return fail(
+                    &mut self.state,
+                    &mut self.timer,
+                    error,
+                    len,
+                    now,
+                    config,
+                    tx,
+                );
+            }
+            event = DecoderEvent::Message {
+                kind,
+                data: inflated,
+            };
+        }
         self.timer.last_seen = now.short();
         self.timer.put(Liveness::PING_OUTSTANDING, false);
         let event = match event {
@@ -636,5 +708,30 @@ impl Session {
             fin_sent: false,
         };
         self.timer.set(now + config.close_ticks);
+    }
+}
+
+/// The peer broke a rule while open: queue Close with the error's code (§7.4.1) and start
+/// closing. Takes the session's fields apart so that it can run while the decoder's output is
+/// still borrowed.
+fn fail<'a>(
+    state: &mut State,
+    timer: &mut Liveness,
+    error: ProtocolError,
+    len: usize,
+    now: Tick,
+    config: &SessionConfig,
+    tx: &mut dyn Transmit,
+) -> Step<'a> {
+    let code = error.close_code();
+    tx.write(&mut |out| close::write_close_frame(out, code, ""));
+    *state = State::Closing {
+        how: Closing::CloseSent,
+        fin_sent: false,
+    };
+    timer.set(now + config.close_ticks);
+    Step {
+        consumed: len,
+        event: Some(Event::ProtocolError(error)),
     }
 }

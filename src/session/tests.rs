@@ -80,10 +80,15 @@ fn close_payload(code: u16) -> Vec<u8> {
 
 /// A session opened at `now`, its 101 already taken off the wire.
 fn open_at(now: Tick, wire: &mut Wire) -> Session {
+    open_with(UPGRADE, now, wire)
+}
+
+/// A session opened at `now` by the upgrade request `upgrade`, its 101 taken off the wire.
+fn open_with(upgrade: &[u8], now: Tick, wire: &mut Wire) -> Session {
     let config = config();
     let mut session = Session::new(now, &config);
     let _ = session.poll_timeout(now);
-    let Head::Request(request) = session.handle_head(UPGRADE, now, &config, wire) else {
+    let Head::Request(request) = session.handle_head(upgrade, now, &config, wire) else {
         panic!("the upgrade parses");
     };
     let upgrade = request.upgrade.expect("an upgrade");
@@ -100,8 +105,9 @@ fn feed(session: &mut Session, input: &[u8], now: Tick, wire: &mut Wire) -> Vec<
     let mut buf = input.to_vec();
     let mut pos = 0;
     let mut events = Vec::new();
+    let mut inflater = Inflater::new();
     loop {
-        let step = session.handle_frames(&mut buf[pos..], now, &config, wire);
+        let step = session.handle_frames(&mut buf[pos..], now, &config, wire, &mut inflater);
         pos += step.consumed;
         match step.event {
             None if step.consumed == 0 => break,
@@ -584,4 +590,174 @@ fn lingering_after_an_http_answer_is_bounded_in_amount_only_for_http() {
     let mut ws = open_at(Tick(0), &mut wire);
     assert!(ws.close(GOING_AWAY, "", Tick(1), &config, &mut wire));
     assert!((0..2048).all(|_| ws.discard(64 * 1024)));
+}
+
+const DEFLATE_UPGRADE: &[u8] =
+    b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+Sec-WebSocket-Extensions: permessage-deflate; server_max_window_bits=10, permessage-deflate\r\n\r\n";
+
+/// RFC 7692 §7.2.3.1: "Hello", compressed.
+const HELLO: [u8; 7] = [0xf2, 0x48, 0xcd, 0xc9, 0xc9, 0x07, 0x00];
+
+/// A masked client frame with RSV1 (`compressed`) as given.
+fn rsv1_frame(fin: bool, opcode: OpCode, rsv1: bool, payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    write_masked_frame(&mut out, fin, opcode, payload, [1, 2, 3, 4]);
+    if rsv1 {
+        out[0] |= 0x40;
+    }
+    out
+}
+
+#[test]
+fn deflate_is_negotiated_into_the_extension_bits() {
+    let mut wire = Wire::default();
+    let plain = open_with(UPGRADE, Tick(0), &mut wire);
+    assert!(plain.extensions().is_empty());
+    let config = config();
+    let mut session = Session::new(Tick(0), &config);
+    let Head::Request(request) = session.handle_head(DEFLATE_UPGRADE, Tick(0), &config, &mut wire)
+    else {
+        panic!("the upgrade parses");
+    };
+    let upgrade = request.upgrade.expect("an upgrade");
+    session.accept(&upgrade, Endpoint::Echo, Tick(0), &config, &mut wire);
+    let text = wire.text();
+    assert!(
+        text.contains(
+            "Sec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover; \
+             client_no_context_takeover; server_max_window_bits=10\r\n"
+        ),
+        "{text}"
+    );
+    assert!(session.extensions().deflate());
+    assert_eq!(session.extensions().server_window_bits(), 10);
+    assert_eq!(
+        Extensions::from_upgrade(
+            upgrade
+                .deflate
+                .map(|_| crate::protocol::deflate::Agreement {
+                    server_max_window_bits: None
+                })
+        )
+        .server_window_bits(),
+        15
+    );
+    assert_eq!(std::mem::size_of::<Session>(), 24, "no new field");
+}
+
+#[test]
+fn no_compression_declines_the_offer() {
+    let mut config = config();
+    config.handshake.permessage_deflate = false;
+    let mut wire = Wire::default();
+    let mut session = Session::new(Tick(0), &config);
+    let Head::Request(request) = session.handle_head(DEFLATE_UPGRADE, Tick(0), &config, &mut wire)
+    else {
+        panic!("the upgrade parses");
+    };
+    let upgrade = request.upgrade.expect("an upgrade");
+    assert_eq!(upgrade.deflate, None);
+    session.accept(&upgrade, Endpoint::Echo, Tick(0), &config, &mut wire);
+    assert!(!wire.text().contains("Sec-WebSocket-Extensions"));
+    assert!(session.extensions().is_empty());
+}
+
+#[test]
+fn compressed_messages_are_inflated() {
+    let mut wire = Wire::default();
+    let mut session = open_with(DEFLATE_UPGRADE, Tick(0), &mut wire);
+    let mut input = rsv1_frame(true, OpCode::Text, true, &HELLO);
+    // Fragmented: RSV1 on the first frame only.
+    input.extend(rsv1_frame(false, OpCode::Binary, true, &HELLO[..3]));
+    input.extend(rsv1_frame(true, OpCode::Ping, false, b"p"));
+    input.extend(rsv1_frame(true, OpCode::Continuation, false, &HELLO[3..]));
+    input.extend(rsv1_frame(true, OpCode::Text, false, b"plain"));
+    assert_eq!(
+        feed(&mut session, &input, Tick(1), &mut wire),
+        ["Text Hello", "Binary Hello", "Text plain"]
+    );
+    assert!(session.is_open());
+}
+
+#[test]
+fn compression_rules_and_their_close_codes() {
+    use crate::protocol::close::{INVALID_PAYLOAD, TOO_BIG};
+    let mut bomb_src = crate::protocol::deflate::Deflater::new();
+    let bomb = bomb_src
+        .compress(&[b'a'; (1 << 20) + 1])
+        .expect("shrinks")
+        .to_vec();
+    let cases: Vec<(&str, &[u8], Vec<u8>, u16)> = vec![
+        (
+            "rsv1 without the extension",
+            UPGRADE,
+            rsv1_frame(true, OpCode::Text, true, &HELLO),
+            PROTOCOL_ERROR,
+        ),
+        (
+            "rsv1 on a continuation",
+            DEFLATE_UPGRADE,
+            [
+                rsv1_frame(false, OpCode::Text, false, b"a"),
+                rsv1_frame(true, OpCode::Continuation, true, b"b"),
+            ]
+            .concat(),
+            PROTOCOL_ERROR,
+        ),
+        (
+            "rsv1 on a ping",
+            DEFLATE_UPGRADE,
+            rsv1_frame(true, OpCode::Ping, true, b""),
+            PROTOCOL_ERROR,
+        ),
+        (
+            "rsv2",
+            DEFLATE_UPGRADE,
+            {
+                let mut f = rsv1_frame(true, OpCode::Text, true, &HELLO);
+                f[0] |= 0x20;
+                f
+            },
+            PROTOCOL_ERROR,
+        ),
+        (
+            "bad deflate data",
+            DEFLATE_UPGRADE,
+            rsv1_frame(true, OpCode::Binary, true, &[0xff, 0xff, 0xff]),
+            INVALID_PAYLOAD,
+        ),
+        (
+            "inflated text not UTF-8",
+            DEFLATE_UPGRADE,
+            // A stored block holding 0xff.
+            rsv1_frame(
+                true,
+                OpCode::Text,
+                true,
+                &[0x00, 0x01, 0x00, 0xfe, 0xff, 0xff],
+            ),
+            INVALID_PAYLOAD,
+        ),
+        (
+            "inflates past --max-message-size",
+            DEFLATE_UPGRADE,
+            rsv1_frame(true, OpCode::Binary, true, &bomb),
+            TOO_BIG,
+        ),
+    ];
+    for (name, upgrade, input, code) in cases {
+        let mut wire = Wire::default();
+        let mut session = open_with(upgrade, Tick(0), &mut wire);
+        let events = feed(&mut session, &input, Tick(1), &mut wire);
+        assert_eq!(events.len(), 1, "{name}: {events:?}");
+        assert!(events[0].starts_with("ProtocolError"), "{name}: {events:?}");
+        assert_eq!(
+            wire.frames(),
+            [(OpCode::Close, code.to_be_bytes().to_vec())],
+            "{name}"
+        );
+        assert!(session.is_closing(), "{name}");
+    }
 }

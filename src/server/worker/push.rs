@@ -5,8 +5,9 @@
 //! answer. The router decides who gets what; this file only queues, sends and closes. It is
 //! also the one place where a worker [`Handle`] and a push [`ConnId`] are converted.
 //!
-//! Fan-out queues one shared frame (`SharedFrame`) per subscriber and marks the connection
-//! dirty; when the inbox batch is done each dirty connection is written once, so a burst of
+//! Fan-out queues one shared frame (`SharedFrame`) per subscriber — its compressed twin to a
+//! subscriber that negotiated permessage-deflate, made once for all workers by the first
+//! that needs it — and marks the connection dirty; when the inbox batch is done each dirty connection is written once, so a burst of
 //! messages costs one `writev` per subscriber, not one per message. A subscriber whose queue
 //! would pass `--max-backlog` is not given the frame (it doesn't count as delivered) and is
 //! closed with 1008.
@@ -21,6 +22,7 @@ use slab::Slab;
 
 use super::{conn_of, emit, peer, Worker};
 use crate::protocol::close;
+use crate::protocol::deflate::{shared_twin, Deflater};
 use crate::protocol::frame::{write_frame, OpCode, SharedFrame};
 use crate::protocol::handshake::Request;
 use crate::push::auth::{verify_hs256, Claims};
@@ -170,20 +172,43 @@ struct Queuing<'a> {
     max_backlog: usize,
     dirty: &'a mut Vec<Handle>,
     slow: &'a mut Vec<Handle>,
+    /// The worker's compressor, for the first deflate subscriber of a frame whose compressed
+    /// twin no worker made yet.
+    deflater: &'a mut Deflater,
+    /// `--compression-min-size`.
+    compression_min_size: usize,
 }
 
 impl Queuing<'_> {
-    /// Queues a shared frame for `conn`. Returns whether the connection took it.
+    /// Queues a shared frame for `conn`: its compressed twin if the connection negotiated
+    /// permessage-deflate and the twin pays, else the plain frame. Returns whether the
+    /// connection took it.
     fn push(&mut self, conn: &mut Connection, handle: Handle, frame: &SharedFrame) -> bool {
         if !conn.session.is_open() {
             return false;
         }
-        if conn.queued() + frame.len() > self.max_backlog {
+        let extensions = conn.session.extensions();
+        let twin_len = extensions
+            .deflate()
+            .then(|| {
+                shared_twin(
+                    frame,
+                    self.deflater,
+                    self.compression_min_size,
+                    extensions.server_window_bits(),
+                )
+                .map(<[u8]>::len)
+            })
+            .flatten();
+        if conn.queued() + twin_len.unwrap_or(frame.len()) > self.max_backlog {
             self.slow.push(handle);
             return false;
         }
         let outbound = conn.outbound.get_or_insert_with(Default::default);
-        outbound.push_shared(frame.clone());
+        match twin_len {
+            Some(_) => outbound.push_deflated(frame.clone()),
+            None => outbound.push_shared(frame.clone()),
+        }
         // Fan-out always leaves a queue, so the "listed already" bit lives there.
         if !outbound.dirty {
             outbound.dirty = true;
@@ -400,12 +425,15 @@ impl Worker {
             router,
             dirty,
             settings,
+            deflater,
             ..
         } = self;
         let queuing = Queuing {
             max_backlog: settings.max_backlog,
             dirty,
             slow,
+            deflater,
+            compression_min_size: settings.compression_min_size,
         };
         (conns, router, queuing)
     }
