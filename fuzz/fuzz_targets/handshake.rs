@@ -20,6 +20,7 @@ fuzz_target!(|data: &[u8]| {
             max_head_size: 96,
             max_headers: 3,
             subprotocols: vec!["chat".into(), "superchat".into()],
+            permessage_deflate: true,
         },
     );
     check(
@@ -28,6 +29,7 @@ fuzz_target!(|data: &[u8]| {
             max_head_size: 16,
             max_headers: 0,
             subprotocols: Vec::new(),
+            permessage_deflate: false,
         },
     );
     // More headers than the stack array holds: the heap path.

@@ -634,73 +634,84 @@ impl Worker {
 
     /// Decodes frames and acts on them; returns the bytes done with.
     fn handle_frames(&mut self, handle: Handle, buf: &mut [u8]) -> usize {
-        let Worker {
-            conns,
-            cork,
-            settings,
-            stats,
-            now,
-            push_in,
-            push_msgs,
-            inflater,
-            deflater,
-            ..
-        } = self;
-        let Some(conn) = conn_of(conns, handle) else {
-            return buf.len();
-        };
-        let is_push = conn.session.endpoint() == Endpoint::Push;
-        let extensions = conn.session.extensions();
         let mut pos = 0;
         let mut messages = 0u64;
         loop {
-            let step = conn.session.handle_frames(
-                &mut buf[pos..],
-                *now,
-                &settings.session,
-                &mut Tx::new(&mut conn.outbound, cork),
-                inflater,
-            );
-            pos += step.consumed;
-            match step.event {
-                None if step.consumed == 0 => break,
-                None => {}
-                Some(Event::Message { kind, data }) => {
-                    messages += 1;
-                    if is_push {
-                        // Handled once the session lets go of the connection (below).
-                        let start = push_in.len();
-                        push_in.extend_from_slice(data);
-                        push_msgs.push((kind, start, push_in.len()));
-                    } else {
-                        let min_size = settings.compression_min_size;
-                        emit(&mut conn.outbound, cork, |out| {
-                            echo(out, kind, data, extensions, deflater, min_size)
-                        });
-                        stats.messages_out.fetch_add(1, Ordering::Relaxed);
+            // Decode until the input is used up, the session closes, or a push message needs
+            // the router (which wants the whole worker: the session's borrow ends first).
+            let (done, push_message) = {
+                let Worker {
+                    conns,
+                    cork,
+                    settings,
+                    stats,
+                    now,
+                    push_in,
+                    push_msgs,
+                    inflater,
+                    deflater,
+                    ..
+                } = self;
+                let Some(conn) = conn_of(conns, handle) else {
+                    return buf.len();
+                };
+                let is_push = conn.session.endpoint() == Endpoint::Push;
+                let extensions = conn.session.extensions();
+                loop {
+                    let step = conn.session.handle_frames(
+                        &mut buf[pos..],
+                        *now,
+                        &settings.session,
+                        &mut Tx::new(&mut conn.outbound, cork),
+                        inflater,
+                    );
+                    pos += step.consumed;
+                    match step.event {
+                        None if step.consumed == 0 => break (true, false),
+                        None => {}
+                        Some(Event::Message { kind, data }) => {
+                            messages += 1;
+                            if is_push {
+                                let start = push_in.len();
+                                push_in.extend_from_slice(data);
+                                push_msgs.push((kind, start, push_in.len()));
+                                break (false, true);
+                            }
+                            let min_size = settings.compression_min_size;
+                            emit(&mut conn.outbound, cork, |out| {
+                                echo(out, kind, data, extensions, deflater, min_size)
+                            });
+                            stats.messages_out.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Some(Event::CloseReceived { code, echoed }) => {
+                            stats.close_received.add(code);
+                            if let Some(code) = echoed {
+                                stats.close_sent.add(code);
+                            }
+                            break (true, false);
+                        }
+                        Some(Event::ProtocolError(e)) => {
+                            debug!("{}: {e}; closing with {}", peer(conn), e.close_code());
+                            stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
+                            stats.close_sent.add(e.close_code());
+                            break (true, false);
+                        }
                     }
                 }
-                Some(Event::CloseReceived { code, echoed }) => {
-                    stats.close_received.add(code);
-                    if let Some(code) = echoed {
-                        stats.close_sent.add(code);
-                    }
-                    break;
-                }
-                Some(Event::ProtocolError(e)) => {
-                    debug!("{}: {e}; closing with {}", peer(conn), e.close_code());
-                    stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
-                    stats.close_sent.add(e.close_code());
-                    break;
-                }
+            };
+            if push_message {
+                // Answered before the next frame is decoded: its replies go out ahead of
+                // whatever follows it on the wire, the peer's Close included.
+                self.handle_push_messages(handle);
+            }
+            if done {
+                break;
             }
         }
-        stats.messages_in.fetch_add(messages, Ordering::Relaxed);
-        let closing = conn.session.is_closing();
-        if !self.push_msgs.is_empty() {
-            self.handle_push_messages(handle);
-        }
-        if closing {
+        self.stats
+            .messages_in
+            .fetch_add(messages, Ordering::Relaxed);
+        if self.get(handle).is_none_or(|c| c.session.is_closing()) {
             self.after_close(handle);
             buf.len()
         } else {
