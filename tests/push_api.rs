@@ -312,14 +312,19 @@ fn presence_lists_the_users_subscribed_on_the_channel() {
         users.dedup();
         assert_eq!(users.len(), listed, "each user once: {answer}");
         assert_eq!(users, ["alice", "bob", "dave"], "{answer}");
-        if let Some(count) = answer.get("count") {
-            assert_eq!(count, 3, "{answer}");
-        }
+        assert_eq!(answer["count"], 3, "{answer}");
+        assert_eq!(
+            answer["channel"], "room",
+            "design.md: the answer names its channel"
+        );
 
         let answer = api.get("/api/presence?channel=other");
         assert_eq!(answer["users"], json!(["carol"]), "{answer}");
         let answer = api.get("/api/presence?channel=nobody-here");
-        assert_eq!(answer["users"], json!([]), "{answer}");
+        assert_eq!(
+            answer,
+            json!({"channel": "nobody-here", "users": [], "count": 0})
+        );
 
         // Leaving the channel leaves the list.
         clients[4].send_json(&json!({"op": "unsubscribe", "channel": "room"}));

@@ -6,6 +6,7 @@
 //! from the command to the broker's answer (at once for the in-memory broker).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use super::broker::Epoch;
 use super::messages::{AckId, Answer, RequestId, UserId};
@@ -24,8 +25,19 @@ pub(super) enum Waiting {
     Broadcast,
     /// `POST /api/disconnect`.
     Disconnect,
-    /// `GET /api/presence`, with the users reported so far.
-    Presence { users: Vec<UserId> },
+    /// `GET /api/presence`: the channel asked about and the users reported so far (boxed:
+    /// rare, and the other requests in flight stay small).
+    Presence(Box<PresenceWait>),
+}
+
+/// A presence query in flight.
+#[derive(Debug)]
+pub(super) struct PresenceWait {
+    /// The channel asked about (the answer names it).
+    pub(super) channel: Arc<str>,
+    /// The users the workers reported so far (ids; duplicates across workers are removed
+    /// when the answer is written).
+    pub(super) users: Vec<UserId>,
 }
 
 /// One request in flight.
@@ -88,12 +100,14 @@ impl Pending {
             (Waiting::Broadcast | Waiting::Disconnect, false) => "{}".to_owned(),
             (Waiting::Broadcast, true) => format!("{{\"delivered\":{n}}}"),
             (Waiting::Disconnect, true) => format!("{{\"closed\":{n}}}"),
-            (Waiting::Presence { users }, _) => {
-                let mut list: Vec<&str> = users.iter().filter_map(|&id| name(id)).collect();
+            (Waiting::Presence(presence), _) => {
+                let mut list: Vec<&str> =
+                    presence.users.iter().filter_map(|&id| name(id)).collect();
                 list.sort_unstable();
                 list.dedup();
                 format!(
-                    "{{\"users\":{},\"count\":{}}}",
+                    "{{\"channel\":{},\"users\":{},\"count\":{}}}",
+                    serde_json::to_string(&*presence.channel).unwrap_or_else(|_| "\"\"".to_owned()),
                     serde_json::to_string(&list).unwrap_or_else(|_| "[]".to_owned()),
                     list.len()
                 )
@@ -176,8 +190,8 @@ impl Acks {
     ) -> Option<Pending> {
         let pending = self.pending.get_mut(&ack)?;
         pending.count += count;
-        if let Waiting::Presence { users: all } = &mut pending.waiting {
-            all.extend(users);
+        if let Waiting::Presence(presence) = &mut pending.waiting {
+            presence.users.extend(users);
         }
         pending.remaining = pending.remaining.saturating_sub(1);
         if pending.remaining > 0 {
@@ -483,6 +497,9 @@ mod tests {
             users: vec![a],
         });
         let answers: Vec<_> = hub.take_answers().collect();
-        assert_eq!(answers[0].body, "{\"users\":[\"a\",\"b\"],\"count\":2}");
+        assert_eq!(
+            answers[0].body,
+            "{\"channel\":\"room\",\"users\":[\"a\",\"b\"],\"count\":2}"
+        );
     }
 }

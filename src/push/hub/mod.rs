@@ -36,7 +36,7 @@ use crate::push::client_protocol::write_subscribed;
 use crate::push::names::USER_CHANNEL;
 use crate::push::users::Member;
 
-use acks::{Acks, Pending, Waiting};
+use acks::{Acks, Pending, PresenceWait, Waiting};
 use idempotency::{Begin, Remembered, Route};
 
 pub use broker::{encode_message, Broker, Epoch, Event, PublishTo};
@@ -262,7 +262,10 @@ impl<B: Broker> Hub<B> {
                     self.outbox.push((w, ToWorker::Presence { ack, channel }));
                     remaining += 1;
                 }
-                Waiting::Presence { users: Vec::new() }
+                Waiting::Presence(Box::new(PresenceWait {
+                    channel,
+                    users: Vec::new(),
+                }))
             }
         };
         self.wait(ack, Pending::new(conn, remaining, counted, waiting));
