@@ -472,6 +472,11 @@ pub enum ConfigError {
         /// What is wrong with it, e.g. "it must start with '/'".
         reason: &'static str,
     },
+    /// An `--allowed-origin` that no browser's `Origin` could ever equal.
+    InvalidOrigin {
+        /// The value given.
+        origin: String,
+    },
     /// `--ws-path` must be a valid path, distinct from the echo path.
     InvalidWsPath {
         /// The `--ws-path` given.
@@ -510,6 +515,11 @@ impl fmt::Display for ConfigError {
             ConfigError::InvalidWsPath { path, reason } => {
                 write!(f, "--ws-path {path:?} is invalid: {reason}")
             }
+            ConfigError::InvalidOrigin { origin } => write!(
+                f,
+                "--allowed-origin {origin:?} is not an origin: give scheme://host[:port] as a \
+                 browser sends it (no path, no trailing /), or null"
+            ),
             ConfigError::TooManyThreads { threads } => {
                 write!(f, "--threads {threads} is more than the 64 supported")
             }
@@ -550,6 +560,15 @@ impl Config {
             return Err(ConfigError::InvalidWsPath {
                 path: args.ws_path,
                 reason: "it is also the echo path",
+            });
+        }
+        if let Some(origin) = args
+            .allowed_origin
+            .iter()
+            .find(|o| !crate::http::origin::is_serialized_origin(o))
+        {
+            return Err(ConfigError::InvalidOrigin {
+                origin: origin.clone(),
             });
         }
         if !args.api_listen.ip().is_loopback() && args.api_key.is_none() {
@@ -1082,6 +1101,15 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.allowed_origins, ["https://a", "https://b"]);
+        for bad in ["*", "app.example.com", "https://a.com/path"] {
+            assert!(
+                matches!(
+                    Config::from_args(parse(&["--allowed-origin", bad]).unwrap()),
+                    Err(ConfigError::InvalidOrigin { .. })
+                ),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -20,6 +20,13 @@ pub fn origin_matches(allowed: &str, origin: &str) -> bool {
     }
 }
 
+/// Whether `s` can be an `--allowed-origin`: a tuple origin as a browser serialises one
+/// (`scheme://host[:port]`, no path, no trailing `/`, RFC 6454 §6.1) or `null` (§7.1). Anything
+/// else (`*`, a bare host, a URL with a path) would never match a browser's `Origin`.
+pub fn is_serialized_origin(s: &str) -> bool {
+    s == "null" || Tuple::parse(s).is_some()
+}
+
 /// A parsed tuple origin, borrowed; scheme and host in the case they were written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Tuple<'a> {
@@ -101,6 +108,27 @@ fn default_port(scheme: &str) -> Option<u16> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn configurable_origins() {
+        for ok in [
+            "https://a.example",
+            "http://a.example:8080",
+            "null",
+            "https://[::1]:443",
+        ] {
+            assert!(is_serialized_origin(ok), "{ok}");
+        }
+        for bad in [
+            "*",
+            "a.example",
+            "https://a.example/",
+            "https://a.example/path",
+            "",
+        ] {
+            assert!(!is_serialized_origin(bad), "{bad}");
+        }
+    }
 
     #[test]
     fn table() {

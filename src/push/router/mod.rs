@@ -688,13 +688,13 @@ impl Router {
             return;
         };
         let allowed = push.grants().is_none_or(|g| g.may_publish(channel));
-        if !allowed || channel.starts_with('$') {
-            return self.reply_channel_error(
-                conn,
-                OpError::FORBIDDEN,
-                "the token does not allow publishing here",
-                channel,
-            );
+        if channel.starts_with('$') || !allowed {
+            let reason = if channel.starts_with('$') {
+                "channels starting with $ are the server's: clients cannot publish there"
+            } else {
+                "the token does not allow publishing here"
+            };
+            return self.reply_channel_error(conn, OpError::FORBIDDEN, reason, channel);
         }
         if !push.take_publish(now.tick, self.second, self.config.publish_rate) {
             return self.reply_channel_error(
