@@ -163,7 +163,7 @@ async function run() {
   });
 
   await check("a PushMessage published through the API shows as a card", async () => {
-    const r = await api(apiPort, "/api/publish", { channel: "news", data: pushMessage("Quarterly report is out", { count: 3 }) });
+    const r = await api(apiPort, "/api/publish?wait=delivered", { channel: "news", data: pushMessage("Quarterly report is out", { count: 3 }) });
     if (r.delivered !== 1) throw new Error(`publish delivered to ${r.delivered} connections, expected 1`);
     const item = cardIn("news", "Quarterly report is out");
     await item.waitFor();
@@ -172,7 +172,7 @@ async function run() {
   });
 
   await check("a message sent to the user shows in the $user stream", async () => {
-    const r = await api(apiPort, "/api/send", { user: USER, data: pushMessage("Hello from edgepush") });
+    const r = await api(apiPort, "/api/send?wait=delivered", { user: USER, data: pushMessage("Hello from edgepush") });
     if (r.delivered !== 1) throw new Error(`send delivered to ${r.delivered} connections, expected 1`);
     await cardIn("$user", "Hello from edgepush").waitFor();
   });
@@ -192,7 +192,7 @@ async function run() {
   });
 
   await check("disconnect through the API shows close code 4000", async () => {
-    const r = await api(apiPort, "/api/disconnect", { user: USER });
+    const r = await api(apiPort, "/api/disconnect?wait=delivered", { user: USER });
     if (r.closed !== 1) throw new Error(`disconnect closed ${r.closed} connections, expected 1`);
     const state = page.locator('#state[data-state="closed"][data-code="4000"]');
     await state.waitFor();
