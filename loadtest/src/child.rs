@@ -17,6 +17,7 @@ use std::time::Duration;
 use mio::{Events, Poll, Token, Waker};
 use serde::{Deserialize, Serialize};
 
+use crate::cli::Payload;
 use crate::engine::{Engine, Phase, SECOND};
 use crate::scenarios::{self, Scenario};
 use crate::stats::HistData;
@@ -93,6 +94,12 @@ pub struct ChildSpec {
     /// average once per this (0 = never), reconnects and resubscribes with `since`/`epoch`.
     #[serde(default)]
     pub reconnect_every_ns: u64,
+    /// `--deflate`: the permessage-deflate offer every connection sends (`None`: no offer).
+    #[serde(default)]
+    pub deflate_offer: Option<String>,
+    /// Echo: what follows the timestamp in each message (`--payload`).
+    #[serde(default)]
+    pub payload: Payload,
 }
 
 /// Sent with `READY`.
@@ -118,6 +125,15 @@ pub struct ChildResult {
     pub sent: u64,
     pub received: u64,
     pub received_bytes: u64,
+    /// Bytes read from the sockets while measuring (phases `Running` and `Delivering`).
+    #[serde(default)]
+    pub wire_bytes_in: u64,
+    /// Connections whose 101 agreed to permessage-deflate.
+    #[serde(default)]
+    pub deflate_conns: u64,
+    /// Messages that arrived compressed and were inflated.
+    #[serde(default)]
+    pub inflated: u64,
     pub first_recv_ns: u64,
     pub last_recv_ns: u64,
     pub measure_start_ns: u64,

@@ -4,7 +4,9 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::deflate::DEFAULT_OFFER;
 
 /// The push endpoint, with `{n}` replaced by the connection's number.
 pub const DEFAULT_PUSH_URL: &str = "ws://127.0.0.1:8080/ws?user=load-{n}";
@@ -63,6 +65,29 @@ pub struct Common {
     /// Give up on a connection that has not finished its upgrade by then
     #[arg(long, global = true, default_value = "10s", value_parser = parse_duration)]
     pub handshake_timeout: Duration,
+    /// Offer permessage-deflate (RFC 7692) on every connection: `--deflate` offers
+    /// `permessage-deflate; client_no_context_takeover; server_no_context_takeover`,
+    /// `--deflate=OFFER` sends OFFER as the `Sec-WebSocket-Extensions` value (e.g.
+    /// `--deflate=permessage-deflate`). The server must accept it (else `deflate_declined`);
+    /// compressed messages are inflated before they are counted, and data messages we send are
+    /// compressed
+    #[arg(long, global = true, value_name = "OFFER", num_args = 0..=1, require_equals = true,
+          default_missing_value = DEFAULT_OFFER)]
+    pub deflate: Option<String>,
+}
+
+/// What the messages we send hold besides their `seq` and timestamp.
+#[derive(
+    ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Payload {
+    /// `"pad":"xxx…"`: one byte repeated (compresses to almost nothing).
+    #[default]
+    Pad,
+    /// `"items":[{…},…]`: records with varied ids, names, prices and tags, as a JSON push
+    /// would carry (deflate shrinks 1 KiB of it about 2.4×).
+    Json,
 }
 
 #[derive(Subcommand, Debug, Clone)]
@@ -100,6 +125,9 @@ pub enum Cmd {
         /// Messages in flight per connection
         #[arg(long, default_value_t = 8)]
         inflight: usize,
+        /// What follows the 8-byte timestamp in each message
+        #[arg(long, value_enum, default_value_t = Payload::Pad)]
+        payload: Payload,
         /// Measured phase
         #[arg(long, default_value = "10s", value_parser = parse_duration)]
         duration: Duration,
@@ -174,6 +202,9 @@ pub struct PubSub {
     /// Approximate size of each message's data object, in bytes
     #[arg(long, default_value_t = 64)]
     pub size: usize,
+    /// What the data object holds besides `seq` and `t`
+    #[arg(long, value_enum, default_value_t = Payload::Pad)]
+    pub payload: Payload,
     /// With `--rate 0`: API publishes kept in flight on the keep-alive connection (HTTP/1.1
     /// pipelining); 1 = one at a time, each waiting for its answer (a backend publishing
     /// request by request)

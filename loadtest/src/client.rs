@@ -5,6 +5,10 @@
 //! A connection goes `Connecting` (TCP) → `Handshaking` (upgrade request written, waiting for
 //! the 101) → `Open`, or through `Subscribing` when the scenario sends a `subscribe` op first,
 //! and, for a close handshake of our own, `Closing` → `AwaitEof`.
+//!
+//! With `--deflate` the upgrade request offers permessage-deflate (RFC 7692), the 101 must
+//! accept it ([`crate::deflate::check_answer`]), and messages that arrive with RSV1 are
+//! inflated here, so scenarios only ever see plain messages.
 
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -12,9 +16,11 @@ use std::os::fd::AsRawFd;
 
 use edgepush::protocol::frame::{write_masked_frame, OpCode};
 use edgepush::protocol::handshake::accept_key;
-use edgepush::protocol::message::{Decoder, DecoderConfig, Event};
+use edgepush::protocol::message::{Decoder, DecoderConfig, Event, MessageKind};
 use mio::net::TcpStream;
 use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::deflate::{check_answer, Agreed, Deflater, InflateError, Inflater};
 
 /// The longest response head (status line and headers) accepted for the upgrade.
 const MAX_HEAD: usize = 16 * 1024;
@@ -101,6 +107,8 @@ pub struct Session {
     pub started_ns: u64,
     /// Whether the socket is read (slow readers stop).
     pub reading: Reading,
+    /// permessage-deflate as the server's 101 agreed to it (`None`: not in use).
+    pub deflate: Option<Agreed>,
 }
 
 impl Session {
@@ -109,19 +117,42 @@ impl Session {
         write_masked_frame(&mut self.out, true, op, payload, mask);
     }
 
+    /// Queues one data message: compressed by `deflater` with RSV1 set (RFC 7692 §6) when the
+    /// connection agreed to permessage-deflate and a deflater is given, plain otherwise.
+    pub fn send_data(
+        &mut self,
+        op: OpCode,
+        payload: &[u8],
+        mask: [u8; 4],
+        deflater: Option<&mut Deflater>,
+    ) {
+        match deflater {
+            Some(d) if self.deflate.is_some() && !op.is_control() => {
+                let start = self.out.len();
+                write_masked_frame(&mut self.out, true, op, d.compress(payload), mask);
+                self.out[start] |= 0x40;
+            }
+            _ => self.send(op, payload, mask),
+        }
+    }
+
     /// Queues a Close frame carrying `code` (§5.5.1).
     pub fn send_close(&mut self, code: u16, mask: [u8; 4]) {
         self.send(OpCode::Close, &code.to_be_bytes(), mask);
     }
 
-    /// Queues the upgrade request (§4.1) for `path` (`{n}` becomes our number) on `host`.
-    fn write_upgrade_request(&mut self, path: &str, host: &str) {
+    /// Queues the upgrade request (§4.1) for `path` (`{n}` becomes our number) on `host`,
+    /// offering the extensions in `offer` (a `Sec-WebSocket-Extensions` value), if any.
+    fn write_upgrade_request(&mut self, path: &str, host: &str, offer: Option<&str>) {
         let path = path.replace("{n}", &self.number.to_string());
         let _ = write!(
             self.out,
             "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: "
         );
         self.out.extend_from_slice(&self.key);
+        if let Some(offer) = offer {
+            let _ = write!(self.out, "\r\nSec-WebSocket-Extensions: {offer}");
+        }
         self.out.extend_from_slice(
             b"\r\nSec-WebSocket-Version: 13\r\nUser-Agent: edgepush-load\r\n\r\n",
         );
@@ -136,12 +167,30 @@ pub enum Input<'a> {
     Event(Event<'a>),
 }
 
+/// What a child's connections share for permessage-deflate on the receiving side: the offer
+/// they send, the inflater of every connection whose server keeps no context, and counts.
+#[derive(Debug, Default)]
+pub struct DeflateIn {
+    /// The `Sec-WebSocket-Extensions` value offered (`--deflate`); `None`: no offer.
+    pub offer: Option<String>,
+    /// Reset per message; used when the server agreed to `server_no_context_takeover`.
+    pub shared: Inflater,
+    /// Messages that arrived compressed (RSV1) and were inflated.
+    pub inflated: u64,
+}
+
 /// One client connection: a non-blocking socket, its frame decoder, the bytes read but not yet
 /// decoded, and its [`Session`].
 pub struct Client {
     /// Registered with the child's `Poll` under the connection's slot.
     pub socket: TcpStream,
+    /// Bytes read from the socket so far (the wire: frame headers, compressed payloads, and
+    /// the 101 head).
+    pub wire_in: u64,
     decoder: Decoder,
+    /// This connection's own inflater, when the server keeps its context across messages
+    /// (no `server_no_context_takeover`); made on the first compressed message.
+    inflater: Option<Box<Inflater>>,
     /// Read but not decoded yet: a partial head or frame, carried to the next read.
     unread: Vec<u8>,
     /// State and outgoing bytes.
@@ -202,7 +251,9 @@ impl Client {
         let _ = socket.set_nodelay(true);
         Ok(Client {
             socket,
+            wire_in: 0,
             decoder: Decoder::new(),
+            inflater: None,
             unread: Vec::new(),
             session: Session {
                 state: ClientState::Connecting,
@@ -212,13 +263,20 @@ impl Client {
                 written: 0,
                 started_ns: 0,
                 reading: Reading::Live,
+                deflate: None,
             },
         })
     }
 
     /// While `Connecting`: has the TCP connect finished? Once it has, queues the upgrade request
-    /// for `path` on `host` and moves to `Handshaking`. `Ok(false)`: not yet.
-    pub fn finish_connect(&mut self, path: &str, host: &str) -> Result<bool, End> {
+    /// for `path` on `host` (offering `offer`, if any) and moves to `Handshaking`.
+    /// `Ok(false)`: not yet.
+    pub fn finish_connect(
+        &mut self,
+        path: &str,
+        host: &str,
+        offer: Option<&str>,
+    ) -> Result<bool, End> {
         match self.socket.take_error() {
             Ok(Some(e)) | Err(e) => return Err(End::Error(error_kind(&e).into())),
             Ok(None) => {}
@@ -228,7 +286,7 @@ impl Client {
             Err(e) if e.kind() == io::ErrorKind::NotConnected => return Ok(false),
             Err(e) => return Err(End::Error(error_kind(&e).into())),
         }
-        self.session.write_upgrade_request(path, host);
+        self.session.write_upgrade_request(path, host, offer);
         self.session.state = ClientState::Handshaking;
         Ok(true)
     }
@@ -260,6 +318,7 @@ impl Client {
         buf: &mut [u8],
         closing: bool,
         cfg: &DecoderConfig,
+        deflate: &mut DeflateIn,
         handle: &mut dyn FnMut(&mut Session, Input<'_>) -> Option<End>,
     ) -> Option<End> {
         loop {
@@ -274,8 +333,9 @@ impl Client {
             match self.socket.read(&mut buf[s..]) {
                 Ok(0) => return Some(End::Eof),
                 Ok(n) => {
+                    self.wire_in += n as u64;
                     let drained = s + n < buf.len() && !closing;
-                    if let Some(end) = self.feed(&mut buf[..s + n], cfg, handle) {
+                    if let Some(end) = self.feed(&mut buf[..s + n], cfg, deflate, handle) {
                         return Some(end);
                     }
                     if self.session.reading == Reading::Stopped || drained {
@@ -300,6 +360,7 @@ impl Client {
         &mut self,
         buf: &mut [u8],
         cfg: &DecoderConfig,
+        deflate: &mut DeflateIn,
         handle: &mut dyn FnMut(&mut Session, Input<'_>) -> Option<End>,
     ) -> Option<End> {
         let mut pos = 0;
@@ -312,20 +373,54 @@ impl Client {
                 return None;
             };
             let head_len = end + 4;
-            if let Err(kind) = check_response(&buf[..head_len], &self.session.key) {
-                return Some(End::Error(kind));
+            match check_response(
+                &buf[..head_len],
+                &self.session.key,
+                deflate.offer.as_deref(),
+            ) {
+                Ok(agreed) => self.session.deflate = agreed,
+                Err(kind) => return Some(End::Error(kind)),
             }
             // A scenario cannot end a connection on its upgrade.
             let _ = handle(&mut self.session, Input::Upgraded);
             pos = head_len;
         }
+        let agreed = self.session.deflate;
         loop {
-            let step = match self.decoder.decode(&mut buf[pos..], cfg) {
+            let step = match self
+                .decoder
+                .decode_with(&mut buf[pos..], cfg, agreed.is_some())
+            {
                 Ok(step) => step,
                 Err(_) => return Some(End::Error("protocol_error".into())),
             };
             pos += step.consumed;
-            match step.event {
+            let event = match (step.event, agreed) {
+                (Some(Event::Message { kind, data }), Some(agreed)) if step.compressed => {
+                    deflate.inflated += 1;
+                    let (inflater, reset) = if agreed.server_no_context_takeover {
+                        (&mut deflate.shared, true)
+                    } else {
+                        (&mut **self.inflater.get_or_insert_with(Box::default), false)
+                    };
+                    let data = match inflater.inflate(data, reset, cfg.max_message_size) {
+                        Ok(data) => data,
+                        Err(InflateError::BadData) => {
+                            return Some(End::Error("bad_deflate_data".into()))
+                        }
+                        Err(InflateError::TooBig) => {
+                            return Some(End::Error("inflated_too_big".into()))
+                        }
+                    };
+                    // The decoder left the UTF-8 of a compressed text message to us.
+                    if kind == MessageKind::Text && std::str::from_utf8(data).is_err() {
+                        return Some(End::Error("invalid_utf8".into()));
+                    }
+                    Some(Event::Message { kind, data })
+                }
+                (event, _) => event,
+            };
+            match event {
                 Some(ev) => {
                     if let Some(end) = handle(&mut self.session, Input::Event(ev)) {
                         return Some(end);
@@ -341,8 +436,14 @@ impl Client {
 }
 
 /// Checks a 101 response head (through the blank line) for `key` (RFC 6455 §4.1, §4.2.2:
-/// status 101 and `Sec-WebSocket-Accept` = base64(SHA-1(key + GUID))); the error is a kind.
-pub fn check_response(head: &[u8], key: &[u8]) -> Result<(), String> {
+/// status 101 and `Sec-WebSocket-Accept` = base64(SHA-1(key + GUID))) and its
+/// `Sec-WebSocket-Extensions` against `offer`, what we offered (RFC 7692 §7.1, see
+/// [`check_answer`]). Returns the permessage-deflate agreement, if any; the error is a kind.
+pub fn check_response(
+    head: &[u8],
+    key: &[u8],
+    offer: Option<&str>,
+) -> Result<Option<Agreed>, String> {
     let text = std::str::from_utf8(head).map_err(|_| "bad_response".to_string())?;
     let mut lines = text.split("\r\n");
     let status_line = lines.next().unwrap_or("");
@@ -356,18 +457,27 @@ pub fn check_response(head: &[u8], key: &[u8]) -> Result<(), String> {
         return Err(format!("upgrade_status_{status}"));
     }
     let want = accept_key(key);
+    let mut accepted = None;
+    let mut extensions: Option<String> = None;
     for line in lines {
         if let Some((name, value)) = line.split_once(':') {
-            if name.trim().eq_ignore_ascii_case("sec-websocket-accept") {
-                return if value.trim().as_bytes() == want {
-                    Ok(())
-                } else {
-                    Err("bad_accept".into())
-                };
+            let name = name.trim();
+            if name.eq_ignore_ascii_case("sec-websocket-accept") && accepted.is_none() {
+                accepted = Some(value.trim().as_bytes() == want);
+            } else if name.eq_ignore_ascii_case("sec-websocket-extensions") {
+                // Several header lines are one comma-separated list (RFC 9110 §5.3).
+                let all = extensions.get_or_insert_with(String::new);
+                if !all.is_empty() {
+                    all.push(',');
+                }
+                all.push_str(value.trim());
             }
         }
     }
-    Err("bad_accept".into())
+    if accepted != Some(true) {
+        return Err("bad_accept".into());
+    }
+    check_answer(extensions.as_deref(), offer)
 }
 
 /// Standard base64 of 16 bytes (a `Sec-WebSocket-Key`, RFC 6455 §4.1).
@@ -419,19 +529,41 @@ mod tests {
     fn response_checks() {
         let key = b"dGhlIHNhbXBsZSBub25jZQ==";
         let ok = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nsec-websocket-accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n";
-        assert_eq!(check_response(ok, key), Ok(()));
+        assert_eq!(check_response(ok, key, None), Ok(None));
         let bad = b"HTTP/1.1 101 Switching Protocols\r\nSec-WebSocket-Accept: nope\r\n\r\n";
-        assert_eq!(check_response(bad, key), Err("bad_accept".into()));
+        assert_eq!(check_response(bad, key, None), Err("bad_accept".into()));
         let missing = b"HTTP/1.1 101 Switching Protocols\r\n\r\n";
-        assert_eq!(check_response(missing, key), Err("bad_accept".into()));
+        assert_eq!(check_response(missing, key, None), Err("bad_accept".into()));
         let refused = b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n";
         assert_eq!(
-            check_response(refused, key),
+            check_response(refused, key, None),
             Err("upgrade_status_404".into())
         );
         assert_eq!(
-            check_response(b"garbage\r\n\r\n", key),
+            check_response(b"garbage\r\n\r\n", key, None),
             Err("bad_response".into())
+        );
+        // permessage-deflate: the answer is checked against the offer (RFC 7692 §7.1).
+        let offer = Some(crate::deflate::DEFAULT_OFFER);
+        let with = |ext: &str| {
+            format!("HTTP/1.1 101 Switching Protocols\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n{ext}\r\n")
+        };
+        let agreed =
+            with("Sec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover\r\n");
+        let a = check_response(agreed.as_bytes(), key, offer);
+        assert!(a.is_ok_and(|a| a.is_some_and(|a| a.server_no_context_takeover)));
+        assert_eq!(
+            check_response(with("").as_bytes(), key, offer),
+            Err("deflate_declined".into())
+        );
+        assert_eq!(
+            check_response(agreed.as_bytes(), key, None),
+            Err("bad_extension".into())
+        );
+        let twice = with("Sec-WebSocket-Extensions: permessage-deflate\r\nSec-WebSocket-Extensions: permessage-deflate\r\n");
+        assert_eq!(
+            check_response(twice.as_bytes(), key, offer),
+            Err("bad_extension".into())
         );
     }
 

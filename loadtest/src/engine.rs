@@ -10,7 +10,8 @@ use hdrhistogram::Histogram;
 use mio::{Interest, Poll, Token};
 
 use crate::child::{ChildResult, ChildSpec, ReadyInfo};
-use crate::client::{Client, ClientState, ConnectTo, End, Input, Reading, Session};
+use crate::client::{Client, ClientState, ConnectTo, DeflateIn, End, Input, Reading, Session};
+use crate::deflate::Deflater;
 use crate::scenarios::Scenario;
 use crate::stats::{hist_to_data, new_hist};
 use crate::sys::now_ns;
@@ -57,6 +58,9 @@ pub struct Run {
     pub latency_hist: Histogram<u64>,
     /// The counters sent back to the parent.
     pub result: ChildResult,
+    /// Compresses the data messages we send on connections that agreed to permessage-deflate
+    /// (`--deflate`; `None` without it).
+    deflater: Option<Deflater>,
     rng: u64,
 }
 
@@ -79,10 +83,11 @@ impl Run {
         (self.next_rand() as u32).to_ne_bytes()
     }
 
-    /// Queues a frame on `session`, masked with a fresh key.
+    /// Queues a frame on `session`, masked with a fresh key; a data message is compressed
+    /// if the connection agreed to permessage-deflate.
     pub fn send(&mut self, session: &mut Session, op: OpCode, payload: &[u8]) {
         let mask = self.next_mask();
-        session.send(op, payload, mask);
+        session.send_data(op, payload, mask, self.deflater.as_mut());
     }
 
     /// Queues a Close frame with `code` on `session`.
@@ -115,6 +120,8 @@ pub struct Engine {
     clients: Vec<Option<Client>>,
     read_buf: Vec<u8>,
     decoder: DecoderConfig,
+    /// The permessage-deflate offer and the shared inflater.
+    deflate_in: DeflateIn,
     /// Connections the connect phase has started.
     started: usize,
     /// The whole run's deadline (ns).
@@ -135,6 +142,7 @@ impl Engine {
                 handshake_hist: new_hist(),
                 latency_hist: new_hist(),
                 result: ChildResult::default(),
+                deflater: spec.deflate_offer.as_ref().map(|_| Deflater::new()),
                 rng: now ^ (u64::from(std::process::id()) << 32) | 1,
             },
             poll,
@@ -143,6 +151,10 @@ impl Engine {
             decoder: DecoderConfig {
                 role: Role::Client,
                 max_message_size: 64 << 20,
+            },
+            deflate_in: DeflateIn {
+                offer: spec.deflate_offer.clone(),
+                ..DeflateIn::default()
             },
             started: 0,
             deadline: now.saturating_add(spec.timeout_ns),
@@ -291,7 +303,11 @@ impl Engine {
             return;
         };
         if client.session.state == ClientState::Connecting {
-            match client.finish_connect(&self.spec.path, &self.spec.host) {
+            match client.finish_connect(
+                &self.spec.path,
+                &self.spec.host,
+                self.deflate_in.offer.as_deref(),
+            ) {
                 Ok(true) => {}
                 Ok(false) => return,
                 Err(end) => return self.finish(slot, end, scenario),
@@ -316,14 +332,19 @@ impl Engine {
     ) -> Option<End> {
         let client = self.clients.get_mut(slot).and_then(Option::as_mut)?;
         let run = &mut self.run;
-        client.read(
+        let wire_before = client.wire_in;
+        let end = client.read(
             &mut self.read_buf,
             closing,
             &self.decoder,
+            &mut self.deflate_in,
             &mut |session, input| match input {
                 Input::Upgraded => {
                     run.handshake_hist
                         .saturating_record(now.saturating_sub(session.started_ns));
+                    if session.deflate.is_some() {
+                        run.result.deflate_conns += 1;
+                    }
                     if run.phase == Phase::Connecting {
                         run.connect_last_ns = now;
                     }
@@ -332,7 +353,11 @@ impl Engine {
                 }
                 Input::Event(ev) => on_event(run, scenario, session, slot, ev, now),
             },
-        )
+        );
+        if matches!(run.phase, Phase::Running | Phase::Delivering) {
+            run.result.wire_bytes_in += client.wire_in - wire_before;
+        }
+        end
     }
 
     /// Ends the connections that took too long: to connect, upgrade or subscribe (the
@@ -415,6 +440,7 @@ impl Engine {
         run.result.handshake = hist_to_data(&run.handshake_hist);
         run.result.latency = hist_to_data(&run.latency_hist);
         run.result.index = self.spec.index;
+        run.result.inflated = self.deflate_in.inflated;
         std::mem::take(&mut run.result)
     }
 }

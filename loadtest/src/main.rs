@@ -3,6 +3,7 @@
 mod child;
 mod cli;
 mod client;
+mod deflate;
 mod engine;
 mod floor;
 mod parent;

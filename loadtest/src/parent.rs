@@ -12,7 +12,9 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::child::{ChildResult, ChildSpec, ReadyInfo, ScenarioKind, SPEC_ENV};
-use crate::cli::{parse_url, Cli, Cmd, PubSub, Target, DEFAULT_ECHO_URL, DEFAULT_PUSH_URL};
+use crate::cli::{
+    parse_url, Cli, Cmd, Payload, PubSub, Target, DEFAULT_ECHO_URL, DEFAULT_PUSH_URL,
+};
 use crate::publish::{self, ApiPublisher, PublishReport, Publisher, WsPublisher};
 use crate::report::{svg_chart, table, Progress};
 use crate::stats::{curve, merge_data, new_hist, percentiles};
@@ -352,6 +354,8 @@ fn execute(cli: &Cli, plan: Plan, pub_target: Option<Target>) -> Result<i32, Str
             close_wait_ns: 0,
             timeout_ns: ns(c.timeout).saturating_sub(1_000_000_000),
             reconnect_every_ns: 0,
+            deflate_offer: c.deflate.clone(),
+            payload: Payload::Pad,
         };
         first += n as u64;
         match &cli.cmd {
@@ -361,8 +365,10 @@ fn execute(cli: &Cli, plan: Plan, pub_target: Option<Target>) -> Result<i32, Str
                 size,
                 inflight,
                 duration,
+                payload,
                 ..
             } => {
+                spec.payload = *payload;
                 spec.size = *size;
                 spec.inflight = *inflight;
                 spec.duration_ns = ns(*duration);
@@ -494,14 +500,17 @@ fn execute(cli: &Cli, plan: Plan, pub_target: Option<Target>) -> Result<i32, Str
         let api_key = c.api_key.clone();
         let handle = std::thread::spawn(move || -> Result<PublishReport, String> {
             let mut publisher: Box<dyn Publisher> = match &pubsub.pub_ws {
-                Some(_) => Box::new(WsPublisher::new(&pt)?),
-                None => Box::new(ApiPublisher::new(
-                    pt,
-                    &pubsub.channel,
-                    api_key.as_deref(),
-                    pubsub.api_pipeline,
-                    pubsub.wait_delivered,
-                )?),
+                Some(_) => Box::new(WsPublisher::new(&pt)?.with_payload(pubsub.payload)),
+                None => Box::new(
+                    ApiPublisher::new(
+                        pt,
+                        &pubsub.channel,
+                        api_key.as_deref(),
+                        pubsub.api_pipeline,
+                        pubsub.wait_delivered,
+                    )?
+                    .with_payload(pubsub.payload),
+                ),
             };
             let report = publish::run(
                 publisher.as_mut(),
@@ -632,10 +641,16 @@ fn execute(cli: &Cli, plan: Plan, pub_target: Option<Target>) -> Result<i32, Str
                 out.insert("tcp_mem_per_conn".into(), json!(per_conn(b, a)));
             }
         }
-        Cmd::Echo { size, inflight, .. } => {
+        Cmd::Echo {
+            size,
+            inflight,
+            payload,
+            ..
+        } => {
             out.insert("conns".into(), json!(plan.conns));
             out.insert("connected".into(), json!(opened));
             out.insert("size".into(), json!(size));
+            out.insert("payload".into(), json!(payload));
             out.insert("inflight".into(), json!(inflight));
             out.insert("duration_s".into(), json!(round3(measured_s)));
             out.insert("messages".into(), json!(received));
@@ -664,6 +679,7 @@ fn execute(cli: &Cli, plan: Plan, pub_target: Option<Target>) -> Result<i32, Str
             out.insert("rate".into(), json!(pubsub.rate));
             out.insert("api_pipeline".into(), json!(pubsub.api_pipeline));
             out.insert("size".into(), json!(pubsub.size));
+            out.insert("payload".into(), json!(pubsub.payload));
             out.insert("published".into(), json!(p.published));
             out.insert("publish_errors".into(), json!(p.errors));
             if let Some(e) = &p.first_error {
@@ -751,6 +767,26 @@ fn execute(cli: &Cli, plan: Plan, pub_target: Option<Target>) -> Result<i32, Str
             out.insert("closes_ok".into(), json!(sum(&|r| r.closes_ok)));
             out.insert("failed".into(), json!(sum(&|r| r.failed)));
             messages_for_cpu = handshakes;
+        }
+    }
+    out.insert("deflate".into(), json!(c.deflate));
+    out.insert("deflate_conns".into(), json!(sum(&|r| r.deflate_conns)));
+    if plan.kind != ScenarioKind::Churn {
+        let wire = sum(&|r| r.wire_bytes_in);
+        let msgs = if plan.kind == ScenarioKind::Idle {
+            0
+        } else {
+            received
+        };
+        out.insert("wire_bytes_in".into(), json!(wire));
+        out.insert("inflated_msgs".into(), json!(sum(&|r| r.inflated)));
+        if msgs > 0 {
+            let per = |bytes: u64| (bytes as f64 / msgs as f64 * 10.0).round() / 10.0;
+            out.insert("wire_bytes_per_msg".into(), json!(per(wire)));
+            out.insert(
+                "payload_bytes_per_msg".into(),
+                json!(per(sum(&|r| r.received_bytes))),
+            );
         }
     }
     out.insert("handshake_us".into(), json!(percentiles(&hs)));

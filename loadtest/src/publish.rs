@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use edgepush::protocol::frame::{write_masked_frame, OpCode};
 
-use crate::cli::Target;
+use crate::cli::{Payload, Target};
 use crate::client::{base64_16, check_response};
 use crate::stats::contains;
 use crate::sys::now_ns;
@@ -40,13 +40,66 @@ impl PublishReport {
     }
 }
 
-/// Writes the data object for message `seq` into `out`: `{"seq":…,"t":…,"pad":"xxx…"}`,
-/// padded to about `size` bytes.
-pub fn write_data(out: &mut Vec<u8>, seq: u64, t: u64, size: usize) {
+/// Writes the data object for message `seq` into `out`, about `size` bytes (exactly, when
+/// `size` leaves room for the fields): `{"seq":…,"t":…,"pad":"xxx…"}` for [`Payload::Pad`];
+/// for [`Payload::Json`], `{"seq":…,"t":…,"items":[{"id":…,"user":…,"price":…,"qty":…,
+/// "tags":[…]},…],"n":"…"}`, records drawn from a generator seeded by `seq`, closed by a
+/// short string of letters that brings it to `size`.
+pub fn write_data(out: &mut Vec<u8>, seq: u64, t: u64, size: usize, payload: Payload) {
     let start = out.len();
-    let _ = write!(out, "{{\"seq\":{seq},\"t\":{t},\"pad\":\"");
-    let used = out.len() - start + 2;
-    out.resize(out.len() + size.saturating_sub(used), b'x');
+    match payload {
+        Payload::Pad => {
+            let _ = write!(out, "{{\"seq\":{seq},\"t\":{t},\"pad\":\"");
+            let used = out.len() - start + 2;
+            out.resize(out.len() + size.saturating_sub(used), b'x');
+            out.extend_from_slice(b"\"}");
+        }
+        Payload::Json => write_json_data(out, seq, t, size),
+    }
+}
+
+/// The [`Payload::Json`] data object (see [`write_data`]).
+fn write_json_data(out: &mut Vec<u8>, seq: u64, t: u64, size: usize) {
+    const WORDS: [&str; 12] = [
+        "red", "green", "blue", "sale", "new", "eu", "us", "mobile", "desktop", "gold", "beta",
+        "promo",
+    ];
+    // The tail: `],"n":"` + letters + `"}`.
+    const TAIL: usize = 9;
+    let start = out.len();
+    let mut rng = seq.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    let mut next = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    let _ = write!(out, "{{\"seq\":{seq},\"t\":{t},\"items\":[");
+    let mut item = Vec::with_capacity(128);
+    for k in 0.. {
+        item.clear();
+        let r = next();
+        let _ = write!(
+            item,
+            "{}{{\"id\":{},\"user\":\"user-{}\",\"price\":{}.{},\"qty\":{},\"tags\":[\"{}\",\"{}\"]}}",
+            if k == 0 { "" } else { "," },
+            1_000_000 + seq * 64 + k,
+            (r >> 20) % 100,
+            (r >> 34) % 200,
+            ["00", "50", "99"][((r >> 44) % 3) as usize],
+            (r >> 51) % 10,
+            WORDS[((r >> 57) % 12) as usize],
+            WORDS[((r >> 8) % 12) as usize],
+        );
+        if out.len() - start + item.len() + TAIL > size {
+            break;
+        }
+        out.extend_from_slice(&item);
+    }
+    out.extend_from_slice(b"],\"n\":\"");
+    while out.len() - start + 2 < size {
+        out.push(b'a' + (next() % 26) as u8);
+    }
     out.extend_from_slice(b"\"}");
 }
 
@@ -90,6 +143,8 @@ pub struct ApiPublisher {
     body: Vec<u8>,
     req: Vec<u8>,
     resp: Vec<u8>,
+    /// What the data objects hold (`--payload`).
+    payload: Payload,
 }
 
 impl ApiPublisher {
@@ -115,10 +170,17 @@ impl ApiPublisher {
             body: Vec::with_capacity(4096),
             req: Vec::with_capacity(4096),
             resp: Vec::with_capacity(4096),
+            payload: Payload::Pad,
             target,
         };
         p.stream = Some(connect(&p.target)?);
         Ok(p)
+    }
+
+    /// Makes the data objects hold `payload` (`--payload`).
+    pub fn with_payload(mut self, payload: Payload) -> Self {
+        self.payload = payload;
+        self
     }
 
     fn round_trip(&mut self) -> Result<u64, String> {
@@ -199,7 +261,7 @@ impl ApiPublisher {
         self.body.extend_from_slice(b"{\"channel\":");
         self.body.extend_from_slice(self.channel_json.as_bytes());
         self.body.extend_from_slice(b",\"data\":");
-        write_data(&mut self.body, seq, now_ns(), size);
+        write_data(&mut self.body, seq, now_ns(), size, self.payload);
         self.body.push(b'}');
         self.req.clear();
         let _ = write!(
@@ -312,6 +374,8 @@ pub struct WsPublisher {
     body: Vec<u8>,
     frame: Vec<u8>,
     rng: u64,
+    /// What the data objects hold (`--payload`).
+    payload: Payload,
 }
 
 impl WsPublisher {
@@ -344,7 +408,7 @@ impl WsPublisher {
                 return Err("publisher upgrade: response head too long".into());
             }
         }
-        check_response(&head, &key).map_err(|kind| {
+        check_response(&head, &key, None).map_err(|kind| {
             format!(
                 "publisher upgrade refused at ws://{}{path}: {kind} ({})",
                 target.host,
@@ -357,7 +421,14 @@ impl WsPublisher {
             body: Vec::with_capacity(4096),
             frame: Vec::with_capacity(4096),
             rng: now_ns() | 1,
+            payload: Payload::Pad,
         })
+    }
+
+    /// Makes the data objects hold `payload` (`--payload`).
+    pub fn with_payload(mut self, payload: Payload) -> Self {
+        self.payload = payload;
+        self
     }
 
     pub fn close(&mut self) {
@@ -382,7 +453,7 @@ impl Drop for WsPublisher {
 impl Publisher for WsPublisher {
     fn publish(&mut self, seq: u64, size: usize) -> Result<u64, String> {
         self.body.clear();
-        write_data(&mut self.body, seq, now_ns(), size);
+        write_data(&mut self.body, seq, now_ns(), size, self.payload);
         self.frame.clear();
         self.rng ^= self.rng << 13;
         self.rng ^= self.rng >> 7;
@@ -452,17 +523,36 @@ mod tests {
 
     #[test]
     fn data_object_is_json_of_about_the_size() {
-        for size in [0usize, 10, 64, 1000] {
-            let mut out = Vec::new();
-            write_data(&mut out, 12, 123456789, size);
-            let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
-            assert_eq!(v["seq"], 12);
-            assert_eq!(v["t"], 123456789);
-            if size > 40 {
-                assert_eq!(out.len(), size);
+        for payload in [Payload::Pad, Payload::Json] {
+            for size in [0usize, 10, 64, 1000, 1024] {
+                let mut out = Vec::new();
+                write_data(&mut out, 12, 123456789, size, payload);
+                let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+                assert_eq!(v["seq"], 12);
+                assert_eq!(v["t"], 123456789);
+                if size > 50 {
+                    assert_eq!(out.len(), size, "{payload:?}");
+                }
+                assert_eq!(crate::stats::scan_seq_t(&out), Some((12, 123456789)));
             }
-            assert_eq!(crate::stats::scan_seq_t(&out), Some((12, 123456789)));
         }
+    }
+
+    /// The JSON payload holds records that differ from message to message and compresses
+    /// like real JSON (2–5×), not like one byte repeated.
+    #[test]
+    fn json_payload_is_varied_records() {
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        write_data(&mut a, 1, 5, 1024, Payload::Json);
+        write_data(&mut b, 2, 5, 1024, Payload::Json);
+        let v: serde_json::Value = serde_json::from_slice(&a).unwrap();
+        let items = v["items"].as_array().unwrap();
+        assert!(items.len() >= 8, "{}", items.len());
+        assert!(items[0]["user"].as_str().unwrap().starts_with("user-"));
+        assert_ne!(a[30..], b[30..]);
+        let mut d = crate::deflate::Deflater::new();
+        let packed = d.compress(&a).len();
+        assert!((1024 / 6..1024 / 2).contains(&packed), "{packed}");
     }
 
     #[test]

@@ -192,3 +192,114 @@ fn slow_readers_are_closed_while_the_others_get_everything() {
     );
     s.stop();
 }
+
+/// `--deflate`: every connection negotiates permessage-deflate, the echoed JSON comes back
+/// compressed (fewer bytes on the wire than in the messages) and is inflated before it is
+/// counted; without `--deflate` the wire carries more than the payload (frame headers).
+#[test]
+fn echo_with_deflate_inflates_and_reports_wire_bytes() {
+    let s = server(Config::for_tests());
+    let url = format!("ws://{}/echo", s.local_addr());
+    let echo = |extra: &[&str]| {
+        let mut args = vec![
+            "echo",
+            "-c",
+            "4",
+            "--size",
+            "1024",
+            "--payload",
+            "json",
+            "--inflight",
+            "2",
+            "--duration",
+            "1s",
+            "--url",
+            &url,
+        ];
+        args.extend_from_slice(extra);
+        run(&args)
+    };
+    for offer in ["--deflate", "--deflate=permessage-deflate"] {
+        let r = echo(&[offer]);
+        assert_eq!(u(&r, "deflate_conns"), 4, "{r}");
+        assert!(u(&r, "messages") > 10, "{r}");
+        assert!(u(&r, "inflated_msgs") >= u(&r, "messages"), "{r}");
+        assert_eq!(f(&r, "payload_bytes_per_msg"), 1024.0, "{r}");
+        let wire = f(&r, "wire_bytes_per_msg");
+        assert!(wire > 100.0 && wire < 700.0, "{r}");
+        assert_eq!(r["errors"], serde_json::json!({}), "{r}");
+    }
+    let plain = echo(&[]);
+    assert_eq!(u(&plain, "deflate_conns"), 0, "{plain}");
+    assert_eq!(u(&plain, "inflated_msgs"), 0, "{plain}");
+    assert!(f(&plain, "wire_bytes_per_msg") >= 1028.0, "{plain}");
+    s.stop();
+}
+
+/// `--deflate` against a server with compression off: the connections fail as
+/// `deflate_declined` and the run stops with exit status 1 (a compression run never measures
+/// plain frames by mistake).
+#[test]
+fn deflate_declined_is_an_error() {
+    let s = server(Config {
+        compression: false,
+        ..Config::for_tests()
+    });
+    let url = format!("ws://{}/echo", s.local_addr());
+    let output = Command::new(env!("CARGO_BIN_EXE_edgepush-load"))
+        .args([
+            "idle",
+            "-n",
+            "3",
+            "--hold",
+            "100ms",
+            "--deflate",
+            "--url",
+            &url,
+        ])
+        .args(["--json", "--timeout", "30s"])
+        .output()
+        .expect("run edgepush-load");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains(r#"{"deflate_declined": 3}"#), "{stderr}");
+    s.stop();
+}
+
+/// A fan-out of JSON to deflate subscribers: everything arrives once, inflated, and the wire
+/// carries fewer bytes per delivery than the deliveries hold.
+#[test]
+fn fanout_with_deflate_delivers_everything_compressed() {
+    let s = server(Config {
+        threads: 2,
+        ..Config::for_tests()
+    });
+    let url = format!("ws://{}/ws?user=t-{{n}}", s.local_addr());
+    let api = format!("http://{}", s.api_addr());
+    let r = run(&[
+        "fanout",
+        "-n",
+        "50",
+        "--channel",
+        "z",
+        "--messages",
+        "20",
+        "--size",
+        "1024",
+        "--payload",
+        "json",
+        "--url",
+        &url,
+        "--api",
+        &api,
+        "--wait-delivered",
+        "--deflate",
+    ]);
+    assert_eq!(u(&r, "deflate_conns"), 50, "{r}");
+    assert_eq!(u(&r, "deliveries"), 50 * 20, "{r}");
+    assert_eq!(u(&r, "missing") + u(&r, "duplicates"), 0, "{r}");
+    assert!(u(&r, "inflated_msgs") >= 50 * 20, "{r}");
+    let (wire, payload) = (f(&r, "wire_bytes_per_msg"), f(&r, "payload_bytes_per_msg"));
+    assert!(payload > 1024.0 && wire * 2.0 < payload, "{r}");
+    s.stop();
+}

@@ -5,6 +5,9 @@
 // Starts target/release/edgepush (or $EDGEPUSH_BIN) in open mode on free loopback ports, opens the
 // page, connects as a user, subscribes to `news`, pushes through the API (publish, send), checks that
 // the page shows both, then disconnects the user through the API and waits for close code 4000.
+// API calls ask `?wait=delivered`: only then does the answer carry `delivered` / `closed`.
+// Chromium offers permessage-deflate by itself: the page's socket must have negotiated it
+// (RFC 7692) and a push larger than the server's --compression-min-size (128 B) must arrive whole.
 // Writes a screenshot to target/ci/demo.png. Exits non-zero on any failure; always stops the server
 // and the browser. Needs /usr/bin/chromium (or $CHROMIUM); downloads no browser.
 import { spawn } from "node:child_process";
@@ -179,7 +182,7 @@ async function run() {
 
   await check("received text is shown as text, never parsed as HTML", async () => {
     const evil = `<img src=x onerror="window.__xss=1">bold <b>not</b>`;
-    await api(apiPort, "/api/publish", { channel: "news", data: pushMessage(evil) });
+    await api(apiPort, "/api/publish?wait=delivered", { channel: "news", data: pushMessage(evil) });
     await cardIn("news", evil).waitFor();
     if (await page.evaluate(() => window.__xss === 1 || !!document.querySelector("#messages img, #messages .content b")))
       throw new Error("message content was rendered as HTML");
@@ -201,8 +204,8 @@ async function run() {
   });
 
   await check("reconnecting resumes both streams with what was missed", async () => {
-    const news = await api(apiPort, "/api/publish", { channel: "news", data: pushMessage("Missed while offline") });
-    const mine = await api(apiPort, "/api/send", { user: USER, data: pushMessage("Kept for you", { read_flag: 1 }) });
+    const news = await api(apiPort, "/api/publish?wait=delivered", { channel: "news", data: pushMessage("Missed while offline") });
+    const mine = await api(apiPort, "/api/send?wait=delivered", { user: USER, data: pushMessage("Kept for you", { read_flag: 1 }) });
     await page.click("#connect");
     await page.locator('#state[data-state="open"]').waitFor();
     await cardIn("news", "Missed while offline").and(page.locator(`[data-seq="${news.seq}"]`)).waitFor();
@@ -226,6 +229,36 @@ async function run() {
       throw new Error(`second frame ${JSON.stringify(second)}, expected the replayed $user message ${mine.seq}`);
     if (last.frames.some((t) => t.includes('"op":"error"')))
       throw new Error(`errors on reconnect: ${last.frames.filter((t) => t.includes('"op":"error"'))}`);
+  });
+
+  await check("the page's WebSocket negotiated permessage-deflate", async () => {
+    // The page keeps its socket in a top-level `let ws` (a classic script): reachable by name.
+    const ext = await page.evaluate(() => (typeof ws !== "undefined" && ws ? ws.extensions : null));
+    if (ext === null) throw new Error("the page's socket is not reachable as `ws`");
+    if (!ext.includes("permessage-deflate"))
+      throw new Error(`page socket extensions ${JSON.stringify(ext)}, expected permessage-deflate`);
+    // A fresh socket from the page context says the same, with the parameters the server chose.
+    const fresh = await page.evaluate((url) => new Promise((res, rej) => {
+      const s = new WebSocket(url);
+      s.onopen = () => { res(s.extensions); s.close(1000); };
+      s.onerror = () => rej(new Error("fresh socket failed"));
+    }), `ws://127.0.0.1:${port}/echo`);
+    if (!/^permessage-deflate\b/.test(fresh) || !fresh.includes("server_no_context_takeover"))
+      throw new Error(`fresh /echo socket extensions ${JSON.stringify(fresh)}`);
+  });
+
+  await check("a push larger than 128 bytes (--compression-min-size) arrives whole on the deflate socket", async () => {
+    const long = "Compressed push: " + "the quick brown fox jumps over the lazy dog; ".repeat(20) + "end.";
+    // The page's own socket (the fresh /echo one above is also in `sockets`).
+    const mine = sockets.filter((w) => new URL(w.url).pathname === "/ws").pop();
+    const frames = () => mine.frames;
+    const before = frames().length;
+    const r = await api(apiPort, "/api/publish?wait=delivered", { channel: "news", data: pushMessage(long) });
+    if (r.delivered !== 1) throw new Error(`publish delivered to ${r.delivered} connections, expected 1`);
+    await cardIn("news", "end.").waitFor();
+    const got = frames().slice(before).map((t) => JSON.parse(t)).find((m) => m.op === "message" && m.seq === r.seq);
+    if (!got || got.data.content !== long)
+      throw new Error(`the ${long.length}-character push did not arrive intact: ${JSON.stringify(got)}`);
   });
 
   await check("no script errors on the page", async () => {

@@ -1,14 +1,17 @@
 //! `echo`: every connection keeps `--inflight` binary messages in flight against an echo
 //! endpoint; each carries its send time (8 bytes, little-endian CLOCK_MONOTONIC ns) so the
-//! echo gives the round trip.
+//! echo gives the round trip. The rest of the message is `x`s, or (`--payload json`) a JSON
+//! object of records of that size, as a compressed run should carry.
 
 use edgepush::protocol::frame::OpCode;
 use edgepush::protocol::message::MessageKind;
 
 use super::{end_when_measured, Scenario};
 use crate::child::ChildSpec;
+use crate::cli::Payload;
 use crate::client::{ClientState, End, Session};
 use crate::engine::{Engine, Run};
+use crate::publish::write_data;
 
 /// Echo round trips.
 pub struct Echo {
@@ -21,8 +24,14 @@ pub struct Echo {
 impl Echo {
     /// Echo with `spec.size` and `spec.inflight`.
     pub fn new(spec: &ChildSpec) -> Echo {
+        let size = spec.size.max(8);
+        let mut payload = vec![b'x'; 8];
+        match spec.payload {
+            Payload::Pad => payload.resize(size, b'x'),
+            Payload::Json => write_data(&mut payload, 0, 0, size - 8, Payload::Json),
+        }
         Echo {
-            payload: vec![b'x'; spec.size.max(8)],
+            payload,
             inflight: spec.inflight,
         }
     }
