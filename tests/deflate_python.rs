@@ -9,7 +9,7 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use common::{guarded, TestServer};
 use edgepush::config::Config;
@@ -19,46 +19,11 @@ const SCRIPT: &str = concat!(
     "/tests/python/deflate_client.py"
 );
 
-fn python() -> String {
-    std::env::var("EDGEPUSH_PYTHON")
-        .ok()
-        .filter(|p| !p.is_empty())
-        .unwrap_or_else(|| "python3".to_owned())
-}
-
-fn in_ci() -> bool {
-    std::env::var_os("CI").is_some_and(|v| !v.is_empty())
-}
-
-/// Whether `python` can import websockets' asyncio client; skips (returns false) or, under
-/// CI, fails.
-fn websockets_available(python: &str) -> bool {
-    let ok = Command::new(python)
-        .args(["-c", "import websockets.asyncio.client"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        assert!(
-            !in_ci(),
-            "CI is set but `{python} -c 'import websockets.asyncio.client'` fails: \
-             .ci/run installs websockets into target/ci-venv and sets EDGEPUSH_PYTHON"
-        );
-        eprintln!(
-            "SKIPPED deflate_python: {python} cannot import websockets (>= 13) \
-             (pip install websockets, or set EDGEPUSH_PYTHON)"
-        );
-    }
-    ok
-}
-
 #[test]
 fn python_websockets_negotiates_deflate_on_echo_and_push() {
-    let python = python();
-    if !websockets_available(&python) {
+    let Some(python) = common::python_with("websockets.asyncio.client", "websockets>=13") else {
         return;
-    }
+    };
     guarded(move || {
         let server = TestServer::start(Config {
             threads: 2,
@@ -88,10 +53,9 @@ fn python_websockets_negotiates_deflate_on_echo_and_push() {
 /// extension was not negotiated.
 #[test]
 fn python_client_fails_without_deflate() {
-    let python = python();
-    if !websockets_available(&python) {
+    let Some(python) = common::python_with("websockets.asyncio.client", "websockets>=13") else {
         return;
-    }
+    };
     guarded(move || {
         let server = TestServer::start(Config {
             compression: false,

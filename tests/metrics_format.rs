@@ -17,39 +17,6 @@ use edgepush::config::Config;
 
 const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/check_metrics.py");
 
-fn python() -> String {
-    std::env::var("EDGEPUSH_PYTHON")
-        .ok()
-        .filter(|p| !p.is_empty())
-        .unwrap_or_else(|| "python3".to_owned())
-}
-
-fn in_ci() -> bool {
-    std::env::var_os("CI").is_some_and(|v| !v.is_empty())
-}
-
-/// Whether `python` can import prometheus_client; skips (returns false) or, under CI, fails.
-fn prometheus_client_available(python: &str) -> bool {
-    let ok = Command::new(python)
-        .args(["-c", "import prometheus_client"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        assert!(
-            !in_ci(),
-            "CI is set but `{python} -c 'import prometheus_client'` fails: \
-             .ci/run installs it into target/ci-venv and sets EDGEPUSH_PYTHON"
-        );
-        eprintln!(
-            "skipped: {python} cannot import prometheus_client \
-             (pip install prometheus_client, or set EDGEPUSH_PYTHON)"
-        );
-    }
-    ok
-}
-
 /// Runs the checker on `text`; panics with its report unless it exits 0.
 fn check_metrics(python: &str, text: &str, at_least: &[(&str, u64)]) {
     let mut command = Command::new(python);
@@ -82,10 +49,9 @@ fn check_metrics(python: &str, text: &str, at_least: &[(&str, u64)]) {
 
 #[test]
 fn metrics_parse_with_prometheus_client_after_traffic() {
-    let python = python();
-    if !prometheus_client_available(&python) {
+    let Some(python) = common::python_with("prometheus_client", "prometheus_client") else {
         return;
-    }
+    };
     guarded(move || {
         let server = TestServer::start(Config {
             threads: 2,

@@ -722,3 +722,38 @@ impl HttpResponse {
             .unwrap_or_else(|e| panic!("body is not JSON ({e}): {:?}", self.body_text()))
     }
 }
+
+/// The Python the tests run helper scripts with: `EDGEPUSH_PYTHON`, else `python3`.
+pub fn python() -> String {
+    std::env::var("EDGEPUSH_PYTHON")
+        .ok()
+        .filter(|p| !p.is_empty())
+        .unwrap_or_else(|| "python3".to_owned())
+}
+
+/// The Python to run a script needing `module` with, if it can import it. Without it the test
+/// is skipped (said on stderr) — except under CI (`CI` set), where `.ci/run` installs every
+/// such module into its venv and sets `EDGEPUSH_PYTHON`, so a missing one is a failure, never
+/// a quiet skip.
+pub fn python_with(module: &str, pip_name: &str) -> Option<String> {
+    let python = python();
+    let ok = std::process::Command::new(&python)
+        .args(["-c", &format!("import {module}")])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if ok {
+        return Some(python);
+    }
+    let in_ci = std::env::var_os("CI").is_some_and(|v| !v.is_empty());
+    assert!(
+        !in_ci,
+        "CI is set but `{python} -c 'import {module}'` fails: .ci/run installs {pip_name} into \
+         target/ci-venv and sets EDGEPUSH_PYTHON"
+    );
+    eprintln!(
+        "SKIPPED: {python} cannot import {module} (pip install {pip_name}, or set EDGEPUSH_PYTHON)"
+    );
+    None
+}
