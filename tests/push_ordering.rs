@@ -144,3 +144,50 @@ fn a_subscribe_unsubscribe_storm_is_bounded_and_answered() {
         assert_eq!(client.recv(), Received::Text("pong".into()));
     });
 }
+
+/// The client's Close in the same write as ops whose answers come from the hub (a subscribe,
+/// its `$user` join): our Close reply waits for them, so every op is still answered first.
+#[test]
+fn a_close_in_the_same_write_waits_for_the_answers_owed() {
+    guarded(|| {
+        let server = server();
+        let mut client = push_client(server.addr(), "owed");
+        let mut bytes = client.frame(true, OpCode::Text, sub("k").to_string().as_bytes());
+        bytes.extend(client.frame(true, OpCode::Text, b"ping"));
+        bytes.extend(client.frame(true, OpCode::Close, &1000u16.to_be_bytes()));
+        client.send_raw(&bytes).unwrap();
+        client.shutdown_write();
+        let got: Vec<String> = answers(&mut client, 2).iter().map(op_and_channel).collect();
+        assert_eq!(got, ["subscribed \"k\"", "pong"]);
+        assert_eq!(client.recv(), Received::Close(Some((1000, String::new()))));
+        client.expect_eof();
+        assert!(
+            common::wait_until(std::time::Duration::from_secs(2), || server.stats().open()
+                == 0),
+            "the first connection is closed once its peer's EOF came and all was written"
+        );
+
+        // The upgrade, a subscribe, a ping and the Close, all in one write.
+        let mut stream = common::connect(server.addr());
+        let mut framer = RawClient::from_parts(stream.try_clone().unwrap(), Vec::new());
+        let mut bytes = common::upgrade_request("/ws?user=hasty").into_bytes();
+        bytes.extend(framer.frame(true, OpCode::Text, sub("q").to_string().as_bytes()));
+        bytes.extend(framer.frame(true, OpCode::Text, b"ping"));
+        bytes.extend(framer.frame(true, OpCode::Close, &1000u16.to_be_bytes()));
+        std::io::Write::write_all(&mut stream, &bytes).unwrap();
+        let (response, rest) = common::read_response_head(&mut stream);
+        assert_eq!(response.status, 101);
+        let mut client = RawClient::from_parts(stream, rest);
+        assert_eq!(client.expect_user_subscribed()["channel"], "$user");
+        let got: Vec<String> = answers(&mut client, 2).iter().map(op_and_channel).collect();
+        assert_eq!(got, ["subscribed \"q\"", "pong"]);
+        assert_eq!(client.recv(), Received::Close(Some((1000, String::new()))));
+        client.expect_eof();
+        drop(client);
+        drop(framer); // its clone of the socket, too: then our FIN goes out
+        assert!(common::wait_until(
+            std::time::Duration::from_secs(2),
+            || server.stats().open() == 0
+        ));
+    });
+}

@@ -480,7 +480,11 @@ impl Worker {
                 conn.stash = None;
                 conn.session.handle_eof(now, &settings.session);
             }
-            self.after_close(handle);
+            // A Close reply held for answers still owed keeps the connection in the tables
+            // until the router releases it.
+            if !self.get(handle).is_some_and(|c| c.session.reply_held()) {
+                self.after_close(handle);
+            }
         }
         self.flush(handle);
     }
@@ -639,6 +643,7 @@ impl Worker {
         loop {
             // Decode until the input is used up, the session closes, or a push message needs
             // the router (which wants the whole worker: the session's borrow ends first).
+            let mut held_close = None;
             let (done, push_message) = {
                 let Worker {
                     conns,
@@ -650,6 +655,7 @@ impl Worker {
                     push_msgs,
                     inflater,
                     deflater,
+                    router,
                     ..
                 } = self;
                 let Some(conn) = conn_of(conns, handle) else {
@@ -657,6 +663,9 @@ impl Worker {
                 };
                 let is_push = conn.session.endpoint() == Endpoint::Push;
                 let extensions = conn.session.extensions();
+                // A Close arriving while answers are owed is answered after them.
+                conn.session
+                    .hold_close_reply(is_push && router.owes(push::conn_id(handle)));
                 loop {
                     let step = conn.session.handle_frames(
                         &mut buf[pos..],
@@ -683,11 +692,12 @@ impl Worker {
                             });
                             stats.messages_out.fetch_add(1, Ordering::Relaxed);
                         }
-                        Some(Event::CloseReceived { code, echoed }) => {
+                        Some(Event::CloseReceived { code, echoed, held }) => {
                             stats.close_received.add(code);
                             if let Some(code) = echoed {
                                 stats.close_sent.add(code);
                             }
+                            held_close = held;
                             break (true, false);
                         }
                         Some(Event::ProtocolError(e)) => {
@@ -699,6 +709,9 @@ impl Worker {
                     }
                 }
             };
+            if let Some(code) = held_close {
+                self.hold_close(handle, code);
+            }
             if push_message {
                 // Answered before the next frame is decoded: its replies go out ahead of
                 // whatever follows it on the wire, the peer's Close included.
@@ -711,11 +724,16 @@ impl Worker {
         self.stats
             .messages_in
             .fetch_add(messages, Ordering::Relaxed);
-        if self.get(handle).is_none_or(|c| c.session.is_closing()) {
-            self.after_close(handle);
-            buf.len()
-        } else {
-            pos
+        match self.get(handle) {
+            None => buf.len(),
+            // Its Close reply is held for answers still owed: it stays in the tables until
+            // the router releases it.
+            Some(c) if c.session.reply_held() => buf.len(),
+            Some(c) if c.session.is_closing() => {
+                self.after_close(handle);
+                buf.len()
+            }
+            Some(_) => pos,
         }
     }
 
@@ -872,7 +890,7 @@ impl Worker {
             self.remove(handle);
             return;
         }
-        if conn.outbound.is_none() && conn.session.peer_ended() {
+        if conn.outbound.is_none() && conn.session.peer_ended() && !conn.session.reply_held() {
             // The peer's input ended and everything owed to it is out.
             self.remove(handle);
             return;

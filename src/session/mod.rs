@@ -104,6 +104,10 @@ pub enum Closing {
     /// The peer ended its direction (EOF) without a Close. It may still read: what is queued
     /// goes out, then the connection closes.
     PeerGone,
+    /// The peer's Close arrived while the application still owed it answers (see
+    /// [`Session::hold_close_reply`]): those go out first, then our Close
+    /// ([`Session::release_close`]). Nothing is read meanwhile; the close deadline bounds it.
+    ReplyHeld,
 }
 
 /// The lingering close's amount bound: a connection that sends more than this after an HTTP
@@ -224,9 +228,12 @@ pub enum Event<'a> {
         /// The peer's status code (§7.4), or [`close::NO_STATUS`] for an empty Close.
         code: u16,
         /// The code of the Close we queued in answer (§5.5.1), [`close::NO_STATUS`] for an
-        /// empty one. `None` would mean ours was sent first; as frames are not decoded once
-        /// the session is closing, it is `Some` today.
+        /// empty one; `None` when the answer is held (below).
         echoed: Option<u16>,
+        /// The code our answer will carry once the application releases it
+        /// ([`Session::release_close`]): the answer was held because answers were still owed
+        /// ([`Session::hold_close_reply`]).
+        held: Option<u16>,
     },
     /// The peer broke a rule: a Close with `error.close_code()` is queued and the session is
     /// closing.
@@ -281,6 +288,8 @@ impl Liveness {
     const PING_OUTSTANDING: u8 = 2;
     /// The peer ended its direction (EOF): nothing more will be read.
     const PEER_EOF: u8 = 4;
+    /// The application owes the peer answers: a Close from it is answered after them.
+    const HOLD_CLOSE: u8 = 8;
 
     fn set(&mut self, tick: Tick) {
         self.tick = tick.short();
@@ -527,24 +536,30 @@ impl Session {
             DecoderEvent::Close(frame) => {
                 let code = frame.map_or(close::NO_STATUS, |f| f.code);
                 let mut state = CloseState::Open;
-                let echoed = match state.on_receive_close(frame) {
-                    CloseReply::Echo(code) => {
-                        tx.write(&mut |out| match code {
-                            Some(code) => close::write_close_frame(out, code, ""),
-                            None => write_frame(out, OpCode::Close, b""),
-                        });
-                        Some(code.unwrap_or(close::NO_STATUS))
+                let (echoed, held, how) = match state.on_receive_close(frame) {
+                    CloseReply::Echo(reply) if self.timer.has(Liveness::HOLD_CLOSE) => (
+                        None,
+                        Some(reply.unwrap_or(close::NO_STATUS)),
+                        Closing::ReplyHeld,
+                    ),
+                    CloseReply::Echo(reply) => {
+                        tx.write(&mut |out| write_close_reply(out, reply));
+                        (
+                            Some(reply.unwrap_or(close::NO_STATUS)),
+                            None,
+                            Closing::Closed,
+                        )
                     }
-                    CloseReply::Done => None,
+                    CloseReply::Done => (None, None, Closing::Closed),
                 };
                 self.state = State::Closing {
-                    how: Closing::Closed,
+                    how,
                     fin_sent: false,
                 };
                 self.timer.set(now + config.close_ticks);
                 return Step {
                     consumed: len,
-                    event: Some(Event::CloseReceived { code, echoed }),
+                    event: Some(Event::CloseReceived { code, echoed, held }),
                 };
             }
         };
@@ -632,9 +647,52 @@ impl Session {
         }
     }
 
-    /// True once the peer ended its direction: close as soon as nothing is left to write.
+    /// True once the peer ended its direction: close as soon as nothing is left to write
+    /// (unless a Close reply is still held: [`Session::reply_held`]).
     pub fn peer_ended(&self) -> bool {
         self.timer.has(Liveness::PEER_EOF)
+    }
+
+    /// Says whether the application owes the peer answers (a push connection's subscribes
+    /// still at the hub, and replies queued behind them). While it does, a Close from the peer
+    /// is not answered at once: the session waits in [`Closing::ReplyHeld`] until
+    /// [`Session::release_close`], so the answers go out before our Close (§5.5.1 lets data
+    /// precede it). Call before feeding frames; it holds for the frames fed after it.
+    pub fn hold_close_reply(&mut self, hold: bool) {
+        self.timer.put(Liveness::HOLD_CLOSE, hold);
+    }
+
+    /// Our answer to the peer's Close is held ([`Closing::ReplyHeld`]).
+    pub fn reply_held(&self) -> bool {
+        matches!(
+            self.state,
+            State::Closing {
+                how: Closing::ReplyHeld,
+                ..
+            }
+        )
+    }
+
+    /// May data frames still go out: open, or closing with our Close reply held (what is
+    /// owed goes before it).
+    pub fn may_send_data(&self) -> bool {
+        self.is_open() || self.reply_held()
+    }
+
+    /// The answers owed are out: queue the held Close reply with `code` (the one
+    /// [`Event::CloseReceived`] gave as `held`; [`close::NO_STATUS`] for an empty Close).
+    /// Returns false (and does nothing) if no reply was held.
+    pub fn release_close(&mut self, code: u16, tx: &mut dyn Transmit) -> bool {
+        if !self.reply_held() {
+            return false;
+        }
+        let reply = (code != close::NO_STATUS).then_some(code);
+        tx.write(&mut |out| write_close_reply(out, reply));
+        self.state = State::Closing {
+            how: Closing::Closed,
+            fin_sent: false,
+        };
+        true
     }
 
     /// `len` bytes arrived while closing and were discarded (a lingering close: reading on
@@ -690,7 +748,7 @@ impl Session {
     #[must_use]
     pub fn poll_fin(&mut self) -> bool {
         match &mut self.state {
-            State::Closing { fin_sent, .. } if !*fin_sent => {
+            State::Closing { how, fin_sent } if !*fin_sent && *how != Closing::ReplyHeld => {
                 *fin_sent = true;
                 true
             }
@@ -733,5 +791,14 @@ fn fail<'a>(
     Step {
         consumed: len,
         event: Some(Event::ProtocolError(error)),
+    }
+}
+
+/// Our answer to a peer's Close: its code echoed, or an empty Close for an empty one
+/// (§5.5.1).
+fn write_close_reply(out: &mut Vec<u8>, code: Option<u16>) {
+    match code {
+        Some(code) => close::write_close_frame(out, code, ""),
+        None => write_frame(out, OpCode::Close, b""),
     }
 }

@@ -290,7 +290,8 @@ fn the_peers_close_is_echoed_and_the_rest_discarded() {
             "{:?}",
             Event::CloseReceived {
                 code: NORMAL,
-                echoed: Some(NORMAL)
+                echoed: Some(NORMAL),
+                held: None
             }
         )]
     );
@@ -341,7 +342,8 @@ fn an_empty_close_is_echoed_empty() {
             "{:?}",
             Event::CloseReceived {
                 code: close::NO_STATUS,
-                echoed: Some(close::NO_STATUS)
+                echoed: Some(close::NO_STATUS),
+                held: None
             }
         )]
     );
@@ -760,4 +762,41 @@ fn compression_rules_and_their_close_codes() {
         );
         assert!(session.is_closing(), "{name}");
     }
+}
+
+#[test]
+fn a_held_close_reply_goes_only_when_released_and_blocks_fin() {
+    let config = config();
+    let mut wire = Wire::default();
+    let mut session = open_at(Tick(0), &mut wire);
+    session.hold_close_reply(true);
+    let events = feed(
+        &mut session,
+        &client_frame(OpCode::Close, &close_payload(NORMAL)),
+        Tick(1),
+        &mut wire,
+    );
+    assert_eq!(
+        events,
+        [format!(
+            "{:?}",
+            Event::CloseReceived {
+                code: NORMAL,
+                echoed: None,
+                held: Some(NORMAL)
+            }
+        )]
+    );
+    assert!(wire.bytes.is_empty(), "no reply yet");
+    assert!(session.reply_held() && session.may_send_data() && !session.is_open());
+    assert!(!session.poll_fin(), "no FIN before our Close");
+    session.handle_eof(Tick(2), &config);
+    assert!(session.reply_held(), "EOF does not release it");
+    assert!(session.release_close(NORMAL, &mut wire));
+    assert_eq!(wire.frames(), [(OpCode::Close, close_payload(NORMAL))]);
+    assert!(!session.may_send_data());
+    assert!(session.poll_fin());
+    assert!(!session.release_close(NORMAL, &mut wire), "once");
+    // Bounded: the close deadline still runs from the peer's Close.
+    assert_eq!(session.poll_timeout(Tick(2)), Some(Tick(1 + CLOSE)));
 }

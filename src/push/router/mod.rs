@@ -141,6 +141,14 @@ pub enum Effect {
         /// Wheel tick of the new expiry.
         expires: Tick,
     },
+    /// Everything owed to `conn` before the Close it sent is out: send our Close reply with
+    /// `code` now (see [`Router::hold_close`]), and forget the connection.
+    ReleaseClose {
+        /// The connection.
+        conn: ConnId,
+        /// The code the reply carries (`close::NO_STATUS`: an empty Close).
+        code: u16,
+    },
 }
 
 /// Who a delivery goes to on this worker, borrowed from the router's table or the hub's
@@ -222,6 +230,8 @@ enum Waiting {
     /// A reply to a later op (an error, `unsubscribed`, `pong`): it must not overtake the
     /// answers of the subscribes sent before that op.
     Reply(Cow<'static, [u8]>),
+    /// The connection sent Close: our reply (with this code) goes after everything before it.
+    Close(u16),
 }
 
 /// Replies one connection may have waiting behind its subscribe answers; past this (a client
@@ -302,6 +312,33 @@ impl Router {
     /// Subscribe requests `conn` has at the hub.
     pub fn in_flight(&self, conn: ConnId) -> u8 {
         self.in_flight.get(&conn).map_or(0, |r| r.sent)
+    }
+
+    /// Does `conn` still wait for answers (subscribes at the hub or queued, or replies
+    /// behind them)? Its Close, if it sends one now, is answered after them.
+    pub fn owes(&self, conn: ConnId) -> bool {
+        self.in_flight.contains_key(&conn)
+    }
+
+    /// `conn` sent Close while it was owed answers ([`Router::owes`]): our reply (`code`)
+    /// waits behind them, and comes out as [`Effect::ReleaseClose`] once they are out. If
+    /// nothing is owed any more, it comes out at once.
+    pub fn hold_close(&mut self, conn: ConnId, code: u16) {
+        match self.in_flight.get_mut(&conn) {
+            Some(requests) => {
+                // Subscribes not yet asked will never be answered to a closing connection.
+                let subscribes = requests.subscribes;
+                requests
+                    .waiting
+                    .retain(|w| !matches!(w, Waiting::Subscribe(_)));
+                requests.subscribes -= subscribes;
+                requests.waiting.push_back(Waiting::Close(code));
+                if requests.sent == 0 {
+                    self.release_ready(conn);
+                }
+            }
+            None => self.effects.push(Effect::ReleaseClose { conn, code }),
+        }
     }
 
     /// Subscribe requests `conn` has queued behind those at the hub.
@@ -416,7 +453,7 @@ impl Router {
             let ready = match requests.waiting.front() {
                 None => false,
                 Some(Waiting::Subscribe(_)) => requests.sent < MAX_SUBSCRIBES_IN_FLIGHT,
-                Some(Waiting::Reply(_)) => requests.sent == 0,
+                Some(Waiting::Reply(_) | Waiting::Close(_)) => requests.sent == 0,
             };
             if !ready {
                 break;
@@ -431,6 +468,28 @@ impl Router {
                     }
                 }
                 Some(Waiting::Reply(text)) => self.effects.push(Effect::Text { conn, text }),
+                Some(Waiting::Close(code)) => {
+                    self.effects.push(Effect::ReleaseClose { conn, code });
+                }
+                None => break,
+            }
+        }
+        self.tidy_requests(conn);
+    }
+
+    /// With nothing of `conn`'s at the hub, lets out its waiting replies and held Close, in
+    /// order (no subscribe waits any more: a closing connection asks nothing new).
+    fn release_ready(&mut self, conn: ConnId) {
+        while let Some(requests) = self.in_flight.get_mut(&conn) {
+            if requests.sent > 0 {
+                break;
+            }
+            match requests.waiting.pop_front() {
+                Some(Waiting::Reply(text)) => self.effects.push(Effect::Text { conn, text }),
+                Some(Waiting::Close(code)) => {
+                    self.effects.push(Effect::ReleaseClose { conn, code });
+                }
+                Some(Waiting::Subscribe(_)) => requests.subscribes -= 1,
                 None => break,
             }
         }

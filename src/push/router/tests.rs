@@ -72,6 +72,11 @@ impl Sim {
                     .push(String::from_utf8_lossy(&text).into_owned()),
                 Effect::Hub(message) => self.hub.push(message),
                 Effect::Expires { conn, expires } => self.expires.push((conn, expires)),
+                Effect::ReleaseClose { conn, code } => self
+                    .got
+                    .entry(conn)
+                    .or_default()
+                    .push(format!("close {code}")),
             }
         }
     }
@@ -915,4 +920,38 @@ fn presence_lists_distinct_users_of_members() {
         &sim.take_hub()[..],
         [ToHub::PresenceReply { ack: 42, users }] if *users == expected
     ));
+}
+
+/// A Close sent while subscribes are at the hub is answered after them and after the
+/// replies queued behind them; subscribes not yet asked are dropped (the client is going).
+#[test]
+fn a_close_waits_for_what_is_owed_before_it() {
+    let mut sim = Sim::new(128, None);
+    sim.connect(A);
+    for i in 0..MAX_SUBSCRIBES_IN_FLIGHT + 2 {
+        sim.client(A, &subscribe_op(&format!("c{i}")));
+    }
+    sim.client(A, "ping");
+    assert!(sim.router.owes(A));
+    sim.router.hold_close(A, 1000);
+    sim.apply();
+    assert!(sim.got(A).is_empty(), "nothing before the answers");
+    assert_eq!(sim.router.queued(A), 0, "the queued subscribes are dropped");
+    sim.take_hub();
+    for i in 0..MAX_SUBSCRIBES_IN_FLIGHT {
+        assert!(sim.answer(A, &format!("c{i}"), None).is_some());
+        assert!(sim
+            .take_hub()
+            .iter()
+            .all(|m| !matches!(m, ToHub::Subscribe { .. })));
+    }
+    let got = sim.got(A);
+    assert_eq!(got.len(), MAX_SUBSCRIBES_IN_FLIGHT as usize + 2, "{got:?}");
+    assert_eq!(got[got.len() - 2..], ["pong", "close 1000"]);
+    assert!(!sim.router.owes(A));
+    // Nothing owed: the Close is answered at once.
+    sim.connect(B);
+    sim.router.hold_close(B, 1001);
+    sim.apply();
+    assert_eq!(sim.got(B), ["close 1001"]);
 }

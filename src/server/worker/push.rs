@@ -20,7 +20,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use log::debug;
 use slab::Slab;
 
-use super::{conn_of, emit, peer, Worker};
+use super::{conn_of, emit, peer, Tx, Worker};
 use crate::protocol::close;
 use crate::protocol::deflate::{shared_twin, Deflater};
 use crate::protocol::frame::{write_frame, OpCode, SharedFrame};
@@ -136,7 +136,7 @@ fn percent_decode(value: &str) -> String {
 
 /// The worker's handle for a push connection. With [`handle_of`], the one place where the
 /// server's connection handles and the push layer's ids meet: the same key and generation.
-fn conn_id(handle: Handle) -> ConnId {
+pub(super) fn conn_id(handle: Handle) -> ConnId {
     ConnId::new(handle.key, handle.generation)
 }
 
@@ -184,7 +184,7 @@ impl Queuing<'_> {
     /// permessage-deflate and the twin pays, else the plain frame. Returns whether the
     /// connection took it.
     fn push(&mut self, conn: &mut Connection, handle: Handle, frame: &SharedFrame) -> bool {
-        if !conn.session.is_open() {
+        if !conn.session.may_send_data() {
             return false;
         }
         let extensions = conn.session.extensions();
@@ -249,8 +249,10 @@ impl Worker {
                     let Worker {
                         conns, cork, dirty, ..
                     } = self;
-                    // A connection that is closing gets nothing after its Close.
-                    let Some(conn) = conn_of(conns, handle).filter(|c| c.session.is_open()) else {
+                    // A connection that is closing gets nothing after its Close (but what it is
+                    // owed still goes before a Close reply held for it).
+                    let Some(conn) = conn_of(conns, handle).filter(|c| c.session.may_send_data())
+                    else {
                         continue;
                     };
                     if turn == Some(handle) {
@@ -269,6 +271,31 @@ impl Worker {
                             dirty.push(handle);
                         }
                     }
+                }
+                Effect::ReleaseClose { conn, code } => {
+                    let handle = handle_of(conn);
+                    let Worker {
+                        conns,
+                        cork,
+                        dirty,
+                        stats,
+                        ..
+                    } = self;
+                    if let Some(conn) = conn_of(conns, handle) {
+                        if turn != Some(handle) {
+                            // Not this connection's turn: into its queue, flushed with the batch.
+                            let outbound = conn.outbound.get_or_insert_with(Default::default);
+                            if !outbound.dirty {
+                                outbound.dirty = true;
+                                dirty.push(handle);
+                            }
+                        }
+                        let mut tx = Tx::new(&mut conn.outbound, cork);
+                        if conn.session.release_close(code, &mut tx) {
+                            stats.close_sent.add(code);
+                        }
+                    }
+                    self.after_close(handle);
                 }
                 Effect::Hub(message) => self.send_to_hub(message),
                 Effect::Expires { conn, expires } => self.rearm_token(handle_of(conn), expires),
@@ -508,6 +535,13 @@ impl Worker {
         if let Some(ack) = ack {
             self.send_to_hub(ToHub::Ack { ack, count: closed });
         }
+    }
+
+    /// The peer sent Close while it was owed answers: our reply waits behind them in the
+    /// router (released by [`Effect::ReleaseClose`]).
+    pub(super) fn hold_close(&mut self, handle: Handle, code: u16) {
+        self.router.hold_close(conn_id(handle), code);
+        self.apply_effects(Some(handle));
     }
 
     /// A push connection is gone: leave every table it is in.
