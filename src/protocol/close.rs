@@ -1,6 +1,6 @@
-//! The closing handshake (RFC 6455 §5.5.1, §7): which status codes a peer may send, how a
-//! close payload is read and written, and the state machine that says what may still be sent
-//! and read once either side has started to close.
+//! The closing handshake's wire rules (RFC 6455 §5.5.1, §7): which status codes a peer may
+//! send, and how a close payload is read and written. Where a connection stands in the
+//! handshake is the session's ([`crate::session::State`], [`crate::session::Closing`]).
 
 use crate::protocol::error::ProtocolError;
 use crate::protocol::frame::{self, OpCode};
@@ -85,72 +85,6 @@ pub fn write_close_frame(out: &mut Vec<u8>, code: u16, reason: &str) {
     frame::write_frame(out, OpCode::Close, &payload[..2 + end]);
 }
 
-/// Where a connection stands in the closing handshake (§7.1).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum CloseState {
-    /// Both directions open.
-    #[default]
-    Open,
-    /// We sent Close and wait for the peer's; we read (and discard data) but send nothing more.
-    CloseSent,
-    /// The peer sent Close; we owe it our Close and then send nothing more.
-    CloseReceived,
-    /// Both Close frames are out: the TCP connection is to be closed (the server closes first,
-    /// §7.1.1).
-    Closed,
-}
-
-/// What the driver must do after the peer's Close arrived.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CloseReply {
-    /// Send a Close echoing this code (or an empty one for `None`), then close TCP.
-    Echo(Option<u16>),
-    /// We had already sent ours: just close TCP.
-    Done,
-}
-
-impl CloseState {
-    /// May data and pings still be sent?
-    pub fn can_send(self) -> bool {
-        matches!(self, CloseState::Open)
-    }
-
-    /// Are frames from the peer still to be read?
-    pub fn can_read(self) -> bool {
-        matches!(self, CloseState::Open | CloseState::CloseSent)
-    }
-
-    /// We queue our Close: returns false when one was already sent (send nothing then).
-    pub fn on_send_close(&mut self) -> bool {
-        match *self {
-            CloseState::Open => {
-                *self = CloseState::CloseSent;
-                true
-            }
-            CloseState::CloseReceived => {
-                *self = CloseState::Closed;
-                true
-            }
-            CloseState::CloseSent | CloseState::Closed => false,
-        }
-    }
-
-    /// The peer's Close arrived (already validated): says what we owe. After an echo the
-    /// state is `Closed`, since the driver queues the echo at once.
-    pub fn on_receive_close(&mut self, frame: Option<CloseFrame<'_>>) -> CloseReply {
-        match *self {
-            CloseState::Open | CloseState::CloseReceived => {
-                *self = CloseState::Closed;
-                CloseReply::Echo(frame.map(|f| f.code))
-            }
-            CloseState::CloseSent | CloseState::Closed => {
-                *self = CloseState::Closed;
-                CloseReply::Done
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -215,30 +149,5 @@ mod tests {
                 ..
             }))
         ));
-    }
-
-    #[test]
-    fn state_machine() {
-        let mut s = CloseState::Open;
-        assert!(s.can_send() && s.can_read());
-        assert!(s.on_send_close());
-        assert_eq!(s, CloseState::CloseSent);
-        assert!(!s.can_send() && s.can_read());
-        assert!(!s.on_send_close(), "a second close is never sent");
-        assert_eq!(s.on_receive_close(None), CloseReply::Done);
-        assert_eq!(s, CloseState::Closed);
-        assert!(!s.can_read());
-
-        let mut s = CloseState::Open;
-        let frame = CloseFrame {
-            code: 4000,
-            reason: "",
-        };
-        assert_eq!(
-            s.on_receive_close(Some(frame)),
-            CloseReply::Echo(Some(4000))
-        );
-        assert_eq!(s, CloseState::Closed);
-        assert!(!s.can_send());
     }
 }

@@ -6,7 +6,8 @@
 //! - [`frame`]: frame headers (§5.2) and frame writers; [`mask`]: §5.3 masking.
 //! - [`message`]: the per-connection [`message::Decoder`]: frames → messages, pings, pongs,
 //!   closes, with fragments reassembled (§5.4) and UTF-8 checked as it arrives ([`utf8`], §8.1).
-//! - [`close`]: close codes and payloads (§5.5.1, §7.4) and the [`close::CloseState`] machine.
+//! - [`close`]: close codes and payloads (§5.5.1, §7.4); the closing handshake's states are
+//!   the session's ([`crate::session`]).
 //! - [`error`]: [`ProtocolError`], one variant per rule, each with its close code.
 //!
 //! A driver calls them in this order:
@@ -14,8 +15,9 @@
 //!    answer and close). Route on the path; write [`handshake::write_accept_response`].
 //! 2. Bytes after the head belong to the WebSocket: feed them, and every later read, to
 //!    [`message::Decoder::decode`] in a loop (see its module docs). For `Ping` queue a Pong with
-//!    the same payload; for `Close` ask [`close::CloseState::on_receive_close`] what to send; on
-//!    an error send Close with [`ProtocolError::close_code`] and close.
+//!    the same payload; for `Close` echo its code (§5.5.1) unless ours went first; on an error
+//!    send Close with [`ProtocolError::close_code`] and close. ([`crate::session::Session`] is
+//!    that driver.)
 //! 3. Write data with [`frame::write_frame`] or, for fan-out, [`frame::encode_shared`] once.
 
 #![forbid(unsafe_code)]

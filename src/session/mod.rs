@@ -54,7 +54,7 @@ mod tests;
 
 pub use refusal::Refusal;
 
-use crate::protocol::close::{self, CloseReply, CloseState};
+use crate::protocol::close;
 use crate::protocol::deflate::{Agreement, InflateError, Inflater};
 use crate::protocol::frame::{write_frame, OpCode};
 use crate::protocol::handshake::{
@@ -488,14 +488,9 @@ impl Session {
         };
         if let (true, DecoderEvent::Message { kind, data }) = (step.compressed, &event) {
             let kind = *kind;
-            let limit = config.decoder.max_message_size;
-            let inflated = match inflater.inflate(data, limit) {
-                Ok(inflated) => inflated,
-                Err(e) => {
-                    let error = match e {
-                        InflateError::TooBig => ProtocolError::InflatedTooBig { limit },
-                        InflateError::BadData => ProtocolError::BadCompressedData,
-                    };
+            match inflate_message(inflater, kind, data, config.decoder.max_message_size) {
+                Ok(data) => event = DecoderEvent::Message { kind, data },
+                Err(error) => {
                     return fail(
                         &mut self.state,
                         &mut self.timer,
@@ -504,25 +499,9 @@ impl Session {
                         now,
                         config,
                         tx,
-                    );
+                    )
                 }
-            };
-            if kind == MessageKind::Text && std::str::from_utf8(inflated).is_err() {
-                let error = ProtocolError::InvalidUtf8;
-                return fail(
-                    &mut self.state,
-                    &mut self.timer,
-                    error,
-                    len,
-                    now,
-                    config,
-                    tx,
-                );
             }
-            event = DecoderEvent::Message {
-                kind,
-                data: inflated,
-            };
         }
         self.timer.last_seen = now.short();
         self.timer.put(Liveness::PING_OUTSTANDING, false);
@@ -534,23 +513,15 @@ impl Session {
             }
             DecoderEvent::Pong(_) => None,
             DecoderEvent::Close(frame) => {
+                // We are open (frames are decoded only then): our Close answers theirs,
+                // echoing its code (§5.5.1) — now, or once the answers owed are out.
                 let code = frame.map_or(close::NO_STATUS, |f| f.code);
-                let mut state = CloseState::Open;
-                let (echoed, held, how) = match state.on_receive_close(frame) {
-                    CloseReply::Echo(reply) if self.timer.has(Liveness::HOLD_CLOSE) => (
-                        None,
-                        Some(reply.unwrap_or(close::NO_STATUS)),
-                        Closing::ReplyHeld,
-                    ),
-                    CloseReply::Echo(reply) => {
-                        tx.write(&mut |out| write_close_reply(out, reply));
-                        (
-                            Some(reply.unwrap_or(close::NO_STATUS)),
-                            None,
-                            Closing::Closed,
-                        )
-                    }
-                    CloseReply::Done => (None, None, Closing::Closed),
+                let (echoed, held, how) = if self.timer.has(Liveness::HOLD_CLOSE) {
+                    (None, Some(code), Closing::ReplyHeld)
+                } else {
+                    let reply = frame.map(|f| f.code);
+                    tx.write(&mut |out| write_close_reply(out, reply));
+                    (Some(code), None, Closing::Closed)
                 };
                 self.state = State::Closing {
                     how,
@@ -792,6 +763,24 @@ fn fail<'a>(
         consumed: len,
         event: Some(Event::ProtocolError(error)),
     }
+}
+
+/// A compressed message inflated into the worker's `inflater`, bounded by `limit`
+/// (RFC 7692 §7.2.2), its text checked as UTF-8; or the rule it broke.
+fn inflate_message<'a>(
+    inflater: &'a mut Inflater,
+    kind: MessageKind,
+    compressed: &[u8],
+    limit: usize,
+) -> Result<&'a [u8], ProtocolError> {
+    let inflated = inflater.inflate(compressed, limit).map_err(|e| match e {
+        InflateError::TooBig => ProtocolError::InflatedTooBig { limit },
+        InflateError::BadData => ProtocolError::BadCompressedData,
+    })?;
+    if kind == MessageKind::Text && std::str::from_utf8(inflated).is_err() {
+        return Err(ProtocolError::InvalidUtf8);
+    }
+    Ok(inflated)
 }
 
 /// Our answer to a peer's Close: its code echoed, or an empty Close for an empty one
