@@ -49,11 +49,6 @@ impl Tick {
         let delta = short.0.wrapping_sub(self.0 as u32) as i32;
         Tick(self.0.wrapping_add_signed(i64::from(delta)))
     }
-
-    /// The earlier of two ticks.
-    pub fn min(self, other: Tick) -> Tick {
-        Ord::min(self, other)
-    }
 }
 
 impl Add<u64> for Tick {

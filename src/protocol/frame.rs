@@ -240,17 +240,6 @@ impl SharedFrame {
         SharedFrame::new(Box::from(bytes))
     }
 
-    /// The frame's bytes, ready for the wire.
-    pub fn as_bytes(&self) -> &[u8] {
-        &self.0.bytes
-    }
-
-    /// The frame's length in bytes (header included).
-    #[allow(clippy::len_without_is_empty)] // a frame is never empty (2-byte header at least)
-    pub fn len(&self) -> usize {
-        self.0.bytes.len()
-    }
-
     /// The compressed twin (a whole frame with RSV1 set), made by `compress` from the plain
     /// frame's bytes the first time any thread asks; `None` when `compress` found it not worth
     /// it. Later calls (from any worker) return the first answer without calling `compress`.
@@ -269,12 +258,13 @@ impl SharedFrame {
 
 impl PartialEq for SharedFrame {
     fn eq(&self, other: &SharedFrame) -> bool {
-        self.as_bytes() == other.as_bytes()
+        **self == **other
     }
 }
 
 impl Eq for SharedFrame {}
 
+/// The frame's bytes, ready for the wire (`len()` is the frame's length, header included).
 impl std::ops::Deref for SharedFrame {
     type Target = [u8];
     fn deref(&self) -> &[u8] {

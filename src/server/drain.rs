@@ -33,16 +33,6 @@ impl<T: Copy> DrainSchedule<T> {
         }
     }
 
-    /// How many connections the drain started with.
-    pub fn len(&self) -> usize {
-        self.queue.len()
-    }
-
-    /// True when the drain started with no connections.
-    pub fn is_empty(&self) -> bool {
-        self.queue.is_empty()
-    }
-
     /// The connections whose Close is due by `now` and was not handed out before: by then
     /// `ceil(total × elapsed / spread)` of them are due (all at once for a zero spread).
     pub fn due(&mut self, now: Instant) -> &[T] {

@@ -31,7 +31,7 @@ use crate::push::names::validate_user;
 use crate::push::router::{
     ConnId, Effect, Now, PushConn, PushConns, Recipients, Resume, Router, RouterConfig,
 };
-use crate::server::connection::{Connection, Handle};
+use crate::server::connection::{Connection, Handle, Outbound};
 use crate::server::Settings;
 use crate::session::{Endpoint, Refusal};
 use crate::tick::Tick;
@@ -204,18 +204,30 @@ impl Queuing<'_> {
             self.slow.push(handle);
             return false;
         }
-        let outbound = conn.outbound.get_or_insert_with(Default::default);
+        let outbound = queue_for_batch(conn, handle, self.dirty);
         match twin_len {
             Some(_) => outbound.push_deflated(frame.clone()),
             None => outbound.push_shared(frame.clone()),
         }
-        // Fan-out always leaves a queue, so the "listed already" bit lives there.
-        if !outbound.dirty {
-            outbound.dirty = true;
-            self.dirty.push(handle);
-        }
         true
     }
+}
+
+/// Gives `conn` a queue if it has none and lists it, once, for the flush at the end of the
+/// batch: for frames queued outside the connection's own turn (fan-out, replies and Close
+/// replies released by a hub answer), which must never go to the cork. The "listed already"
+/// bit lives in the queue, which exists exactly while it can be set.
+fn queue_for_batch<'a>(
+    conn: &'a mut Connection,
+    handle: Handle,
+    dirty: &mut Vec<Handle>,
+) -> &'a mut Outbound {
+    let outbound = conn.outbound.get_or_insert_with(Default::default);
+    if !outbound.dirty {
+        outbound.dirty = true;
+        dirty.push(handle);
+    }
+    outbound
 }
 
 impl Worker {
@@ -255,22 +267,13 @@ impl Worker {
                     else {
                         continue;
                     };
-                    if turn == Some(handle) {
-                        emit(&mut conn.outbound, cork, |out| {
-                            write_frame(out, OpCode::Text, &text)
-                        });
-                    } else {
-                        let outbound = conn.outbound.get_or_insert_with(Default::default);
-                        let tail = outbound.push_owned();
-                        let before = tail.len();
-                        write_frame(tail, OpCode::Text, &text);
-                        let n = tail.len() - before;
-                        outbound.account(n);
-                        if !outbound.dirty {
-                            outbound.dirty = true;
-                            dirty.push(handle);
-                        }
+                    if turn != Some(handle) {
+                        queue_for_batch(conn, handle, dirty);
                     }
+                    // Into the queue if there is one (always, outside the turn), else the cork.
+                    emit(&mut conn.outbound, cork, |out| {
+                        write_frame(out, OpCode::Text, &text)
+                    });
                 }
                 Effect::ReleaseClose { conn, code } => {
                     let handle = handle_of(conn);
@@ -283,12 +286,7 @@ impl Worker {
                     } = self;
                     if let Some(conn) = conn_of(conns, handle) {
                         if turn != Some(handle) {
-                            // Not this connection's turn: into its queue, flushed with the batch.
-                            let outbound = conn.outbound.get_or_insert_with(Default::default);
-                            if !outbound.dirty {
-                                outbound.dirty = true;
-                                dirty.push(handle);
-                            }
+                            queue_for_batch(conn, handle, dirty);
                         }
                         let mut tx = Tx::new(&mut conn.outbound, cork);
                         if conn.session.release_close(code, &mut tx) {
