@@ -197,6 +197,48 @@ pub struct Args {
     )]
     pub max_client_publish_rate: u16,
 
+    /// Cluster mode through Redis 7: `redis://[user:pass@]host:port[/db]`. Without it every
+    /// stream lives in this process.
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "EDGEPUSH_REDIS",
+        hide_env_values = true
+    )]
+    pub redis: Option<String>,
+
+    /// Prefix of every Redis key and topic (then a colon), so two clusters can share a Redis.
+    #[arg(
+        long,
+        value_name = "NAME",
+        env = "EDGEPUSH_REDIS_PREFIX",
+        default_value = "edgepush"
+    )]
+    pub redis_prefix: String,
+
+    /// This node's name in /api/nodes, presence and logs [default: host name + listen port].
+    #[arg(long, value_name = "NAME", env = "EDGEPUSH_NODE_NAME")]
+    pub node_name: Option<String>,
+
+    /// A Redis call not answered by then fails: the API answers 503 with Retry-After.
+    #[arg(
+        long,
+        value_name = "DUR",
+        env = "EDGEPUSH_REDIS_TIMEOUT",
+        default_value = "2s",
+        value_parser = parse_positive_duration
+    )]
+    pub redis_timeout: Duration,
+
+    /// Declare that Redis keeps everything it acknowledged across restarts (AOF with
+    /// appendfsync always, no failover to an async replica): epochs survive a Redis restart.
+    #[arg(
+        long,
+        env = "EDGEPUSH_REDIS_DURABLE",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub redis_durable: bool,
+
     /// Messages kept per channel for replay after a reconnect (0: no channel history).
     #[arg(
         long,
@@ -444,6 +486,19 @@ pub struct Config {
     pub compression: bool,
     /// `--compression-min-size`: smaller outgoing messages go uncompressed, in bytes.
     pub compression_min_size: usize,
+    /// Cluster mode (`--redis` and its companions); `None`: everything in process.
+    pub cluster: Option<crate::cluster::ops::ClusterConfig>,
+}
+
+/// `--node-name`'s default: the host name (from `/proc/sys/kernel/hostname`, else
+/// `edgepush`), a colon and the public listener's port.
+fn default_node_name(listen: SocketAddr) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "edgepush".to_owned());
+    format!("{host}:{}", listen.port())
 }
 
 /// The smallest `--max-request-head`: an upgrade request with its usual fields fits in it.
@@ -618,6 +673,15 @@ impl Config {
             max_request_head: args.max_request_head,
             compression: !args.no_compression,
             compression_min_size: args.compression_min_size,
+            cluster: args.redis.map(|url| crate::cluster::ops::ClusterConfig {
+                url,
+                prefix: args.redis_prefix,
+                node: args
+                    .node_name
+                    .unwrap_or_else(|| default_node_name(args.listen)),
+                timeout: args.redis_timeout,
+                durable: args.redis_durable,
+            }),
         })
     }
 
@@ -653,6 +717,7 @@ impl Config {
             max_request_head: 16 << 10,
             compression: true,
             compression_min_size: 128,
+            cluster: None,
         }
     }
 
@@ -741,6 +806,19 @@ impl Config {
                     format_duration(self.history.ttl),
                     format_size(self.history.max_bytes)
                 ),
+            ),
+            (
+                "cluster",
+                match &self.cluster {
+                    Some(c) => format!(
+                        "node {} through Redis (prefix {}, timeout {}, {})",
+                        c.node,
+                        c.prefix,
+                        format_duration(c.timeout),
+                        if c.durable { "durable" } else { "not durable" }
+                    ),
+                    None => "off (one node)".to_owned(),
+                },
             ),
             ("threads", self.threads.to_string()),
             ("echo path", echo.to_owned()),
