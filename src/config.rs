@@ -1351,8 +1351,28 @@ mod tests {
         ] {
             assert!(s.contains(needle), "{needle:?} missing from\n{s}");
         }
-        assert_eq!(s.lines().count(), 26);
+        assert_eq!(s.lines().count(), 27);
         assert!(s.contains("max request head   16KiB"), "{s}");
+        assert!(s.contains("cluster            off (one node)"), "{s}");
+        let args = Args::try_parse_from([
+            "edgepush",
+            "--redis",
+            "redis://:secret@127.0.0.1:6379",
+            "--node-name",
+            "a",
+            "--redis-durable",
+        ])
+        .unwrap();
+        let with = Config::from_args(args).unwrap();
+        let s = with.render_summary();
+        assert!(
+            s.contains("node a through Redis (prefix edgepush, timeout 2s, durable)"),
+            "{s}"
+        );
+        assert!(
+            !s.contains("secret"),
+            "the URL's password stays out of the log: {s}"
+        );
         c.echo_path = None;
         assert!(c.render_summary().contains("echo path          off"));
     }
