@@ -1357,7 +1357,7 @@ mod tests {
         let args = Args::try_parse_from([
             "edgepush",
             "--redis",
-            "redis://:secret@127.0.0.1:6379",
+            "redis://:hunter2@127.0.0.1:6379",
             "--node-name",
             "a",
             "--redis-durable",
