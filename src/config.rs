@@ -1370,7 +1370,7 @@ mod tests {
             "{s}"
         );
         assert!(
-            !s.contains("secret"),
+            !s.contains("hunter2"),
             "the URL's password stays out of the log: {s}"
         );
         c.echo_path = None;
