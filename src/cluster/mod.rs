@@ -15,4 +15,6 @@
 //!   `crate::push::hub::broker` on top of what the link reports (duplicates dropped, gaps
 //!   filled from the stream, epochs that changed announced with `recovered:false`).
 
+pub mod keys;
+pub mod link;
 pub mod ops;
