@@ -373,6 +373,13 @@ fn read_after_returns_exactly_the_later_entries() {
     assert!(hub.read(&s, None).2.is_empty());
     assert!(hub.read(&s, Some(10)).2.is_empty());
     assert!(hub.read(&s, Some(99)).2.is_empty());
+    // A flushed script cache: the scripts run again by EVAL.
+    let _: () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query(&mut redis.con())
+        .expect("SCRIPT FLUSH");
+    assert_eq!(hub.read(&s, Some(9)).2.len(), 1);
+    assert_eq!(hub.publish(&s, "11", None), (11, epoch));
 }
 
 #[test]
@@ -594,6 +601,31 @@ fn killed_pubsub_connection_comes_back_subscribed() {
         "the message after the reconnect",
         |r| matches!(r, Reply::Message { seq: q, .. } if *q == seq),
     );
+}
+
+#[test]
+fn a_silent_redis_is_noticed_by_the_pubsub_link() {
+    let redis = RedisServer::start();
+    let mut hub = Hub::new(&redis, false);
+    let pid = redis.child.as_ref().map(|c| c.id()).expect("running");
+    // SIGSTOP (to our own child, by PID) freezes it with its sockets open.
+    signal(pid, "-STOP");
+    let stopped = Instant::now();
+    hub.wait_link(LinkKind::PubSub, false, Duration::from_secs(6));
+    let noticed = stopped.elapsed();
+    signal(pid, "-CONT");
+    assert!(noticed >= Duration::from_secs(2), "{noticed:?}");
+    hub.wait_link(LinkKind::PubSub, true, Duration::from_secs(6));
+}
+
+/// `kill SIG PID`.
+fn signal(pid: u32, sig: &str) {
+    let ok = Command::new("kill")
+        .arg(sig)
+        .arg(pid.to_string())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "kill {sig} {pid}");
 }
 
 /// The one measurement: publishes per second through one link, and Redis CPU per publish.
