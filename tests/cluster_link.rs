@@ -587,6 +587,15 @@ fn killed_pubsub_connection_comes_back_subscribed() {
     let mut hub = Hub::new(&redis, false);
     let s = StreamKey::channel("k");
     hub.subscribe(&s);
+    // More topics than one SUBSCRIBE carries: confirmed in chunks, resubscribed in chunks.
+    let many: Vec<StreamKey> = (0..1200)
+        .map(|i| StreamKey::channel(&format!("m{i}")))
+        .collect();
+    hub.link.pubsub(PubSubOp::Subscribe(many.clone()));
+    hub.wait(
+        "Listening to 1200",
+        |r| matches!(r, Reply::Listening(k) if k.len() == 1200),
+    );
     let killed: i64 = redis::cmd("CLIENT")
         .arg("KILL")
         .arg("TYPE")
@@ -600,6 +609,12 @@ fn killed_pubsub_connection_comes_back_subscribed() {
     hub.wait(
         "the message after the reconnect",
         |r| matches!(r, Reply::Message { seq: q, .. } if *q == seq),
+    );
+    let last = many[1199].clone();
+    hub.publish(&last, "late", None);
+    hub.wait(
+        "a message on the last topic",
+        move |r| matches!(r, Reply::Message { stream, .. } if *stream == last),
     );
 }
 

@@ -77,7 +77,7 @@ pub(super) fn run(ctx: &Ctx, ops: &Receiver<PubSubOp>) {
             out.push(Reply::Listening(std::mem::take(&mut owed)));
         }
         ctx.deliver(&mut out);
-        let result = sub.serve(ops, &mut topics, &mut out);
+        let result = sub.serve(ops, &mut topics, &mut owed, &mut out);
         if ctx.stopped() {
             return;
         }
@@ -211,11 +211,14 @@ impl<'a> Sub<'a> {
     }
 
     /// Serves the hub's ops and delivers messages until the link fails (`Err`), the link is
-    /// dropped (`Ok(false)`) or the connection went silent (`Ok(true)`: reconnect).
+    /// dropped (`Ok(false)`) or the connection went silent (`Ok(true)`: reconnect). A
+    /// subscribe cut short by a failure stays in `topics` and its keys go to `owed` (confirmed
+    /// after the reconnect).
     fn serve(
         &mut self,
         ops: &Receiver<PubSubOp>,
         topics: &mut HashSet<StreamKey>,
+        owed: &mut Vec<StreamKey>,
         out: &mut Vec<Reply>,
     ) -> redis::RedisResult<bool> {
         loop {
@@ -228,10 +231,10 @@ impl<'a> Sub<'a> {
                         topics.extend(keys.iter().cloned());
                         let names: Vec<String> =
                             keys.iter().map(|k| self.ctx.keys.topic(k)).collect();
-                        let r = self.subscribe(names.into_iter(), out);
-                        if r.is_err() {
+                        if let Err(e) = self.subscribe(names.into_iter(), out) {
                             // The topics stay in the set: the reconnect subscribes them.
-                            return r.map(|()| true);
+                            owed.extend(keys);
+                            return Err(e);
                         }
                         out.push(Reply::Listening(keys));
                     }
