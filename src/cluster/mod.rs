@@ -16,4 +16,6 @@
 //!   filled from the stream, epochs that changed announced with `recovered:false`).
 
 pub mod broker;
+pub mod keys;
+pub mod link;
 pub mod ops;
