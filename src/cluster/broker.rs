@@ -36,7 +36,7 @@ use log::{debug, info, warn};
 use crate::protocol::frame::SharedFrame;
 use crate::push::hub::{
     encode_message, AckId, Broker, Epoch, Event, HistoryConfig, PublishTo, Stored, Stream, UserId,
-    WorkerId,
+    WorkerId, HEARTBEAT_TTL,
 };
 use crate::push::names::USER_CHANNEL;
 use crate::push::users::{Member, Users};
@@ -53,6 +53,20 @@ pub trait RedisLink {
     fn pubsub(&mut self, op: PubSubOp);
     /// The next reply, if one is waiting.
     fn try_recv(&mut self) -> Option<Reply>;
+}
+
+impl RedisLink for super::link::Link {
+    fn send(&mut self, op: Op) {
+        super::link::Link::send(self, op);
+    }
+
+    fn pubsub(&mut self, op: PubSubOp) {
+        super::link::Link::pubsub(self, op);
+    }
+
+    fn try_recv(&mut self) -> Option<Reply> {
+        super::link::Link::try_recv(self)
+    }
 }
 
 /// Pub/sub messages held beyond a gap, per stream; more are dropped (the catch-up read that
@@ -174,6 +188,9 @@ enum Pending {
     Control {
         request: Option<AckId>,
     },
+    Nodes {
+        request: AckId,
+    },
 }
 
 /// The Redis-backed [`Broker`]: see the module doc.
@@ -248,9 +265,11 @@ impl<L: RedisLink> RedisBroker<L> {
         let id = self.next_op;
         self.next_op += 1;
         let op = match op {
-            Op::Publish { .. } | Op::Read { .. } | Op::Renew { .. } | Op::Control { .. } => {
-                with_id(op, id)
-            }
+            Op::Publish { .. }
+            | Op::Read { .. }
+            | Op::Renew { .. }
+            | Op::Control { .. }
+            | Op::Nodes { .. } => with_id(op, id),
             other => other,
         };
         self.ops.insert(id, pending);
@@ -697,6 +716,9 @@ impl<L: RedisLink> RedisBroker<L> {
                 self.answer(&stream, waiters, &[], usize::MAX);
                 self.after_read(&stream);
             }
+            (Pending::Nodes { request }, Reply::Nodes { nodes, .. }) => {
+                self.events.push_back(Event::Nodes { request, nodes });
+            }
             (Pending::Control { request }, Reply::Appended { .. }) => {
                 if let Some(request) = request {
                     self.events.push_back(Event::Stored {
@@ -721,6 +743,11 @@ impl<L: RedisLink> RedisBroker<L> {
     /// An op failed or timed out: its request gets 503; a read's waiters wait for the next.
     fn fail_pending(&mut self, pending: Pending) {
         match pending {
+            // Without Redis this node knows only itself (the hub adds it).
+            Pending::Nodes { request } => self.events.push_back(Event::Nodes {
+                request,
+                nodes: Vec::new(),
+            }),
             Pending::Publish { request, .. } | Pending::Control { request } => {
                 if let Some(request) = request {
                     self.events.push_back(Event::Failed { request });
@@ -920,6 +947,7 @@ fn with_id(op: Op, id: OpId) -> Op {
             ttl,
         },
         Op::Control { entry, .. } => Op::Control { id, entry },
+        Op::Nodes { .. } => Op::Nodes { id },
         other => other,
     }
 }
@@ -995,6 +1023,26 @@ impl<L: RedisLink> Broker for RedisBroker<L> {
             },
             request,
         );
+    }
+
+    fn heartbeat(&mut self, info: &str) {
+        if self.commands_up {
+            self.link.send(Op::Heartbeat {
+                info: info.to_owned(),
+                ttl: HEARTBEAT_TTL,
+            });
+        }
+    }
+
+    fn nodes(&mut self, request: AckId) {
+        if self.commands_up {
+            self.send(Op::Nodes { id: 0 }, Pending::Nodes { request });
+        } else {
+            self.events.push_back(Event::Nodes {
+                request,
+                nodes: Vec::new(),
+            });
+        }
     }
 
     fn disconnect(&mut self, user: &str, request: Option<AckId>) {
@@ -1167,6 +1215,10 @@ impl<L: RedisLink> Broker for RedisBroker<L> {
     /// History is held by Redis, not here.
     fn history_size(&self) -> (usize, usize) {
         (0, 0)
+    }
+
+    fn is_reachable(&self) -> bool {
+        self.is_up()
     }
 }
 

@@ -71,6 +71,7 @@ fn show(event: &Event) -> String {
         Event::NoStream { request } => format!("nostream {request:?}"),
         Event::Broadcast { .. } => "broadcast".to_owned(),
         Event::Disconnect { user, .. } => format!("disconnect {user}"),
+        Event::Nodes { nodes, .. } => format!("nodes {}", nodes.len()),
     }
 }
 
@@ -430,4 +431,32 @@ fn the_last_worker_leaving_a_channel_unsubscribes_its_topic() {
         Some(&PubSubOp::Unsubscribe(vec![key()]))
     );
     assert!(rig.message(1, 7).is_empty(), "no longer listening");
+}
+
+#[test]
+fn through_the_hub_a_failed_publish_answers_503_and_a_retry_with_its_key_runs_again() {
+    use crate::push::hub::{Command, Hub, Request, Wait};
+    let now = Instant::now();
+    let broker = RedisBroker::new(FakeLink::default(), HistoryConfig::default(), TIMEOUT, now);
+    let mut hub = Hub::with_broker(1, broker, 1 << 20, now);
+    let request = || Request {
+        command: Command::Publish {
+            channel: Arc::from("news"),
+            data: "1".into(),
+        },
+        wait: Wait::Sequenced,
+        idempotency_key: Some(Box::from("k1")),
+    };
+    hub.request(1, request());
+    hub.request(2, request()); // a retry while the first is in flight waits with it
+    hub.tick(now + TIMEOUT);
+    let answers: Vec<_> = hub.take_answers().map(|a| (a.conn, a.status)).collect();
+    assert_eq!(answers, [(1, 503), (2, 503)]);
+    // The key was forgotten: the next retry runs (a second publish op), and is answered
+    // with what Redis says.
+    assert!(!hub.remembers(&request()));
+    hub.request(3, request());
+    assert!(hub.take_answers().next().is_none());
+    hub.tick(now + TIMEOUT);
+    hub.take_answers().for_each(drop);
 }

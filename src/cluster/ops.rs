@@ -241,14 +241,7 @@ pub enum LinkKind {
     Control,
 }
 
-/// A node's `/api/nodes` entry as read from Redis.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NodeEntry {
-    /// The JSON object the node stored with its heartbeat.
-    pub info: String,
-    /// Milliseconds since that heartbeat.
-    pub age_ms: u64,
-}
+pub use crate::push::hub::broker::NodeEntry;
 
 /// Redis threads → hub thread, through a channel; the hub's `Waker` is woken after each batch.
 #[derive(Debug, Clone)]

@@ -105,6 +105,16 @@ pub enum PublishTo<'a> {
     User(&'a str),
 }
 
+/// A node's `/api/nodes` entry as its store knows it (cluster mode: read from Redis).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeEntry {
+    /// The JSON object the node stored with its heartbeat (`name`, `connections`,
+    /// `subscriptions`, `uptime_s`).
+    pub info: String,
+    /// Milliseconds since that heartbeat.
+    pub age_ms: u64,
+}
+
 /// What a store took from an API request that is delivered separately (cluster mode: the
 /// delivery comes back through pub/sub or the control stream, on every node alike).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -170,6 +180,13 @@ pub enum Event {
         user: Arc<str>,
         /// The API request it answers, when it is answered by the delivery itself (one node).
         request: Option<AckId>,
+    },
+    /// The live nodes, answering [`Broker::nodes`] (empty: none known besides this one).
+    Nodes {
+        /// The API request it answers.
+        request: AckId,
+        /// Every live node the store lists (this one included, in cluster mode).
+        nodes: Vec<NodeEntry>,
     },
     /// Rule 4: the stream continues under a new epoch from `seq` (history lost, a store that
     /// restarted or came back older): tell its local listeners with an unsolicited
@@ -288,7 +305,28 @@ pub trait Broker {
     /// [`HistoryConfig`](super::HistoryConfig)).
     #[must_use]
     fn history_size(&self) -> (usize, usize);
+
+    /// This node is alive, with `info` (a JSON object: `name`, `connections`,
+    /// `subscriptions`, `uptime_s`); the hub calls it every [`HEARTBEAT`]. Cluster mode
+    /// stores it for [`HEARTBEAT_TTL`]; one node has nobody to tell.
+    fn heartbeat(&mut self, _info: &str) {}
+
+    /// Lists the live nodes: answered by [`Event::Nodes`] (one node: at once, with none).
+    fn nodes(&mut self, request: AckId);
+
+    /// Can the store take requests now? Always, in process; in cluster mode, while Redis is
+    /// reachable (else the node answers `/healthz` and new upgrades with 503).
+    #[must_use]
+    fn is_reachable(&self) -> bool {
+        true
+    }
 }
+
+/// How often a node announces itself (design.md: `/api/nodes`).
+pub const HEARTBEAT: Duration = Duration::from_secs(2);
+
+/// A node silent for this long is gone from `/api/nodes` and presence (three heartbeats).
+pub const HEARTBEAT_TTL: Duration = Duration::from_secs(6);
 
 /// Encodes a stream message (`{"op":"message",…}` with `seq`, or without for a broadcast) as
 /// one text frame, shared by every delivery of it and by the history. `scratch` is a buffer

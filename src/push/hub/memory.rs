@@ -214,6 +214,13 @@ impl Broker for MemoryBroker {
         self.events.push_back(Event::Broadcast { frame, request });
     }
 
+    fn nodes(&mut self, request: AckId) {
+        self.events.push_back(Event::Nodes {
+            request,
+            nodes: Vec::new(),
+        });
+    }
+
     fn disconnect(&mut self, user: &str, request: Option<AckId>) {
         self.events.push_back(Event::Disconnect {
             user: Arc::from(user),

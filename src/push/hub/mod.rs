@@ -39,7 +39,9 @@ use crate::push::users::Member;
 use acks::{Acks, Pending, PresenceWait, Waiting};
 use idempotency::{Begin, Remembered, Route};
 
-pub use broker::{encode_message, Broker, Epoch, Event, PublishTo, Stored};
+pub use broker::{
+    encode_message, Broker, Epoch, Event, NodeEntry, PublishTo, Stored, HEARTBEAT, HEARTBEAT_TTL,
+};
 pub use memory::MemoryBroker;
 pub use messages::{
     AckId, Answer, Command, ConnId, Request, RequestId, Stream, Target, ToHub, ToWorker, UserId,
@@ -58,6 +60,8 @@ pub struct Hub<B: Broker = MemoryBroker> {
     outbox: Vec<(WorkerId, ToWorker)>,
     answers: Vec<Answer>,
     scratch: Vec<u8>,
+    /// This node's `/api/nodes` entry (a JSON object), as of the last heartbeat.
+    node_info: String,
 }
 
 impl Hub<MemoryBroker> {
@@ -65,25 +69,38 @@ impl Hub<MemoryBroker> {
     /// `now`.
     /// Idempotency keys get a budget of their own, as large as `history.max_bytes`.
     pub fn new(workers: usize, history: HistoryConfig, now: Instant) -> Hub {
-        let mut hub = Hub::with_broker(workers, MemoryBroker::new(history, now), now);
-        hub.remembered = Remembered::new(history.max_bytes);
-        hub
+        Hub::with_broker(
+            workers,
+            MemoryBroker::new(history, now),
+            history.max_bytes,
+            now,
+        )
     }
 }
 
 impl<B: Broker> Hub<B> {
-    /// A hub for `workers` workers over `broker`, its clock at `now`.
-    pub fn with_broker(workers: usize, broker: B, now: Instant) -> Hub<B> {
+    /// A hub for `workers` workers over `broker`, its clock at `now`; remembered
+    /// idempotency keys and answers may take `key_budget` bytes.
+    pub fn with_broker(workers: usize, broker: B, key_budget: usize, now: Instant) -> Hub<B> {
         Hub {
             workers,
             now,
             broker,
             acks: Acks::new(),
-            remembered: Remembered::new(HistoryConfig::default().max_bytes),
+            remembered: Remembered::new(key_budget),
             outbox: Vec::new(),
             answers: Vec::new(),
             scratch: Vec::new(),
+            node_info: "{}".to_owned(),
         }
+    }
+
+    /// This node is alive, with `info` (a JSON object: `name`, `connections`,
+    /// `subscriptions`, `uptime_s`): it answers `/api/nodes` with it and hands it to the
+    /// broker (cluster mode stores it in Redis, see [`Broker::heartbeat`]).
+    pub fn heartbeat(&mut self, info: String) {
+        self.broker.heartbeat(&info);
+        self.node_info = info;
     }
 
     /// Messages to put in workers' inboxes, in order.
@@ -99,6 +116,11 @@ impl<B: Broker> Hub<B> {
     /// Answers ready for API connections.
     pub fn take_answers(&mut self) -> std::vec::Drain<'_, Answer> {
         self.answers.drain(..)
+    }
+
+    /// Can the broker's store take requests now (see [`Broker::is_reachable`])?
+    pub fn store_reachable(&self) -> bool {
+        self.broker.is_reachable()
     }
 
     /// Channels and user streams the hub tracks.
@@ -166,6 +188,7 @@ impl<B: Broker> Hub<B> {
                 workers_in(mask)
             }
             Command::Broadcast { .. } => (0..self.workers).collect(),
+            Command::Nodes => Vec::new(),
         }
     }
 
@@ -231,6 +254,10 @@ impl<B: Broker> Hub<B> {
             Command::Disconnect { user } => {
                 self.wait(ack, sequencing);
                 self.broker.disconnect(&user, Some(ack));
+            }
+            Command::Nodes => {
+                self.wait(ack, sequencing);
+                self.broker.nodes(ack);
             }
             Command::Presence { channel } => {
                 let mut remaining = 0;
@@ -331,6 +358,16 @@ impl<B: Broker> Hub<B> {
                     self.finish(request, done);
                 }
                 Event::Failed { request } => self.fail(request),
+                Event::Nodes { request, nodes } => {
+                    if let Some(pending) = self.acks.cancel(request) {
+                        let body = nodes_body(&self.node_info, &nodes, self.broker.is_reachable());
+                        self.answers.push(Answer {
+                            conn: pending.conn(),
+                            status: 200,
+                            body,
+                        });
+                    }
+                }
                 Event::Broadcast { frame, request } => {
                     let counted = request.filter(|&ack| self.acks.counted(ack));
                     for w in 0..self.workers {
@@ -509,6 +546,40 @@ impl<B: Broker> Hub<B> {
         }
         workers
     }
+}
+
+/// The body of `GET /api/nodes`: `{"nodes":[…]}`, each entry a node's heartbeat object plus
+/// `heartbeat_age_ms` and `redis` (`"up"`, or `"down"` for this node when it cannot reach
+/// Redis; `null` on one node). `listed` are the store's entries; this node (`own`) is added
+/// when the store did not list it (one node, or Redis unreachable).
+fn nodes_body(own: &str, listed: &[NodeEntry], reachable: bool) -> String {
+    use serde_json::{Map, Value};
+    let object = |text: &str| match serde_json::from_str::<Value>(text) {
+        Ok(Value::Object(map)) => map,
+        _ => Map::new(),
+    };
+    let own = object(own);
+    let mut nodes: Vec<Value> = Vec::new();
+    let mut listed_own = false;
+    for entry in listed {
+        let mut map = object(&entry.info);
+        listed_own |= map.get("name") == own.get("name");
+        map.insert("heartbeat_age_ms".into(), entry.age_ms.into());
+        map.insert("redis".into(), "up".into());
+        nodes.push(Value::Object(map));
+    }
+    if !listed_own {
+        let mut map = own;
+        map.insert("heartbeat_age_ms".into(), 0.into());
+        let redis = match (listed.is_empty() && reachable, reachable) {
+            (_, false) => Value::from("down"),
+            (true, true) => Value::Null,
+            (false, true) => Value::from("up"),
+        };
+        map.insert("redis".into(), redis);
+        nodes.insert(0, Value::Object(map));
+    }
+    serde_json::json!({ "nodes": nodes }).to_string()
 }
 
 /// The workers whose bits are set in `mask`.
