@@ -114,10 +114,10 @@ fn ticks(d: Duration, tick: Duration) -> u64 {
 
 /// The hub loop over the broker the configuration chose.
 enum AnyHubLoop {
-    /// One node: streams in process.
-    Memory(hub_loop::HubLoop<MemoryBroker>),
+    /// One node: streams in process. (Both boxed: one per process, and large.)
+    Memory(Box<hub_loop::HubLoop<MemoryBroker>>),
     /// Cluster mode: streams in Redis.
-    Cluster(hub_loop::HubLoop<RedisBroker<Link>>),
+    Cluster(Box<hub_loop::HubLoop<RedisBroker<Link>>>),
 }
 
 impl AnyHubLoop {
@@ -130,8 +130,8 @@ impl AnyHubLoop {
 
     fn run(self) {
         match self {
-            AnyHubLoop::Memory(hub) => hub.run(),
-            AnyHubLoop::Cluster(hub) => hub.run(),
+            AnyHubLoop::Memory(hub) => (*hub).run(),
+            AnyHubLoop::Cluster(hub) => (*hub).run(),
         }
     }
 }
@@ -188,7 +188,7 @@ impl Server {
                     threads,
                     |_, now| Ok(MemoryBroker::new(config.history, now)),
                 )?;
-                (AnyHubLoop::Memory(hub), waker)
+                (AnyHubLoop::Memory(Box::new(hub)), waker)
             }
             Some(cluster) => {
                 let (hub, waker) = hub_loop::HubLoop::new(
@@ -201,10 +201,16 @@ impl Server {
                     threads,
                     |waker, now| {
                         let link = Link::start(cluster, waker)?;
-                        Ok(RedisBroker::new(link, config.history, cluster.timeout, now))
+                        Ok(RedisBroker::new(
+                            link,
+                            &cluster.node,
+                            config.history,
+                            cluster.timeout,
+                            now,
+                        ))
                     },
                 )?;
-                (AnyHubLoop::Cluster(hub), waker)
+                (AnyHubLoop::Cluster(Box::new(hub)), waker)
             }
         };
         let hub_handle = hub_loop::HubHandle {

@@ -115,6 +115,15 @@ pub struct NodeEntry {
     pub age_ms: u64,
 }
 
+/// A presence question from another node (cluster mode): its id and the asking node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Asked {
+    /// The question's id.
+    pub id: Arc<str>,
+    /// The asking node's name.
+    pub node: Arc<str>,
+}
+
 /// What a store took from an API request that is delivered separately (cluster mode: the
 /// delivery comes back through pub/sub or the control stream, on every node alike).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -187,6 +196,21 @@ pub enum Event {
         request: AckId,
         /// Every live node the store lists (this one included, in cluster mode).
         nodes: Vec<NodeEntry>,
+    },
+    /// Other nodes' users of a channel, answering [`Broker::presence`].
+    PresenceFrom {
+        /// The API request it answers.
+        request: AckId,
+        /// The users the other live nodes reported (none on one node).
+        users: Vec<Arc<str>>,
+    },
+    /// Another node asks for this node's users of `channel`: answer with
+    /// [`Broker::presence_answer`].
+    PresenceAsked {
+        /// Who asked, to pass back.
+        asked: Asked,
+        /// The channel.
+        channel: Arc<str>,
     },
     /// Rule 4: the stream continues under a new epoch from `seq` (history lost, a store that
     /// restarted or came back older): tell its local listeners with an unsolicited
@@ -313,6 +337,14 @@ pub trait Broker {
 
     /// Lists the live nodes: answered by [`Event::Nodes`] (one node: at once, with none).
     fn nodes(&mut self, request: AckId);
+
+    /// Asks every other live node for its users of `channel`: answered by
+    /// [`Event::PresenceFrom`] when all answered or the store's timeout passed (one node: at
+    /// once, with none).
+    fn presence(&mut self, channel: &Arc<str>, request: AckId);
+
+    /// Answers another node's presence question with this node's `users`.
+    fn presence_answer(&mut self, _asked: Asked, _users: Vec<String>) {}
 
     /// Can the store take requests now? Always, in process; in cluster mode, while Redis is
     /// reachable (else the node answers `/healthz` and new upgrades with 503).

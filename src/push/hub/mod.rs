@@ -28,6 +28,7 @@ mod retention;
 #[cfg(test)]
 mod testing;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -40,7 +41,8 @@ use acks::{Acks, Pending, PresenceWait, Waiting};
 use idempotency::{Begin, Remembered, Route};
 
 pub use broker::{
-    encode_message, Broker, Epoch, Event, NodeEntry, PublishTo, Stored, HEARTBEAT, HEARTBEAT_TTL,
+    encode_message, Asked, Broker, Epoch, Event, NodeEntry, PublishTo, Stored, HEARTBEAT,
+    HEARTBEAT_TTL,
 };
 pub use memory::MemoryBroker;
 pub use messages::{
@@ -62,6 +64,8 @@ pub struct Hub<B: Broker = MemoryBroker> {
     scratch: Vec<u8>,
     /// This node's `/api/nodes` entry (a JSON object), as of the last heartbeat.
     node_info: String,
+    /// Presence questions of other nodes being answered here, by the ack of their local part.
+    remote_asks: HashMap<AckId, Asked>,
 }
 
 impl Hub<MemoryBroker> {
@@ -92,6 +96,7 @@ impl<B: Broker> Hub<B> {
             answers: Vec::new(),
             scratch: Vec::new(),
             node_info: "{}".to_owned(),
+            remote_asks: HashMap::new(),
         }
     }
 
@@ -260,21 +265,29 @@ impl<B: Broker> Hub<B> {
                 self.broker.nodes(ack);
             }
             Command::Presence { channel } => {
-                let mut remaining = 0;
-                for w in workers_in(self.broker.channel_workers(&channel)) {
-                    let channel = Arc::clone(&channel);
-                    self.outbox.push((w, ToWorker::Presence { ack, channel }));
-                    remaining += 1;
-                }
-                let waiting = Waiting::Presence(Box::new(PresenceWait {
-                    channel,
-                    users: Vec::new(),
-                }));
-                self.wait(ack, Pending::new(conn, remaining, counted, waiting));
-                return;
+                // The local workers, and the broker for the other nodes (one node: at once).
+                self.ask_workers_for_presence(ack, conn, &channel);
+                self.broker.presence(&channel, ack);
             }
         }
         self.forward_events();
+    }
+
+    /// Asks the workers listening to `channel` for their users, under `ack` (answered to
+    /// `conn`); the broker's answer about other nodes is one more part awaited.
+    fn ask_workers_for_presence(&mut self, ack: AckId, conn: RequestId, channel: &Arc<str>) {
+        let mut remaining = 1;
+        for w in workers_in(self.broker.channel_workers(channel)) {
+            let channel = Arc::clone(channel);
+            self.outbox.push((w, ToWorker::Presence { ack, channel }));
+            remaining += 1;
+        }
+        let waiting = Waiting::Presence(Box::new(PresenceWait {
+            channel: Arc::clone(channel),
+            users: Vec::new(),
+            names: Vec::new(),
+        }));
+        self.wait(ack, Pending::new(conn, remaining, false, waiting));
     }
 
     /// Handles a worker's message.
@@ -358,6 +371,19 @@ impl<B: Broker> Hub<B> {
                     self.finish(request, done);
                 }
                 Event::Failed { request } => self.fail(request),
+                Event::PresenceFrom { request, users } => {
+                    let done = self.acks.remote_presence(request, users);
+                    self.finish(request, done);
+                }
+                Event::PresenceAsked { asked, channel } => {
+                    // Asked by another node: this node's workers answer, then the broker
+                    // carries the list back (see `finish`); no other node is asked.
+                    let ack = self.acks.next_id();
+                    self.remote_asks.insert(ack, asked);
+                    self.ask_workers_for_presence(ack, 0, &channel);
+                    let done = self.acks.remote_presence(ack, Vec::new());
+                    self.finish(ack, done);
+                }
                 Event::Nodes { request, nodes } => {
                     if let Some(pending) = self.acks.cancel(request) {
                         let body = nodes_body(&self.node_info, &nodes, self.broker.is_reachable());
@@ -485,6 +511,16 @@ impl<B: Broker> Hub<B> {
     /// Answers a request (under `ack`) that has everything it waited for, and the retries
     /// of it that waited with it; remembers the answer if the request had a key.
     fn finish(&mut self, ack: AckId, done: Option<Pending>) {
+        if let Some(asked) = self.remote_asks.remove(&ack) {
+            if let Some(presence) = done.as_ref().and_then(Acks::peek_presence) {
+                let broker = &self.broker;
+                let users = presence.list(|id| broker.user_name(id));
+                self.broker.presence_answer(asked, users);
+            } else {
+                self.remote_asks.insert(ack, asked); // not complete yet
+            }
+            return;
+        }
         if let Some(pending) = done {
             let broker = &self.broker;
             let answer = pending.answer(|id| broker.user_name(id));
