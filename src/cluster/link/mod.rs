@@ -60,6 +60,8 @@ pub struct Link {
     failures: Sender<Reply>,
     /// The hub's waker.
     waker: Arc<mio::Waker>,
+    /// Replies were sent that the hub has not drained yet (so no thread wakes it again).
+    unread: Arc<AtomicBool>,
     /// Set when dropping: every thread returns at its next check.
     stop: Arc<AtomicBool>,
     /// The threads, joined on drop.
@@ -79,12 +81,14 @@ impl Link {
         let (op_tx, op_rx) = mpsc::sync_channel(OP_QUEUE);
         let (pubsub_tx, pubsub_rx) = mpsc::channel();
         let stop = Arc::new(AtomicBool::new(false));
+        let unread = Arc::new(AtomicBool::new(false));
         let ctx = Ctx {
             client,
             keys: Keys::new(&config.prefix),
             config: config.clone(),
             replies: reply_tx.clone(),
             waker: Arc::clone(&waker),
+            unread: Arc::clone(&unread),
             stop: Arc::clone(&stop),
         };
         let mut link = Link {
@@ -93,6 +97,7 @@ impl Link {
             replies,
             failures: reply_tx,
             waker,
+            unread,
             stop,
             threads: Vec::with_capacity(3),
         };
@@ -137,7 +142,17 @@ impl Link {
     /// The next reply, if one is waiting. Call until `None` on every turn the waker fires.
     #[must_use]
     pub fn try_recv(&self) -> Option<Reply> {
-        self.replies.try_recv().ok()
+        if let Ok(reply) = self.replies.try_recv() {
+            return Some(reply);
+        }
+        // Drained: the next reply wakes the hub again. One sent between the failed receive
+        // and this store saw `unread` still set and did not wake it, so look once more.
+        self.unread.store(false, Ordering::SeqCst);
+        let late = self.replies.try_recv().ok();
+        if late.is_some() {
+            self.unread.store(true, Ordering::SeqCst);
+        }
+        late
     }
 }
 
@@ -177,6 +192,8 @@ struct Ctx {
     replies: Sender<Reply>,
     /// The hub's waker.
     waker: Arc<mio::Waker>,
+    /// Shared with [`Link`]: replies are waiting for the hub, which was woken for them.
+    unread: Arc<AtomicBool>,
     /// Set when the link is dropped.
     stop: Arc<AtomicBool>,
 }
@@ -192,7 +209,8 @@ impl Ctx {
         self.config.timeout.max(Duration::from_millis(1))
     }
 
-    /// Sends `replies` (draining it) and wakes the hub once if there were any.
+    /// Sends `replies` (draining it) and wakes the hub if there were any and it has not been
+    /// woken for replies it has yet to drain: cheap enough to call per message.
     fn deliver(&self, replies: &mut Vec<Reply>) {
         if replies.is_empty() {
             return;
@@ -200,8 +218,10 @@ impl Ctx {
         for r in replies.drain(..) {
             let _ = self.replies.send(r);
         }
-        if let Err(e) = self.waker.wake() {
-            log::warn!("redis link: waking the hub failed: {e}");
+        if !self.unread.swap(true, Ordering::SeqCst) {
+            if let Err(e) = self.waker.wake() {
+                log::warn!("redis link: waking the hub failed: {e}");
+            }
         }
     }
 

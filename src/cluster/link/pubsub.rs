@@ -31,8 +31,12 @@ const POLL: Duration = Duration::from_millis(15);
 /// Most topics per `SUBSCRIBE`/`UNSUBSCRIBE` command.
 const CHUNK: usize = 512;
 
-/// Most values read before the replies so far are delivered and ops checked again.
+/// Most values read before subscription changes are served again.
 const READ_BATCH: usize = 1024;
+
+/// At most this long reading before subscription changes are served again (a steady stream
+/// never lets a read time out).
+const READ_TIME: Duration = Duration::from_millis(2);
 
 /// Silence after which the probe topic is subscribed again.
 const PROBE_AFTER: Duration = Duration::from_secs(1);
@@ -254,11 +258,18 @@ impl<'a> Sub<'a> {
                 }
             }
             let mut none = HashSet::new();
+            let batch_start = Instant::now();
             for _ in 0..READ_BATCH {
                 match self.con.recv_response() {
                     Ok(v) => {
                         self.last_rx = Instant::now();
                         self.handle(v, &mut none, out);
+                        // Handed over at once (the next read may wait up to `POLL`); the
+                        // hub is woken only if it drained what came before.
+                        self.ctx.deliver(out);
+                        if self.last_rx.saturating_duration_since(batch_start) >= READ_TIME {
+                            break; // subscription changes wait at most this long
+                        }
                     }
                     Err(e) if e.is_timeout() => break,
                     Err(e) => {
