@@ -39,6 +39,8 @@ pub struct Ack {
     pub seq: u64,
     /// What was published.
     pub data: Value,
+    /// When the answer came (`None` in made-up logs).
+    pub at: Option<Instant>,
 }
 
 /// Every acknowledged publish, in the order the answers came.
@@ -102,7 +104,7 @@ impl Oracle {
 
     /// Checks `sub`'s view of `stream` against the acknowledged publishes (module doc).
     pub fn check(&self, sub: &Subscriber, stream: &str) -> Result<StreamReport, String> {
-        check(&self.acks(stream), &sub.seen, stream, true).map_err(|e| {
+        check(&self.acks(stream), sub, stream, true).map_err(|e| {
             format!(
                 "subscriber {} on {stream}: {e}\nits log:\n{}",
                 sub.name,
@@ -116,7 +118,7 @@ impl Oracle {
     /// `recovered:false` (for a Redis that came back older, where which epoch the later
     /// acknowledgements carry is the implementation's choice).
     pub fn check_order(&self, sub: &Subscriber, stream: &str) -> Result<StreamReport, String> {
-        check(&self.acks(stream), &sub.seen, stream, false).map_err(|e| {
+        check(&self.acks(stream), sub, stream, false).map_err(|e| {
             format!(
                 "subscriber {} on {stream}: {e}\nits log:\n{}",
                 sub.name,
@@ -155,10 +157,11 @@ struct Segment {
 
 fn check(
     acks: &[Ack],
-    seen: &[Seen],
+    sub: &Subscriber,
     stream: &str,
     complete: bool,
 ) -> Result<StreamReport, String> {
+    let seen = &sub.seen;
     let mut report = StreamReport::default();
     let mut errors = Vec::new();
     let mut pending: Vec<Option<(u64, String)>> = Vec::new();
@@ -283,6 +286,31 @@ fn check(
                 ));
             }
         }
+        // An epoch acknowledged after this subscriber was subscribed must reach it (as
+        // messages, or as the epoch of a recovered:false): else it missed a whole epoch.
+        if let Some(since) = sub.first_subscribed.get(stream) {
+            let known: HashSet<&str> = seen
+                .iter()
+                .filter_map(|e| match e {
+                    Seen::Subscribed {
+                        stream: s, epoch, ..
+                    } if s == stream => Some(epoch.as_str()),
+                    _ => None,
+                })
+                .collect();
+            let mut unseen: Vec<String> = acks
+                .iter()
+                .filter(|a| a.at.is_some_and(|at| at > *since) && !known.contains(a.epoch.as_str()))
+                .map(|a| format!("{} (seq {})", a.epoch, a.seq))
+                .collect();
+            unseen.dedup_by(|a, b| a.split(' ').next() == b.split(' ').next());
+            if !unseen.is_empty() {
+                errors.push(format!(
+                    "publishes acknowledged after it subscribed under epoch(s) it never heard of: {}",
+                    unseen.join(", ")
+                ));
+            }
+        }
         let delivered: HashSet<u64> = report
             .messages
             .iter()
@@ -368,6 +396,8 @@ pub struct Subscriber {
     pub seen: Vec<Seen>,
     /// Channels it holds (to resubscribe after a reconnect).
     channels: Vec<String>,
+    /// When the first `subscribed` of each stream arrived.
+    first_subscribed: HashMap<String, Instant>,
 }
 
 impl Subscriber {
@@ -379,6 +409,7 @@ impl Subscriber {
             client: None,
             seen: Vec::new(),
             channels: Vec::new(),
+            first_subscribed: HashMap::new(),
         };
         sub.open(addr, None)
             .unwrap_or_else(|r| panic!("{name}: upgrade refused: {r:?}"));
@@ -596,8 +627,18 @@ impl Subscriber {
             Received::Binary(b) => Seen::Other(json!({ "binary": b.len() })),
             Received::Pong(_) => return true,
         };
-        self.seen.push(event);
+        self.log(event);
         true
+    }
+
+    /// Appends `event` to the log, noting when each stream's first `subscribed` came.
+    fn log(&mut self, event: Seen) {
+        if let Seen::Subscribed { stream, .. } = &event {
+            self.first_subscribed
+                .entry(stream.clone())
+                .or_insert_with(Instant::now);
+        }
+        self.seen.push(event);
     }
 
     /// Reads until `cond` holds on the log or `deadline` passes; returns whether it held.
@@ -652,7 +693,7 @@ impl Subscriber {
                     let event = serde_json::from_str::<Value>(&t)
                         .map(|v| classify(v, &stream_user))
                         .unwrap_or(Seen::Other(Value::String(t)));
-                    self.seen.push(event);
+                    self.log(event);
                 }
                 Ok(Received::Ping(p)) => {
                     let _ = client.send_frame(true, OpCode::Pong, &p);
@@ -867,6 +908,7 @@ impl Publisher {
                     epoch: epoch.to_owned(),
                     seq,
                     data: data.clone(),
+                    at: Some(Instant::now()),
                 };
                 lock(&self.oracle).record(ack.clone());
                 Outcome::Acked(ack)
@@ -952,6 +994,7 @@ mod tests {
             epoch: epoch.into(),
             seq,
             data: json!(seq),
+            at: None,
         }
     }
 
@@ -962,6 +1005,7 @@ mod tests {
             client: None,
             seen: events,
             channels: vec![],
+            first_subscribed: HashMap::new(),
         }
     }
 
@@ -1097,6 +1141,25 @@ mod tests {
             .check(&stale, "c")
             .unwrap_err()
             .contains("still under epoch e"));
+        // A whole epoch acknowledged after it subscribed, never heard of: caught.
+        let mut blind = sub(vec![
+            subscribe(None),
+            subscribed("e", 0, None),
+            msg(1),
+            msg(2),
+        ]);
+        blind.first_subscribed.insert("c".into(), Instant::now());
+        let mut o4 = oracle(&[ack(1, "e"), ack(2, "e")]);
+        o4.record(Ack {
+            at: Some(Instant::now()),
+            ..ack(7, "x")
+        });
+        o4.record(ack(3, "e"));
+        // (ack 3 under e is delivered neither; the message names the epoch x)
+        assert!(o4
+            .check(&blind, "c")
+            .unwrap_err()
+            .contains("never heard of: x (seq 7)"));
         // A seq acknowledged twice with different data under one epoch: a reuse.
         let mut o3 = oracle(&[ack(1, "e")]);
         o3.record(Ack {
