@@ -641,6 +641,13 @@ impl Subscriber {
         self.seen.push(event);
     }
 
+    /// Reads what has arrived, for at most about `limit` (a live stream never runs dry, so
+    /// "until nothing is pending" would not end).
+    pub fn pump_for(&mut self, limit: Duration) {
+        let until = Instant::now() + limit;
+        while Instant::now() < until && self.pump_once() {}
+    }
+
     /// Reads until `cond` holds on the log or `deadline` passes; returns whether it held.
     pub fn pump_until(
         &mut self,
@@ -682,7 +689,6 @@ impl Subscriber {
         client.send_text("ping");
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
-            let before = self.seen.len();
             let Some(client) = self.client.as_mut() else {
                 return;
             };
@@ -713,7 +719,6 @@ impl Subscriber {
                 }
                 _ => {}
             }
-            let _ = before;
         }
     }
 
@@ -761,7 +766,6 @@ impl Subscriber {
             match self.open(addr, user_since.clone()) {
                 Ok(()) => break,
                 Err(refusal) => {
-                    self.seen.pop();
                     assert!(
                         Instant::now() < deadline,
                         "{}: reconnect to {addr} refused until the deadline: {} {}",
