@@ -386,6 +386,12 @@ fn harness_redis_server_restarts_snapshots_and_pauses() {
             Ok(Resp::Array(Some(_)))
         ));
         assert_eq!(aof.kill_pubsub_clients(), 1);
+
+        // One process's links found from /proc, and cut alone by CLIENT KILL ADDR.
+        let mine = std::net::TcpStream::connect(("127.0.0.1", aof.port())).expect("connect");
+        let links = node::tcp_links(std::process::id(), aof.port());
+        assert_eq!(links, vec![mine.local_addr().expect("local addr")]);
+        assert_eq!(aof.kill_clients_at(&links), 1);
     });
 }
 

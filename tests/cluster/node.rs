@@ -197,9 +197,17 @@ impl Node {
     /// 127.0.0.1:`redis_port`, from `/proc/PID/fd` and `/proc/PID/net/tcp`: what Redis lists as
     /// `addr` in `CLIENT LIST`.
     pub fn redis_links(&self, redis_port: u16) -> Vec<SocketAddr> {
-        let Some(pid) = self.child.as_ref().map(Child::id) else {
-            return Vec::new();
-        };
+        match self.child.as_ref().map(Child::id) {
+            Some(pid) => tcp_links(pid, redis_port),
+            None => Vec::new(),
+        }
+    }
+}
+
+/// The local addresses of process `pid`'s established IPv4 TCP connections to port
+/// `remote_port`, from `/proc/PID/fd` (its socket inodes) and `/proc/PID/net/tcp`.
+pub fn tcp_links(pid: u32, remote_port: u16) -> Vec<SocketAddr> {
+    {
         let mut inodes = HashSet::new();
         if let Ok(entries) = std::fs::read_dir(format!("/proc/{pid}/fd")) {
             for entry in entries.flatten() {
@@ -227,7 +235,7 @@ impl Node {
                     fields.get(9)?,
                 );
                 let remote = proc_addr(remote)?;
-                (*state == "01" && remote.port() == redis_port && inodes.contains(*inode))
+                (*state == "01" && remote.port() == remote_port && inodes.contains(*inode))
                     .then(|| proc_addr(local))
                     .flatten()
             })
