@@ -6,6 +6,8 @@
 #   idle push connections (each its own user, subscribed to one channel; loadtest/idle_push.py),
 #   echo (100 connections x 64 B x 8 in flight, 10 s: messages/s, server CPU us per message),
 #   fan-out burst (5,000 subscribers x 200 API publishes of 64 B: deliveries/s, missing, dup).
+# The fan-out publishes carry no idempotency_key (--no-idempotency-key): a binary from before
+# keys were added refuses the field, and both binaries then do the same work.
 #
 #   loadtest/compare.sh OLD_BINARY NEW_BINARY [ROUNDS]     # needs target/release/edgepush-load
 set -euo pipefail
@@ -35,7 +37,7 @@ for r in $(seq 1 "$ROUNDS"); do
     stop; start "$BIN"
     echo_=$(taskset -c 1 "$L" echo -c 100 --size 64 --inflight 8 --duration 10s --url ws://127.0.0.1:18080/echo --server-pid "$PID" --json --timeout 3m | json 'd["msgs_per_s"], d["server"]["cpu_us_per_msg"]')
     stop; start "$BIN"
-    fan=$(taskset -c 1 "$L" fanout -n 5000 --messages 200 --size 64 --rate 0 --url "ws://127.0.0.1:18080/ws?user=load-{n}" --api http://127.0.0.1:18081 --channel bench --server-pid "$PID" --json --timeout 3m | json 'd["deliveries_per_s"], d.get("missing"), d.get("duplicates")')
+    fan=$(taskset -c 1 "$L" fanout -n 5000 --messages 200 --size 64 --rate 0 --url "ws://127.0.0.1:18080/ws?user=load-{n}" --api http://127.0.0.1:18081 --channel bench --no-idempotency-key --server-pid "$PID" --json --timeout 3m | json 'd["deliveries_per_s"], d.get("missing"), d.get("duplicates")')
     stop
     echo "round $r $which: idle echo B/conn=$idle | $push | echo msgs/s, cpu us/msg=$echo_ | fan-out deliveries/s, missing, dup=$fan"
   done

@@ -10,14 +10,14 @@
 
 use std::collections::BTreeMap;
 use std::io::{self, BufRead, Write};
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::Ipv4Addr;
 use std::sync::mpsc;
 use std::time::Duration;
 
 use mio::{Events, Poll, Token, Waker};
 use serde::{Deserialize, Serialize};
 
-use crate::cli::Payload;
+use crate::cli::{Payload, Target};
 use crate::engine::{Engine, Phase, SECOND};
 use crate::scenarios::{self, Scenario};
 use crate::stats::HistData;
@@ -61,10 +61,10 @@ pub struct ChildSpec {
     /// Busy-poll (zero poll timeout) while the measured phase runs, so the server's writes
     /// never pay for waking this process and no message waits on a wakeup.
     pub spin: bool,
-    pub addr: SocketAddr,
-    pub host: String,
-    /// Path and query; `{n}` becomes the connection's number.
-    pub path: String,
+    /// The nodes (the `--url` list, in order); connection `n` goes to
+    /// `nodes[n % nodes.len()]` ([`crate::cli::node_for`]). Their paths may contain `{n}`,
+    /// which becomes the connection's number.
+    pub nodes: Vec<Target>,
     /// Connections this child opens (idle, echo, fanout, slow).
     pub conns: usize,
     /// Number of this child's first connection; the others follow.
@@ -110,6 +110,23 @@ pub struct ReadyInfo {
     pub errors: BTreeMap<String, u64>,
     pub first_start_ns: u64,
     pub last_done_ns: u64,
+}
+
+/// One node's figures in a child's `RESULT` (the same counts as the totals, for the
+/// connections that went to that node).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct NodeResult {
+    /// Connections open (and subscribed where the scenario subscribes).
+    pub opened: u64,
+    /// Connection attempts that failed before they were open (connect, upgrade, subscribe).
+    pub failed: u64,
+    /// Churn: upgrades completed during the measured phase.
+    pub handshakes: u64,
+    /// Deliveries (fanout, slow) or echoed messages (echo) received.
+    pub received: u64,
+    /// Their latency (ns), as raw histogram counts; empty with one node (the totals' histogram
+    /// is that node's).
+    pub latency: HistData,
 }
 
 /// Sent with `RESULT`; the parent merges one per child.
@@ -166,6 +183,9 @@ pub struct ChildResult {
     /// Deliveries that were replays (not in the latency histogram).
     pub replayed: u64,
     pub timed_out: bool,
+    /// Per node, in the order of [`ChildSpec::nodes`].
+    #[serde(default)]
+    pub nodes: Vec<NodeResult>,
 }
 
 /// A line from the parent on stdin.

@@ -30,10 +30,12 @@ pub struct Cli {
 
 #[derive(Args, Debug, Clone)]
 pub struct Common {
-    /// WebSocket URL to connect to (default: the push endpoint, or /echo for `echo`)
+    /// WebSocket URL to connect to (default: the push endpoint, or /echo for `echo`); several
+    /// nodes comma-separated: connection i goes to node i % n
     #[arg(long, global = true)]
     pub url: Option<String>,
-    /// Push API base URL (fanout, slow)
+    /// Push API base URL (fanout, slow); several nodes comma-separated: publish j goes to
+    /// API j % n
     #[arg(long, global = true, default_value = "http://127.0.0.1:8081")]
     pub api: String,
     /// Bearer token for the push API
@@ -220,6 +222,18 @@ pub struct PubSub {
     /// Subscribe by connecting here (no subscribe op; every text frame is a delivery)
     #[arg(long)]
     pub sub_url: Option<String>,
+    /// An API publish answered 503 (or whose answer was lost) is sent again with the same
+    /// `idempotency_key`, at most this many times
+    #[arg(long, default_value_t = 30)]
+    pub publish_retries: u32,
+    /// The wait before such a retry: the 503's `Retry-After`, at most this (and this when the
+    /// answer has none)
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub publish_retry_wait: Duration,
+    /// Publish without an `idempotency_key` (for a server that refuses the field); a 503 is
+    /// then not retried, and a lost answer only once
+    #[arg(long)]
+    pub no_idempotency_key: bool,
     /// After the last publish, how long to wait for deliveries
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub deliver_timeout: Duration,
@@ -252,13 +266,37 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 /// A parsed `ws://` or `http://` target on this machine.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Target {
     pub addr: SocketAddr,
     /// The `Host` header.
     pub host: String,
     /// Path and query, `/` if empty; may contain `{n}`.
     pub path: String,
+}
+
+/// The node (index into the `--url` or `--api` list) that connection or publish `number` goes
+/// to: round robin, `number % nodes` (0 when there are none).
+pub fn node_for(number: u64, nodes: usize) -> usize {
+    if nodes == 0 {
+        return 0;
+    }
+    (number % nodes as u64) as usize
+}
+
+/// Parses a comma-separated list of URLs (one node each; spaces around a comma are allowed)
+/// with [`parse_url`]; returns each URL as written with its target, in order. An empty entry or
+/// an empty list is an error.
+pub fn parse_urls(list: &str, scheme: &str) -> Result<Vec<(String, Target)>, String> {
+    list.split(',')
+        .map(str::trim)
+        .map(|url| {
+            if url.is_empty() {
+                return Err(format!("{list:?}: empty URL in the comma-separated list"));
+            }
+            Ok((url.to_string(), parse_url(url, scheme)?))
+        })
+        .collect()
 }
 
 /// Parses `scheme://host[:port][/path][?query]` for `scheme` (`ws` or `http`), refusing any
@@ -372,5 +410,52 @@ mod tests {
         }
         let err = parse_url("ws://10.1.2.3/", "ws").unwrap_err();
         assert!(err.contains("not a loopback"), "{err}");
+    }
+
+    #[test]
+    fn url_lists() {
+        let one = parse_urls("ws://127.0.0.1:8080/ws?user=u-{n}", "ws").unwrap();
+        assert_eq!(one.len(), 1);
+        assert_eq!(one[0].0, "ws://127.0.0.1:8080/ws?user=u-{n}");
+        assert_eq!(one[0].1.path, "/ws?user=u-{n}");
+        let two = parse_urls("http://127.0.0.1:8081, http://localhost:9081/", "http").unwrap();
+        assert_eq!(two.len(), 2);
+        assert_eq!(two[0].1.addr, "127.0.0.1:8081".parse().unwrap());
+        assert_eq!(two[1].0, "http://localhost:9081/");
+        assert_eq!(two[1].1.addr, "127.0.0.1:9081".parse().unwrap());
+        for bad in [
+            "",
+            ",",
+            "ws://127.0.0.1:1,",
+            "ws://127.0.0.1:1,,ws://127.0.0.1:2",
+        ] {
+            let err = parse_urls(bad, "ws").unwrap_err();
+            assert!(err.contains("empty URL"), "{bad}: {err}");
+        }
+        // One bad node refuses the whole list, with that node's reason.
+        let err = parse_urls("ws://127.0.0.1:1,ws://10.0.0.1:2", "ws").unwrap_err();
+        assert!(
+            err.contains("10.0.0.1") && err.contains("not a loopback"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn round_robin_over_nodes() {
+        let spread = |count: u64, nodes: usize| {
+            let mut per = vec![0u64; nodes];
+            for i in 0..count {
+                per[node_for(i, nodes)] += 1;
+            }
+            per
+        };
+        assert_eq!(spread(10, 1), [10]);
+        assert_eq!(spread(10, 2), [5, 5]);
+        assert_eq!(spread(10, 3), [4, 3, 3]);
+        assert_eq!(
+            (0..6).map(|i| node_for(i, 3)).collect::<Vec<_>>(),
+            [0, 1, 2, 0, 1, 2]
+        );
+        assert_eq!(node_for(7, 0), 0);
     }
 }

@@ -98,6 +98,8 @@ pub struct Session {
     pub state: ClientState,
     /// The connection's number (`{n}` in the URL).
     pub number: u64,
+    /// The node it connects to: an index into the child's targets (the `--url` list).
+    pub node: usize,
     /// Our `Sec-WebSocket-Key` (base64 of 16 bytes).
     key: [u8; 24],
     /// Encoded bytes not yet written; `written` of them already are.
@@ -207,6 +209,8 @@ pub struct ConnectTo<'a> {
     pub recv_buffer: usize,
     /// The connection's number (`{n}` in the URL).
     pub number: u64,
+    /// The node `addr` is (an index into the child's targets).
+    pub node: usize,
     /// 16 random bytes for the `Sec-WebSocket-Key`.
     pub key_bytes: &'a [u8; 16],
 }
@@ -258,6 +262,7 @@ impl Client {
             session: Session {
                 state: ClientState::Connecting,
                 number: to.number,
+                node: to.node,
                 key: base64_16(to.key_bytes),
                 out: Vec::new(),
                 written: 0,

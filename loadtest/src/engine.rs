@@ -9,7 +9,8 @@ use edgepush::protocol::message::{DecoderConfig, Event, Role};
 use hdrhistogram::Histogram;
 use mio::{Interest, Poll, Token};
 
-use crate::child::{ChildResult, ChildSpec, ReadyInfo};
+use crate::child::{ChildResult, ChildSpec, NodeResult, ReadyInfo};
+use crate::cli::node_for;
 use crate::client::{Client, ClientState, ConnectTo, DeflateIn, End, Input, Reading, Session};
 use crate::deflate::Deflater;
 use crate::scenarios::Scenario;
@@ -54,8 +55,11 @@ pub struct Run {
     pub connect_last_ns: u64,
     /// Upgrade times (ns).
     pub handshake_hist: Histogram<u64>,
-    /// Round-trip (echo) or publish→receive (fanout, slow) times (ns).
+    /// Round-trip (echo) or publish→receive (fanout, slow) times (ns): record them with
+    /// [`Run::record_latency`].
     pub latency_hist: Histogram<u64>,
+    /// The same per node, when there are several (empty with one: `latency_hist` is its).
+    node_latency: Vec<Histogram<u64>>,
     /// The counters sent back to the parent.
     pub result: ChildResult,
     /// Compresses the data messages we send on connections that agreed to permessage-deflate
@@ -65,6 +69,31 @@ pub struct Run {
 }
 
 impl Run {
+    /// Records one latency (ns) of a message received from `node`.
+    pub fn record_latency(&mut self, node: usize, ns: u64) {
+        self.latency_hist.saturating_record(ns);
+        if let Some(h) = self.node_latency.get_mut(node) {
+            h.saturating_record(ns);
+        }
+    }
+
+    /// `node`'s figures (a throwaway entry for a node out of range, which a connection never
+    /// has).
+    pub fn node(&mut self, node: usize) -> &mut NodeResult {
+        let nodes = &mut self.result.nodes;
+        if node >= nodes.len() {
+            nodes.resize_with(node + 1, NodeResult::default);
+        }
+        &mut nodes[node]
+    }
+
+    /// Counts one connection attempt to `node` that failed before it was open, as `kind`.
+    pub fn fail(&mut self, node: usize, kind: &str) {
+        self.result.failed += 1;
+        self.node(node).failed += 1;
+        self.err(kind);
+    }
+
     /// Counts one error of `kind`.
     pub fn err(&mut self, kind: &str) {
         *self.result.errors.entry(kind.to_string()).or_insert(0) += 1;
@@ -101,6 +130,7 @@ impl Run {
         session.state = ClientState::Open;
         self.pending = self.pending.saturating_sub(1);
         self.result.opened += 1;
+        self.node(session.node).opened += 1;
     }
 
     /// Is the measured phase on at `now`?
@@ -131,6 +161,7 @@ pub struct Engine {
 impl Engine {
     /// An engine for `spec` polling on `poll`, starting in `phase` at `now`.
     pub fn new(spec: ChildSpec, poll: Poll, phase: Phase, now: u64) -> Engine {
+        let nodes = spec.nodes.len();
         Engine {
             run: Run {
                 phase,
@@ -141,7 +172,15 @@ impl Engine {
                 connect_last_ns: 0,
                 handshake_hist: new_hist(),
                 latency_hist: new_hist(),
-                result: ChildResult::default(),
+                node_latency: if nodes > 1 {
+                    (0..nodes).map(|_| new_hist()).collect()
+                } else {
+                    Vec::new()
+                },
+                result: ChildResult {
+                    nodes: vec![NodeResult::default(); nodes],
+                    ..ChildResult::default()
+                },
                 deflater: spec.deflate_offer.as_ref().map(|_| Deflater::new()),
                 rng: now ^ (u64::from(std::process::id()) << 32) | 1,
             },
@@ -198,19 +237,29 @@ impl Engine {
         result
     }
 
+    /// The node connection `number` goes to (round robin over the `--url` list).
+    pub fn node_of(&self, number: u64) -> usize {
+        node_for(number, self.spec.nodes.len())
+    }
+
     fn connect(&mut self, slot: usize, number: u64, recv_buffer: usize) -> Result<(), End> {
+        let node = self.node_of(number);
         let spec = &self.spec;
-        let source_ip = (spec.addr.is_ipv4() && !spec.source_ips.is_empty())
+        let Some(target) = spec.nodes.get(node) else {
+            return Err(End::Error("no_target".into()));
+        };
+        let source_ip = (target.addr.is_ipv4() && !spec.source_ips.is_empty())
             .then(|| spec.source_ips[(number % spec.source_ips.len() as u64) as usize]);
         let mut key_bytes = [0u8; 16];
         key_bytes[..4].copy_from_slice(&self.run.next_mask());
         key_bytes[4..8].copy_from_slice(&self.run.next_mask());
         key_bytes[8..16].copy_from_slice(&number.to_le_bytes());
         let mut client = Client::connect(ConnectTo {
-            addr: spec.addr,
+            addr: target.addr,
             source_ip,
             recv_buffer,
             number,
+            node,
             key_bytes: &key_bytes,
         })
         .map_err(End::Error)?;
@@ -262,8 +311,7 @@ impl Engine {
             ClientState::Connecting | ClientState::Handshaking | ClientState::Subscribing => {
                 // Churn counts no pending connections: this stays at 0 there.
                 run.pending = run.pending.saturating_sub(1);
-                run.result.failed += 1;
-                run.err(&kind);
+                run.fail(session.node, &kind);
             }
             ClientState::Open => {
                 if end != End::Done {
@@ -303,9 +351,12 @@ impl Engine {
             return;
         };
         if client.session.state == ClientState::Connecting {
+            let Some(target) = self.spec.nodes.get(client.session.node) else {
+                return self.finish(slot, End::Error("no_target".into()), scenario);
+            };
             match client.finish_connect(
-                &self.spec.path,
-                &self.spec.host,
+                &target.path,
+                &target.host,
                 self.deflate_in.offer.as_deref(),
             ) {
                 Ok(true) => {}
@@ -429,8 +480,8 @@ impl Engine {
         }
         if let Err(End::Error(kind)) = self.open(k, number, recv_buffer) {
             self.run.pending -= 1;
-            self.run.result.failed += 1;
-            self.run.err(&kind);
+            let node = self.node_of(number);
+            self.run.fail(node, &kind);
         }
     }
 
@@ -439,6 +490,9 @@ impl Engine {
         let run = &mut self.run;
         run.result.handshake = hist_to_data(&run.handshake_hist);
         run.result.latency = hist_to_data(&run.latency_hist);
+        for (node, h) in run.result.nodes.iter_mut().zip(&run.node_latency) {
+            node.latency = hist_to_data(h);
+        }
         run.result.index = self.spec.index;
         run.result.inflated = self.deflate_in.inflated;
         std::mem::take(&mut run.result)

@@ -13,9 +13,9 @@ use serde_json::{json, Value};
 
 use crate::child::{ChildResult, ChildSpec, ReadyInfo, ScenarioKind, SPEC_ENV};
 use crate::cli::{
-    parse_url, Cli, Cmd, Payload, PubSub, Target, DEFAULT_ECHO_URL, DEFAULT_PUSH_URL,
+    parse_url, parse_urls, Cli, Cmd, Payload, PubSub, Target, DEFAULT_ECHO_URL, DEFAULT_PUSH_URL,
 };
-use crate::publish::{self, ApiPublisher, PublishReport, Publisher, WsPublisher};
+use crate::publish::{self, ApiPublisher, PublishReport, Publisher, Retries, WsPublisher};
 use crate::report::{svg_chart, table, Progress};
 use crate::stats::{curve, merge_data, new_hist, percentiles};
 use crate::sys::{cpu_seconds, now_ns, raise_nofile_limit, rss_bytes, tcp_mem_bytes};
@@ -189,9 +189,20 @@ impl RssSampler {
     }
 }
 
+/// Where the publisher publishes (fanout, slow).
+enum PubTo {
+    /// `--pub-ws`: one WebSocket.
+    Ws(Target),
+    /// `--api`: the API nodes, each as written and parsed.
+    Api(Vec<(String, Target)>),
+}
+
 struct Plan {
     kind: ScenarioKind,
-    target: Target,
+    /// The nodes connections go to (`--url`, or `--sub-url`), each as written and parsed;
+    /// connection i goes to node i % n.
+    nodes: Vec<(String, Target)>,
+    /// The whole `--url` as given (`target` in the report).
     url: String,
     conns: usize,
     procs: usize,
@@ -258,12 +269,12 @@ publishing through the API: not with --pub-ws or --sub-url"
         .and_then(|p| p.sub_url.clone())
         .or_else(|| c.url.clone())
         .unwrap_or_else(|| default_url.to_string());
-    let target = parse_url(&url, "ws")?;
-    // Check the publisher's target before opening anything.
+    let nodes = parse_urls(&url, "ws")?;
+    // Check the publisher's targets before opening anything.
     let pub_target = match pubsub {
         Some(p) => Some(match &p.pub_ws {
-            Some(u) => parse_url(u, "ws")?,
-            None => parse_url(&c.api, "http")?,
+            Some(u) => PubTo::Ws(parse_url(u, "ws")?),
+            None => PubTo::Api(parse_urls(&c.api, "http")?),
         }),
         None => None,
     };
@@ -297,7 +308,7 @@ use --procs {} or more, or raise the hard limit (ulimit -Hn, or LimitNOFILE= for
     if ip_count > 250 {
         return Err("--source-ips: at most 250 (127.0.0.2 to 127.0.0.251)".into());
     }
-    let source_ips = if target.addr.is_ipv4() {
+    let source_ips = if nodes.iter().any(|(_, t)| t.addr.is_ipv4()) {
         (0..ip_count)
             .map(|i| Ipv4Addr::new(127, 0, 0, 2 + i as u8))
             .collect()
@@ -306,7 +317,7 @@ use --procs {} or more, or raise the hard limit (ulimit -Hn, or LimitNOFILE= for
     };
     let plan = Plan {
         kind,
-        target,
+        nodes,
         url,
         conns,
         procs,
@@ -315,7 +326,7 @@ use --procs {} or more, or raise the hard limit (ulimit -Hn, or LimitNOFILE= for
     execute(&cli, plan, pub_target)
 }
 
-fn execute(cli: &Cli, plan: Plan, pub_target: Option<Target>) -> Result<i32, String> {
+fn execute(cli: &Cli, plan: Plan, pub_target: Option<PubTo>) -> Result<i32, String> {
     let c = &cli.common;
     let start = now_ns();
     let deadline = start.saturating_add(c.timeout.as_nanos() as u64);
@@ -332,9 +343,7 @@ fn execute(cli: &Cli, plan: Plan, pub_target: Option<Target>) -> Result<i32, Str
                     plan.kind,
                     ScenarioKind::Echo | ScenarioKind::Fanout | ScenarioKind::Slow
                 ),
-            addr: plan.target.addr,
-            host: plan.target.host.clone(),
-            path: plan.target.path.clone(),
+            nodes: plan.nodes.iter().map(|(_, t)| t.clone()).collect(),
             conns: n,
             first_conn: first,
             stride: plan.procs as u64,
@@ -488,6 +497,10 @@ fn execute(cli: &Cli, plan: Plan, pub_target: Option<Target>) -> Result<i32, Str
     children.send_all("GO");
 
     let mut pub_report: Option<PublishReport> = None;
+    let api_urls: Vec<String> = match &pub_target {
+        Some(PubTo::Api(nodes)) => nodes.iter().map(|(url, _)| url.clone()).collect(),
+        _ => Vec::new(),
+    };
     if let (Some(pubsub), Some(pt)) = (
         match &cli.cmd {
             Cmd::Fanout { pubsub, .. } | Cmd::Slow { pubsub, .. } => Some(pubsub.clone()),
@@ -499,21 +512,32 @@ fn execute(cli: &Cli, plan: Plan, pub_target: Option<Target>) -> Result<i32, Str
         let done2 = done.clone();
         let api_key = c.api_key.clone();
         let handle = std::thread::spawn(move || -> Result<PublishReport, String> {
-            let mut publisher: Box<dyn Publisher> = match &pubsub.pub_ws {
-                Some(_) => Box::new(WsPublisher::new(&pt)?.with_payload(pubsub.payload)),
-                None => Box::new(
-                    ApiPublisher::new(
-                        pt,
+            let (mut publisher, nodes): (Box<dyn Publisher>, usize) = match pt {
+                PubTo::Ws(t) => (
+                    Box::new(WsPublisher::new(&t)?.with_payload(pubsub.payload)),
+                    1,
+                ),
+                PubTo::Api(targets) => {
+                    let p = ApiPublisher::new(
+                        targets.into_iter().map(|(_, t)| t).collect(),
                         &pubsub.channel,
                         api_key.as_deref(),
                         pubsub.api_pipeline,
                         pubsub.wait_delivered,
                     )?
-                    .with_payload(pubsub.payload),
-                ),
+                    .with_payload(pubsub.payload)
+                    .with_retries(Retries {
+                        max: pubsub.publish_retries,
+                        max_wait: pubsub.publish_retry_wait,
+                        keyed: !pubsub.no_idempotency_key,
+                    });
+                    let n = p.nodes();
+                    (Box::new(p), n)
+                }
             };
             let report = publish::run(
                 publisher.as_mut(),
+                nodes,
                 pubsub.messages,
                 pubsub.size,
                 pubsub.rate,
@@ -685,6 +709,11 @@ fn execute(cli: &Cli, plan: Plan, pub_target: Option<Target>) -> Result<i32, Str
             if let Some(e) = &p.first_error {
                 out.insert("publish_first_error".into(), json!(e));
             }
+            out.insert("publish_failed".into(), json!(p.failed));
+            out.insert("publish_retries".into(), json!(p.retries));
+            if let Some(e) = &p.first_failure {
+                out.insert("publish_first_failure".into(), json!(e));
+            }
             let publish_s = p.last_ns.saturating_sub(p.first_ns) as f64 / 1e9;
             out.insert("publish_s".into(), json!(round3(publish_s)));
             if pubsub.pub_ws.is_none() {
@@ -820,6 +849,16 @@ fn execute(cli: &Cli, plan: Plan, pub_target: Option<Target>) -> Result<i32, Str
         }
         out.insert("server".into(), Value::Object(server));
     }
+    out.insert(
+        "nodes".into(),
+        node_entries(
+            &plan,
+            &results,
+            &lat,
+            &api_urls,
+            pub_report.as_ref().map(|p| p.nodes.as_slice()),
+        ),
+    );
     out.insert("timed_out".into(), json!(timed_out));
     if missing_children > 0 {
         out.insert("children_failed".into(), json!(missing_children));
@@ -836,6 +875,82 @@ fn execute(cli: &Cli, plan: Plan, pub_target: Option<Target>) -> Result<i32, Str
     } else {
         0
     })
+}
+
+/// The per-node section of the report: one entry per node, entry i being the i-th of `--url`
+/// and the i-th of `--api` (fanout and slow publishing through the API: as many entries as the
+/// longer list). Connection figures for the URL nodes, the publisher's for the API nodes;
+/// `latency_us` (p50, p99) where the scenario measures latency. With one node its latency is
+/// the totals' (`total_latency`).
+fn node_entries(
+    plan: &Plan,
+    results: &[ChildResult],
+    total_latency: &hdrhistogram::Histogram<u64>,
+    api_urls: &[String],
+    published: Option<&[publish::NodePublish]>,
+) -> Value {
+    let with_latency = matches!(
+        plan.kind,
+        ScenarioKind::Echo | ScenarioKind::Fanout | ScenarioKind::Slow
+    );
+    let api_nodes = if published.is_some() {
+        api_urls.len()
+    } else {
+        0
+    };
+    let count = plan.nodes.len().max(api_nodes);
+    let entries = (0..count).map(|i| {
+        let mut e = serde_json::Map::new();
+        if let Some((url, _)) = plan.nodes.get(i) {
+            e.insert("url".into(), json!(url));
+            let of = |f: &dyn Fn(&crate::child::NodeResult) -> u64| {
+                results
+                    .iter()
+                    .filter_map(|r| r.nodes.get(i))
+                    .map(f)
+                    .sum::<u64>()
+            };
+            if plan.kind == ScenarioKind::Churn {
+                e.insert("handshakes".into(), json!(of(&|n| n.handshakes)));
+            } else {
+                e.insert("connections_opened".into(), json!(of(&|n| n.opened)));
+            }
+            e.insert("handshake_failures".into(), json!(of(&|n| n.failed)));
+            match plan.kind {
+                ScenarioKind::Echo => {
+                    e.insert("messages".into(), json!(of(&|n| n.received)));
+                }
+                ScenarioKind::Fanout | ScenarioKind::Slow => {
+                    e.insert("deliveries".into(), json!(of(&|n| n.received)));
+                }
+                _ => {}
+            }
+            if with_latency {
+                let p = if plan.nodes.len() == 1 {
+                    percentiles(total_latency)
+                } else {
+                    let mut h = new_hist();
+                    for r in results {
+                        if let Some(n) = r.nodes.get(i) {
+                            merge_data(&mut h, &n.latency);
+                        }
+                    }
+                    percentiles(&h)
+                };
+                e.insert("latency_us".into(), json!({"p50": p.p50, "p99": p.p99}));
+            }
+        }
+        if let (Some(url), Some(nodes)) = (api_urls.get(i), published) {
+            let n = nodes.get(i).cloned().unwrap_or_default();
+            e.insert("api".into(), json!(url));
+            e.insert("publishes_sent".into(), json!(n.sent));
+            e.insert("publish_failed".into(), json!(n.failed));
+            e.insert("publish_retries".into(), json!(n.retries));
+            e.insert("published".into(), json!(n.published));
+        }
+        Value::Object(e)
+    });
+    Value::Array(entries.collect())
 }
 
 /// The children's histograms and error counts, merged.
@@ -885,12 +1000,13 @@ fn diagnose(plan: &Plan, errors: &BTreeMap<String, u64>) -> String {
     match top {
         Some("connect_refused") => format!(
             "server unreachable: connection refused at {} ({}); is the server running?",
-            plan.target.addr, plan.url
+            plan.nodes.iter().map(|(_, t)| t.addr.to_string()).collect::<Vec<_>>().join(", "),
+            plan.url
         ),
         Some(k) if k.starts_with("upgrade_status_") => format!(
             "upgrade refused: the server answered HTTP {} to GET {} ({})",
             &k["upgrade_status_".len()..],
-            plan.target.path,
+            plan.nodes.first().map_or("/", |(_, t)| t.path.as_str()),
             plan.url
         ),
         Some("too_many_open_files") => "open-files limit reached (EMFILE): use more --procs or raise the hard limit (ulimit -Hn)".into(),

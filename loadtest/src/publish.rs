@@ -1,36 +1,108 @@
-//! The publisher (in the parent): `POST /api/publish` over one keep-alive HTTP/1.1 connection,
-//! or text frames over one WebSocket (`--pub-ws`, for the baseline peers' `/pub`).
+//! The publisher (in the parent): `POST /api/publish` over one keep-alive HTTP/1.1 connection
+//! per API node (`--api`; publish `j` goes to node `j % n`), or text frames over one WebSocket
+//! (`--pub-ws`, for the baseline peers' `/pub`).
+//!
+//! Every API publish carries an `idempotency_key` unique to the run and the message
+//! (`load-RUN-j`). A publish answered 503 (a cluster node while Redis is down, or full worker
+//! inboxes), or whose answer was lost with its connection, is sent again with the same key to
+//! the same node after a wait, at most `--publish-retries` times: the key makes the retry safe
+//! (design.md, Push API), so a run across a Redis outage loses nothing and delivers nothing
+//! twice, and the report says how many retries it took.
 
+use std::collections::VecDeque;
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::ops::Range;
 use std::time::Duration;
 
 use edgepush::protocol::frame::{write_masked_frame, OpCode};
 
-use crate::cli::{Payload, Target};
+use crate::cli::{node_for, Payload, Target};
 use crate::client::{base64_16, check_response};
 use crate::stats::contains;
 use crate::sys::now_ns;
 
-/// What a publishing run did.
+/// One node's publishing figures.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct NodePublish {
+    /// Attempts made on it: first sends and retries.
+    pub sent: u64,
+    /// Attempts that failed: answered other than 200 (503 while the cluster cannot reach
+    /// Redis), answer lost with the connection, or no connection.
+    pub failed: u64,
+    /// Attempts that were retries (the same `idempotency_key` again).
+    pub retries: u64,
+    /// Messages it acknowledged (200).
+    pub published: u64,
+}
+
+/// What a publishing run did: per message, per attempt, and per node (index = position in
+/// `--api`; one entry for `--pub-ws`).
 #[derive(Debug, Default, Clone)]
 pub struct PublishReport {
+    /// Messages acknowledged.
     pub published: u64,
+    /// Messages given up on: not acknowledged after every retry.
     pub errors: u64,
+    /// The first message given up on, in words.
     pub first_error: Option<String>,
+    /// Attempts that failed (each retried or given up).
+    pub failed: u64,
+    /// The first failed attempt, in words.
+    pub first_failure: Option<String>,
+    /// Attempts that were retries.
+    pub retries: u64,
+    /// When publishing started and ended (CLOCK_MONOTONIC ns).
     pub first_ns: u64,
     pub last_ns: u64,
     /// Sum of the API's `delivered` answers.
     pub api_delivered: u64,
+    /// Per node.
+    pub nodes: Vec<NodePublish>,
 }
 
 impl PublishReport {
-    /// Counts one publish's outcome.
-    fn record(&mut self, result: Result<u64, String>) {
+    /// An empty report for `nodes` nodes.
+    pub fn for_nodes(nodes: usize) -> Self {
+        PublishReport {
+            nodes: vec![NodePublish::default(); nodes],
+            ..PublishReport::default()
+        }
+    }
+
+    fn node(&mut self, node: usize) -> &mut NodePublish {
+        if node >= self.nodes.len() {
+            self.nodes.resize_with(node + 1, NodePublish::default);
+        }
+        &mut self.nodes[node]
+    }
+
+    /// An attempt goes to `node`; `retry` if it is not the message's first.
+    fn sent(&mut self, node: usize, retry: bool) {
+        let n = self.node(node);
+        n.sent += 1;
+        if retry {
+            n.retries += 1;
+            self.retries += 1;
+        }
+    }
+
+    /// An attempt on `node` failed with `error`.
+    fn attempt_failed(&mut self, node: usize, error: &str) {
+        self.node(node).failed += 1;
+        self.failed += 1;
+        if self.first_failure.is_none() {
+            self.first_failure = Some(error.to_string());
+        }
+    }
+
+    /// A message is over: acknowledged by `node` (with the answer's `delivered`) or given up.
+    fn finished(&mut self, node: usize, result: Result<u64, String>) {
         match result {
             Ok(delivered) => {
                 self.published += 1;
                 self.api_delivered += delivered;
+                self.node(node).published += 1;
             }
             Err(e) => {
                 self.errors += 1;
@@ -103,23 +175,20 @@ fn write_json_data(out: &mut Vec<u8>, seq: u64, t: u64, size: usize) {
     out.extend_from_slice(b"\"}");
 }
 
+/// Something that publishes numbered messages.
 pub trait Publisher {
-    /// Publishes one message; `Err` is a description of what went wrong.
-    fn publish(&mut self, seq: u64, size: usize) -> Result<u64, String>;
-
-    /// Publishes `seqs` as fast as the target takes them (a burst). The default publishes one
-    /// by one; the API publisher pipelines requests on its keep-alive connection.
-    fn publish_burst(
+    /// Publishes the messages `seqs` (data objects of about `size` bytes) as fast as the
+    /// target takes them, sending nothing new after `deadline_ns`; counts every attempt and
+    /// outcome in `report` and calls `progress` with how many of `seqs` are over (acknowledged
+    /// or given up) after each one.
+    fn publish_range(
         &mut self,
-        seqs: std::ops::Range<u64>,
+        seqs: Range<u64>,
         size: usize,
-        done: &mut dyn FnMut(u64, Result<u64, String>),
-    ) {
-        for seq in seqs {
-            let result = self.publish(seq, size);
-            done(seq, result);
-        }
-    }
+        deadline_ns: u64,
+        report: &mut PublishReport,
+        progress: &mut dyn FnMut(u64),
+    );
 }
 
 fn connect(target: &Target) -> Result<TcpStream, String> {
@@ -130,80 +199,69 @@ fn connect(target: &Target) -> Result<TcpStream, String> {
     Ok(s)
 }
 
-/// `POST /api/publish` with keep-alive.
-pub struct ApiPublisher {
-    target: Target,
-    channel_json: String,
-    auth: Option<String>,
-    stream: Option<TcpStream>,
-    /// Requests kept in flight by a pipelined burst (`--api-pipeline`; 1: one at a time).
-    window: u64,
-    /// `/api/publish`, or `/api/publish?wait=delivered` (`--wait-delivered`).
-    path: &'static str,
-    body: Vec<u8>,
-    req: Vec<u8>,
-    resp: Vec<u8>,
-    /// What the data objects hold (`--payload`).
-    payload: Payload,
+/// An API's answer that arrived whole.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Answer {
+    /// 200, with its `delivered` (0 if absent).
+    Ok(u64),
+    /// Any other status, its `Retry-After` (seconds form) and body.
+    Refused {
+        status: u16,
+        retry_after: Option<Duration>,
+        body: String,
+    },
 }
 
-impl ApiPublisher {
-    /// A publisher to `channel` that keeps up to `window` requests in flight in a burst and,
-    /// if `wait_delivered`, asks for the delivery counts.
-    pub fn new(
-        target: Target,
-        channel: &str,
-        api_key: Option<&str>,
-        window: u64,
-        wait_delivered: bool,
-    ) -> Result<Self, String> {
-        let mut p = ApiPublisher {
-            window: window.max(1),
-            path: if wait_delivered {
-                "/api/publish?wait=delivered"
-            } else {
-                "/api/publish"
-            },
-            channel_json: serde_json::to_string(channel).map_err(|e| e.to_string())?,
-            auth: api_key.map(|k| format!("Authorization: Bearer {k}\r\n")),
-            stream: None,
-            body: Vec::with_capacity(4096),
-            req: Vec::with_capacity(4096),
-            resp: Vec::with_capacity(4096),
-            payload: Payload::Pad,
-            target,
-        };
-        p.stream = Some(connect(&p.target)?);
-        Ok(p)
-    }
+/// Why an attempt did not get an answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Lost {
+    /// No connection could be made: nothing was sent.
+    Unsent(String),
+    /// Sent (or partly), and the connection failed before the answer: it may have been taken.
+    Unknown(String),
+}
 
-    /// Makes the data objects hold `payload` (`--payload`).
-    pub fn with_payload(mut self, payload: Payload) -> Self {
-        self.payload = payload;
-        self
-    }
+/// One API node's keep-alive connection (made again when lost) and the bytes read from it that
+/// belong to answers not taken yet.
+struct ApiConn {
+    target: Target,
+    stream: Option<TcpStream>,
+    resp: Vec<u8>,
+}
 
-    fn round_trip(&mut self) -> Result<u64, String> {
+impl ApiConn {
+    /// Writes `req`, connecting first if there is no connection.
+    fn send(&mut self, req: &[u8]) -> Result<(), Lost> {
         if self.stream.is_none() {
-            self.stream = Some(connect(&self.target)?);
+            self.stream = Some(connect(&self.target).map_err(Lost::Unsent)?);
             self.resp.clear();
         }
         let Some(stream) = self.stream.as_mut() else {
-            return Err("no connection".into());
+            return Err(Lost::Unsent("no connection".into()));
         };
-        stream
-            .write_all(&self.req)
-            .map_err(|e| format!("writing to the API: {e}"))?;
-        self.read_response()
+        stream.write_all(req).map_err(|e| {
+            self.stream = None;
+            Lost::Unknown(format!("writing to the API: {e}"))
+        })
     }
 
-    /// Reads one answer; bytes of the next (pipelined) answer stay in `resp`.
-    fn read_response(&mut self) -> Result<u64, String> {
+    /// Reads one answer; bytes of the next (pipelined) answer stay in `resp`. On an error the
+    /// connection is dropped (the answers still due on it are lost too).
+    fn read_response(&mut self) -> Result<Answer, String> {
+        let result = self.read_answer();
+        if result.is_err() {
+            self.stream = None;
+            self.resp.clear();
+        }
+        result
+    }
+
+    fn read_answer(&mut self) -> Result<Answer, String> {
         let Some(stream) = self.stream.as_mut() else {
-            return Err("no connection".into());
+            return Err("the API connection was lost mid-burst".into());
         };
         let mut chunk = [0u8; 4096];
-        let (head_end, status, content_length) = loop {
+        let (head_end, status, content_length, retry_after) = loop {
             if let Some(end) = self.resp.windows(4).position(|w| w == b"\r\n\r\n") {
                 let head = String::from_utf8_lossy(&self.resp[..end]).to_string();
                 let status: u16 = head
@@ -211,13 +269,19 @@ impl ApiPublisher {
                     .nth(1)
                     .and_then(|s| s.parse().ok())
                     .ok_or_else(|| format!("bad HTTP answer from the API: {head:?}"))?;
-                let len = head
-                    .lines()
-                    .filter_map(|l| l.split_once(':'))
-                    .find(|(n, _)| n.trim().eq_ignore_ascii_case("content-length"))
-                    .and_then(|(_, v)| v.trim().parse::<usize>().ok())
+                let header = |name: &str| {
+                    head.lines()
+                        .filter_map(|l| l.split_once(':'))
+                        .find(|(n, _)| n.trim().eq_ignore_ascii_case(name))
+                        .map(|(_, v)| v.trim().to_string())
+                };
+                let len = header("content-length")
+                    .and_then(|v| v.parse::<usize>().ok())
                     .unwrap_or(0);
-                break (end + 4, status, len);
+                let retry_after = header("retry-after")
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .map(Duration::from_secs);
+                break (end + 4, status, len, retry_after);
             }
             read_more(
                 stream,
@@ -239,40 +303,182 @@ impl ApiPublisher {
         }
         let body = &self.resp[head_end..head_end + content_length];
         let closing = contains(&self.resp[..head_end], b"onnection: close");
-        let result = if status != 200 {
-            Err(format!(
-                "API answered {status}: {}",
-                String::from_utf8_lossy(body).trim()
-            ))
+        let answer = if status == 200 {
+            Answer::Ok(delivered(body))
         } else {
-            Ok(delivered(body))
+            Answer::Refused {
+                status,
+                retry_after,
+                body: String::from_utf8_lossy(body).trim().to_string(),
+            }
         };
         self.resp.drain(..head_end + content_length);
         if closing {
             self.stream = None;
             self.resp.clear();
         }
-        result
+        Ok(answer)
+    }
+}
+
+/// How failed API publishes are retried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retries {
+    /// Retries per message, at most (`--publish-retries`).
+    pub max: u32,
+    /// The wait before a retry: a 503's `Retry-After`, at most this; this when it has none
+    /// (`--publish-retry-wait`).
+    pub max_wait: Duration,
+    /// Each publish carries an `idempotency_key` (not with `--no-idempotency-key`). Without
+    /// one a retry could deliver a message twice, so only a lost answer's first retry is made
+    /// (a keep-alive connection the server had closed).
+    pub keyed: bool,
+}
+
+/// A message on its way: which, to which node, its attempt (0 = first), and for a retry when
+/// it is due (ns).
+#[derive(Debug, Clone, Copy)]
+struct Flight {
+    seq: u64,
+    node: usize,
+    attempt: u32,
+    due: u64,
+}
+
+/// `POST /api/publish` with keep-alive, round robin over the API nodes.
+pub struct ApiPublisher {
+    conns: Vec<ApiConn>,
+    channel_json: String,
+    auth: Option<String>,
+    /// Requests kept in flight by a pipelined burst (`--api-pipeline`; 1: one at a time).
+    window: u64,
+    /// `/api/publish`, or `/api/publish?wait=delivered` (`--wait-delivered`).
+    path: &'static str,
+    body: Vec<u8>,
+    req: Vec<u8>,
+    /// What the data objects hold (`--payload`).
+    payload: Payload,
+    /// This run's part of every `idempotency_key`.
+    run_id: u64,
+    retries: Retries,
+}
+
+impl ApiPublisher {
+    /// A publisher to `channel` on `targets` (at least one; connected to each now) that keeps
+    /// up to `window` requests in flight in a burst and, if `wait_delivered`, asks for the
+    /// delivery counts. The error says which node could not be reached.
+    pub fn new(
+        targets: Vec<Target>,
+        channel: &str,
+        api_key: Option<&str>,
+        window: u64,
+        wait_delivered: bool,
+    ) -> Result<Self, String> {
+        if targets.is_empty() {
+            return Err("no API to publish to".into());
+        }
+        let mut conns = Vec::with_capacity(targets.len());
+        for target in targets {
+            let stream = Some(connect(&target)?);
+            conns.push(ApiConn {
+                target,
+                stream,
+                resp: Vec::with_capacity(4096),
+            });
+        }
+        Ok(ApiPublisher {
+            conns,
+            window: window.max(1),
+            path: if wait_delivered {
+                "/api/publish?wait=delivered"
+            } else {
+                "/api/publish"
+            },
+            channel_json: serde_json::to_string(channel).map_err(|e| e.to_string())?,
+            auth: api_key.map(|k| format!("Authorization: Bearer {k}\r\n")),
+            body: Vec::with_capacity(4096),
+            req: Vec::with_capacity(4096),
+            payload: Payload::Pad,
+            run_id: now_ns() ^ (u64::from(std::process::id()) << 40),
+            retries: Retries {
+                max: 30,
+                max_wait: Duration::from_secs(1),
+                keyed: true,
+            },
+        })
     }
 
-    /// Builds the request for message `seq` into `req`.
-    fn build_request(&mut self, seq: u64, size: usize) {
+    /// Makes the data objects hold `payload` (`--payload`).
+    pub fn with_payload(mut self, payload: Payload) -> Self {
+        self.payload = payload;
+        self
+    }
+
+    /// Retries failed publishes as `retries` says.
+    pub fn with_retries(mut self, retries: Retries) -> Self {
+        self.retries = retries;
+        self
+    }
+
+    /// How many API nodes there are.
+    pub fn nodes(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// The `idempotency_key` of message `seq`: `load-RUN-seq` (at most 42 bytes; the limit is
+    /// 64), the same for every attempt of it.
+    pub fn idempotency_key(&self, seq: u64) -> String {
+        format!("load-{:016x}-{seq}", self.run_id)
+    }
+
+    /// Builds the request for message `seq` to `node` into `req`.
+    fn build_request(&mut self, seq: u64, node: usize, size: usize) {
         self.body.clear();
         self.body.extend_from_slice(b"{\"channel\":");
         self.body.extend_from_slice(self.channel_json.as_bytes());
         self.body.extend_from_slice(b",\"data\":");
         write_data(&mut self.body, seq, now_ns(), size, self.payload);
+        if self.retries.keyed {
+            let key = self.idempotency_key(seq);
+            let _ = write!(self.body, ",\"idempotency_key\":\"{key}\"");
+        }
         self.body.push(b'}');
         self.req.clear();
+        let host = self.conns.get(node).map_or("", |c| c.target.host.as_str());
         let _ = write!(
             self.req,
-            "POST {} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{}\r\n",
+            "POST {} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{}\r\n",
             self.path,
-            self.target.host,
             self.body.len(),
             self.auth.as_deref().unwrap_or("")
         );
         self.req.extend_from_slice(&self.body);
+    }
+
+    /// Writes attempt `f` to its node.
+    fn send(&mut self, f: &Flight, size: usize) -> Result<(), Lost> {
+        self.build_request(f.seq, f.node, size);
+        match self.conns.get_mut(f.node) {
+            Some(conn) => conn.send(&self.req),
+            None => Err(Lost::Unsent("no such API node".into())),
+        }
+    }
+
+    /// Should a failed attempt `f` be retried, and after how long? `retry_after`: `Some` for
+    /// a 503 (with its `Retry-After`, if any), `None` for a lost answer.
+    fn retry_wait(&self, f: &Flight, overloaded: Option<Option<Duration>>) -> Option<Duration> {
+        let r = &self.retries;
+        if f.attempt >= r.max {
+            return None;
+        }
+        match overloaded {
+            Some(after) if r.keyed => Some(after.map_or(r.max_wait, |a| a.min(r.max_wait))),
+            Some(_) => None,
+            // A keep-alive connection the server had closed: at once, the first time.
+            None if f.attempt == 0 => Some(Duration::ZERO),
+            None if r.keyed => Some(r.max_wait),
+            None => None,
+        }
     }
 }
 
@@ -307,63 +513,162 @@ pub fn delivered(body: &[u8]) -> u64 {
         })
 }
 
-impl Publisher for ApiPublisher {
-    fn publish_burst(
-        &mut self,
-        seqs: std::ops::Range<u64>,
-        size: usize,
-        done: &mut dyn FnMut(u64, Result<u64, String>),
-    ) {
-        // HTTP/1.1 pipelining: keep a window of requests in flight; answers come in order.
-        let mut next = seqs.start;
-        let mut answered = seqs.start;
-        while answered < seqs.end {
-            while next < seqs.end && next - answered < self.window {
-                self.build_request(next, size);
-                if self.stream.is_none() {
-                    match connect(&self.target) {
-                        Ok(s) => self.stream = Some(s),
-                        Err(e) => return done(next, Err(e)),
-                    }
-                }
-                let written = self
-                    .stream
-                    .as_mut()
-                    .map(|s| s.write_all(&self.req))
-                    .unwrap_or(Ok(()));
-                if let Err(e) = written {
-                    // Fall back to one at a time for what is left.
-                    self.stream = None;
-                    for seq in answered..seqs.end {
-                        let r = self.publish(seq, size).map_err(|e2| format!("{e}; {e2}"));
-                        done(seq, r);
-                    }
-                    return;
-                }
-                next += 1;
+/// The messages of one [`Publisher::publish_range`] call on their way: in flight (in the order
+/// they were written, which is the order of their answers on each connection) and waiting to
+/// be retried; and how many are over.
+struct Flights<'a> {
+    inflight: VecDeque<Flight>,
+    waiting: Vec<Flight>,
+    over: u64,
+    report: &'a mut PublishReport,
+    progress: &'a mut dyn FnMut(u64),
+}
+
+impl Flights<'_> {
+    /// Message `f` is over: acknowledged or given up.
+    fn finish(&mut self, f: &Flight, result: Result<u64, String>) {
+        self.report.finished(f.node, result);
+        self.over += 1;
+        (self.progress)(self.over);
+    }
+
+    /// Attempt `f` failed with `error`: retried after `wait`, or given up (`None`).
+    fn failed(&mut self, mut f: Flight, error: String, wait: Option<Duration>, now: u64) {
+        self.report.attempt_failed(f.node, &error);
+        match wait {
+            Some(wait) => {
+                f.attempt += 1;
+                f.due = now.saturating_add(wait.as_nanos() as u64);
+                self.waiting.push(f);
             }
-            let result = self.read_response();
-            let failed = result.is_err();
-            done(answered, result);
-            answered += 1;
-            if failed && self.stream.is_none() {
-                for seq in answered..next {
-                    done(seq, Err("the API connection was lost mid-burst".into()));
-                }
-                answered = next;
-            }
+            None => self.finish(&f, Err(error)),
         }
     }
 
-    fn publish(&mut self, seq: u64, size: usize) -> Result<u64, String> {
-        self.build_request(seq, size);
-        match self.round_trip() {
-            Ok(d) => Ok(d),
-            Err(e) => {
-                // One retry on a fresh connection (keep-alive connections can be closed).
-                self.stream = None;
-                self.round_trip().map_err(|e2| format!("{e}; retry: {e2}"))
+    /// The retry due first, if it is due at `now`.
+    fn take_due(&mut self, now: u64) -> Option<Flight> {
+        let (i, _) = self
+            .waiting
+            .iter()
+            .enumerate()
+            .filter(|(_, f)| f.due <= now)
+            .min_by_key(|(_, f)| (f.due, f.seq))?;
+        Some(self.waiting.swap_remove(i))
+    }
+
+    /// The messages in flight on `node` (its connection is gone, their answers with it).
+    fn take_inflight_on(&mut self, node: usize) -> VecDeque<Flight> {
+        let (lost, kept): (VecDeque<Flight>, VecDeque<Flight>) =
+            self.inflight.drain(..).partition(|f| f.node == node);
+        self.inflight = kept;
+        lost
+    }
+}
+
+impl Publisher for ApiPublisher {
+    /// HTTP/1.1 pipelining: a window of `--api-pipeline` requests in flight over the nodes'
+    /// connections, answers read in the order the requests went out (each connection answers
+    /// in order). Retries that are due go out before new messages; in flight plus waiting never
+    /// exceed the window, so an outage does not pile up requests.
+    fn publish_range(
+        &mut self,
+        seqs: Range<u64>,
+        size: usize,
+        deadline_ns: u64,
+        report: &mut PublishReport,
+        progress: &mut dyn FnMut(u64),
+    ) {
+        let window = self.window as usize;
+        let nodes = self.conns.len();
+        let mut next = seqs.start;
+        let mut f = Flights {
+            inflight: VecDeque::new(),
+            waiting: Vec::new(),
+            over: 0,
+            report,
+            progress,
+        };
+        loop {
+            let now = now_ns();
+            while f.inflight.len() < window {
+                let flight = if let Some(due) = f.take_due(now) {
+                    due
+                } else if next < seqs.end
+                    && now < deadline_ns
+                    && f.inflight.len() + f.waiting.len() < window
+                {
+                    next += 1;
+                    Flight {
+                        seq: next - 1,
+                        node: node_for(next - 1, nodes),
+                        attempt: 0,
+                        due: now,
+                    }
+                } else {
+                    break;
+                };
+                f.report.sent(flight.node, flight.attempt > 0);
+                match self.send(&flight, size) {
+                    Ok(()) => f.inflight.push_back(flight),
+                    Err(Lost::Unsent(e)) => f.failed(flight, e, None, now),
+                    Err(Lost::Unknown(e)) => {
+                        let wait = self.retry_wait(&flight, None);
+                        f.failed(flight, e.clone(), wait, now);
+                        for lost in f.take_inflight_on(flight.node) {
+                            let wait = self.retry_wait(&lost, None);
+                            f.failed(lost, e.clone(), wait, now);
+                        }
+                    }
+                }
             }
+            let Some(flight) = f.inflight.pop_front() else {
+                // Nothing in flight: wait for the next retry, or give up at the deadline.
+                let Some(due) = f.waiting.iter().map(|w| w.due).min() else {
+                    break;
+                };
+                if now >= deadline_ns {
+                    for w in std::mem::take(&mut f.waiting) {
+                        f.finish(&w, Err("run timeout while retrying".into()));
+                    }
+                    continue;
+                }
+                let until = due.min(deadline_ns).saturating_sub(now).max(100_000);
+                std::thread::sleep(Duration::from_nanos(until));
+                continue;
+            };
+            let now = now_ns();
+            let Some(conn) = self.conns.get_mut(flight.node) else {
+                f.finish(&flight, Err("no such API node".into()));
+                continue;
+            };
+            match conn.read_response() {
+                Ok(Answer::Ok(delivered)) => f.finish(&flight, Ok(delivered)),
+                Ok(Answer::Refused {
+                    status,
+                    retry_after,
+                    body,
+                }) => {
+                    let wait = if status == 503 && now < deadline_ns {
+                        self.retry_wait(&flight, Some(retry_after))
+                    } else {
+                        None
+                    };
+                    f.failed(flight, format!("API answered {status}: {body}"), wait, now);
+                }
+                Err(e) => {
+                    let wait = self.retry_wait(&flight, None);
+                    f.failed(flight, e.clone(), wait, now);
+                    for lost in f.take_inflight_on(flight.node) {
+                        let wait = self.retry_wait(&lost, None);
+                        f.failed(lost, e.clone(), wait, now);
+                    }
+                }
+            }
+        }
+        if next < seqs.end {
+            f.report
+                .first_error
+                .get_or_insert_with(|| "run timeout while publishing".into());
         }
     }
 }
@@ -450,8 +755,9 @@ impl Drop for WsPublisher {
     }
 }
 
-impl Publisher for WsPublisher {
-    fn publish(&mut self, seq: u64, size: usize) -> Result<u64, String> {
+impl WsPublisher {
+    /// Sends message `seq` as one text frame.
+    fn publish_one(&mut self, seq: u64, size: usize) -> Result<u64, String> {
         self.body.clear();
         write_data(&mut self.body, seq, now_ns(), size, self.payload);
         self.frame.clear();
@@ -472,34 +778,54 @@ impl Publisher for WsPublisher {
     }
 }
 
-/// Publishes `messages` messages at `rate` per second (0: as fast as possible), stopping at
-/// `deadline_ns`. `progress` is called after each message.
+impl Publisher for WsPublisher {
+    /// One frame per message, one node (index 0), no retries (a WebSocket publish has no
+    /// answer to retry on).
+    fn publish_range(
+        &mut self,
+        seqs: Range<u64>,
+        size: usize,
+        _deadline_ns: u64,
+        report: &mut PublishReport,
+        progress: &mut dyn FnMut(u64),
+    ) {
+        for (over, seq) in seqs.enumerate() {
+            report.sent(0, false);
+            let result = self.publish_one(seq, size);
+            if let Err(e) = &result {
+                report.attempt_failed(0, e);
+            }
+            report.finished(0, result);
+            progress(over as u64 + 1);
+        }
+    }
+}
+
+/// Publishes `messages` messages at `rate` per second (0: a burst, as fast as possible),
+/// stopping at `deadline_ns`, into a report of `nodes` nodes. `progress` is called with the
+/// number of messages over (acknowledged or given up).
 pub fn run(
     publisher: &mut dyn Publisher,
+    nodes: usize,
     messages: u64,
     size: usize,
     rate: f64,
     deadline_ns: u64,
     progress: &mut dyn FnMut(u64),
 ) -> PublishReport {
-    let mut report = PublishReport::default();
+    let mut report = PublishReport::for_nodes(nodes);
     let start = now_ns();
     report.first_ns = start;
     if rate <= 0.0 {
-        publisher.publish_burst(0..messages, size, &mut |seq, result| {
-            report.record(result);
-            progress(seq + 1);
-        });
+        publisher.publish_range(0..messages, size, deadline_ns, &mut report, progress);
         report.last_ns = now_ns();
         return report;
     }
     for seq in 0..messages {
-        if rate > 0.0 {
-            let due = start + (seq as f64 * 1e9 / rate) as u64;
-            let now = now_ns();
-            if due > now {
-                std::thread::sleep(Duration::from_nanos(due - now));
-            }
+        let due = start + (seq as f64 * 1e9 / rate) as u64;
+        let now = now_ns();
+        if due > now {
+            std::thread::sleep(Duration::from_nanos(due - now));
         }
         if now_ns() >= deadline_ns {
             report
@@ -507,7 +833,7 @@ pub fn run(
                 .get_or_insert_with(|| "run timeout while publishing".into());
             break;
         }
-        report.record(publisher.publish(seq, size));
+        publisher.publish_range(seq..seq + 1, size, deadline_ns, &mut report, &mut |_| {});
         if report.errors >= 10 && report.published == 0 {
             break;
         }
@@ -553,6 +879,224 @@ mod tests {
         let mut d = crate::deflate::Deflater::new();
         let packed = d.compress(&a).len();
         assert!((1024 / 6..1024 / 2).contains(&packed), "{packed}");
+    }
+
+    /// A fake push API on loopback: serves up to `conns` connections one after the other
+    /// (each until EOF, for at most 10 s in all) and records every request's body. Request `i`
+    /// (counted over all connections) gets `answer(i)`: `Some(status)` (503 with
+    /// `Retry-After: 0`), or `None`: the connection is closed without an answer.
+    fn fake_api(
+        conns: usize,
+        answer: impl Fn(usize) -> Option<u16> + Send + 'static,
+    ) -> (Target, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+        use std::net::TcpListener;
+        use std::sync::{Arc, Mutex};
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let bodies = Arc::new(Mutex::new(Vec::new()));
+        let seen = bodies.clone();
+        std::thread::spawn(move || {
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            for _ in 0..conns {
+                let mut stream = loop {
+                    match listener.accept() {
+                        Ok((s, _)) => break s,
+                        Err(_) if std::time::Instant::now() < deadline => {
+                            std::thread::sleep(Duration::from_millis(1))
+                        }
+                        Err(_) => return,
+                    }
+                };
+                stream.set_nonblocking(false).unwrap();
+                stream
+                    .set_read_timeout(Some(Duration::from_secs(5)))
+                    .unwrap();
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                'conn: while std::time::Instant::now() < deadline {
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
+                        let len: usize = head
+                            .split("content-length:")
+                            .nth(1)
+                            .and_then(|r| r.lines().next())
+                            .and_then(|v| v.trim().parse().ok())
+                            .unwrap_or(0);
+                        if buf.len() < end + 4 + len {
+                            break;
+                        }
+                        let body = String::from_utf8_lossy(&buf[end + 4..end + 4 + len]);
+                        let i = {
+                            let mut b = seen.lock().unwrap();
+                            b.push(body.to_string());
+                            b.len() - 1
+                        };
+                        buf.drain(..end + 4 + len);
+                        let reply = match answer(i) {
+                            Some(200) => "HTTP/1.1 200 OK\r\nContent-Length: 21\r\n\r\n{\"seq\":1,\"epoch\":\"e\"}".to_string(),
+                            Some(status) => format!("HTTP/1.1 {status} No\r\nRetry-After: 0\r\nContent-Length: 2\r\n\r\n{{}}"),
+                            None => break 'conn,
+                        };
+                        if stream.write_all(reply.as_bytes()).is_err() {
+                            break 'conn;
+                        }
+                    }
+                    match stream.read(&mut chunk) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+            }
+        });
+        let url = format!("http://{addr}");
+        (parse_url(&url, "http").unwrap(), bodies)
+    }
+
+    use crate::cli::parse_url;
+
+    /// The data `seq` and the `idempotency_key` of each recorded body.
+    fn seqs_and_keys(bodies: &[String]) -> Vec<(u64, Option<String>)> {
+        bodies
+            .iter()
+            .map(|b| {
+                let v: serde_json::Value = serde_json::from_str(b).unwrap();
+                (
+                    v["data"]["seq"].as_u64().unwrap(),
+                    v["idempotency_key"].as_str().map(String::from),
+                )
+            })
+            .collect()
+    }
+
+    fn quick_retries(max: u32) -> Retries {
+        Retries {
+            max,
+            max_wait: Duration::from_millis(1),
+            keyed: true,
+        }
+    }
+
+    fn deadline() -> u64 {
+        now_ns() + 20_000_000_000
+    }
+
+    /// Publish j goes to API j % n, pipelined (burst) and one at a time (rate); every message
+    /// has its own key, `load-RUN-j`.
+    #[test]
+    fn publishes_spread_round_robin_with_a_key_each() {
+        for (rate, window) in [(0.0, 4), (2000.0, 1)] {
+            let (a, seen_a) = fake_api(1, |_| Some(200));
+            let (b, seen_b) = fake_api(1, |_| Some(200));
+            let mut p = ApiPublisher::new(vec![a, b], "c", None, window, false).unwrap();
+            assert_eq!(p.nodes(), 2);
+            let mut over = 0;
+            let r = run(&mut p, 2, 10, 64, rate, deadline(), &mut |n| over = n);
+            assert_eq!((r.published, r.errors, r.failed, r.retries), (10, 0, 0, 0));
+            assert_eq!(over, 10);
+            let per: Vec<_> = r.nodes.iter().map(|n| (n.sent, n.published)).collect();
+            assert_eq!(per, [(5, 5), (5, 5)], "rate {rate}");
+            let a = seqs_and_keys(&seen_a.lock().unwrap());
+            let b = seqs_and_keys(&seen_b.lock().unwrap());
+            assert_eq!(a.iter().map(|s| s.0).collect::<Vec<_>>(), [0, 2, 4, 6, 8]);
+            assert_eq!(b.iter().map(|s| s.0).collect::<Vec<_>>(), [1, 3, 5, 7, 9]);
+            let keys: std::collections::BTreeSet<_> =
+                a.iter().chain(&b).map(|s| s.1.clone().unwrap()).collect();
+            assert_eq!(keys.len(), 10);
+            assert!(keys.contains(&p.idempotency_key(7)));
+            assert!(p.idempotency_key(7).ends_with("-7") && p.idempotency_key(7).len() <= 64);
+        }
+    }
+
+    /// 503s are counted as failed attempts and retried with the same key until acknowledged
+    /// (nothing lost); past `--publish-retries` the message is given up.
+    #[test]
+    fn a_503_is_retried_with_the_same_key() {
+        for window in [1, 4] {
+            let (api, seen) = fake_api(1, |i| Some(if i < 3 { 503 } else { 200 }));
+            let mut p = ApiPublisher::new(vec![api], "c", None, window, false)
+                .unwrap()
+                .with_retries(quick_retries(5));
+            let r = run(&mut p, 1, 3, 64, 0.0, deadline(), &mut |_| {});
+            assert_eq!(
+                (r.published, r.errors, r.failed, r.retries),
+                (3, 0, 3, 3),
+                "window {window}: {r:?}"
+            );
+            assert_eq!(
+                r.nodes[0],
+                NodePublish {
+                    sent: 6,
+                    failed: 3,
+                    retries: 3,
+                    published: 3
+                }
+            );
+            assert!(
+                r.first_failure.as_deref().unwrap_or("").contains("503"),
+                "{r:?}"
+            );
+            assert_eq!(r.first_error, None);
+            let sent = seqs_and_keys(&seen.lock().unwrap());
+            assert_eq!(sent.len(), 6);
+            for seq in 0..3 {
+                let keys: std::collections::BTreeSet<_> = sent
+                    .iter()
+                    .filter(|s| s.0 == seq)
+                    .map(|s| s.1.clone())
+                    .collect();
+                assert_eq!(keys.len(), 1, "one key per message: {sent:?}");
+            }
+        }
+        // Window 1: message 0 three times in vain, then acknowledged, then 1 and 2.
+        let (api, seen) = fake_api(1, |i| Some(if i < 3 { 503 } else { 200 }));
+        let mut p = ApiPublisher::new(vec![api], "c", None, 1, false)
+            .unwrap()
+            .with_retries(quick_retries(2));
+        let r = run(&mut p, 1, 3, 64, 0.0, deadline(), &mut |_| {});
+        assert_eq!((r.published, r.errors, r.failed, r.retries), (2, 1, 3, 2));
+        assert!(
+            r.first_error.as_deref().unwrap_or("").contains("503"),
+            "{r:?}"
+        );
+        let order: Vec<u64> = seqs_and_keys(&seen.lock().unwrap())
+            .iter()
+            .map(|s| s.0)
+            .collect();
+        assert_eq!(order, [0, 0, 0, 1, 2]);
+    }
+
+    /// A connection that closes without answering: the publish is sent again (same key) on a
+    /// new connection.
+    #[test]
+    fn a_lost_answer_is_retried_on_a_new_connection() {
+        let (api, seen) = fake_api(2, |i| (i != 1).then_some(200));
+        let mut p = ApiPublisher::new(vec![api], "c", None, 1, false).unwrap();
+        let r = run(&mut p, 1, 3, 64, 0.0, deadline(), &mut |_| {});
+        assert_eq!(
+            (r.published, r.errors, r.failed, r.retries),
+            (3, 0, 1, 1),
+            "{r:?}"
+        );
+        let sent = seqs_and_keys(&seen.lock().unwrap());
+        assert_eq!(sent.iter().map(|s| s.0).collect::<Vec<_>>(), [0, 1, 1, 2]);
+        assert_eq!(sent[1].1, sent[2].1);
+    }
+
+    /// `--no-idempotency-key`: no key in the body, and a 503 is not retried.
+    #[test]
+    fn without_a_key_a_503_is_given_up() {
+        let (api, seen) = fake_api(1, |i| Some(if i == 0 { 503 } else { 200 }));
+        let mut p = ApiPublisher::new(vec![api], "c", None, 1, false)
+            .unwrap()
+            .with_retries(Retries {
+                keyed: false,
+                ..quick_retries(5)
+            });
+        let r = run(&mut p, 1, 2, 64, 0.0, deadline(), &mut |_| {});
+        assert_eq!((r.published, r.errors, r.failed, r.retries), (1, 1, 1, 0));
+        let sent = seqs_and_keys(&seen.lock().unwrap());
+        assert_eq!(sent, [(0, None), (1, None)]);
     }
 
     #[test]

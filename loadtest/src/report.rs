@@ -7,30 +7,55 @@ use std::time::{Duration, Instant};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::Value;
 
-/// A readable table of a JSON report: one row per field, nested objects on one line.
+/// A readable table of a JSON report: one row per field, nested objects on one line, and an
+/// array of objects (`nodes`) one row per element, named `nodes[i]`.
 pub fn table(report: &Value) -> String {
     let mut out = String::new();
     let Value::Object(map) = report else {
         return report.to_string();
     };
-    let width = map.keys().map(String::len).max().unwrap_or(0);
-    let _ = writeln!(out, "{}", "-".repeat(width + 40));
+    let mut rows: Vec<(String, String)> = Vec::new();
     for (key, value) in map {
         if key == "latency_curve" {
             continue;
         }
-        let shown = match value {
-            Value::Object(inner) => inner
-                .iter()
-                .map(|(k, v)| format!("{k} {}", scalar(v)))
-                .collect::<Vec<_>>()
-                .join("  "),
-            v => scalar(v),
-        };
+        match value {
+            Value::Array(items) if !items.is_empty() && items.iter().all(Value::is_object) => {
+                for (i, item) in items.iter().enumerate() {
+                    rows.push((format!("{key}[{i}]"), inline(item)));
+                }
+            }
+            v => rows.push((key.clone(), inline(v))),
+        }
+    }
+    let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+    let _ = writeln!(out, "{}", "-".repeat(width + 40));
+    for (key, shown) in rows {
         let _ = writeln!(out, "{key:<width$}  {shown}");
     }
     let _ = writeln!(out, "{}", "-".repeat(width + 40));
     out
+}
+
+/// A value on one line: an object as `k v  k v`, an object inside it as `k {k v, k v}`.
+fn inline(v: &Value) -> String {
+    match v {
+        Value::Object(inner) => inner
+            .iter()
+            .map(|(k, v)| match v {
+                Value::Object(o) => format!(
+                    "{k} {{{}}}",
+                    o.iter()
+                        .map(|(k, v)| format!("{k} {}", scalar(v)))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                v => format!("{k} {}", scalar(v)),
+            })
+            .collect::<Vec<_>>()
+            .join("  "),
+        v => scalar(v),
+    }
 }
 
 fn scalar(v: &Value) -> String {
@@ -254,6 +279,24 @@ mod tests {
         let t = table(&v);
         assert!(t.contains("msgs_per_s"));
         assert!(t.contains("p50 12.5"));
+        // A node list: one row per node, the nested latency in braces.
+        let v = serde_json::json!({"deliveries": 10, "nodes": [
+            {"url": "ws://a", "deliveries": 6, "latency_us": {"p50": 1.5, "p99": 20.0}},
+            {"url": "ws://b", "deliveries": 4}]});
+        let t = table(&v);
+        let rows: Vec<&str> = t.lines().collect();
+        assert_eq!(rows.len(), 5, "{t}");
+        assert!(rows[1].starts_with("deliveries "), "{t}");
+        assert!(
+            rows[2].starts_with("nodes[0]")
+                && rows[2].contains("deliveries 6")
+                && rows[2].contains("latency_us {p50 1.500, p99 20.0}"),
+            "{t}"
+        );
+        assert!(
+            rows[3].starts_with("nodes[1]") && rows[3].contains("url ws://b"),
+            "{t}"
+        );
         let svg = svg_chart(
             "a <b>",
             &[("x".into(), vec![[0.0, 10.0], [0.99, 50.0], [1.0, 80.0]])],

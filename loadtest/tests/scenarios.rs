@@ -303,3 +303,122 @@ fn fanout_with_deflate_delivers_everything_compressed() {
     assert!(payload > 1024.0 && wire * 2.0 < payload, "{r}");
     s.stop();
 }
+
+/// Several nodes in `--url` and `--api`: one server reached under two spellings (127.0.0.1
+/// and localhost), so every delivery arrives and the spread is what is checked. Connections
+/// alternate between the URL nodes, publishes between the API nodes; the per-node figures add
+/// up to the totals. With one node the report has one entry equal to the totals.
+#[test]
+fn fanout_over_two_nodes_spreads_and_reports_per_node() {
+    let s = server(Config {
+        threads: 2,
+        ..Config::for_tests()
+    });
+    let (ws, api) = (s.local_addr().port(), s.api_addr().port());
+    let urls = format!("ws://127.0.0.1:{ws}/ws?user=m-{{n}},ws://localhost:{ws}/ws?user=m-{{n}}");
+    let apis = format!("http://127.0.0.1:{api},http://localhost:{api}");
+    let r = run(&[
+        "fanout",
+        "-n",
+        "40",
+        "--channel",
+        "multi",
+        "--messages",
+        "20",
+        "--api-pipeline",
+        "1",
+        "--url",
+        &urls,
+        "--api",
+        &apis,
+    ]);
+    assert_eq!(r["target"], urls.as_str(), "{r}");
+    assert_eq!(u(&r, "subscribers"), 40, "{r}");
+    assert_eq!(u(&r, "deliveries"), 40 * 20, "{r}");
+    assert_eq!(
+        u(&r, "missing") + u(&r, "duplicates") + u(&r, "out_of_order"),
+        0,
+        "{r}"
+    );
+    assert_eq!(
+        (u(&r, "publish_failed"), u(&r, "publish_retries")),
+        (0, 0),
+        "{r}"
+    );
+    let nodes = r["nodes"].as_array().expect("nodes");
+    assert_eq!(nodes.len(), 2, "{r}");
+    for (i, n) in nodes.iter().enumerate() {
+        assert_eq!(u(n, "connections_opened"), 20, "node {i}: {r}");
+        assert_eq!(u(n, "handshake_failures"), 0, "node {i}: {r}");
+        assert_eq!(u(n, "deliveries"), 20 * 20, "node {i}: {r}");
+        assert_eq!(u(n, "publishes_sent"), 10, "node {i}: {r}");
+        assert_eq!(u(n, "published"), 10, "node {i}: {r}");
+        assert_eq!(u(n, "publish_failed"), 0, "node {i}: {r}");
+        assert!(n["latency_us"]["p50"].as_f64().unwrap_or(0.0) > 0.0, "{r}");
+        assert!(
+            n["latency_us"]["p99"].as_f64() >= n["latency_us"]["p50"].as_f64(),
+            "{r}"
+        );
+    }
+    assert!(
+        nodes[1]["url"].as_str().unwrap_or("").contains("localhost"),
+        "{r}"
+    );
+
+    // One node: the same report, with one entry that repeats the totals.
+    let one = format!("ws://127.0.0.1:{ws}/ws?user=o-{{n}}");
+    let r = run(&[
+        "fanout",
+        "-n",
+        "10",
+        "--channel",
+        "one",
+        "--messages",
+        "5",
+        "--url",
+        &one,
+        "--api",
+        &format!("http://127.0.0.1:{api}"),
+    ]);
+    let nodes = r["nodes"].as_array().expect("nodes");
+    assert_eq!(nodes.len(), 1, "{r}");
+    assert_eq!(u(&nodes[0], "deliveries"), u(&r, "deliveries"), "{r}");
+    assert_eq!(u(&nodes[0], "connections_opened"), 10, "{r}");
+    assert_eq!(u(&nodes[0], "published"), u(&r, "published"), "{r}");
+    assert_eq!(nodes[0]["latency_us"]["p99"], r["latency_us"]["p99"], "{r}");
+    s.stop();
+}
+
+/// Echo and churn over two URL nodes: per node, its share of connections and messages.
+#[test]
+fn echo_and_churn_over_two_nodes() {
+    let s = server(Config::for_tests());
+    let port = s.local_addr().port();
+    let urls = format!("ws://127.0.0.1:{port}/echo,ws://localhost:{port}/echo");
+    let r = run(&[
+        "echo",
+        "-c",
+        "6",
+        "--inflight",
+        "2",
+        "--duration",
+        "500ms",
+        "--url",
+        &urls,
+    ]);
+    let nodes = r["nodes"].as_array().expect("nodes");
+    assert_eq!(nodes.len(), 2, "{r}");
+    let messages: u64 = nodes.iter().map(|n| u(n, "messages")).sum();
+    assert_eq!(messages, u(&r, "messages"), "{r}");
+    for n in nodes {
+        assert_eq!(u(n, "connections_opened"), 3, "{r}");
+        assert!(u(n, "messages") > 0, "{r}");
+        assert!(n.get("api").is_none(), "{r}");
+    }
+    let r = run(&["churn", "--rate", "100", "--duration", "1s", "--url", &urls]);
+    let nodes = r["nodes"].as_array().expect("nodes");
+    let handshakes: u64 = nodes.iter().map(|n| u(n, "handshakes")).sum();
+    assert_eq!(handshakes, u(&r, "handshakes"), "{r}");
+    assert!(nodes.iter().all(|n| u(n, "handshakes") >= 20), "{r}");
+    s.stop();
+}

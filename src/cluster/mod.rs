@@ -11,8 +11,11 @@
 //!   for commands (pipelined in batches, the publish script), one for pub/sub, one for the
 //!   control stream — handing replies to the hub thread through a channel and a mio `Waker`.
 //!   No event loop and no hub turn ever waits on Redis.
-//! - `broker`: the sans-IO `RedisBroker` that keeps the ordering contract of
+//! - [`broker`]: the sans-IO [`broker::RedisBroker`] that keeps the ordering contract of
 //!   `crate::push::hub::broker` on top of what the link reports (duplicates dropped, gaps
 //!   filled from the stream, epochs that changed announced with `recovered:false`).
 
+pub mod broker;
+pub mod keys;
+pub mod link;
 pub mod ops;

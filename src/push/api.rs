@@ -287,8 +287,20 @@ pub fn expects_continue(buf: &[u8], limits: &ApiLimits) -> bool {
 }
 
 /// An `application/json` answer: `body` must already be JSON text.
+/// A 503 (full inboxes, the cluster's store unreachable) carries `Retry-After: 1`.
 pub fn json_response(status: u16, body: &str, keep_alive: bool) -> Vec<u8> {
-    response(status, &[], "application/json", body.as_bytes(), keep_alive)
+    let retry: &[(&str, &str)] = if status == 503 {
+        &[("Retry-After", "1")]
+    } else {
+        &[]
+    };
+    response(
+        status,
+        retry,
+        "application/json",
+        body.as_bytes(),
+        keep_alive,
+    )
 }
 
 /// An answer with the given content type, e.g. `text/plain; version=0.0.4` for `/metrics`.

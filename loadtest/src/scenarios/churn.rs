@@ -61,9 +61,13 @@ impl Churn {
             Ok(()) => self.active += 1,
             Err(end) => {
                 self.free_slots.push(slot);
-                engine.run.result.failed += 1;
-                if let End::Error(kind) = end {
-                    engine.run.err(&kind);
+                let node = engine.node_of(number);
+                match end {
+                    End::Error(kind) => engine.run.fail(node, &kind),
+                    _ => {
+                        engine.run.result.failed += 1;
+                        engine.run.node(node).failed += 1;
+                    }
                 }
             }
         }
@@ -82,6 +86,7 @@ impl Scenario for Churn {
     fn on_upgraded(&mut self, run: &mut Run, session: &mut Session, _slot: usize, now: u64) {
         if run.measuring(now) {
             run.result.handshakes += 1;
+            run.node(session.node).handshakes += 1;
         }
         match &self.subscribe {
             None => {

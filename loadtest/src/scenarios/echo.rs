@@ -69,8 +69,9 @@ impl Scenario for Echo {
         sent.copy_from_slice(stamp);
         let sent = u64::from_le_bytes(sent);
         if run.measuring(now) {
-            run.latency_hist.saturating_record(now.saturating_sub(sent));
+            run.record_latency(session.node, now.saturating_sub(sent));
             run.result.received += 1;
+            run.node(session.node).received += 1;
             run.result.received_bytes += data.len() as u64;
             self.send(run, session, now);
         }

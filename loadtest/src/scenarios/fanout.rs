@@ -238,7 +238,8 @@ impl Scenario for Fanout {
                     Some(rec) if self.reconnect_every > 0 => Some(rec),
                     _ => None,
                 };
-                self.subscribers.on_delivery(run, slot, data, now, recovery);
+                self.subscribers
+                    .on_delivery(run, slot, session.node, data, now, recovery);
             }
             _ => {}
         }

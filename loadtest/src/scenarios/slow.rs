@@ -95,7 +95,8 @@ impl Scenario for Slow {
                 if session.reading == Reading::Draining {
                     run.result.stopped_msgs += 1;
                 } else if kind == MessageKind::Text {
-                    self.subscribers.on_delivery(run, slot, data, now, None);
+                    self.subscribers
+                        .on_delivery(run, slot, session.node, data, now, None);
                 }
             }
             _ => {}

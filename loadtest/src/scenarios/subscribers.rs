@@ -141,13 +141,14 @@ impl Subscribers {
         }
     }
 
-    /// A text message on a subscribed connection: a delivery, or (wrapped form) another op.
-    /// With `recovery` (reconnecting subscribers) channel `seq`s are followed and replays told
-    /// apart.
+    /// A text message on a subscribed connection (to `node`): a delivery, or (wrapped form)
+    /// another op. With `recovery` (reconnecting subscribers) channel `seq`s are followed and
+    /// replays told apart.
     pub fn on_delivery(
         &mut self,
         run: &mut Run,
         slot: usize,
+        node: usize,
         data: &[u8],
         now: u64,
         recovery: Option<&mut Recovery>,
@@ -176,13 +177,14 @@ impl Subscribers {
                 false
             }
         };
-        let r = &mut run.result;
         if replayed {
             // Its latency includes the time the subscriber was away: not a delivery latency.
-            r.replayed += 1;
+            run.result.replayed += 1;
         } else {
-            run.latency_hist.saturating_record(now.saturating_sub(t));
+            run.record_latency(node, now.saturating_sub(t));
         }
+        run.node(node).received += 1;
+        let r = &mut run.result;
         r.received += 1;
         r.received_bytes += data.len() as u64;
         if r.first_recv_ns == 0 {

@@ -72,6 +72,11 @@ impl Pending {
     }
 
     /// Does the answer wait for the workers' counts?
+    /// The API connection's request it answers.
+    pub(super) fn conn(&self) -> RequestId {
+        self.conn
+    }
+
     pub(super) fn counted(&self) -> bool {
         self.counted
     }
@@ -197,6 +202,12 @@ impl Acks {
         if pending.remaining > 0 {
             return None;
         }
+        self.pending.remove(&ack)
+    }
+
+    /// Gives up on the request under `ack` (its store failed it); `None` if unknown.
+    #[must_use]
+    pub(super) fn cancel(&mut self, ack: AckId) -> Option<Pending> {
         self.pending.remove(&ack)
     }
 

@@ -105,6 +105,21 @@ pub enum PublishTo<'a> {
     User(&'a str),
 }
 
+/// What a store took from an API request that is delivered separately (cluster mode: the
+/// delivery comes back through pub/sub or the control stream, on every node alike).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stored {
+    /// A publish or send: its seq and epoch (the answer's body).
+    Message {
+        /// Its seq in the stream.
+        seq: u64,
+        /// The stream's epoch.
+        epoch: Epoch,
+    },
+    /// A broadcast or a disconnect, appended to the control stream.
+    Control,
+}
+
 /// What a broker reports, in the order of the ordering contract (see the module doc).
 #[derive(Debug)]
 pub enum Event {
@@ -126,6 +141,46 @@ pub enum Event {
     NoStream {
         /// The API request it answers.
         request: Option<AckId>,
+    },
+    /// An API request is stored (answer it now); what it delivers is reported apart, as
+    /// [`Event::Message`], [`Event::Broadcast`] or [`Event::Disconnect`] without a request.
+    Stored {
+        /// The API request it answers.
+        request: AckId,
+        /// What was stored.
+        what: Stored,
+    },
+    /// An API request could not be confirmed (the store is unreachable or did not answer in
+    /// time): answer 503. Whether it took effect is unknown; a retry with the same
+    /// idempotency key settles it.
+    Failed {
+        /// The API request it answers.
+        request: AckId,
+    },
+    /// A broadcast to deliver to every push connection here.
+    Broadcast {
+        /// The encoded `$broadcast` message.
+        frame: SharedFrame,
+        /// The API request it answers, when it is answered by the delivery itself (one node).
+        request: Option<AckId>,
+    },
+    /// Close every local connection of the user named `user` with 4000.
+    Disconnect {
+        /// The user's name.
+        user: Arc<str>,
+        /// The API request it answers, when it is answered by the delivery itself (one node).
+        request: Option<AckId>,
+    },
+    /// Rule 4: the stream continues under a new epoch from `seq` (history lost, a store that
+    /// restarted or came back older): tell its local listeners with an unsolicited
+    /// `subscribed … recovered:false`; its next message is `seq + 1`.
+    Resync {
+        /// The stream.
+        stream: Stream,
+        /// The stream's top under the new epoch.
+        seq: u64,
+        /// The new epoch.
+        epoch: Epoch,
     },
     /// The answer to a subscribe or a join: `seq` is the stream's top, see the contract.
     Subscribed {
@@ -152,8 +207,26 @@ pub enum Event {
 /// it returns `None`. [`Broker::tick`] whenever the hub's clock advances.
 pub trait Broker {
     /// Sequences `data` (JSON text) as the next message of `to`; answered by
-    /// [`Event::Message`] or [`Event::NoStream`] carrying `request`.
-    fn publish(&mut self, to: PublishTo<'_>, data: &str, request: Option<AckId>);
+    /// [`Event::Message`] or [`Event::NoStream`] carrying `request` (one node), or by
+    /// [`Event::Stored`] then an [`Event::Message`] without it (cluster mode), or
+    /// [`Event::Failed`]. `idempotency_key` lets a store that outlives this process tell a
+    /// retry from a new request (the hub itself remembers keys for this node).
+    fn publish(
+        &mut self,
+        to: PublishTo<'_>,
+        data: &str,
+        idempotency_key: Option<&str>,
+        request: Option<AckId>,
+    );
+
+    /// Sends `data` (JSON text) to every push connection: reported as [`Event::Broadcast`]
+    /// (one node), or stored and answered with [`Event::Stored`] and delivered as
+    /// [`Event::Broadcast`] when it comes back (cluster mode).
+    fn broadcast(&mut self, data: &str, request: Option<AckId>);
+
+    /// Closes every connection of the user named `user`: reported as [`Event::Disconnect`],
+    /// like [`Broker::broadcast`].
+    fn disconnect(&mut self, user: &str, request: Option<AckId>);
 
     /// Subscribes `member` to `stream` (for a channel: records the worker's interest at
     /// once), with recovery from `since` under `epoch` if given; answered by
@@ -287,7 +360,7 @@ mod tests {
 
     fn publish(broker: &mut impl Broker, n: usize) -> Vec<(u64, Epoch)> {
         for _ in 0..n {
-            broker.publish(PublishTo::Channel(&news()), "0", None);
+            broker.publish(PublishTo::Channel(&news()), "0", None, None);
         }
         events(broker)
             .into_iter()
@@ -307,7 +380,7 @@ mod tests {
         let sent = publish(broker, 4);
         assert_eq!(sent.iter().map(|s| s.0).collect::<Vec<_>>(), [1, 2, 3, 4]);
         assert!(sent.iter().all(|s| s.1 == sent[0].1));
-        broker.publish(PublishTo::Channel(&Arc::from("other")), "0", None);
+        broker.publish(PublishTo::Channel(&Arc::from("other")), "0", None, None);
         match &events(broker)[..] {
             [Event::Message { seq: 1, epoch, .. }] => assert_ne!(*epoch, sent[0].1),
             other => panic!("{other:?}"),
@@ -320,7 +393,7 @@ mod tests {
         let mut last = 0;
         for round in 0..5u32 {
             for _ in 0..round {
-                broker.publish(PublishTo::Channel(&news()), "0", None);
+                broker.publish(PublishTo::Channel(&news()), "0", None, None);
             }
             broker.subscribe(member(0, round), Stream::Channel(news()), None, None);
             for event in events(broker) {
@@ -363,7 +436,7 @@ mod tests {
     }
 
     fn check_user_streams(broker: &mut impl Broker) {
-        broker.publish(PublishTo::User("ann"), "0", Some(1));
+        broker.publish(PublishTo::User("ann"), "0", None, Some(1));
         assert!(matches!(
             events(broker)[..],
             [Event::NoStream { request: Some(1) }]
@@ -381,8 +454,8 @@ mod tests {
         };
         assert_eq!(broker.find_user("ann"), Some(id));
         assert_eq!(broker.user_name(id), Some("ann"));
-        broker.publish(PublishTo::User("ann"), "0", Some(2));
-        broker.publish(PublishTo::User("ann"), "0", Some(3));
+        broker.publish(PublishTo::User("ann"), "0", None, Some(2));
+        broker.publish(PublishTo::User("ann"), "0", None, Some(3));
         let seqs: Vec<_> = events(broker)
             .into_iter()
             .map(|e| match e {

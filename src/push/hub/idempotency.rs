@@ -153,6 +153,23 @@ impl Remembered {
         retries
     }
 
+    /// The request under `ack` failed (503): its key is forgotten, so that a retry runs
+    /// again, and the retries that waited for it are returned (they fail with it).
+    pub(super) fn failed(&mut self, ack: AckId) -> Vec<RequestId> {
+        let Some(key) = self.by_ack.remove(&ack) else {
+            return Vec::new();
+        };
+        self.bytes = self.bytes.saturating_sub(ENTRY_COST + key.key.len());
+        match self.entries.remove(&key) {
+            Some(Entry::InFlight { retries, .. }) => retries,
+            Some(answered) => {
+                self.entries.insert(key, answered);
+                Vec::new()
+            }
+            None => Vec::new(),
+        }
+    }
+
     /// Is `key` on `route` in flight, or answered less than [`IDEMPOTENCY_TTL`] before `now`?
     pub(super) fn contains(&self, route: Route, key: &str, now: Instant) -> bool {
         let key = Key {

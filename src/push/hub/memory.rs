@@ -15,7 +15,7 @@ use crate::push::names::USER_CHANNEL;
 use crate::push::users::{Member, Users};
 
 use super::broker::{encode_message, Broker, Epoch, Event, PublishTo};
-use super::messages::{AckId, Stream, UserId, WorkerId};
+use super::messages::{AckId, Stream, UserId, WorkerId, BROADCAST_CHANNEL};
 use super::retention::{HistoryConfig, Retention};
 
 /// One channel's state, kept small: a hub may hold very many channels.
@@ -195,11 +195,30 @@ impl MemoryBroker {
 }
 
 impl Broker for MemoryBroker {
-    fn publish(&mut self, to: PublishTo<'_>, data: &str, request: Option<AckId>) {
+    /// The idempotency key is the hub's business on one node (it remembers the answers).
+    fn publish(
+        &mut self,
+        to: PublishTo<'_>,
+        data: &str,
+        _idempotency_key: Option<&str>,
+        request: Option<AckId>,
+    ) {
         match to {
             PublishTo::Channel(channel) => self.publish_channel(channel, data, request),
             PublishTo::User(user) => self.publish_user(user, data, request),
         }
+    }
+
+    fn broadcast(&mut self, data: &str, request: Option<AckId>) {
+        let frame = encode_message(&mut self.scratch, BROADCAST_CHANNEL, None, data);
+        self.events.push_back(Event::Broadcast { frame, request });
+    }
+
+    fn disconnect(&mut self, user: &str, request: Option<AckId>) {
+        self.events.push_back(Event::Disconnect {
+            user: Arc::from(user),
+            request,
+        });
     }
 
     fn subscribe(
@@ -340,14 +359,15 @@ mod tests {
             conn: c(1),
         };
         let news: Arc<str> = Arc::from("news");
-        broker.publish(PublishTo::Channel(&news), "1", Some(7));
+        broker.publish(PublishTo::Channel(&news), "1", None, Some(7));
         broker.subscribe(member, Stream::Channel(Arc::clone(&news)), None, None);
-        broker.publish(PublishTo::User("nobody"), "1", Some(8));
+        broker.publish(PublishTo::User("nobody"), "1", None, Some(8));
         let kinds: Vec<_> = std::iter::from_fn(|| broker.poll_event())
             .map(|e| match e {
                 Event::Message { seq, request, .. } => format!("message {seq} {request:?}"),
                 Event::Subscribed { seq, .. } => format!("subscribed {seq}"),
                 Event::NoStream { request } => format!("none {request:?}"),
+                other => panic!("{other:?}"),
             })
             .collect();
         assert_eq!(kinds, ["message 1 Some(7)", "subscribed 1", "none Some(8)"]);
@@ -360,7 +380,7 @@ mod tests {
             ..HistoryConfig::default()
         };
         let mut broker = MemoryBroker::new(off, Instant::now());
-        broker.publish(PublishTo::Channel(&Arc::from("c")), "1", None);
+        broker.publish(PublishTo::Channel(&Arc::from("c")), "1", None, None);
         assert_eq!(broker.stream_counts(), (0, 0));
         assert_eq!(broker.next_tick(), None);
         broker.subscribe(

@@ -39,7 +39,7 @@ use crate::push::users::Member;
 use acks::{Acks, Pending, PresenceWait, Waiting};
 use idempotency::{Begin, Remembered, Route};
 
-pub use broker::{encode_message, Broker, Epoch, Event, PublishTo};
+pub use broker::{encode_message, Broker, Epoch, Event, PublishTo, Stored};
 pub use memory::MemoryBroker;
 pub use messages::{
     AckId, Answer, Command, ConnId, Request, RequestId, Stream, Target, ToHub, ToWorker, UserId,
@@ -192,11 +192,11 @@ impl<B: Broker> Hub<B> {
         let Request {
             command,
             wait,
-            idempotency_key,
+            idempotency_key: key,
         } = request;
         let ack = self.acks.next_id();
-        if let (Some(key), Some(route)) = (idempotency_key, Route::of(&command)) {
-            match self.remembered.begin(route, &key, ack, conn, self.now) {
+        if let (Some(key), Some(route)) = (&key, Route::of(&command)) {
+            match self.remembered.begin(route, key, ack, conn, self.now) {
                 Begin::New => {}
                 Begin::Joined => return,
                 Begin::Answered(body) => {
@@ -210,65 +210,44 @@ impl<B: Broker> Hub<B> {
             }
         }
         let counted = wait == Wait::Delivered;
-        // Workers acknowledge only what somebody waits for.
-        let worker_ack = counted.then_some(ack);
-        let mut remaining = 0;
-        let waiting = match command {
-            // The broker answers first (see `forward_events`), then, if counted, the workers.
+        let key = key.as_deref();
+        // The broker answers first (see `forward_events`), then, if counted, the workers.
+        let sequencing = Pending::new(conn, 1, counted, Waiting::Sequencing);
+        match command {
             Command::Publish { channel, data } => {
-                self.wait(ack, Pending::new(conn, 1, counted, Waiting::Sequencing));
+                self.wait(ack, sequencing);
                 self.broker
-                    .publish(PublishTo::Channel(&channel), &data, Some(ack));
-                self.forward_events();
-                return;
+                    .publish(PublishTo::Channel(&channel), &data, key, Some(ack));
             }
             Command::Send { user, data } => {
-                self.wait(ack, Pending::new(conn, 1, counted, Waiting::Sequencing));
+                self.wait(ack, sequencing);
                 self.broker
-                    .publish(PublishTo::User(&user), &data, Some(ack));
-                self.forward_events();
-                return;
+                    .publish(PublishTo::User(&user), &data, key, Some(ack));
             }
             Command::Broadcast { data } => {
-                let frame = encode_message(&mut self.scratch, BROADCAST_CHANNEL, None, &data);
-                for w in 0..self.workers {
-                    self.deliver(w, Target::Everyone, &frame, worker_ack);
-                }
-                if counted {
-                    remaining = self.workers;
-                }
-                Waiting::Broadcast
+                self.wait(ack, sequencing);
+                self.broker.broadcast(&data, Some(ack));
             }
             Command::Disconnect { user } => {
-                let targets = match self.broker.find_user(&user) {
-                    Some(id) => self.user_targets(id),
-                    None => Vec::new(),
-                };
-                for (w, conns) in targets {
-                    self.outbox.push((
-                        w,
-                        ToWorker::Disconnect {
-                            conns,
-                            ack: worker_ack,
-                        },
-                    ));
-                    remaining += usize::from(counted);
-                }
-                Waiting::Disconnect
+                self.wait(ack, sequencing);
+                self.broker.disconnect(&user, Some(ack));
             }
             Command::Presence { channel } => {
+                let mut remaining = 0;
                 for w in workers_in(self.broker.channel_workers(&channel)) {
                     let channel = Arc::clone(&channel);
                     self.outbox.push((w, ToWorker::Presence { ack, channel }));
                     remaining += 1;
                 }
-                Waiting::Presence(Box::new(PresenceWait {
+                let waiting = Waiting::Presence(Box::new(PresenceWait {
                     channel,
                     users: Vec::new(),
-                }))
+                }));
+                self.wait(ack, Pending::new(conn, remaining, counted, waiting));
+                return;
             }
-        };
-        self.wait(ack, Pending::new(conn, remaining, counted, waiting));
+        }
+        self.forward_events();
     }
 
     /// Handles a worker's message.
@@ -297,7 +276,7 @@ impl<B: Broker> Hub<B> {
                 .subscribe(Member { worker, conn }, stream, since, epoch),
             ToHub::Publish { channel, data } => {
                 self.broker
-                    .publish(PublishTo::Channel(&channel), &data, None);
+                    .publish(PublishTo::Channel(&channel), &data, None, None);
             }
             ToHub::Idle { worker, channel } => self.broker.idle(worker, &channel),
             ToHub::Ack { ack, count } => {
@@ -343,6 +322,66 @@ impl<B: Broker> Hub<B> {
                         self.finish(ack, done);
                     }
                 }
+                Event::Stored { request, what } => {
+                    let waiting = match what {
+                        Stored::Message { seq, epoch } => Waiting::Publish { seq, epoch },
+                        Stored::Control => Waiting::Broadcast,
+                    };
+                    let done = self.acks.sequenced(request, waiting, 0);
+                    self.finish(request, done);
+                }
+                Event::Failed { request } => self.fail(request),
+                Event::Broadcast { frame, request } => {
+                    let counted = request.filter(|&ack| self.acks.counted(ack));
+                    for w in 0..self.workers {
+                        self.deliver(w, Target::Everyone, &frame, counted);
+                    }
+                    if let Some(ack) = request {
+                        let workers = if counted.is_some() { self.workers } else { 0 };
+                        let done = self.acks.sequenced(ack, Waiting::Broadcast, workers);
+                        self.finish(ack, done);
+                    }
+                }
+                Event::Disconnect { user, request } => {
+                    let counted = request.filter(|&ack| self.acks.counted(ack));
+                    let targets = match self.broker.find_user(&user) {
+                        Some(id) => self.user_targets(id),
+                        None => Vec::new(),
+                    };
+                    let workers = targets.len();
+                    for (w, conns) in targets {
+                        self.outbox.push((
+                            w,
+                            ToWorker::Disconnect {
+                                conns,
+                                ack: counted,
+                            },
+                        ));
+                    }
+                    if let Some(ack) = request {
+                        let workers = if counted.is_some() { workers } else { 0 };
+                        let done = self.acks.sequenced(ack, Waiting::Disconnect, workers);
+                        self.finish(ack, done);
+                    }
+                }
+                Event::Resync { stream, seq, epoch } => {
+                    let channel = match &stream {
+                        Stream::Channel(name) => &**name,
+                        Stream::User(_) => USER_CHANNEL,
+                    };
+                    self.scratch.clear();
+                    let epoch = epoch.to_string();
+                    write_subscribed(&mut self.scratch, channel, &epoch, seq, Some(false));
+                    let frame = encode_shared(OpCode::Text, &self.scratch);
+                    match stream {
+                        Stream::Channel(channel) => {
+                            self.deliver_to_channel(&channel, &frame, None);
+                        }
+                        Stream::User(id) => {
+                            self.deliver_to_user(id, &frame, None);
+                        }
+                    }
+                }
                 Event::NoStream { request } => {
                     if let Some(ack) = request {
                         let waiting = Waiting::Send {
@@ -381,6 +420,22 @@ impl<B: Broker> Hub<B> {
                     ));
                 }
             }
+        }
+    }
+
+    /// Answers the request under `ack` (and the retries that waited for it) with 503: the
+    /// store could not confirm it. Its idempotency key is forgotten so that a retry runs.
+    fn fail(&mut self, ack: AckId) {
+        let Some(pending) = self.acks.cancel(ack) else {
+            return;
+        };
+        let body = r#"{"error":"the store did not confirm this request; retry with the same idempotency_key","field":null}"#;
+        for conn in std::iter::once(pending.conn()).chain(self.remembered.failed(ack)) {
+            self.answers.push(Answer {
+                conn,
+                status: 503,
+                body: body.to_owned(),
+            });
         }
     }
 

@@ -368,7 +368,7 @@ mod tests {
         // the budget holds exactly as many as fit, dropping the oldest (across streams).
         let frame_len = {
             let mut probe = MemoryBroker::new(HistoryConfig::default(), Instant::now());
-            probe.publish(PublishTo::Channel(&Arc::from("a")), "1", None);
+            probe.publish(PublishTo::Channel(&Arc::from("a")), "1", None, None);
             probe.history_size().1 - LOG_ENTRY_COST
         };
         let per_message = frame_len + LOG_ENTRY_COST;
@@ -378,7 +378,7 @@ mod tests {
         };
         let mut broker = MemoryBroker::new(config, Instant::now());
         for channel in ["a", "b", "a", "b"] {
-            broker.publish(PublishTo::Channel(&Arc::from(channel)), "1", None);
+            broker.publish(PublishTo::Channel(&Arc::from(channel)), "1", None, None);
             assert!(broker.history_size().1 <= config.max_bytes);
         }
         while broker.poll_event().is_some() {}
@@ -406,8 +406,8 @@ mod tests {
         };
         broker.join_user(member, "u", None, None);
         for _ in 0..5 {
-            broker.publish(PublishTo::Channel(&Arc::from("c")), "1", None);
-            broker.publish(PublishTo::User("u"), "1", None);
+            broker.publish(PublishTo::Channel(&Arc::from("c")), "1", None, None);
+            broker.publish(PublishTo::User("u"), "1", None, None);
         }
         while broker.poll_event().is_some() {}
         assert_eq!(broker.history_size().0, 3);

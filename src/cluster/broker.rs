@@ -1,0 +1,1187 @@
+//! The Redis broker: the [`Broker`] of cluster mode, sans IO. It sends [`Op`]s to the Redis
+//! threads through a [`RedisLink`] and turns their [`Reply`]s into the broker's events, keeping
+//! the ordering contract of `crate::push::hub::broker` on top of what pub/sub gives (which is
+//! at most once, in order per topic, and says nothing across a reconnect):
+//!
+//! - **One sequence.** Per stream it remembers `live` = (epoch, last seq reported). A message
+//!   at or below `last` is a duplicate (the publishing node's own echo, a catch-up that
+//!   overlapped) and is dropped; one beyond `last + 1` waits in `ahead` while a catch-up read
+//!   fetches the gap from the stream; a gap the stream no longer holds, or another epoch,
+//!   becomes [`Event::Resync`] (an unsolicited `subscribed … recovered:false`).
+//! - **Answers sit at their top.** A subscribe is answered after a read of the stream (epoch,
+//!   top, entries after the client's `since`) only once the topic is subscribed, so nothing
+//!   published after the read can be missed. A read whose top is above `last` first reports
+//!   the messages in between; one whose top is below `last` (pub/sub outran the read) takes
+//!   the rest from the frames reported while it was in flight (`recording`). Either way the
+//!   answer's top is `last`, and its replay runs from `since + 1` to it.
+//! - **Interest before the answer.** A worker's interest is recorded when it asks; the topic
+//!   is unsubscribed only when no worker listens and no subscribe waits.
+//! - **A new epoch is announced.** A read that finds another epoch, or a top below what was
+//!   reported under the same epoch (a Redis that came back older), resyncs: in the second
+//!   case after renewing the epoch in Redis ([`Op::Renew`]), so no node reuses those seqs.
+//!
+//! Every op has a deadline (`--redis-timeout`): one not answered by then fails (the API answers
+//! 503) and its late reply is ignored. Subscribes and joins are never failed: they wait, and
+//! are answered once Redis is reachable again (new ones are refused by the workers while the
+//! link is down).
+
+use std::collections::hash_map::RandomState;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::hash::{BuildHasher, Hasher};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use log::{debug, info, warn};
+
+use crate::protocol::frame::SharedFrame;
+use crate::push::hub::{
+    encode_message, AckId, Broker, Epoch, Event, HistoryConfig, PublishTo, Stored, Stream, UserId,
+    WorkerId,
+};
+use crate::push::names::USER_CHANNEL;
+use crate::push::users::{Member, Users};
+
+use super::ops::{
+    ControlEntry, LinkKind, Op, OpId, PubSubOp, Reply, StreamKey, StreamKind, EPOCH_LIMIT,
+};
+
+/// The broker's way to the Redis threads (`super::link::Link` in the server; a fake in tests).
+pub trait RedisLink {
+    /// Queues an op for the command thread.
+    fn send(&mut self, op: Op);
+    /// Queues a subscription change for the pub/sub thread.
+    fn pubsub(&mut self, op: PubSubOp);
+    /// The next reply, if one is waiting.
+    fn try_recv(&mut self) -> Option<Reply>;
+}
+
+/// Pub/sub messages held beyond a gap, per stream; more are dropped (the catch-up read that
+/// follows fetches them from the stream).
+const MAX_AHEAD: usize = 4096;
+
+/// Frames remembered while reads are in flight, per stream; past it a read that needs them is
+/// sent again.
+const MAX_RECORDING: usize = 4096;
+
+/// How often the keys of the streams this node listens to get their TTL refreshed, as a
+/// fraction of `--history-ttl`.
+const TOUCH_DIVISOR: u32 = 3;
+
+/// Who listens to a stream on this node.
+#[derive(Debug)]
+enum Local {
+    /// A channel: bit `w` set while worker `w` has subscribers or a subscribe in flight.
+    Channel { name: Arc<str>, workers: u64 },
+    /// A user's `$user` stream (its members are in [`Users`]).
+    User(UserId),
+}
+
+/// A subscribe or join waiting for its answer.
+#[derive(Debug)]
+struct Waiter {
+    member: Member,
+    since: Option<u64>,
+    epoch: Option<String>,
+}
+
+/// One stream this node listens to.
+#[derive(Debug)]
+struct StreamState {
+    local: Local,
+    /// The topic is subscribed in Redis (confirmed); false while subscribing or after the
+    /// pub/sub link dropped.
+    listening: bool,
+    /// (epoch, last seq reported to the listeners here); `None` until the first read.
+    live: Option<(u64, u64)>,
+    /// Subscribes waiting for the topic, or for the command link.
+    waiting: Vec<Waiter>,
+    /// Reads in flight.
+    reads: u32,
+    /// Frames reported while reads are in flight, with their seqs.
+    recording: Vec<(u64, SharedFrame)>,
+    /// `recording` overflowed: a read that needs it must be sent again.
+    recording_lost: bool,
+    /// Pub/sub messages that cannot be reported yet: (seq) → (epoch, data).
+    ahead: BTreeMap<u64, (u64, Arc<str>)>,
+    /// A catch-up read is in flight.
+    catching_up: bool,
+    /// A message was dropped from `ahead` (full): catch up again after the current read.
+    ahead_lost: bool,
+    /// A read failed: send it again when the command link allows.
+    needs_read: bool,
+}
+
+impl StreamState {
+    fn new(local: Local) -> StreamState {
+        StreamState {
+            local,
+            listening: false,
+            live: None,
+            waiting: Vec::new(),
+            reads: 0,
+            recording: Vec::new(),
+            recording_lost: false,
+            ahead: BTreeMap::new(),
+            catching_up: false,
+            ahead_lost: false,
+            needs_read: false,
+        }
+    }
+
+    fn stream(&self) -> Stream {
+        match &self.local {
+            Local::Channel { name, .. } => Stream::Channel(Arc::clone(name)),
+            Local::User(id) => Stream::User(*id),
+        }
+    }
+
+    /// The `channel` field of this stream's frames.
+    fn channel_field(&self) -> &str {
+        match &self.local {
+            Local::Channel { name, .. } => name,
+            Local::User(_) => USER_CHANNEL,
+        }
+    }
+
+    fn hold_ahead(&mut self, seq: u64, epoch: u64, data: Arc<str>) {
+        if self.ahead.len() >= MAX_AHEAD {
+            self.ahead_lost = true;
+        } else {
+            self.ahead.insert(seq, (epoch, data));
+        }
+    }
+}
+
+/// An op waiting for its reply.
+#[derive(Debug)]
+enum Pending {
+    Publish {
+        request: Option<AckId>,
+        stream: StreamKey,
+        data: Arc<str>,
+    },
+    Read {
+        stream: StreamKey,
+        waiters: Vec<Waiter>,
+        catch_up: bool,
+        /// `recording.len()` when it was sent: frames from there on were reported after.
+        recorded_from: usize,
+    },
+    Renew {
+        stream: StreamKey,
+        waiters: Vec<Waiter>,
+    },
+    Control {
+        request: Option<AckId>,
+    },
+}
+
+/// The Redis-backed [`Broker`]: see the module doc.
+#[derive(Debug)]
+pub struct RedisBroker<L: RedisLink> {
+    link: L,
+    history: HistoryConfig,
+    timeout: Duration,
+    now: Instant,
+    next_op: OpId,
+    ops: HashMap<OpId, Pending>,
+    /// Ops in the order sent, with their deadlines (one timeout for all, so in order).
+    deadlines: VecDeque<(Instant, OpId)>,
+    channels: HashMap<Arc<str>, StreamState>,
+    user_streams: HashMap<UserId, StreamState>,
+    users: Users,
+    events: VecDeque<Event>,
+    commands_up: bool,
+    pubsub_up: bool,
+    random: RandomState,
+    epoch_counter: u64,
+    next_touch: Instant,
+    scratch: Vec<u8>,
+}
+
+impl<L: RedisLink> RedisBroker<L> {
+    /// A broker over `link`, applying `history` to what it publishes, failing ops not answered
+    /// within `timeout`; its clock at `now`. The links count as up until they say otherwise.
+    pub fn new(link: L, history: HistoryConfig, timeout: Duration, now: Instant) -> Self {
+        RedisBroker {
+            link,
+            history,
+            timeout,
+            now,
+            next_op: 1,
+            ops: HashMap::new(),
+            deadlines: VecDeque::new(),
+            channels: HashMap::new(),
+            user_streams: HashMap::new(),
+            users: Users::new(),
+            events: VecDeque::new(),
+            commands_up: true,
+            pubsub_up: true,
+            random: RandomState::new(),
+            epoch_counter: 0,
+            next_touch: now + (history.ttl / TOUCH_DIVISOR).max(Duration::from_secs(1)),
+            scratch: Vec::new(),
+        }
+    }
+
+    /// Is Redis reachable (both the command and the pub/sub link up)? While not, the server
+    /// answers `/healthz` and new upgrades with 503, and client subscribes and publishes with
+    /// error 503.
+    pub fn is_up(&self) -> bool {
+        self.commands_up && self.pubsub_up
+    }
+
+    /// The link, to send node-level ops (heartbeats, `/api/nodes`) beside the broker's.
+    pub fn link_mut(&mut self) -> &mut L {
+        &mut self.link
+    }
+
+    /// A new epoch candidate: random, below [`EPOCH_LIMIT`].
+    fn epoch_candidate(&mut self) -> u64 {
+        self.epoch_counter += 1;
+        let mut hasher = self.random.build_hasher();
+        hasher.write_u64(self.epoch_counter);
+        hasher.finish() % EPOCH_LIMIT
+    }
+
+    fn send(&mut self, op: Op, pending: Pending) -> OpId {
+        let id = self.next_op;
+        self.next_op += 1;
+        let op = match op {
+            Op::Publish { .. } | Op::Read { .. } | Op::Renew { .. } | Op::Control { .. } => {
+                with_id(op, id)
+            }
+            other => other,
+        };
+        self.ops.insert(id, pending);
+        self.deadlines.push_back((self.now + self.timeout, id));
+        self.link.send(op);
+        id
+    }
+
+    fn key_of(&self, stream: &Stream) -> Option<StreamKey> {
+        match stream {
+            Stream::Channel(name) => Some(StreamKey::channel(name)),
+            Stream::User(id) => self.users.get(*id).map(|u| StreamKey::user(u.name())),
+        }
+    }
+
+    fn state_mut(&mut self, key: &StreamKey) -> Option<&mut StreamState> {
+        match key.kind() {
+            StreamKind::Channel => self.channels.get_mut(key.name()),
+            StreamKind::User => {
+                let id = self.users.find(key.name())?;
+                self.user_streams.get_mut(&id)
+            }
+        }
+    }
+
+    fn remove_state(&mut self, key: &StreamKey) {
+        let removed = match key.kind() {
+            StreamKind::Channel => self.channels.remove(key.name()).is_some(),
+            StreamKind::User => match self.users.find(key.name()) {
+                Some(id) => self.user_streams.remove(&id).is_some(),
+                None => false,
+            },
+        };
+        if removed {
+            self.link.pubsub(PubSubOp::Unsubscribe(vec![key.clone()]));
+        }
+    }
+
+    fn encode(&mut self, channel: &str, seq: u64, data: &str) -> SharedFrame {
+        encode_message(&mut self.scratch, channel, Some(seq), data)
+    }
+
+    /// Reports a message to the stream's listeners and records it if reads are in flight.
+    fn report(&mut self, key: &StreamKey, seq: u64, epoch: u64, frame: SharedFrame) {
+        let Some(state) = self.state_mut(key) else {
+            return;
+        };
+        if let Some(live) = &mut state.live {
+            *live = (epoch, seq);
+        }
+        if state.reads > 0 {
+            if state.recording.len() < MAX_RECORDING {
+                state.recording.push((seq, frame.clone()));
+            } else {
+                state.recording_lost = true;
+            }
+        }
+        let stream = state.stream();
+        self.events.push_back(Event::Message {
+            stream,
+            seq,
+            epoch: Epoch::from_bits(epoch),
+            frame,
+            request: None,
+        });
+    }
+
+    /// A message of `key` from pub/sub (or from this node's own publish answer).
+    fn on_message(&mut self, key: &StreamKey, seq: u64, epoch: u64, data: Arc<str>) {
+        let Some(state) = self.state_mut(key) else {
+            return; // nobody here listens any more
+        };
+        match state.live {
+            None => state.hold_ahead(seq, epoch, data),
+            Some((e, last)) if e == epoch && seq <= last => {} // a duplicate
+            Some((e, last)) if e == epoch && seq == last + 1 => {
+                let channel = state.channel_field().to_owned();
+                let frame = self.encode(&channel, seq, &data);
+                self.report(key, seq, epoch, frame);
+                self.drain_ahead(key);
+            }
+            Some(_) => {
+                // A gap, or another epoch: hold it and read the stream.
+                state.hold_ahead(seq, epoch, data);
+                self.catch_up(key);
+            }
+        }
+    }
+
+    /// Reports what `ahead` holds that now follows `last`, in order; drops what is at or
+    /// below it. Stops at a gap or at another epoch (a catch-up read settles those).
+    fn drain_ahead(&mut self, key: &StreamKey) {
+        loop {
+            let Some(state) = self.state_mut(key) else {
+                return;
+            };
+            let Some((e, last)) = state.live else {
+                return;
+            };
+            let Some(entry) = state.ahead.first_entry() else {
+                return;
+            };
+            let seq = *entry.key();
+            let (epoch, _) = entry.get();
+            if *epoch == e && seq <= last {
+                entry.remove();
+                continue;
+            }
+            if *epoch != e || seq != last + 1 {
+                return;
+            }
+            let (_, data) = entry.remove();
+            let channel = state.channel_field().to_owned();
+            let frame = self.encode(&channel, seq, &data);
+            self.report(key, seq, e, frame);
+        }
+    }
+
+    /// Reads the stream after `last` (one catch-up at a time).
+    fn catch_up(&mut self, key: &StreamKey) {
+        let Some(state) = self.state_mut(key) else {
+            return;
+        };
+        if state.catching_up {
+            return;
+        }
+        state.catching_up = true;
+        state.ahead_lost = false;
+        self.read(key, Vec::new(), true);
+    }
+
+    /// Sends a read of `key` answering `waiters` (and catching up if `catch_up`); without the
+    /// command link, the waiters wait and the read is sent again later.
+    fn read(&mut self, key: &StreamKey, waiters: Vec<Waiter>, catch_up: bool) {
+        let commands_up = self.commands_up;
+        let candidate = self.epoch_candidate();
+        let ttl = self.history.ttl;
+        let Some(state) = self.state_mut(key) else {
+            return;
+        };
+        if !commands_up || !state.listening {
+            state.waiting.extend(waiters);
+            if catch_up {
+                state.catching_up = false;
+            }
+            state.needs_read = true;
+            return;
+        }
+        let live_last = state.live.map(|(_, last)| last);
+        let after = waiters
+            .iter()
+            .filter_map(|w| w.since)
+            .chain(live_last)
+            .min();
+        state.reads += 1;
+        let recorded_from = state.recording.len();
+        let op = Op::Read {
+            id: 0,
+            stream: key.clone(),
+            after,
+            epoch_candidate: candidate,
+            ttl,
+        };
+        self.send(
+            op,
+            Pending::Read {
+                stream: key.clone(),
+                waiters,
+                catch_up,
+                recorded_from,
+            },
+        );
+    }
+
+    /// A read came back: brings `live` up to the stream (reporting the messages in between,
+    /// or resyncing), then answers its waiters at `last`.
+    #[allow(clippy::too_many_arguments)]
+    fn on_read(
+        &mut self,
+        key: &StreamKey,
+        waiters: Vec<Waiter>,
+        catch_up: bool,
+        recorded_from: usize,
+        epoch: u64,
+        top: u64,
+        entries: Vec<(u64, Arc<str>)>,
+    ) {
+        let Some(state) = self.state_mut(key) else {
+            return;
+        };
+        state.reads = state.reads.saturating_sub(1);
+        if catch_up {
+            state.catching_up = false;
+        }
+        let channel = state.channel_field().to_owned();
+        let frames: Vec<(u64, SharedFrame)> = entries
+            .iter()
+            .map(|(seq, data)| {
+                (
+                    *seq,
+                    encode_message(&mut self.scratch, &channel, Some(*seq), data),
+                )
+            })
+            .collect();
+        let Some(state) = self.state_mut(key) else {
+            return;
+        };
+        match state.live {
+            None => state.live = Some((epoch, top)),
+            Some((e, last)) if e == epoch && top > last => {
+                if covers(&frames, last, top) {
+                    for (seq, frame) in frames.iter().filter(|(s, _)| *s > last) {
+                        self.report(key, *seq, epoch, frame.clone());
+                    }
+                } else {
+                    self.resync(key, epoch, top, "the stream no longer holds the gap");
+                }
+            }
+            Some((e, last)) if e == epoch && top < last => {
+                let recorded = state.recording.get(recorded_from..).unwrap_or(&[]);
+                if !covers(recorded, top, last) {
+                    if state.recording_lost {
+                        // The frames that would prove it were not kept: ask again.
+                        state.catching_up |= catch_up;
+                        self.read(key, waiters, catch_up);
+                        return;
+                    }
+                    // Redis came back older under the same epoch: renew it, never reuse seqs.
+                    warn!(
+                        "cluster: {key}'s top went from {last} back to {top}: renewing its epoch"
+                    );
+                    let candidate = self.epoch_candidate();
+                    let ttl = self.history.ttl;
+                    if let Some(state) = self.state_mut(key) {
+                        state.reads += 1;
+                    }
+                    self.send(
+                        Op::Renew {
+                            id: 0,
+                            stream: key.clone(),
+                            old: epoch,
+                            epoch_candidate: candidate,
+                            ttl,
+                        },
+                        Pending::Renew {
+                            stream: key.clone(),
+                            waiters,
+                        },
+                    );
+                    return;
+                }
+            }
+            Some((e, _)) if e == epoch => {}
+            Some(_) => self.resync(key, epoch, top, "its epoch changed"),
+        }
+        self.answer(key, waiters, &frames, recorded_from);
+        self.after_read(key);
+    }
+
+    /// The stream goes on under `epoch` from `top`: its listeners are told.
+    fn resync(&mut self, key: &StreamKey, epoch: u64, top: u64, why: &str) {
+        let Some(state) = self.state_mut(key) else {
+            return;
+        };
+        info!("cluster: {key} continues under a new epoch at {top} ({why}): listeners resync");
+        state.live = Some((epoch, top));
+        let stream = state.stream();
+        self.events.push_back(Event::Resync {
+            stream,
+            seq: top,
+            epoch: Epoch::from_bits(epoch),
+        });
+    }
+
+    /// Answers `waiters` at the stream's `last`, replaying from `frames` (the read's entries)
+    /// and from what was recorded since the read was sent.
+    fn answer(
+        &mut self,
+        key: &StreamKey,
+        waiters: Vec<Waiter>,
+        frames: &[(u64, SharedFrame)],
+        recorded_from: usize,
+    ) {
+        let Some(state) = self.state_mut(key) else {
+            return;
+        };
+        let Some((epoch, last)) = state.live else {
+            return;
+        };
+        let epoch_name = Epoch::from_bits(epoch).to_string();
+        let recorded = state.recording.get(recorded_from..).unwrap_or(&[]);
+        let stream = state.stream();
+        let mut answers = Vec::with_capacity(waiters.len());
+        for w in waiters {
+            let mut replay = Vec::new();
+            let recovered = w.since.map(|since| {
+                if w.epoch.as_deref() != Some(epoch_name.as_str()) || since > last {
+                    return false;
+                }
+                for seq in since + 1..=last {
+                    let frame = find(frames, seq).or_else(|| find(recorded, seq));
+                    match frame {
+                        Some(f) => replay.push(f),
+                        None => {
+                            replay.clear();
+                            return false;
+                        }
+                    }
+                }
+                true
+            });
+            answers.push(Event::Subscribed {
+                member: w.member,
+                stream: stream.clone(),
+                seq: last,
+                epoch: Epoch::from_bits(epoch),
+                recovered,
+                replay,
+            });
+        }
+        self.events.extend(answers);
+    }
+
+    /// After a read: frees the recording if no read needs it, reports what `ahead` allows,
+    /// and catches up again if a gap remains.
+    fn after_read(&mut self, key: &StreamKey) {
+        if let Some(state) = self.state_mut(key) {
+            if state.reads == 0 {
+                state.recording.clear();
+                state.recording_lost = false;
+            }
+        }
+        self.drain_ahead(key);
+        let again = self
+            .state_mut(key)
+            .is_some_and(|s| !s.ahead.is_empty() || s.ahead_lost);
+        if again {
+            self.catch_up(key);
+        }
+    }
+
+    fn on_reply(&mut self, reply: Reply) {
+        match reply {
+            Reply::Message {
+                stream,
+                seq,
+                epoch,
+                data,
+            } => self.on_message(&stream, seq, epoch, data),
+            Reply::Listening(keys) => {
+                for key in keys {
+                    self.on_listening(&key);
+                }
+            }
+            Reply::Control(entry) => match entry {
+                ControlEntry::Broadcast { data } => {
+                    let frame = encode_message(
+                        &mut self.scratch,
+                        crate::push::hub::BROADCAST_CHANNEL,
+                        None,
+                        &data,
+                    );
+                    self.events.push_back(Event::Broadcast {
+                        frame,
+                        request: None,
+                    });
+                }
+                ControlEntry::Disconnect { user } => {
+                    self.events.push_back(Event::Disconnect {
+                        user,
+                        request: None,
+                    });
+                }
+            },
+            Reply::Link { link, up } => self.on_link(link, up),
+            Reply::Failed { id, reason } => {
+                debug!("cluster: op {id} failed: {reason}");
+                self.on_failed(id);
+            }
+            reply => {
+                let Some(id) = reply_id(&reply) else {
+                    return;
+                };
+                let Some(pending) = self.ops.remove(&id) else {
+                    return; // timed out already: its late reply means nothing now
+                };
+                self.on_answer(pending, reply);
+            }
+        }
+    }
+
+    fn on_answer(&mut self, pending: Pending, reply: Reply) {
+        match (pending, reply) {
+            (
+                Pending::Publish {
+                    request,
+                    stream,
+                    data,
+                },
+                Reply::Published { seq, epoch, .. },
+            ) => {
+                if let Some(request) = request {
+                    self.events.push_back(Event::Stored {
+                        request,
+                        what: Stored::Message {
+                            seq,
+                            epoch: Epoch::from_bits(epoch),
+                        },
+                    });
+                }
+                // This node delivers its own publish now; the pub/sub echo is a duplicate.
+                self.on_message(&stream, seq, epoch, data);
+            }
+            (Pending::Publish { request, .. }, Reply::NoStream { .. }) => {
+                self.events.push_back(Event::NoStream { request });
+            }
+            (
+                Pending::Read {
+                    stream,
+                    waiters,
+                    catch_up,
+                    recorded_from,
+                },
+                Reply::Read {
+                    epoch,
+                    top,
+                    entries,
+                    ..
+                },
+            ) => self.on_read(
+                &stream,
+                waiters,
+                catch_up,
+                recorded_from,
+                epoch,
+                top,
+                entries,
+            ),
+            (Pending::Renew { stream, waiters }, Reply::Read { epoch, top, .. }) => {
+                if let Some(state) = self.state_mut(&stream) {
+                    state.reads = state.reads.saturating_sub(1);
+                }
+                self.resync(&stream, epoch, top, "its top went back");
+                self.answer(&stream, waiters, &[], usize::MAX);
+                self.after_read(&stream);
+            }
+            (Pending::Control { request }, Reply::Appended { .. }) => {
+                if let Some(request) = request {
+                    self.events.push_back(Event::Stored {
+                        request,
+                        what: Stored::Control,
+                    });
+                }
+            }
+            (pending, reply) => {
+                warn!("cluster: reply {reply:?} does not answer {pending:?}");
+                self.fail_pending(pending);
+            }
+        }
+    }
+
+    fn on_failed(&mut self, id: OpId) {
+        if let Some(pending) = self.ops.remove(&id) {
+            self.fail_pending(pending);
+        }
+    }
+
+    /// An op failed or timed out: its request gets 503; a read's waiters wait for the next.
+    fn fail_pending(&mut self, pending: Pending) {
+        match pending {
+            Pending::Publish { request, .. } | Pending::Control { request } => {
+                if let Some(request) = request {
+                    self.events.push_back(Event::Failed { request });
+                }
+            }
+            Pending::Read {
+                stream,
+                waiters,
+                catch_up,
+                ..
+            } => {
+                if let Some(state) = self.state_mut(&stream) {
+                    state.reads = state.reads.saturating_sub(1);
+                    if catch_up {
+                        state.catching_up = false;
+                    }
+                    state.waiting.extend(waiters);
+                    state.needs_read = true;
+                }
+                self.after_failed_read(&stream);
+            }
+            Pending::Renew { stream, waiters } => {
+                if let Some(state) = self.state_mut(&stream) {
+                    state.reads = state.reads.saturating_sub(1);
+                    state.waiting.extend(waiters);
+                    state.needs_read = true;
+                }
+                self.after_failed_read(&stream);
+            }
+        }
+    }
+
+    fn after_failed_read(&mut self, key: &StreamKey) {
+        if let Some(state) = self.state_mut(key) {
+            if state.reads == 0 {
+                state.recording.clear();
+                state.recording_lost = false;
+            }
+        }
+    }
+
+    fn on_listening(&mut self, key: &StreamKey) {
+        let Some(state) = self.state_mut(key) else {
+            return;
+        };
+        state.listening = true;
+        let waiters = std::mem::take(&mut state.waiting);
+        if !waiters.is_empty() || state.live.is_none() || state.needs_read {
+            state.needs_read = false;
+            self.read(key, waiters, false);
+        }
+    }
+
+    fn on_link(&mut self, link: LinkKind, up: bool) {
+        info!(
+            "cluster: Redis {link:?} link {}",
+            if up { "up" } else { "down" }
+        );
+        match link {
+            LinkKind::Commands => {
+                self.commands_up = up;
+                if up {
+                    self.retry_reads();
+                }
+            }
+            LinkKind::PubSub => {
+                self.pubsub_up = up;
+                let keys = self.stream_keys();
+                for key in &keys {
+                    if let Some(state) = self.state_mut(key) {
+                        state.listening = up;
+                    }
+                }
+                if up {
+                    // Messages may have been missed meanwhile: every stream catches up.
+                    for key in &keys {
+                        let live = self.state_mut(key).is_some_and(|s| s.live.is_some());
+                        if live {
+                            self.catch_up(key);
+                        }
+                    }
+                    self.retry_reads();
+                }
+            }
+            LinkKind::Control => {}
+        }
+    }
+
+    /// Sends the reads that could not be sent (or failed), for every stream that wants one.
+    fn retry_reads(&mut self) {
+        if !self.commands_up {
+            return;
+        }
+        for key in self.stream_keys() {
+            let Some(state) = self.state_mut(&key) else {
+                continue;
+            };
+            let wants_read = state.needs_read || !state.waiting.is_empty();
+            if !state.listening || !wants_read {
+                continue;
+            }
+            state.needs_read = false;
+            let waiters = std::mem::take(&mut state.waiting);
+            let live = state.live.is_some();
+            if live && waiters.is_empty() {
+                self.catch_up(&key);
+            } else {
+                self.read(&key, waiters, false);
+            }
+        }
+    }
+
+    fn stream_keys(&self) -> Vec<StreamKey> {
+        let channels = self.channels.keys().map(|name| StreamKey::channel(name));
+        let users = self
+            .user_streams
+            .keys()
+            .filter_map(|id| self.users.get(*id))
+            .map(|u| StreamKey::user(u.name()));
+        channels.chain(users).collect()
+    }
+
+    /// Takes every reply the link has, and fails the ops whose deadline passed.
+    fn pump(&mut self) {
+        while let Some(reply) = self.link.try_recv() {
+            self.on_reply(reply);
+        }
+        while let Some(&(due, id)) = self.deadlines.front() {
+            if due > self.now {
+                break;
+            }
+            self.deadlines.pop_front();
+            if let Some(pending) = self.ops.remove(&id) {
+                debug!("cluster: op {id} timed out after {:?}", self.timeout);
+                self.fail_pending(pending);
+            }
+        }
+        // Deadlines of answered ops stay queued until due; keep the queue bounded by the ops
+        // sent within one timeout.
+        while self.deadlines.len() > 4 * self.ops.len() + 1024 {
+            match self.deadlines.front() {
+                Some(&(_, id)) if !self.ops.contains_key(&id) => {
+                    self.deadlines.pop_front();
+                }
+                _ => break,
+            }
+        }
+    }
+}
+
+/// Sets the id of an op that carries one.
+fn with_id(op: Op, id: OpId) -> Op {
+    match op {
+        Op::Publish {
+            stream,
+            data,
+            idempotency_key,
+            epoch_candidate,
+            existing_only,
+            history_size,
+            ttl,
+            ..
+        } => Op::Publish {
+            id,
+            stream,
+            data,
+            idempotency_key,
+            epoch_candidate,
+            existing_only,
+            history_size,
+            ttl,
+        },
+        Op::Read {
+            stream,
+            after,
+            epoch_candidate,
+            ttl,
+            ..
+        } => Op::Read {
+            id,
+            stream,
+            after,
+            epoch_candidate,
+            ttl,
+        },
+        Op::Renew {
+            stream,
+            old,
+            epoch_candidate,
+            ttl,
+            ..
+        } => Op::Renew {
+            id,
+            stream,
+            old,
+            epoch_candidate,
+            ttl,
+        },
+        Op::Control { entry, .. } => Op::Control { id, entry },
+        other => other,
+    }
+}
+
+fn reply_id(reply: &Reply) -> Option<OpId> {
+    match reply {
+        Reply::Published { id, .. }
+        | Reply::NoStream { id }
+        | Reply::Read { id, .. }
+        | Reply::Appended { id }
+        | Reply::Nodes { id, .. }
+        | Reply::Failed { id, .. } => Some(*id),
+        _ => None,
+    }
+}
+
+/// Do `frames` (ascending) hold every seq in `after + 1 ..= to`?
+fn covers(frames: &[(u64, SharedFrame)], after: u64, to: u64) -> bool {
+    (after + 1..=to).all(|seq| find(frames, seq).is_some())
+}
+
+fn find(frames: &[(u64, SharedFrame)], seq: u64) -> Option<SharedFrame> {
+    frames
+        .binary_search_by_key(&seq, |(s, _)| *s)
+        .ok()
+        .and_then(|i| frames.get(i))
+        .map(|(_, f)| f.clone())
+}
+
+impl<L: RedisLink> Broker for RedisBroker<L> {
+    fn publish(
+        &mut self,
+        to: PublishTo<'_>,
+        data: &str,
+        idempotency_key: Option<&str>,
+        request: Option<AckId>,
+    ) {
+        if !self.commands_up {
+            if let Some(request) = request {
+                self.events.push_back(Event::Failed { request });
+            }
+            return;
+        }
+        let (stream, existing_only, history_size) = match to {
+            PublishTo::Channel(name) => (StreamKey::channel(name), false, self.history.size),
+            PublishTo::User(name) => (StreamKey::user(name), true, self.history.user_size),
+        };
+        let data: Arc<str> = Arc::from(data);
+        let op = Op::Publish {
+            id: 0,
+            stream: stream.clone(),
+            data: Arc::clone(&data),
+            idempotency_key: idempotency_key.map(Box::from),
+            epoch_candidate: self.epoch_candidate(),
+            existing_only,
+            history_size,
+            ttl: self.history.ttl,
+        };
+        self.send(
+            op,
+            Pending::Publish {
+                request,
+                stream,
+                data,
+            },
+        );
+    }
+
+    fn broadcast(&mut self, data: &str, request: Option<AckId>) {
+        self.control(
+            ControlEntry::Broadcast {
+                data: Arc::from(data),
+            },
+            request,
+        );
+    }
+
+    fn disconnect(&mut self, user: &str, request: Option<AckId>) {
+        self.control(
+            ControlEntry::Disconnect {
+                user: Arc::from(user),
+            },
+            request,
+        );
+    }
+
+    fn subscribe(
+        &mut self,
+        member: Member,
+        stream: Stream,
+        since: Option<u64>,
+        epoch: Option<String>,
+    ) {
+        let Some(key) = self.key_of(&stream) else {
+            return; // a `$user` stream no longer held: nobody asks for one (see the trait)
+        };
+        let fresh = match &stream {
+            Stream::Channel(name) => {
+                let state = self.channels.entry(Arc::clone(name)).or_insert_with(|| {
+                    StreamState::new(Local::Channel {
+                        name: Arc::clone(name),
+                        workers: 0,
+                    })
+                });
+                let fresh = state.reads == 0 && !state.listening && state.waiting.is_empty();
+                if let Local::Channel { workers, .. } = &mut state.local {
+                    let new = *workers == 0;
+                    *workers |= 1u64.checked_shl(member.worker as u32).unwrap_or(0);
+                    fresh && new
+                } else {
+                    false
+                }
+            }
+            Stream::User(id) => {
+                let mut fresh = false;
+                self.user_streams.entry(*id).or_insert_with(|| {
+                    fresh = true;
+                    StreamState::new(Local::User(*id))
+                });
+                fresh
+            }
+        };
+        if fresh {
+            self.link.pubsub(PubSubOp::Subscribe(vec![key.clone()]));
+        }
+        let waiter = Waiter {
+            member,
+            since,
+            epoch,
+        };
+        let commands_up = self.commands_up;
+        let Some(state) = self.state_mut(&key) else {
+            return;
+        };
+        match state.live {
+            Some((e, last)) if state.listening && commands_up => {
+                let same_epoch =
+                    waiter.epoch.as_deref() == Some(Epoch::from_bits(e).to_string().as_str());
+                let immediate = match waiter.since {
+                    None => Some(None),
+                    Some(s) if same_epoch && s == last => Some(Some(true)),
+                    Some(_) if !same_epoch => Some(Some(false)),
+                    Some(_) => None,
+                };
+                match immediate {
+                    Some(recovered) => {
+                        let stream = state.stream();
+                        self.events.push_back(Event::Subscribed {
+                            member,
+                            stream,
+                            seq: last,
+                            epoch: Epoch::from_bits(e),
+                            recovered,
+                            replay: Vec::new(),
+                        });
+                    }
+                    None => self.read(&key, vec![waiter], false),
+                }
+            }
+            _ if state.listening => self.read(&key, vec![waiter], false),
+            _ => state.waiting.push(waiter),
+        }
+    }
+
+    fn join_user(&mut self, member: Member, user: &str, since: Option<u64>, epoch: Option<String>) {
+        let (id, _) = self.users.join(user, member);
+        self.subscribe(member, Stream::User(id), since, epoch);
+    }
+
+    fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    fn leave_user(&mut self, member: Member, user: UserId) {
+        let Some(name) = self.users.get(user).map(|u| u.name().to_owned()) else {
+            return;
+        };
+        if self.users.leave(user, member, 0) {
+            // The stream lives in Redis; this node stops listening to it.
+            self.remove_state(&StreamKey::user(&name));
+            self.users.expire(0, 0, |_| {});
+        }
+    }
+
+    fn idle(&mut self, worker: WorkerId, channel: &str) {
+        let Some(state) = self.channels.get_mut(channel) else {
+            return;
+        };
+        if let Local::Channel { workers, .. } = &mut state.local {
+            *workers &= !1u64.checked_shl(worker as u32).unwrap_or(0);
+            if *workers == 0 && state.waiting.is_empty() {
+                self.remove_state(&StreamKey::channel(channel));
+            }
+        }
+    }
+
+    fn channel_workers(&self, channel: &str) -> u64 {
+        match self.channels.get(channel).map(|s| &s.local) {
+            Some(Local::Channel { workers, .. }) => *workers,
+            _ => 0,
+        }
+    }
+
+    fn find_user(&self, name: &str) -> Option<UserId> {
+        self.users.find(name)
+    }
+
+    fn user_members(&self, user: UserId) -> impl Iterator<Item = Member> + '_ {
+        self.users.get(user).into_iter().flat_map(|u| u.members())
+    }
+
+    fn user_name(&self, user: UserId) -> Option<&str> {
+        self.users.get(user).map(|u| u.name())
+    }
+
+    fn tick(&mut self, now: Instant) {
+        self.now = self.now.max(now);
+        self.pump();
+        if self.now >= self.next_touch {
+            self.next_touch =
+                self.now + (self.history.ttl / TOUCH_DIVISOR).max(Duration::from_secs(1));
+            let streams = self.stream_keys();
+            if !streams.is_empty() && self.commands_up {
+                self.link.send(Op::Touch {
+                    streams,
+                    ttl: self.history.ttl,
+                });
+            }
+            self.retry_reads();
+        }
+    }
+
+    fn next_tick(&self) -> Option<Duration> {
+        let due = self
+            .deadlines
+            .front()
+            .map(|(due, _)| due.saturating_duration_since(self.now));
+        Some(due.map_or(Duration::from_secs(1), |d| d.min(Duration::from_secs(1))))
+    }
+
+    fn stream_counts(&self) -> (usize, usize) {
+        (self.channels.len(), self.user_streams.len())
+    }
+
+    /// History is held by Redis, not here.
+    fn history_size(&self) -> (usize, usize) {
+        (0, 0)
+    }
+}
+
+impl<L: RedisLink> RedisBroker<L> {
+    fn control(&mut self, entry: ControlEntry, request: Option<AckId>) {
+        if !self.commands_up {
+            if let Some(request) = request {
+                self.events.push_back(Event::Failed { request });
+            }
+            return;
+        }
+        self.send(Op::Control { id: 0, entry }, Pending::Control { request });
+    }
+}
+
+#[cfg(test)]
+#[path = "broker_tests.rs"]
+mod tests;
