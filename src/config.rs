@@ -490,6 +490,13 @@ pub struct Config {
     pub cluster: Option<crate::cluster::ops::ClusterConfig>,
 }
 
+impl Config {
+    /// `--node-name`'s default for this configuration (also this node's name on its own).
+    pub fn default_node_name(&self) -> String {
+        default_node_name(self.listen)
+    }
+}
+
 /// `--node-name`'s default: the host name (from `/proc/sys/kernel/hostname`, else
 /// `edgepush`), a colon and the public listener's port.
 fn default_node_name(listen: SocketAddr) -> String {

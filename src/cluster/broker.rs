@@ -35,8 +35,8 @@ use log::{debug, info, warn};
 
 use crate::protocol::frame::SharedFrame;
 use crate::push::hub::{
-    encode_message, AckId, Broker, Epoch, Event, HistoryConfig, PublishTo, Stored, Stream, UserId,
-    WorkerId,
+    encode_message, AckId, Asked, Broker, Epoch, Event, HistoryConfig, PublishTo, Stored, Stream,
+    UserId, WorkerId, HEARTBEAT_TTL,
 };
 use crate::push::names::USER_CHANNEL;
 use crate::push::users::{Member, Users};
@@ -53,6 +53,20 @@ pub trait RedisLink {
     fn pubsub(&mut self, op: PubSubOp);
     /// The next reply, if one is waiting.
     fn try_recv(&mut self) -> Option<Reply>;
+}
+
+impl RedisLink for super::link::Link {
+    fn send(&mut self, op: Op) {
+        super::link::Link::send(self, op);
+    }
+
+    fn pubsub(&mut self, op: PubSubOp) {
+        super::link::Link::pubsub(self, op);
+    }
+
+    fn try_recv(&mut self) -> Option<Reply> {
+        super::link::Link::try_recv(self)
+    }
 }
 
 /// Pub/sub messages held beyond a gap, per stream; more are dropped (the catch-up read that
@@ -174,6 +188,25 @@ enum Pending {
     Control {
         request: Option<AckId>,
     },
+    Nodes {
+        request: AckId,
+    },
+    /// The live nodes, for the presence question `ask`: how many answers to wait for.
+    PresenceNodes {
+        ask: Arc<str>,
+    },
+}
+
+/// A presence question this node asked the others.
+#[derive(Debug)]
+struct Ask {
+    request: AckId,
+    /// Answers to wait for (the live nodes but this one), once known.
+    expected: Option<usize>,
+    answered: usize,
+    users: Vec<Arc<str>>,
+    /// Past it, the answer goes with what came.
+    deadline: Instant,
 }
 
 /// The Redis-backed [`Broker`]: see the module doc.
@@ -197,12 +230,24 @@ pub struct RedisBroker<L: RedisLink> {
     epoch_counter: u64,
     next_touch: Instant,
     scratch: Vec<u8>,
+    /// This node's name (`--node-name`).
+    node: Arc<str>,
+    /// Presence questions asked of the other nodes, by id.
+    asks: HashMap<Arc<str>, Ask>,
+    asked: u64,
 }
 
 impl<L: RedisLink> RedisBroker<L> {
-    /// A broker over `link`, applying `history` to what it publishes, failing ops not answered
-    /// within `timeout`; its clock at `now`. The links count as up until they say otherwise.
-    pub fn new(link: L, history: HistoryConfig, timeout: Duration, now: Instant) -> Self {
+    /// A broker for node `node` over `link`, applying `history` to what it publishes,
+    /// failing ops not answered within `timeout`; its clock at `now`. The links count as up
+    /// until they say otherwise.
+    pub fn new(
+        link: L,
+        node: &str,
+        history: HistoryConfig,
+        timeout: Duration,
+        now: Instant,
+    ) -> Self {
         RedisBroker {
             link,
             history,
@@ -221,6 +266,9 @@ impl<L: RedisLink> RedisBroker<L> {
             epoch_counter: 0,
             next_touch: now + (history.ttl / TOUCH_DIVISOR).max(Duration::from_secs(1)),
             scratch: Vec::new(),
+            node: Arc::from(node),
+            asks: HashMap::new(),
+            asked: 0,
         }
     }
 
@@ -248,9 +296,11 @@ impl<L: RedisLink> RedisBroker<L> {
         let id = self.next_op;
         self.next_op += 1;
         let op = match op {
-            Op::Publish { .. } | Op::Read { .. } | Op::Renew { .. } | Op::Control { .. } => {
-                with_id(op, id)
-            }
+            Op::Publish { .. }
+            | Op::Read { .. }
+            | Op::Renew { .. }
+            | Op::Control { .. }
+            | Op::Nodes { .. } => with_id(op, id),
             other => other,
         };
         self.ops.insert(id, pending);
@@ -624,7 +674,16 @@ impl<L: RedisLink> RedisBroker<L> {
                         request: None,
                     });
                 }
+                ControlEntry::PresenceAsk { id, channel, node } => {
+                    if node != self.node {
+                        self.events.push_back(Event::PresenceAsked {
+                            asked: Asked { id, node },
+                            channel,
+                        });
+                    }
+                }
             },
+            Reply::Inbox(payload) => self.on_inbox(&payload),
             Reply::Link { link, up } => self.on_link(link, up),
             Reply::Failed { id, reason } => {
                 debug!("cluster: op {id} failed: {reason}");
@@ -697,6 +756,19 @@ impl<L: RedisLink> RedisBroker<L> {
                 self.answer(&stream, waiters, &[], usize::MAX);
                 self.after_read(&stream);
             }
+            (Pending::Nodes { request }, Reply::Nodes { nodes, .. }) => {
+                self.events.push_back(Event::Nodes { request, nodes });
+            }
+            (Pending::PresenceNodes { ask }, Reply::Nodes { nodes, .. }) => {
+                let others = nodes
+                    .iter()
+                    .filter(|n| node_name(&n.info).as_deref() != Some(&*self.node))
+                    .count();
+                if let Some(a) = self.asks.get_mut(&ask) {
+                    a.expected = Some(others);
+                }
+                self.finish_ask(&ask, false);
+            }
             (Pending::Control { request }, Reply::Appended { .. }) => {
                 if let Some(request) = request {
                     self.events.push_back(Event::Stored {
@@ -712,6 +784,41 @@ impl<L: RedisLink> RedisBroker<L> {
         }
     }
 
+    /// Another node's answer to one of this node's presence questions.
+    fn on_inbox(&mut self, payload: &str) {
+        #[derive(serde::Deserialize)]
+        struct Answer {
+            id: String,
+            users: Vec<String>,
+        }
+        let Ok(answer) = serde_json::from_str::<Answer>(payload) else {
+            debug!("cluster: a malformed inbox message: {payload:?}");
+            return;
+        };
+        let Some(ask) = self.asks.get_mut(answer.id.as_str()) else {
+            return; // answered already (timed out)
+        };
+        ask.answered += 1;
+        ask.users
+            .extend(answer.users.into_iter().map(|u| Arc::from(u.as_str())));
+        let id: Arc<str> = Arc::from(answer.id.as_str());
+        self.finish_ask(&id, false);
+    }
+
+    /// Answers presence question `id` if every live node answered (or `timed_out`).
+    fn finish_ask(&mut self, id: &Arc<str>, timed_out: bool) {
+        let done = self
+            .asks
+            .get(id)
+            .is_some_and(|a| timed_out || a.expected.is_some_and(|n| a.answered >= n));
+        if let Some(ask) = done.then(|| self.asks.remove(id)).flatten() {
+            self.events.push_back(Event::PresenceFrom {
+                request: ask.request,
+                users: ask.users,
+            });
+        }
+    }
+
     fn on_failed(&mut self, id: OpId) {
         if let Some(pending) = self.ops.remove(&id) {
             self.fail_pending(pending);
@@ -721,6 +828,13 @@ impl<L: RedisLink> RedisBroker<L> {
     /// An op failed or timed out: its request gets 503; a read's waiters wait for the next.
     fn fail_pending(&mut self, pending: Pending) {
         match pending {
+            // The question's deadline answers it with what came.
+            Pending::PresenceNodes { .. } => {}
+            // Without Redis this node knows only itself (the hub adds it).
+            Pending::Nodes { request } => self.events.push_back(Event::Nodes {
+                request,
+                nodes: Vec::new(),
+            }),
             Pending::Publish { request, .. } | Pending::Control { request } => {
                 if let Some(request) = request {
                     self.events.push_back(Event::Failed { request });
@@ -871,6 +985,12 @@ impl<L: RedisLink> RedisBroker<L> {
     }
 }
 
+/// The `name` of a node's heartbeat object.
+fn node_name(info: &str) -> Option<String> {
+    let value: serde_json::Value = serde_json::from_str(info).ok()?;
+    value.get("name")?.as_str().map(str::to_owned)
+}
+
 /// Sets the id of an op that carries one.
 fn with_id(op: Op, id: OpId) -> Op {
     match op {
@@ -920,6 +1040,7 @@ fn with_id(op: Op, id: OpId) -> Op {
             ttl,
         },
         Op::Control { entry, .. } => Op::Control { id, entry },
+        Op::Nodes { .. } => Op::Nodes { id },
         other => other,
     }
 }
@@ -995,6 +1116,68 @@ impl<L: RedisLink> Broker for RedisBroker<L> {
             },
             request,
         );
+    }
+
+    fn presence(&mut self, channel: &Arc<str>, request: AckId) {
+        if !self.commands_up {
+            self.events.push_back(Event::PresenceFrom {
+                request,
+                users: Vec::new(),
+            });
+            return;
+        }
+        self.asked += 1;
+        let id: Arc<str> = Arc::from(format!("{}:{}", self.node, self.asked));
+        self.asks.insert(
+            Arc::clone(&id),
+            Ask {
+                request,
+                expected: None,
+                answered: 0,
+                users: Vec::new(),
+                deadline: self.now + self.timeout,
+            },
+        );
+        let entry = ControlEntry::PresenceAsk {
+            id: Arc::clone(&id),
+            channel: Arc::clone(channel),
+            node: Arc::clone(&self.node),
+        };
+        self.send(
+            Op::Control { id: 0, entry },
+            Pending::Control { request: None },
+        );
+        self.send(Op::Nodes { id: 0 }, Pending::PresenceNodes { ask: id });
+    }
+
+    fn presence_answer(&mut self, asked: Asked, users: Vec<String>) {
+        if self.commands_up {
+            let payload = serde_json::json!({ "id": &*asked.id, "users": users }).to_string();
+            self.link.send(Op::Tell {
+                node: asked.node,
+                payload,
+            });
+        }
+    }
+
+    fn heartbeat(&mut self, info: &str) {
+        if self.commands_up {
+            self.link.send(Op::Heartbeat {
+                info: info.to_owned(),
+                ttl: HEARTBEAT_TTL,
+            });
+        }
+    }
+
+    fn nodes(&mut self, request: AckId) {
+        if self.commands_up {
+            self.send(Op::Nodes { id: 0 }, Pending::Nodes { request });
+        } else {
+            self.events.push_back(Event::Nodes {
+                request,
+                nodes: Vec::new(),
+            });
+        }
     }
 
     fn disconnect(&mut self, user: &str, request: Option<AckId>) {
@@ -1138,6 +1321,15 @@ impl<L: RedisLink> Broker for RedisBroker<L> {
     fn tick(&mut self, now: Instant) {
         self.now = self.now.max(now);
         self.pump();
+        let late: Vec<Arc<str>> = self
+            .asks
+            .iter()
+            .filter(|(_, a)| a.deadline <= self.now)
+            .map(|(id, _)| Arc::clone(id))
+            .collect();
+        for id in late {
+            self.finish_ask(&id, true);
+        }
         if self.now >= self.next_touch {
             self.next_touch =
                 self.now + (self.history.ttl / TOUCH_DIVISOR).max(Duration::from_secs(1));
@@ -1167,6 +1359,10 @@ impl<L: RedisLink> Broker for RedisBroker<L> {
     /// History is held by Redis, not here.
     fn history_size(&self) -> (usize, usize) {
         (0, 0)
+    }
+
+    fn is_reachable(&self) -> bool {
+        self.is_up()
     }
 }
 

@@ -71,6 +71,11 @@ fn show(event: &Event) -> String {
         Event::NoStream { request } => format!("nostream {request:?}"),
         Event::Broadcast { .. } => "broadcast".to_owned(),
         Event::Disconnect { user, .. } => format!("disconnect {user}"),
+        Event::Nodes { nodes, .. } => format!("nodes {}", nodes.len()),
+        Event::PresenceFrom { request, users } => format!("presence {request} {users:?}"),
+        Event::PresenceAsked { asked, channel } => {
+            format!("asked {} {} {channel}", asked.id, asked.node)
+        }
     }
 }
 
@@ -87,7 +92,13 @@ impl Rig {
     fn new() -> Rig {
         let now = Instant::now();
         Rig {
-            broker: RedisBroker::new(FakeLink::default(), HistoryConfig::default(), TIMEOUT, now),
+            broker: RedisBroker::new(
+                FakeLink::default(),
+                "n1",
+                HistoryConfig::default(),
+                TIMEOUT,
+                now,
+            ),
             now,
         }
     }
@@ -430,4 +441,110 @@ fn the_last_worker_leaving_a_channel_unsubscribes_its_topic() {
         Some(&PubSubOp::Unsubscribe(vec![key()]))
     );
     assert!(rig.message(1, 7).is_empty(), "no longer listening");
+}
+
+#[test]
+fn through_the_hub_a_failed_publish_answers_503_and_a_retry_with_its_key_runs_again() {
+    use crate::push::hub::{Command, Hub, Request, Wait};
+    let now = Instant::now();
+    let broker = RedisBroker::new(
+        FakeLink::default(),
+        "n1",
+        HistoryConfig::default(),
+        TIMEOUT,
+        now,
+    );
+    let mut hub = Hub::with_broker(1, broker, 1 << 20, now);
+    let request = || Request {
+        command: Command::Publish {
+            channel: Arc::from("news"),
+            data: "1".into(),
+        },
+        wait: Wait::Sequenced,
+        idempotency_key: Some(Box::from("k1")),
+    };
+    hub.request(1, request());
+    hub.request(2, request()); // a retry while the first is in flight waits with it
+    hub.tick(now + TIMEOUT);
+    let answers: Vec<_> = hub.take_answers().map(|a| (a.conn, a.status)).collect();
+    assert_eq!(answers, [(1, 503), (2, 503)]);
+    // The key was forgotten: the next retry runs (a second publish op), and is answered
+    // with what Redis says.
+    assert!(!hub.remembers(&request()));
+    hub.request(3, request());
+    assert!(hub.take_answers().next().is_none());
+    hub.tick(now + TIMEOUT);
+    hub.take_answers().for_each(drop);
+}
+
+#[test]
+fn presence_asks_every_other_live_node_and_answers_when_all_did_or_time_is_up() {
+    let mut rig = Rig::new();
+    rig.broker.presence(&Arc::from("room"), 70);
+    let (ask, nodes) = match &rig.broker.link.ops[..] {
+        [Op::Control {
+            entry: ControlEntry::PresenceAsk { id, channel, node },
+            ..
+        }, Op::Nodes { id: nodes }] => {
+            assert_eq!((&**channel, &**node), ("room", "n1"));
+            (Arc::clone(id), *nodes)
+        }
+        other => panic!("{other:?}"),
+    };
+    let entry = |name: &str| crate::push::hub::NodeEntry {
+        info: format!("{{\"name\":\"{name}\"}}"),
+        age_ms: 1,
+    };
+    assert!(rig
+        .reply(Reply::Nodes {
+            id: nodes,
+            nodes: vec![entry("n1"), entry("n2"), entry("n3")],
+        })
+        .is_empty());
+    let answer = |users: &str| Reply::Inbox(format!("{{\"id\":\"{ask}\",\"users\":{users}}}"));
+    assert!(
+        rig.reply(answer("[\"ann\"]")).is_empty(),
+        "n3 has not answered"
+    );
+    assert!(rig.reply(Reply::Inbox("garbage".into())).is_empty());
+    assert_eq!(
+        rig.reply(answer("[\"bob\"]")),
+        [r#"presence 70 ["ann", "bob"]"#]
+    );
+    assert!(rig.reply(answer("[\"late\"]")).is_empty(), "answered once");
+
+    // A node that never answers: the deadline answers with what came.
+    rig.broker.presence(&Arc::from("room"), 71);
+    rig.now += TIMEOUT;
+    rig.broker.tick(rig.now);
+    assert!(rig.events().contains(&"presence 71 []".to_owned()));
+}
+
+#[test]
+fn presence_questions_of_other_nodes_are_passed_up_and_answered_to_their_inbox() {
+    let mut rig = Rig::new();
+    let ask = |node: &str| {
+        Reply::Control(ControlEntry::PresenceAsk {
+            id: Arc::from("n2:1"),
+            channel: Arc::from("room"),
+            node: Arc::from(node),
+        })
+    };
+    assert!(rig.reply(ask("n1")).is_empty(), "its own question");
+    assert_eq!(rig.reply(ask("n2")), ["asked n2:1 n2 room"]);
+    rig.broker.presence_answer(
+        Asked {
+            id: Arc::from("n2:1"),
+            node: Arc::from("n2"),
+        },
+        vec!["ann".into()],
+    );
+    match rig.broker.link.ops.last() {
+        Some(Op::Tell { node, payload }) => {
+            assert_eq!(&**node, "n2");
+            let v: serde_json::Value = serde_json::from_str(payload).unwrap();
+            assert_eq!(v, serde_json::json!({"id": "n2:1", "users": ["ann"]}));
+        }
+        other => panic!("{other:?}"),
+    }
 }

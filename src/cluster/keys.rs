@@ -90,6 +90,13 @@ impl Keys {
     pub fn probe(&self, name: &str) -> String {
         format!("{}probe:{name}", self.prefix)
     }
+
+    /// `PREFIX:inbox:NAME`: the topic node `name` listens on for answers addressed to it
+    /// (other nodes' presence lists).
+    #[must_use]
+    pub fn inbox(&self, name: &str) -> String {
+        format!("{}inbox:{name}", self.prefix)
+    }
 }
 
 #[cfg(test)]

@@ -112,6 +112,16 @@ pub enum ControlEntry {
         /// The user's name.
         user: Arc<str>,
     },
+    /// `GET /api/presence` on node `node`: every other node answers with its users of
+    /// `channel` ([`Op::Tell`] to `node`'s inbox, carrying `id`).
+    PresenceAsk {
+        /// The question's id (unique per asking node).
+        id: Arc<str>,
+        /// The channel asked about.
+        channel: Arc<str>,
+        /// The asking node's name.
+        node: Arc<str>,
+    },
 }
 
 /// Hub thread → command thread. Every op with an `id` is answered exactly once.
@@ -203,6 +213,14 @@ pub enum Op {
         /// Matches the reply.
         id: OpId,
     },
+    /// PUBLISHes `payload` on node `node`'s inbox topic (it arrives there as
+    /// [`Reply::Inbox`]). No reply.
+    Tell {
+        /// The addressee's node name.
+        node: Arc<str>,
+        /// What to say (a JSON object).
+        payload: String,
+    },
 }
 
 impl Op {
@@ -215,7 +233,7 @@ impl Op {
             | Op::Renew { id, .. }
             | Op::Control { id, .. }
             | Op::Nodes { id } => Some(*id),
-            Op::Touch { .. } | Op::Heartbeat { .. } => None,
+            Op::Touch { .. } | Op::Heartbeat { .. } | Op::Tell { .. } => None,
         }
     }
 }
@@ -241,14 +259,7 @@ pub enum LinkKind {
     Control,
 }
 
-/// A node's `/api/nodes` entry as read from Redis.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NodeEntry {
-    /// The JSON object the node stored with its heartbeat.
-    pub info: String,
-    /// Milliseconds since that heartbeat.
-    pub age_ms: u64,
-}
+pub use crate::push::hub::broker::NodeEntry;
 
 /// Redis threads → hub thread, through a channel; the hub's `Waker` is woken after each batch.
 #[derive(Debug, Clone)]
@@ -316,6 +327,8 @@ pub enum Reply {
     Listening(Vec<StreamKey>),
     /// A control-stream entry (every node reads each entry once, from its own position).
     Control(ControlEntry),
+    /// A message on this node's inbox topic (an [`Op::Tell`] of another node).
+    Inbox(String),
     /// A link went down (every op in flight on it gets [`Reply::Failed`]; on the pub/sub link,
     /// messages may have been missed) or came back up (on the pub/sub link: every topic of
     /// the set is subscribed again).

@@ -173,6 +173,9 @@ pub struct Stats {
     pub(crate) worker_open: Vec<AtomicUsize>,
     /// SIGTERM/SIGINT arrived: `/healthz` and new upgrades get 503.
     pub draining: AtomicBool,
+    /// Cluster mode: this node cannot reach Redis. `/healthz` and new push upgrades get 503,
+    /// client `subscribe` and `publish` ops error 503; open connections and `/echo` go on.
+    pub store_down: AtomicBool,
     /// Failed upgrades by reason.
     pub handshake_failure_reasons: HandshakeFailures,
     /// Close frames sent, by code.

@@ -150,6 +150,8 @@ pub enum ApiCommand {
     },
     /// `GET /metrics`
     Metrics,
+    /// `GET /api/nodes`
+    Nodes,
 }
 
 /// The outcome of [`parse`] on a connection's buffer.
@@ -421,6 +423,7 @@ enum Route {
     Stats,
     Presence,
     Metrics,
+    Nodes,
 }
 
 const ROUTES: &[(&str, Route)] = &[
@@ -431,13 +434,14 @@ const ROUTES: &[(&str, Route)] = &[
     ("/api/stats", Route::Stats),
     ("/api/presence", Route::Presence),
     ("/metrics", Route::Metrics),
+    ("/api/nodes", Route::Nodes),
 ];
 
 impl Route {
     fn method(self) -> &'static str {
         match self {
             Route::Publish | Route::Send | Route::Broadcast | Route::Disconnect => "POST",
-            Route::Stats | Route::Presence | Route::Metrics => "GET",
+            Route::Stats | Route::Presence | Route::Metrics | Route::Nodes => "GET",
         }
     }
 }
@@ -493,6 +497,7 @@ fn command(route: Route, query: Option<&str>, body: &[u8]) -> Result<ApiCommand,
         }
         Route::Stats => ApiCommand::Stats,
         Route::Metrics => ApiCommand::Metrics,
+        Route::Nodes => ApiCommand::Nodes,
         Route::Presence => {
             let raw = query_param(query, "channel")
                 .ok_or_else(|| Failure::bad("missing query parameter channel", "channel"))?;
@@ -721,6 +726,7 @@ mod tests {
             ApiCommand::Stats => "stats".into(),
             ApiCommand::Presence { channel } => format!("presence {channel}"),
             ApiCommand::Metrics => "metrics".into(),
+            ApiCommand::Nodes => "nodes".into(),
         }
     }
 
@@ -849,6 +855,7 @@ mod tests {
                 "presence chat:1/a",
             ),
             (get("/metrics"), "metrics"),
+            (get("/api/nodes"), "nodes"),
             // A GET may carry a body; it is read and ignored.
             (req("GET", "/api/stats", &[], Some("{}")), "stats"),
         ]

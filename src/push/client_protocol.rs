@@ -90,6 +90,8 @@ impl OpError {
     pub const TOO_MANY: u16 = 429;
     /// Binary frames with no upstream.
     pub const NOT_IMPLEMENTED: u16 = 501;
+    /// Cluster mode: this node cannot reach Redis now; retry shortly.
+    pub const UNAVAILABLE: u16 = 503;
 
     /// An error with any `code`; the parser itself only makes [`OpError::BAD_REQUEST`].
     pub fn new(code: u16, reason: impl Into<String>) -> Self {

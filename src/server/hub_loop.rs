@@ -23,7 +23,9 @@ use crate::config::Config;
 use crate::metrics::render::{metrics_text, stats_json, HubFigures};
 use crate::metrics::Stats;
 use crate::push::api::{self, ApiCommand, ApiLimits, PostOptions};
-use crate::push::hub::{Command, HistoryConfig, Hub, Request, RequestId, ToHub, ToWorker};
+use crate::push::hub::{
+    Broker, Command, Hub, Request, RequestId, ToHub, ToWorker, Wait, HEARTBEAT,
+};
 use crate::server::api_conn::{self, ApiConnId, ApiConns, Pending};
 
 const LISTENER: Token = Token(usize::MAX);
@@ -58,7 +60,7 @@ pub(crate) struct HubHandle {
     pub(crate) waker: Arc<Waker>,
 }
 
-pub(crate) struct HubLoop {
+pub(crate) struct HubLoop<B: Broker> {
     poll: Poll,
     listener: TcpListener,
     /// SIGTERM/SIGINT, when this hub handles them (the binary does; tests don't).
@@ -68,10 +70,15 @@ pub(crate) struct HubLoop {
     draining: bool,
     stats_interval: Duration,
     next_stats: Instant,
+    /// This node's name (`--node-name`, or host name and port) in `/api/nodes`.
+    node_name: String,
+    started: Instant,
+    next_heartbeat: Instant,
     last_figures: Figures,
     api: ApiConns,
-    hub: Hub,
-    history: HistoryConfig,
+    hub: Hub<B>,
+    /// Cluster mode: `?wait=delivered` is refused (delivery is asynchronous across nodes).
+    cluster: bool,
     /// Hub request id → the API connection that asked.
     requests: HashMap<RequestId, ApiConnId>,
     rx: Receiver<ToHub>,
@@ -81,9 +88,11 @@ pub(crate) struct HubLoop {
     stop: Arc<AtomicBool>,
 }
 
-impl HubLoop {
-    /// Creates the hub's poll and waker; the workers' inboxes are attached with
-    /// [`HubLoop::attach_workers`] before it runs.
+impl<B: Broker> HubLoop<B> {
+    /// Creates the hub's poll and waker, and its broker with `make_broker` (which gets the
+    /// waker, for a broker that answers from other threads); the `workers` workers' inboxes
+    /// are attached with [`HubLoop::attach_workers`] before it runs.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         mut listener: TcpListener,
         rx: Receiver<ToHub>,
@@ -91,7 +100,9 @@ impl HubLoop {
         stats: Arc<Stats>,
         stop: Arc<AtomicBool>,
         handle_signals: bool,
-    ) -> io::Result<(HubLoop, Arc<Waker>)> {
+        workers: usize,
+        make_broker: impl FnOnce(Arc<Waker>, Instant) -> io::Result<B>,
+    ) -> io::Result<(HubLoop<B>, Arc<Waker>)> {
         let poll = Poll::new()?;
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
@@ -105,6 +116,7 @@ impl HubLoop {
             None
         };
         let now = Instant::now();
+        let broker = make_broker(Arc::clone(&waker), now)?;
         Ok((
             HubLoop {
                 poll,
@@ -117,8 +129,8 @@ impl HubLoop {
                         max_body: config.max_message_size,
                     },
                 ),
-                hub: Hub::new(0, config.history, now),
-                history: config.history,
+                hub: Hub::with_broker(workers, broker, config.history.max_bytes, now),
+                cluster: config.cluster.is_some(),
                 requests: HashMap::new(),
                 rx,
                 workers: Vec::new(),
@@ -127,6 +139,12 @@ impl HubLoop {
                 draining: false,
                 stats_interval: config.stats_interval,
                 next_stats: now + config.stats_interval,
+                node_name: config
+                    .cluster
+                    .as_ref()
+                    .map_or_else(|| config.default_node_name(), |c| c.node.clone()),
+                started: now,
+                next_heartbeat: now,
                 last_figures: Figures::default(),
                 stats,
                 stop,
@@ -136,7 +154,6 @@ impl HubLoop {
     }
 
     pub(crate) fn attach_workers(&mut self, workers: Vec<WorkerInbox>) {
-        self.hub = Hub::new(workers.len(), self.history, Instant::now());
         self.to_wake = vec![false; workers.len()];
         self.workers = workers;
     }
@@ -144,7 +161,10 @@ impl HubLoop {
     pub(crate) fn run(mut self) {
         let mut events = Events::with_capacity(256);
         while !self.stop.load(Ordering::Relaxed) {
-            let until_stats = self.next_stats.saturating_duration_since(Instant::now());
+            let until_stats = self
+                .next_stats
+                .min(self.next_heartbeat)
+                .saturating_duration_since(Instant::now());
             let timeout = self
                 .hub
                 .next_tick()
@@ -162,9 +182,22 @@ impl HubLoop {
             }
             let now = Instant::now();
             self.hub.tick(now);
+            self.stats
+                .store_down
+                .store(!self.hub.store_reachable(), Ordering::Relaxed);
             if now >= self.next_stats {
                 self.next_stats = now + self.stats_interval;
                 self.log_figures();
+            }
+            if now >= self.next_heartbeat {
+                self.next_heartbeat = now + HEARTBEAT;
+                let info = serde_json::json!({
+                    "name": self.node_name,
+                    "connections": self.stats.open(),
+                    "subscriptions": self.stats.subscriptions.load(Ordering::Relaxed),
+                    "uptime_s": now.duration_since(self.started).as_secs(),
+                });
+                self.hub.heartbeat(info.to_string());
             }
             for event in events.iter() {
                 match event.token() {
@@ -261,10 +294,11 @@ impl HubLoop {
             requests,
             workers,
             stats,
+            cluster,
             ..
         } = self;
         let mut handler = |pending: Pending, command: ApiCommand| {
-            run_command(hub, workers, stats, requests, pending, command)
+            run_command(hub, *cluster, workers, stats, requests, pending, command)
         };
         f(api, poll.registry(), &mut handler)
     }
@@ -337,8 +371,10 @@ impl HubLoop {
 /// Runs one parsed API command: `/api/stats` and `/metrics` are answered at once, and so is a
 /// 503 when a worker's inbox is full; anything else goes to the hub under the request's
 /// number and is answered when the hub's answer comes back (`None`).
-fn run_command(
-    hub: &mut Hub,
+#[allow(clippy::too_many_arguments)]
+fn run_command<B: Broker>(
+    hub: &mut Hub<B>,
+    cluster: bool,
     workers: &[WorkerInbox],
     stats: &Stats,
     requests: &mut HashMap<RequestId, ApiConnId>,
@@ -404,12 +440,18 @@ fn run_command(
             },
             options,
         ),
+        ApiCommand::Nodes => Request::from(Command::Nodes),
         ApiCommand::Presence { channel } => Request::from(Command::Presence {
             channel: Arc::from(channel),
         }),
     };
-    // Cluster mode (not built yet) refuses `?wait=delivered` here with 400, field `wait`:
-    // delivery is asynchronous across nodes.
+    if cluster && request.wait == Wait::Delivered {
+        let body = api::error_body(
+            "wait=delivered is not available in cluster mode: delivery is asynchronous across nodes",
+            Some("wait"),
+        );
+        return Some(api::json_response(400, &body, keep_alive));
+    }
     if hub.remembers(&request) {
         // A retry of a keyed request: it runs nothing, the hub answers it from memory (or
         // with the first when that comes), whatever the inboxes hold.

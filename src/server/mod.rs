@@ -24,9 +24,12 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use crate::cluster::broker::RedisBroker;
+use crate::cluster::link::Link;
 use crate::config::Config;
 use crate::protocol::handshake::HandshakeConfig;
 use crate::protocol::message::{DecoderConfig, Role};
+use crate::push::hub::MemoryBroker;
 use crate::session::SessionConfig;
 
 pub use crate::metrics::Stats;
@@ -109,6 +112,30 @@ fn ticks(d: Duration, tick: Duration) -> u64 {
     u64::try_from(n).unwrap_or(u64::MAX).max(1)
 }
 
+/// The hub loop over the broker the configuration chose.
+enum AnyHubLoop {
+    /// One node: streams in process. (Both boxed: one per process, and large.)
+    Memory(Box<hub_loop::HubLoop<MemoryBroker>>),
+    /// Cluster mode: streams in Redis.
+    Cluster(Box<hub_loop::HubLoop<RedisBroker<Link>>>),
+}
+
+impl AnyHubLoop {
+    fn attach_workers(&mut self, inboxes: Vec<hub_loop::WorkerInbox>) {
+        match self {
+            AnyHubLoop::Memory(hub) => hub.attach_workers(inboxes),
+            AnyHubLoop::Cluster(hub) => hub.attach_workers(inboxes),
+        }
+    }
+
+    fn run(self) {
+        match self {
+            AnyHubLoop::Memory(hub) => (*hub).run(),
+            AnyHubLoop::Cluster(hub) => (*hub).run(),
+        }
+    }
+}
+
 /// A running server: its workers and the means to stop them.
 pub struct Server {
     hub: hub_loop::HubHandle,
@@ -148,14 +175,44 @@ impl Server {
         let api_addr = api_listener.local_addr()?;
 
         let (to_hub, hub_rx) = mpsc::channel();
-        let (mut hub, hub_waker) = hub_loop::HubLoop::new(
-            api_listener,
-            hub_rx,
-            config,
-            Arc::clone(&stats),
-            Arc::clone(&stop),
-            handle_signals,
-        )?;
+        let threads = config.threads.max(1);
+        let (mut hub, hub_waker) = match &config.cluster {
+            None => {
+                let (hub, waker) = hub_loop::HubLoop::new(
+                    api_listener,
+                    hub_rx,
+                    config,
+                    Arc::clone(&stats),
+                    Arc::clone(&stop),
+                    handle_signals,
+                    threads,
+                    |_, now| Ok(MemoryBroker::new(config.history, now)),
+                )?;
+                (AnyHubLoop::Memory(Box::new(hub)), waker)
+            }
+            Some(cluster) => {
+                let (hub, waker) = hub_loop::HubLoop::new(
+                    api_listener,
+                    hub_rx,
+                    config,
+                    Arc::clone(&stats),
+                    Arc::clone(&stop),
+                    handle_signals,
+                    threads,
+                    |waker, now| {
+                        let link = Link::start(cluster, waker)?;
+                        Ok(RedisBroker::new(
+                            link,
+                            &cluster.node,
+                            config.history,
+                            cluster.timeout,
+                            now,
+                        ))
+                    },
+                )?;
+                (AnyHubLoop::Cluster(Box::new(hub)), waker)
+            }
+        };
         let hub_handle = hub_loop::HubHandle {
             tx: to_hub,
             waker: Arc::clone(&hub_waker),

@@ -526,8 +526,14 @@ impl Worker {
             }
         };
         let Some(upgrade) = request.upgrade else {
-            let draining = self.stats.draining.load(Ordering::Relaxed);
-            let status = http::answer_plain(&request, draining, cork);
+            let unavailable = if self.stats.draining.load(Ordering::Relaxed) {
+                Some("draining\n")
+            } else if self.stats.store_down.load(Ordering::Relaxed) {
+                Some("cluster store (Redis) unreachable\n")
+            } else {
+                None
+            };
+            let status = http::answer_plain(&request, unavailable, cork);
             debug!(
                 "{}: {} {} -> {status}",
                 peer(conn),
@@ -626,6 +632,8 @@ impl Worker {
             Some(Refusal::OriginNotAllowed)
         } else if self.stats.draining.load(Ordering::Relaxed) {
             Some(Refusal::Draining)
+        } else if endpoint == Endpoint::Push && self.stats.store_down.load(Ordering::Relaxed) {
+            Some(Refusal::StoreDown)
         } else if self.stats.open() >= settings.max_connections {
             Some(Refusal::Full)
         } else if let Some(Err(refusal)) = &identity {

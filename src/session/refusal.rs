@@ -20,6 +20,8 @@ pub enum Refusal {
     Draining,
     /// `--max-connections` (or the open-files ceiling) reached: 503 + `Retry-After`.
     Full,
+    /// Cluster mode, and this node cannot reach Redis: 503 + `Retry-After` (push endpoint).
+    StoreDown,
     /// The push endpoint's token is missing or invalid (the text says why): 401 +
     /// `WWW-Authenticate: Bearer`.
     Unauthorized(String),
@@ -34,7 +36,7 @@ impl Refusal {
             Refusal::BadRequest(_) => 400,
             Refusal::NoEndpoint => 404,
             Refusal::OriginNotAllowed => 403,
-            Refusal::Draining | Refusal::Full => 503,
+            Refusal::Draining | Refusal::Full | Refusal::StoreDown => 503,
             Refusal::Unauthorized(_) => 401,
             Refusal::TooManyFromAddress => 429,
         }
@@ -53,6 +55,9 @@ impl Refusal {
             Refusal::OriginNotAllowed => "origin not allowed\n".to_owned(),
             Refusal::Draining => "draining: reconnect elsewhere\n".to_owned(),
             Refusal::Full => "server full\n".to_owned(),
+            Refusal::StoreDown => {
+                "this node cannot reach its cluster: reconnect elsewhere\n".to_owned()
+            }
             Refusal::Unauthorized(reason) => format!("{reason}\n"),
             Refusal::TooManyFromAddress => {
                 "too many connections or upgrades from your address\n".to_owned()
@@ -66,6 +71,7 @@ impl Refusal {
             Refusal::Draining | Refusal::Full | Refusal::TooManyFromAddress => {
                 &[("Retry-After", "5")]
             }
+            Refusal::StoreDown => &[("Retry-After", "1")],
             Refusal::Unauthorized(_) => &[("WWW-Authenticate", "Bearer")],
             Refusal::BadRequest(_) | Refusal::NoEndpoint | Refusal::OriginNotAllowed => &[],
         }
@@ -89,6 +95,7 @@ mod tests {
             (Refusal::OriginNotAllowed, 403, None),
             (Refusal::Draining, 503, Some("Retry-After: 5")),
             (Refusal::Full, 503, Some("Retry-After: 5")),
+            (Refusal::StoreDown, 503, Some("Retry-After: 1")),
             (
                 Refusal::Unauthorized("bad token".into()),
                 401,

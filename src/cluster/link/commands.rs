@@ -295,7 +295,20 @@ fn commands(ctx: &Ctx, s: &Session, op: &Op, eval: bool) -> Vec<Cmd> {
             match entry {
                 ControlEntry::Broadcast { data } => c.arg("broadcast").arg("data").arg(&**data),
                 ControlEntry::Disconnect { user } => c.arg("disconnect").arg("user").arg(&**user),
+                ControlEntry::PresenceAsk { id, channel, node } => c
+                    .arg("presence")
+                    .arg("id")
+                    .arg(&**id)
+                    .arg("channel")
+                    .arg(&**channel)
+                    .arg("node")
+                    .arg(&**node),
             };
+            vec![c]
+        }
+        Op::Tell { node, payload } => {
+            let mut c = redis::cmd("PUBLISH");
+            c.arg(keys.inbox(node)).arg(payload);
             vec![c]
         }
         Op::Touch { streams, ttl } => {
@@ -406,7 +419,7 @@ fn answer(
         Op::Publish { id, .. } => Some(parse_publish(*id, vals.first())),
         Op::Read { id, .. } | Op::Renew { id, .. } => Some(parse_read(*id, vals.first())),
         Op::Control { id, .. } => Some(Reply::Appended { id: *id }),
-        Op::Touch { .. } | Op::Heartbeat { .. } => None,
+        Op::Touch { .. } | Op::Heartbeat { .. } | Op::Tell { .. } => None,
         Op::Nodes { id } => Some(nodes(ctx, s, *id, vals.first())?),
     };
     out.extend(reply);

@@ -132,7 +132,8 @@ fn entries(v: &Value) -> Vec<(&str, Option<ControlEntry>)> {
     found
 }
 
-/// Fields `type broadcast data …` or `type disconnect user …`.
+/// Fields `type broadcast data …`, `type disconnect user …` or
+/// `type presence id … channel … node …`.
 fn parse_entry(fields: &[Value]) -> Option<ControlEntry> {
     let field = |name: &str| {
         fields
@@ -146,6 +147,11 @@ fn parse_entry(fields: &[Value]) -> Option<ControlEntry> {
         }),
         "disconnect" => Some(ControlEntry::Disconnect {
             user: field("user")?.into(),
+        }),
+        "presence" => Some(ControlEntry::PresenceAsk {
+            id: field("id")?.into(),
+            channel: field("channel")?.into(),
+            node: field("node")?.into(),
         }),
         _ => None,
     }

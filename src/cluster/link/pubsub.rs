@@ -138,6 +138,8 @@ struct Sub<'a> {
     last_probe: Instant,
     /// `PREFIX:probe:NODE`.
     probe: String,
+    /// `PREFIX:inbox:NODE`.
+    inbox: String,
 }
 
 impl<'a> Sub<'a> {
@@ -157,9 +159,10 @@ impl<'a> Sub<'a> {
             last_rx: now,
             last_probe: now,
             probe: ctx.keys.probe(&ctx.config.node),
+            inbox: ctx.keys.inbox(&ctx.config.node),
         };
-        let probe = sub.probe.clone();
-        sub.subscribe(std::iter::once(probe), out)?;
+        let own = [sub.probe.clone(), sub.inbox.clone()];
+        sub.subscribe(own.into_iter(), out)?;
         let names = topics.iter().map(|k| ctx.keys.topic(k));
         sub.subscribe(names, out)?;
         Ok(sub)
@@ -291,6 +294,11 @@ impl<'a> Sub<'a> {
             return;
         };
         match kind {
+            PushKind::Message if is_topic(&data, &self.inbox) => {
+                if let Some(payload) = data.get(1).and_then(text) {
+                    out.push(Reply::Inbox(payload.to_owned()));
+                }
+            }
             PushKind::Message => match parse_message(&self.ctx.keys, &data) {
                 Some(m) => out.push(m),
                 None => log::debug!("redis pubsub: dropped a malformed message: {data:?}"),
@@ -303,6 +311,11 @@ impl<'a> Sub<'a> {
             _ => {}
         }
     }
+}
+
+/// Is `data` (a `message` push) on `topic`?
+fn is_topic(data: &[Value], topic: &str) -> bool {
+    data.first().and_then(text) == Some(topic)
 }
 
 /// A `message` push `[topic, "SEQ EPOCH DATA"]` as [`Reply::Message`].

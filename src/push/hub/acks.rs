@@ -38,6 +38,24 @@ pub(super) struct PresenceWait {
     /// The users the workers reported so far (ids; duplicates across workers are removed
     /// when the answer is written).
     pub(super) users: Vec<UserId>,
+    /// The users other nodes reported (cluster mode), by name.
+    pub(super) names: Vec<Arc<str>>,
+}
+
+impl PresenceWait {
+    /// The distinct user names, sorted: this node's (named by `name`) and other nodes'.
+    pub(super) fn list<'a>(&self, name: impl Fn(UserId) -> Option<&'a str>) -> Vec<String> {
+        let mut list: Vec<String> = self
+            .users
+            .iter()
+            .filter_map(|&id| name(id))
+            .map(str::to_owned)
+            .collect();
+        list.extend(self.names.iter().map(|n| n.to_string()));
+        list.sort_unstable();
+        list.dedup();
+        list
+    }
 }
 
 /// One request in flight.
@@ -106,10 +124,7 @@ impl Pending {
             (Waiting::Broadcast, true) => format!("{{\"delivered\":{n}}}"),
             (Waiting::Disconnect, true) => format!("{{\"closed\":{n}}}"),
             (Waiting::Presence(presence), _) => {
-                let mut list: Vec<&str> =
-                    presence.users.iter().filter_map(|&id| name(id)).collect();
-                list.sort_unstable();
-                list.dedup();
+                let list = presence.list(name);
                 format!(
                     "{{\"channel\":{},\"users\":{},\"count\":{}}}",
                     serde_json::to_string(&*presence.channel).unwrap_or_else(|_| "\"\"".to_owned()),
@@ -209,6 +224,30 @@ impl Acks {
     #[must_use]
     pub(super) fn cancel(&mut self, ack: AckId) -> Option<Pending> {
         self.pending.remove(&ack)
+    }
+
+    /// Other nodes' users for the presence request under `ack` (the broker's part of it);
+    /// returns the request once everything it waited for came.
+    #[must_use]
+    pub(super) fn remote_presence(&mut self, ack: AckId, names: Vec<Arc<str>>) -> Option<Pending> {
+        let pending = self.pending.get_mut(&ack)?;
+        if let Waiting::Presence(presence) = &mut pending.waiting {
+            presence.names.extend(names);
+        }
+        pending.remaining = pending.remaining.saturating_sub(1);
+        if pending.remaining > 0 {
+            return None;
+        }
+        self.pending.remove(&ack)
+    }
+
+    /// The presence request under `ack`, taken out once complete (for an answer that goes to
+    /// another node instead of an API connection).
+    pub(super) fn peek_presence(pending: &Pending) -> Option<&PresenceWait> {
+        match &pending.waiting {
+            Waiting::Presence(p) => Some(p),
+            _ => None,
+        }
     }
 
     /// Does the request in flight under `ack` wait for its workers' counts (false if there

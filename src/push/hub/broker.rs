@@ -105,6 +105,25 @@ pub enum PublishTo<'a> {
     User(&'a str),
 }
 
+/// A node's `/api/nodes` entry as its store knows it (cluster mode: read from Redis).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeEntry {
+    /// The JSON object the node stored with its heartbeat (`name`, `connections`,
+    /// `subscriptions`, `uptime_s`).
+    pub info: String,
+    /// Milliseconds since that heartbeat.
+    pub age_ms: u64,
+}
+
+/// A presence question from another node (cluster mode): its id and the asking node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Asked {
+    /// The question's id.
+    pub id: Arc<str>,
+    /// The asking node's name.
+    pub node: Arc<str>,
+}
+
 /// What a store took from an API request that is delivered separately (cluster mode: the
 /// delivery comes back through pub/sub or the control stream, on every node alike).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -170,6 +189,28 @@ pub enum Event {
         user: Arc<str>,
         /// The API request it answers, when it is answered by the delivery itself (one node).
         request: Option<AckId>,
+    },
+    /// The live nodes, answering [`Broker::nodes`] (empty: none known besides this one).
+    Nodes {
+        /// The API request it answers.
+        request: AckId,
+        /// Every live node the store lists (this one included, in cluster mode).
+        nodes: Vec<NodeEntry>,
+    },
+    /// Other nodes' users of a channel, answering [`Broker::presence`].
+    PresenceFrom {
+        /// The API request it answers.
+        request: AckId,
+        /// The users the other live nodes reported (none on one node).
+        users: Vec<Arc<str>>,
+    },
+    /// Another node asks for this node's users of `channel`: answer with
+    /// [`Broker::presence_answer`].
+    PresenceAsked {
+        /// Who asked, to pass back.
+        asked: Asked,
+        /// The channel.
+        channel: Arc<str>,
     },
     /// Rule 4: the stream continues under a new epoch from `seq` (history lost, a store that
     /// restarted or came back older): tell its local listeners with an unsolicited
@@ -288,7 +329,36 @@ pub trait Broker {
     /// [`HistoryConfig`](super::HistoryConfig)).
     #[must_use]
     fn history_size(&self) -> (usize, usize);
+
+    /// This node is alive, with `info` (a JSON object: `name`, `connections`,
+    /// `subscriptions`, `uptime_s`); the hub calls it every [`HEARTBEAT`]. Cluster mode
+    /// stores it for [`HEARTBEAT_TTL`]; one node has nobody to tell.
+    fn heartbeat(&mut self, _info: &str) {}
+
+    /// Lists the live nodes: answered by [`Event::Nodes`] (one node: at once, with none).
+    fn nodes(&mut self, request: AckId);
+
+    /// Asks every other live node for its users of `channel`: answered by
+    /// [`Event::PresenceFrom`] when all answered or the store's timeout passed (one node: at
+    /// once, with none).
+    fn presence(&mut self, channel: &Arc<str>, request: AckId);
+
+    /// Answers another node's presence question with this node's `users`.
+    fn presence_answer(&mut self, _asked: Asked, _users: Vec<String>) {}
+
+    /// Can the store take requests now? Always, in process; in cluster mode, while Redis is
+    /// reachable (else the node answers `/healthz` and new upgrades with 503).
+    #[must_use]
+    fn is_reachable(&self) -> bool {
+        true
+    }
 }
+
+/// How often a node announces itself (design.md: `/api/nodes`).
+pub const HEARTBEAT: Duration = Duration::from_secs(2);
+
+/// A node silent for this long is gone from `/api/nodes` and presence (three heartbeats).
+pub const HEARTBEAT_TTL: Duration = Duration::from_secs(6);
 
 /// Encodes a stream message (`{"op":"message",…}` with `seq`, or without for a broadcast) as
 /// one text frame, shared by every delivery of it and by the history. `scratch` is a buffer

@@ -37,7 +37,7 @@ impl Route {
             Command::Send { .. } => Some(Route::Send),
             Command::Broadcast { .. } => Some(Route::Broadcast),
             Command::Disconnect { .. } => Some(Route::Disconnect),
-            Command::Presence { .. } => None,
+            Command::Presence { .. } | Command::Nodes => None,
         }
     }
 }

@@ -214,6 +214,21 @@ impl Broker for MemoryBroker {
         self.events.push_back(Event::Broadcast { frame, request });
     }
 
+    /// No other node to ask.
+    fn presence(&mut self, _channel: &Arc<str>, request: AckId) {
+        self.events.push_back(Event::PresenceFrom {
+            request,
+            users: Vec::new(),
+        });
+    }
+
+    fn nodes(&mut self, request: AckId) {
+        self.events.push_back(Event::Nodes {
+            request,
+            nodes: Vec::new(),
+        });
+    }
+
     fn disconnect(&mut self, user: &str, request: Option<AckId>) {
         self.events.push_back(Event::Disconnect {
             user: Arc::from(user),

@@ -245,6 +245,8 @@ pub enum Command {
         /// The user's name.
         user: Arc<str>,
     },
+    /// `GET /api/nodes`: every live node.
+    Nodes,
     /// `GET /api/presence`: the distinct users subscribed to a channel.
     Presence {
         /// The channel.

@@ -28,6 +28,7 @@ mod retention;
 #[cfg(test)]
 mod testing;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -39,7 +40,10 @@ use crate::push::users::Member;
 use acks::{Acks, Pending, PresenceWait, Waiting};
 use idempotency::{Begin, Remembered, Route};
 
-pub use broker::{encode_message, Broker, Epoch, Event, PublishTo, Stored};
+pub use broker::{
+    encode_message, Asked, Broker, Epoch, Event, NodeEntry, PublishTo, Stored, HEARTBEAT,
+    HEARTBEAT_TTL,
+};
 pub use memory::MemoryBroker;
 pub use messages::{
     AckId, Answer, Command, ConnId, Request, RequestId, Stream, Target, ToHub, ToWorker, UserId,
@@ -58,6 +62,10 @@ pub struct Hub<B: Broker = MemoryBroker> {
     outbox: Vec<(WorkerId, ToWorker)>,
     answers: Vec<Answer>,
     scratch: Vec<u8>,
+    /// This node's `/api/nodes` entry (a JSON object), as of the last heartbeat.
+    node_info: String,
+    /// Presence questions of other nodes being answered here, by the ack of their local part.
+    remote_asks: HashMap<AckId, Asked>,
 }
 
 impl Hub<MemoryBroker> {
@@ -65,25 +73,39 @@ impl Hub<MemoryBroker> {
     /// `now`.
     /// Idempotency keys get a budget of their own, as large as `history.max_bytes`.
     pub fn new(workers: usize, history: HistoryConfig, now: Instant) -> Hub {
-        let mut hub = Hub::with_broker(workers, MemoryBroker::new(history, now), now);
-        hub.remembered = Remembered::new(history.max_bytes);
-        hub
+        Hub::with_broker(
+            workers,
+            MemoryBroker::new(history, now),
+            history.max_bytes,
+            now,
+        )
     }
 }
 
 impl<B: Broker> Hub<B> {
-    /// A hub for `workers` workers over `broker`, its clock at `now`.
-    pub fn with_broker(workers: usize, broker: B, now: Instant) -> Hub<B> {
+    /// A hub for `workers` workers over `broker`, its clock at `now`; remembered
+    /// idempotency keys and answers may take `key_budget` bytes.
+    pub fn with_broker(workers: usize, broker: B, key_budget: usize, now: Instant) -> Hub<B> {
         Hub {
             workers,
             now,
             broker,
             acks: Acks::new(),
-            remembered: Remembered::new(HistoryConfig::default().max_bytes),
+            remembered: Remembered::new(key_budget),
             outbox: Vec::new(),
             answers: Vec::new(),
             scratch: Vec::new(),
+            node_info: "{}".to_owned(),
+            remote_asks: HashMap::new(),
         }
+    }
+
+    /// This node is alive, with `info` (a JSON object: `name`, `connections`,
+    /// `subscriptions`, `uptime_s`): it answers `/api/nodes` with it and hands it to the
+    /// broker (cluster mode stores it in Redis, see [`Broker::heartbeat`]).
+    pub fn heartbeat(&mut self, info: String) {
+        self.broker.heartbeat(&info);
+        self.node_info = info;
     }
 
     /// Messages to put in workers' inboxes, in order.
@@ -99,6 +121,11 @@ impl<B: Broker> Hub<B> {
     /// Answers ready for API connections.
     pub fn take_answers(&mut self) -> std::vec::Drain<'_, Answer> {
         self.answers.drain(..)
+    }
+
+    /// Can the broker's store take requests now (see [`Broker::is_reachable`])?
+    pub fn store_reachable(&self) -> bool {
+        self.broker.is_reachable()
     }
 
     /// Channels and user streams the hub tracks.
@@ -166,6 +193,7 @@ impl<B: Broker> Hub<B> {
                 workers_in(mask)
             }
             Command::Broadcast { .. } => (0..self.workers).collect(),
+            Command::Nodes => Vec::new(),
         }
     }
 
@@ -232,22 +260,34 @@ impl<B: Broker> Hub<B> {
                 self.wait(ack, sequencing);
                 self.broker.disconnect(&user, Some(ack));
             }
+            Command::Nodes => {
+                self.wait(ack, sequencing);
+                self.broker.nodes(ack);
+            }
             Command::Presence { channel } => {
-                let mut remaining = 0;
-                for w in workers_in(self.broker.channel_workers(&channel)) {
-                    let channel = Arc::clone(&channel);
-                    self.outbox.push((w, ToWorker::Presence { ack, channel }));
-                    remaining += 1;
-                }
-                let waiting = Waiting::Presence(Box::new(PresenceWait {
-                    channel,
-                    users: Vec::new(),
-                }));
-                self.wait(ack, Pending::new(conn, remaining, counted, waiting));
-                return;
+                // The local workers, and the broker for the other nodes (one node: at once).
+                self.ask_workers_for_presence(ack, conn, &channel);
+                self.broker.presence(&channel, ack);
             }
         }
         self.forward_events();
+    }
+
+    /// Asks the workers listening to `channel` for their users, under `ack` (answered to
+    /// `conn`); the broker's answer about other nodes is one more part awaited.
+    fn ask_workers_for_presence(&mut self, ack: AckId, conn: RequestId, channel: &Arc<str>) {
+        let mut remaining = 1;
+        for w in workers_in(self.broker.channel_workers(channel)) {
+            let channel = Arc::clone(channel);
+            self.outbox.push((w, ToWorker::Presence { ack, channel }));
+            remaining += 1;
+        }
+        let waiting = Waiting::Presence(Box::new(PresenceWait {
+            channel: Arc::clone(channel),
+            users: Vec::new(),
+            names: Vec::new(),
+        }));
+        self.wait(ack, Pending::new(conn, remaining, false, waiting));
     }
 
     /// Handles a worker's message.
@@ -331,6 +371,29 @@ impl<B: Broker> Hub<B> {
                     self.finish(request, done);
                 }
                 Event::Failed { request } => self.fail(request),
+                Event::PresenceFrom { request, users } => {
+                    let done = self.acks.remote_presence(request, users);
+                    self.finish(request, done);
+                }
+                Event::PresenceAsked { asked, channel } => {
+                    // Asked by another node: this node's workers answer, then the broker
+                    // carries the list back (see `finish`); no other node is asked.
+                    let ack = self.acks.next_id();
+                    self.remote_asks.insert(ack, asked);
+                    self.ask_workers_for_presence(ack, 0, &channel);
+                    let done = self.acks.remote_presence(ack, Vec::new());
+                    self.finish(ack, done);
+                }
+                Event::Nodes { request, nodes } => {
+                    if let Some(pending) = self.acks.cancel(request) {
+                        let body = nodes_body(&self.node_info, &nodes, self.broker.is_reachable());
+                        self.answers.push(Answer {
+                            conn: pending.conn(),
+                            status: 200,
+                            body,
+                        });
+                    }
+                }
                 Event::Broadcast { frame, request } => {
                     let counted = request.filter(|&ack| self.acks.counted(ack));
                     for w in 0..self.workers {
@@ -448,6 +511,16 @@ impl<B: Broker> Hub<B> {
     /// Answers a request (under `ack`) that has everything it waited for, and the retries
     /// of it that waited with it; remembers the answer if the request had a key.
     fn finish(&mut self, ack: AckId, done: Option<Pending>) {
+        if let Some(asked) = self.remote_asks.remove(&ack) {
+            if let Some(presence) = done.as_ref().and_then(Acks::peek_presence) {
+                let broker = &self.broker;
+                let users = presence.list(|id| broker.user_name(id));
+                self.broker.presence_answer(asked, users);
+            } else {
+                self.remote_asks.insert(ack, asked); // not complete yet
+            }
+            return;
+        }
         if let Some(pending) = done {
             let broker = &self.broker;
             let answer = pending.answer(|id| broker.user_name(id));
@@ -509,6 +582,40 @@ impl<B: Broker> Hub<B> {
         }
         workers
     }
+}
+
+/// The body of `GET /api/nodes`: `{"nodes":[…]}`, each entry a node's heartbeat object plus
+/// `heartbeat_age_ms` and `redis` (`"up"`, or `"down"` for this node when it cannot reach
+/// Redis; `null` on one node). `listed` are the store's entries; this node (`own`) is added
+/// when the store did not list it (one node, or Redis unreachable).
+fn nodes_body(own: &str, listed: &[NodeEntry], reachable: bool) -> String {
+    use serde_json::{Map, Value};
+    let object = |text: &str| match serde_json::from_str::<Value>(text) {
+        Ok(Value::Object(map)) => map,
+        _ => Map::new(),
+    };
+    let own = object(own);
+    let mut nodes: Vec<Value> = Vec::new();
+    let mut listed_own = false;
+    for entry in listed {
+        let mut map = object(&entry.info);
+        listed_own |= map.get("name") == own.get("name");
+        map.insert("heartbeat_age_ms".into(), entry.age_ms.into());
+        map.insert("redis".into(), "up".into());
+        nodes.push(Value::Object(map));
+    }
+    if !listed_own {
+        let mut map = own;
+        map.insert("heartbeat_age_ms".into(), 0.into());
+        let redis = match (listed.is_empty() && reachable, reachable) {
+            (_, false) => Value::from("down"),
+            (true, true) => Value::Null,
+            (false, true) => Value::from("up"),
+        };
+        map.insert("redis".into(), redis);
+        nodes.insert(0, Value::Object(map));
+    }
+    serde_json::json!({ "nodes": nodes }).to_string()
 }
 
 /// The workers whose bits are set in `mask`.

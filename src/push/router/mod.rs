@@ -206,6 +206,8 @@ pub struct Router {
     subscriptions_delta: isize,
     /// What the worker has to do, in order.
     effects: Vec<Effect>,
+    /// Cluster mode: Redis is unreachable, so subscribes and publishes are refused (503).
+    store_down: bool,
 }
 
 /// A connection's subscribe requests not yet answered: how many are at the hub, and, in the
@@ -266,6 +268,9 @@ fn error_json(code: u16, reason: &str, channel: Option<&str>) -> Cow<'static, [u
     Cow::Owned(json)
 }
 
+/// The reason a client op is refused while Redis is unreachable.
+const STORE_DOWN: &str = "this node cannot reach its cluster store now; retry shortly";
+
 impl Router {
     /// An empty router.
     pub fn new(config: RouterConfig) -> Router {
@@ -279,7 +284,20 @@ impl Router {
             user_key: RandomState::new(),
             subscriptions_delta: 0,
             effects: Vec::new(),
+            store_down: false,
         }
+    }
+
+    /// Is `conn`'s `$user` join still unanswered? Such a connection gets no broadcast yet:
+    /// its first frame is its `$user` `subscribed`.
+    pub fn is_joining(&self, conn: ConnId) -> bool {
+        !self.joining.is_empty() && self.joining.contains_key(&conn)
+    }
+
+    /// Cluster mode: whether this node can reach Redis. While it cannot, client `subscribe`
+    /// and `publish` ops get error 503 naming their channel (design.md, Push API).
+    pub fn set_store_down(&mut self, down: bool) {
+        self.store_down = down;
     }
 
     /// Takes the effects produced since the last call, to apply in order. Hand the emptied
@@ -639,6 +657,8 @@ impl Router {
             Some((OpError::FORBIDDEN, "the token does not allow this channel"))
         } else if push.sub(channel).is_none() && push.sub_count() >= max_subscriptions {
             Some((OpError::TOO_MANY, "too many subscriptions"))
+        } else if self.store_down {
+            Some((OpError::UNAVAILABLE, STORE_DOWN))
         } else {
             None
         };
@@ -762,6 +782,9 @@ impl Router {
                 "too many publishes",
                 channel,
             );
+        }
+        if self.store_down {
+            return self.reply_channel_error(conn, OpError::UNAVAILABLE, STORE_DOWN, channel);
         }
         // The client op's parser refuses it already; this keeps the rule for any caller.
         if data_too_deep(data) {

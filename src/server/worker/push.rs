@@ -356,6 +356,8 @@ impl Worker {
         let input = std::mem::take(&mut self.push_in);
         let messages = std::mem::take(&mut self.push_msgs);
         let now = self.push_now();
+        let store_down = self.stats.store_down.load(Ordering::Relaxed);
+        self.router.set_store_down(store_down);
         for &(kind, start, end) in &messages {
             if self.get(handle).is_none_or(|c| !c.session.is_open()) {
                 break;
@@ -478,7 +480,11 @@ impl Worker {
             }
             Recipients::Everyone => {
                 for (key, conn) in conns.iter_mut() {
-                    if conn.session.endpoint() == Endpoint::Push {
+                    // A connection whose `$user` answer has not come yet gets nothing before
+                    // it: its first frame is that answer (design.md).
+                    if conn.session.endpoint() == Endpoint::Push
+                        && !router.is_joining(conn_id(conn.handle(key)))
+                    {
                         let handle = conn.handle(key);
                         count += u64::from(queuing.push(conn, handle, frame));
                     }
