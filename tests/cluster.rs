@@ -11,8 +11,8 @@
 //! set (`.ci/run` installs Debian's `redis-server`). Node logs are kept in
 //! `$CARGO_TARGET_TMPDIR/cluster-logs/`.
 //!
-//! Tests 1–10 are `#[ignore]`d until the server runs the Redis broker with `--redis` (run them
-//! with `cargo test --test cluster -- --include-ignored`); remove those attributes then.
+//! Test 9 is `#[ignore]`d while the bug it found stands (its attribute says which); run it with
+//! `cargo test --test cluster -- --include-ignored`.
 //!
 //! Two harness tests need no cluster: the launcher and the oracle against one node without
 //! `--redis`, and the Redis launcher's own faults (restart, snapshot, AOF, stop/continue).
@@ -405,7 +405,6 @@ fn harness_redis_server_restarts_snapshots_and_pauses() {
 /// Issue 13, test 1: Three nodes: publish on A, subscribers on B and C get everything once, in order;
 /// publishers on all three nodes to one channel: every subscriber sees the same order.
 #[test]
-#[ignore = "until the Redis broker is wired into the server (issue 13): --include-ignored"]
 fn t01_three_nodes_deliver_once_in_order_and_agree_on_one_order() {
     cluster_test(|| {
         let cluster = Cluster::start("t01", &["a", "b", "c"], Persistence::None, |_| {});
@@ -474,7 +473,6 @@ fn t01_three_nodes_deliver_once_in_order_and_agree_on_one_order() {
 /// Issue 13, test 2: `CLIENT KILL TYPE pubsub` on Redis mid-stream: 0 lost, 0 duplicated, no
 /// `recovered:false`.
 #[test]
-#[ignore = "until the Redis broker is wired into the server (issue 13): --include-ignored"]
 fn t02_pubsub_links_killed_mid_stream_lose_and_duplicate_nothing() {
     cluster_test(|| {
         let cluster = Cluster::start("t02", &["a", "b"], Persistence::None, |_| {});
@@ -552,7 +550,6 @@ fn t02_pubsub_links_killed_mid_stream_lose_and_duplicate_nothing() {
 /// normal` cuts the command links during a burst: every key ends up with exactly one seq, the
 /// seqs have no hole, every message is delivered once.
 #[test]
-#[ignore = "until the Redis broker is wired into the server (issue 13): --include-ignored"]
 fn t03_a_publish_whose_answer_was_lost_is_settled_by_its_retry() {
     cluster_test(|| {
         let cluster = Cluster::start("t03", &["a", "b"], Persistence::None, |_| {});
@@ -636,7 +633,6 @@ fn t03_a_publish_whose_answer_was_lost_is_settled_by_its_retry() {
 /// Issue 13, test 4: `kill -9` Redis and restart it without persistence: publishes during the outage get
 /// 503; afterwards new epochs and `recovered:false`, never reused seqs under an old epoch.
 #[test]
-#[ignore = "until the Redis broker is wired into the server (issue 13): --include-ignored"]
 fn t04_redis_restarted_without_persistence_means_new_epochs_and_recovered_false() {
     cluster_test(|| {
         let mut cluster = Cluster::start("t04", &["a", "b"], Persistence::None, |_| {});
@@ -723,7 +719,6 @@ fn t04_redis_restarted_without_persistence_means_new_epochs_and_recovered_false(
 /// message delivered exactly once, `recovered:true` on reconnect to another node (channel and
 /// `$user`).
 #[test]
-#[ignore = "until the Redis broker is wired into the server (issue 13): --include-ignored"]
 fn t05_durable_redis_restart_loses_nothing_and_recovers_on_another_node() {
     cluster_test(|| {
         let mut cluster = Cluster::start("t05", &["a", "b", "c"], Persistence::Aof, |o| {
@@ -810,7 +805,6 @@ fn t05_durable_redis_restart_loses_nothing_and_recovers_on_another_node() {
 /// restart from the snapshot), with `--redis-durable` (the epoch in the snapshot is the old
 /// one): `recovered:false`, never a silent gap, and later publishes still delivered once.
 #[test]
-#[ignore = "until the Redis broker is wired into the server (issue 13): --include-ignored"]
 fn t06_redis_back_from_an_older_snapshot_is_never_a_silent_gap() {
     cluster_test(|| {
         let mut cluster = Cluster::start("t06", &["a", "b", "c"], Persistence::None, |o| {
@@ -875,7 +869,6 @@ fn t06_redis_back_from_an_older_snapshot_is_never_a_silent_gap() {
 /// pings on every node keep answering meanwhile; `/healthz` and new push upgrades 503;
 /// afterwards nothing acknowledged is lost.
 #[test]
-#[ignore = "until the Redis broker is wired into the server (issue 13): --include-ignored"]
 fn t07_a_frozen_redis_gets_503s_while_every_node_keeps_serving() {
     cluster_test(|| {
         let mut cluster = Cluster::start("t07", &["a", "b", "c"], Persistence::None, |_| {});
@@ -977,7 +970,6 @@ fn t07_a_frozen_redis_gets_503s_while_every_node_keeps_serving() {
 /// what they missed; its presence is gone within 3 heartbeats; `/api/send` reaches the user's
 /// other nodes.
 #[test]
-#[ignore = "until the Redis broker is wired into the server (issue 13): --include-ignored"]
 fn t08_a_killed_node_clients_recover_elsewhere_and_its_presence_vanishes() {
     cluster_test(|| {
         let mut cluster = Cluster::start("t08", &["a", "b", "c"], Persistence::None, |_| {});
@@ -1073,7 +1065,7 @@ fn t08_a_killed_node_clients_recover_elsewhere_and_its_presence_vanishes() {
 /// Issue 13, test 9: Subscribe while a publisher runs, on another node: `subscribed`, then contiguous
 /// messages from its seq on (also when subscribing with since/epoch).
 #[test]
-#[ignore = "until the Redis broker is wired into the server (issue 13): --include-ignored"]
+#[ignore = "fails today: the pub/sub link thread reads up to 1024 messages before it looks at new SUBSCRIBEs (src/cluster/link/pubsub.rs READ_BATCH), so under a steady stream a subscribe waits seconds; --include-ignored"]
 fn t09_subscribing_while_another_node_publishes_is_contiguous() {
     cluster_test(|| {
         let cluster = Cluster::start("t09", &["a", "b"], Persistence::None, |_| {});
@@ -1085,7 +1077,7 @@ fn t09_subscribing_while_another_node_publishes_is_contiguous() {
             let stop = Arc::clone(&stop);
             thread::spawn(move || {
                 let mut n = 0;
-                while !stop.load(Ordering::Relaxed) && n < 2000 {
+                while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
                     publisher.publish("t9", &data("a", n), &format!("run-{n}"), deadline);
                     n += 1;
                     thread::sleep(Duration::from_millis(2));
@@ -1093,25 +1085,31 @@ fn t09_subscribing_while_another_node_publishes_is_contiguous() {
             })
         };
         wait(deadline, || !lock(&oracle).acks("t9").is_empty());
+        // How long each subscribe (and each reconnect's recovery) took to be answered.
+        let mut latencies: Vec<(String, Duration)> = Vec::new();
         let mut subs: Vec<Subscriber> = Vec::new();
-        for i in 0..8 {
+        for i in 0..5 {
             let mut sub = Subscriber::connect(
                 cluster.node(1).addr,
                 &format!("s{i}"),
                 &format!("sub {i} on b"),
             );
+            let asked = Instant::now();
             sub.subscribe_wait("t9");
+            latencies.push((sub.name.clone(), asked.elapsed()));
             subs.push(sub);
             for s in &mut subs {
-                s.pump_for(Duration::from_millis(100));
+                s.pump_for(Duration::from_millis(20));
             }
-            thread::sleep(Duration::from_millis(100));
+            thread::sleep(Duration::from_millis(50));
         }
         // Two come back with since/epoch while the publisher still runs.
         for sub in subs.iter_mut().take(2) {
             sub.drop_connection();
-            thread::sleep(Duration::from_millis(100));
+            thread::sleep(Duration::from_millis(50));
+            let asked = Instant::now();
             sub.reconnect(cluster.node(1).addr, deadline);
+            latencies.push((format!("{} (back)", sub.name), asked.elapsed()));
         }
         thread::sleep(Duration::from_millis(200));
         stop.store(true, Ordering::Relaxed);
@@ -1120,11 +1118,17 @@ fn t09_subscribing_while_another_node_publishes_is_contiguous() {
             catch_up(sub, &oracle, "t9", deadline);
         }
         let o = lock(&oracle);
+        let published = o.acks("t9").len();
         for (i, sub) in subs.iter().enumerate() {
             let report = o
                 .check(sub, "t9")
                 .unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
-            assert!(report.delivered > 0, "{}: nothing delivered", sub.name);
+            assert!(
+                report.delivered > 0,
+                "{}: nothing delivered ({published} publishes acknowledged)\n{}",
+                sub.name,
+                sub.dump("t9")
+            );
             assert_eq!(
                 report.recoveries,
                 usize::from(i < 2),
@@ -1132,13 +1136,24 @@ fn t09_subscribing_while_another_node_publishes_is_contiguous() {
                 sub.name
             );
         }
+        // A node with a working Redis answers within --redis-timeout (else a 503 is due).
+        let slow: Vec<String> = latencies
+            .iter()
+            .filter(|(_, took)| *took > REDIS_TIMEOUT + SLACK)
+            .map(|(who, took)| format!("{who}: {took:?}"))
+            .collect();
+        assert!(
+            slow.is_empty(),
+            "subscribes on b answered late while a publishes ({published} publishes in the \
+             run):\n{}",
+            slow.join("\n")
+        );
     });
 }
 
 /// Issue 13, test 10: `/api/disconnect` and `/api/broadcast` reach every node, also when one node's Redis
 /// links were cut (`CLIENT KILL ADDR`, repeatedly for 1.5 s) and restored in between.
 #[test]
-#[ignore = "until the Redis broker is wired into the server (issue 13): --include-ignored"]
 fn t10_broadcast_and_disconnect_reach_every_node_across_a_cut_link() {
     cluster_test(|| {
         let cluster = Cluster::start("t10", &["a", "b", "c"], Persistence::None, |_| {});

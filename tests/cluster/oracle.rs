@@ -442,7 +442,7 @@ impl Subscriber {
         match self.seen.get(first) {
             Some(Seen::Subscribed { stream: s, .. }) if *s == stream => Ok(()),
             other => panic!(
-                "{}: first frame should be subscribed on $user, got {other:?}",
+                "{}: first frame should be subscribed on $user within 5 s, got {other:?}",
                 self.name
             ),
         }
