@@ -1068,7 +1068,10 @@ fn t08_a_killed_node_clients_recover_elsewhere_and_its_presence_vanishes() {
 #[ignore = "fails today: the pub/sub link thread reads up to 1024 messages before it looks at new SUBSCRIBEs (src/cluster/link/pubsub.rs READ_BATCH), so under a steady stream a subscribe waits seconds; --include-ignored"]
 fn t09_subscribing_while_another_node_publishes_is_contiguous() {
     cluster_test(|| {
-        let cluster = Cluster::start("t09", &["a", "b"], Persistence::None, |_| {});
+        // History deep enough that a reconnect 50 ms later is still recoverable at full speed.
+        let cluster = Cluster::start("t09", &["a", "b"], Persistence::None, |o| {
+            o.extra = vec!["--history-size".into(), "100000".into()];
+        });
         let oracle = Oracle::shared();
         let deadline = Instant::now() + Duration::from_secs(25);
         let stop = Arc::new(AtomicBool::new(false));
