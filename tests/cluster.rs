@@ -11,9 +11,6 @@
 //! set (`.ci/run` installs Debian's `redis-server`). Node logs are kept in
 //! `$CARGO_TARGET_TMPDIR/cluster-logs/`.
 //!
-//! Test 9 is `#[ignore]`d while the bug it found stands (its attribute says which); run it with
-//! `cargo test --test cluster -- --include-ignored`.
-//!
 //! Two harness tests need no cluster: the launcher and the oracle against one node without
 //! `--redis`, and the Redis launcher's own faults (restart, snapshot, AOF, stop/continue).
 
@@ -1065,7 +1062,6 @@ fn t08_a_killed_node_clients_recover_elsewhere_and_its_presence_vanishes() {
 /// Issue 13, test 9: Subscribe while a publisher runs, on another node: `subscribed`, then contiguous
 /// messages from its seq on (also when subscribing with since/epoch).
 #[test]
-#[ignore = "fails today: the pub/sub link thread reads up to 1024 messages before it looks at new SUBSCRIBEs (src/cluster/link/pubsub.rs READ_BATCH), so under a steady stream a subscribe waits seconds; --include-ignored"]
 fn t09_subscribing_while_another_node_publishes_is_contiguous() {
     cluster_test(|| {
         // History deep enough that a reconnect 50 ms later is still recoverable at full speed.
