@@ -911,6 +911,13 @@ fn t07_a_frozen_redis_gets_503s_while_every_node_keeps_serving() {
                         health.header("retry-after").is_some(),
                         "/healthz 503 without Retry-After"
                     );
+                    if !unhealthy[i] {
+                        let metrics = node.get("/metrics").body_text();
+                        assert!(
+                            metrics.contains("\nedgepush_redis_up 0\n"),
+                            "/metrics while Redis is stopped:\n{metrics}"
+                        );
+                    }
                     unhealthy[i] = true;
                 }
             }
@@ -948,6 +955,10 @@ fn t07_a_frozen_redis_gets_503s_while_every_node_keeps_serving() {
                 "node {}: /healthz not 200 again",
                 node.name
             );
+            let stats: serde_json::Value =
+                serde_json::from_str(&node.get("/api/stats").body_text()).expect("stats JSON");
+            assert_eq!(stats["redis"], "up", "node {}", node.name);
+            assert!(stats["redis_outages"].as_u64() >= Some(1), "{stats}");
         }
         catch_up(&mut sub, &oracle, "t7", deadline);
         let o = lock(&oracle);

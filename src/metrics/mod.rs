@@ -176,6 +176,10 @@ pub struct Stats {
     /// Cluster mode: this node cannot reach Redis. `/healthz` and new push upgrades get 503,
     /// client `subscribe` and `publish` ops error 503; open connections and `/echo` go on.
     pub store_down: AtomicBool,
+    /// Cluster mode (`--redis`): the figures report the Redis link.
+    pub clustered: AtomicBool,
+    /// Cluster mode: times this node's links to Redis went down.
+    pub store_outages: AtomicU64,
     /// Failed upgrades by reason.
     pub handshake_failure_reasons: HandshakeFailures,
     /// Close frames sent, by code.

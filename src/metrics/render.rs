@@ -120,6 +120,12 @@ pub fn stats_json(s: &Stats, hub: &HubFigures) -> String {
         "pong_timeouts": s.pong_timeouts.load(Ordering::Relaxed),
         "accept_pauses": s.accept_pauses.load(Ordering::Relaxed),
         "api_overloaded": s.api_overloaded.load(Ordering::Relaxed),
+        "redis": match (s.clustered.load(Ordering::Relaxed), s.store_down.load(Ordering::Relaxed)) {
+            (false, _) => serde_json::Value::Null,
+            (true, false) => "up".into(),
+            (true, true) => "down".into(),
+        },
+        "redis_outages": s.store_outages.load(Ordering::Relaxed),
     })
     .to_string()
 }
@@ -128,6 +134,18 @@ pub fn stats_json(s: &Stats, hub: &HubFigures) -> String {
 pub fn metrics_text(s: &Stats, hub: &HubFigures) -> String {
     let load = |n: &AtomicU64| n.load(Ordering::Relaxed);
     let mut e = Exposition::new();
+    if s.clustered.load(Ordering::Relaxed) {
+        e.gauge(
+            "edgepush_redis_up",
+            "Cluster mode: 1 while this node reaches Redis (commands and pub/sub links), else 0.",
+            u64::from(!s.store_down.load(Ordering::Relaxed)),
+        );
+        e.counter(
+            "edgepush_redis_outages_total",
+            "Cluster mode: times this node lost its links to Redis.",
+            s.store_outages.load(Ordering::Relaxed),
+        );
+    }
     e.gauge(
         "edgepush_connections",
         "Open WebSocket connections.",

@@ -117,6 +117,9 @@ impl<B: Broker> HubLoop<B> {
         };
         let now = Instant::now();
         let broker = make_broker(Arc::clone(&waker), now)?;
+        stats
+            .clustered
+            .store(config.cluster.is_some(), Ordering::Relaxed);
         Ok((
             HubLoop {
                 poll,
@@ -182,9 +185,10 @@ impl<B: Broker> HubLoop<B> {
             }
             let now = Instant::now();
             self.hub.tick(now);
-            self.stats
-                .store_down
-                .store(!self.hub.store_reachable(), Ordering::Relaxed);
+            let down = !self.hub.store_reachable();
+            if down != self.stats.store_down.swap(down, Ordering::Relaxed) && down {
+                self.stats.store_outages.fetch_add(1, Ordering::Relaxed);
+            }
             if now >= self.next_stats {
                 self.next_stats = now + self.stats_interval;
                 self.log_figures();
