@@ -292,17 +292,12 @@ impl<L: RedisLink> RedisBroker<L> {
         hasher.finish() % EPOCH_LIMIT
     }
 
-    fn send(&mut self, op: Op, pending: Pending) -> OpId {
+    /// Sends the op `make` builds with its new id, waiting for its reply as `pending` until
+    /// the deadline.
+    fn send(&mut self, make: impl FnOnce(OpId) -> Op, pending: Pending) -> OpId {
         let id = self.next_op;
         self.next_op += 1;
-        let op = match op {
-            Op::Publish { .. }
-            | Op::Read { .. }
-            | Op::Renew { .. }
-            | Op::Control { .. }
-            | Op::Nodes { .. } => with_id(op, id),
-            other => other,
-        };
+        let op = make(id);
         self.ops.insert(id, pending);
         self.deadlines.push_back((self.now + self.timeout, id));
         self.link.send(op);
@@ -457,15 +452,15 @@ impl<L: RedisLink> RedisBroker<L> {
             .min();
         state.reads += 1;
         let recorded_from = state.recording.len();
-        let op = Op::Read {
-            id: 0,
-            stream: key.clone(),
-            after,
-            epoch_candidate: candidate,
-            ttl,
-        };
+        let stream = key.clone();
         self.send(
-            op,
+            |id| Op::Read {
+                id,
+                stream,
+                after,
+                epoch_candidate: candidate,
+                ttl,
+            },
             Pending::Read {
                 stream: key.clone(),
                 waiters,
@@ -537,10 +532,11 @@ impl<L: RedisLink> RedisBroker<L> {
                     if let Some(state) = self.state_mut(key) {
                         state.reads += 1;
                     }
+                    let stream = key.clone();
                     self.send(
-                        Op::Renew {
-                            id: 0,
-                            stream: key.clone(),
+                        |id| Op::Renew {
+                            id,
+                            stream,
                             old: epoch,
                             epoch_candidate: candidate,
                             ttl,
@@ -991,60 +987,6 @@ fn node_name(info: &str) -> Option<String> {
     value.get("name")?.as_str().map(str::to_owned)
 }
 
-/// Sets the id of an op that carries one.
-fn with_id(op: Op, id: OpId) -> Op {
-    match op {
-        Op::Publish {
-            stream,
-            data,
-            idempotency_key,
-            epoch_candidate,
-            existing_only,
-            history_size,
-            ttl,
-            ..
-        } => Op::Publish {
-            id,
-            stream,
-            data,
-            idempotency_key,
-            epoch_candidate,
-            existing_only,
-            history_size,
-            ttl,
-        },
-        Op::Read {
-            stream,
-            after,
-            epoch_candidate,
-            ttl,
-            ..
-        } => Op::Read {
-            id,
-            stream,
-            after,
-            epoch_candidate,
-            ttl,
-        },
-        Op::Renew {
-            stream,
-            old,
-            epoch_candidate,
-            ttl,
-            ..
-        } => Op::Renew {
-            id,
-            stream,
-            old,
-            epoch_candidate,
-            ttl,
-        },
-        Op::Control { entry, .. } => Op::Control { id, entry },
-        Op::Nodes { .. } => Op::Nodes { id },
-        other => other,
-    }
-}
-
 fn reply_id(reply: &Reply) -> Option<OpId> {
     match reply {
         Reply::Published { id, .. }
@@ -1089,18 +1031,19 @@ impl<L: RedisLink> Broker for RedisBroker<L> {
             PublishTo::User(name) => (StreamKey::user(name), true, self.history.user_size),
         };
         let data: Arc<str> = Arc::from(data);
-        let op = Op::Publish {
-            id: 0,
-            stream: stream.clone(),
-            data: Arc::clone(&data),
-            idempotency_key: idempotency_key.map(Box::from),
-            epoch_candidate: self.epoch_candidate(),
-            existing_only,
-            history_size,
-            ttl: self.history.ttl,
-        };
+        let (epoch_candidate, ttl) = (self.epoch_candidate(), self.history.ttl);
+        let (to, payload) = (stream.clone(), Arc::clone(&data));
         self.send(
-            op,
+            |id| Op::Publish {
+                id,
+                stream: to,
+                data: payload,
+                idempotency_key: idempotency_key.map(Box::from),
+                epoch_candidate,
+                existing_only,
+                history_size,
+                ttl,
+            },
             Pending::Publish {
                 request,
                 stream,
@@ -1144,10 +1087,10 @@ impl<L: RedisLink> Broker for RedisBroker<L> {
             node: Arc::clone(&self.node),
         };
         self.send(
-            Op::Control { id: 0, entry },
+            |id| Op::Control { id, entry },
             Pending::Control { request: None },
         );
-        self.send(Op::Nodes { id: 0 }, Pending::PresenceNodes { ask: id });
+        self.send(|id| Op::Nodes { id }, Pending::PresenceNodes { ask: id });
     }
 
     fn presence_answer(&mut self, asked: Asked, users: Vec<String>) {
@@ -1171,7 +1114,7 @@ impl<L: RedisLink> Broker for RedisBroker<L> {
 
     fn nodes(&mut self, request: AckId) {
         if self.commands_up {
-            self.send(Op::Nodes { id: 0 }, Pending::Nodes { request });
+            self.send(|id| Op::Nodes { id }, Pending::Nodes { request });
         } else {
             self.events.push_back(Event::Nodes {
                 request,
@@ -1374,7 +1317,7 @@ impl<L: RedisLink> RedisBroker<L> {
             }
             return;
         }
-        self.send(Op::Control { id: 0, entry }, Pending::Control { request });
+        self.send(|id| Op::Control { id, entry }, Pending::Control { request });
     }
 }
 
