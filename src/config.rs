@@ -198,7 +198,8 @@ pub struct Args {
     pub max_client_publish_rate: u16,
 
     /// Cluster mode through Redis 7: `redis://[user:pass@]host:port[/db]`. Without it every
-    /// stream lives in this process.
+    /// stream lives in this process. Run every node with the same history flags (the
+    /// publishing node's apply).
     #[arg(
         long,
         value_name = "URL",
@@ -490,6 +491,41 @@ pub struct Config {
     pub cluster: Option<crate::cluster::ops::ClusterConfig>,
 }
 
+/// `--redis URL` must be a `redis://` URL the client accepts; `--redis-prefix` non-empty and
+/// without spaces (it starts every key and topic).
+fn check_redis(url: &str, prefix: &str) -> Result<(), ConfigError> {
+    let bad = |reason: String| Err(ConfigError::InvalidRedis { reason });
+    if !url.starts_with("redis://") {
+        return bad(format!(
+            "{} is not a redis://host:port URL (rediss://, TLS to Redis, is not supported)",
+            redis_endpoint(url)
+        ));
+    }
+    if let Err(e) = redis::Client::open(url) {
+        return bad(format!("{}: {e}", redis_endpoint(url)));
+    }
+    if prefix.is_empty() || prefix.contains(char::is_whitespace) {
+        return bad(format!(
+            "--redis-prefix {prefix:?} must be non-empty, without spaces"
+        ));
+    }
+    Ok(())
+}
+
+/// The URL without its user and password, for messages and the log: `redis://host:port/db`.
+pub fn redis_endpoint(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => {
+            let rest = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+            format!("{scheme}://{rest}")
+        }
+        None => url
+            .rsplit_once('@')
+            .map_or(url, |(_, host)| host)
+            .to_owned(),
+    }
+}
+
 impl Config {
     /// `--node-name`'s default for this configuration (also this node's name on its own).
     pub fn default_node_name(&self) -> String {
@@ -551,6 +587,17 @@ pub enum ConfigError {
         /// The non-loopback `--api-listen` given.
         api_listen: SocketAddr,
     },
+    /// `--redis` is not a `redis://` URL the client accepts (`rediss://`, TLS to Redis, is not
+    /// built in), or `--redis-prefix` is empty.
+    InvalidRedis {
+        /// What is wrong, in a few words.
+        reason: String,
+    },
+    /// `--redis-durable` or `--node-name` was given without `--redis`.
+    ClusterFlagWithoutRedis {
+        /// The flag.
+        flag: &'static str,
+    },
     /// The hub tracks workers in a 64-bit mask.
     TooManyThreads {
         /// The `--threads` given, or the number of cores when it was not given.
@@ -582,6 +629,10 @@ impl fmt::Display for ConfigError {
                 "--allowed-origin {origin:?} is not an origin: give scheme://host[:port] as a \
                  browser sends it (no path, no trailing /), or null"
             ),
+            ConfigError::InvalidRedis { reason } => write!(f, "--redis: {reason}"),
+            ConfigError::ClusterFlagWithoutRedis { flag } => {
+                write!(f, "{flag} only means something with --redis")
+            }
             ConfigError::TooManyThreads { threads } => {
                 write!(f, "--threads {threads} is more than the 64 supported")
             }
@@ -645,6 +696,18 @@ impl Config {
         });
         if threads > 64 {
             return Err(ConfigError::TooManyThreads { threads });
+        }
+        match &args.redis {
+            Some(url) => check_redis(url, &args.redis_prefix)?,
+            None => {
+                let given = [
+                    ("--redis-durable", args.redis_durable),
+                    ("--node-name", args.node_name.is_some()),
+                ];
+                if let Some((flag, _)) = given.into_iter().find(|(_, on)| *on) {
+                    return Err(ConfigError::ClusterFlagWithoutRedis { flag });
+                }
+            }
         }
         Ok(Config {
             listen: args.listen,
@@ -818,8 +881,9 @@ impl Config {
                 "cluster",
                 match &self.cluster {
                     Some(c) => format!(
-                        "node {} through Redis (prefix {}, timeout {}, {})",
+                        "node {} through Redis {} (prefix {}, timeout {}, {})",
                         c.node,
+                        redis_endpoint(&c.url),
                         c.prefix,
                         format_duration(c.timeout),
                         if c.durable { "durable" } else { "not durable" }
@@ -1342,6 +1406,39 @@ mod tests {
     }
 
     #[test]
+    fn redis_flags_are_checked_at_start() {
+        let with = |extra: &[&str]| {
+            let mut argv = vec!["edgepush"];
+            argv.extend_from_slice(extra);
+            Config::from_args(Args::try_parse_from(argv).unwrap())
+        };
+        let reason = |extra: &[&str]| match with(extra) {
+            Err(e) => e.to_string(),
+            Ok(_) => "accepted".to_owned(),
+        };
+        assert!(with(&["--redis", "redis://127.0.0.1:6379/2"]).is_ok());
+        assert!(reason(&["--redis", "127.0.0.1:6379"]).contains("not a redis://host:port URL"));
+        assert!(reason(&["--redis", "rediss://h:1"]).contains("TLS to Redis"));
+        assert!(
+            reason(&["--redis", "redis://:pw@h:1", "--redis-prefix", ""])
+                .contains("--redis-prefix")
+        );
+        assert_eq!(
+            reason(&["--redis-durable"]),
+            "--redis-durable only means something with --redis"
+        );
+        assert_eq!(
+            reason(&["--node-name", "a"]),
+            "--node-name only means something with --redis"
+        );
+        assert_eq!(
+            redis_endpoint("redis://user:pw@h:6379/1"),
+            "redis://h:6379/1"
+        );
+        assert_eq!(redis_endpoint("redis://h:6379"), "redis://h:6379");
+    }
+
+    #[test]
     fn summary_shows_every_setting() {
         let mut c = Config::for_tests();
         let s = c.render_summary();
@@ -1373,7 +1470,9 @@ mod tests {
         let with = Config::from_args(args).unwrap();
         let s = with.render_summary();
         assert!(
-            s.contains("node a through Redis (prefix edgepush, timeout 2s, durable)"),
+            s.contains(
+                "node a through Redis redis://127.0.0.1:6379 (prefix edgepush, timeout 2s, durable)"
+            ),
             "{s}"
         );
         assert!(

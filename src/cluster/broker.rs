@@ -36,7 +36,7 @@ use log::{debug, info, warn};
 use crate::protocol::frame::SharedFrame;
 use crate::push::hub::{
     encode_message, AckId, Asked, Broker, Epoch, Event, HistoryConfig, PublishTo, Stored, Stream,
-    UserId, WorkerId, HEARTBEAT_TTL,
+    UserId, WorkerId, HEARTBEAT, HEARTBEAT_TTL,
 };
 use crate::push::names::USER_CHANNEL;
 use crate::push::users::{Member, Users};
@@ -201,9 +201,10 @@ enum Pending {
 #[derive(Debug)]
 struct Ask {
     request: AckId,
-    /// Answers to wait for (the live nodes but this one), once known.
-    expected: Option<usize>,
-    answered: usize,
+    /// The nodes to wait for (every other node with a fresh heartbeat), once known.
+    expected: Option<Vec<String>>,
+    /// The nodes that answered.
+    answered: Vec<String>,
     users: Vec<Arc<str>>,
     /// Past it, the answer goes with what came.
     deadline: Instant,
@@ -234,6 +235,8 @@ pub struct RedisBroker<L: RedisLink> {
     node: Arc<str>,
     /// Presence questions asked of the other nodes, by id.
     asks: HashMap<Arc<str>, Ask>,
+    /// A drain began: no more heartbeats.
+    departed: bool,
     asked: u64,
 }
 
@@ -268,6 +271,7 @@ impl<L: RedisLink> RedisBroker<L> {
             scratch: Vec::new(),
             node: Arc::from(node),
             asks: HashMap::new(),
+            departed: false,
             asked: 0,
         }
     }
@@ -561,7 +565,7 @@ impl<L: RedisLink> RedisBroker<L> {
         let Some(state) = self.state_mut(key) else {
             return;
         };
-        info!("cluster: {key} continues under a new epoch at {top} ({why}): listeners resync");
+        info!("cluster: {key} goes on at {top} under epoch {} ({why}): its listeners here are told recovered:false", Epoch::from_bits(epoch));
         state.live = Some((epoch, top));
         let stream = state.stream();
         self.events.push_back(Event::Resync {
@@ -756,10 +760,15 @@ impl<L: RedisLink> RedisBroker<L> {
                 self.events.push_back(Event::Nodes { request, nodes });
             }
             (Pending::PresenceNodes { ask }, Reply::Nodes { nodes, .. }) => {
+                // A node whose last heartbeat is older than one interval and a second is
+                // probably gone: not waited for (its answer still counts if it comes).
+                let fresh = (HEARTBEAT + Duration::from_secs(1)).as_millis() as u64;
                 let others = nodes
                     .iter()
-                    .filter(|n| node_name(&n.info).as_deref() != Some(&*self.node))
-                    .count();
+                    .filter(|n| n.age_ms <= fresh)
+                    .filter_map(|n| node_name(&n.info))
+                    .filter(|name| **name != *self.node)
+                    .collect();
                 if let Some(a) = self.asks.get_mut(&ask) {
                     a.expected = Some(others);
                 }
@@ -785,6 +794,7 @@ impl<L: RedisLink> RedisBroker<L> {
         #[derive(serde::Deserialize)]
         struct Answer {
             id: String,
+            node: String,
             users: Vec<String>,
         }
         let Ok(answer) = serde_json::from_str::<Answer>(payload) else {
@@ -794,7 +804,7 @@ impl<L: RedisLink> RedisBroker<L> {
         let Some(ask) = self.asks.get_mut(answer.id.as_str()) else {
             return; // answered already (timed out)
         };
-        ask.answered += 1;
+        ask.answered.push(answer.node);
         ask.users
             .extend(answer.users.into_iter().map(|u| Arc::from(u.as_str())));
         let id: Arc<str> = Arc::from(answer.id.as_str());
@@ -803,13 +813,16 @@ impl<L: RedisLink> RedisBroker<L> {
 
     /// Answers presence question `id` if every live node answered (or `timed_out`).
     fn finish_ask(&mut self, id: &Arc<str>, timed_out: bool) {
-        let done = self
-            .asks
-            .get(id)
-            .is_some_and(|a| timed_out || a.expected.is_some_and(|n| a.answered >= n));
+        let all_in = |a: &Ask| {
+            a.expected
+                .as_ref()
+                .is_some_and(|e| e.iter().all(|n| a.answered.contains(n)))
+        };
+        let done = self.asks.get(id).is_some_and(|a| timed_out || all_in(a));
         if let Some(ask) = done.then(|| self.asks.remove(id)).flatten() {
             self.events.push_back(Event::PresenceFrom {
                 request: ask.request,
+                partial: !all_in(&ask),
                 users: ask.users,
             });
         }
@@ -885,10 +898,7 @@ impl<L: RedisLink> RedisBroker<L> {
     }
 
     fn on_link(&mut self, link: LinkKind, up: bool) {
-        info!(
-            "cluster: Redis {link:?} link {}",
-            if up { "up" } else { "down" }
-        );
+        // The link threads log the change (with its reason).
         match link {
             LinkKind::Commands => {
                 self.commands_up = up;
@@ -1061,12 +1071,10 @@ impl<L: RedisLink> Broker for RedisBroker<L> {
         );
     }
 
+    /// Without Redis the other nodes cannot be asked: 503, not a partial list.
     fn presence(&mut self, channel: &Arc<str>, request: AckId) {
         if !self.commands_up {
-            self.events.push_back(Event::PresenceFrom {
-                request,
-                users: Vec::new(),
-            });
+            self.events.push_back(Event::Failed { request });
             return;
         }
         self.asked += 1;
@@ -1076,7 +1084,7 @@ impl<L: RedisLink> Broker for RedisBroker<L> {
             Ask {
                 request,
                 expected: None,
-                answered: 0,
+                answered: Vec::new(),
                 users: Vec::new(),
                 deadline: self.now + self.timeout,
             },
@@ -1095,7 +1103,9 @@ impl<L: RedisLink> Broker for RedisBroker<L> {
 
     fn presence_answer(&mut self, asked: Asked, users: Vec<String>) {
         if self.commands_up {
-            let payload = serde_json::json!({ "id": &*asked.id, "users": users }).to_string();
+            let payload =
+                serde_json::json!({ "id": &*asked.id, "node": &*self.node, "users": users })
+                    .to_string();
             self.link.send(Op::Tell {
                 node: asked.node,
                 payload,
@@ -1103,7 +1113,17 @@ impl<L: RedisLink> Broker for RedisBroker<L> {
         }
     }
 
+    fn depart(&mut self) {
+        self.departed = true;
+        if self.commands_up {
+            self.link.send(Op::Depart);
+        }
+    }
+
     fn heartbeat(&mut self, info: &str) {
+        if self.departed {
+            return;
+        }
         if self.commands_up {
             self.link.send(Op::Heartbeat {
                 info: info.to_owned(),

@@ -72,7 +72,11 @@ fn show(event: &Event) -> String {
         Event::Broadcast { .. } => "broadcast".to_owned(),
         Event::Disconnect { user, .. } => format!("disconnect {user}"),
         Event::Nodes { nodes, .. } => format!("nodes {}", nodes.len()),
-        Event::PresenceFrom { request, users } => format!("presence {request} {users:?}"),
+        Event::PresenceFrom {
+            request,
+            users,
+            partial,
+        } => format!("presence {request} {users:?} partial {partial}"),
         Event::PresenceAsked { asked, channel } => {
             format!("asked {} {} {channel}", asked.id, asked.node)
         }
@@ -491,33 +495,48 @@ fn presence_asks_every_other_live_node_and_answers_when_all_did_or_time_is_up() 
         }
         other => panic!("{other:?}"),
     };
-    let entry = |name: &str| crate::push::hub::NodeEntry {
+    let entry = |name: &str, age_ms| crate::push::hub::NodeEntry {
         info: format!("{{\"name\":\"{name}\"}}"),
-        age_ms: 1,
+        age_ms,
     };
     assert!(rig
         .reply(Reply::Nodes {
             id: nodes,
-            nodes: vec![entry("n1"), entry("n2"), entry("n3")],
+            // n9's last heartbeat is 5 s old: probably dead, not waited for.
+            nodes: vec![
+                entry("n1", 1),
+                entry("n2", 1),
+                entry("n3", 1900),
+                entry("n9", 5000)
+            ],
         })
         .is_empty());
-    let answer = |users: &str| Reply::Inbox(format!("{{\"id\":\"{ask}\",\"users\":{users}}}"));
+    let answer = |node: &str, users: &str| {
+        Reply::Inbox(format!(
+            "{{\"id\":\"{ask}\",\"node\":\"{node}\",\"users\":{users}}}"
+        ))
+    };
     assert!(
-        rig.reply(answer("[\"ann\"]")).is_empty(),
+        rig.reply(answer("n2", "[\"ann\"]")).is_empty(),
         "n3 has not answered"
     );
     assert!(rig.reply(Reply::Inbox("garbage".into())).is_empty());
     assert_eq!(
-        rig.reply(answer("[\"bob\"]")),
-        [r#"presence 70 ["ann", "bob"]"#]
+        rig.reply(answer("n3", "[\"bob\"]")),
+        [r#"presence 70 ["ann", "bob"] partial false"#]
     );
-    assert!(rig.reply(answer("[\"late\"]")).is_empty(), "answered once");
+    assert!(
+        rig.reply(answer("n9", "[\"late\"]")).is_empty(),
+        "answered once"
+    );
 
     // A node that never answers: the deadline answers with what came.
     rig.broker.presence(&Arc::from("room"), 71);
     rig.now += TIMEOUT;
     rig.broker.tick(rig.now);
-    assert!(rig.events().contains(&"presence 71 []".to_owned()));
+    assert!(rig
+        .events()
+        .contains(&"presence 71 [] partial true".to_owned()));
 }
 
 #[test]
@@ -543,7 +562,10 @@ fn presence_questions_of_other_nodes_are_passed_up_and_answered_to_their_inbox()
         Some(Op::Tell { node, payload }) => {
             assert_eq!(&**node, "n2");
             let v: serde_json::Value = serde_json::from_str(payload).unwrap();
-            assert_eq!(v, serde_json::json!({"id": "n2:1", "users": ["ann"]}));
+            assert_eq!(
+                v,
+                serde_json::json!({"id": "n2:1", "node": "n1", "users": ["ann"]})
+            );
         }
         other => panic!("{other:?}"),
     }

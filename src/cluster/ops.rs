@@ -208,6 +208,9 @@ pub enum Op {
         /// How long the entry lives without another heartbeat.
         ttl: Duration,
     },
+    /// This node is leaving (a drain began): its entry goes at once, so `/api/nodes` and
+    /// presence stop counting it. No reply.
+    Depart,
     /// Reads every live node's entry. Answered by [`Reply::Nodes`].
     Nodes {
         /// Matches the reply.
@@ -233,7 +236,7 @@ impl Op {
             | Op::Renew { id, .. }
             | Op::Control { id, .. }
             | Op::Nodes { id } => Some(*id),
-            Op::Touch { .. } | Op::Heartbeat { .. } | Op::Tell { .. } => None,
+            Op::Touch { .. } | Op::Heartbeat { .. } | Op::Tell { .. } | Op::Depart => None,
         }
     }
 }

@@ -334,6 +334,8 @@ impl<B: Broker> HubLoop<B> {
         }
         self.draining = true;
         self.stats.draining.store(true, Ordering::Relaxed);
+        // Other nodes stop counting this one at once (cluster mode).
+        self.hub.depart();
         let (spread, timeout) = self.drain;
         info!(
             "draining {} connections over {spread:?}, then waiting up to {timeout:?}",

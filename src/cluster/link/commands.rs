@@ -85,7 +85,7 @@ pub(super) fn run(ctx: &Ctx, ops: &Receiver<Op>) {
                     ctx.deliver(&mut out);
                 }
                 Err(e) => {
-                    log::debug!("redis commands: connecting failed: {e}");
+                    state.failed("connecting", &e, ctx.timeout());
                     state.set(false, &mut out);
                     ctx.deliver(&mut out);
                     if !fail_until(ctx, ops, Instant::now() + backoff.delay()) {
@@ -99,7 +99,7 @@ pub(super) fn run(ctx: &Ctx, ops: &Receiver<Op>) {
             Ok(op) => op,
             Err(RecvTimeoutError::Timeout) => {
                 if let Err(e) = redis::cmd("PING").query::<Value>(&mut s.con) {
-                    log::warn!("redis commands: link lost: {e}");
+                    state.failed("link lost", &e, ctx.timeout());
                     session = None;
                     state.set(false, &mut out);
                     ctx.deliver(&mut out);
@@ -117,7 +117,7 @@ pub(super) fn run(ctx: &Ctx, ops: &Receiver<Op>) {
             }
         }
         if let Err(e) = run_batch(ctx, s, &batch, &mut out) {
-            log::warn!("redis commands: link lost: {e}");
+            state.failed("link lost", &e, ctx.timeout());
             out.clear();
             fail_all(&batch, &format!("redis: {e}"), &mut out);
             session = None;
@@ -320,6 +320,13 @@ fn commands(ctx: &Ctx, s: &Session, op: &Op, eval: bool) -> Vec<Cmd> {
             }
             v
         }
+        Op::Depart => {
+            let node = &ctx.config.node;
+            vec![
+                redis::cmd("DEL").arg(keys.node(node)).clone(),
+                redis::cmd("SREM").arg(keys.nodes()).arg(node).clone(),
+            ]
+        }
         Op::Heartbeat { info, ttl } => {
             let ms = ttl_ms(*ttl);
             let node = &ctx.config.node;
@@ -419,7 +426,7 @@ fn answer(
         Op::Publish { id, .. } => Some(parse_publish(*id, vals.first())),
         Op::Read { id, .. } | Op::Renew { id, .. } => Some(parse_read(*id, vals.first())),
         Op::Control { id, .. } => Some(Reply::Appended { id: *id }),
-        Op::Touch { .. } | Op::Heartbeat { .. } | Op::Tell { .. } => None,
+        Op::Touch { .. } | Op::Heartbeat { .. } | Op::Tell { .. } | Op::Depart => None,
         Op::Nodes { id } => Some(nodes(ctx, s, *id, vals.first())?),
     };
     out.extend(reply);

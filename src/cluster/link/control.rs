@@ -37,7 +37,7 @@ pub(super) fn run(ctx: &Ctx) {
             return;
         }
         if let Err(e) = result {
-            log::debug!("redis control: {e}");
+            state.failed("reading the control stream", &e, ctx.timeout());
         }
         state.set(false, &mut out);
         ctx.deliver(&mut out);

@@ -245,6 +245,8 @@ struct LinkState {
     kind: LinkKind,
     /// What the hub was last told.
     reported: Option<bool>,
+    /// The last failure logged at warn level (the same one again goes to debug).
+    last_error: Option<String>,
 }
 
 impl LinkState {
@@ -253,6 +255,26 @@ impl LinkState {
         LinkState {
             kind,
             reported: None,
+            last_error: None,
+        }
+    }
+
+    /// Logs why the link failed (`what`: "connecting", "link lost"): at warn level the first
+    /// time and whenever the reason changes (a wrong port, password or database says so at
+    /// once), at debug level when a retry fails the same way.
+    fn failed(&mut self, what: &str, e: &redis::RedisError, timeout: Duration) {
+        let reason = if e.is_timeout()
+            || e.kind() == redis::ErrorKind::Io && e.to_string().contains("temporarily unavailable")
+        {
+            format!("no answer within --redis-timeout ({timeout:?})")
+        } else {
+            e.to_string()
+        };
+        if self.last_error.as_deref() == Some(reason.as_str()) {
+            log::debug!("redis {:?}: {what}: {reason}", self.kind);
+        } else {
+            log::warn!("redis {:?}: {what}: {reason}", self.kind);
+            self.last_error = Some(reason);
         }
     }
 
@@ -260,11 +282,15 @@ impl LinkState {
     fn set(&mut self, up: bool, out: &mut Vec<Reply>) {
         if self.reported != Some(up) {
             self.reported = Some(up);
-            log::info!(
-                "redis link {:?} {}",
-                self.kind,
-                if up { "up" } else { "down" }
-            );
+            if up {
+                self.last_error = None;
+                log::info!("redis {:?} link up", self.kind);
+            } else {
+                log::warn!(
+                    "redis {:?} link down: API requests get 503 until it is back",
+                    self.kind
+                );
+            }
             out.push(Reply::Link {
                 link: self.kind,
                 up,

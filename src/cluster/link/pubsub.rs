@@ -65,7 +65,7 @@ pub(super) fn run(ctx: &Ctx, ops: &Receiver<PubSubOp>) {
         let mut sub = match Sub::open(ctx, &client, &topics, &mut out) {
             Ok(sub) => sub,
             Err(e) => {
-                log::debug!("redis pubsub: connecting failed: {e}");
+                state.failed("connecting", &e, ctx.timeout());
                 state.set(false, &mut out);
                 ctx.deliver(&mut out);
                 sleep_unless_stopped(ctx, backoff.delay());
@@ -88,7 +88,7 @@ pub(super) fn run(ctx: &Ctx, ops: &Receiver<PubSubOp>) {
         match result {
             Ok(false) => return,
             Ok(true) => {}
-            Err(e) => log::warn!("redis pubsub: link lost: {e}"),
+            Err(e) => state.failed("link lost", &e, ctx.timeout()),
         }
         state.set(false, &mut out);
         ctx.deliver(&mut out);

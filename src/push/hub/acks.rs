@@ -40,6 +40,8 @@ pub(super) struct PresenceWait {
     pub(super) users: Vec<UserId>,
     /// The users other nodes reported (cluster mode), by name.
     pub(super) names: Vec<Arc<str>>,
+    /// Some live node did not answer in time.
+    pub(super) partial: bool,
 }
 
 impl PresenceWait {
@@ -125,8 +127,13 @@ impl Pending {
             (Waiting::Disconnect, true) => format!("{{\"closed\":{n}}}"),
             (Waiting::Presence(presence), _) => {
                 let list = presence.list(name);
+                let partial = if presence.partial {
+                    ",\"partial\":true"
+                } else {
+                    ""
+                };
                 format!(
-                    "{{\"channel\":{},\"users\":{},\"count\":{}}}",
+                    "{{\"channel\":{},\"users\":{},\"count\":{}{partial}}}",
                     serde_json::to_string(&*presence.channel).unwrap_or_else(|_| "\"\"".to_owned()),
                     serde_json::to_string(&list).unwrap_or_else(|_| "[]".to_owned()),
                     list.len()
@@ -229,10 +236,16 @@ impl Acks {
     /// Other nodes' users for the presence request under `ack` (the broker's part of it);
     /// returns the request once everything it waited for came.
     #[must_use]
-    pub(super) fn remote_presence(&mut self, ack: AckId, names: Vec<Arc<str>>) -> Option<Pending> {
+    pub(super) fn remote_presence(
+        &mut self,
+        ack: AckId,
+        names: Vec<Arc<str>>,
+        partial: bool,
+    ) -> Option<Pending> {
         let pending = self.pending.get_mut(&ack)?;
         if let Waiting::Presence(presence) = &mut pending.waiting {
             presence.names.extend(names);
+            presence.partial |= partial;
         }
         pending.remaining = pending.remaining.saturating_sub(1);
         if pending.remaining > 0 {

@@ -203,6 +203,9 @@ pub enum Event {
         request: AckId,
         /// The users the other live nodes reported (none on one node).
         users: Vec<Arc<str>>,
+        /// Some live node did not answer within the store's timeout: `users` lacks its users
+        /// (the answer says `"partial":true`).
+        partial: bool,
     },
     /// Another node asks for this node's users of `channel`: answer with
     /// [`Broker::presence_answer`].
@@ -334,6 +337,10 @@ pub trait Broker {
     /// `subscriptions`, `uptime_s`); the hub calls it every [`HEARTBEAT`]. Cluster mode
     /// stores it for [`HEARTBEAT_TTL`]; one node has nobody to tell.
     fn heartbeat(&mut self, _info: &str) {}
+
+    /// This node is leaving (a drain began): it stops announcing itself and its entry goes,
+    /// so other nodes stop counting it at once. One node: nothing to do.
+    fn depart(&mut self) {}
 
     /// Lists the live nodes: answered by [`Event::Nodes`] (one node: at once, with none).
     fn nodes(&mut self, request: AckId);

@@ -219,6 +219,7 @@ impl Broker for MemoryBroker {
         self.events.push_back(Event::PresenceFrom {
             request,
             users: Vec::new(),
+            partial: false,
         });
     }
 

@@ -100,6 +100,11 @@ impl<B: Broker> Hub<B> {
         }
     }
 
+    /// This node is leaving (a drain began): see [`Broker::depart`].
+    pub fn depart(&mut self) {
+        self.broker.depart();
+    }
+
     /// This node is alive, with `info` (a JSON object: `name`, `connections`,
     /// `subscriptions`, `uptime_s`): it answers `/api/nodes` with it and hands it to the
     /// broker (cluster mode stores it in Redis, see [`Broker::heartbeat`]).
@@ -286,6 +291,7 @@ impl<B: Broker> Hub<B> {
             channel: Arc::clone(channel),
             users: Vec::new(),
             names: Vec::new(),
+            partial: false,
         }));
         self.wait(ack, Pending::new(conn, remaining, false, waiting));
     }
@@ -371,8 +377,12 @@ impl<B: Broker> Hub<B> {
                     self.finish(request, done);
                 }
                 Event::Failed { request } => self.fail(request),
-                Event::PresenceFrom { request, users } => {
-                    let done = self.acks.remote_presence(request, users);
+                Event::PresenceFrom {
+                    request,
+                    users,
+                    partial,
+                } => {
+                    let done = self.acks.remote_presence(request, users, partial);
                     self.finish(request, done);
                 }
                 Event::PresenceAsked { asked, channel } => {
@@ -381,7 +391,7 @@ impl<B: Broker> Hub<B> {
                     let ack = self.acks.next_id();
                     self.remote_asks.insert(ack, asked);
                     self.ask_workers_for_presence(ack, 0, &channel);
-                    let done = self.acks.remote_presence(ack, Vec::new());
+                    let done = self.acks.remote_presence(ack, Vec::new(), false);
                     self.finish(ack, done);
                 }
                 Event::Nodes { request, nodes } => {
@@ -492,7 +502,7 @@ impl<B: Broker> Hub<B> {
         let Some(pending) = self.acks.cancel(ack) else {
             return;
         };
-        let body = r#"{"error":"the store did not confirm this request; retry with the same idempotency_key","field":null}"#;
+        let body = r#"{"error":"Redis did not confirm this request in time, or is unreachable: it may or may not have taken effect; retry (with the same idempotency_key, if it had one, to settle which)","field":null}"#;
         for conn in std::iter::once(pending.conn()).chain(self.remembered.failed(ack)) {
             self.answers.push(Answer {
                 conn,
