@@ -95,9 +95,10 @@ impl Node {
             "--log",
             "info",
         ]);
-        command.args(["--node-name", &options.name]);
         if let Some(redis) = &options.redis {
             command.args([
+                "--node-name",
+                &options.name,
                 "--redis",
                 redis,
                 "--redis-prefix",
