@@ -3,17 +3,22 @@
 //! the ordering contract of `crate::push::hub::broker` on top of what pub/sub gives (which is
 //! at most once, in order per topic, and says nothing across a reconnect):
 //!
-//! - **One sequence.** Per stream it remembers `live` = (epoch, last seq reported). A message
-//!   at or below `last` is a duplicate (the publishing node's own echo, a catch-up that
-//!   overlapped) and is dropped; one beyond `last + 1` waits in `ahead` while a catch-up read
-//!   fetches the gap from the stream; a gap the stream no longer holds, or another epoch,
-//!   becomes [`Event::Resync`] (an unsolicited `subscribed … recovered:false`).
+//! - **One sequence.** Per stream it remembers `live` = (epoch, last seq reported). Messages
+//!   are delivered from pub/sub only, which Redis keeps in seq order per topic (the script
+//!   publishes as it sequences): a publish's own answer only answers the API, since it can run
+//!   far ahead of other nodes' messages still on their way. A message at or below `last` is a
+//!   duplicate (a catch-up that overlapped) and is dropped; one beyond `last + 1` means pub/sub
+//!   lost some: it waits in `ahead` while a catch-up read fetches the gap from the stream; a
+//!   gap the stream no longer holds, or another epoch, becomes [`Event::Resync`] (an
+//!   unsolicited `subscribed … recovered:false`). After the pub/sub link drops, every stream
+//!   catches up the same way.
 //! - **Answers sit at their top.** A subscribe is answered after a read of the stream (epoch,
 //!   top, entries after the client's `since`) only once the topic is subscribed, so nothing
 //!   published after the read can be missed. A read whose top is above `last` first reports
-//!   the messages in between; one whose top is below `last` (pub/sub outran the read) takes
-//!   the rest from the frames reported while it was in flight (`recording`). Either way the
-//!   answer's top is `last`, and its replay runs from `since + 1` to it.
+//!   the messages in between when it holds them all (else pub/sub, which lost nothing, is just
+//!   behind, and they come that way); one whose top is below `last` (pub/sub outran the read)
+//!   takes the rest from the frames reported while it was in flight (`recording`). Either way
+//!   the answer's top is `last`, and its replay runs from `since + 1` to it.
 //! - **Interest before the answer.** A worker's interest is recorded when it asks; the topic
 //!   is unsubscribed only when no worker listens and no subscribe waits.
 //! - **A new epoch is announced.** A read that finds another epoch, or a top below what was
@@ -169,10 +174,9 @@ impl StreamState {
 /// An op waiting for its reply.
 #[derive(Debug)]
 enum Pending {
+    /// Delivered when its pub/sub copy comes (see `on_answer`), so only the request is kept.
     Publish {
         request: Option<AckId>,
-        stream: StreamKey,
-        data: Arc<str>,
     },
     Read {
         stream: StreamKey,
@@ -514,9 +518,13 @@ impl<L: RedisLink> RedisBroker<L> {
                     for (seq, frame) in frames.iter().filter(|(s, _)| *s > last) {
                         self.report(key, *seq, epoch, frame.clone());
                     }
-                } else {
+                } else if catch_up {
+                    // Pub/sub lost them (it skipped a seq, or its link dropped) and the stream
+                    // no longer holds them all.
                     self.resync(key, epoch, top, "the stream no longer holds the gap");
                 }
+                // Else pub/sub, which lost nothing, is only behind: the rest comes that way,
+                // and the waiters are answered at what was reported so far.
             }
             Some((e, last)) if e == epoch && top < last => {
                 let recorded = state.recording.get(recorded_from..).unwrap_or(&[]);
@@ -703,14 +711,7 @@ impl<L: RedisLink> RedisBroker<L> {
 
     fn on_answer(&mut self, pending: Pending, reply: Reply) {
         match (pending, reply) {
-            (
-                Pending::Publish {
-                    request,
-                    stream,
-                    data,
-                },
-                Reply::Published { seq, epoch, .. },
-            ) => {
+            (Pending::Publish { request }, Reply::Published { seq, epoch, .. }) => {
                 if let Some(request) = request {
                     self.events.push_back(Event::Stored {
                         request,
@@ -720,8 +721,9 @@ impl<L: RedisLink> RedisBroker<L> {
                         },
                     });
                 }
-                // This node delivers its own publish now; the pub/sub echo is a duplicate.
-                self.on_message(&stream, seq, epoch, data);
+                // Delivered when its pub/sub copy comes, in order with the other nodes'
+                // publishes: a reply runs ahead of pub/sub, and taking it as a message would
+                // look like a gap in the messages still on their way.
             }
             (Pending::Publish { request, .. }, Reply::NoStream { .. }) => {
                 self.events.push_back(Event::NoStream { request });
@@ -1040,25 +1042,19 @@ impl<L: RedisLink> Broker for RedisBroker<L> {
             PublishTo::Channel(name) => (StreamKey::channel(name), false, self.history.size),
             PublishTo::User(name) => (StreamKey::user(name), true, self.history.user_size),
         };
-        let data: Arc<str> = Arc::from(data);
         let (epoch_candidate, ttl) = (self.epoch_candidate(), self.history.ttl);
-        let (to, payload) = (stream.clone(), Arc::clone(&data));
         self.send(
             |id| Op::Publish {
                 id,
-                stream: to,
-                data: payload,
+                stream,
+                data: Arc::from(data),
                 idempotency_key: idempotency_key.map(Box::from),
                 epoch_candidate,
                 existing_only,
                 history_size,
                 ttl,
             },
-            Pending::Publish {
-                request,
-                stream,
-                data,
-            },
+            Pending::Publish { request },
         );
     }
 

@@ -290,7 +290,7 @@ fn a_top_that_went_back_under_the_same_epoch_renews_it() {
 }
 
 #[test]
-fn a_publish_is_answered_when_stored_and_delivered_once() {
+fn a_publish_is_answered_when_stored_and_delivered_once_from_pubsub() {
     let mut rig = Rig::new();
     rig.live(7, 0);
     rig.broker.publish(
@@ -308,23 +308,26 @@ fn a_publish_is_answered_when_stored_and_delivered_once() {
         }) if &**k == "k" => *id,
         other => panic!("{other:?}"),
     };
+    // The answer comes from the reply; the delivery from pub/sub, in order with the other
+    // nodes' publishes, even when the reply runs far ahead of them (a burst through several
+    // nodes): no gap is seen, no stream read, no resync.
     let events = rig.reply(Reply::Published {
         id,
-        seq: 1,
+        seq: 150,
         epoch: 7,
     });
-    let ep = Epoch::from_bits(7);
     assert_eq!(
         events,
-        [
-            format!("stored 40 Message {{ seq: 1, epoch: Epoch({}) }}", 7),
-            format!("message 1@{ep}")
-        ]
+        [format!(
+            "stored 40 Message {{ seq: 150, epoch: Epoch({}) }}",
+            7
+        )]
     );
-    assert!(
-        rig.message(1, 7).is_empty(),
-        "the echo from pub/sub is dropped"
-    );
+    let ops = rig.broker.link.ops.len();
+    for seq in 1..=150 {
+        assert_eq!(rig.message(seq, 7), [format!("message {seq}@{}", e(7))]);
+    }
+    assert_eq!(rig.broker.link.ops.len(), ops, "no read");
     // To a user nobody holds: NoStream.
     rig.broker
         .publish(PublishTo::User("nobody"), "1", None, Some(41));
@@ -569,4 +572,29 @@ fn presence_questions_of_other_nodes_are_passed_up_and_answered_to_their_inbox()
         }
         other => panic!("{other:?}"),
     }
+}
+
+#[test]
+fn a_read_far_ahead_of_a_healthy_pubsub_waits_for_it_instead_of_resyncing() {
+    let mut rig = Rig::new();
+    rig.live(7, 10);
+    rig.broker.subscribe(m(2), news(), Some(5), Some(e(7)));
+    let id = rig.last_read(Some(5));
+    // Pub/sub is 290 messages behind and the stream keeps the last 100: nothing is lost,
+    // the rest is on its way.
+    let events = rig.read_reply(id, 7, 300, 201);
+    assert_eq!(
+        events,
+        ["subscribed 2 at 10 Some(false) []"],
+        "answered at what was reported; 6..=10 are no longer in the stream"
+    );
+    assert_eq!(rig.message(11, 7), [format!("message 11@{}", e(7))]);
+    // A gap pub/sub itself shows (a seq skipped) is a loss: read, and resync if the stream
+    // no longer holds it.
+    assert!(rig.message(13, 7).is_empty());
+    let id = rig.last_read(Some(11));
+    assert_eq!(
+        rig.read_reply(id, 7, 300, 201),
+        [format!("resync 300@{}", e(7))]
+    );
 }

@@ -1,13 +1,13 @@
 //! The threads that talk to Redis, and the [`Link`] the hub thread holds to reach them.
 //!
 //! Three threads, one connection each, all on the `redis` crate's synchronous API:
-//! - [`commands`]: takes every [`Op`] queued (up to [`BATCH`]), runs them as one pipeline
+//! - `commands`: takes every [`Op`] queued (up to [`BATCH`]), runs them as one pipeline
 //!   (the Lua scripts `publish.lua`, `read.lua`, `renew.lua` by `EVALSHA`, falling back to
 //!   `EVAL` on `NOSCRIPT`; `XADD`, `SET`, … for the rest), answers each op and wakes the hub
 //!   once per batch.
-//! - [`pubsub`]: a RESP3 connection in subscribe mode; keeps the set of topics, subscribes it
+//! - `pubsub`: a RESP3 connection in subscribe mode; keeps the set of topics, subscribes it
 //!   again after a reconnect, turns published messages into [`Reply::Message`].
-//! - [`control`]: reads the control stream with `XREAD BLOCK` from its own position.
+//! - `control`: reads the control stream with `XREAD BLOCK` from its own position.
 //!
 //! Nothing here blocks the hub: [`Link::start`] returns at once, [`Link::send`] and
 //! [`Link::pubsub`] never wait, and replies come back through [`Link::try_recv`] after the
