@@ -21,11 +21,14 @@
 #   burst     5,000 subscribers over 3 nodes, 200 × 64 B burst through the 3 APIs, vs one node
 #             without Redis: deliveries/s, missing/duplicates; Redis CPU per publish
 #   rate      the same at 10 publishes/s: publish→receive p50/p99
-#   cpu       Redis CPU per publish, 1 vs 3 nodes × 1,000 vs 5,000 subscribers, as the difference
-#             of two bursts (1,000 and 200 publishes) so per-subscriber setup cancels out
+#   cpu       Redis CPU per publish, 1 vs 3 nodes × 1,000 vs 5,000 subscribers: 1,000 publishes
+#             at 200/s; Redis is sampled every 0.1 s (INFO cpu commandstats) and the CPU of the
+#             publishing window (first to last XADD), less the idle rate measured for 1 s before,
+#             is divided by the publishes; also the publish script's own µs per call
 #   pipeline  one node, one API client, one request at a time (--api-pipeline 1), 5,000
 #             subscribers: deliveries/s with and without --redis
-#   seed      seedcluster, 3 nodes, the burst shape published over its /pub WebSocket
+#   seed      seedcluster, 3 nodes, the burst shape published over its /pub WebSocket, beside
+#             edgepush's 3 nodes (API publishes) in the same round
 #   loss      1,000 subscribers over 3 nodes, 100 publishes/s for 10 s, `CLIENT KILL TYPE pubsub`
 #             at 2, 4 and 6 s: messages lost per subscriber, seedcluster vs edgepush
 #
@@ -46,13 +49,14 @@ SERVER_CORE="${SERVER_CORE:-0}"
 CLIENT_CORE="${CLIENT_CORE:-1}"
 WORK="${WORK:-$(mktemp -d /tmp/edgepush-cluster.XXXXXX)}"
 if [[ -n "${QUICK:-}" ]]; then
-  SUBS=600; MSGS=40; RATE_MSGS=20; CPU_SUBS="200 600"; CPU_MSGS_HI=200; CPU_MSGS_LO=40
+  SUBS=600; MSGS=40; RATE_MSGS=20; CPU_SUBS="200 600"; CPU_MSGS=200
   LOSS_SUBS=150; LOSS_MSGS=400
 else
-  SUBS=5000; MSGS=200; RATE_MSGS=200; CPU_SUBS="1000 5000"; CPU_MSGS_HI=1000; CPU_MSGS_LO=200
+  SUBS=5000; MSGS=200; RATE_MSGS=200; CPU_SUBS="1000 5000"; CPU_MSGS=1000
   LOSS_SUBS=1000; LOSS_MSGS=1000
 fi
 SIZE=64
+CPU_RATE="${CPU_RATE:-200}"
 
 for b in "$EDGEPUSH" "$L"; do
   [[ -x "$b" ]] || { echo "missing $b: cargo build --release -p edgepush -p edgepush-load" >&2; exit 1; }
@@ -126,6 +130,19 @@ redis_cpu() {
   "${RCLI[@]}" info cpu | tr -d '\r' |
     awk -F: '$1=="used_cpu_sys"||$1=="used_cpu_user"{s+=$2} END{printf "%.6f", s}'
 }
+# Samples Redis every 0.1 s until killed: "unix_time cpu_s xadd_calls evalsha_calls
+# evalsha_usec" per line (INFO cpu commandstats; a publish is one script run with one XADD).
+redis_sampler() {
+  while :; do
+    printf '%s ' "$(date +%s.%N)"
+    "${RCLI[@]}" info cpu commandstats | tr -d '\r' | awk -F'[:=,]' '
+      /^used_cpu_(sys|user):/ { c += $2 }
+      /^cmdstat_xadd:/ { x = $3 }
+      /^cmdstat_evalsha:/ { e = $3; u = $5 }
+      END { printf "%.6f %d %d %d\n", c, x, e, u }'
+    sleep 0.1
+  done
+}
 # CPU seconds (user + system) of the given PIDs so far.
 procs_cpu() {
   local tck total=0 p t
@@ -191,9 +208,15 @@ run_load() {
   local out="$WORK/runs/$name-$mode-r$round.json" r0 r1 s0 s1 rc=0
   echo "$(date +%T) round $round: $name / $mode: $L fanout $*" >>"$WORK/commands.txt"
   echo "== round $round: $name / $mode" >&2
+  redis_sampler >"$out.redis" 2>/dev/null &
+  local sampler=$!
+  sleep 1 # idle samples first: Redis's background rate (cron, heartbeats, these INFOs)
   r0=$(redis_cpu); s0=$(procs_cpu "${NODE_PIDS[@]}")
   "${CPIN[@]}" "$L" fanout --json --timeout 3m "$@" >"$out" 2>"$WORK/logs/load-last.txt" || rc=$?
   r1=$(redis_cpu); s1=$(procs_cpu "${NODE_PIDS[@]}")
+  sleep 0.3
+  kill "$sampler" 2>/dev/null || true
+  wait "$sampler" 2>/dev/null || true
   if [[ ! -s "$out" ]]; then
     echo "load generator failed (exit $rc): $(tail -3 "$WORK/logs/load-last.txt")" >&2
     echo '{}' >"$out"
@@ -201,9 +224,41 @@ run_load() {
   jq -c --arg name "$name" --arg mode "$mode" --argjson round "$round" --argjson rc "$rc" \
     --argjson rcpu "$(python3 -c "print(round($r1-$r0,6))")" \
     --argjson scpu "$(python3 -c "print(round($s1-$s0,3))")" --argjson extra "$extra" \
-    '{name:$name, mode:$mode, round:$round, exit:$rc, redis_cpu_s:$rcpu, servers_cpu_s:$scpu} + $extra + {load:.}' \
+    --argjson window "$(publish_window "$out.redis")" \
+    '{name:$name, mode:$mode, round:$round, exit:$rc, redis_cpu_s:$rcpu, servers_cpu_s:$scpu,
+      redis_window:$window} + $extra + {load:.}' \
     "$out" >>"$RESULTS"
   jq -r '"   deliveries/s \(.deliveries_per_s) missing \(.missing) dup \(.duplicates) ooo \(.out_of_order) p50 \(.latency_us.p50) p99 \(.latency_us.p99) published \(.published)"' "$out" >&2 || true
+}
+
+# publish_window SAMPLES: Redis CPU over the publishing window (from the last sample before the
+# first XADD to the first sample after the last one), less the idle rate of the first second,
+# as JSON {publishes, seconds, cpu_s, idle_cpu_per_s, cpu_us_per_publish,
+# script_us_per_call}; null without XADDs.
+publish_window() {
+  python3 - "$1" <<'PY'
+import json, sys
+rows = [list(map(float, l.split())) for l in open(sys.argv[1]) if len(l.split()) == 5]
+if len(rows) < 3:
+    print("null"); sys.exit()
+t0 = rows[0][0]
+idle = [r for r in rows if r[0] - t0 <= 0.95]
+base, final = rows[0][2], rows[-1][2]
+if final <= base or len(idle) < 2:
+    print("null"); sys.exit()
+i = next(k for k, r in enumerate(rows) if r[2] > base) - 1
+j = next(k for k, r in enumerate(rows) if r[2] >= final)
+rate = (idle[-1][1] - idle[0][1]) / (idle[-1][0] - idle[0][0])
+secs = rows[j][0] - rows[i][0]
+cpu = rows[j][1] - rows[i][1]
+n = rows[j][2] - rows[i][2]
+calls = rows[j][3] - rows[i][3]
+usec = rows[j][4] - rows[i][4]
+print(json.dumps({"publishes": n, "seconds": round(secs, 3), "cpu_s": round(cpu, 6),
+                  "idle_cpu_per_s": round(rate, 6),
+                  "cpu_us_per_publish": round((cpu - rate * secs) * 1e6 / n, 2),
+                  "script_us_per_call": round(usec / calls, 2) if calls else None}))
+PY
 }
 
 fanout_args() { # subs msgs rate channel
@@ -247,12 +302,9 @@ for ((round = 1; round <= ROUNDS; round++)); do
     for nodes in 1 "$NODES"; do
       for subs in $CPU_SUBS; do
         start_edgepush "$nodes" 1 "cpu$round-$nodes-$subs"
-        for msgs in "$CPU_MSGS_LO" "$CPU_MSGS_HI"; do
-          # shellcheck disable=SC2046
-          run_load "cpu-$nodes-$subs-$msgs" "$round" cluster \
-            "{\"nodes\":$nodes,\"subs\":$subs,\"msgs\":$msgs}" -- \
-            $(fanout_args "$subs" "$msgs" 0 "c$msgs") --url "$WS_URLS" --api "$API_URLS"
-        done
+        # shellcheck disable=SC2046
+        run_load "cpu" "$round" cluster "{\"nodes\":$nodes,\"subs\":$subs}" -- \
+          $(fanout_args "$subs" "$CPU_MSGS" "$CPU_RATE" "c$round") --url "$WS_URLS" --api "$API_URLS"
         stop_servers
       done
     done
@@ -271,11 +323,22 @@ for ((round = 1; round <= ROUNDS; round++)); do
   fi
 
   if has seed && [[ -n "$SEEDCLUSTER" ]]; then
-    start_seed "$NODES"
-    run_load seedburst "$round" seed "{\"nodes\":$NODES,\"subs\":$SUBS}" -- \
-      -n "$SUBS" --messages "$MSGS" --size "$SIZE" --rate 0 \
-      --pub-ws "$PUB_WS" --sub-url "$SUB_URLS" --deliver-timeout 5s
-    stop_servers
+    if ((round % 2)); then sorder="edgepush seed"; else sorder="seed edgepush"; fi
+    for mode in $sorder; do
+      if [[ $mode == seed ]]; then
+        start_seed "$NODES"
+        # Its deliveries take seconds: wait long enough to count them all.
+        run_load seedburst "$round" seed "{\"nodes\":$NODES,\"subs\":$SUBS}" -- \
+          -n "$SUBS" --messages "$MSGS" --size "$SIZE" --rate 0 \
+          --pub-ws "$PUB_WS" --sub-url "$SUB_URLS" --deliver-timeout 60s
+      else
+        start_edgepush "$NODES" 1 "sb$round"
+        # shellcheck disable=SC2046
+        run_load seedburst "$round" edgepush "{\"nodes\":$NODES,\"subs\":$SUBS}" -- \
+          $(fanout_args "$SUBS" "$MSGS" 0 "sb$round") --url "$WS_URLS" --api "$API_URLS"
+      fi
+      stop_servers
+    done
   fi
 
   if has loss; then
@@ -337,6 +400,9 @@ def errs(rs):
 L = lambda k: (lambda r: r["load"][k])
 P = lambda q: (lambda r: r["load"]["latency_us"][q])
 print(f"Rounds: {sys.argv[2]}; cells are median (min–max) over the rounds.\n")
+print("Unsolicited `recovered:false` (connections, each round): " + ", ".join(
+    f"{r['name']}/{r['mode']}: {r['load'].get('errors', {}).get('unsolicited_not_recovered', 0)}"
+    for r in rows if r["mode"] in ("cluster", "edgepush")) + "\n")
 print("| metric | cluster (3 nodes + Redis) | one node, no Redis | cluster ÷ one |")
 print("|---|---|---|---|")
 for name, label in (("burst", "burst"), ("rate10", "10/s")):
@@ -352,8 +418,10 @@ for name, label in (("burst", "burst"), ("rate10", "10/s")):
     a = vals(c, lambda r: r["servers_cpu_s"] * 1e6 / r["load"]["deliveries"])
     b = vals(o, lambda r: r["servers_cpu_s"] * 1e6 / r["load"]["deliveries"])
     print(f"| {label}: edgepush CPU µs per delivery (all nodes) | {cell(a)} | {cell(b)} | {ratio(a, b)} |")
+    a = vals(c, lambda r: r["redis_window"]["cpu_us_per_publish"])
+    print(f"| {label}: Redis CPU µs per publish (publishing window) | {cell(a)} | – | – |")
     a = vals(c, lambda r: r["redis_cpu_s"] * 1e6 / r["load"]["published"])
-    print(f"| {label}: Redis CPU µs per publish (whole run ÷ publishes) | {cell(a)} | – | – |")
+    print(f"| {label}: Redis CPU µs per publish (whole run incl. 5,000 subscribes ÷ publishes) | {cell(a)} | – | – |")
     print(f"| {label}: missing / duplicates / out of order (each round) | {errs(c)} | {errs(o)} | – |")
 c, o = sel("pipeline1", "cluster"), sel("pipeline1", "one")
 if c or o:
@@ -363,27 +431,18 @@ if c or o:
            vals(o, lambda r: r["load"]["publish_s"] * 1e6 / r["load"]["published"])
     print(f"| one node, `--api-pipeline 1`: µs per publish request | {cell(a)} | {cell(b)} | {ratio(a, b)} |")
     print(f"| one node, `--api-pipeline 1`: missing / dup / ooo | {errs(c)} | {errs(o)} | – |")
-cpu = [r for r in rows if r["name"].startswith("cpu-")]
+cpu = [r for r in rows if r["name"] == "cpu"]
 if cpu:
-    print("\nRedis CPU per publish: (CPU of a burst of HI publishes − CPU of a burst of LO) ÷ (HI − LO), "
-          "so subscribing and connecting cancel out.\n")
-    print("| nodes | subscribers | Redis µs per publish | whole-run Redis µs ÷ publishes (HI run) |")
-    print("|---|---|---|---|")
-    keys = sorted({(r["nodes"], r["subs"]) for r in cpu})
-    for n, s in keys:
-        per, whole = [], []
-        for rd in sorted({r["round"] for r in cpu}):
-            rs = [r for r in cpu if r["nodes"] == n and r["subs"] == s and r["round"] == rd]
-            if len(rs) != 2: continue
-            lo, hi = sorted(rs, key=lambda r: r["msgs"])
-            try:
-                per.append((hi["redis_cpu_s"] - lo["redis_cpu_s"]) * 1e6 /
-                           (hi["load"]["published"] - lo["load"]["published"]))
-                whole.append(hi["redis_cpu_s"] * 1e6 / hi["load"]["published"])
-            except (KeyError, ZeroDivisionError):
-                pass
-        print(f"| {n} | {s:,} | {cell(per)} | {cell(whole)} |")
-s, c = sel("seedburst", "seed"), sel("burst", "cluster")
+    print("\nRedis CPU per publish over the publishing window (1,000 publishes at 200/s; process CPU "
+          "less its idle rate; the script's µs per call from INFO commandstats).\n")
+    print("| nodes | subscribers | Redis CPU µs per publish | publish script µs per call | missing / dup |")
+    print("|---|---|---|---|---|")
+    for n, sb in sorted({(r["nodes"], r["subs"]) for r in cpu}):
+        rs = [r for r in cpu if r["nodes"] == n and r["subs"] == sb]
+        a = vals(rs, lambda r: r["redis_window"]["cpu_us_per_publish"])
+        b = vals(rs, lambda r: r["redis_window"]["script_us_per_call"])
+        print(f"| {n} | {sb:,} | {cell(a)} | {cell(b)} | {errs(rs).rsplit(' / ', 1)[0]} |")
+s, c = sel("seedburst", "seed"), sel("seedburst", "edgepush")
 if s:
     print("\n| burst, 3 nodes, 5,000 subscribers | edgepush (API) | seedcluster (`/pub` WebSocket) | edgepush ÷ seed |")
     print("|---|---|---|---|")
@@ -401,7 +460,8 @@ if ls or lc:
     print(f"| messages lost per subscriber | {cell(vals(lc, per))} | {cell(vals(ls, per))} |")
     print(f"| missing / duplicates / out of order (each round) | {errs(lc)} | {errs(ls)} |")
     wo = lambda r: r["load"].get("written_off", 0) / r["subs"]
-    nr = lambda r: r["load"].get("not_recovered", 0)
+    nr = lambda r: r["load"].get("errors", {}).get("unsolicited_not_recovered", 0)
+    print(f"| unsolicited recovered:false (connections) | {cell(vals(lc, nr))} | – |")
     print(f"| written off per subscriber (recovered:false) | {cell(vals(lc, wo))} | – |")
     print(f"| publish retries (503 during the link drop) | {cell(vals(lc, L('publish_retries')))} | – |")
 PY
