@@ -153,11 +153,15 @@ impl Subscribers {
         now: u64,
         recovery: Option<&mut Recovery>,
     ) {
-        if self.subscribe.is_some() {
+        if let Some(op) = &self.subscribe {
             let head = &data[..data.len().min(40)];
             if !contains(head, b"\"op\":\"message\"") {
                 if contains(head, b"\"op\":\"error\"") {
                     run.err("server_error_op");
+                } else if op.is_reply(data) && contains(data, b"\"recovered\":false") {
+                    // The server could not fill a gap (cluster mode: Redis lost history or
+                    // restarted): what it skipped stays missing here, and this says why.
+                    run.err("unsolicited_not_recovered");
                 }
                 return; // `subscribed` for $user, etc.
             }
