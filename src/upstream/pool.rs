@@ -45,6 +45,8 @@ struct Slot<S, R> {
     /// The request being written.
     out: Vec<u8>,
     written: usize,
+    /// Some of the request was written: it may have reached the backend.
+    wrote_any: bool,
     /// The answer so far.
     input: Vec<u8>,
     deadline: Tick,
@@ -132,6 +134,7 @@ impl<S, R> Pool<S, R> {
                     slot.state = State::Busy(request);
                     slot.out = out;
                     slot.written = 0;
+                    slot.wrote_any = false;
                     slot.input.clear();
                     slot.deadline = now + timeout;
                     return Ok(conn);
@@ -159,6 +162,7 @@ impl<S, R> Pool<S, R> {
             state: State::Connecting(request),
             out,
             written: 0,
+            wrote_any: false,
             input: Vec::new(),
             deadline: now + self.timeout,
             reused: false,
@@ -195,7 +199,7 @@ impl<S, R> Pool<S, R> {
     pub fn unwritten(&mut self, conn: ConnRef) -> Option<(&mut S, &[u8])> {
         let slot = self.slot(conn)?;
         let rest = match slot.state {
-            State::Busy(_) => &slot.out[slot.written..],
+            State::Busy(_) => slot.out.get(slot.written..).unwrap_or(&[]),
             _ => &[][..],
         };
         Some((&mut slot.socket, rest))
@@ -205,9 +209,10 @@ impl<S, R> Pool<S, R> {
     pub fn wrote(&mut self, conn: ConnRef, n: usize) {
         if let Some(slot) = self.slot(conn) {
             slot.written = (slot.written + n).min(slot.out.len());
+            slot.wrote_any |= n > 0;
             if slot.written == slot.out.len() {
                 slot.out = Vec::new();
-                slot.written = usize::MAX / 2; // all of it, and never "none of it"
+                slot.written = 0;
             }
         }
     }
@@ -286,7 +291,7 @@ impl<S, R> Pool<S, R> {
         self.idle.retain(|c| *c != conn);
         let (request, connecting, unsent) = match slot.state {
             State::Connecting(r) => (Some(r), true, false),
-            State::Busy(r) => (Some(r), false, slot.reused && slot.written == 0),
+            State::Busy(r) => (Some(r), false, slot.reused && !slot.wrote_any),
             State::Idle => (None, false, false),
         };
         Some(Closed {
