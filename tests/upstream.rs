@@ -37,11 +37,11 @@ fn backend() -> (SocketAddr, Seen) {
     (addr, seen)
 }
 
-/// One request: path, headers (lowercase names), body. `None` at EOF.
-fn read_request(
-    stream: &mut TcpStream,
-    buf: &mut Vec<u8>,
-) -> Option<(String, Vec<(String, String)>, Vec<u8>)> {
+/// A request as the backend reads it: path, headers (lowercase names), body.
+type Request = (String, Vec<(String, String)>, Vec<u8>);
+
+/// One request; `None` at EOF.
+fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Request> {
     let mut chunk = [0u8; 8192];
     for _ in 0..10_000 {
         if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
