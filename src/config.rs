@@ -362,6 +362,32 @@ pub struct Args {
     )]
     pub compression_min_size: usize,
 
+    /// The backend that answers clients' binary messages (actions): `http://host:port/path`.
+    /// Without it a binary message gets error 501. The host is resolved once, at start.
+    #[arg(long, value_name = "URL", env = "EDGEPUSH_UPSTREAM")]
+    pub upstream: Option<String>,
+
+    /// An action not answered by the upstream this long after its request was handed to a
+    /// connection (connecting included) gets error 504.
+    #[arg(
+        long,
+        value_name = "DUR",
+        env = "EDGEPUSH_UPSTREAM_TIMEOUT",
+        default_value = "5s",
+        value_parser = parse_positive_duration
+    )]
+    pub upstream_timeout: Duration,
+
+    /// Requests at the upstream at once, per worker thread; more wait, first come first served.
+    #[arg(
+        long,
+        value_name = "N",
+        env = "EDGEPUSH_UPSTREAM_MAX_INFLIGHT",
+        default_value = "1024",
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    pub upstream_max_inflight: u32,
+
     /// How often to log one info line with connections, messages per second and drops.
     #[arg(
         long,
@@ -487,6 +513,8 @@ pub struct Config {
     pub compression: bool,
     /// `--compression-min-size`: smaller outgoing messages go uncompressed, in bytes.
     pub compression_min_size: usize,
+    /// `--upstream` and its companions; `None`: binary messages get error 501.
+    pub upstream: Option<crate::upstream::UpstreamConfig>,
     /// Cluster mode (`--redis` and its companions); `None`: everything in process.
     pub cluster: Option<crate::cluster::ops::ClusterConfig>,
 }
@@ -593,7 +621,8 @@ pub enum ConfigError {
         /// What is wrong, in a few words.
         reason: String,
     },
-    /// `--redis-durable` or `--node-name` was given without `--redis`.
+    /// `--redis-durable` was given without `--redis`, or `--node-name` without `--redis` or
+    /// `--upstream`.
     ClusterFlagWithoutRedis {
         /// The flag.
         flag: &'static str,
@@ -602,6 +631,11 @@ pub enum ConfigError {
     TooManyThreads {
         /// The `--threads` given, or the number of cores when it was not given.
         threads: usize,
+    },
+    /// `--upstream` is not an http URL, or its host does not resolve.
+    Upstream {
+        /// What is wrong, in one line.
+        reason: String,
     },
 }
 
@@ -631,7 +665,14 @@ impl fmt::Display for ConfigError {
             ),
             ConfigError::InvalidRedis { reason } => write!(f, "--redis: {reason}"),
             ConfigError::ClusterFlagWithoutRedis { flag } => {
-                write!(f, "{flag} only means something with --redis")
+                if *flag == "--node-name" {
+                    write!(
+                        f,
+                        "--node-name only means something with --redis or --upstream"
+                    )
+                } else {
+                    write!(f, "{flag} only means something with --redis")
+                }
             }
             ConfigError::TooManyThreads { threads } => {
                 write!(f, "--threads {threads} is more than the 64 supported")
@@ -640,6 +681,7 @@ impl fmt::Display for ConfigError {
                 f,
                 "--api-listen {api_listen} is not a loopback address: set --api-key too"
             ),
+            ConfigError::Upstream { reason } => f.write_str(reason),
         }
     }
 }
@@ -702,13 +744,31 @@ impl Config {
             None => {
                 let given = [
                     ("--redis-durable", args.redis_durable),
-                    ("--node-name", args.node_name.is_some()),
+                    // The node's name also goes to an upstream (`Edgepush-Node`).
+                    (
+                        "--node-name",
+                        args.node_name.is_some() && args.upstream.is_none(),
+                    ),
                 ];
                 if let Some((flag, _)) = given.into_iter().find(|(_, on)| *on) {
                     return Err(ConfigError::ClusterFlagWithoutRedis { flag });
                 }
             }
         }
+        let node = args
+            .node_name
+            .clone()
+            .unwrap_or_else(|| default_node_name(args.listen));
+        let upstream = match &args.upstream {
+            None => None,
+            Some(url) => {
+                let mut upstream = crate::upstream::UpstreamConfig::new(url, node)
+                    .map_err(|reason| ConfigError::Upstream { reason })?;
+                upstream.timeout = args.upstream_timeout;
+                upstream.max_inflight = args.upstream_max_inflight as usize;
+                Some(upstream)
+            }
+        };
         Ok(Config {
             listen: args.listen,
             threads,
@@ -752,6 +812,7 @@ impl Config {
                 timeout: args.redis_timeout,
                 durable: args.redis_durable,
             }),
+            upstream,
         })
     }
 
@@ -788,6 +849,7 @@ impl Config {
             compression: true,
             compression_min_size: 128,
             cluster: None,
+            upstream: None,
         }
     }
 
@@ -889,6 +951,20 @@ impl Config {
                         if c.durable { "durable" } else { "not durable" }
                     ),
                     None => "off (one node)".to_owned(),
+                },
+            ),
+            (
+                "upstream",
+                match &self.upstream {
+                    Some(u) => format!(
+                        "http://{}{} ({}), timeout {}, {} in flight per thread",
+                        u.target.authority,
+                        u.target.path,
+                        u.addr,
+                        format_duration(u.timeout),
+                        u.max_inflight
+                    ),
+                    None => "off (binary messages get error 501)".to_owned(),
                 },
             ),
             ("threads", self.threads.to_string()),
@@ -1429,7 +1505,7 @@ mod tests {
         );
         assert_eq!(
             reason(&["--node-name", "a"]),
-            "--node-name only means something with --redis"
+            "--node-name only means something with --redis or --upstream"
         );
         assert_eq!(
             redis_endpoint("redis://user:pw@h:6379/1"),
@@ -1455,7 +1531,8 @@ mod tests {
         ] {
             assert!(s.contains(needle), "{needle:?} missing from\n{s}");
         }
-        assert_eq!(s.lines().count(), 27);
+        assert_eq!(s.lines().count(), 28);
+        assert!(s.contains("upstream           off"), "{s}");
         assert!(s.contains("max request head   16KiB"), "{s}");
         assert!(s.contains("cluster            off (one node)"), "{s}");
         let args = Args::try_parse_from([
@@ -1481,5 +1558,42 @@ mod tests {
         );
         c.echo_path = None;
         assert!(c.render_summary().contains("echo path          off"));
+    }
+
+    #[test]
+    fn upstream_flags() {
+        let parse = |extra: &[&str]| {
+            let mut argv = vec!["edgepush"];
+            argv.extend_from_slice(extra);
+            Config::from_args(Args::try_parse_from(argv).expect("flags"))
+        };
+        assert_eq!(parse(&[]).expect("config").upstream, None);
+        let c = parse(&[
+            "--upstream",
+            "http://127.0.0.1:9000/act",
+            "--upstream-timeout",
+            "250ms",
+            "--upstream-max-inflight",
+            "8",
+            "--node-name",
+            "n1",
+        ])
+        .expect("config");
+        let u = c.upstream.clone().expect("upstream");
+        assert_eq!(u.addr.port(), 9000);
+        assert_eq!(u.timeout, Duration::from_millis(250));
+        assert_eq!((u.max_inflight, u.node.as_str()), (8, "n1"));
+        assert!(c
+            .render_summary()
+            .contains("http://127.0.0.1:9000/act (127.0.0.1:9000), timeout 250ms, 8 in flight"));
+        let d = parse(&["--upstream", "http://127.0.0.1:9000"]).expect("config");
+        let d = d.upstream.expect("upstream");
+        assert_eq!((d.timeout, d.max_inflight), (Duration::from_secs(5), 1024));
+        for bad in ["https://127.0.0.1/", "http://no-such-host.invalid/"] {
+            let e = parse(&["--upstream", bad]).expect_err(bad);
+            assert!(matches!(e, ConfigError::Upstream { .. }), "{e}");
+            assert!(!e.to_string().contains('\n'));
+        }
+        assert!(Args::try_parse_from(["edgepush", "--upstream-max-inflight", "0"]).is_err());
     }
 }

@@ -13,3 +13,4 @@ pub mod push;
 pub mod server;
 pub mod session;
 pub mod tick;
+pub mod upstream;

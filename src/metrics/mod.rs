@@ -217,6 +217,39 @@ pub struct Stats {
     pub bytes_out: AtomicU64,
     /// API requests refused with 503 because workers' inboxes were full.
     pub api_overloaded: AtomicU64,
+    /// Upstream requests (`--upstream`) by how they ended.
+    pub upstream_outcomes: UpstreamOutcomes,
+    /// From handing an upstream request to a connection to its answer (or failure).
+    pub upstream_latency: Histogram,
+    /// Upstream requests in flight, all workers.
+    pub upstream_in_flight: AtomicUsize,
+    /// Actions waiting for their turn (behind their connection's request in flight, or for a
+    /// place under `--upstream-max-inflight`), all workers.
+    pub upstream_queued: AtomicUsize,
+}
+
+/// Counts per upstream [`Outcome`](crate::upstream::Outcome).
+#[derive(Debug, Default)]
+pub struct UpstreamOutcomes {
+    counts: [AtomicU64; crate::upstream::Outcome::ALL.len()],
+}
+
+impl UpstreamOutcomes {
+    /// Counts one request that ended so.
+    pub fn add(&self, outcome: crate::upstream::Outcome) {
+        self.counts[outcome.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The count for `outcome`.
+    pub fn get(&self, outcome: crate::upstream::Outcome) -> u64 {
+        self.counts[outcome.index()].load(Ordering::Relaxed)
+    }
+
+    fn samples(&self) -> impl Iterator<Item = (String, u64)> + '_ {
+        crate::upstream::Outcome::ALL
+            .iter()
+            .map(|o| (o.label().to_owned(), self.get(*o)))
+    }
 }
 
 impl Stats {

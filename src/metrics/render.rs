@@ -126,6 +126,13 @@ pub fn stats_json(s: &Stats, hub: &HubFigures) -> String {
             (true, true) => "down".into(),
         },
         "redis_outages": s.store_outages.load(Ordering::Relaxed),
+        "upstream_requests": s
+            .upstream_outcomes
+            .samples()
+            .map(|(k, v)| (k, serde_json::Value::from(v)))
+            .collect::<serde_json::Map<_, _>>(),
+        "upstream_in_flight": s.upstream_in_flight.load(Ordering::Relaxed),
+        "upstream_queued": s.upstream_queued.load(Ordering::Relaxed),
     })
     .to_string()
 }
@@ -270,6 +277,28 @@ pub fn metrics_text(s: &Stats, hub: &HubFigures) -> String {
         "edgepush_publish_latency_seconds",
         "From the hub taking a message to a worker having written it to its recipients.",
         &s.publish_latency,
+    );
+    e.labelled(
+        "edgepush_upstream_requests_total",
+        "counter",
+        "Requests to --upstream, by outcome.",
+        "outcome",
+        s.upstream_outcomes.samples(),
+    );
+    e.histogram(
+        "edgepush_upstream_latency_seconds",
+        "From handing a request to an upstream connection (connecting included) to its answer.",
+        &s.upstream_latency,
+    );
+    e.gauge(
+        "edgepush_upstream_in_flight",
+        "Requests at the upstream now.",
+        s.upstream_in_flight.load(Ordering::Relaxed) as u64,
+    );
+    e.gauge(
+        "edgepush_upstream_queued",
+        "Actions waiting for their turn to go to the upstream.",
+        s.upstream_queued.load(Ordering::Relaxed) as u64,
     );
     e.finish()
 }

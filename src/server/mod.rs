@@ -62,6 +62,8 @@ pub(crate) struct Settings {
     /// `--compression-min-size`: smaller outgoing messages go plain.
     compression_min_size: usize,
     tick: Duration,
+    /// `--upstream` and its companions; `None`: binary messages get error 501.
+    upstream: Option<crate::upstream::UpstreamConfig>,
 }
 
 impl Settings {
@@ -98,6 +100,7 @@ impl Settings {
             max_backlog: config.max_backlog,
             compression_min_size: config.compression_min_size,
             tick: TICK,
+            upstream: config.upstream.clone(),
         }
     }
 

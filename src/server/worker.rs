@@ -10,6 +10,7 @@
 //! `WouldBlock`.
 
 mod push;
+mod upstream;
 
 use std::collections::HashMap;
 use std::io::{self, Read};
@@ -118,6 +119,10 @@ pub(crate) struct Worker {
     settings: Arc<Settings>,
     stats: Arc<Stats>,
     stop: Arc<AtomicBool>,
+    /// The upstream client (`--upstream`), if configured.
+    upstream: Option<Box<upstream::Upstream>>,
+    /// Times `next_generation` wrapped (for connection ids that are never reused).
+    generation_epoch: u32,
 }
 
 impl Worker {
@@ -134,6 +139,11 @@ impl Worker {
             .register(&mut listener, LISTENER, Interest::READABLE)?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let wheel = TimerWheel::new(settings.tick, 4096, Instant::now());
+        let upstream = settings.upstream.clone().map(|config| {
+            let timeout = settings.ticks(config.timeout);
+            let max_body = settings.session.decoder.max_message_size;
+            Box::new(upstream::Upstream::new(config, timeout, max_body))
+        });
         Ok((
             Worker {
                 id,
@@ -165,6 +175,8 @@ impl Worker {
                 settings,
                 stats,
                 stop,
+                upstream,
+                generation_epoch: 0,
             },
             waker,
         ))
@@ -174,7 +186,7 @@ impl Worker {
     pub(crate) fn run(mut self) {
         let mut events = Events::with_capacity(1024);
         while !self.stop.load(Ordering::Relaxed) {
-            let mut timeout = if self.again.is_empty() && !self.inbox_again {
+            let mut timeout = if self.again.is_empty() && !self.inbox_again && !self.has_resumed() {
                 self.wheel.next_expiry_hint(Instant::now())
             } else {
                 Some(Duration::ZERO)
@@ -199,6 +211,15 @@ impl Worker {
                         }
                     }
                     WAKER => self.take_inbox(),
+                    token if upstream::is_upstream(Handle::from_token(token)) => {
+                        let readable =
+                            event.is_readable() || event.is_read_closed() || event.is_error();
+                        self.on_upstream_event(
+                            Handle::from_token(token),
+                            readable,
+                            event.is_writable(),
+                        );
+                    }
                     token => {
                         let handle = Handle::from_token(token);
                         let closing = event.is_read_closed() || event.is_error();
@@ -214,6 +235,7 @@ impl Worker {
             for handle in std::mem::take(&mut self.again) {
                 self.on_readable(handle, true);
             }
+            self.resume_paused();
             if self.inbox_again {
                 self.take_inbox();
             }
@@ -250,6 +272,9 @@ impl Worker {
                     }
                     let generation = self.next_generation;
                     self.next_generation = self.next_generation.wrapping_add(1);
+                    if self.next_generation == 0 {
+                        self.generation_epoch = self.generation_epoch.wrapping_add(1);
+                    }
                     let entry = self.conns.vacant_entry();
                     let handle = Handle {
                         key: entry.key() as u32,
@@ -323,11 +348,20 @@ impl Worker {
             self.accept_all();
             return;
         }
+        if upstream::is_upstream(handle) {
+            return self.on_upstream_timer(handle, tick);
+        }
+        let paused = self.upstream_paused(handle);
+        let now = self.now;
         let Some(conn) = self.get(handle) else {
             return;
         };
         if !conn.session.is_deadline(Tick(tick)) {
             return; // re-armed since
+        }
+        if paused {
+            // We are the ones not reading: its silence is not the peer's.
+            conn.session.vouch_alive(now);
         }
         let app_deadline = conn.push.as_ref().map_or(Tick::NEVER, |p| p.expires());
         let timeout = self.with_session(handle, |session, now, config, tx| {
@@ -394,6 +428,10 @@ impl Worker {
     /// is skipped — a third of the syscalls of a request/answer exchange. When the event
     /// reported a hang-up (`closing`), reading goes on until EOF so it is not missed.
     fn on_readable(&mut self, handle: Handle, closing: bool) {
+        if self.upstream_paused(handle) {
+            // Back-pressure: read again once its actions drain (`resume_paused`).
+            return;
+        }
         let mut buf = std::mem::take(&mut self.read_buf);
         let mut reads = 0;
         let mut alive = true;
@@ -444,6 +482,9 @@ impl Worker {
                     if let Some(conn) = self.get(handle) {
                         let rest = &buf[consumed.min(end)..end];
                         conn.stash = (!rest.is_empty()).then(|| Box::new(rest.to_vec()));
+                    }
+                    if self.upstream_paused(handle) {
+                        break;
                     }
                     // A long turn (a ping flood, a burst of echoes) writes as it goes: the
                     // cork stays small, and once the socket refuses bytes the queue takes
@@ -724,6 +765,9 @@ impl Worker {
                 // Answered before the next frame is decoded: its replies go out ahead of
                 // whatever follows it on the wire, the peer's Close included.
                 self.handle_push_messages(handle);
+                if self.upstream_paused(handle) {
+                    break; // the rest waits in the stash until its actions drain
+                }
             }
             if done {
                 break;
@@ -838,6 +882,7 @@ impl Worker {
     /// The session is closing: it will never be sent another message, so it leaves the
     /// routing tables now (presence and the `$user` TTL don't wait for the peer's EOF).
     fn after_close(&mut self, handle: Handle) {
+        self.upstream_forget(handle);
         let Some(push) = self.get(handle).and_then(|c| c.push.take()) else {
             return;
         };
@@ -962,6 +1007,7 @@ impl Worker {
         if conn.session.endpoint() != Endpoint::None {
             self.stats.closed(self.id);
         }
+        self.upstream_forget(handle);
         if let Some(ip) = self.client_ips.remove(&handle.key) {
             if let Some(limits) = &self.settings.ip_limits {
                 limits.release(ip, Instant::now());

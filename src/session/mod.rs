@@ -540,6 +540,17 @@ impl Session {
         }
     }
 
+    /// The driver holds the peer's input unread on purpose (back-pressure: the peer is not
+    /// silent, we are not listening): the peer counts as heard from at `now` and an
+    /// outstanding Ping is forgiven, so no pong timeout runs out while it is paused. Only while
+    /// open.
+    pub fn vouch_alive(&mut self, now: Tick) {
+        if self.state == State::Open {
+            self.timer.last_seen = now.short();
+            self.timer.put(Liveness::PING_OUTSTANDING, false);
+        }
+    }
+
     /// True when `tick` is the session's live deadline (a wheel entry for another tick is
     /// stale: the deadline moved since it was filed).
     pub fn is_deadline(&self, tick: Tick) -> bool {

@@ -594,8 +594,8 @@ impl Router {
 
     /// Handles one whole message from a push client (the worker calls this only while the
     /// connection is open): `ping` (text) gets `pong`; JSON ops `subscribe`, `unsubscribe`,
-    /// `publish`, `refresh`; anything else an error (400 bad op, 501 binary without an
-    /// upstream).
+    /// `publish`, `refresh`; anything else an error (400 bad op; a binary message without
+    /// `--upstream`: 400 if shorter than its 4-byte action code, else 501 naming the action).
     pub fn handle_message(
         &mut self,
         conns: &mut impl PushConns,
@@ -605,11 +605,23 @@ impl Router {
         now: Now,
     ) {
         if kind == MessageKind::Binary {
-            return self.reply_error(
-                conn,
-                OpError::NOT_IMPLEMENTED,
-                "binary frames need an upstream; none is configured",
-            );
+            // An action (design.md "Upstream"): too short for its code is 400, checked first.
+            let mut json = Vec::new();
+            match crate::upstream::action_code(data) {
+                None => crate::upstream::write_action_error(
+                    &mut json,
+                    OpError::BAD_REQUEST,
+                    None,
+                    "a binary message starts with a 4-byte action code",
+                ),
+                Some(action) => crate::upstream::write_action_error(
+                    &mut json,
+                    OpError::NOT_IMPLEMENTED,
+                    Some(action),
+                    "binary frames need an upstream; none is configured",
+                ),
+            }
+            return self.reply(conn, Cow::Owned(json));
         }
         if data == b"ping" {
             return self.reply(conn, Cow::Borrowed(b"pong"));

@@ -25,6 +25,7 @@ use crate::protocol::close;
 use crate::protocol::deflate::{shared_twin, Deflater};
 use crate::protocol::frame::{write_frame, OpCode, SharedFrame};
 use crate::protocol::handshake::Request;
+use crate::protocol::message::MessageKind;
 use crate::push::auth::{verify_hs256, Claims};
 use crate::push::hub::{AckId, Stream, Target, ToHub, ToWorker};
 use crate::push::names::validate_user;
@@ -217,7 +218,7 @@ impl Queuing<'_> {
 /// batch: for frames queued outside the connection's own turn (fan-out, replies and Close
 /// replies released by a hub answer), which must never go to the cork. The "listed already"
 /// bit lives in the queue, which exists exactly while it can be set.
-fn queue_for_batch<'a>(
+pub(super) fn queue_for_batch<'a>(
     conn: &'a mut Connection,
     handle: Handle,
     dirty: &mut Vec<Handle>,
@@ -333,6 +334,7 @@ impl Worker {
 
     /// Sets up a freshly upgraded push connection and asks the hub for its `$user` stream.
     pub(super) fn accept_push(&mut self, handle: Handle, identity: Identity) {
+        self.remember_user(handle, &identity.user);
         let now = self.push_now();
         let Worker { conns, router, .. } = self;
         let Some(conn) = conn_of(conns, handle) else {
@@ -361,6 +363,10 @@ impl Worker {
         for &(kind, start, end) in &messages {
             if self.get(handle).is_none_or(|c| !c.session.is_open()) {
                 break;
+            }
+            if kind == MessageKind::Binary && self.upstream.is_some() {
+                self.on_action(handle, &input[start..end]);
+                continue;
             }
             let Worker { conns, router, .. } = self;
             router.handle_message(conns, conn_id(handle), kind, &input[start..end], now);
