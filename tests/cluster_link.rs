@@ -3,9 +3,10 @@
 //! history and idempotency, the pub/sub and control readers, and what the link reports when
 //! Redis dies, restarts or drops the pub/sub connection.
 
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+#[path = "cluster/redis.rs"]
+#[allow(dead_code)] // the cluster tests use the rest
+mod redis_server;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,92 +14,19 @@ use edgepush::cluster::link::Link;
 use edgepush::cluster::ops::{
     ClusterConfig, ControlEntry, LinkKind, Op, OpId, PubSubOp, Reply, StreamKey,
 };
+use redis_server::{Persistence, RedisServer};
 
-/// A `redis-server` this test started; killed (SIGKILL, by PID) and its directory removed on
-/// drop. Copy `RedisServer::start` for other tests that need one.
-struct RedisServer {
-    /// The process.
-    child: Option<Child>,
-    /// Its port on 127.0.0.1.
-    port: u16,
-    /// Its `--dir` (RDB snapshots go here).
-    dir: PathBuf,
+/// The test's own `redis-server` (`tests/cluster/redis.rs`, shared with `tests/cluster.rs`);
+/// `None` (skip) without one, unless `CI` is set.
+fn start_redis() -> Option<RedisServer> {
+    redis_server::available().then(|| RedisServer::start(Persistence::None))
 }
 
-impl RedisServer {
-    /// Starts one on a free port with a fresh temporary directory, no persistence.
-    fn start() -> RedisServer {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        let dir =
-            std::env::temp_dir().join(format!("edgepush-redis-{}-{port}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        let mut s = RedisServer {
-            child: None,
-            port,
-            dir,
-        };
-        s.restart();
-        s
-    }
-
-    /// (Re)starts the server on the same port and directory (loading `dump.rdb` if any).
-    fn restart(&mut self) {
-        let child = spawn_redis(self.port, &self.dir);
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(mut con) = redis::Client::open(self.url()).and_then(|c| c.get_connection()) {
-                if redis::cmd("PING").query::<String>(&mut con).is_ok() {
-                    return;
-                }
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        panic!("redis-server did not come up on port {}", self.port);
-    }
-
-    /// `kill -9` (by PID) and reap.
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    /// `redis://127.0.0.1:PORT`.
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    /// A plain connection for the test's own commands.
-    fn con(&self) -> redis::Connection {
-        redis::Client::open(self.url())
-            .and_then(|c| c.get_connection())
-            .expect("connect to the test redis")
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        self.kill();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// `redis-server --port N --save "" --appendonly no` in `dir`.
-fn spawn_redis(port: u16, dir: &Path) -> Child {
-    Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-        .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
-        .arg("--dir")
-        .arg(dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("redis-server runs")
+/// A plain connection for the test's own commands.
+fn con(redis: &RedisServer) -> redis::Connection {
+    redis::Client::open(redis.url())
+        .and_then(|c| c.get_connection())
+        .expect("connect to the test redis")
 }
 
 /// A link and the poll its waker belongs to, as the hub thread would hold them.
@@ -286,7 +214,9 @@ fn reply_id(r: &Reply) -> Option<OpId> {
 
 #[test]
 fn publishes_number_one_epoch_and_pubsub_delivers_them() {
-    let redis = RedisServer::start();
+    let Some(redis) = start_redis() else {
+        return;
+    };
     let mut hub = Hub::new(&redis, false);
     let news = StreamKey::channel("news");
     hub.subscribe(&news);
@@ -321,7 +251,9 @@ fn publishes_number_one_epoch_and_pubsub_delivers_them() {
 
 #[test]
 fn idempotency_key_answers_the_same_seq() {
-    let redis = RedisServer::start();
+    let Some(redis) = start_redis() else {
+        return;
+    };
     let mut hub = Hub::new(&redis, false);
     let s = StreamKey::user("u1");
     let first = hub.publish(&s, "1", Some("k1"));
@@ -333,7 +265,9 @@ fn idempotency_key_answers_the_same_seq() {
 
 #[test]
 fn existing_only_needs_a_stream() {
-    let redis = RedisServer::start();
+    let Some(redis) = start_redis() else {
+        return;
+    };
     let mut hub = Hub::new(&redis, false);
     let s = StreamKey::user("u2");
     let send = |hub: &mut Hub| {
@@ -358,7 +292,9 @@ fn existing_only_needs_a_stream() {
 
 #[test]
 fn read_after_returns_exactly_the_later_entries() {
-    let redis = RedisServer::start();
+    let Some(redis) = start_redis() else {
+        return;
+    };
     let mut hub = Hub::new(&redis, false);
     let s = StreamKey::channel("r");
     let (_, epoch) = hub.publish(&s, "0", None);
@@ -376,7 +312,7 @@ fn read_after_returns_exactly_the_later_entries() {
     // A flushed script cache: the scripts run again by EVAL.
     let _: () = redis::cmd("SCRIPT")
         .arg("FLUSH")
-        .query(&mut redis.con())
+        .query(&mut con(&redis))
         .expect("SCRIPT FLUSH");
     assert_eq!(hub.read(&s, Some(9)).2.len(), 1);
     assert_eq!(hub.publish(&s, "11", None), (11, epoch));
@@ -384,7 +320,9 @@ fn read_after_returns_exactly_the_later_entries() {
 
 #[test]
 fn history_size_trims_and_zero_keeps_none() {
-    let redis = RedisServer::start();
+    let Some(redis) = start_redis() else {
+        return;
+    };
     let mut hub = Hub::new(&redis, false);
     let s = StreamKey::channel("h");
     for i in 1..=5 {
@@ -405,7 +343,9 @@ fn history_size_trims_and_zero_keeps_none() {
 
 #[test]
 fn renew_changes_the_epoch_and_keeps_the_top() {
-    let redis = RedisServer::start();
+    let Some(redis) = start_redis() else {
+        return;
+    };
     let mut hub = Hub::new(&redis, false);
     let s = StreamKey::channel("n");
     let (_, old) = hub.publish(&s, "a", None);
@@ -441,12 +381,14 @@ fn renew_changes_the_epoch_and_keeps_the_top() {
 
 #[test]
 fn restart_without_persistence_starts_a_new_epoch() {
-    let mut redis = RedisServer::start();
+    let Some(mut redis) = start_redis() else {
+        return;
+    };
     let mut hub = Hub::new(&redis, false);
     let s = StreamKey::channel("x");
     let (_, e1) = hub.publish(&s, "a", None);
     hub.publish(&s, "b", None);
-    redis.kill();
+    redis.kill9();
     redis.restart();
     let (seq, e2) = publish_until_up(&mut hub, &s);
     assert_eq!(seq, 1);
@@ -470,14 +412,16 @@ fn publish_until_up(hub: &mut Hub, s: &StreamKey) -> (u64, u64) {
 
 #[test]
 fn snapshot_restart_keeps_epochs_only_when_durable() {
-    let mut redis = RedisServer::start();
+    let Some(mut redis) = start_redis() else {
+        return;
+    };
     let mut volatile = Hub::new(&redis, false);
     let mut durable = Hub::named(&redis, true, "n2");
     let (a, b) = (StreamKey::channel("a"), StreamKey::channel("b"));
     let (_, ea) = volatile.publish(&a, "1", None);
     let (_, eb) = durable.publish(&b, "1", None);
-    let _: () = redis::cmd("SAVE").query(&mut redis.con()).expect("SAVE");
-    redis.kill();
+    redis.save();
+    redis.kill9();
     redis.restart();
     let (seq, ea2) = publish_until_up(&mut volatile, &a);
     assert_eq!(seq, 1);
@@ -491,7 +435,9 @@ fn snapshot_restart_keeps_epochs_only_when_durable() {
 
 #[test]
 fn control_entries_reach_every_node() {
-    let redis = RedisServer::start();
+    let Some(redis) = start_redis() else {
+        return;
+    };
     let mut one = Hub::new(&redis, false);
     let mut two = Hub::named(&redis, false, "n2");
     let id = one.id();
@@ -527,7 +473,9 @@ fn control_entries_reach_every_node() {
 
 #[test]
 fn heartbeats_list_live_nodes() {
-    let redis = RedisServer::start();
+    let Some(redis) = start_redis() else {
+        return;
+    };
     let mut hub = Hub::new(&redis, false);
     hub.link.send(Op::Heartbeat {
         info: "{\"node\":\"n1\"}".into(),
@@ -537,7 +485,7 @@ fn heartbeats_list_live_nodes() {
     let _: () = redis::cmd("SADD")
         .arg("ep:nodes")
         .arg("ghost")
-        .query(&mut redis.con())
+        .query(&mut con(&redis))
         .expect("SADD");
     let id = hub.id();
     hub.link.send(Op::Nodes { id });
@@ -551,18 +499,20 @@ fn heartbeats_list_live_nodes() {
     }
     let left: Vec<String> = redis::cmd("SMEMBERS")
         .arg("ep:nodes")
-        .query(&mut redis.con())
+        .query(&mut con(&redis))
         .expect("SMEMBERS");
     assert_eq!(left, ["n1"]);
 }
 
 #[test]
 fn redis_down_fails_ops_and_restart_resubscribes() {
-    let mut redis = RedisServer::start();
+    let Some(mut redis) = start_redis() else {
+        return;
+    };
     let mut hub = Hub::new(&redis, false);
     let s = StreamKey::channel("live");
     hub.subscribe(&s);
-    redis.kill();
+    redis.kill9();
     let killed = Instant::now();
     hub.wait_link(LinkKind::PubSub, false, Duration::from_secs(4));
     let id = hub.publish_op(&s, "lost", None, 10);
@@ -583,7 +533,9 @@ fn redis_down_fails_ops_and_restart_resubscribes() {
 
 #[test]
 fn killed_pubsub_connection_comes_back_subscribed() {
-    let redis = RedisServer::start();
+    let Some(redis) = start_redis() else {
+        return;
+    };
     let mut hub = Hub::new(&redis, false);
     let s = StreamKey::channel("k");
     hub.subscribe(&s);
@@ -600,7 +552,7 @@ fn killed_pubsub_connection_comes_back_subscribed() {
         .arg("KILL")
         .arg("TYPE")
         .arg("pubsub")
-        .query(&mut redis.con())
+        .query(&mut con(&redis))
         .expect("CLIENT KILL");
     assert_eq!(killed, 1);
     hub.wait_link(LinkKind::PubSub, false, Duration::from_secs(4));
@@ -620,27 +572,18 @@ fn killed_pubsub_connection_comes_back_subscribed() {
 
 #[test]
 fn a_silent_redis_is_noticed_by_the_pubsub_link() {
-    let redis = RedisServer::start();
+    let Some(mut redis) = start_redis() else {
+        return;
+    };
     let mut hub = Hub::new(&redis, false);
-    let pid = redis.child.as_ref().map(|c| c.id()).expect("running");
     // SIGSTOP (to our own child, by PID) freezes it with its sockets open.
-    signal(pid, "-STOP");
+    redis.pause();
     let stopped = Instant::now();
     hub.wait_link(LinkKind::PubSub, false, Duration::from_secs(6));
     let noticed = stopped.elapsed();
-    signal(pid, "-CONT");
+    redis.resume();
     assert!(noticed >= Duration::from_secs(2), "{noticed:?}");
     hub.wait_link(LinkKind::PubSub, true, Duration::from_secs(6));
-}
-
-/// `kill SIG PID`.
-fn signal(pid: u32, sig: &str) {
-    let ok = Command::new("kill")
-        .arg(sig)
-        .arg(pid.to_string())
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(ok, "kill {sig} {pid}");
 }
 
 /// The one measurement: publishes per second through one link, and Redis CPU per publish.
@@ -650,13 +593,15 @@ fn signal(pid: u32, sig: &str) {
 fn measure_publish_rate() {
     const N: u64 = 20_000;
     const WINDOW: u64 = 4_096;
-    let redis = RedisServer::start();
+    let Some(redis) = start_redis() else {
+        return;
+    };
     let mut hub = Hub::new(&redis, false);
     let s = StreamKey::channel("bench");
     let cpu = || {
         let info: String = redis::cmd("INFO")
             .arg("cpu")
-            .query(&mut redis.con())
+            .query(&mut con(&redis))
             .expect("INFO");
         info.lines()
             .filter(|l| l.starts_with("used_cpu_sys:") || l.starts_with("used_cpu_user:"))

@@ -103,10 +103,23 @@ struct Waiter {
     epoch: Option<String>,
 }
 
+/// A pub/sub message that cannot be reported yet.
+#[derive(Debug)]
+struct Held {
+    epoch: u64,
+    data: Arc<str>,
+    /// `reads_sent` when it arrived: a read sent later saw the stream after its publish, so
+    /// it must either hold it (same epoch, seq at most its top) or prove it stale.
+    stamp: u64,
+}
+
 /// One stream this node listens to.
 #[derive(Debug)]
 struct StreamState {
     local: Local,
+    /// Which life of this stream on this node (a stream left and listened to again is a new
+    /// one): a read's answer applies only to the life that sent it.
+    incarnation: u64,
     /// The topic is subscribed in Redis (confirmed); false while subscribing or after the
     /// pub/sub link dropped.
     listening: bool,
@@ -116,24 +129,29 @@ struct StreamState {
     waiting: Vec<Waiter>,
     /// Reads in flight.
     reads: u32,
-    /// Frames reported while reads are in flight, with their seqs.
-    recording: Vec<(u64, SharedFrame)>,
+    /// Frames reported while reads are in flight, with their epochs and seqs.
+    recording: Vec<(u64, u64, SharedFrame)>,
     /// `recording` overflowed: a read that needs it must be sent again.
     recording_lost: bool,
-    /// Pub/sub messages that cannot be reported yet: (seq) → (epoch, data).
-    ahead: BTreeMap<u64, (u64, Arc<str>)>,
+    /// Pub/sub messages that cannot be reported yet, by seq.
+    ahead: BTreeMap<u64, Held>,
+    /// Reads sent so far (numbers them, for [`Held::stamp`]).
+    reads_sent: u64,
     /// A catch-up read is in flight.
     catching_up: bool,
     /// A message was dropped from `ahead` (full): catch up again after the current read.
     ahead_lost: bool,
+    /// A link came back while a catch-up was in flight: read again after it.
+    catch_up_again: bool,
     /// A read failed: send it again when the command link allows.
     needs_read: bool,
 }
 
 impl StreamState {
-    fn new(local: Local) -> StreamState {
+    fn new(local: Local, incarnation: u64) -> StreamState {
         StreamState {
             local,
+            incarnation,
             listening: false,
             live: None,
             waiting: Vec::new(),
@@ -141,8 +159,10 @@ impl StreamState {
             recording: Vec::new(),
             recording_lost: false,
             ahead: BTreeMap::new(),
+            reads_sent: 0,
             catching_up: false,
             ahead_lost: false,
+            catch_up_again: false,
             needs_read: false,
         }
     }
@@ -162,11 +182,22 @@ impl StreamState {
         }
     }
 
+    /// The frames of `epoch` recorded from index `from` on, with their seqs (a resync may
+    /// have come between, so older epochs' frames are left out).
+    fn recorded(&self, from: usize, epoch: u64) -> Vec<(u64, SharedFrame)> {
+        let tail = self.recording.get(from..).unwrap_or(&[]);
+        tail.iter()
+            .filter(|(e, _, _)| *e == epoch)
+            .map(|(_, seq, frame)| (*seq, frame.clone()))
+            .collect()
+    }
+
     fn hold_ahead(&mut self, seq: u64, epoch: u64, data: Arc<str>) {
         if self.ahead.len() >= MAX_AHEAD {
             self.ahead_lost = true;
         } else {
-            self.ahead.insert(seq, (epoch, data));
+            let stamp = self.reads_sent;
+            self.ahead.insert(seq, Held { epoch, data, stamp });
         }
     }
 }
@@ -184,10 +215,16 @@ enum Pending {
         catch_up: bool,
         /// `recording.len()` when it was sent: frames from there on were reported after.
         recorded_from: usize,
+        /// Its number among the stream's reads (see [`Held::stamp`]).
+        sent_no: u64,
+        /// The stream's life that sent it.
+        incarnation: u64,
     },
     Renew {
         stream: StreamKey,
         waiters: Vec<Waiter>,
+        /// The stream's life that sent it.
+        incarnation: u64,
     },
     Control {
         request: Option<AckId>,
@@ -241,6 +278,10 @@ pub struct RedisBroker<L: RedisLink> {
     asks: HashMap<Arc<str>, Ask>,
     /// A drain began: no more heartbeats.
     departed: bool,
+    /// Stream lives begun so far (numbers them: [`StreamState::incarnation`]).
+    incarnations: u64,
+    /// A read failed while the links stayed up: send the reads that want one again then.
+    retry_at: Option<Instant>,
     asked: u64,
 }
 
@@ -276,6 +317,8 @@ impl<L: RedisLink> RedisBroker<L> {
             node: Arc::from(node),
             asks: HashMap::new(),
             departed: false,
+            incarnations: 0,
+            retry_at: None,
             asked: 0,
         }
     }
@@ -356,7 +399,7 @@ impl<L: RedisLink> RedisBroker<L> {
         }
         if state.reads > 0 {
             if state.recording.len() < MAX_RECORDING {
-                state.recording.push((seq, frame.clone()));
+                state.recording.push((epoch, seq, frame.clone()));
             } else {
                 state.recording_lost = true;
             }
@@ -407,15 +450,15 @@ impl<L: RedisLink> RedisBroker<L> {
                 return;
             };
             let seq = *entry.key();
-            let (epoch, _) = entry.get();
-            if *epoch == e && seq <= last {
+            let epoch = entry.get().epoch;
+            if epoch == e && seq <= last {
                 entry.remove();
                 continue;
             }
-            if *epoch != e || seq != last + 1 {
+            if epoch != e || seq != last + 1 {
                 return;
             }
-            let (_, data) = entry.remove();
+            let Held { data, .. } = entry.remove();
             let channel = state.channel_field().to_owned();
             let frame = self.encode(&channel, seq, &data);
             self.report(key, seq, e, frame);
@@ -459,6 +502,9 @@ impl<L: RedisLink> RedisBroker<L> {
             .chain(live_last)
             .min();
         state.reads += 1;
+        state.reads_sent += 1;
+        let sent_no = state.reads_sent;
+        let incarnation = state.incarnation;
         let recorded_from = state.recording.len();
         let stream = key.clone();
         self.send(
@@ -474,6 +520,8 @@ impl<L: RedisLink> RedisBroker<L> {
                 waiters,
                 catch_up,
                 recorded_from,
+                sent_no,
+                incarnation,
             },
         );
     }
@@ -487,6 +535,7 @@ impl<L: RedisLink> RedisBroker<L> {
         waiters: Vec<Waiter>,
         catch_up: bool,
         recorded_from: usize,
+        sent_no: u64,
         epoch: u64,
         top: u64,
         entries: Vec<(u64, Arc<str>)>,
@@ -527,8 +576,8 @@ impl<L: RedisLink> RedisBroker<L> {
                 // and the waiters are answered at what was reported so far.
             }
             Some((e, last)) if e == epoch && top < last => {
-                let recorded = state.recording.get(recorded_from..).unwrap_or(&[]);
-                if !covers(recorded, top, last) {
+                let recorded = state.recorded(recorded_from, epoch);
+                if !covers(&recorded, top, last) {
                     if state.recording_lost {
                         // The frames that would prove it were not kept: ask again.
                         state.catching_up |= catch_up;
@@ -536,36 +585,70 @@ impl<L: RedisLink> RedisBroker<L> {
                         return;
                     }
                     // Redis came back older under the same epoch: renew it, never reuse seqs.
-                    warn!(
-                        "cluster: {key}'s top went from {last} back to {top}: renewing its epoch"
-                    );
-                    let candidate = self.epoch_candidate();
-                    let ttl = self.history.ttl;
-                    if let Some(state) = self.state_mut(key) {
-                        state.reads += 1;
-                    }
-                    let stream = key.clone();
-                    self.send(
-                        |id| Op::Renew {
-                            id,
-                            stream,
-                            old: epoch,
-                            epoch_candidate: candidate,
-                            ttl,
-                        },
-                        Pending::Renew {
-                            stream: key.clone(),
-                            waiters,
-                        },
-                    );
+                    let why = format!("its top went from {last} back to {top}");
+                    self.renew(key, epoch, waiters, &why);
                     return;
                 }
             }
             Some((e, _)) if e == epoch => {}
             Some(_) => self.resync(key, epoch, top, "its epoch changed"),
         }
+        // Messages held since before this read was sent: one of another epoch is stale; one
+        // of this epoch above the top means Redis lost what it had published.
+        let Some(state) = self.state_mut(key) else {
+            return;
+        };
+        let mut went_back = None;
+        state.ahead.retain(|&seq, held| {
+            if held.stamp >= sent_no {
+                return true;
+            }
+            if held.epoch == epoch && seq > top {
+                went_back = Some(seq);
+            }
+            held.epoch == epoch && seq <= top
+        });
+        if let Some(seq) = went_back {
+            let why = format!("{seq} was published under it, yet its top is {top}");
+            self.renew(key, epoch, waiters, &why);
+            return;
+        }
         self.answer(key, waiters, &frames, recorded_from);
         self.after_read(key);
+    }
+
+    /// Redis came back older under `epoch`: asks for a new epoch (if `epoch` is still in
+    /// force there), so no seq is ever reused; `waiters` are answered under it.
+    fn renew(&mut self, key: &StreamKey, epoch: u64, waiters: Vec<Waiter>, why: &str) {
+        warn!("cluster: {key}: {why}: renewing its epoch");
+        let candidate = self.epoch_candidate();
+        let ttl = self.history.ttl;
+        let Some(state) = self.state_mut(key) else {
+            return;
+        };
+        state.reads += 1;
+        let incarnation = state.incarnation;
+        let stream = key.clone();
+        self.send(
+            |id| Op::Renew {
+                id,
+                stream,
+                old: epoch,
+                epoch_candidate: candidate,
+                ttl,
+            },
+            Pending::Renew {
+                stream: key.clone(),
+                waiters,
+                incarnation,
+            },
+        );
+    }
+
+    /// Is `incarnation` the life of `key` this node listens to now (not one it left)?
+    fn is_current(&mut self, key: &StreamKey, incarnation: u64) -> bool {
+        self.state_mut(key)
+            .is_some_and(|state| state.incarnation == incarnation)
     }
 
     /// The stream goes on under `epoch` from `top`: its listeners are told.
@@ -599,7 +682,7 @@ impl<L: RedisLink> RedisBroker<L> {
             return;
         };
         let epoch_name = Epoch::from_bits(epoch).to_string();
-        let recorded = state.recording.get(recorded_from..).unwrap_or(&[]);
+        let recorded = state.recorded(recorded_from, epoch);
         let stream = state.stream();
         let mut answers = Vec::with_capacity(waiters.len());
         for w in waiters {
@@ -609,7 +692,7 @@ impl<L: RedisLink> RedisBroker<L> {
                     return false;
                 }
                 for seq in since + 1..=last {
-                    let frame = find(frames, seq).or_else(|| find(recorded, seq));
+                    let frame = find(frames, seq).or_else(|| find(&recorded, seq));
                     match frame {
                         Some(f) => replay.push(f),
                         None => {
@@ -642,9 +725,11 @@ impl<L: RedisLink> RedisBroker<L> {
             }
         }
         self.drain_ahead(key);
-        let again = self
-            .state_mut(key)
-            .is_some_and(|s| !s.ahead.is_empty() || s.ahead_lost);
+        let again = self.state_mut(key).is_some_and(|s| {
+            let again = !s.ahead.is_empty() || s.ahead_lost || s.catch_up_again;
+            s.catch_up_again = false;
+            again
+        });
         if again {
             self.catch_up(key);
         }
@@ -734,6 +819,8 @@ impl<L: RedisLink> RedisBroker<L> {
                     waiters,
                     catch_up,
                     recorded_from,
+                    sent_no,
+                    incarnation,
                 },
                 Reply::Read {
                     epoch,
@@ -741,23 +828,42 @@ impl<L: RedisLink> RedisBroker<L> {
                     entries,
                     ..
                 },
-            ) => self.on_read(
+            ) if self.is_current(&stream, incarnation) => self.on_read(
                 &stream,
                 waiters,
                 catch_up,
                 recorded_from,
+                sent_no,
                 epoch,
                 top,
                 entries,
             ),
-            (Pending::Renew { stream, waiters }, Reply::Read { epoch, top, .. }) => {
-                if let Some(state) = self.state_mut(&stream) {
+            (
+                Pending::Renew {
+                    stream,
+                    waiters,
+                    incarnation,
+                },
+                Reply::Read { epoch, top, .. },
+            ) if self.is_current(&stream, incarnation) => {
+                let live = self.state_mut(&stream).and_then(|state| {
                     state.reads = state.reads.saturating_sub(1);
+                    state.live
+                });
+                match live {
+                    // Another renewal of the same loss already moved this node to `epoch`.
+                    Some((e, last)) if e == epoch => {
+                        if top > last {
+                            self.catch_up(&stream);
+                        }
+                    }
+                    _ => self.resync(&stream, epoch, top, "its top went back"),
                 }
-                self.resync(&stream, epoch, top, "its top went back");
                 self.answer(&stream, waiters, &[], usize::MAX);
                 self.after_read(&stream);
             }
+            // The answer of a read or renewal sent in a life of the stream this node left.
+            (Pending::Read { .. } | Pending::Renew { .. }, Reply::Read { .. }) => {}
             (Pending::Nodes { request }, Reply::Nodes { nodes, .. }) => {
                 self.events.push_back(Event::Nodes { request, nodes });
             }
@@ -855,8 +961,12 @@ impl<L: RedisLink> RedisBroker<L> {
                 stream,
                 waiters,
                 catch_up,
+                incarnation,
                 ..
             } => {
+                if !self.is_current(&stream, incarnation) {
+                    return;
+                }
                 if let Some(state) = self.state_mut(&stream) {
                     state.reads = state.reads.saturating_sub(1);
                     if catch_up {
@@ -867,7 +977,14 @@ impl<L: RedisLink> RedisBroker<L> {
                 }
                 self.after_failed_read(&stream);
             }
-            Pending::Renew { stream, waiters } => {
+            Pending::Renew {
+                stream,
+                waiters,
+                incarnation,
+            } => {
+                if !self.is_current(&stream, incarnation) {
+                    return;
+                }
                 if let Some(state) = self.state_mut(&stream) {
                     state.reads = state.reads.saturating_sub(1);
                     state.waiting.extend(waiters);
@@ -879,6 +996,9 @@ impl<L: RedisLink> RedisBroker<L> {
     }
 
     fn after_failed_read(&mut self, key: &StreamKey) {
+        // Retried within a second (sooner if a link comes back), not only at the next touch.
+        let soon = self.now + Duration::from_secs(1);
+        self.retry_at.get_or_insert(soon);
         if let Some(state) = self.state_mut(key) {
             if state.reads == 0 {
                 state.recording.clear();
@@ -905,6 +1025,8 @@ impl<L: RedisLink> RedisBroker<L> {
             LinkKind::Commands => {
                 self.commands_up = up;
                 if up {
+                    // Redis may have restarted (even from an older copy): look again.
+                    self.catch_up_all();
                     self.retry_reads();
                 }
             }
@@ -918,16 +1040,29 @@ impl<L: RedisLink> RedisBroker<L> {
                 }
                 if up {
                     // Messages may have been missed meanwhile: every stream catches up.
-                    for key in &keys {
-                        let live = self.state_mut(key).is_some_and(|s| s.live.is_some());
-                        if live {
-                            self.catch_up(key);
-                        }
-                    }
+                    self.catch_up_all();
                     self.retry_reads();
                 }
             }
             LinkKind::Control => {}
+        }
+    }
+
+    /// After a link came back: every live stream reads the stream again, with a read sent now
+    /// (one in flight from before may have seen Redis as it was before it restarted).
+    fn catch_up_all(&mut self) {
+        for key in self.stream_keys() {
+            let Some(state) = self.state_mut(&key) else {
+                continue;
+            };
+            if state.live.is_none() {
+                continue;
+            }
+            if state.catching_up {
+                state.catch_up_again = true;
+            } else {
+                self.catch_up(&key);
+            }
         }
     }
 
@@ -1160,26 +1295,29 @@ impl<L: RedisLink> Broker for RedisBroker<L> {
         };
         let fresh = match &stream {
             Stream::Channel(name) => {
+                let mut fresh = false;
+                let incarnation = &mut self.incarnations;
                 let state = self.channels.entry(Arc::clone(name)).or_insert_with(|| {
-                    StreamState::new(Local::Channel {
+                    fresh = true;
+                    *incarnation += 1;
+                    let local = Local::Channel {
                         name: Arc::clone(name),
                         workers: 0,
-                    })
+                    };
+                    StreamState::new(local, *incarnation)
                 });
-                let fresh = state.reads == 0 && !state.listening && state.waiting.is_empty();
                 if let Local::Channel { workers, .. } = &mut state.local {
-                    let new = *workers == 0;
                     *workers |= 1u64.checked_shl(member.worker as u32).unwrap_or(0);
-                    fresh && new
-                } else {
-                    false
                 }
+                fresh
             }
             Stream::User(id) => {
                 let mut fresh = false;
+                let incarnation = &mut self.incarnations;
                 self.user_streams.entry(*id).or_insert_with(|| {
                     fresh = true;
-                    StreamState::new(Local::User(*id))
+                    *incarnation += 1;
+                    StreamState::new(Local::User(*id), *incarnation)
                 });
                 fresh
             }
@@ -1280,6 +1418,10 @@ impl<L: RedisLink> Broker for RedisBroker<L> {
     fn tick(&mut self, now: Instant) {
         self.now = self.now.max(now);
         self.pump();
+        if self.retry_at.is_some_and(|due| due <= self.now) {
+            self.retry_at = None;
+            self.retry_reads();
+        }
         let late: Vec<Arc<str>> = self
             .asks
             .iter()
