@@ -143,6 +143,9 @@ struct StreamState {
     ahead_lost: bool,
     /// A link came back while a catch-up was in flight: read again after it.
     catch_up_again: bool,
+    /// Redis restarted since this stream's last read: the next read's top is checked
+    /// strictly (a top below `last` renews the epoch even if pub/sub could have outrun it).
+    verify: bool,
     /// A read failed: send it again when the command link allows.
     needs_read: bool,
 }
@@ -163,6 +166,7 @@ impl StreamState {
             catching_up: false,
             ahead_lost: false,
             catch_up_again: false,
+            verify: false,
             needs_read: false,
         }
     }
@@ -219,6 +223,8 @@ enum Pending {
         sent_no: u64,
         /// The stream's life that sent it.
         incarnation: u64,
+        /// Sent after Redis restarted: see [`StreamState::verify`].
+        strict: bool,
     },
     Renew {
         stream: StreamKey,
@@ -280,6 +286,8 @@ pub struct RedisBroker<L: RedisLink> {
     departed: bool,
     /// Stream lives begun so far (numbers them: [`StreamState::incarnation`]).
     incarnations: u64,
+    /// Redis's `run_id` at the last connect.
+    run_id: Option<String>,
     /// A read failed while the links stayed up: send the reads that want one again then.
     retry_at: Option<Instant>,
     asked: u64,
@@ -318,6 +326,7 @@ impl<L: RedisLink> RedisBroker<L> {
             asks: HashMap::new(),
             departed: false,
             incarnations: 0,
+            run_id: None,
             retry_at: None,
             asked: 0,
         }
@@ -505,6 +514,7 @@ impl<L: RedisLink> RedisBroker<L> {
         state.reads_sent += 1;
         let sent_no = state.reads_sent;
         let incarnation = state.incarnation;
+        let strict = std::mem::take(&mut state.verify);
         let recorded_from = state.recording.len();
         let stream = key.clone();
         self.send(
@@ -522,6 +532,7 @@ impl<L: RedisLink> RedisBroker<L> {
                 recorded_from,
                 sent_no,
                 incarnation,
+                strict,
             },
         );
     }
@@ -536,6 +547,7 @@ impl<L: RedisLink> RedisBroker<L> {
         catch_up: bool,
         recorded_from: usize,
         sent_no: u64,
+        strict: bool,
         epoch: u64,
         top: u64,
         entries: Vec<(u64, Arc<str>)>,
@@ -577,8 +589,8 @@ impl<L: RedisLink> RedisBroker<L> {
             }
             Some((e, last)) if e == epoch && top < last => {
                 let recorded = state.recorded(recorded_from, epoch);
-                if !covers(&recorded, top, last) {
-                    if state.recording_lost {
+                if strict || !covers(&recorded, top, last) {
+                    if state.recording_lost && !strict {
                         // The frames that would prove it were not kept: ask again.
                         state.catching_up |= catch_up;
                         self.read(key, waiters, catch_up);
@@ -778,6 +790,18 @@ impl<L: RedisLink> RedisBroker<L> {
             },
             Reply::Inbox(payload) => self.on_inbox(&payload),
             Reply::Link { link, up } => self.on_link(link, up),
+            Reply::Connected { run_id } => {
+                let restarted = self.run_id.as_ref().is_some_and(|old| *old != run_id);
+                self.run_id = Some(run_id);
+                if restarted {
+                    info!("cluster: Redis restarted: every stream's top is checked again");
+                    for key in self.stream_keys() {
+                        if let Some(state) = self.state_mut(&key) {
+                            state.verify = true;
+                        }
+                    }
+                }
+            }
             Reply::Failed { id, reason } => {
                 debug!("cluster: op {id} failed: {reason}");
                 self.on_failed(id);
@@ -821,6 +845,7 @@ impl<L: RedisLink> RedisBroker<L> {
                     recorded_from,
                     sent_no,
                     incarnation,
+                    strict,
                 },
                 Reply::Read {
                     epoch,
@@ -834,6 +859,7 @@ impl<L: RedisLink> RedisBroker<L> {
                 catch_up,
                 recorded_from,
                 sent_no,
+                strict,
                 epoch,
                 top,
                 entries,

@@ -751,6 +751,8 @@ mod randomized {
     }
 
     struct Sim {
+        /// Redis restarts so far (names its run id).
+        restarts: u64,
         rng: StdRng,
         faults: Faults,
         broker: RedisBroker<FakeLink>,
@@ -838,6 +840,7 @@ mod randomized {
                 left: HashMap::new(),
                 trace: Vec::new(),
                 resyncs: 0,
+                restarts: 0,
                 unrecovered: 0,
                 requests: 0,
             }
@@ -1310,6 +1313,9 @@ mod randomized {
             }
             self.note("command link back".into());
             self.commands_up = true;
+            self.command_out.push_back(Reply::Connected {
+                run_id: format!("run-{}", self.restarts),
+            });
             self.command_out.push_back(Reply::Link {
                 link: LinkKind::Commands,
                 up: true,
@@ -1374,6 +1380,7 @@ mod randomized {
         }
 
         fn restart(&mut self) {
+            self.restarts += 1;
             if !self.faults.rollback || self.rng.random_bool(0.7) {
                 self.note("redis restarts empty".into());
                 self.streams.clear();

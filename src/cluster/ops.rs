@@ -332,6 +332,13 @@ pub enum Reply {
     Control(ControlEntry),
     /// A message on this node's inbox topic (an [`Op::Tell`] of another node).
     Inbox(String),
+    /// The command link (re)connected to a Redis whose `run_id` (`INFO server`) is this, sent
+    /// just before [`Reply::Link`] `up`: a new one means Redis restarted, possibly from an
+    /// older copy of its data, so what it holds is checked strictly.
+    Connected {
+        /// Redis's `run_id`.
+        run_id: String,
+    },
     /// A link went down (every op in flight on it gets [`Reply::Failed`]; on the pub/sub link,
     /// messages may have been missed) or came back up (on the pub/sub link: every topic of
     /// the set is subscribed again).

@@ -79,6 +79,9 @@ pub(super) fn run(ctx: &Ctx, ops: &Receiver<Op>) {
         let Some(s) = session.as_mut() else {
             match open(ctx) {
                 Ok(s) => {
+                    out.push(Reply::Connected {
+                        run_id: s.run_id.clone(),
+                    });
                     session = Some(s);
                     backoff.reset();
                     state.set(true, &mut out);
