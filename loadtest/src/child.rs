@@ -36,6 +36,7 @@ pub enum ScenarioKind {
     Fanout,
     Churn,
     Slow,
+    Actions,
 }
 
 impl ScenarioKind {
@@ -47,6 +48,7 @@ impl ScenarioKind {
             ScenarioKind::Fanout => "fanout",
             ScenarioKind::Churn => "churn",
             ScenarioKind::Slow => "slow",
+            ScenarioKind::Actions => "actions",
         }
     }
 }
@@ -100,6 +102,9 @@ pub struct ChildSpec {
     /// Echo: what follows the timestamp in each message (`--payload`).
     #[serde(default)]
     pub payload: Payload,
+    /// Actions: the action code (`--code`), the first 4 bytes of every action.
+    #[serde(default)]
+    pub action_code: u32,
 }
 
 /// Sent with `READY`.
@@ -182,6 +187,10 @@ pub struct ChildResult {
     pub written_off: u64,
     /// Deliveries that were replays (not in the latency histogram).
     pub replayed: u64,
+    /// Actions: answers matched to an action (echoes and error ops), measured phase and
+    /// drain alike (`received` counts only the echoes of the measured phase).
+    #[serde(default)]
+    pub answered: u64,
     pub timed_out: bool,
     /// Per node, in the order of [`ChildSpec::nodes`].
     #[serde(default)]

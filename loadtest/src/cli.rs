@@ -16,7 +16,7 @@ pub const DEFAULT_ECHO_URL: &str = "ws://127.0.0.1:8080/echo";
 #[command(
     name = "edgepush-load",
     version,
-    about = "Load generator for edgepush (and the baseline peers): idle, echo, fanout, churn, slow",
+    about = "Load generator for edgepush (and the baseline peers): idle, echo, fanout, churn, slow, actions (and a backend for them)",
     long_about = "Load generator for edgepush. Targets must be loopback addresses. \
 Connections are spread over child processes (at most ~15,000 sockets each) and over source \
 addresses 127.0.0.2, 127.0.0.3, ... In URLs, `{n}` is replaced by the connection's number."
@@ -165,6 +165,50 @@ pub enum Cmd {
         /// Connections in progress at once, per process
         #[arg(long, default_value_t = 1000)]
         max_concurrent: usize,
+    },
+    /// A trivial upstream for `edgepush --upstream`: HTTP/1.1 keep-alive, every request
+    /// answered 200 with its own body (the action echoed); prints `listening on ADDR`, stops
+    /// by itself after --duration and prints its requests and CPU per request
+    Backend {
+        /// Address to listen on (port 0: any free port)
+        #[arg(long, default_value = "127.0.0.1:9000")]
+        listen: SocketAddr,
+        /// Event-loop threads (each with its own SO_REUSEPORT listener)
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+        /// Serve this long, then stop
+        #[arg(long, default_value = "60s", value_parser = parse_duration)]
+        duration: Duration,
+    },
+    /// Binary actions (4-byte action code + payload) answered by edgepush's --upstream:
+    /// actions/s, latency, answers in order and exactly once per connection, errors by code;
+    /// with --direct also the same load straight at the backend over HTTP
+    Actions {
+        /// Connections
+        #[arg(short = 'c', long, default_value_t = 100)]
+        conns: usize,
+        /// Payload bytes after the 4-byte action code (at least 8: a per-connection counter
+        /// travels in them)
+        #[arg(long, default_value_t = 64)]
+        size: usize,
+        /// Actions in flight per connection
+        #[arg(long = "in-flight", alias = "inflight", default_value_t = 1,
+              value_parser = clap::value_parser!(u64).range(1..=1024))]
+        in_flight: u64,
+        /// The action code (the first 4 bytes, big-endian)
+        #[arg(long, default_value_t = 110)]
+        code: u32,
+        /// Measured phase
+        #[arg(long, default_value = "10s", value_parser = parse_duration)]
+        duration: Duration,
+        /// After the measured phase, how long to wait for the answers still due
+        #[arg(long, default_value = "10s", value_parser = parse_duration)]
+        drain_timeout: Duration,
+        /// Also run the same load (connections, in flight, sizes, duration) straight at this
+        /// backend URL over HTTP/1.1 (requests pipelined per connection), after the run
+        /// through edgepush; the report compares the two (`added_latency_us`)
+        #[arg(long)]
+        direct: Option<String>,
     },
     /// N subscribers, K of which stop reading: the server must drop the K, not the others
     Slow {

@@ -1,9 +1,11 @@
 //! `edgepush-load`: the load generator bundled with edgepush. See `loadtest/README.md`.
 
+mod backend;
 mod child;
 mod cli;
 mod client;
 mod deflate;
+mod direct;
 mod engine;
 mod floor;
 mod parent;
@@ -37,6 +39,19 @@ fn main() {
     } = cli.cmd
     {
         std::process::exit(report_floor(sockets, passes, size, cli.common.json));
+    }
+    if let cli::Cmd::Backend {
+        listen,
+        threads,
+        duration,
+    } = cli.cmd
+    {
+        let opts = backend::Options {
+            listen,
+            threads,
+            duration,
+        };
+        std::process::exit(backend::run(&opts, cli.common.json));
     }
     match parent::run(cli) {
         Ok(code) => std::process::exit(code),

@@ -15,9 +15,10 @@ use crate::child::{ChildResult, ChildSpec, ReadyInfo, ScenarioKind, SPEC_ENV};
 use crate::cli::{
     parse_url, parse_urls, Cli, Cmd, Payload, PubSub, Target, DEFAULT_ECHO_URL, DEFAULT_PUSH_URL,
 };
+use crate::direct::{self, DirectOptions};
 use crate::publish::{self, ApiPublisher, PublishReport, Publisher, Retries, WsPublisher};
 use crate::report::{svg_chart, table, Progress};
-use crate::stats::{curve, merge_data, new_hist, percentiles};
+use crate::stats::{curve, merge_data, new_hist, percentiles, Percentiles};
 use crate::sys::{cpu_seconds, now_ns, raise_nofile_limit, rss_bytes, tcp_mem_bytes};
 
 const SOCKETS_PER_PROC: usize = 15_000;
@@ -259,7 +260,15 @@ publishing through the API: not with --pub-ws or --sub-url"
         Cmd::Churn { max_concurrent, .. } => {
             (ScenarioKind::Churn, DEFAULT_PUSH_URL, *max_concurrent)
         }
-        Cmd::Floor { .. } => return Err("floor needs no server: run by main".into()),
+        Cmd::Actions { conns, direct, .. } => {
+            if let Some(url) = direct {
+                parse_url(url, "http").map_err(|e| format!("--direct: {e}"))?;
+            }
+            (ScenarioKind::Actions, DEFAULT_PUSH_URL, *conns)
+        }
+        Cmd::Floor { .. } | Cmd::Backend { .. } => {
+            return Err("floor and backend need no server: run by main".into())
+        }
     };
     let pubsub: Option<&PubSub> = match &cli.cmd {
         Cmd::Fanout { pubsub, .. } | Cmd::Slow { pubsub, .. } => Some(pubsub),
@@ -341,7 +350,10 @@ fn execute(cli: &Cli, plan: Plan, pub_target: Option<PubTo>) -> Result<i32, Stri
             spin: !c.no_spin
                 && matches!(
                     plan.kind,
-                    ScenarioKind::Echo | ScenarioKind::Fanout | ScenarioKind::Slow
+                    ScenarioKind::Echo
+                        | ScenarioKind::Fanout
+                        | ScenarioKind::Slow
+                        | ScenarioKind::Actions
                 ),
             nodes: plan.nodes.iter().map(|(_, t)| t.clone()).collect(),
             conns: n,
@@ -365,11 +377,26 @@ fn execute(cli: &Cli, plan: Plan, pub_target: Option<PubTo>) -> Result<i32, Stri
             reconnect_every_ns: 0,
             deflate_offer: c.deflate.clone(),
             payload: Payload::Pad,
+            action_code: 0,
         };
         first += n as u64;
         match &cli.cmd {
             Cmd::Idle { hold, .. } => spec.duration_ns = ns(*hold),
-            Cmd::Floor { .. } => {}
+            Cmd::Floor { .. } | Cmd::Backend { .. } => {}
+            Cmd::Actions {
+                size,
+                in_flight,
+                code,
+                duration,
+                drain_timeout,
+                ..
+            } => {
+                spec.size = *size;
+                spec.inflight = *in_flight as usize;
+                spec.action_code = *code;
+                spec.duration_ns = ns(*duration);
+                spec.deliver_timeout_ns = ns(*drain_timeout);
+            }
             Cmd::Echo {
                 size,
                 inflight,
@@ -634,7 +661,46 @@ fn execute(cli: &Cli, plan: Plan, pub_target: Option<PubTo>) -> Result<i32, Stri
     out.insert("source_ips".into(), json!(plan.source_ips.len()));
     let mut messages_for_cpu = 0u64;
     match &cli.cmd {
-        Cmd::Floor { .. } => {}
+        Cmd::Floor { .. } | Cmd::Backend { .. } => {}
+        Cmd::Actions {
+            size,
+            in_flight,
+            code,
+            ..
+        } => {
+            let sent = sum(&|r| r.sent);
+            let answered = sum(&|r| r.answered);
+            let action_errors: u64 = errors
+                .iter()
+                .filter(|(k, _)| k.starts_with("upstream_") || k.starts_with("action_error"))
+                .map(|(_, v)| v)
+                .sum();
+            out.insert("conns".into(), json!(plan.conns));
+            out.insert("connected".into(), json!(opened));
+            out.insert("size".into(), json!(size));
+            out.insert("in_flight".into(), json!(in_flight));
+            out.insert("code".into(), json!(code));
+            out.insert("duration_s".into(), json!(round3(measured_s)));
+            out.insert("sent".into(), json!(sent));
+            out.insert("answered".into(), json!(answered));
+            out.insert("actions".into(), json!(received));
+            out.insert("actions_per_s".into(), json!(rate(received, measured_s)));
+            out.insert("latency_us".into(), json!(percentiles(&lat)));
+            out.insert("action_errors".into(), json!(action_errors));
+            out.insert(
+                "upstream_502".into(),
+                json!(errors.get("upstream_502").copied().unwrap_or(0)),
+            );
+            out.insert(
+                "upstream_504".into(),
+                json!(errors.get("upstream_504").copied().unwrap_or(0)),
+            );
+            out.insert("missing".into(), json!(sum(&|r| r.missing)));
+            out.insert("duplicates".into(), json!(sum(&|r| r.duplicates)));
+            out.insert("out_of_order".into(), json!(sum(&|r| r.out_of_order)));
+            out.insert("closed_during".into(), json!(sum(&|r| r.closed_during)));
+            messages_for_cpu = received;
+        }
         Cmd::Idle { hold, .. } => {
             out.insert("conns".into(), json!(plan.conns));
             out.insert("connected".into(), json!(opened));
@@ -849,6 +915,34 @@ fn execute(cli: &Cli, plan: Plan, pub_target: Option<PubTo>) -> Result<i32, Stri
         }
         out.insert("server".into(), Value::Object(server));
     }
+    if let Cmd::Actions {
+        conns,
+        size,
+        in_flight,
+        code,
+        duration,
+        drain_timeout,
+        direct: Some(url),
+    } = &cli.cmd
+    {
+        let opts = DirectOptions {
+            url: url.clone(),
+            conns: *conns,
+            in_flight: *in_flight as usize,
+            size: *size,
+            code: *code,
+            duration: *duration,
+            drain_timeout: *drain_timeout,
+            spin: !c.no_spin,
+        };
+        let d = direct::run(&opts)?;
+        let through = percentiles(&lat);
+        out.insert("direct".into(), direct_report(&d));
+        out.insert(
+            "added_latency_us".into(),
+            added_latency(&through, &percentiles(&d.latency)),
+        );
+    }
     out.insert(
         "nodes".into(),
         node_entries(
@@ -891,7 +985,7 @@ fn node_entries(
 ) -> Value {
     let with_latency = matches!(
         plan.kind,
-        ScenarioKind::Echo | ScenarioKind::Fanout | ScenarioKind::Slow
+        ScenarioKind::Echo | ScenarioKind::Fanout | ScenarioKind::Slow | ScenarioKind::Actions
     );
     let api_nodes = if published.is_some() {
         api_urls.len()
@@ -919,6 +1013,9 @@ fn node_entries(
             match plan.kind {
                 ScenarioKind::Echo => {
                     e.insert("messages".into(), json!(of(&|n| n.received)));
+                }
+                ScenarioKind::Actions => {
+                    e.insert("actions".into(), json!(of(&|n| n.received)));
                 }
                 ScenarioKind::Fanout | ScenarioKind::Slow => {
                     e.insert("deliveries".into(), json!(of(&|n| n.received)));
@@ -951,6 +1048,41 @@ fn node_entries(
         Value::Object(e)
     });
     Value::Array(entries.collect())
+}
+
+/// The `direct` object of an actions report: the same load straight at the backend.
+fn direct_report(d: &direct::DirectReport) -> Value {
+    json!({
+        "connected": d.connected,
+        "sent": d.sent,
+        "answered": d.answered,
+        "actions": d.received,
+        "actions_per_s": rate(d.received, d.measured_s),
+        "latency_us": percentiles(&d.latency),
+        "missing": d.missing,
+        "duplicates": d.duplicates,
+        "out_of_order": d.out_of_order,
+        "errors": d.errors,
+    })
+}
+
+/// What going through edgepush adds to a direct call, from the two latency distributions
+/// (µs): the differences of p50, p99 and max, and the ratios of p50 and p99.
+fn added_latency(through: &Percentiles, direct: &Percentiles) -> Value {
+    let ratio = |a: f64, b: f64| {
+        if b > 0.0 {
+            (a / b * 100.0).round() / 100.0
+        } else {
+            0.0
+        }
+    };
+    json!({
+        "p50": round3(through.p50 - direct.p50),
+        "p99": round3(through.p99 - direct.p99),
+        "max": round3(through.max - direct.max),
+        "p50_ratio": ratio(through.p50, direct.p50),
+        "p99_ratio": ratio(through.p99, direct.p99),
+    })
 }
 
 /// The children's histograms and error counts, merged.

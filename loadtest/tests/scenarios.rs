@@ -422,3 +422,146 @@ fn echo_and_churn_over_two_nodes() {
     assert!(nodes.iter().all(|n| u(n, "handshakes") >= 20), "{r}");
     s.stop();
 }
+
+/// `edgepush-load backend` on a free port, for `duration`; returns the process and its address
+/// (from its first line, `listening on ADDR`).
+fn start_backend(
+    duration: &str,
+) -> (
+    std::process::Child,
+    String,
+    std::io::BufReader<std::process::ChildStdout>,
+) {
+    use std::io::BufRead;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_edgepush-load"))
+        .args([
+            "backend",
+            "--listen",
+            "127.0.0.1:0",
+            "--duration",
+            duration,
+            "--json",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the backend");
+    let stdout = child.stdout.take().expect("backend stdout");
+    let mut reader = std::io::BufReader::new(stdout);
+    let mut line = String::new();
+    reader.read_line(&mut line).expect("backend's first line");
+    let addr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("backend said {line:?}"))
+        .to_string();
+    (child, addr, reader)
+}
+
+fn upstream_server(url: &str) -> Server {
+    server(Config {
+        threads: 2,
+        upstream: Some(
+            edgepush::upstream::UpstreamConfig::new(url, "load-test".to_owned()).expect("url"),
+        ),
+        ..Config::for_tests()
+    })
+}
+
+#[test]
+fn actions_through_the_upstream_come_back_in_order_exactly_once() {
+    use std::io::BufRead;
+    let (mut backend, addr, mut out) = start_backend("15s");
+    let backend_url = format!("http://{addr}/act");
+    let s = upstream_server(&backend_url);
+    let url = format!("ws://{}/ws?user=act-{{n}}", s.local_addr());
+    let pid = std::process::id().to_string();
+    let r = run(&[
+        "actions",
+        "-c",
+        "20",
+        "--in-flight",
+        "4",
+        "--size",
+        "32",
+        "--duration",
+        "1s",
+        "--url",
+        &url,
+        "--direct",
+        &backend_url,
+        "--server-pid",
+        &pid,
+    ]);
+    assert_eq!(r["scenario"], "actions");
+    assert_eq!(u(&r, "connected"), 20);
+    assert!(u(&r, "actions") > 100, "{r}");
+    assert!(f(&r, "actions_per_s") > 100.0, "{r}");
+    assert_eq!(u(&r, "answered"), u(&r, "sent"), "{r}");
+    for zero in [
+        "missing",
+        "duplicates",
+        "out_of_order",
+        "action_errors",
+        "upstream_502",
+        "upstream_504",
+        "closed_during",
+    ] {
+        assert_eq!(u(&r, zero), 0, "{zero} in {r}");
+    }
+    assert_eq!(r["errors"], serde_json::json!({}), "{r}");
+    assert!(r["latency_us"]["p50"].as_f64().unwrap_or(0.0) > 0.0, "{r}");
+    assert!(
+        r["server"]["cpu_us_per_msg"].as_f64().unwrap_or(0.0) > 0.0,
+        "{r}"
+    );
+    let direct = &r["direct"];
+    assert_eq!(direct["connected"], 20, "{r}");
+    assert!(direct["actions"].as_u64().unwrap_or(0) > 100, "{r}");
+    assert_eq!(direct["answered"], direct["sent"], "{r}");
+    assert_eq!(direct["missing"], 0, "{r}");
+    assert_eq!(direct["out_of_order"], 0, "{r}");
+    assert_eq!(direct["errors"], serde_json::json!({}), "{r}");
+    assert!(r["added_latency_us"]["p50"].as_f64().is_some(), "{r}");
+    s.stop();
+    // The backend stops by itself and reports every request it answered: ours, both ways.
+    let status = backend.wait().expect("backend exit");
+    assert!(status.success(), "{status}");
+    let mut summary = String::new();
+    out.read_line(&mut summary).expect("backend summary");
+    let b: Value = serde_json::from_str(summary.trim()).expect("backend JSON");
+    assert_eq!(
+        u(&b, "requests"),
+        u(&r, "sent") + direct["sent"].as_u64().unwrap_or(0),
+        "{b} {r}"
+    );
+}
+
+#[test]
+fn actions_count_upstream_errors_by_code() {
+    // A port nobody listens on: every action is answered with error 502.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = closed.local_addr().expect("addr").port();
+    drop(closed);
+    let s = upstream_server(&format!("http://127.0.0.1:{port}/act"));
+    let url = format!("ws://{}/ws?user=err-{{n}}", s.local_addr());
+    let r = run(&[
+        "actions",
+        "-c",
+        "3",
+        "--in-flight",
+        "2",
+        "--duration",
+        "300ms",
+        "--url",
+        &url,
+    ]);
+    assert_eq!(u(&r, "connected"), 3);
+    assert_eq!(u(&r, "actions"), 0, "{r}");
+    let sent = u(&r, "sent");
+    assert!(sent >= 6, "{r}");
+    assert_eq!(u(&r, "answered"), sent, "{r}");
+    assert_eq!(u(&r, "upstream_502"), sent, "{r}");
+    assert_eq!(u(&r, "action_errors"), sent, "{r}");
+    assert_eq!(u(&r, "missing"), 0, "{r}");
+    s.stop();
+}

@@ -5,6 +5,7 @@
 //! The engine ([`crate::engine`]) owns the sockets and the connect phase and answers control
 //! frames; a scenario never touches a socket except through the engine.
 
+pub mod actions;
 mod churn;
 mod echo;
 mod fanout;
@@ -84,6 +85,7 @@ pub fn for_spec(spec: &ChildSpec) -> io::Result<Box<dyn Scenario>> {
         ScenarioKind::Fanout => Box::new(fanout::Fanout::new(spec)?),
         ScenarioKind::Churn => Box::new(churn::Churn::new(spec)?),
         ScenarioKind::Slow => Box::new(slow::Slow::new(spec)?),
+        ScenarioKind::Actions => Box::new(actions::Actions::new(spec)),
     })
 }
 
