@@ -611,7 +611,7 @@ fn unknown_paths_404_and_wrong_methods_405() {
         let server = server();
         let mut api = ApiClient::connect(server.api_addr());
         for (method, path, body) in [
-            ("GET", "/", None),
+            ("GET", "/index.html", None),
             ("GET", "/api", None),
             ("POST", "/api/publish/extra", Some("{}")),
             ("GET", "/api/Stats", None),

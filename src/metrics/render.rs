@@ -7,8 +7,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::{CloseCodes, HandshakeFailure, HandshakeFailures, Histogram, Stats, LATENCY_BOUNDS_US};
 
-/// What the hub thread knows that [`Stats`] does not: stream and history sizes.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// What the hub thread knows that [`Stats`] does not: stream and history sizes, this node's
+/// name and uptime.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct HubFigures {
     /// Channels the hub tracks.
     pub channels: usize,
@@ -18,6 +19,10 @@ pub struct HubFigures {
     pub history_messages: usize,
     /// Bytes charged against `--history-max-bytes`.
     pub history_bytes: usize,
+    /// This node's name, as in `/api/nodes` (`--node-name`, or host name and port).
+    pub node: String,
+    /// Whole seconds since the hub started.
+    pub uptime_s: u64,
 }
 
 /// Builds Prometheus text: one `# HELP`/`# TYPE` block per family.
@@ -133,6 +138,12 @@ pub fn stats_json(s: &Stats, hub: &HubFigures) -> String {
             .collect::<serde_json::Map<_, _>>(),
         "upstream_in_flight": s.upstream_in_flight.load(Ordering::Relaxed),
         "upstream_queued": s.upstream_queued.load(Ordering::Relaxed),
+        "handshake_failures_by_reason": HandshakeFailure::ALL
+            .iter()
+            .map(|&f| (f.label().to_owned(), s.handshake_failure_reasons.get(f).into()))
+            .collect::<serde_json::Map<_, _>>(),
+        "node": hub.node,
+        "uptime_s": hub.uptime_s,
     })
     .to_string()
 }
@@ -358,7 +369,12 @@ mod tests {
             user_streams: 5,
             history_messages: 6,
             history_bytes: 7,
+            node: "a:1".into(),
+            uptime_s: 8,
         };
+        stats
+            .handshake_failure_reasons
+            .add(HandshakeFailure::from_status(429));
         let json: serde_json::Value = serde_json::from_str(&stats_json(&stats, &hub)).unwrap();
         for (key, value) in [
             ("connections", 1),
@@ -371,6 +387,16 @@ mod tests {
         ] {
             assert_eq!(json[key], value, "{key}");
         }
+        assert_eq!(
+            (&json["node"], &json["uptime_s"]),
+            (&"a:1".into(), &8.into())
+        );
+        let reasons = &json["handshake_failures_by_reason"];
+        assert_eq!(
+            reasons.as_object().map(|m| m.len()),
+            Some(HandshakeFailure::ALL.len())
+        );
+        assert_eq!(reasons[HandshakeFailure::TooManyRequests.label()], 1);
         let text = metrics_text(&stats, &hub);
         for line in [
             "edgepush_connections 1\n",

@@ -18,6 +18,8 @@
 //!    coding before `chunked`: 501, close.
 //! 3. Auth (RFC 6750 §2.1 `Authorization: Bearer KEY`, on every path when a key is set): 401
 //!    with `WWW-Authenticate: Bearer`. Then the route: 404 unknown path, 405 with `Allow`.
+//!    The one exception is the status page (`GET /`, `GET /status`, [`STATUS_PAGE`]): it holds
+//!    nothing secret and asks the operator for the key, which its own requests then carry.
 //! 4. `POST` with neither `Content-Length` nor chunked: 411, close (a body we cannot frame may
 //!    follow). `Content-Length` above [`ApiLimits::max_body`], or chunk sizes that add up past
 //!    it: 413, close, decided as soon as the sizes are known, before the data arrives (a
@@ -46,6 +48,12 @@ use crate::push::json_depth::{data_too_deep, DATA_TOO_DEEP};
 use crate::push::names::{validate_channel, validate_user};
 use serde::Deserialize;
 use serde_json::value::RawValue;
+
+/// The operator status page (`static/status.html`), served at `GET /` and `GET /status` without
+/// the key: plain HTML, CSS and JS (SVG charts drawn by the page), nothing fetched from elsewhere.
+/// It asks for `--api-key` and sends it as `Authorization: Bearer` on its `/api/stats` and
+/// `/api/nodes` requests (once a second).
+pub const STATUS_PAGE: &str = include_str!("../../static/status.html");
 
 /// Header lines a request may carry: 431 beyond.
 const MAX_HEADERS: usize = http::MAX_HEADERS;
@@ -152,6 +160,9 @@ pub enum ApiCommand {
     Metrics,
     /// `GET /api/nodes`
     Nodes,
+    /// `GET /` or `GET /status`: the [`STATUS_PAGE`] (the only route that needs no key);
+    /// answer it with [`status_page_response`].
+    StatusPage,
 }
 
 /// The outcome of [`parse`] on a connection's buffer.
@@ -213,8 +224,10 @@ pub fn parse(buf: &[u8], api_key: Option<&str>, limits: &ApiLimits) -> Parsed {
         Err(e) => return reject_now(buf.len(), Failure::new(e.status(), &e.to_string())),
     };
 
-    let routed = authorize(head.headers.get("authorization"), api_key)
-        .and_then(|()| route(head.method, head.path));
+    let routed = match route(head.method, head.path) {
+        Ok(Route::StatusPage) => Ok(Route::StatusPage),
+        routed => authorize(head.headers.get("authorization"), api_key).and(routed),
+    };
     let keep_alive = head.keep_alive();
     let after_head = &buf[head.len..];
     // The body will not be read, so the connection cannot go on after the answer. A 401, 404
@@ -308,6 +321,29 @@ pub fn json_response(status: u16, body: &str, keep_alive: bool) -> Vec<u8> {
 /// An answer with the given content type, e.g. `text/plain; version=0.0.4` for `/metrics`.
 pub fn text_response(status: u16, content_type: &str, body: &str, keep_alive: bool) -> Vec<u8> {
     response(status, &[], content_type, body.as_bytes(), keep_alive)
+}
+
+/// The answer to [`ApiCommand::StatusPage`]: the [`STATUS_PAGE`] as `text/html`, not cached
+/// (a new binary serves its own page), with a Content-Security-Policy that lets it run only its
+/// own inline script and style, talk only to this listener, and never be framed (it takes a key).
+pub fn status_page_response(keep_alive: bool) -> Vec<u8> {
+    response(
+        200,
+        &[
+            ("Cache-Control", "no-store"),
+            ("X-Content-Type-Options", "nosniff"),
+            ("Referrer-Policy", "no-referrer"),
+            (
+                "Content-Security-Policy",
+                "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
+                 connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; \
+                 frame-ancestors 'none'",
+            ),
+        ],
+        "text/html; charset=utf-8",
+        STATUS_PAGE.as_bytes(),
+        keep_alive,
+    )
 }
 
 /// The JSON error body `{"error":"…","field":"…"}` (`"field":null` when no field is to blame),
@@ -424,6 +460,7 @@ enum Route {
     Presence,
     Metrics,
     Nodes,
+    StatusPage,
 }
 
 const ROUTES: &[(&str, Route)] = &[
@@ -435,13 +472,17 @@ const ROUTES: &[(&str, Route)] = &[
     ("/api/presence", Route::Presence),
     ("/metrics", Route::Metrics),
     ("/api/nodes", Route::Nodes),
+    ("/", Route::StatusPage),
+    ("/status", Route::StatusPage),
 ];
 
 impl Route {
     fn method(self) -> &'static str {
         match self {
             Route::Publish | Route::Send | Route::Broadcast | Route::Disconnect => "POST",
-            Route::Stats | Route::Presence | Route::Metrics | Route::Nodes => "GET",
+            Route::Stats | Route::Presence | Route::Metrics | Route::Nodes | Route::StatusPage => {
+                "GET"
+            }
         }
     }
 }
@@ -498,6 +539,7 @@ fn command(route: Route, query: Option<&str>, body: &[u8]) -> Result<ApiCommand,
         Route::Stats => ApiCommand::Stats,
         Route::Metrics => ApiCommand::Metrics,
         Route::Nodes => ApiCommand::Nodes,
+        Route::StatusPage => ApiCommand::StatusPage,
         Route::Presence => {
             let raw = query_param(query, "channel")
                 .ok_or_else(|| Failure::bad("missing query parameter channel", "channel"))?;
@@ -727,6 +769,7 @@ mod tests {
             ApiCommand::Presence { channel } => format!("presence {channel}"),
             ApiCommand::Metrics => "metrics".into(),
             ApiCommand::Nodes => "nodes".into(),
+            ApiCommand::StatusPage => "status page".into(),
         }
     }
 
@@ -856,6 +899,8 @@ mod tests {
             ),
             (get("/metrics"), "metrics"),
             (get("/api/nodes"), "nodes"),
+            (get("/"), "status page"),
+            (get("/status?refresh=1"), "status page"),
             // A GET may carry a body; it is read and ignored.
             (req("GET", "/api/stats", &[], Some("{}")), "stats"),
         ]
@@ -950,6 +995,12 @@ mod tests {
             (Some(KEY), &[], "/api/stats", Some("missing")),
             (Some(KEY), &[], "/metrics", Some("missing")),
             (Some(KEY), &[], "/nowhere", Some("missing")),
+            // The status page needs no key (it asks for one), whatever is sent.
+            (Some(KEY), &[], "/", None),
+            (Some(KEY), &[], "/status", None),
+            (Some(KEY), &["Authorization: Bearer nope"], "/", None),
+            (Some(KEY), &[], "/status/", Some("missing")),
+            (Some(KEY), &[], "/index.html", Some("missing")),
             (
                 Some(KEY),
                 &["Authorization: Bearer s3cre"],
@@ -999,13 +1050,35 @@ mod tests {
         );
         let (consumed, close, a) = expect_reject(parse(&buf, Some(KEY), &limits()));
         assert_eq!((consumed, close, a.status), (buf.len(), false, 401));
+        // Only GET is exempt: another method on the page's path is refused for the key first.
+        let buf = req("POST", "/", &[], Some("{}"));
+        let (_, _, a) = expect_reject(parse(&buf, Some(KEY), &limits()));
+        assert_eq!(a.status, 401);
+    }
+
+    #[test]
+    fn status_page_answer() {
+        let a = read_answer(&status_page_response(true));
+        assert_eq!(a.status, 200);
+        assert_eq!(a.header("content-type"), Some("text/html; charset=utf-8"));
+        assert_eq!(a.header("cache-control"), Some("no-store"));
+        let csp = a.header("content-security-policy").unwrap_or_default();
+        assert!(csp.contains("connect-src 'self'"), "{csp}");
+        assert!(csp.contains("frame-ancestors 'none'"), "{csp}");
+        assert_eq!(a.body, STATUS_PAGE.as_bytes());
+        // Nothing loaded from elsewhere: no absolute URLs in src/href attributes.
+        for attr in ["src=\"http", "href=\"http", "src=\"//", "href=\"//"] {
+            assert!(!STATUS_PAGE.contains(attr), "{attr}");
+        }
     }
 
     #[test]
     fn unknown_path_and_wrong_method() {
         let cases: &[(&str, &str, u16, Option<&str>)] = &[
-            ("GET", "/", 404, None),
+            ("GET", "/index.html", 404, None),
             ("GET", "/api", 404, None),
+            ("POST", "/", 405, Some("GET")),
+            ("HEAD", "/status", 405, Some("GET")),
             ("GET", "/api/stats/", 404, None),
             ("POST", "/api/nope", 404, None),
             ("GET", "/api/publish", 405, Some("POST")),

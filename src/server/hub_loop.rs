@@ -299,10 +299,15 @@ impl<B: Broker> HubLoop<B> {
             workers,
             stats,
             cluster,
+            node_name,
+            started,
             ..
         } = self;
+        let node = (node_name.as_str(), *started);
         let mut handler = |pending: Pending, command: ApiCommand| {
-            run_command(hub, *cluster, workers, stats, requests, pending, command)
+            run_command(
+                hub, *cluster, node, workers, stats, requests, pending, command,
+            )
         };
         f(api, poll.registry(), &mut handler)
     }
@@ -374,13 +379,15 @@ impl<B: Broker> HubLoop<B> {
     }
 }
 
-/// Runs one parsed API command: `/api/stats` and `/metrics` are answered at once, and so is a
-/// 503 when a worker's inbox is full; anything else goes to the hub under the request's
-/// number and is answered when the hub's answer comes back (`None`).
+/// Runs one parsed API command: `/api/stats`, `/metrics` and the status page are answered at
+/// once, and so is a 503 when a worker's inbox is full; anything else goes to the hub under the
+/// request's number and is answered when the hub's answer comes back (`None`). `node`: this
+/// node's name and the hub's start, for `/api/stats`.
 #[allow(clippy::too_many_arguments)]
 fn run_command<B: Broker>(
     hub: &mut Hub<B>,
     cluster: bool,
+    node: (&str, Instant),
     workers: &[WorkerInbox],
     stats: &Stats,
     requests: &mut HashMap<RequestId, ApiConnId>,
@@ -396,6 +403,8 @@ fn run_command<B: Broker>(
             user_streams,
             history_messages,
             history_bytes,
+            node: node.0.to_owned(),
+            uptime_s: node.1.elapsed().as_secs(),
         }
     };
     let request = match command {
@@ -403,6 +412,7 @@ fn run_command<B: Broker>(
             let body = stats_json(stats, &figures());
             return Some(api::json_response(200, &body, keep_alive));
         }
+        ApiCommand::StatusPage => return Some(api::status_page_response(keep_alive)),
         ApiCommand::Metrics => {
             let body = metrics_text(stats, &figures());
             return Some(api::text_response(
