@@ -988,6 +988,7 @@ impl<L: RedisLink> RedisBroker<L> {
                 waiters,
                 catch_up,
                 incarnation,
+                strict,
                 ..
             } => {
                 if !self.is_current(&stream, incarnation) {
@@ -995,6 +996,8 @@ impl<L: RedisLink> RedisBroker<L> {
                 }
                 if let Some(state) = self.state_mut(&stream) {
                     state.reads = state.reads.saturating_sub(1);
+                    // The check it was to make after a Redis restart is still owed.
+                    state.verify |= strict;
                     if catch_up {
                         state.catching_up = false;
                     }
