@@ -115,6 +115,14 @@ pub enum ToWorker {
         /// The API request to acknowledge.
         ack: Option<AckId>,
     },
+    /// The name of a connection's user (asked with [`ToHub::UserName`], for the upstream's
+    /// `Edgepush-User`): `None` if the hub no longer holds the stream.
+    UserName {
+        /// The connection that asked.
+        conn: ConnId,
+        /// The user's name.
+        name: Option<Arc<str>>,
+    },
     /// Which users are subscribed to `channel` here?
     Presence {
         /// The API request to answer with [`ToHub::PresenceReply`].
@@ -140,6 +148,7 @@ impl ToWorker {
             ToWorker::Subscribed { frame, replay, .. } => {
                 frame.len() + replay.iter().map(|f| f.len()).sum::<usize>()
             }
+            ToWorker::UserName { name, .. } => name.as_ref().map_or(0, |n| n.len()),
             ToWorker::Disconnect { .. } | ToWorker::Presence { .. } | ToWorker::Drain { .. } => 0,
         }
     }
@@ -205,6 +214,17 @@ pub enum ToHub {
         ack: AckId,
         /// Connections that took the frame, or were closed.
         count: u64,
+    },
+    /// The name of `user` for connection `conn` of `worker` (answered by
+    /// [`ToWorker::UserName`]): its first upstream action needs it, and workers keep no name
+    /// for idle connections.
+    UserName {
+        /// The worker holding the connection.
+        worker: WorkerId,
+        /// The connection.
+        conn: ConnId,
+        /// Its user stream.
+        user: UserId,
     },
     /// A worker's answer to [`ToWorker::Presence`].
     PresenceReply {

@@ -329,6 +329,11 @@ impl<B: Broker> Hub<B> {
                 let done = self.acks.acknowledge(ack, count, Vec::new());
                 self.finish(ack, done);
             }
+            ToHub::UserName { worker, conn, user } => {
+                let name = self.broker.user_name(user).map(Arc::from);
+                self.outbox
+                    .push((worker, ToWorker::UserName { conn, name }));
+            }
             ToHub::PresenceReply { ack, users } => {
                 let done = self.acks.acknowledge(ack, 0, users);
                 self.finish(ack, done);

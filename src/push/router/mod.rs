@@ -268,6 +268,15 @@ fn error_json(code: u16, reason: &str, channel: Option<&str>) -> Cow<'static, [u
     Cow::Owned(json)
 }
 
+/// A connection's user as the router knows it (see [`Router::user_of`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UserRef {
+    /// The hub's stream id (the hub knows the name).
+    Id(UserId),
+    /// The name itself (the join is not answered yet).
+    Name(Arc<str>),
+}
+
 /// The reason a client op is refused while Redis is unreachable.
 const STORE_DOWN: &str = "this node cannot reach its cluster store now; retry shortly";
 
@@ -286,6 +295,15 @@ impl Router {
             effects: Vec::new(),
             store_down: false,
         }
+    }
+
+    /// Who `conn`'s user is: its stream's id once the hub answered the join, else the name
+    /// it joined with (`None` for an unknown connection).
+    pub fn user_of(&mut self, conns: &mut impl PushConns, conn: ConnId) -> Option<UserRef> {
+        if let Some(name) = self.joining.get(&conn) {
+            return Some(UserRef::Name(Arc::clone(name)));
+        }
+        conns.push_conn(conn)?.user.map(UserRef::Id)
     }
 
     /// Is `conn`'s `$user` join still unanswered? Such a connection gets no broadcast yet:

@@ -232,7 +232,7 @@ pub(super) fn queue_for_batch<'a>(
 }
 
 impl Worker {
-    fn send_to_hub(&mut self, message: ToHub) {
+    pub(super) fn send_to_hub(&mut self, message: ToHub) {
         if self.link.hub.tx.send(message).is_ok() {
             self.hub_wake = true;
         }
@@ -334,7 +334,6 @@ impl Worker {
 
     /// Sets up a freshly upgraded push connection and asks the hub for its `$user` stream.
     pub(super) fn accept_push(&mut self, handle: Handle, identity: Identity) {
-        self.remember_user(handle, &identity.user);
         let now = self.push_now();
         let Worker { conns, router, .. } = self;
         let Some(conn) = conn_of(conns, handle) else {
@@ -415,6 +414,7 @@ impl Worker {
                     replay,
                 } => self.on_subscribed(conn, &stream, seq, &frame, &replay, &mut slow),
                 ToWorker::Disconnect { conns, ack } => self.disconnect(&conns, ack),
+                ToWorker::UserName { conn, name } => self.on_user_name(handle_of(conn), name),
                 ToWorker::Presence { ack, channel } => {
                     let Worker { conns, router, .. } = self;
                     router.presence(conns, ack, &channel);

@@ -8,10 +8,12 @@
 //! [`UPSTREAM_BIT`] set: client connections' slab keys stay far below it, and the listener,
 //! waker and accept-timer keys (`u32::MAX`) are above any pool slot.
 //!
-//! An idle push connection holds nothing here but its user's name (shared with the hub's copy),
-//! kept for the `Edgepush-User` header: a connection has a queue entry only while it has actions
-//! in flight or waiting.
+//! An idle push connection holds nothing here. A connection's first action asks the hub for
+//! its user's name (for the `Edgepush-User` header; a worker keeps no name per connection),
+//! and waits in `awaiting` until it comes; the name is then kept while the connection lives. A
+//! connection has a queue entry only while it has actions in flight or waiting.
 
+use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -21,14 +23,16 @@ use log::{debug, warn};
 use mio::net::TcpStream;
 use mio::Interest;
 
-use super::push::queue_for_batch;
+use super::push::{conn_id, queue_for_batch};
 use super::{conn_of, emit, Worker};
 use crate::protocol::frame::{write_frame, OpCode};
+use crate::push::hub::ToHub;
+use crate::push::router::UserRef;
 use crate::server::connection::Handle;
 use crate::tick::Tick;
 use crate::upstream::answer::{Answer, Reply};
 use crate::upstream::pool::{ConnRef, Pool, Read as PoolRead};
-use crate::upstream::queue::{Item, Next, Queues};
+use crate::upstream::queue::{Item, Next, Queues, MAX_QUEUED};
 use crate::upstream::request::{write_request, Sender};
 use crate::upstream::{action_code, write_action_error, Outcome, UpstreamConfig};
 
@@ -54,8 +58,12 @@ pub(super) struct Upstream {
     /// Keyed by the client's token (`Handle::token`).
     queues: Queues<usize, Action>,
     pool: Pool<TcpStream, InFlight>,
-    /// Push connections' user names by slab key (while `--upstream` is set).
-    users: Vec<Option<Arc<str>>>,
+    /// The user names of connections that sent actions, by client token (slab key and
+    /// generation, so a reused slot never inherits one).
+    names: HashMap<usize, Arc<str>>,
+    /// Actions of connections whose name the hub has not given yet, in order (at most
+    /// [`MAX_QUEUED`] + 1 each: past that the connection is not read).
+    awaiting: HashMap<usize, Vec<Vec<u8>>>,
     /// Connections un-paused, to read again next turn.
     resumed: Vec<Handle>,
     /// The gauges as last added to the shared figures.
@@ -70,7 +78,8 @@ impl Upstream {
             queues: Queues::new(config.max_inflight),
             pool: Pool::new(timeout_ticks, max_body),
             config,
-            users: Vec::new(),
+            names: HashMap::new(),
+            awaiting: HashMap::new(),
             resumed: Vec::new(),
             published: (0, 0),
         }
@@ -102,38 +111,86 @@ pub(super) fn is_upstream(handle: Handle) -> bool {
 }
 
 impl Worker {
-    /// A push connection was accepted as `user`: kept for its requests' `Edgepush-User`.
-    pub(super) fn remember_user(&mut self, handle: Handle, user: &Arc<str>) {
-        if let Some(up) = self.upstream.as_deref_mut() {
-            let key = handle.key as usize;
-            if up.users.len() <= key {
-                up.users.resize(key + 1, None);
-            }
-            up.users[key] = Some(Arc::clone(user));
-        }
-    }
-
     /// The connection may not be read now (its queue is full).
     pub(super) fn upstream_paused(&self, handle: Handle) -> bool {
-        self.upstream
-            .as_deref()
-            .is_some_and(|up| up.queues.is_paused(handle.token().0))
+        let key = handle.token().0;
+        self.upstream.as_deref().is_some_and(|up| {
+            up.queues.is_paused(key) || up.awaiting.get(&key).is_some_and(|a| a.len() > MAX_QUEUED)
+        })
     }
 
     /// The client is going: what it had waiting is dropped; an answer in flight will be
     /// discarded.
     pub(super) fn upstream_forget(&mut self, handle: Handle) {
         if let Some(up) = self.upstream.as_deref_mut() {
-            up.queues.forget(handle.token().0);
-            if let Some(user) = up.users.get_mut(handle.key as usize) {
-                *user = None;
-            }
+            let key = handle.token().0;
+            up.queues.forget(key);
+            up.names.remove(&key);
+            up.awaiting.remove(&key);
         }
         self.sync_upstream_gauges();
     }
 
     /// A binary message from a push client while `--upstream` is set (the caller checked).
+    /// The connection's first one asks the hub for its user's name and waits for it.
     pub(super) fn on_action(&mut self, handle: Handle, message: &[u8]) {
+        let key = handle.token().0;
+        let Some(up) = self.upstream.as_deref_mut() else {
+            return;
+        };
+        if let Some(waiting) = up.awaiting.get_mut(&key) {
+            waiting.push(message.to_vec());
+            return;
+        }
+        if !up.names.contains_key(&key) {
+            let Worker { conns, router, .. } = self;
+            match router.user_of(conns, conn_id(handle)) {
+                Some(UserRef::Name(name)) => {
+                    if let Some(up) = self.upstream.as_deref_mut() {
+                        up.names.insert(key, name);
+                    }
+                }
+                Some(UserRef::Id(user)) => {
+                    if let Some(up) = self.upstream.as_deref_mut() {
+                        up.awaiting.insert(key, vec![message.to_vec()]);
+                    }
+                    self.send_to_hub(ToHub::UserName {
+                        worker: self.id,
+                        conn: conn_id(handle),
+                        user,
+                    });
+                    return;
+                }
+                None => return, // not a push connection (any more)
+            }
+        }
+        self.queue_action(handle, message);
+    }
+
+    /// The hub named `handle`'s user: its waiting actions go on.
+    pub(super) fn on_user_name(&mut self, handle: Handle, name: Option<Arc<str>>) {
+        let key = handle.token().0;
+        let Some(up) = self.upstream.as_deref_mut() else {
+            return;
+        };
+        let Some(waiting) = up.awaiting.remove(&key) else {
+            return; // the connection is gone
+        };
+        up.names
+            .insert(key, name.unwrap_or_else(|| Arc::from("anonymous")));
+        let was_paused = waiting.len() > MAX_QUEUED;
+        for message in waiting {
+            self.queue_action(handle, &message);
+        }
+        if was_paused && !self.upstream_paused(handle) {
+            if let Some(up) = self.upstream.as_deref_mut() {
+                up.resumed.push(handle);
+            }
+        }
+    }
+
+    /// Queues an action of a connection whose user's name is known.
+    fn queue_action(&mut self, handle: Handle, message: &[u8]) {
         let Some(up) = self.upstream.as_deref_mut() else {
             return;
         };
@@ -246,9 +303,9 @@ impl Worker {
             return;
         };
         let user = up
-            .users
-            .get(owner.key as usize)
-            .and_then(|u| u.clone())
+            .names
+            .get(&owner.token().0)
+            .cloned()
             .unwrap_or_else(|| Arc::from("anonymous"));
         let mut out = Vec::new();
         let sender = Sender {
