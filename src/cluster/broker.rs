@@ -990,38 +990,38 @@ impl<L: RedisLink> RedisBroker<L> {
                 incarnation,
                 strict,
                 ..
-            } => {
-                if !self.is_current(&stream, incarnation) {
-                    return;
-                }
-                if let Some(state) = self.state_mut(&stream) {
-                    state.reads = state.reads.saturating_sub(1);
-                    // The check it was to make after a Redis restart is still owed.
-                    state.verify |= strict;
-                    if catch_up {
-                        state.catching_up = false;
-                    }
-                    state.waiting.extend(waiters);
-                    state.needs_read = true;
-                }
-                self.after_failed_read(&stream);
-            }
+            } => self.read_failed(&stream, waiters, incarnation, catch_up, strict),
             Pending::Renew {
                 stream,
                 waiters,
                 incarnation,
-            } => {
-                if !self.is_current(&stream, incarnation) {
-                    return;
-                }
-                if let Some(state) = self.state_mut(&stream) {
-                    state.reads = state.reads.saturating_sub(1);
-                    state.waiting.extend(waiters);
-                    state.needs_read = true;
-                }
-                self.after_failed_read(&stream);
-            }
+            } => self.read_failed(&stream, waiters, incarnation, false, false),
         }
+    }
+
+    /// A read (or renewal) of `stream`'s life `incarnation` failed: its waiters wait for the
+    /// next one, sent again soon; a catch-up or a check after a restart is still owed.
+    fn read_failed(
+        &mut self,
+        stream: &StreamKey,
+        waiters: Vec<Waiter>,
+        incarnation: u64,
+        catch_up: bool,
+        strict: bool,
+    ) {
+        if !self.is_current(stream, incarnation) {
+            return;
+        }
+        if let Some(state) = self.state_mut(stream) {
+            state.reads = state.reads.saturating_sub(1);
+            state.verify |= strict;
+            if catch_up {
+                state.catching_up = false;
+            }
+            state.waiting.extend(waiters);
+            state.needs_read = true;
+        }
+        self.after_failed_read(stream);
     }
 
     fn after_failed_read(&mut self, key: &StreamKey) {
