@@ -11,7 +11,7 @@
 //! `$user` stream as `$user:NAME` (see [`user_stream`]). A message's epoch is the one of the
 //! latest `subscribed` for its stream (messages carry no epoch).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::io;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -164,25 +164,21 @@ fn check(
     let seen = &sub.seen;
     let mut report = StreamReport::default();
     let mut errors = Vec::new();
-    let mut pending: Vec<Option<(u64, String)>> = Vec::new();
+    let mut pending: VecDeque<Option<(u64, String)>> = VecDeque::new();
     let mut segment: Option<Segment> = None;
     // The first seq of the chain of segments that ends in the current one (recovered:true
     // continues a chain under one epoch).
     let mut chain_start = 0u64;
     for event in seen {
         match event {
-            Seen::Subscribe { stream: s, since } if s == stream => pending.push(since.clone()),
+            Seen::Subscribe { stream: s, since } if s == stream => pending.push_back(since.clone()),
             Seen::Subscribed {
                 stream: s,
                 epoch,
                 seq,
                 recovered,
             } if s == stream => {
-                let solicited = if pending.is_empty() {
-                    None
-                } else {
-                    Some(pending.remove(0))
-                };
+                let solicited = pending.pop_front();
                 match (solicited, recovered) {
                     (Some(Some((since, since_epoch))), Some(true)) => {
                         report.recoveries += 1;
@@ -543,21 +539,19 @@ impl Subscriber {
     /// recovered from).
     pub fn position(&self, stream: &str) -> Option<(u64, String)> {
         let mut position: Option<(u64, String)> = None;
-        let mut pending: Vec<Option<(u64, String)>> = Vec::new();
+        let mut pending: VecDeque<Option<(u64, String)>> = VecDeque::new();
         for event in &self.seen {
             match event {
-                Seen::Subscribe { stream: s, since } if s == stream => pending.push(since.clone()),
+                Seen::Subscribe { stream: s, since } if s == stream => {
+                    pending.push_back(since.clone())
+                }
                 Seen::Subscribed {
                     stream: s,
                     epoch,
                     seq,
                     recovered,
                 } if s == stream => {
-                    let asked = if pending.is_empty() {
-                        None
-                    } else {
-                        Some(pending.remove(0))
-                    };
+                    let asked = pending.pop_front();
                     position = match (asked, recovered) {
                         (Some(Some((since, _))), Some(true)) => Some((since, epoch.clone())),
                         _ => Some((*seq, epoch.clone())),
