@@ -33,7 +33,7 @@ use edgepush::protocol::frame::OpCode;
 use node::{wait, Node, NodeOptions};
 use oracle::{
     data, delivery_counts, lock, user_stream, Ack, Oracle, Outcome, Publisher, Seen, SharedOracle,
-    Subscriber,
+    StreamReport, Subscriber,
 };
 use redis::{Persistence, RedisServer, Resp};
 use serde_json::{json, Value};
@@ -101,6 +101,32 @@ impl Cluster {
 
     fn publisher(&self, i: usize, oracle: &SharedOracle) -> Publisher {
         Publisher::new(self.nodes[i].api_addr, oracle)
+    }
+
+    /// One subscriber on each of nodes `0..count` (user `s{i}`, labelled `sub on <node>`), each
+    /// subscribed to every one of `channels` (the answer awaited).
+    fn subscriber_per_node(&self, count: usize, channels: &[&str]) -> Vec<Subscriber> {
+        (0..count)
+            .map(|i| {
+                let node = self.node(i);
+                let mut s = Subscriber::connect(
+                    node.addr,
+                    &format!("s{i}"),
+                    &format!("sub on {}", node.name),
+                );
+                for channel in channels {
+                    s.subscribe_wait(channel);
+                }
+                s
+            })
+            .collect()
+    }
+
+    /// The oracle's report on what `sub` saw of `stream`; a failed check panics with the
+    /// oracle's finding and every node's log.
+    fn checked(&self, o: &Oracle, sub: &Subscriber, stream: &str) -> StreamReport {
+        o.check(sub, stream)
+            .unwrap_or_else(|e| panic!("{e}\n{}", self.logs()))
     }
 
     /// The names `/api/nodes` on node `i` lists (empty if it does not answer 200).
@@ -407,18 +433,7 @@ fn t01_three_nodes_deliver_once_in_order_and_agree_on_one_order() {
         let cluster = Cluster::start("t01", &["a", "b", "c"], Persistence::None, |_| {});
         let oracle = Oracle::shared();
         let deadline = Instant::now() + Duration::from_secs(20);
-        let mut subs: Vec<Subscriber> = (0..3)
-            .map(|i| {
-                let mut s = Subscriber::connect(
-                    cluster.node(i).addr,
-                    &format!("s{i}"),
-                    &format!("sub on {}", cluster.node(i).name),
-                );
-                s.subscribe_wait("news");
-                s.subscribe_wait("shared");
-                s
-            })
-            .collect();
+        let mut subs: Vec<Subscriber> = cluster.subscriber_per_node(3, &["news", "shared"]);
         let mut on_a = cluster.publisher(0, &oracle);
         for n in 0..100 {
             on_a.publish("news", &data("a", n), &format!("news-{n}"), deadline);
@@ -449,13 +464,9 @@ fn t01_three_nodes_deliver_once_in_order_and_agree_on_one_order() {
         }
         let o = lock(&oracle);
         for sub in &subs {
-            let news = o
-                .check(sub, "news")
-                .unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+            let news = cluster.checked(&o, sub, "news");
             assert_eq!(news.delivered, 100);
-            let shared = o
-                .check(sub, "shared")
-                .unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+            let shared = cluster.checked(&o, sub, "shared");
             assert_eq!(shared.delivered, 180);
         }
         let orders: Vec<Vec<(u64, Value)>> = subs.iter().map(|s| s.messages("shared")).collect();
@@ -475,17 +486,7 @@ fn t02_pubsub_links_killed_mid_stream_lose_and_duplicate_nothing() {
         let cluster = Cluster::start("t02", &["a", "b"], Persistence::None, |_| {});
         let oracle = Oracle::shared();
         let deadline = Instant::now() + Duration::from_secs(22);
-        let mut subs: Vec<Subscriber> = (0..2)
-            .map(|i| {
-                let mut s = Subscriber::connect(
-                    cluster.node(i).addr,
-                    &format!("s{i}"),
-                    &format!("sub on {}", cluster.node(i).name),
-                );
-                s.subscribe_wait("t2");
-                s
-            })
-            .collect();
+        let mut subs: Vec<Subscriber> = cluster.subscriber_per_node(2, &["t2"]);
         let done = Arc::new(AtomicBool::new(false));
         let handles: Vec<_> = (0..2)
             .map(|i| {
@@ -528,9 +529,7 @@ fn t02_pubsub_links_killed_mid_stream_lose_and_duplicate_nothing() {
         }
         let o = lock(&oracle);
         for sub in &subs {
-            let report = o
-                .check(sub, "t2")
-                .unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+            let report = cluster.checked(&o, sub, "t2");
             assert_eq!(report.delivered, 400, "{}", sub.name);
             assert_eq!(
                 report.unsolicited_resets, 0,
@@ -635,17 +634,7 @@ fn t04_redis_restarted_without_persistence_means_new_epochs_and_recovered_false(
         let mut cluster = Cluster::start("t04", &["a", "b"], Persistence::None, |_| {});
         let oracle = Oracle::shared();
         let deadline = Instant::now() + Duration::from_secs(25);
-        let mut subs: Vec<Subscriber> = (0..2)
-            .map(|i| {
-                let mut s = Subscriber::connect(
-                    cluster.node(i).addr,
-                    &format!("s{i}"),
-                    &format!("sub on {}", cluster.node(i).name),
-                );
-                s.subscribe_wait("t4");
-                s
-            })
-            .collect();
+        let mut subs: Vec<Subscriber> = cluster.subscriber_per_node(2, &["t4"]);
         let mut publisher = cluster.publisher(0, &oracle);
         let before: Vec<Ack> = (0..20)
             .map(|n| publisher.publish("t4", &data("a", n), &format!("pre-{n}"), deadline))
@@ -689,9 +678,7 @@ fn t04_redis_restarted_without_persistence_means_new_epochs_and_recovered_false(
         let o = lock(&oracle);
         o.assert_no_reuse();
         for sub in &subs {
-            let report = o
-                .check(sub, "t4")
-                .unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+            let report = cluster.checked(&o, sub, "t4");
             assert!(
                 report.unsolicited_resets >= 1,
                 "{}: no recovered:false after the restart",
@@ -776,9 +763,7 @@ fn t05_durable_redis_restart_loses_nothing_and_recovers_on_another_node() {
             "a durable Redis keeps the epoch across its restart: {epochs:?}"
         );
         let strict = |sub: &Subscriber, stream: &str, delivered: usize, recoveries: usize| {
-            let report = o
-                .check(sub, stream)
-                .unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+            let report = cluster.checked(&o, sub, stream);
             assert_eq!(report.delivered, delivered, "{} on {stream}", sub.name);
             assert_eq!(
                 (report.unsolicited_resets, report.refused_recoveries),
@@ -962,9 +947,7 @@ fn t07_a_frozen_redis_gets_503s_while_every_node_keeps_serving() {
         }
         catch_up(&mut sub, &oracle, "t7", deadline);
         let o = lock(&oracle);
-        let report = o
-            .check(&sub, "t7")
-            .unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+        let report = cluster.checked(&o, &sub, "t7");
         assert_eq!(
             report.unsolicited_resets, 0,
             "recovered:false after a pause that lost nothing"
@@ -1024,25 +1007,19 @@ fn t08_a_killed_node_clients_recover_elsewhere_and_its_presence_vanishes() {
         catch_up(&mut twin, &oracle, &user_stream("u8"), deadline);
         {
             let o = lock(&oracle);
-            let t8 = o
-                .check(&mover, "t8")
-                .unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+            let t8 = cluster.checked(&o, &mover, "t8");
             assert_eq!(
                 (t8.delivered, t8.recoveries, t8.unsolicited_resets),
                 (20, 1, 0),
                 "u8 on t8"
             );
-            let own = o
-                .check(&mover, &user_stream("u8"))
-                .unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+            let own = cluster.checked(&o, &mover, &user_stream("u8"));
             assert_eq!(
                 (own.delivered, own.recoveries, own.unsolicited_resets),
                 (10, 1, 0),
                 "u8's $user after moving"
             );
-            let other = o
-                .check(&twin, &user_stream("u8"))
-                .unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+            let other = cluster.checked(&o, &twin, &user_stream("u8"));
             assert_eq!(
                 other.delivered, 10,
                 "/api/send reaches the user's other node"
@@ -1130,9 +1107,7 @@ fn t09_subscribing_while_another_node_publishes_is_contiguous() {
         let o = lock(&oracle);
         let published = o.acks("t9").len();
         for (i, sub) in subs.iter().enumerate() {
-            let report = o
-                .check(sub, "t9")
-                .unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+            let report = cluster.checked(&o, sub, "t9");
             assert!(
                 report.delivered > 0,
                 "{}: nothing delivered ({published} publishes acknowledged)\n{}",

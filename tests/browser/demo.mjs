@@ -10,80 +10,14 @@
 // (RFC 7692) and a push larger than the server's --compression-min-size (128 B) must arrive whole.
 // Writes a screenshot to target/ci/demo.png. Exits non-zero on any failure; always stops the server
 // and the browser. Needs /usr/bin/chromium (or $CHROMIUM); downloads no browser.
-import { spawn } from "node:child_process";
-import { existsSync, mkdirSync, mkdtempSync, rmSync } from "node:fs";
-import { createServer } from "node:net";
-import { tmpdir } from "node:os";
-import { dirname, join, resolve } from "node:path";
-import { fileURLToPath } from "node:url";
-import { chromium } from "playwright-core";
+import { mkdirSync } from "node:fs";
+import { dirname, join } from "node:path";
+import { ROOT, check, launchBrowser, main, sleep, startServer } from "./common.mjs";
 
-const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "../..");
-const BIN = resolve(ROOT, process.env.EDGEPUSH_BIN || "target/release/edgepush");
-const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
 const SHOT = join(ROOT, "target/ci/demo.png");
 const OVERALL_MS = 60_000;
 const STEP_MS = 10_000;
 const USER = "603577";
-
-let server = null;
-let serverLog = "";
-let context = null;
-let profileDir = null;
-let passed = 0;
-
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-
-function freePort() {
-  return new Promise((res, rej) => {
-    const s = createServer();
-    s.on("error", rej);
-    s.listen(0, "127.0.0.1", () => {
-      const { port } = s.address();
-      s.close(() => res(port));
-    });
-  });
-}
-
-async function startServer() {
-  for (let attempt = 1; attempt <= 3; attempt++) {
-    const port = await freePort();
-    let apiPort = await freePort();
-    while (apiPort === port) apiPort = await freePort();
-    serverLog = "";
-    const child = spawn(BIN, ["--listen", `127.0.0.1:${port}`, "--api-listen", `127.0.0.1:${apiPort}`, "--log", "info"],
-      { stdio: ["ignore", "pipe", "pipe"] });
-    server = child;
-    let exited = false;
-    child.on("exit", () => { exited = true; });
-    child.on("error", (e) => { exited = true; serverLog += `spawn error: ${e.message}\n`; });
-    child.stdout.on("data", (d) => { serverLog += d; });
-    child.stderr.on("data", (d) => { serverLog += d; });
-    const deadline = Date.now() + STEP_MS;
-    while (!exited && Date.now() < deadline) {
-      try {
-        const [health, api] = await Promise.all([
-          fetch(`http://127.0.0.1:${port}/healthz`), fetch(`http://127.0.0.1:${apiPort}/api/stats`)]);
-        if (health.ok && api.ok) return { port, apiPort };
-      } catch { /* not listening yet */ }
-      await sleep(50);
-    }
-    await stopServer();
-    console.error(`server attempt ${attempt} on ports ${port}/${apiPort} failed; its output:\n${serverLog}`);
-  }
-  throw new Error("the server did not come up (see its output above)");
-}
-
-async function stopServer() {
-  const child = server;
-  server = null;
-  if (!child || child.exitCode !== null || child.signalCode !== null) return;
-  const gone = new Promise((r) => child.once("exit", r));
-  child.kill("SIGTERM");
-  if (await Promise.race([gone.then(() => true), sleep(5000).then(() => false)])) return;
-  child.kill("SIGKILL");
-  await gone;
-}
 
 async function api(apiPort, path, body) {
   const res = await fetch(`http://127.0.0.1:${apiPort}${path}`, {
@@ -93,37 +27,14 @@ async function api(apiPort, path, body) {
   return JSON.parse(text);
 }
 
-async function check(name, fn) {
-  try {
-    await fn();
-  } catch (e) {
-    throw new Error(`step "${name}" failed: ${e.message}`);
-  }
-  passed++;
-  console.log(`ok ${passed} - ${name}`);
-}
-
 const pushMessage = (content, extra = {}) =>
   ({ id: 1, employee_no: USER, read_flag: 0, extra: "", message_type: 1, content, count: 1, ...extra });
 
 async function run() {
-  if (!existsSync(BIN)) throw new Error(`no server binary at ${BIN}: run \`cargo build --release\` or set EDGEPUSH_BIN`);
-  if (!existsSync(CHROMIUM)) throw new Error(`no browser at ${CHROMIUM}: apt-get install chromium (or set CHROMIUM)`);
-  const { port, apiPort } = await startServer();
+  const { port, apiPort } = await startServer({ args: ["--log", "info"], stepMs: STEP_MS });
   console.log(`server up: http://127.0.0.1:${port}/ (API on ${apiPort})`);
 
-  profileDir = mkdtempSync(join(tmpdir(), "edgepush-chromium-"));
-  // launchPersistentContext is how playwright takes a --user-data-dir of our choosing: a fresh one.
-  context = await chromium.launchPersistentContext(profileDir, {
-    executablePath: CHROMIUM,
-    headless: true,
-    args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-      "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-    viewport: { width: 1280, height: 860 },
-    timeout: STEP_MS,
-  });
-  context.setDefaultTimeout(STEP_MS);
-  const page = context.pages()[0] || await context.newPage();
+  const { page } = await launchBrowser({ viewport: { width: 1280, height: 860 }, stepMs: STEP_MS });
   const pageErrors = [];
   page.on("pageerror", (e) => pageErrors.push(String(e)));
   // Every WebSocket the page opens, with the text frames it receives, in order.
@@ -270,33 +181,4 @@ async function run() {
   console.log(`screenshot: ${SHOT}`);
 }
 
-async function cleanup() {
-  if (context) await Promise.race([context.close().catch(() => {}), sleep(5000)]);
-  context = null;
-  await stopServer().catch(() => {});
-  if (profileDir) rmSync(profileDir, { recursive: true, force: true });
-  profileDir = null;
-}
-
-for (const sig of ["SIGINT", "SIGTERM"]) process.on(sig, () => { cleanup().finally(() => process.exit(130)); });
-
-let failure = null;
-let timer;
-try {
-  await Promise.race([
-    run(),
-    new Promise((_, rej) => { timer = setTimeout(() => rej(new Error(`timed out after ${OVERALL_MS / 1000} s`)), OVERALL_MS); }),
-  ]);
-} catch (e) {
-  failure = e;
-} finally {
-  clearTimeout(timer);
-  await cleanup();
-}
-if (failure) {
-  console.error(`\nbrowser test FAILED: ${failure.message}`);
-  if (serverLog) console.error(`--- server output (last lines) ---\n${serverLog.split("\n").slice(-30).join("\n")}`);
-  console.log(`browser test: ${passed} passed, 1 failed`);
-  process.exit(1);
-}
-console.log(`browser test: ${passed} passed, 0 failed`);
+await main({ label: "browser test", overallMs: OVERALL_MS, run });

@@ -11,7 +11,7 @@
 //! `$user` stream as `$user:NAME` (see [`user_stream`]). A message's epoch is the one of the
 //! latest `subscribed` for its stream (messages carry no epoch).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::io;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -164,25 +164,21 @@ fn check(
     let seen = &sub.seen;
     let mut report = StreamReport::default();
     let mut errors = Vec::new();
-    let mut pending: Vec<Option<(u64, String)>> = Vec::new();
+    let mut pending: VecDeque<Option<(u64, String)>> = VecDeque::new();
     let mut segment: Option<Segment> = None;
     // The first seq of the chain of segments that ends in the current one (recovered:true
     // continues a chain under one epoch).
     let mut chain_start = 0u64;
     for event in seen {
         match event {
-            Seen::Subscribe { stream: s, since } if s == stream => pending.push(since.clone()),
+            Seen::Subscribe { stream: s, since } if s == stream => pending.push_back(since.clone()),
             Seen::Subscribed {
                 stream: s,
                 epoch,
                 seq,
                 recovered,
             } if s == stream => {
-                let solicited = if pending.is_empty() {
-                    None
-                } else {
-                    Some(pending.remove(0))
-                };
+                let solicited = pending.pop_front();
                 match (solicited, recovered) {
                     (Some(Some((since, since_epoch))), Some(true)) => {
                         report.recoveries += 1;
@@ -543,21 +539,19 @@ impl Subscriber {
     /// recovered from).
     pub fn position(&self, stream: &str) -> Option<(u64, String)> {
         let mut position: Option<(u64, String)> = None;
-        let mut pending: Vec<Option<(u64, String)>> = Vec::new();
+        let mut pending: VecDeque<Option<(u64, String)>> = VecDeque::new();
         for event in &self.seen {
             match event {
-                Seen::Subscribe { stream: s, since } if s == stream => pending.push(since.clone()),
+                Seen::Subscribe { stream: s, since } if s == stream => {
+                    pending.push_back(since.clone())
+                }
                 Seen::Subscribed {
                     stream: s,
                     epoch,
                     seq,
                     recovered,
                 } if s == stream => {
-                    let asked = if pending.is_empty() {
-                        None
-                    } else {
-                        Some(pending.remove(0))
-                    };
+                    let asked = pending.pop_front();
                     position = match (asked, recovered) {
                         (Some(Some((since, _))), Some(true)) => Some((since, epoch.clone())),
                         _ => Some((*seq, epoch.clone())),
@@ -1013,6 +1007,14 @@ mod tests {
         }
     }
 
+    /// A subscriber that subscribed without `since` (answered under epoch `e` at seq 0), then
+    /// saw `rest`.
+    fn started(rest: Vec<Seen>) -> Subscriber {
+        let mut events = vec![subscribe(None), subscribed("e", 0, None)];
+        events.extend(rest);
+        sub(events)
+    }
+
     fn subscribe(since: Option<(u64, &str)>) -> Seen {
         Seen::Subscribe {
             stream: "c".into(),
@@ -1057,28 +1059,11 @@ mod tests {
         ]);
         assert_eq!(o.check(&clean, "c").map(|r| r.delivered), Ok(3));
 
-        let gap = sub(vec![
-            subscribe(None),
-            subscribed("e", 0, None),
-            msg(1),
-            msg(3),
-        ]);
+        let gap = started(vec![msg(1), msg(3)]);
         assert!(o.check(&gap, "c").unwrap_err().contains("silent gap"));
-        let dup = sub(vec![
-            subscribe(None),
-            subscribed("e", 0, None),
-            msg(1),
-            msg(2),
-            msg(2),
-            msg(3),
-        ]);
+        let dup = started(vec![msg(1), msg(2), msg(2), msg(3)]);
         assert!(o.check(&dup, "c").unwrap_err().contains("duplicate"));
-        let lost = sub(vec![
-            subscribe(None),
-            subscribed("e", 0, None),
-            msg(1),
-            msg(2),
-        ]);
+        let lost = started(vec![msg(1), msg(2)]);
         assert!(o
             .check(&lost, "c")
             .unwrap_err()
@@ -1088,9 +1073,7 @@ mod tests {
             .check(&silent, "c")
             .unwrap_err()
             .contains("without recovered:false"));
-        let wrong = sub(vec![
-            subscribe(None),
-            subscribed("e", 0, None),
+        let wrong = started(vec![
             msg(1),
             Seen::Message {
                 stream: "c".into(),
@@ -1105,9 +1088,7 @@ mod tests {
             .contains("was acknowledged there"));
 
         // Recovery from since continues the chain; a reset excuses what came before it.
-        let recovered = sub(vec![
-            subscribe(None),
-            subscribed("e", 0, None),
+        let recovered = started(vec![
             msg(1),
             Seen::Lost,
             subscribe(Some((1, "e"))),
@@ -1117,9 +1098,7 @@ mod tests {
         ]);
         assert_eq!(o.check(&recovered, "c").map(|r| r.recoveries), Ok(1));
         let o2 = oracle(&[ack(1, "e"), ack(2, "e"), ack(1, "f"), ack(2, "f")]);
-        let reset = sub(vec![
-            subscribe(None),
-            subscribed("e", 0, None),
+        let reset = started(vec![
             msg(1),
             subscribed("f", 0, Some(false)),
             Seen::Message {
@@ -1135,23 +1114,13 @@ mod tests {
         ]);
         assert_eq!(o2.check(&reset, "c").map(|r| r.unsolicited_resets), Ok(1));
         // Still under the old epoch while newer acks exist: caught.
-        let stale = sub(vec![
-            subscribe(None),
-            subscribed("e", 0, None),
-            msg(1),
-            msg(2),
-        ]);
+        let stale = started(vec![msg(1), msg(2)]);
         assert!(o2
             .check(&stale, "c")
             .unwrap_err()
             .contains("still under epoch e"));
         // A whole epoch acknowledged after it subscribed, never heard of: caught.
-        let mut blind = sub(vec![
-            subscribe(None),
-            subscribed("e", 0, None),
-            msg(1),
-            msg(2),
-        ]);
+        let mut blind = started(vec![msg(1), msg(2)]);
         blind.first_subscribed.insert("c".into(), Instant::now());
         let mut o4 = oracle(&[ack(1, "e"), ack(2, "e")]);
         o4.record(Ack {

@@ -15,7 +15,7 @@ use std::collections::VecDeque;
 use edgepush::protocol::frame::OpCode;
 use edgepush::protocol::message::MessageKind;
 
-use super::{is_error_op, Scenario};
+use super::{fill_in_flight, is_error_op, Scenario};
 use crate::child::ChildSpec;
 use crate::client::{ClientState, End, Session};
 use crate::engine::{Engine, Phase, Run};
@@ -252,18 +252,10 @@ impl Scenario for Actions {
 
     /// Puts `--in-flight` actions in flight on every open connection.
     fn on_go(&mut self, engine: &mut Engine, now: u64) {
-        for slot in 0..engine.slots() {
-            let Some((run, session)) = engine.run_and_session(slot) else {
-                continue;
-            };
-            if session.state != ClientState::Open {
-                continue;
-            }
-            for _ in 0..self.in_flight {
-                self.send(run, session, slot, now);
-            }
-            engine.flush(slot, self);
-        }
+        let in_flight = self.in_flight;
+        fill_in_flight(self, engine, in_flight, |s, run, session, slot| {
+            s.send(run, session, slot, now);
+        });
     }
 
     /// Running until `--duration`, then waiting (at most `--drain-timeout`) for the answers

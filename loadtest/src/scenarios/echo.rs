@@ -6,7 +6,7 @@
 use edgepush::protocol::frame::OpCode;
 use edgepush::protocol::message::MessageKind;
 
-use super::{end_when_measured, Scenario};
+use super::{end_when_measured, fill_in_flight, Scenario};
 use crate::child::ChildSpec;
 use crate::cli::Payload;
 use crate::client::{ClientState, End, Session};
@@ -80,18 +80,10 @@ impl Scenario for Echo {
 
     /// Puts `--inflight` messages in flight on every open connection.
     fn on_go(&mut self, engine: &mut Engine, now: u64) {
-        for slot in 0..engine.slots() {
-            let Some((run, session)) = engine.run_and_session(slot) else {
-                continue;
-            };
-            if session.state != ClientState::Open {
-                continue;
-            }
-            for _ in 0..self.inflight {
-                self.send(run, session, now);
-            }
-            engine.flush(slot, self);
-        }
+        let in_flight = self.inflight;
+        fill_in_flight(self, engine, in_flight, |s, run, session, _slot| {
+            s.send(run, session, now);
+        });
     }
 
     fn on_tick(&mut self, engine: &mut Engine, now: u64) {

@@ -19,7 +19,7 @@ use std::time::Duration;
 use edgepush::protocol::message::MessageKind;
 
 use crate::child::{ChildSpec, ScenarioKind};
-use crate::client::{End, Session};
+use crate::client::{ClientState, End, Session};
 use crate::engine::{Engine, Phase, Run};
 use crate::stats::contains;
 
@@ -124,6 +124,28 @@ fn end_when_measured(run: &mut Run, now: u64) {
     if run.phase == Phase::Running && now >= run.measure_end {
         run.result.measure_end_ns = now;
         run.phase = Phase::Done;
+    }
+}
+
+/// For closed-loop scenarios (`echo`, `actions`), at `go`: calls `send` `in_flight` times on every
+/// open connection (with its run, session and slot), then flushes each.
+fn fill_in_flight<S: Scenario>(
+    scenario: &mut S,
+    engine: &mut Engine,
+    in_flight: usize,
+    mut send: impl FnMut(&mut S, &mut Run, &mut Session, usize),
+) {
+    for slot in 0..engine.slots() {
+        let Some((run, session)) = engine.run_and_session(slot) else {
+            continue;
+        };
+        if session.state != ClientState::Open {
+            continue;
+        }
+        for _ in 0..in_flight {
+            send(scenario, run, session, slot);
+        }
+        engine.flush(slot, scenario);
     }
 }
 

@@ -23,10 +23,10 @@ use crate::cluster::ops::{ControlEntry, LinkKind, NodeEntry, Op, Reply};
 
 /// The publish script (see `publish.lua`).
 const PUBLISH_LUA: &str = include_str!("publish.lua");
-/// The read script (see `read.lua`).
-const READ_LUA: &str = include_str!("read.lua");
-/// The renew script (see `renew.lua`).
-const RENEW_LUA: &str = include_str!("renew.lua");
+/// The read script: `epoch.lua` (the stream's epoch and top, a new epoch when due) then `read.lua`.
+const READ_LUA: &str = concat!(include_str!("epoch.lua"), include_str!("read.lua"));
+/// The renew script: `epoch.lua` then `renew.lua`.
+const RENEW_LUA: &str = concat!(include_str!("epoch.lua"), include_str!("renew.lua"));
 
 /// An idle connection is checked with `PING` this often.
 const IDLE_PING: Duration = Duration::from_secs(1);
@@ -39,9 +39,9 @@ const CONTROL_MAXLEN: usize = 10_000;
 enum Script {
     /// `publish.lua`.
     Publish,
-    /// `read.lua`.
+    /// `epoch.lua` + `read.lua`.
     Read,
-    /// `renew.lua`.
+    /// `epoch.lua` + `renew.lua`.
     Renew,
 }
 
