@@ -496,7 +496,11 @@ impl<L: RedisLink> RedisBroker<L> {
         let Some(state) = self.state_mut(key) else {
             return;
         };
-        if !commands_up || !state.listening {
+        // A subscribe's answer needs the topic subscribed (else a later message could be
+        // missed); a catch-up does not (pub/sub coming back catches up again), so one owed
+        // after a Redis restart goes out at once.
+        let needs_topic = !waiters.is_empty() || state.live.is_none();
+        if !commands_up || (needs_topic && !state.listening) {
             state.waiting.extend(waiters);
             if catch_up {
                 state.catching_up = false;
