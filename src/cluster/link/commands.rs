@@ -21,12 +21,22 @@ use redis::{Cmd, Connection, Value};
 use super::{int, text, Backoff, Ctx, LinkState, BATCH};
 use crate::cluster::ops::{ControlEntry, LinkKind, NodeEntry, Op, Reply};
 
+/// Every script starts with a Redis 7 shebang without flags: a script that may write is then
+/// refused as a whole while Redis is over `maxmemory` (an OOM error, the API's 503), before
+/// any of it runs. Without one, Redis checks memory only at a script's first denied write,
+/// and a publish to a new channel (whose first write is a `DEL`) got through.
+macro_rules! script {
+    ($($part:expr),+) => {
+        concat!("#!lua\n", $(include_str!($part)),+)
+    };
+}
+
 /// The publish script (see `publish.lua`).
-const PUBLISH_LUA: &str = include_str!("publish.lua");
+const PUBLISH_LUA: &str = script!("publish.lua");
 /// The read script: `epoch.lua` (the stream's epoch and top, a new epoch when due) then `read.lua`.
-const READ_LUA: &str = concat!(include_str!("epoch.lua"), include_str!("read.lua"));
+const READ_LUA: &str = script!("epoch.lua", "read.lua");
 /// The renew script: `epoch.lua` then `renew.lua`.
-const RENEW_LUA: &str = concat!(include_str!("epoch.lua"), include_str!("renew.lua"));
+const RENEW_LUA: &str = script!("epoch.lua", "renew.lua");
 
 /// An idle connection is checked with `PING` this often.
 const IDLE_PING: Duration = Duration::from_secs(1);
