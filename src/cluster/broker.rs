@@ -178,11 +178,12 @@ impl StreamState {
         }
     }
 
-    /// The `channel` field of this stream's frames.
-    fn channel_field(&self) -> &str {
+    /// The `channel` field of this stream's frames: the channel's own name, or `user` (the
+    /// broker's one shared `$user`), a reference count either way (no copy per message).
+    fn channel_field(&self, user: &Arc<str>) -> Arc<str> {
         match &self.local {
-            Local::Channel { name, .. } => name,
-            Local::User(_) => USER_CHANNEL,
+            Local::Channel { name, .. } => Arc::clone(name),
+            Local::User(_) => Arc::clone(user),
         }
     }
 
@@ -280,6 +281,8 @@ pub struct RedisBroker<L: RedisLink> {
     scratch: Vec<u8>,
     /// This node's name (`--node-name`).
     node: Arc<str>,
+    /// `$user`, shared by every `$user` stream's frames.
+    user_channel: Arc<str>,
     /// Presence questions asked of the other nodes, by id.
     asks: HashMap<Arc<str>, Ask>,
     /// A drain began: no more heartbeats.
@@ -323,6 +326,7 @@ impl<L: RedisLink> RedisBroker<L> {
             next_touch: now + (history.ttl / TOUCH_DIVISOR).max(Duration::from_secs(1)),
             scratch: Vec::new(),
             node: Arc::from(node),
+            user_channel: Arc::from(USER_CHANNEL),
             asks: HashMap::new(),
             departed: false,
             incarnations: 0,
@@ -425,6 +429,7 @@ impl<L: RedisLink> RedisBroker<L> {
 
     /// A message of `key` from pub/sub (or from this node's own publish answer).
     fn on_message(&mut self, key: &StreamKey, seq: u64, epoch: u64, data: Arc<str>) {
+        let user_channel = Arc::clone(&self.user_channel);
         let Some(state) = self.state_mut(key) else {
             return; // nobody here listens any more
         };
@@ -432,7 +437,7 @@ impl<L: RedisLink> RedisBroker<L> {
             None => state.hold_ahead(seq, epoch, data),
             Some((e, last)) if e == epoch && seq <= last => {} // a duplicate
             Some((e, last)) if e == epoch && seq == last + 1 => {
-                let channel = state.channel_field().to_owned();
+                let channel = state.channel_field(&user_channel);
                 let frame = self.encode(&channel, seq, &data);
                 self.report(key, seq, epoch, frame);
                 self.drain_ahead(key);
@@ -448,6 +453,7 @@ impl<L: RedisLink> RedisBroker<L> {
     /// Reports what `ahead` holds that now follows `last`, in order; drops what is at or
     /// below it. Stops at a gap or at another epoch (a catch-up read settles those).
     fn drain_ahead(&mut self, key: &StreamKey) {
+        let user_channel = Arc::clone(&self.user_channel);
         loop {
             let Some(state) = self.state_mut(key) else {
                 return;
@@ -468,7 +474,7 @@ impl<L: RedisLink> RedisBroker<L> {
                 return;
             }
             let Held { data, .. } = entry.remove();
-            let channel = state.channel_field().to_owned();
+            let channel = state.channel_field(&user_channel);
             let frame = self.encode(&channel, seq, &data);
             self.report(key, seq, e, frame);
         }
@@ -556,6 +562,7 @@ impl<L: RedisLink> RedisBroker<L> {
         top: u64,
         entries: Vec<(u64, Arc<str>)>,
     ) {
+        let user_channel = Arc::clone(&self.user_channel);
         let Some(state) = self.state_mut(key) else {
             return;
         };
@@ -563,7 +570,7 @@ impl<L: RedisLink> RedisBroker<L> {
         if catch_up {
             state.catching_up = false;
         }
-        let channel = state.channel_field().to_owned();
+        let channel = state.channel_field(&user_channel);
         let frames: Vec<(u64, SharedFrame)> = entries
             .iter()
             .map(|(seq, data)| {
