@@ -944,6 +944,22 @@ fn t07_a_frozen_redis_gets_503s_while_every_node_keeps_serving() {
                 serde_json::from_str(&node.get("/api/stats").body_text()).expect("stats JSON");
             assert_eq!(stats["redis"], "up", "node {}", node.name);
             assert!(stats["redis_outages"].as_u64() >= Some(1), "{stats}");
+            assert!(stats["redis_round_trips"].as_u64() >= Some(1), "{stats}");
+            // The stopped Redis answered nothing for 5 s: the latency histogram saw at least
+            // one round trip (or the PING that gave up) longer than half a second.
+            let metrics = node.get("/metrics").body_text();
+            let sample = |name: &str| -> u64 {
+                metrics
+                    .lines()
+                    .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+                    .unwrap_or_else(|| panic!("{name} missing from /metrics:\n{metrics}"))
+            };
+            let count = sample("edgepush_redis_latency_seconds_count ");
+            let fast = sample("edgepush_redis_latency_seconds_bucket{le=\"0.5\"} ");
+            assert!(
+                count > fast,
+                "no slow Redis round trip counted: {fast} of {count} under 0.5 s"
+            );
         }
         catch_up(&mut sub, &oracle, "t7", deadline);
         let o = lock(&oracle);

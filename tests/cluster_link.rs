@@ -64,7 +64,7 @@ impl Hub {
             timeout: TIMEOUT,
             durable,
         };
-        let link = Link::start(&config, waker).expect("link starts");
+        let link = Link::start(&config, waker, Arc::default()).expect("link starts");
         let mut hub = Hub {
             poll,
             link,

@@ -6,6 +6,7 @@
 pub mod render;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 pub use render::Exposition;
@@ -162,6 +163,12 @@ impl Histogram {
     pub fn count(&self) -> u64 {
         self.buckets.iter().map(|b| b.load(Ordering::Relaxed)).sum()
     }
+
+    /// The sum of every observation so far, in microseconds: with [`Histogram::count`], the
+    /// mean over any interval from two readings.
+    pub fn sum_us(&self) -> u64 {
+        self.sum_us.load(Ordering::Relaxed)
+    }
 }
 
 /// Counters shared by all workers (relaxed atomics: figures, not synchronisation).
@@ -180,6 +187,9 @@ pub struct Stats {
     pub clustered: AtomicBool,
     /// Cluster mode: times this node's links to Redis went down.
     pub store_outages: AtomicU64,
+    /// Cluster mode: round trips of the command link to Redis, one per pipelined batch of ops
+    /// (its scripts' run time included) or idle `PING`. Shared with the link's thread.
+    pub redis_latency: Arc<Histogram>,
     /// Failed upgrades by reason.
     pub handshake_failure_reasons: HandshakeFailures,
     /// Close frames sent, by code.

@@ -131,6 +131,8 @@ pub fn stats_json(s: &Stats, hub: &HubFigures) -> String {
             (true, true) => "down".into(),
         },
         "redis_outages": s.store_outages.load(Ordering::Relaxed),
+        "redis_round_trips": s.redis_latency.count(),
+        "redis_round_trip_us_sum": s.redis_latency.sum_us(),
         "upstream_requests": s
             .upstream_outcomes
             .samples()
@@ -162,6 +164,11 @@ pub fn metrics_text(s: &Stats, hub: &HubFigures) -> String {
             "edgepush_redis_outages_total",
             "Cluster mode: times this node lost its links to Redis.",
             s.store_outages.load(Ordering::Relaxed),
+        );
+        e.histogram(
+            "edgepush_redis_latency_seconds",
+            "Cluster mode: round trip of one pipelined batch of commands to Redis (or an idle PING).",
+            &s.redis_latency,
         );
     }
     e.gauge(

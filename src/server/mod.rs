@@ -203,7 +203,7 @@ impl Server {
                     handle_signals,
                     threads,
                     |waker, now| {
-                        let link = Link::start(cluster, waker)?;
+                        let link = Link::start(cluster, waker, Arc::clone(&stats.redis_latency))?;
                         Ok(RedisBroker::new(
                             link,
                             &cluster.node,

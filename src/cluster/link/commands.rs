@@ -111,7 +111,10 @@ pub(super) fn run(ctx: &Ctx, ops: &Receiver<Op>) {
         let first = match ops.recv_timeout(IDLE_PING) {
             Ok(op) => op,
             Err(RecvTimeoutError::Timeout) => {
-                if let Err(e) = redis::cmd("PING").query::<Value>(&mut s.con) {
+                let sent = Instant::now();
+                let pong = redis::cmd("PING").query::<Value>(&mut s.con);
+                ctx.round_trips.observe(sent.elapsed());
+                if let Err(e) = pong {
                     state.failed("link lost", &e, ctx.timeout());
                     session = None;
                     state.set(false, &mut out);
@@ -380,7 +383,10 @@ fn run_batch(
             pipe.add_command(c);
         }
     }
-    let mut values: Vec<Value> = pipe.query(&mut s.con)?;
+    let sent = Instant::now();
+    let answered = pipe.query(&mut s.con);
+    ctx.round_trips.observe(sent.elapsed());
+    let mut values: Vec<Value> = answered?;
     if values.len() != pipe.len() {
         return Err(redis::RedisError::from((
             redis::ErrorKind::Client,

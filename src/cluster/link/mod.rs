@@ -32,6 +32,7 @@ use std::time::{Duration, Instant};
 
 use super::keys::Keys;
 use super::ops::{ClusterConfig, LinkKind, Op, PubSubOp, Reply};
+use crate::metrics::Histogram;
 
 /// Most ops the command thread runs in one pipeline.
 pub const BATCH: usize = 256;
@@ -70,11 +71,17 @@ pub struct Link {
 
 impl Link {
     /// Starts the threads for `config`; returns at once (connecting happens on the threads,
-    /// which report [`Reply::Link`] as each connection comes up or fails).
+    /// which report [`Reply::Link`] as each connection comes up or fails). The command
+    /// thread observes each round trip to Redis (one per pipelined batch, or an idle `PING`)
+    /// into `round_trips` (`Stats::redis_latency` in the server).
     ///
     /// # Errors
     /// `InvalidInput` if `config.url` is not a Redis URL; an error spawning a thread.
-    pub fn start(config: &ClusterConfig, waker: Arc<mio::Waker>) -> io::Result<Link> {
+    pub fn start(
+        config: &ClusterConfig,
+        waker: Arc<mio::Waker>,
+        round_trips: Arc<Histogram>,
+    ) -> io::Result<Link> {
         let client = redis::Client::open(config.url.as_str())
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
         let (reply_tx, replies) = mpsc::channel();
@@ -90,6 +97,7 @@ impl Link {
             waker: Arc::clone(&waker),
             unread: Arc::clone(&unread),
             stop: Arc::clone(&stop),
+            round_trips,
         };
         let mut link = Link {
             ops: Some(op_tx),
@@ -196,6 +204,8 @@ struct Ctx {
     unread: Arc<AtomicBool>,
     /// Set when the link is dropped.
     stop: Arc<AtomicBool>,
+    /// Round trips of the command connection (batches and idle PINGs).
+    round_trips: Arc<Histogram>,
 }
 
 impl Ctx {
