@@ -484,13 +484,19 @@ impl Scenario for ScaleClients {
                 self.drop_some(engine, now);
             }
         }
+        // Settled: every client that was ever open is open again and has every stream's top.
         if engine.run.phase == Phase::Delivering && now >= self.next_settle_check {
             self.next_settle_check = now + SETTLE_CHECK_NS;
             let caught_up = self.tops.as_ref().is_some_and(|tops| {
                 self.conns.iter().enumerate().all(|(slot, c)| {
                     let number = self.first + slot as u64;
                     let room = number % self.spec.rooms.max(1);
-                    !c.up || (0..3).all(|k| c.streams[k].caught_up(tops.of(k, number, room)))
+                    let open = engine
+                        .client(slot)
+                        .is_some_and(|x| x.session.state == ClientState::Open);
+                    !c.up
+                        || (open
+                            && (0..3).all(|k| c.streams[k].caught_up(tops.of(k, number, room))))
                 })
             });
             if caught_up || now >= engine.run.phase_deadline {
