@@ -2,8 +2,9 @@
 //!
 //! Talks to the parent over pipes. stdout: `P opened received errors` progress lines, one
 //! `READY {json}` once every connection is open (and subscribed) or failed, and one
-//! `RESULT {json}` at the end. stdin: `GO` starts the measured phase, `END <published>` says
-//! the publisher is done (fanout, slow). EOF on stdin (the parent died) ends the child.
+//! `RESULT {json}` at the end; `scale` also sends one `T {json}` line per second. stdin: `GO`
+//! starts the measured phase, `END <published>` says the publisher is done (fanout, slow,
+//! scale). EOF on stdin (the parent died) ends the child.
 //!
 //! This file holds that protocol and the loop; the connections are in [`crate::engine`] and
 //! [`crate::client`], what is done on them in [`crate::scenarios`].
@@ -37,6 +38,7 @@ pub enum ScenarioKind {
     Churn,
     Slow,
     Actions,
+    Scale,
 }
 
 impl ScenarioKind {
@@ -49,6 +51,7 @@ impl ScenarioKind {
             ScenarioKind::Churn => "churn",
             ScenarioKind::Slow => "slow",
             ScenarioKind::Actions => "actions",
+            ScenarioKind::Scale => "scale",
         }
     }
 }
@@ -105,6 +108,9 @@ pub struct ChildSpec {
     /// Actions: the action code (`--code`), the first 4 bytes of every action.
     #[serde(default)]
     pub action_code: u32,
+    /// Scale: rooms, drops, settle, where the tops come from.
+    #[serde(default)]
+    pub scale: Option<crate::scale::ScaleSpec>,
 }
 
 /// Sent with `READY`.
@@ -195,6 +201,9 @@ pub struct ChildResult {
     /// Per node, in the order of [`ChildSpec::nodes`].
     #[serde(default)]
     pub nodes: Vec<NodeResult>,
+    /// Scale: per-kind figures.
+    #[serde(default)]
+    pub scale: Option<crate::scale::ScaleResult>,
 }
 
 /// A line from the parent on stdin.

@@ -210,6 +210,14 @@ pub enum Cmd {
         #[arg(long)]
         direct: Option<String>,
     },
+    /// The scale run and soak (issue 14): N users on a cluster, each in one room and in
+    /// `all`; all-hands, room and user publishes through every node's API; per-kind latency,
+    /// missing/duplicate/out-of-order per stream, server memory per connection, a timeline;
+    /// with --drop-rate connections drop and come back on the next node with since/epoch
+    Scale {
+        #[command(flatten)]
+        args: ScaleArgs,
+    },
     /// N subscribers, K of which stop reading: the server must drop the K, not the others
     Slow {
         #[command(flatten)]
@@ -224,6 +232,54 @@ pub enum Cmd {
         #[arg(long, default_value = "15s", value_parser = parse_duration)]
         close_wait: Duration,
     },
+}
+
+/// `scale`'s flags (issue 14: the scale run and the soak).
+#[derive(Args, Debug, Clone)]
+pub struct ScaleArgs {
+    /// Connections, each its own user (`{n}` in `--url`), spread round robin over the nodes
+    #[arg(short = 'n', long = "conns", default_value_t = 100_000)]
+    pub conns: usize,
+    /// Room channels `room-0..`; connection n subscribes to `room-{n % rooms}` (and to `all`)
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
+    pub rooms: u64,
+    /// Publishes to `all` per second
+    #[arg(long, default_value_t = 1.0)]
+    pub allhands_rate: f64,
+    /// Publishes to a random room per second (all rooms together)
+    #[arg(long, default_value_t = 100.0)]
+    pub room_rate: f64,
+    /// `POST /api/send` to a random user per second
+    #[arg(long, default_value_t = 200.0)]
+    pub user_rate: f64,
+    /// Approximate size of each message's data object, in bytes
+    #[arg(long, default_value_t = 64)]
+    pub size: usize,
+    /// How long the load runs once every connection is open and subscribed
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    pub duration: Duration,
+    /// Fraction of the open connections dropped abruptly each second (half RST, half plain
+    /// close) and reconnected to the next node with `since`/`epoch` (0 = none)
+    #[arg(long, default_value_t = 0.0)]
+    pub drop_rate: f64,
+    /// After the load, how long to wait for the deliveries to catch up
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub settle: Duration,
+    /// The nodes' process ids, in `--url` order (RSS, CPU, descriptors)
+    #[arg(long, value_delimiter = ',')]
+    pub server_pids: Vec<u32>,
+    /// The redis-server's process id (RSS, CPU, descriptors)
+    #[arg(long)]
+    pub redis_pid: Option<u32>,
+    /// Write one JSON line per second here
+    #[arg(long)]
+    pub timeline: Option<PathBuf>,
+    /// Write an SVG chart of deliveries/s and all-hands p99 over the run here
+    #[arg(long)]
+    pub svg: Option<PathBuf>,
+    /// Title of the SVG chart
+    #[arg(long, default_value = "scale run: deliveries and all-hands p99")]
+    pub svg_title: String,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -154,6 +154,8 @@ pub struct Engine {
     deflate_in: DeflateIn,
     /// Connections the connect phase has started.
     started: usize,
+    /// Per slot, what [`Engine::open_to`] appends to the node's upgrade path (empty: nothing).
+    extra_query: Vec<String>,
     /// The whole run's deadline (ns).
     pub deadline: u64,
 }
@@ -196,6 +198,7 @@ impl Engine {
                 ..DeflateIn::default()
             },
             started: 0,
+            extra_query: Vec::new(),
             deadline: now.saturating_add(spec.timeout_ns),
             spec,
         }
@@ -230,7 +233,25 @@ impl Engine {
     /// Starts connection `number` in `slot` (a new slot if `slot` is one past the end), with
     /// `SO_RCVBUF` `recv_buffer` if not 0. On failure the slot exists and is empty.
     pub fn open(&mut self, slot: usize, number: u64, recv_buffer: usize) -> Result<(), End> {
-        let result = self.connect(slot, number, recv_buffer);
+        self.open_on(slot, number, self.node_of(number), recv_buffer, "")
+    }
+
+    /// Like [`Engine::open`], to `node` (an index into the `--url` list) whatever the
+    /// connection's number, with `query` (e.g. `&since=3&epoch=x`) appended to the upgrade path.
+    pub fn open_on(
+        &mut self,
+        slot: usize,
+        number: u64,
+        node: usize,
+        recv_buffer: usize,
+        query: &str,
+    ) -> Result<(), End> {
+        if self.extra_query.len() <= slot {
+            self.extra_query.resize_with(slot + 1, String::new);
+        }
+        self.extra_query[slot].clear();
+        self.extra_query[slot].push_str(query);
+        let result = self.connect(slot, number, node, recv_buffer);
         if result.is_err() && slot == self.clients.len() {
             self.clients.push(None);
         }
@@ -242,8 +263,13 @@ impl Engine {
         node_for(number, self.spec.nodes.len())
     }
 
-    fn connect(&mut self, slot: usize, number: u64, recv_buffer: usize) -> Result<(), End> {
-        let node = self.node_of(number);
+    fn connect(
+        &mut self,
+        slot: usize,
+        number: u64,
+        node: usize,
+        recv_buffer: usize,
+    ) -> Result<(), End> {
         let spec = &self.spec;
         let Some(target) = spec.nodes.get(node) else {
             return Err(End::Error("no_target".into()));
@@ -354,11 +380,13 @@ impl Engine {
             let Some(target) = self.spec.nodes.get(client.session.node) else {
                 return self.finish(slot, End::Error("no_target".into()), scenario);
             };
-            match client.finish_connect(
-                &target.path,
-                &target.host,
-                self.deflate_in.offer.as_deref(),
-            ) {
+            let extra = self.extra_query.get(slot).map_or("", String::as_str);
+            let path = if extra.is_empty() {
+                std::borrow::Cow::Borrowed(target.path.as_str())
+            } else {
+                std::borrow::Cow::Owned(format!("{}{extra}", target.path))
+            };
+            match client.finish_connect(&path, &target.host, self.deflate_in.offer.as_deref()) {
                 Ok(true) => {}
                 Ok(false) => return,
                 Err(end) => return self.finish(slot, end, scenario),

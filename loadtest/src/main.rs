@@ -11,6 +11,7 @@ mod floor;
 mod parent;
 mod publish;
 mod report;
+mod scale;
 mod scenarios;
 mod stats;
 mod sys;

@@ -18,6 +18,7 @@ use crate::cli::{
 use crate::direct::{self, DirectOptions};
 use crate::publish::{self, ApiPublisher, PublishReport, Publisher, Retries, WsPublisher};
 use crate::report::{svg_chart, table, Progress};
+use crate::scale::SecondLine;
 use crate::stats::{curve, merge_data, new_hist, percentiles, Percentiles};
 use crate::sys::{cpu_seconds, now_ns, raise_nofile_limit, rss_bytes, tcp_mem_bytes};
 
@@ -27,24 +28,28 @@ const CONNS_PER_SOURCE_IP: usize = 25_000;
 /// A line from a child's stdout (or its end), tagged with the child's index.
 enum FromChild {
     Progress(usize, [u64; 3]),
+    /// `scale`'s per-second line.
+    Second(usize, Box<SecondLine>),
     Ready(usize, ReadyInfo),
     Result(usize, Box<ChildResult>),
     Exit(usize),
 }
 
 /// The running child processes, their stdin pipes and what each last said.
-struct Children {
+pub(crate) struct Children {
     processes: Vec<Child>,
     stdins: Vec<Option<ChildStdin>>,
     rx: mpsc::Receiver<FromChild>,
-    progress: Vec<[u64; 3]>,
-    ready: Vec<Option<ReadyInfo>>,
-    results: Vec<Option<ChildResult>>,
-    exited: Vec<bool>,
+    pub(crate) progress: Vec<[u64; 3]>,
+    pub(crate) ready: Vec<Option<ReadyInfo>>,
+    pub(crate) results: Vec<Option<ChildResult>>,
+    pub(crate) exited: Vec<bool>,
+    /// `scale`: the per-second lines received and not yet taken, with the child's index.
+    pub(crate) seconds: Vec<(usize, SecondLine)>,
 }
 
 impl Children {
-    fn send_all(&mut self, line: &str) {
+    pub(crate) fn send_all(&mut self, line: &str) {
         for stdin in self.stdins.iter_mut().flatten() {
             let _ = writeln!(stdin, "{line}");
             let _ = stdin.flush();
@@ -52,7 +57,7 @@ impl Children {
     }
 
     /// Waits up to `wait` for a line from any child, then takes in every line already there.
-    fn pump(&mut self, wait: Duration) {
+    pub(crate) fn pump(&mut self, wait: Duration) {
         let Ok(msg) = self.rx.recv_timeout(wait) else {
             return;
         };
@@ -60,6 +65,7 @@ impl Children {
         while let Some(msg) = next {
             match msg {
                 FromChild::Progress(i, p) => self.progress[i] = p,
+                FromChild::Second(i, line) => self.seconds.push((i, *line)),
                 FromChild::Ready(i, r) => self.ready[i] = Some(r),
                 FromChild::Result(i, r) => self.results[i] = Some(*r),
                 FromChild::Exit(i) => self.exited[i] = true,
@@ -68,27 +74,27 @@ impl Children {
         }
     }
 
-    fn totals(&self) -> [u64; 3] {
+    pub(crate) fn totals(&self) -> [u64; 3] {
         self.progress
             .iter()
             .fold([0; 3], |a, p| [a[0] + p[0], a[1] + p[1], a[2] + p[2]])
     }
 
-    fn all_ready(&self) -> bool {
+    pub(crate) fn all_ready(&self) -> bool {
         (0..self.ready.len()).all(|i| self.ready[i].is_some() || self.exited[i])
     }
 
-    fn all_done(&self) -> bool {
+    pub(crate) fn all_done(&self) -> bool {
         (0..self.results.len()).all(|i| self.results[i].is_some() || self.exited[i])
     }
 
-    fn kill_all(&mut self) {
+    pub(crate) fn kill_all(&mut self) {
         for c in &mut self.processes {
             let _ = c.kill();
         }
     }
 
-    fn reap(&mut self) {
+    pub(crate) fn reap(&mut self) {
         self.stdins.iter_mut().for_each(|s| *s = None);
         for c in &mut self.processes {
             let _ = c.wait();
@@ -96,7 +102,7 @@ impl Children {
     }
 }
 
-fn spawn(specs: &[ChildSpec]) -> Result<Children, String> {
+pub(crate) fn spawn(specs: &[ChildSpec]) -> Result<Children, String> {
     let exe = std::env::current_exe().map_err(|e| format!("cannot find my own binary: {e}"))?;
     let (tx, rx) = mpsc::channel();
     let mut processes = Vec::new();
@@ -128,6 +134,14 @@ fn spawn(specs: &[ChildSpec]) -> Result<Children, String> {
                         it.next().unwrap_or(0),
                     ];
                     FromChild::Progress(i, p)
+                } else if let Some(rest) = line.strip_prefix("T ") {
+                    match serde_json::from_str(rest) {
+                        Ok(r) => FromChild::Second(i, Box::new(r)),
+                        Err(e) => {
+                            eprintln!("edgepush-load: child {i}: bad T line: {e}");
+                            continue;
+                        }
+                    }
                 } else if let Some(rest) = line.strip_prefix("READY ") {
                     match serde_json::from_str(rest) {
                         Ok(r) => FromChild::Ready(i, r),
@@ -164,6 +178,7 @@ fn spawn(specs: &[ChildSpec]) -> Result<Children, String> {
         ready: vec![None; n],
         results: vec![None; n],
         exited: vec![false; n],
+        seconds: Vec::new(),
     })
 }
 
@@ -198,16 +213,16 @@ enum PubTo {
     Api(Vec<(String, Target)>),
 }
 
-struct Plan {
-    kind: ScenarioKind,
+pub(crate) struct Plan {
+    pub(crate) kind: ScenarioKind,
     /// The nodes connections go to (`--url`, or `--sub-url`), each as written and parsed;
     /// connection i goes to node i % n.
-    nodes: Vec<(String, Target)>,
+    pub(crate) nodes: Vec<(String, Target)>,
     /// The whole `--url` as given (`target` in the report).
-    url: String,
-    conns: usize,
-    procs: usize,
-    source_ips: Vec<Ipv4Addr>,
+    pub(crate) url: String,
+    pub(crate) conns: usize,
+    pub(crate) procs: usize,
+    pub(crate) source_ips: Vec<Ipv4Addr>,
 }
 
 fn ceil_div(a: usize, b: usize) -> usize {
@@ -266,6 +281,10 @@ publishing through the API: not with --pub-ws or --sub-url"
             }
             (ScenarioKind::Actions, DEFAULT_PUSH_URL, *conns)
         }
+        Cmd::Scale { args } => {
+            crate::scale::run::check_args(args, c)?;
+            (ScenarioKind::Scale, DEFAULT_PUSH_URL, args.conns)
+        }
         Cmd::Floor { .. } | Cmd::Backend { .. } => {
             return Err("floor and backend need no server: run by main".into())
         }
@@ -311,6 +330,11 @@ use --procs {} or more, or raise the hard limit (ulimit -Hn, or LimitNOFILE= for
             // Closed connections sit in TIME_WAIT for 60 s.
             let used = (rate * duration.as_secs_f64().min(60.0)) as usize;
             ceil_div(used, CONNS_PER_SOURCE_IP)
+        }
+        (None, Cmd::Scale { args }) => {
+            // Plain closes of ours leave TIME_WAIT for 60 s: half the drops of a minute.
+            let churn = conns as f64 * args.drop_rate.max(0.0) * 30.0;
+            ceil_div(conns + churn as usize, CONNS_PER_SOURCE_IP)
         }
         (None, _) => ceil_div(conns, CONNS_PER_SOURCE_IP),
     };
@@ -378,10 +402,17 @@ fn execute(cli: &Cli, plan: Plan, pub_target: Option<PubTo>) -> Result<i32, Stri
             deflate_offer: c.deflate.clone(),
             payload: Payload::Pad,
             action_code: 0,
+            scale: None,
         };
         first += n as u64;
         match &cli.cmd {
             Cmd::Idle { hold, .. } => spec.duration_ns = ns(*hold),
+            Cmd::Scale { args } => {
+                spec.size = args.size;
+                spec.duration_ns = ns(args.duration);
+                spec.deliver_timeout_ns = ns(args.settle);
+                spec.scale = Some(crate::scale::run::child_spec(args, start));
+            }
             Cmd::Floor { .. } | Cmd::Backend { .. } => {}
             Cmd::Actions {
                 size,
@@ -450,6 +481,9 @@ fn execute(cli: &Cli, plan: Plan, pub_target: Option<PubTo>) -> Result<i32, Stri
         specs.push(spec);
     }
 
+    if let Cmd::Scale { args } = &cli.cmd {
+        return crate::scale::run::execute(cli, args, &plan, &specs, deadline);
+    }
     let pid = c.server_pid;
     if let Some(pid) = pid {
         if rss_bytes(pid).is_none() {
@@ -661,7 +695,7 @@ fn execute(cli: &Cli, plan: Plan, pub_target: Option<PubTo>) -> Result<i32, Stri
     out.insert("source_ips".into(), json!(plan.source_ips.len()));
     let mut messages_for_cpu = 0u64;
     match &cli.cmd {
-        Cmd::Floor { .. } | Cmd::Backend { .. } => {}
+        Cmd::Floor { .. } | Cmd::Backend { .. } | Cmd::Scale { .. } => {}
         Cmd::Actions {
             size,
             in_flight,
@@ -1124,7 +1158,7 @@ fn round3(v: f64) -> f64 {
 }
 
 /// Why nothing connected, in words.
-fn diagnose(plan: &Plan, errors: &BTreeMap<String, u64>) -> String {
+pub(crate) fn diagnose(plan: &Plan, errors: &BTreeMap<String, u64>) -> String {
     let top = errors
         .iter()
         .max_by_key(|(_, v)| **v)

@@ -191,7 +191,7 @@ pub trait Publisher {
     );
 }
 
-fn connect(target: &Target) -> Result<TcpStream, String> {
+pub(crate) fn connect(target: &Target) -> Result<TcpStream, String> {
     let s = TcpStream::connect_timeout(&target.addr, Duration::from_secs(5))
         .map_err(|e| format!("cannot reach {} ({e}); is the server running?", target.addr))?;
     let _ = s.set_nodelay(true);
@@ -201,7 +201,7 @@ fn connect(target: &Target) -> Result<TcpStream, String> {
 
 /// An API's answer that arrived whole.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Answer {
+pub(crate) enum Answer {
     /// 200, with its `delivered` (0 if absent).
     Ok(u64),
     /// Any other status, its `Retry-After` (seconds form) and body.
@@ -214,7 +214,7 @@ enum Answer {
 
 /// Why an attempt did not get an answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Lost {
+pub(crate) enum Lost {
     /// No connection could be made: nothing was sent.
     Unsent(String),
     /// Sent (or partly), and the connection failed before the answer: it may have been taken.
@@ -222,16 +222,33 @@ enum Lost {
 }
 
 /// One API node's keep-alive connection (made again when lost) and the bytes read from it that
-/// belong to answers not taken yet.
-struct ApiConn {
+/// belong to answers not taken yet; and the body of the last 200 (its `seq` and `epoch`).
+pub(crate) struct ApiConn {
     target: Target,
     stream: Option<TcpStream>,
     resp: Vec<u8>,
+    /// The body of the last answer read whole with status 200.
+    pub(crate) last_ok_body: Vec<u8>,
 }
 
 impl ApiConn {
+    /// A connection to `target`, made at the first send.
+    pub(crate) fn new(target: Target) -> ApiConn {
+        ApiConn {
+            target,
+            stream: None,
+            resp: Vec::with_capacity(4096),
+            last_ok_body: Vec::new(),
+        }
+    }
+
+    /// The node's `Host`.
+    pub(crate) fn host(&self) -> &str {
+        &self.target.host
+    }
+
     /// Writes `req`, connecting first if there is no connection.
-    fn send(&mut self, req: &[u8]) -> Result<(), Lost> {
+    pub(crate) fn send(&mut self, req: &[u8]) -> Result<(), Lost> {
         if self.stream.is_none() {
             self.stream = Some(connect(&self.target).map_err(Lost::Unsent)?);
             self.resp.clear();
@@ -247,7 +264,7 @@ impl ApiConn {
 
     /// Reads one answer; bytes of the next (pipelined) answer stay in `resp`. On an error the
     /// connection is dropped (the answers still due on it are lost too).
-    fn read_response(&mut self) -> Result<Answer, String> {
+    pub(crate) fn read_response(&mut self) -> Result<Answer, String> {
         let result = self.read_answer();
         if result.is_err() {
             self.stream = None;
@@ -304,6 +321,8 @@ impl ApiConn {
         let body = &self.resp[head_end..head_end + content_length];
         let closing = contains(&self.resp[..head_end], b"onnection: close");
         let answer = if status == 200 {
+            self.last_ok_body.clear();
+            self.last_ok_body.extend_from_slice(body);
             Answer::Ok(delivered(body))
         } else {
             Answer::Refused {
@@ -381,9 +400,8 @@ impl ApiPublisher {
         for target in targets {
             let stream = Some(connect(&target)?);
             conns.push(ApiConn {
-                target,
                 stream,
-                resp: Vec::with_capacity(4096),
+                ..ApiConn::new(target)
             });
         }
         Ok(ApiPublisher {

@@ -1,4 +1,5 @@
-//! Output: the summary table, the progress display, and the SVG latency chart.
+//! Output: the summary table, the progress display, the SVG latency chart and the SVG chart
+//! of series over time (`scale`).
 
 use std::fmt::Write as _;
 use std::io::IsTerminal;
@@ -237,6 +238,97 @@ pub fn svg_chart(title: &str, series: &[(String, Vec<[f64; 2]>)]) -> String {
             escape(label)
         );
     }
+    s.push_str("</svg>\n");
+    s
+}
+
+/// A hand-written SVG chart of series over time, one panel each, stacked and sharing the
+/// time axis (seconds), styled like [`svg_chart`]. `panels`: (label with its unit, points
+/// `[seconds, value]`).
+pub fn svg_timeseries(title: &str, panels: &[(String, Vec<[f64; 2]>)]) -> String {
+    const W: f64 = 720.0;
+    const PANEL: f64 = 200.0;
+    const L: f64 = 80.0;
+    const R: f64 = 20.0;
+    const T: f64 = 40.0;
+    const GAP: f64 = 30.0;
+    const B: f64 = 50.0;
+    const COLORS: [&str; 6] = [
+        "#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b",
+    ];
+    let n = panels.len().max(1) as f64;
+    let h = T + n * PANEL + (n - 1.0) * GAP + B;
+    let x_top = panels
+        .iter()
+        .flat_map(|(_, p)| p.iter().map(|q| q[0]))
+        .fold(0.0f64, f64::max);
+    let x_top = nice_ceiling(x_top).max(1.0);
+    let xpos = |t: f64| L + (t / x_top) * (W - L - R);
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{h}" viewBox="0 0 {W} {h}" font-family="sans-serif" font-size="12">"#
+    );
+    let _ = writeln!(s, r#"<rect width="{W}" height="{h}" fill="white"/>"#);
+    let _ = writeln!(
+        s,
+        r#"<text x="{}" y="22" text-anchor="middle" font-size="15">{}</text>"#,
+        W / 2.0,
+        escape(title)
+    );
+    for (i, (label, points)) in panels.iter().enumerate() {
+        let top = T + i as f64 * (PANEL + GAP);
+        let bottom = top + PANEL;
+        let y_top = nice_ceiling(points.iter().map(|p| p[1]).fold(0.0f64, f64::max)).max(1e-3);
+        let ypos = |v: f64| top + PANEL * (1.0 - v / y_top);
+        for j in 0..=4 {
+            let v = y_top * f64::from(j) / 4.0;
+            let y = ypos(v);
+            let _ = writeln!(
+                s,
+                r##"<line x1="{L}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="#ddd"/><text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"##,
+                W - R,
+                L - 6.0,
+                y + 4.0,
+                trim_num(v)
+            );
+        }
+        for j in 0..=5 {
+            let t = x_top * f64::from(j) / 5.0;
+            let x = xpos(t);
+            let _ = writeln!(
+                s,
+                r##"<line x1="{x:.1}" y1="{top}" x2="{x:.1}" y2="{bottom}" stroke="#eee"/><text x="{x:.1}" y="{:.1}" text-anchor="middle">{}</text>"##,
+                bottom + 16.0,
+                trim_num(t)
+            );
+        }
+        let color = COLORS[i % COLORS.len()];
+        let pts: Vec<String> = points
+            .iter()
+            .map(|p| format!("{:.1},{:.1}", xpos(p[0]), ypos(p[1])))
+            .collect();
+        let _ = writeln!(
+            s,
+            r#"<polyline fill="none" stroke="{color}" stroke-width="1.5" points="{}"/>"#,
+            pts.join(" ")
+        );
+        let _ = writeln!(
+            s,
+            r#"<rect x="{:.1}" y="{:.1}" width="14" height="3" fill="{color}"/><text x="{:.1}" y="{:.1}">{}</text>"#,
+            L + 12.0,
+            top + 9.0,
+            L + 32.0,
+            top + 14.0,
+            escape(label)
+        );
+    }
+    let _ = writeln!(
+        s,
+        r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">time (s)</text>"#,
+        (W + L) / 2.0,
+        h - 10.0
+    );
     s.push_str("</svg>\n");
     s
 }

@@ -380,9 +380,54 @@ pub fn scan_seq_t(msg: &[u8]) -> Option<(u64, u64)> {
     Some((seq, t))
 }
 
+/// A wrapped delivery `{"op":"message","channel":NAME,"seq":N,"data":{"seq":i,"t":T,…}}`
+/// read without a JSON parse: the channel name's bytes (as written, between its quotes), the
+/// channel's `seq`, and the `t` inside `data`. `None` for anything else (another op, a
+/// broadcast without `seq`, data without `t`).
+pub fn scan_delivery(msg: &[u8]) -> Option<(&[u8], u64, u64)> {
+    const HEAD: &[u8] = br#"{"op":"message","channel":""#;
+    let rest = msg.strip_prefix(HEAD)?;
+    let end = rest.iter().position(|&b| b == b'"' || b == b'\\')?;
+    if rest[end] != b'"' {
+        return None; // an escaped name: not one of ours
+    }
+    let name = &rest[..end];
+    let after = &rest[end..];
+    let data = find(after, b"\"data\"")?;
+    let seq = number_after(&after[..data], b"\"seq\":")?;
+    let t = number_after(&after[data..], b"\"t\":")?;
+    Some((name, seq, t))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn deliveries_are_scanned_without_a_parse() {
+        let msg =
+            br#"{"op":"message","channel":"room-7","seq":42,"data":{"seq":3,"t":99,"pad":"x"}}"#;
+        assert_eq!(scan_delivery(msg), Some((&b"room-7"[..], 42, 99)));
+        let user = br#"{"op":"message","channel":"$user","seq":1,"data":{"seq":0,"t":5}}"#;
+        assert_eq!(scan_delivery(user), Some((&b"$user"[..], 1, 5)));
+        // A broadcast has no seq; other ops and escaped names are not deliveries we count.
+        assert_eq!(
+            scan_delivery(br#"{"op":"message","channel":"$broadcast","data":{"t":1}}"#),
+            None
+        );
+        assert_eq!(
+            scan_delivery(br#"{"op":"subscribed","channel":"all","seq":4}"#),
+            None
+        );
+        assert_eq!(
+            scan_delivery(br#"{"op":"message","channel":"a\"b","seq":1,"data":{"t":1}}"#),
+            None
+        );
+        assert_eq!(
+            scan_delivery(br#"{"op":"message","channel":"all","seq":1,"data":{}}"#),
+            None
+        );
+    }
 
     #[test]
     fn histogram_data_round_trips_and_merges() {

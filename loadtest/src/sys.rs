@@ -96,6 +96,12 @@ pub fn parse_status_rss(text: &str) -> Option<(u64, u64)> {
     Some((rss, field("VmHWM:").unwrap_or(rss)))
 }
 
+/// How many file descriptors process `pid` has open (entries of `/proc/PID/fd`).
+pub fn fd_count(pid: u32) -> Option<u64> {
+    let dir = fs::read_dir(format!("/proc/{pid}/fd")).ok()?;
+    Some(dir.count() as u64)
+}
+
 /// The kernel's TCP memory: the `mem` pages of /proc/net/sockstat's TCP line × page size.
 pub fn tcp_mem_bytes() -> Option<u64> {
     let text = fs::read_to_string("/proc/net/sockstat").ok()?;

@@ -565,3 +565,172 @@ fn actions_count_upstream_errors_by_code() {
     assert_eq!(u(&r, "missing"), 0, "{r}");
     s.stop();
 }
+
+/// A `redis-server` of this test's own on a free loopback port (no persistence), killed by
+/// PID when dropped. `None` (skip) without `redis-server`, unless `CI` is set.
+struct Redis {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Redis {
+    fn start() -> Option<Redis> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port");
+        let spawned = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .spawn();
+        let child = match spawned {
+            Ok(c) => c,
+            Err(e) => {
+                assert!(std::env::var_os("CI").is_none(), "CI: no redis-server: {e}");
+                eprintln!("SKIPPED: no redis-server ({e})");
+                return None;
+            }
+        };
+        let redis = Redis { child, port };
+        for _ in 0..100 {
+            if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+                use std::io::{Read, Write};
+                let mut buf = [0u8; 16];
+                if s.write_all(b"PING\r\n").is_ok() && s.read(&mut buf).is_ok_and(|n| n > 0) {
+                    return Some(redis);
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("redis-server on port {port} did not answer PING");
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn scale_over_two_cluster_nodes_with_drops_loses_nothing() {
+    use clap::Parser;
+    let Some(redis) = Redis::start() else {
+        return;
+    };
+    let url = format!("redis://127.0.0.1:{}", redis.port);
+    let prefix = format!("scale-test-{}", std::process::id());
+    let node = || {
+        let args = edgepush::config::Args::try_parse_from([
+            "edgepush",
+            "--listen",
+            "127.0.0.1:0",
+            "--api-listen",
+            "127.0.0.1:0",
+            "--redis",
+            &url,
+            "--redis-prefix",
+            &prefix,
+        ])
+        .expect("node flags");
+        server(Config::from_args(args).expect("node config"))
+    };
+    let nodes = [node(), node()];
+    let urls: Vec<String> = nodes
+        .iter()
+        .map(|s| format!("ws://{}/ws?user=scale-{{n}}", s.local_addr()))
+        .collect();
+    let apis: Vec<String> = nodes
+        .iter()
+        .map(|s| format!("http://{}", s.api_addr()))
+        .collect();
+    let pid = std::process::id().to_string();
+    let pids = format!("{pid},{pid}");
+    let redis_pid = redis.child.id().to_string();
+    let dir = std::env::temp_dir();
+    let timeline = dir.join(format!("edgepush-load-scale-{pid}.jsonl"));
+    let svg = dir.join(format!("edgepush-load-scale-{pid}.svg"));
+    let r = run(&[
+        "scale",
+        "-n",
+        "200",
+        "--rooms",
+        "4",
+        "--url",
+        &urls.join(","),
+        "--api",
+        &apis.join(","),
+        "--duration",
+        "3s",
+        "--allhands-rate",
+        "5",
+        "--room-rate",
+        "20",
+        "--user-rate",
+        "40",
+        "--drop-rate",
+        "0.05",
+        "--settle",
+        "10s",
+        "--server-pids",
+        &pids,
+        "--redis-pid",
+        &redis_pid,
+        "--timeline",
+        timeline.to_str().unwrap_or_default(),
+        "--svg",
+        svg.to_str().unwrap_or_default(),
+    ]);
+    assert_eq!(r["scenario"], "scale");
+    assert_eq!(u(&r, "connected"), 200, "{r}");
+    for field in ["missing", "duplicates", "out_of_order", "unexpected"] {
+        assert_eq!(u(&r, field), 0, "{field} in {r}");
+    }
+    assert!(u(&r, "reconnects") > 0, "{r}");
+    assert!(u(&r, "deliveries") > 0, "{r}");
+    for kind in ["allhands", "room", "user"] {
+        assert!(
+            r["deliveries_by_kind"][kind].as_u64().unwrap_or(0) > 0,
+            "{kind}: {r}"
+        );
+        assert!(
+            r["latency_us"][kind]["p99"].as_f64().unwrap_or(0.0) > 0.0,
+            "{r}"
+        );
+    }
+    // Every all-hands publish reached every connection once (200 × acknowledged, replays
+    // included; nothing is missing above, so nothing was lost in between).
+    assert!(u(&r, "published") > 0, "{r}");
+    assert!(f(&r, "handshakes_per_s") > 0.0, "{r}");
+    let nodes_json = r["nodes"].as_array().cloned().unwrap_or_default();
+    assert_eq!(nodes_json.len(), 2, "{r}");
+    assert_eq!(
+        nodes_json
+            .iter()
+            .map(|n| n["connections"].as_u64().unwrap_or(0))
+            .sum::<u64>(),
+        200,
+        "{r}"
+    );
+    assert!(r["redis"]["rss_end_bytes"].as_u64().unwrap_or(0) > 0, "{r}");
+    let lines = std::fs::read_to_string(&timeline).unwrap_or_default();
+    let first: Value =
+        serde_json::from_str(lines.lines().next().unwrap_or("{}")).unwrap_or_default();
+    assert!(lines.lines().count() >= 3, "{lines}");
+    assert!(
+        first.get("deliveries").is_some() && first.get("p99_ms").is_some(),
+        "{first}"
+    );
+    let chart = std::fs::read_to_string(&svg).unwrap_or_default();
+    assert!(
+        chart.starts_with("<svg") && chart.contains("polyline"),
+        "{chart}"
+    );
+    let _ = std::fs::remove_file(&timeline);
+    let _ = std::fs::remove_file(&svg);
+    for s in nodes {
+        s.stop();
+    }
+}

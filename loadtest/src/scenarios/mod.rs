@@ -86,6 +86,7 @@ pub fn for_spec(spec: &ChildSpec) -> io::Result<Box<dyn Scenario>> {
         ScenarioKind::Churn => Box::new(churn::Churn::new(spec)?),
         ScenarioKind::Slow => Box::new(slow::Slow::new(spec)?),
         ScenarioKind::Actions => Box::new(actions::Actions::new(spec)),
+        ScenarioKind::Scale => Box::new(crate::scale::clients::ScaleClients::new(spec)?),
     })
 }
 
