@@ -437,6 +437,135 @@ fn users_join_and_leave_their_stream_and_control_entries_reach_everyone() {
     assert_eq!(rig.reply(Reply::Appended { id }), ["stored 9 Control"]);
 }
 
+/// Is `key`'s busy part (waiters, reads, held messages) allocated?
+fn busy(broker: &mut RedisBroker<FakeLink>, key: &StreamKey) -> bool {
+    broker.state_mut(key).is_some_and(|s| s.busy.is_some())
+}
+
+#[test]
+fn an_idle_stream_keeps_no_busy_part_and_a_gap_makes_one_until_it_is_filled() {
+    let mut rig = Rig::new();
+    rig.broker.subscribe(m(1), news(), None, None);
+    assert!(
+        busy(&mut rig.broker, &key()),
+        "a subscribe waits for its topic"
+    );
+    rig.reply(Reply::Listening(vec![key()]));
+    assert!(busy(&mut rig.broker, &key()), "its read is in flight");
+    let id = rig.last_read(None);
+    assert_eq!(rig.read_reply(id, 7, 0, 1), ["subscribed 1 at 0 None []"]);
+    assert!(!busy(&mut rig.broker, &key()), "answered and idle");
+    assert_eq!(rig.message(1, 7).len(), 1);
+    assert!(
+        !busy(&mut rig.broker, &key()),
+        "an in-order message needs nothing"
+    );
+    assert!(rig.message(3, 7).is_empty(), "3 waits for 2");
+    assert!(
+        busy(&mut rig.broker, &key()),
+        "3 is held while the gap is read"
+    );
+    let id = rig.last_read(Some(1));
+    assert_eq!(rig.read_reply(id, 7, 3, 2).len(), 2, "2 and 3");
+    assert!(!busy(&mut rig.broker, &key()), "the gap is filled");
+    // A read that fails leaves the stream wanting one, not a busy part.
+    rig.broker.subscribe(m(2), news(), Some(0), Some(e(7)));
+    let id = rig.last_read(Some(0));
+    rig.reply(Reply::Failed {
+        id,
+        reason: "test".into(),
+    });
+    assert!(busy(&mut rig.broker, &key()), "its waiter waits");
+    rig.now += Duration::from_secs(1);
+    let sent = rig.broker.link.ops.len();
+    rig.reply(Reply::Link {
+        link: LinkKind::Commands,
+        up: true,
+    });
+    // A catch-up (the link came back) and the waiter's read.
+    let reads: Vec<OpId> = rig.broker.link.ops[sent..]
+        .iter()
+        .filter_map(Op::id)
+        .collect();
+    assert_eq!(reads.len(), 2);
+    assert!(rig.read_reply(reads[0], 7, 3, 4).is_empty());
+    assert!(busy(&mut rig.broker, &key()), "one read still in flight");
+    let events = rig.read_reply(reads[1], 7, 3, 1);
+    assert_eq!(events, ["subscribed 2 at 3 Some(true) [1, 2, 3]"]);
+    assert!(!busy(&mut rig.broker, &key()));
+}
+
+#[test]
+fn user_streams_live_in_their_users_slot_and_a_reused_slot_is_a_new_stream() {
+    let mut rig = Rig::new();
+    let ann = StreamKey::user("ann");
+    rig.broker.join_user(m(1), "ann", None, None);
+    rig.reply(Reply::Listening(vec![ann.clone()]));
+    let first = rig.last_read(None);
+    let id = rig.broker.find_user("ann").unwrap();
+    assert_eq!(rig.broker.stream_counts(), (0, 1));
+    rig.broker.leave_user(m(1), id);
+    assert_eq!(rig.broker.stream_counts(), (0, 0));
+    // Bob takes ann's slot: ann's late read answers nothing, bob's stream starts unread.
+    rig.broker.join_user(m(2), "bob", None, None);
+    let bob = rig.broker.find_user("bob").unwrap();
+    assert_eq!(bob.index(), id.index(), "the slot is reused");
+    assert_ne!(bob, id);
+    assert!(
+        rig.read_reply(first, 3, 5, 6).is_empty(),
+        "ann's read is stale"
+    );
+    assert_eq!(rig.broker.stream_counts(), (0, 1));
+    rig.reply(Reply::Listening(vec![StreamKey::user("bob")]));
+    let read = rig.last_read(None);
+    assert_eq!(rig.read_reply(read, 4, 0, 1), ["subscribed 2 at 0 None []"]);
+    assert!(!busy(&mut rig.broker, &StreamKey::user("bob")));
+    assert_eq!(rig.broker.user_streams.len(), 1, "one slot for both");
+}
+
+#[test]
+fn tables_sized_by_a_burst_of_reads_shrink_once_it_is_answered() {
+    let mut rig = Rig::new();
+    for n in 0..5000 {
+        rig.broker.join_user(m(n), &format!("u{n}"), None, None);
+    }
+    let keys: Vec<StreamKey> = (0..5000)
+        .map(|n| StreamKey::user(&format!("u{n}")))
+        .collect();
+    rig.reply(Reply::Listening(keys));
+    let reads: Vec<OpId> = rig.broker.link.ops.iter().filter_map(Op::id).collect();
+    assert_eq!(reads.len(), 5000);
+    assert!(rig.broker.ops.capacity() >= 5000);
+    for id in reads {
+        rig.broker.link.replies.push_back(Reply::Read {
+            id,
+            epoch: 1,
+            top: 0,
+            entries: Vec::new(),
+        });
+    }
+    rig.broker.tick(rig.now);
+    assert_eq!(rig.events().len(), 5000, "every join answered");
+    assert!(rig.broker.ops.capacity() <= SHRINK_FLOOR, "ops shrank");
+    // The deadlines of answered ops leave when due; the events were taken.
+    rig.now += TIMEOUT;
+    rig.broker.tick(rig.now);
+    assert!(
+        rig.broker.events.capacity() <= SHRINK_FLOOR,
+        "events shrank"
+    );
+    assert!(
+        rig.broker.deadlines.capacity() <= SHRINK_FLOOR,
+        "deadlines shrank"
+    );
+    assert!(rig
+        .broker
+        .user_streams
+        .iter()
+        .flatten()
+        .all(|(_, s)| s.busy.is_none()));
+}
+
 #[test]
 fn the_last_worker_leaving_a_channel_unsubscribes_its_topic() {
     let mut rig = Rig::new();
@@ -1503,6 +1632,11 @@ mod randomized {
                 self.check_events();
             }
             self.drain();
+            for channel in self.broker.channels.values() {
+                if channel.state.busy.is_some() {
+                    self.fail("a settled stream kept its busy part");
+                }
+            }
             for sub in &self.subs {
                 let key = key_of(sub.channel);
                 let Some((e, last)) = sub.cursor else {
