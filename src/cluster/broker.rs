@@ -11,7 +11,9 @@
 //!   lost some: it waits in `ahead` while a catch-up read fetches the gap from the stream; a
 //!   gap the stream no longer holds, or another epoch, becomes [`Event::Resync`] (an
 //!   unsolicited `subscribed … recovered:false`). After the pub/sub link drops, every stream
-//!   catches up the same way.
+//!   catches up the same way: once it is back, the broker subscribes every topic again (the
+//!   pub/sub thread keeps no set of its own) and each stream catches up when its topic is
+//!   confirmed.
 //! - **Answers sit at their top.** A subscribe is answered after a read of the stream (epoch,
 //!   top, entries after the client's `since`) only once the topic is subscribed, so nothing
 //!   published after the read can be missed. A read whose top is above `last` first reports
@@ -155,6 +157,16 @@ struct Busy {
 }
 
 impl Busy {
+    /// Adds `waiters` to `waiting` (taking their `Vec` as it is when none wait: a lone
+    /// subscribe's `vec![waiter]` holds one slot, not the four a first push would make).
+    fn wait(&mut self, waiters: Vec<Waiter>) {
+        if self.waiting.is_empty() {
+            self.waiting = waiters;
+        } else {
+            self.waiting.extend(waiters);
+        }
+    }
+
     /// Nothing to remember: every field at its default.
     fn is_idle(&self) -> bool {
         self.waiting.is_empty()
@@ -609,7 +621,7 @@ impl<L: RedisLink> RedisBroker<L> {
         if !commands_up || (needs_topic && !state.listening) {
             if catch_up || !waiters.is_empty() {
                 let busy = state.busy();
-                busy.waiting.extend(waiters);
+                busy.wait(waiters);
                 if catch_up {
                     busy.catching_up = false;
                 }
@@ -1152,7 +1164,7 @@ impl<L: RedisLink> RedisBroker<L> {
             if catch_up {
                 busy.catching_up = false;
             }
-            busy.waiting.extend(waiters);
+            busy.wait(waiters);
         }
         self.after_failed_read(stream);
     }
@@ -1175,9 +1187,21 @@ impl<L: RedisLink> RedisBroker<L> {
             return;
         };
         state.listening = true;
+        state.needs_read = false;
         let waiters = state.take_waiting();
-        if !waiters.is_empty() || !state.has_live || state.needs_read {
-            state.needs_read = false;
+        if state.has_live {
+            // Subscribed again after the pub/sub link came back (or confirmed twice): messages
+            // published meanwhile may have been missed, so the stream catches up; a catch-up
+            // in flight may have read before the topic was subscribed, so it goes again.
+            if state.catching_up() {
+                state.busy().catch_up_again = true;
+            } else {
+                self.catch_up(key);
+            }
+            if !waiters.is_empty() {
+                self.read(key, waiters, false);
+            }
+        } else {
             self.read(key, waiters, false);
         }
         self.tidy(key);
@@ -1199,13 +1223,13 @@ impl<L: RedisLink> RedisBroker<L> {
                 let keys = self.stream_keys();
                 for key in &keys {
                     if let Some(state) = self.state_mut(key) {
-                        state.listening = up;
+                        state.listening = false;
                     }
                 }
-                if up {
-                    // Messages may have been missed meanwhile: every stream catches up.
-                    self.catch_up_all();
-                    self.retry_reads();
+                if up && !keys.is_empty() {
+                    // The new connection listens to nothing: every topic is subscribed again,
+                    // and each stream catches up once its topic is confirmed (`on_listening`).
+                    self.link.pubsub(PubSubOp::Subscribe(keys));
                 }
             }
             LinkKind::Control => {}
@@ -1551,7 +1575,7 @@ impl<L: RedisLink> Broker for RedisBroker<L> {
                 }
             }
             _ if state.listening => self.read(&key, vec![waiter], false),
-            _ => state.busy().waiting.push(waiter),
+            _ => state.busy().wait(vec![waiter]),
         }
         self.tidy(&key);
     }

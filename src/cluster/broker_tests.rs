@@ -383,9 +383,17 @@ fn after_a_pubsub_drop_every_live_stream_catches_up_and_waiting_subscribes_are_a
         link: LinkKind::PubSub,
         up: true,
     });
+    // The new connection listens to nothing: the broker subscribes its topics again, and
+    // reads only once they are confirmed.
+    assert_eq!(
+        rig.broker.link.pubsub.last(),
+        Some(&PubSubOp::Subscribe(vec![key()]))
+    );
+    assert_eq!(rig.broker.link.ops.len(), sent, "no read before the topic");
+    rig.reply(Reply::Listening(vec![key()]));
     assert!(
         rig.broker.link.ops.len() > sent,
-        "reads after the link came back"
+        "reads once the topic is confirmed"
     );
     // Answer every read sent since: the stream moved to 4 meanwhile.
     let reads: Vec<OpId> = rig.broker.link.ops[sent..]
@@ -898,15 +906,13 @@ mod randomized {
         command_out: VecDeque<Reply>,
         commands_up: bool,
         frozen_until: Instant,
-        /// Pub/sub thread: its topic set, the topics Redis delivers, those awaiting their
-        /// confirmation, those owed a `Listening` once the link is up.
-        topics: HashSet<StreamKey>,
+        /// Pub/sub thread (it keeps no topic set): the topics Redis delivers, those awaiting
+        /// their confirmation.
         active: HashSet<StreamKey>,
         confirming: Vec<StreamKey>,
-        owed: Vec<StreamKey>,
         pubsub_out: VecDeque<Reply>,
-        /// 0: up; 1: down; 2: subscribed again, `Link up` not yet sent.
-        pubsub_state: u8,
+        /// The pub/sub link is down (the thread drops the ops it gets meanwhile).
+        pubsub_down: bool,
         subs: Vec<Sub>,
         next_conn: u32,
         /// The last cursor of subscribers that left, per channel (for re-subscribes).
@@ -958,12 +964,10 @@ mod randomized {
                 command_out: VecDeque::new(),
                 commands_up: true,
                 frozen_until: now,
-                topics: HashSet::new(),
                 active: HashSet::new(),
                 confirming: Vec::new(),
-                owed: Vec::new(),
                 pubsub_out: VecDeque::new(),
-                pubsub_state: 0,
+                pubsub_down: false,
                 subs: Vec::new(),
                 next_conn: 1,
                 left: HashMap::new(),
@@ -1122,22 +1126,14 @@ mod randomized {
             }
             for op in std::mem::take(&mut self.broker.link.pubsub) {
                 match op {
-                    PubSubOp::Subscribe(keys) => {
-                        for key in keys {
-                            self.topics.insert(key.clone());
-                            if self.pubsub_state == 1 {
-                                self.owed.push(key);
-                            } else {
-                                self.confirming.push(key);
-                            }
-                        }
+                    PubSubOp::Subscribe(keys) if self.pubsub_down => {
+                        self.note(format!("  the pub/sub thread drops SUBSCRIBE {keys:?}"));
                     }
+                    PubSubOp::Subscribe(keys) => self.confirming.extend(keys),
                     PubSubOp::Unsubscribe(keys) => {
                         for key in keys {
-                            self.topics.remove(&key);
                             self.active.remove(&key);
                             self.confirming.retain(|k| *k != key);
-                            self.owed.retain(|k| *k != key);
                         }
                     }
                 }
@@ -1452,7 +1448,7 @@ mod randomized {
         }
 
         fn pubsub_down(&mut self) {
-            if self.pubsub_state == 1 {
+            if self.pubsub_down {
                 return;
             }
             self.note("pub/sub link drops".into());
@@ -1469,37 +1465,25 @@ mod randomized {
                 link: LinkKind::PubSub,
                 up: false,
             });
-            self.pubsub_state = 1;
+            self.pubsub_down = true;
+            // The new connection will listen to nothing; a subscribe in progress is lost.
             self.active.clear();
-            self.owed.append(&mut self.confirming);
+            self.confirming.clear();
         }
 
         fn pubsub_back(&mut self) {
-            match self.pubsub_state {
-                1 => {
-                    self.note("pub/sub link subscribes its topics again".into());
-                    self.active = self.topics.clone();
-                    self.pubsub_state = 2;
-                }
-                2 => {
-                    self.note("pub/sub link up".into());
-                    self.pubsub_out.push_back(Reply::Link {
-                        link: LinkKind::PubSub,
-                        up: true,
-                    });
-                    if !self.owed.is_empty() {
-                        let owed = std::mem::take(&mut self.owed);
-                        self.active.extend(owed.iter().cloned());
-                        self.pubsub_out.push_back(Reply::Listening(owed));
-                    }
-                    self.pubsub_state = 0;
-                }
-                _ => {}
+            if self.pubsub_down {
+                self.note("pub/sub link up (listening to nothing)".into());
+                self.pubsub_out.push_back(Reply::Link {
+                    link: LinkKind::PubSub,
+                    up: true,
+                });
+                self.pubsub_down = false;
             }
         }
 
         fn confirm(&mut self) {
-            if self.pubsub_state != 0 || self.confirming.is_empty() {
+            if self.pubsub_down || self.confirming.is_empty() {
                 return;
             }
             let key = self.confirming.remove(0);
@@ -1609,7 +1593,6 @@ mod randomized {
             self.faults.pubsub_loss = false;
             self.frozen_until = self.now;
             self.commands_back();
-            self.pubsub_back();
             self.pubsub_back();
             self.drain();
             for channel in CHANNELS {
