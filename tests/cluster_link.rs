@@ -524,6 +524,8 @@ fn redis_down_fails_ops_and_restart_resubscribes() {
     );
     redis.restart();
     hub.wait_link(LinkKind::PubSub, true, Duration::from_secs(5));
+    // The new connection listens to nothing: the broker (here the test) subscribes again.
+    hub.subscribe(&s);
     let (seq, _) = publish_until_up(&mut hub, &s);
     hub.wait(
         "the message after the restart",
@@ -532,7 +534,7 @@ fn redis_down_fails_ops_and_restart_resubscribes() {
 }
 
 #[test]
-fn killed_pubsub_connection_comes_back_subscribed() {
+fn a_killed_pubsub_connection_comes_back_listening_to_nothing_until_subscribed_again() {
     let Some(redis) = start_redis() else {
         return;
     };
@@ -557,10 +559,25 @@ fn killed_pubsub_connection_comes_back_subscribed() {
     assert_eq!(killed, 1);
     hub.wait_link(LinkKind::PubSub, false, Duration::from_secs(4));
     hub.wait_link(LinkKind::PubSub, true, Duration::from_secs(4));
+    let (unheard, _) = hub.publish(&s, "unheard", None);
+    // Subscribed again in one op (as the broker does), confirmed in chunks, in one reply.
+    let mut all = many.clone();
+    all.push(s.clone());
+    hub.link.pubsub(PubSubOp::Subscribe(all));
+    hub.wait(
+        "Listening to 1201",
+        |r| matches!(r, Reply::Listening(k) if k.len() == 1201),
+    );
     let (seq, _) = hub.publish(&s, "again", None);
     hub.wait(
         "the message after the reconnect",
         |r| matches!(r, Reply::Message { seq: q, .. } if *q == seq),
+    );
+    assert!(
+        !hub.stash
+            .iter()
+            .any(|r| matches!(r, Reply::Message { seq: q, .. } if *q == unheard)),
+        "a message published before the topics were subscribed again was delivered"
     );
     let last = many[1199].clone();
     hub.publish(&last, "late", None);

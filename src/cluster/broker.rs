@@ -11,7 +11,9 @@
 //!   lost some: it waits in `ahead` while a catch-up read fetches the gap from the stream; a
 //!   gap the stream no longer holds, or another epoch, becomes [`Event::Resync`] (an
 //!   unsolicited `subscribed … recovered:false`). After the pub/sub link drops, every stream
-//!   catches up the same way.
+//!   catches up the same way: once it is back, the broker subscribes every topic again (the
+//!   pub/sub thread keeps no set of its own) and each stream catches up when its topic is
+//!   confirmed.
 //! - **Answers sit at their top.** A subscribe is answered after a read of the stream (epoch,
 //!   top, entries after the client's `since`) only once the topic is subscribed, so nothing
 //!   published after the read can be missed. A read whose top is above `last` first reports
@@ -86,15 +88,6 @@ const MAX_RECORDING: usize = 4096;
 /// fraction of `--history-ttl`.
 const TOUCH_DIVISOR: u32 = 3;
 
-/// Who listens to a stream on this node.
-#[derive(Debug)]
-enum Local {
-    /// A channel: bit `w` set while worker `w` has subscribers or a subscribe in flight.
-    Channel { name: Arc<str>, workers: u64 },
-    /// A user's `$user` stream (its members are in [`Users`]).
-    User(UserId),
-}
-
 /// A subscribe or join waiting for its answer.
 #[derive(Debug)]
 struct Waiter {
@@ -108,26 +101,46 @@ struct Waiter {
 struct Held {
     epoch: u64,
     data: Arc<str>,
-    /// `reads_sent` when it arrived: a read sent later saw the stream after its publish, so
-    /// it must either hold it (same epoch, seq at most its top) or prove it stale.
-    stamp: u64,
+    /// The id the next op would get when it arrived: a read sent later (an id at least
+    /// this) saw the stream after its publish, so it must either hold it (same epoch, seq at
+    /// most its top) or prove it stale.
+    stamp: OpId,
 }
 
-/// One stream this node listens to.
+/// One stream this node listens to. An idle stream (no subscribe waiting, no read in flight,
+/// nothing held) is these few words; what a read or a gap needs lives in [`Busy`], which
+/// exists only meanwhile (idle streams are what a node holds most of: one per user).
 #[derive(Debug)]
 struct StreamState {
-    local: Local,
     /// Which life of this stream on this node (a stream left and listened to again is a new
     /// one): a read's answer applies only to the life that sent it.
     incarnation: u64,
+    /// The epoch of `live` (meaningful while `has_live`).
+    epoch: u64,
+    /// The last seq reported to the listeners here (meaningful while `has_live`).
+    last: u64,
+    /// The read and gap bookkeeping, while there is any.
+    busy: Option<Box<Busy>>,
+    /// The first read came back: (`epoch`, `last`) is the stream's live position.
+    has_live: bool,
     /// The topic is subscribed in Redis (confirmed); false while subscribing or after the
     /// pub/sub link dropped.
     listening: bool,
-    /// (epoch, last seq reported to the listeners here); `None` until the first read.
-    live: Option<(u64, u64)>,
+    /// Redis restarted since this stream's last read: the next read's top is checked
+    /// strictly (a top below `last` renews the epoch even if pub/sub could have outrun it).
+    verify: bool,
+    /// A read failed (or is owed after the topic is subscribed again): send it when the
+    /// links allow.
+    needs_read: bool,
+}
+
+/// A stream's state while a subscribe waits, reads are in flight or messages are held.
+/// All of it at its default means idle: [`StreamState::tidy`] then drops it.
+#[derive(Debug, Default)]
+struct Busy {
     /// Subscribes waiting for the topic, or for the command link.
     waiting: Vec<Waiter>,
-    /// Reads in flight.
+    /// Reads (and renewals) in flight.
     reads: u32,
     /// Frames reported while reads are in flight, with their epochs and seqs.
     recording: Vec<(u64, u64, SharedFrame)>,
@@ -135,78 +148,123 @@ struct StreamState {
     recording_lost: bool,
     /// Pub/sub messages that cannot be reported yet, by seq.
     ahead: BTreeMap<u64, Held>,
-    /// Reads sent so far (numbers them, for [`Held::stamp`]).
-    reads_sent: u64,
     /// A catch-up read is in flight.
     catching_up: bool,
     /// A message was dropped from `ahead` (full): catch up again after the current read.
     ahead_lost: bool,
     /// A link came back while a catch-up was in flight: read again after it.
     catch_up_again: bool,
-    /// Redis restarted since this stream's last read: the next read's top is checked
-    /// strictly (a top below `last` renews the epoch even if pub/sub could have outrun it).
-    verify: bool,
-    /// A read failed: send it again when the command link allows.
-    needs_read: bool,
+}
+
+impl Busy {
+    /// Adds `waiters` to `waiting` (taking their `Vec` as it is when none wait: a lone
+    /// subscribe's `vec![waiter]` holds one slot, not the four a first push would make).
+    fn wait(&mut self, waiters: Vec<Waiter>) {
+        if self.waiting.is_empty() {
+            self.waiting = waiters;
+        } else {
+            self.waiting.extend(waiters);
+        }
+    }
+
+    /// Nothing to remember: every field at its default.
+    fn is_idle(&self) -> bool {
+        self.waiting.is_empty()
+            && self.reads == 0
+            && self.recording.is_empty()
+            && !self.recording_lost
+            && self.ahead.is_empty()
+            && !self.catching_up
+            && !self.ahead_lost
+            && !self.catch_up_again
+    }
 }
 
 impl StreamState {
-    fn new(local: Local, incarnation: u64) -> StreamState {
+    fn new(incarnation: u64) -> StreamState {
         StreamState {
-            local,
             incarnation,
+            epoch: 0,
+            last: 0,
+            busy: None,
+            has_live: false,
             listening: false,
-            live: None,
-            waiting: Vec::new(),
-            reads: 0,
-            recording: Vec::new(),
-            recording_lost: false,
-            ahead: BTreeMap::new(),
-            reads_sent: 0,
-            catching_up: false,
-            ahead_lost: false,
-            catch_up_again: false,
             verify: false,
             needs_read: false,
         }
     }
 
-    fn stream(&self) -> Stream {
-        match &self.local {
-            Local::Channel { name, .. } => Stream::Channel(Arc::clone(name)),
-            Local::User(id) => Stream::User(*id),
+    /// (epoch, last seq reported to the listeners here); `None` until the first read.
+    fn live(&self) -> Option<(u64, u64)> {
+        self.has_live.then_some((self.epoch, self.last))
+    }
+
+    fn set_live(&mut self, epoch: u64, last: u64) {
+        (self.epoch, self.last, self.has_live) = (epoch, last, true);
+    }
+
+    /// The busy part, made if there is none.
+    fn busy(&mut self) -> &mut Busy {
+        self.busy.get_or_insert_with(Box::default)
+    }
+
+    /// Drops the busy part once it holds nothing.
+    fn tidy(&mut self) {
+        if self.busy.as_ref().is_some_and(|b| b.is_idle()) {
+            self.busy = None;
         }
     }
 
-    /// The `channel` field of this stream's frames: the channel's own name, or `user` (the
-    /// broker's one shared `$user`), a reference count either way (no copy per message).
-    fn channel_field(&self, user: &Arc<str>) -> Arc<str> {
-        match &self.local {
-            Local::Channel { name, .. } => Arc::clone(name),
-            Local::User(_) => Arc::clone(user),
-        }
+    fn catching_up(&self) -> bool {
+        self.busy.as_ref().is_some_and(|b| b.catching_up)
+    }
+
+    fn has_waiting(&self) -> bool {
+        self.busy.as_ref().is_some_and(|b| !b.waiting.is_empty())
+    }
+
+    fn take_waiting(&mut self) -> Vec<Waiter> {
+        self.busy
+            .as_mut()
+            .map(|b| std::mem::take(&mut b.waiting))
+            .unwrap_or_default()
+    }
+
+    fn recording_len(&self) -> usize {
+        self.busy.as_ref().map_or(0, |b| b.recording.len())
     }
 
     /// The frames of `epoch` recorded from index `from` on, with their seqs (a resync may
     /// have come between, so older epochs' frames are left out).
     fn recorded(&self, from: usize, epoch: u64) -> Vec<(u64, SharedFrame)> {
-        let tail = self.recording.get(from..).unwrap_or(&[]);
+        let Some(busy) = &self.busy else {
+            return Vec::new();
+        };
+        let tail = busy.recording.get(from..).unwrap_or(&[]);
         tail.iter()
             .filter(|(e, _, _)| *e == epoch)
             .map(|(_, seq, frame)| (*seq, frame.clone()))
             .collect()
     }
 
-    fn hold_ahead(&mut self, seq: u64, epoch: u64, data: Arc<str>) {
-        if self.ahead.len() >= MAX_AHEAD {
-            self.ahead_lost = true;
+    /// Holds a message beyond a gap; `stamp`: the id the next op will get.
+    fn hold_ahead(&mut self, seq: u64, epoch: u64, data: Arc<str>, stamp: OpId) {
+        let busy = self.busy();
+        if busy.ahead.len() >= MAX_AHEAD {
+            busy.ahead_lost = true;
         } else {
-            let stamp = self.reads_sent;
-            self.ahead.insert(seq, Held { epoch, data, stamp });
+            busy.ahead.insert(seq, Held { epoch, data, stamp });
         }
     }
 }
 
+/// A channel this node listens to.
+#[derive(Debug)]
+struct ChannelState {
+    /// Bit `w` set while worker `w` has subscribers or a subscribe in flight.
+    workers: u64,
+    state: StreamState,
+}
 /// An op waiting for its reply.
 #[derive(Debug)]
 enum Pending {
@@ -269,8 +327,12 @@ pub struct RedisBroker<L: RedisLink> {
     ops: HashMap<OpId, Pending>,
     /// Ops in the order sent, with their deadlines (one timeout for all, so in order).
     deadlines: VecDeque<(Instant, OpId)>,
-    channels: HashMap<Arc<str>, StreamState>,
-    user_streams: HashMap<UserId, StreamState>,
+    channels: HashMap<Arc<str>, ChannelState>,
+    /// `$user` streams by [`UserId::index`], each with its user's id (a slot outlives its
+    /// user).
+    user_streams: Vec<Option<(UserId, StreamState)>>,
+    /// The `Some`s of `user_streams`.
+    user_stream_count: usize,
     users: Users,
     events: VecDeque<Event>,
     commands_up: bool,
@@ -316,7 +378,8 @@ impl<L: RedisLink> RedisBroker<L> {
             ops: HashMap::new(),
             deadlines: VecDeque::new(),
             channels: HashMap::new(),
-            user_streams: HashMap::new(),
+            user_streams: Vec::new(),
+            user_stream_count: 0,
             users: Users::new(),
             events: VecDeque::new(),
             commands_up: true,
@@ -377,11 +440,42 @@ impl<L: RedisLink> RedisBroker<L> {
 
     fn state_mut(&mut self, key: &StreamKey) -> Option<&mut StreamState> {
         match key.kind() {
-            StreamKind::Channel => self.channels.get_mut(key.name()),
+            StreamKind::Channel => self.channels.get_mut(key.name()).map(|c| &mut c.state),
             StreamKind::User => {
                 let id = self.users.find(key.name())?;
-                self.user_streams.get_mut(&id)
+                match self.user_streams.get_mut(id.index()) {
+                    Some(Some((held, state))) if *held == id => Some(state),
+                    _ => None,
+                }
             }
+        }
+    }
+
+    /// The stream `key` names here, and the `channel` field of its frames: the channel's own
+    /// name, or the broker's one shared `$user`, a reference count either way (no copy per
+    /// message). `None` if nobody here listens to it.
+    fn local(&self, key: &StreamKey) -> Option<(Stream, Arc<str>)> {
+        match key.kind() {
+            StreamKind::Channel => {
+                let (name, _) = self.channels.get_key_value(key.name())?;
+                Some((Stream::Channel(Arc::clone(name)), Arc::clone(name)))
+            }
+            StreamKind::User => {
+                let id = self.users.find(key.name())?;
+                Some((Stream::User(id), Arc::clone(&self.user_channel)))
+            }
+        }
+    }
+
+    /// The stream `key` names here (see [`Self::local`]).
+    fn stream_of(&self, key: &StreamKey) -> Option<Stream> {
+        self.local(key).map(|(stream, _)| stream)
+    }
+
+    /// Drops `key`'s busy part if it holds nothing any more.
+    fn tidy(&mut self, key: &StreamKey) {
+        if let Some(state) = self.state_mut(key) {
+            state.tidy();
         }
     }
 
@@ -389,7 +483,14 @@ impl<L: RedisLink> RedisBroker<L> {
         let removed = match key.kind() {
             StreamKind::Channel => self.channels.remove(key.name()).is_some(),
             StreamKind::User => match self.users.find(key.name()) {
-                Some(id) => self.user_streams.remove(&id).is_some(),
+                Some(id) => match self.user_streams.get_mut(id.index()) {
+                    Some(slot) if slot.as_ref().is_some_and(|(held, _)| *held == id) => {
+                        *slot = None;
+                        self.user_stream_count -= 1;
+                        true
+                    }
+                    _ => false,
+                },
                 None => false,
             },
         };
@@ -404,20 +505,22 @@ impl<L: RedisLink> RedisBroker<L> {
 
     /// Reports a message to the stream's listeners and records it if reads are in flight.
     fn report(&mut self, key: &StreamKey, seq: u64, epoch: u64, frame: SharedFrame) {
+        let Some(stream) = self.stream_of(key) else {
+            return;
+        };
         let Some(state) = self.state_mut(key) else {
             return;
         };
-        if let Some(live) = &mut state.live {
-            *live = (epoch, seq);
+        if state.has_live {
+            state.set_live(epoch, seq);
         }
-        if state.reads > 0 {
-            if state.recording.len() < MAX_RECORDING {
-                state.recording.push((epoch, seq, frame.clone()));
+        if let Some(busy) = state.busy.as_mut().filter(|b| b.reads > 0) {
+            if busy.recording.len() < MAX_RECORDING {
+                busy.recording.push((epoch, seq, frame.clone()));
             } else {
-                state.recording_lost = true;
+                busy.recording_lost = true;
             }
         }
-        let stream = state.stream();
         self.events.push_back(Event::Message {
             stream,
             seq,
@@ -429,39 +532,47 @@ impl<L: RedisLink> RedisBroker<L> {
 
     /// A message of `key` from pub/sub (or from this node's own publish answer).
     fn on_message(&mut self, key: &StreamKey, seq: u64, epoch: u64, data: Arc<str>) {
-        let user_channel = Arc::clone(&self.user_channel);
-        let Some(state) = self.state_mut(key) else {
+        let Some((_, channel)) = self.local(key) else {
             return; // nobody here listens any more
         };
-        match state.live {
-            None => state.hold_ahead(seq, epoch, data),
+        let stamp = self.next_op;
+        let Some(state) = self.state_mut(key) else {
+            return;
+        };
+        match state.live() {
+            None => state.hold_ahead(seq, epoch, data, stamp),
             Some((e, last)) if e == epoch && seq <= last => {} // a duplicate
             Some((e, last)) if e == epoch && seq == last + 1 => {
-                let channel = state.channel_field(&user_channel);
                 let frame = self.encode(&channel, seq, &data);
                 self.report(key, seq, epoch, frame);
                 self.drain_ahead(key);
             }
             Some(_) => {
                 // A gap, or another epoch: hold it and read the stream.
-                state.hold_ahead(seq, epoch, data);
+                state.hold_ahead(seq, epoch, data, stamp);
                 self.catch_up(key);
             }
         }
+        self.tidy(key);
     }
 
     /// Reports what `ahead` holds that now follows `last`, in order; drops what is at or
     /// below it. Stops at a gap or at another epoch (a catch-up read settles those).
     fn drain_ahead(&mut self, key: &StreamKey) {
-        let user_channel = Arc::clone(&self.user_channel);
+        let Some((_, channel)) = self.local(key) else {
+            return;
+        };
         loop {
             let Some(state) = self.state_mut(key) else {
                 return;
             };
-            let Some((e, last)) = state.live else {
+            let Some((e, last)) = state.live() else {
                 return;
             };
-            let Some(entry) = state.ahead.first_entry() else {
+            let Some(busy) = state.busy.as_mut() else {
+                return;
+            };
+            let Some(entry) = busy.ahead.first_entry() else {
                 return;
             };
             let seq = *entry.key();
@@ -474,7 +585,6 @@ impl<L: RedisLink> RedisBroker<L> {
                 return;
             }
             let Held { data, .. } = entry.remove();
-            let channel = state.channel_field(&user_channel);
             let frame = self.encode(&channel, seq, &data);
             self.report(key, seq, e, frame);
         }
@@ -485,11 +595,12 @@ impl<L: RedisLink> RedisBroker<L> {
         let Some(state) = self.state_mut(key) else {
             return;
         };
-        if state.catching_up {
+        if state.catching_up() {
             return;
         }
-        state.catching_up = true;
-        state.ahead_lost = false;
+        let busy = state.busy();
+        busy.catching_up = true;
+        busy.ahead_lost = false;
         self.read(key, Vec::new(), true);
     }
 
@@ -499,33 +610,36 @@ impl<L: RedisLink> RedisBroker<L> {
         let commands_up = self.commands_up;
         let candidate = self.epoch_candidate();
         let ttl = self.history.ttl;
+        let sent_no = self.next_op;
         let Some(state) = self.state_mut(key) else {
             return;
         };
         // A subscribe's answer needs the topic subscribed (else a later message could be
         // missed); a catch-up does not (pub/sub coming back catches up again), so one owed
         // after a Redis restart goes out at once.
-        let needs_topic = !waiters.is_empty() || state.live.is_none();
+        let needs_topic = !waiters.is_empty() || !state.has_live;
         if !commands_up || (needs_topic && !state.listening) {
-            state.waiting.extend(waiters);
-            if catch_up {
-                state.catching_up = false;
+            if catch_up || !waiters.is_empty() {
+                let busy = state.busy();
+                busy.wait(waiters);
+                if catch_up {
+                    busy.catching_up = false;
+                }
             }
             state.needs_read = true;
             return;
         }
-        let live_last = state.live.map(|(_, last)| last);
+        let live_last = state.live().map(|(_, last)| last);
         let after = waiters
             .iter()
             .filter_map(|w| w.since)
             .chain(live_last)
             .min();
-        state.reads += 1;
-        state.reads_sent += 1;
-        let sent_no = state.reads_sent;
-        let incarnation = state.incarnation;
         let strict = std::mem::take(&mut state.verify);
-        let recorded_from = state.recording.len();
+        let busy = state.busy();
+        busy.reads += 1;
+        let incarnation = state.incarnation;
+        let recorded_from = state.recording_len();
         let stream = key.clone();
         self.send(
             |id| Op::Read {
@@ -556,21 +670,24 @@ impl<L: RedisLink> RedisBroker<L> {
         waiters: Vec<Waiter>,
         catch_up: bool,
         recorded_from: usize,
-        sent_no: u64,
+        sent_no: OpId,
         strict: bool,
         epoch: u64,
         top: u64,
         entries: Vec<(u64, Arc<str>)>,
     ) {
-        let user_channel = Arc::clone(&self.user_channel);
+        let Some((_, channel)) = self.local(key) else {
+            return;
+        };
         let Some(state) = self.state_mut(key) else {
             return;
         };
-        state.reads = state.reads.saturating_sub(1);
-        if catch_up {
-            state.catching_up = false;
+        if let Some(busy) = state.busy.as_mut() {
+            busy.reads = busy.reads.saturating_sub(1);
+            if catch_up {
+                busy.catching_up = false;
+            }
         }
-        let channel = state.channel_field(&user_channel);
         let frames: Vec<(u64, SharedFrame)> = entries
             .iter()
             .map(|(seq, data)| {
@@ -583,8 +700,8 @@ impl<L: RedisLink> RedisBroker<L> {
         let Some(state) = self.state_mut(key) else {
             return;
         };
-        match state.live {
-            None => state.live = Some((epoch, top)),
+        match state.live() {
+            None => state.set_live(epoch, top),
             Some((e, last)) if e == epoch && top > last => {
                 if covers(&frames, last, top) {
                     for (seq, frame) in frames.iter().filter(|(s, _)| *s > last) {
@@ -601,9 +718,10 @@ impl<L: RedisLink> RedisBroker<L> {
             Some((e, last)) if e == epoch && top < last => {
                 let recorded = state.recorded(recorded_from, epoch);
                 if strict || !covers(&recorded, top, last) {
-                    if state.recording_lost && !strict {
+                    let recording_lost = state.busy.as_ref().is_some_and(|b| b.recording_lost);
+                    if recording_lost && !strict {
                         // The frames that would prove it were not kept: ask again.
-                        state.catching_up |= catch_up;
+                        state.busy().catching_up |= catch_up;
                         self.read(key, waiters, catch_up);
                         return;
                     }
@@ -622,15 +740,17 @@ impl<L: RedisLink> RedisBroker<L> {
             return;
         };
         let mut went_back = None;
-        state.ahead.retain(|&seq, held| {
-            if held.stamp >= sent_no {
-                return true;
-            }
-            if held.epoch == epoch && seq > top {
-                went_back = Some(seq);
-            }
-            held.epoch == epoch && seq <= top
-        });
+        if let Some(busy) = state.busy.as_mut() {
+            busy.ahead.retain(|&seq, held| {
+                if held.stamp > sent_no {
+                    return true;
+                }
+                if held.epoch == epoch && seq > top {
+                    went_back = Some(seq);
+                }
+                held.epoch == epoch && seq <= top
+            });
+        }
         if let Some(seq) = went_back {
             let why = format!("{seq} was published under it, yet its top is {top}");
             self.renew(key, epoch, waiters, &why);
@@ -649,7 +769,7 @@ impl<L: RedisLink> RedisBroker<L> {
         let Some(state) = self.state_mut(key) else {
             return;
         };
-        state.reads += 1;
+        state.busy().reads += 1;
         let incarnation = state.incarnation;
         let stream = key.clone();
         self.send(
@@ -676,12 +796,14 @@ impl<L: RedisLink> RedisBroker<L> {
 
     /// The stream goes on under `epoch` from `top`: its listeners are told.
     fn resync(&mut self, key: &StreamKey, epoch: u64, top: u64, why: &str) {
+        let Some(stream) = self.stream_of(key) else {
+            return;
+        };
         let Some(state) = self.state_mut(key) else {
             return;
         };
         info!("cluster: {key} goes on at {top} under epoch {} ({why}): its listeners here are told recovered:false", Epoch::from_bits(epoch));
-        state.live = Some((epoch, top));
-        let stream = state.stream();
+        state.set_live(epoch, top);
         self.events.push_back(Event::Resync {
             stream,
             seq: top,
@@ -698,15 +820,20 @@ impl<L: RedisLink> RedisBroker<L> {
         frames: &[(u64, SharedFrame)],
         recorded_from: usize,
     ) {
+        if waiters.is_empty() {
+            return;
+        }
+        let Some(stream) = self.stream_of(key) else {
+            return;
+        };
         let Some(state) = self.state_mut(key) else {
             return;
         };
-        let Some((epoch, last)) = state.live else {
+        let Some((epoch, last)) = state.live() else {
             return;
         };
         let epoch_name = Epoch::from_bits(epoch).to_string();
         let recorded = state.recorded(recorded_from, epoch);
-        let stream = state.stream();
         let mut answers = Vec::with_capacity(waiters.len());
         for w in waiters {
             let mut replay = Vec::new();
@@ -741,21 +868,25 @@ impl<L: RedisLink> RedisBroker<L> {
     /// After a read: frees the recording if no read needs it, reports what `ahead` allows,
     /// and catches up again if a gap remains.
     fn after_read(&mut self, key: &StreamKey) {
-        if let Some(state) = self.state_mut(key) {
-            if state.reads == 0 {
-                state.recording.clear();
-                state.recording_lost = false;
+        if let Some(busy) = self.state_mut(key).and_then(|s| s.busy.as_mut()) {
+            if busy.reads == 0 {
+                busy.recording = Vec::new();
+                busy.recording_lost = false;
             }
         }
         self.drain_ahead(key);
-        let again = self.state_mut(key).is_some_and(|s| {
-            let again = !s.ahead.is_empty() || s.ahead_lost || s.catch_up_again;
-            s.catch_up_again = false;
-            again
-        });
+        let again = self
+            .state_mut(key)
+            .and_then(|s| s.busy.as_mut())
+            .is_some_and(|b| {
+                let again = !b.ahead.is_empty() || b.ahead_lost || b.catch_up_again;
+                b.catch_up_again = false;
+                again
+            });
         if again {
             self.catch_up(key);
         }
+        self.tidy(key);
     }
 
     fn on_reply(&mut self, reply: Reply) {
@@ -884,8 +1015,10 @@ impl<L: RedisLink> RedisBroker<L> {
                 Reply::Read { epoch, top, .. },
             ) if self.is_current(&stream, incarnation) => {
                 let live = self.state_mut(&stream).and_then(|state| {
-                    state.reads = state.reads.saturating_sub(1);
-                    state.live
+                    if let Some(busy) = state.busy.as_mut() {
+                        busy.reads = busy.reads.saturating_sub(1);
+                    }
+                    state.live()
                 });
                 match live {
                     // Another renewal of the same loss already moved this node to `epoch`.
@@ -1024,13 +1157,14 @@ impl<L: RedisLink> RedisBroker<L> {
             return;
         }
         if let Some(state) = self.state_mut(stream) {
-            state.reads = state.reads.saturating_sub(1);
             state.verify |= strict;
-            if catch_up {
-                state.catching_up = false;
-            }
-            state.waiting.extend(waiters);
             state.needs_read = true;
+            let busy = state.busy();
+            busy.reads = busy.reads.saturating_sub(1);
+            if catch_up {
+                busy.catching_up = false;
+            }
+            busy.wait(waiters);
         }
         self.after_failed_read(stream);
     }
@@ -1039,12 +1173,13 @@ impl<L: RedisLink> RedisBroker<L> {
         // Retried within a second (sooner if a link comes back), not only at the next touch.
         let soon = self.now + Duration::from_secs(1);
         self.retry_at.get_or_insert(soon);
-        if let Some(state) = self.state_mut(key) {
-            if state.reads == 0 {
-                state.recording.clear();
-                state.recording_lost = false;
+        if let Some(busy) = self.state_mut(key).and_then(|s| s.busy.as_mut()) {
+            if busy.reads == 0 {
+                busy.recording = Vec::new();
+                busy.recording_lost = false;
             }
         }
+        self.tidy(key);
     }
 
     fn on_listening(&mut self, key: &StreamKey) {
@@ -1052,11 +1187,24 @@ impl<L: RedisLink> RedisBroker<L> {
             return;
         };
         state.listening = true;
-        let waiters = std::mem::take(&mut state.waiting);
-        if !waiters.is_empty() || state.live.is_none() || state.needs_read {
-            state.needs_read = false;
+        state.needs_read = false;
+        let waiters = state.take_waiting();
+        if state.has_live {
+            // Subscribed again after the pub/sub link came back (or confirmed twice): messages
+            // published meanwhile may have been missed, so the stream catches up; a catch-up
+            // in flight may have read before the topic was subscribed, so it goes again.
+            if state.catching_up() {
+                state.busy().catch_up_again = true;
+            } else {
+                self.catch_up(key);
+            }
+            if !waiters.is_empty() {
+                self.read(key, waiters, false);
+            }
+        } else {
             self.read(key, waiters, false);
         }
+        self.tidy(key);
     }
 
     fn on_link(&mut self, link: LinkKind, up: bool) {
@@ -1075,13 +1223,13 @@ impl<L: RedisLink> RedisBroker<L> {
                 let keys = self.stream_keys();
                 for key in &keys {
                     if let Some(state) = self.state_mut(key) {
-                        state.listening = up;
+                        state.listening = false;
                     }
                 }
-                if up {
-                    // Messages may have been missed meanwhile: every stream catches up.
-                    self.catch_up_all();
-                    self.retry_reads();
+                if up && !keys.is_empty() {
+                    // The new connection listens to nothing: every topic is subscribed again,
+                    // and each stream catches up once its topic is confirmed (`on_listening`).
+                    self.link.pubsub(PubSubOp::Subscribe(keys));
                 }
             }
             LinkKind::Control => {}
@@ -1095,11 +1243,11 @@ impl<L: RedisLink> RedisBroker<L> {
             let Some(state) = self.state_mut(&key) else {
                 continue;
             };
-            if state.live.is_none() {
+            if !state.has_live {
                 continue;
             }
-            if state.catching_up {
-                state.catch_up_again = true;
+            if state.catching_up() {
+                state.busy().catch_up_again = true;
             } else {
                 self.catch_up(&key);
             }
@@ -1115,18 +1263,19 @@ impl<L: RedisLink> RedisBroker<L> {
             let Some(state) = self.state_mut(&key) else {
                 continue;
             };
-            let wants_read = state.needs_read || !state.waiting.is_empty();
+            let wants_read = state.needs_read || state.has_waiting();
             if !state.listening || !wants_read {
                 continue;
             }
             state.needs_read = false;
-            let waiters = std::mem::take(&mut state.waiting);
-            let live = state.live.is_some();
+            let waiters = state.take_waiting();
+            let live = state.has_live;
             if live && waiters.is_empty() {
                 self.catch_up(&key);
             } else {
                 self.read(&key, waiters, false);
             }
+            self.tidy(&key);
         }
     }
 
@@ -1134,8 +1283,9 @@ impl<L: RedisLink> RedisBroker<L> {
         let channels = self.channels.keys().map(|name| StreamKey::channel(name));
         let users = self
             .user_streams
-            .keys()
-            .filter_map(|id| self.users.get(*id))
+            .iter()
+            .flatten()
+            .filter_map(|(id, _)| self.users.get(*id))
             .map(|u| StreamKey::user(u.name()));
         channels.chain(users).collect()
     }
@@ -1165,7 +1315,28 @@ impl<L: RedisLink> RedisBroker<L> {
                 _ => break,
             }
         }
+        // A burst (every connection of a restart subscribing at once) leaves these tables
+        // sized for it: give the memory back once they are mostly empty.
+        if wasteful(self.ops.len(), self.ops.capacity()) {
+            self.ops.shrink_to(self.ops.len() * 2);
+        }
+        if wasteful(self.deadlines.len(), self.deadlines.capacity()) {
+            self.deadlines.shrink_to(self.deadlines.len() * 2);
+        }
+        if wasteful(self.events.len(), self.events.capacity()) {
+            self.events.shrink_to(self.events.len() * 2);
+        }
     }
+}
+
+/// Tables smaller than this are never shrunk (not worth the rehash).
+const SHRINK_FLOOR: usize = 256;
+
+/// Is a table holding `len` of `capacity` worth shrinking (to twice its length)? Only past
+/// [`SHRINK_FLOOR`] and below a quarter full, so a table that shrinks must grow by half its
+/// new size again before the next shrink: amortized O(1) per entry.
+fn wasteful(len: usize, capacity: usize) -> bool {
+    capacity > SHRINK_FLOOR && len.saturating_mul(4) < capacity
 }
 
 /// The `name` of a node's heartbeat object.
@@ -1337,29 +1508,34 @@ impl<L: RedisLink> Broker for RedisBroker<L> {
             Stream::Channel(name) => {
                 let mut fresh = false;
                 let incarnation = &mut self.incarnations;
-                let state = self.channels.entry(Arc::clone(name)).or_insert_with(|| {
+                let channel = self.channels.entry(Arc::clone(name)).or_insert_with(|| {
                     fresh = true;
                     *incarnation += 1;
-                    let local = Local::Channel {
-                        name: Arc::clone(name),
+                    ChannelState {
                         workers: 0,
-                    };
-                    StreamState::new(local, *incarnation)
+                        state: StreamState::new(*incarnation),
+                    }
                 });
-                if let Local::Channel { workers, .. } = &mut state.local {
-                    *workers |= 1u64.checked_shl(member.worker as u32).unwrap_or(0);
-                }
+                channel.workers |= 1u64.checked_shl(member.worker as u32).unwrap_or(0);
                 fresh
             }
             Stream::User(id) => {
-                let mut fresh = false;
-                let incarnation = &mut self.incarnations;
-                self.user_streams.entry(*id).or_insert_with(|| {
-                    fresh = true;
-                    *incarnation += 1;
-                    StreamState::new(Local::User(*id), *incarnation)
-                });
-                fresh
+                let index = id.index();
+                if self.user_streams.len() <= index {
+                    self.user_streams.resize_with(index + 1, || None);
+                }
+                match self.user_streams.get_mut(index) {
+                    Some(Some((held, _))) if held == id => false,
+                    Some(slot) => {
+                        if slot.is_none() {
+                            self.user_stream_count += 1;
+                        }
+                        self.incarnations += 1;
+                        *slot = Some((*id, StreamState::new(self.incarnations)));
+                        true
+                    }
+                    None => false,
+                }
             }
         };
         if fresh {
@@ -1374,7 +1550,7 @@ impl<L: RedisLink> Broker for RedisBroker<L> {
         let Some(state) = self.state_mut(&key) else {
             return;
         };
-        match state.live {
+        match state.live() {
             Some((e, last)) if state.listening && commands_up => {
                 let same_epoch =
                     waiter.epoch.as_deref() == Some(Epoch::from_bits(e).to_string().as_str());
@@ -1386,7 +1562,6 @@ impl<L: RedisLink> Broker for RedisBroker<L> {
                 };
                 match immediate {
                     Some(recovered) => {
-                        let stream = state.stream();
                         self.events.push_back(Event::Subscribed {
                             member,
                             stream,
@@ -1400,8 +1575,9 @@ impl<L: RedisLink> Broker for RedisBroker<L> {
                 }
             }
             _ if state.listening => self.read(&key, vec![waiter], false),
-            _ => state.waiting.push(waiter),
+            _ => state.busy().wait(vec![waiter]),
         }
+        self.tidy(&key);
     }
 
     fn join_user(&mut self, member: Member, user: &str, since: Option<u64>, epoch: Option<String>) {
@@ -1425,22 +1601,17 @@ impl<L: RedisLink> Broker for RedisBroker<L> {
     }
 
     fn idle(&mut self, worker: WorkerId, channel: &str) {
-        let Some(state) = self.channels.get_mut(channel) else {
+        let Some(c) = self.channels.get_mut(channel) else {
             return;
         };
-        if let Local::Channel { workers, .. } = &mut state.local {
-            *workers &= !1u64.checked_shl(worker as u32).unwrap_or(0);
-            if *workers == 0 && state.waiting.is_empty() {
-                self.remove_state(&StreamKey::channel(channel));
-            }
+        c.workers &= !1u64.checked_shl(worker as u32).unwrap_or(0);
+        if c.workers == 0 && !c.state.has_waiting() {
+            self.remove_state(&StreamKey::channel(channel));
         }
     }
 
     fn channel_workers(&self, channel: &str) -> u64 {
-        match self.channels.get(channel).map(|s| &s.local) {
-            Some(Local::Channel { workers, .. }) => *workers,
-            _ => 0,
-        }
+        self.channels.get(channel).map_or(0, |c| c.workers)
     }
 
     fn find_user(&self, name: &str) -> Option<UserId> {
@@ -1494,7 +1665,7 @@ impl<L: RedisLink> Broker for RedisBroker<L> {
     }
 
     fn stream_counts(&self) -> (usize, usize) {
-        (self.channels.len(), self.user_streams.len())
+        (self.channels.len(), self.user_stream_count)
     }
 
     /// History is held by Redis, not here.

@@ -383,9 +383,17 @@ fn after_a_pubsub_drop_every_live_stream_catches_up_and_waiting_subscribes_are_a
         link: LinkKind::PubSub,
         up: true,
     });
+    // The new connection listens to nothing: the broker subscribes its topics again, and
+    // reads only once they are confirmed.
+    assert_eq!(
+        rig.broker.link.pubsub.last(),
+        Some(&PubSubOp::Subscribe(vec![key()]))
+    );
+    assert_eq!(rig.broker.link.ops.len(), sent, "no read before the topic");
+    rig.reply(Reply::Listening(vec![key()]));
     assert!(
         rig.broker.link.ops.len() > sent,
-        "reads after the link came back"
+        "reads once the topic is confirmed"
     );
     // Answer every read sent since: the stream moved to 4 meanwhile.
     let reads: Vec<OpId> = rig.broker.link.ops[sent..]
@@ -435,6 +443,135 @@ fn users_join_and_leave_their_stream_and_control_entries_reach_everyone() {
     rig.broker.broadcast("1", Some(9));
     let id = rig.broker.link.ops.last().and_then(Op::id).unwrap();
     assert_eq!(rig.reply(Reply::Appended { id }), ["stored 9 Control"]);
+}
+
+/// Is `key`'s busy part (waiters, reads, held messages) allocated?
+fn busy(broker: &mut RedisBroker<FakeLink>, key: &StreamKey) -> bool {
+    broker.state_mut(key).is_some_and(|s| s.busy.is_some())
+}
+
+#[test]
+fn an_idle_stream_keeps_no_busy_part_and_a_gap_makes_one_until_it_is_filled() {
+    let mut rig = Rig::new();
+    rig.broker.subscribe(m(1), news(), None, None);
+    assert!(
+        busy(&mut rig.broker, &key()),
+        "a subscribe waits for its topic"
+    );
+    rig.reply(Reply::Listening(vec![key()]));
+    assert!(busy(&mut rig.broker, &key()), "its read is in flight");
+    let id = rig.last_read(None);
+    assert_eq!(rig.read_reply(id, 7, 0, 1), ["subscribed 1 at 0 None []"]);
+    assert!(!busy(&mut rig.broker, &key()), "answered and idle");
+    assert_eq!(rig.message(1, 7).len(), 1);
+    assert!(
+        !busy(&mut rig.broker, &key()),
+        "an in-order message needs nothing"
+    );
+    assert!(rig.message(3, 7).is_empty(), "3 waits for 2");
+    assert!(
+        busy(&mut rig.broker, &key()),
+        "3 is held while the gap is read"
+    );
+    let id = rig.last_read(Some(1));
+    assert_eq!(rig.read_reply(id, 7, 3, 2).len(), 2, "2 and 3");
+    assert!(!busy(&mut rig.broker, &key()), "the gap is filled");
+    // A read that fails leaves the stream wanting one, not a busy part.
+    rig.broker.subscribe(m(2), news(), Some(0), Some(e(7)));
+    let id = rig.last_read(Some(0));
+    rig.reply(Reply::Failed {
+        id,
+        reason: "test".into(),
+    });
+    assert!(busy(&mut rig.broker, &key()), "its waiter waits");
+    rig.now += Duration::from_secs(1);
+    let sent = rig.broker.link.ops.len();
+    rig.reply(Reply::Link {
+        link: LinkKind::Commands,
+        up: true,
+    });
+    // A catch-up (the link came back) and the waiter's read.
+    let reads: Vec<OpId> = rig.broker.link.ops[sent..]
+        .iter()
+        .filter_map(Op::id)
+        .collect();
+    assert_eq!(reads.len(), 2);
+    assert!(rig.read_reply(reads[0], 7, 3, 4).is_empty());
+    assert!(busy(&mut rig.broker, &key()), "one read still in flight");
+    let events = rig.read_reply(reads[1], 7, 3, 1);
+    assert_eq!(events, ["subscribed 2 at 3 Some(true) [1, 2, 3]"]);
+    assert!(!busy(&mut rig.broker, &key()));
+}
+
+#[test]
+fn user_streams_live_in_their_users_slot_and_a_reused_slot_is_a_new_stream() {
+    let mut rig = Rig::new();
+    let ann = StreamKey::user("ann");
+    rig.broker.join_user(m(1), "ann", None, None);
+    rig.reply(Reply::Listening(vec![ann.clone()]));
+    let first = rig.last_read(None);
+    let id = rig.broker.find_user("ann").unwrap();
+    assert_eq!(rig.broker.stream_counts(), (0, 1));
+    rig.broker.leave_user(m(1), id);
+    assert_eq!(rig.broker.stream_counts(), (0, 0));
+    // Bob takes ann's slot: ann's late read answers nothing, bob's stream starts unread.
+    rig.broker.join_user(m(2), "bob", None, None);
+    let bob = rig.broker.find_user("bob").unwrap();
+    assert_eq!(bob.index(), id.index(), "the slot is reused");
+    assert_ne!(bob, id);
+    assert!(
+        rig.read_reply(first, 3, 5, 6).is_empty(),
+        "ann's read is stale"
+    );
+    assert_eq!(rig.broker.stream_counts(), (0, 1));
+    rig.reply(Reply::Listening(vec![StreamKey::user("bob")]));
+    let read = rig.last_read(None);
+    assert_eq!(rig.read_reply(read, 4, 0, 1), ["subscribed 2 at 0 None []"]);
+    assert!(!busy(&mut rig.broker, &StreamKey::user("bob")));
+    assert_eq!(rig.broker.user_streams.len(), 1, "one slot for both");
+}
+
+#[test]
+fn tables_sized_by_a_burst_of_reads_shrink_once_it_is_answered() {
+    let mut rig = Rig::new();
+    for n in 0..5000 {
+        rig.broker.join_user(m(n), &format!("u{n}"), None, None);
+    }
+    let keys: Vec<StreamKey> = (0..5000)
+        .map(|n| StreamKey::user(&format!("u{n}")))
+        .collect();
+    rig.reply(Reply::Listening(keys));
+    let reads: Vec<OpId> = rig.broker.link.ops.iter().filter_map(Op::id).collect();
+    assert_eq!(reads.len(), 5000);
+    assert!(rig.broker.ops.capacity() >= 5000);
+    for id in reads {
+        rig.broker.link.replies.push_back(Reply::Read {
+            id,
+            epoch: 1,
+            top: 0,
+            entries: Vec::new(),
+        });
+    }
+    rig.broker.tick(rig.now);
+    assert_eq!(rig.events().len(), 5000, "every join answered");
+    assert!(rig.broker.ops.capacity() <= SHRINK_FLOOR, "ops shrank");
+    // The deadlines of answered ops leave when due; the events were taken.
+    rig.now += TIMEOUT;
+    rig.broker.tick(rig.now);
+    assert!(
+        rig.broker.events.capacity() <= SHRINK_FLOOR,
+        "events shrank"
+    );
+    assert!(
+        rig.broker.deadlines.capacity() <= SHRINK_FLOOR,
+        "deadlines shrank"
+    );
+    assert!(rig
+        .broker
+        .user_streams
+        .iter()
+        .flatten()
+        .all(|(_, s)| s.busy.is_none()));
 }
 
 #[test]
@@ -769,15 +906,13 @@ mod randomized {
         command_out: VecDeque<Reply>,
         commands_up: bool,
         frozen_until: Instant,
-        /// Pub/sub thread: its topic set, the topics Redis delivers, those awaiting their
-        /// confirmation, those owed a `Listening` once the link is up.
-        topics: HashSet<StreamKey>,
+        /// Pub/sub thread (it keeps no topic set): the topics Redis delivers, those awaiting
+        /// their confirmation.
         active: HashSet<StreamKey>,
         confirming: Vec<StreamKey>,
-        owed: Vec<StreamKey>,
         pubsub_out: VecDeque<Reply>,
-        /// 0: up; 1: down; 2: subscribed again, `Link up` not yet sent.
-        pubsub_state: u8,
+        /// The pub/sub link is down (the thread drops the ops it gets meanwhile).
+        pubsub_down: bool,
         subs: Vec<Sub>,
         next_conn: u32,
         /// The last cursor of subscribers that left, per channel (for re-subscribes).
@@ -829,12 +964,10 @@ mod randomized {
                 command_out: VecDeque::new(),
                 commands_up: true,
                 frozen_until: now,
-                topics: HashSet::new(),
                 active: HashSet::new(),
                 confirming: Vec::new(),
-                owed: Vec::new(),
                 pubsub_out: VecDeque::new(),
-                pubsub_state: 0,
+                pubsub_down: false,
                 subs: Vec::new(),
                 next_conn: 1,
                 left: HashMap::new(),
@@ -993,22 +1126,14 @@ mod randomized {
             }
             for op in std::mem::take(&mut self.broker.link.pubsub) {
                 match op {
-                    PubSubOp::Subscribe(keys) => {
-                        for key in keys {
-                            self.topics.insert(key.clone());
-                            if self.pubsub_state == 1 {
-                                self.owed.push(key);
-                            } else {
-                                self.confirming.push(key);
-                            }
-                        }
+                    PubSubOp::Subscribe(keys) if self.pubsub_down => {
+                        self.note(format!("  the pub/sub thread drops SUBSCRIBE {keys:?}"));
                     }
+                    PubSubOp::Subscribe(keys) => self.confirming.extend(keys),
                     PubSubOp::Unsubscribe(keys) => {
                         for key in keys {
-                            self.topics.remove(&key);
                             self.active.remove(&key);
                             self.confirming.retain(|k| *k != key);
-                            self.owed.retain(|k| *k != key);
                         }
                     }
                 }
@@ -1323,7 +1448,7 @@ mod randomized {
         }
 
         fn pubsub_down(&mut self) {
-            if self.pubsub_state == 1 {
+            if self.pubsub_down {
                 return;
             }
             self.note("pub/sub link drops".into());
@@ -1340,37 +1465,25 @@ mod randomized {
                 link: LinkKind::PubSub,
                 up: false,
             });
-            self.pubsub_state = 1;
+            self.pubsub_down = true;
+            // The new connection will listen to nothing; a subscribe in progress is lost.
             self.active.clear();
-            self.owed.append(&mut self.confirming);
+            self.confirming.clear();
         }
 
         fn pubsub_back(&mut self) {
-            match self.pubsub_state {
-                1 => {
-                    self.note("pub/sub link subscribes its topics again".into());
-                    self.active = self.topics.clone();
-                    self.pubsub_state = 2;
-                }
-                2 => {
-                    self.note("pub/sub link up".into());
-                    self.pubsub_out.push_back(Reply::Link {
-                        link: LinkKind::PubSub,
-                        up: true,
-                    });
-                    if !self.owed.is_empty() {
-                        let owed = std::mem::take(&mut self.owed);
-                        self.active.extend(owed.iter().cloned());
-                        self.pubsub_out.push_back(Reply::Listening(owed));
-                    }
-                    self.pubsub_state = 0;
-                }
-                _ => {}
+            if self.pubsub_down {
+                self.note("pub/sub link up (listening to nothing)".into());
+                self.pubsub_out.push_back(Reply::Link {
+                    link: LinkKind::PubSub,
+                    up: true,
+                });
+                self.pubsub_down = false;
             }
         }
 
         fn confirm(&mut self) {
-            if self.pubsub_state != 0 || self.confirming.is_empty() {
+            if self.pubsub_down || self.confirming.is_empty() {
                 return;
             }
             let key = self.confirming.remove(0);
@@ -1481,7 +1594,6 @@ mod randomized {
             self.frozen_until = self.now;
             self.commands_back();
             self.pubsub_back();
-            self.pubsub_back();
             self.drain();
             for channel in CHANNELS {
                 if self.subs.iter().any(|s| s.channel == channel) {
@@ -1503,6 +1615,11 @@ mod randomized {
                 self.check_events();
             }
             self.drain();
+            for channel in self.broker.channels.values() {
+                if channel.state.busy.is_some() {
+                    self.fail("a settled stream kept its busy part");
+                }
+            }
             for sub in &self.subs {
                 let key = key_of(sub.channel);
                 let Some((e, last)) = sub.cursor else {

@@ -242,7 +242,8 @@ impl Op {
 }
 
 /// Hub thread → pub/sub thread: which stream topics this node listens to. The pub/sub thread
-/// keeps the set and subscribes it again, in batches, after a reconnect.
+/// keeps no set: a new connection listens to nothing, so after [`Reply::Link`] `up` the
+/// broker subscribes every topic again (ops sent while the link is down are dropped).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PubSubOp {
     /// SUBSCRIBE to these streams' topics; confirmed by [`Reply::Listening`].
@@ -326,7 +327,7 @@ pub enum Reply {
         data: Arc<str>,
     },
     /// These topics are subscribed: every message published on them from now on will be
-    /// reported.
+    /// reported (one reply may confirm several [`PubSubOp::Subscribe`]s queued together).
     Listening(Vec<StreamKey>),
     /// A control-stream entry (every node reads each entry once, from its own position).
     Control(ControlEntry),
@@ -340,8 +341,9 @@ pub enum Reply {
         run_id: String,
     },
     /// A link went down (every op in flight on it gets [`Reply::Failed`]; on the pub/sub link,
-    /// messages may have been missed) or came back up (on the pub/sub link: every topic of
-    /// the set is subscribed again).
+    /// messages may have been missed and no topic is subscribed any more) or came back up (on
+    /// the pub/sub link: with no topic subscribed but this node's own; the broker subscribes
+    /// its topics again).
     Link {
         /// Which link.
         link: LinkKind,

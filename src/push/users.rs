@@ -33,6 +33,13 @@ impl UserId {
         self.0.get() as u32 as usize
     }
 
+    /// The user's slot number: dense from 0 and below the most users held at once
+    /// (a slot is reused after its user is gone, under a new generation), so a table of
+    /// per-user state can be a `Vec` indexed by it, checked against the whole id.
+    pub fn index(self) -> usize {
+        self.slot()
+    }
+
     fn generation(self) -> u32 {
         (self.0.get() >> 32) as u32
     }

@@ -77,7 +77,7 @@ struct Session {
 }
 
 /// Runs the command thread until the link is dropped (the op queue closes).
-pub(super) fn run(ctx: &Ctx, ops: &Receiver<Op>) {
+pub(super) fn run(ctx: &Ctx, ops: &Receiver<Box<Op>>) {
     let mut state = LinkState::new(LinkKind::Commands);
     let mut backoff = Backoff::new();
     let mut out = Vec::new();
@@ -125,10 +125,10 @@ pub(super) fn run(ctx: &Ctx, ops: &Receiver<Op>) {
             Err(RecvTimeoutError::Disconnected) => return,
         };
         let mut batch = Vec::with_capacity(BATCH.min(64));
-        batch.push(first);
+        batch.push(*first);
         while batch.len() < BATCH {
             match ops.try_recv() {
-                Ok(op) => batch.push(op),
+                Ok(op) => batch.push(*op),
                 Err(_) => break,
             }
         }
@@ -145,7 +145,7 @@ pub(super) fn run(ctx: &Ctx, ops: &Receiver<Op>) {
 
 /// Answers every op arriving before `deadline` with [`Reply::Failed`] (the link is down).
 /// `false` if the queue closed (the link was dropped).
-fn fail_until(ctx: &Ctx, ops: &Receiver<Op>, deadline: Instant) -> bool {
+fn fail_until(ctx: &Ctx, ops: &Receiver<Box<Op>>, deadline: Instant) -> bool {
     let mut out = Vec::new();
     loop {
         let now = Instant::now();
@@ -157,9 +157,9 @@ fn fail_until(ctx: &Ctx, ops: &Receiver<Op>, deadline: Instant) -> bool {
         }
         match ops.recv_timeout((deadline - now).min(Duration::from_millis(50))) {
             Ok(op) => {
-                fail_all(std::slice::from_ref(&op), "redis: link down", &mut out);
+                fail_all(std::slice::from_ref(&*op), "redis: link down", &mut out);
                 while let Ok(op) = ops.try_recv() {
-                    fail_all(std::slice::from_ref(&op), "redis: link down", &mut out);
+                    fail_all(std::slice::from_ref(&*op), "redis: link down", &mut out);
                 }
                 ctx.deliver(&mut out);
             }

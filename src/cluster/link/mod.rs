@@ -5,8 +5,9 @@
 //!   (the Lua scripts `publish.lua`, `read.lua`, `renew.lua` by `EVALSHA`, falling back to
 //!   `EVAL` on `NOSCRIPT`; `XADD`, `SET`, … for the rest), answers each op and wakes the hub
 //!   once per batch.
-//! - `pubsub`: a RESP3 connection in subscribe mode; keeps the set of topics, subscribes it
-//!   again after a reconnect, turns published messages into [`Reply::Message`].
+//! - `pubsub`: a RESP3 connection in subscribe mode; subscribes and unsubscribes the topics
+//!   the broker asks for (which subscribes all of them again after a reconnect), turns
+//!   published messages into [`Reply::Message`].
 //! - `control`: reads the control stream with `XREAD BLOCK` from its own position.
 //!
 //! Nothing here blocks the hub: [`Link::start`] returns at once, [`Link::send`] and
@@ -14,7 +15,9 @@
 //! hub's `Waker` fires. Each link reports [`Reply::Link`] when it goes down or comes back.
 //!
 //! Memory bounds: ops wait in a queue of [`OP_QUEUE`] (an op that finds it full fails at
-//! once with [`Reply::Failed`]); while the command link is down every op fails at once.
+//! once with [`Reply::Failed`]); while the command link is down every op fails at once. The
+//! queue holds boxed ops: its slots are allocated up front, and a pointer each (16 bytes with
+//! the channel's stamp, 256 KiB in all) beats a whole [`Op`] each (over 100 bytes, 1.7 MB).
 //! Pub/sub ops are small and few (one per subscription change). Replies wait in an unbounded
 //! channel that the hub drains on every turn it is woken for; it is bounded by what Redis
 //! sends between two hub turns.
@@ -51,8 +54,8 @@ const JOIN_WAIT: Duration = Duration::from_secs(3);
 
 /// The three Redis threads of one node. Dropping it stops them (a bounded wait).
 pub struct Link {
-    /// To the command thread; `None` once dropping.
-    ops: Option<SyncSender<Op>>,
+    /// To the command thread (boxed: see the module doc); `None` once dropping.
+    ops: Option<SyncSender<Box<Op>>>,
     /// To the pub/sub thread; `None` once dropping.
     pubsub: Option<Sender<PubSubOp>>,
     /// From all three threads.
@@ -126,7 +129,7 @@ impl Link {
     /// has stopped) the op is answered at once with [`Reply::Failed`].
     pub fn send(&self, op: Op) {
         let Some(ops) = &self.ops else { return };
-        let (op, reason) = match ops.try_send(op) {
+        let (op, reason) = match ops.try_send(Box::new(op)) {
             Ok(()) => return,
             Err(TrySendError::Full(op)) => (op, "the Redis command queue is full"),
             Err(TrySendError::Disconnected(op)) => (op, "the Redis command thread stopped"),
@@ -286,6 +289,11 @@ impl LinkState {
             log::warn!("redis {:?}: {what}: {reason}", self.kind);
             self.last_error = Some(reason);
         }
+    }
+
+    /// Was the link last reported up?
+    fn is_up(&self) -> bool {
+        self.reported == Some(true)
     }
 
     /// Queues [`Reply::Link`] into `out` if `up` differs from what was last reported.

@@ -7,10 +7,13 @@
 //! between reads, write the `SUBSCRIBE`s and `UNSUBSCRIBE`s the hub asked for, on the same
 //! connection, without the crate's `PubSub` wrapper (which cannot see confirmations).
 //!
-//! The thread keeps the full topic set. A [`PubSubOp::Subscribe`] is written as `SUBSCRIBE`s
-//! of up to [`CHUNK`] topics each and answered [`Reply::Listening`] once Redis confirmed every
-//! topic. After a reconnect the whole set is subscribed again, chunk by chunk, and only then
-//! is [`Reply::Link`] `up` sent (followed by `Listening` for subscribes that came while down).
+//! The thread keeps no topic set (the broker knows which streams it listens to: one set per
+//! node, not two). The [`PubSubOp::Subscribe`]s queued together are written as `SUBSCRIBE`s
+//! of up to [`CHUNK`] topics each and answered by one [`Reply::Listening`] once Redis
+//! confirmed every topic (an [`PubSubOp::Unsubscribe`] queued between them keeps its place).
+//! A new connection listens to nothing: [`Reply::Link`] `up` tells the broker to subscribe
+//! every topic again, and ops that come while the link is down are dropped (`down` told the
+//! broker that nothing is subscribed any more).
 //!
 //! Liveness: after [`PROBE_AFTER`] without a byte from Redis, the thread subscribes again to
 //! its own probe topic (`PREFIX:probe:NODE`), which Redis confirms with a push; after
@@ -53,8 +56,6 @@ pub(super) fn run(ctx: &Ctx, ops: &Receiver<PubSubOp>) {
             return;
         }
     };
-    let mut topics: HashSet<StreamKey> = HashSet::new();
-    let mut owed: Vec<StreamKey> = Vec::new();
     let mut state = LinkState::new(LinkKind::PubSub);
     let mut backoff = Backoff::new();
     let mut out = Vec::new();
@@ -62,26 +63,25 @@ pub(super) fn run(ctx: &Ctx, ops: &Receiver<PubSubOp>) {
         if ctx.stopped() {
             return;
         }
-        let mut sub = match Sub::open(ctx, &client, &topics, &mut out) {
+        // Ops queued while down are void: `down` (or no `up` yet) means nothing is
+        // subscribed, and `up` has the broker subscribe everything again.
+        if !state.is_up() && !discard(ops) {
+            return;
+        }
+        let mut sub = match Sub::open(ctx, &client, &mut out) {
             Ok(sub) => sub,
             Err(e) => {
                 state.failed("connecting", &e, ctx.timeout());
                 state.set(false, &mut out);
                 ctx.deliver(&mut out);
                 sleep_unless_stopped(ctx, backoff.delay());
-                if !absorb(ops, &mut topics, &mut owed) {
-                    return;
-                }
                 continue;
             }
         };
         backoff.reset();
         state.set(true, &mut out);
-        if !owed.is_empty() {
-            out.push(Reply::Listening(std::mem::take(&mut owed)));
-        }
         ctx.deliver(&mut out);
-        let result = sub.serve(ops, &mut topics, &mut owed, &mut out);
+        let result = sub.serve(ops, &mut out);
         if ctx.stopped() {
             return;
         }
@@ -105,25 +105,12 @@ fn resp3_client(ctx: &Ctx) -> redis::RedisResult<redis::Client> {
     redis::Client::open(info.set_redis_settings(settings))
 }
 
-/// Applies the ops that came while the link is down to the topic set; the subscribes among
-/// them are owed a `Listening` once it is up. `false` if the link was dropped.
-fn absorb(
-    ops: &Receiver<PubSubOp>,
-    topics: &mut HashSet<StreamKey>,
-    owed: &mut Vec<StreamKey>,
-) -> bool {
+/// Drops the ops queued while the link is down (the broker subscribes every topic again
+/// once it is up). `false` if the link was dropped.
+fn discard(ops: &Receiver<PubSubOp>) -> bool {
     loop {
         match ops.try_recv() {
-            Ok(PubSubOp::Subscribe(keys)) => {
-                topics.extend(keys.iter().cloned());
-                owed.extend(keys);
-            }
-            Ok(PubSubOp::Unsubscribe(keys)) => {
-                for k in &keys {
-                    topics.remove(k);
-                }
-                owed.retain(|k| !keys.contains(k));
-            }
+            Ok(_) => {}
             Err(TryRecvError::Empty) => return true,
             Err(TryRecvError::Disconnected) => return false,
         }
@@ -147,12 +134,11 @@ struct Sub<'a> {
 }
 
 impl<'a> Sub<'a> {
-    /// Connects and subscribes the probe topic and every topic of `topics`; messages that
+    /// Connects and subscribes this node's own topics (probe and inbox); messages that
     /// arrive meanwhile go to `out`.
     fn open(
         ctx: &'a Ctx,
         client: &redis::Client,
-        topics: &HashSet<StreamKey>,
         out: &mut Vec<Reply>,
     ) -> redis::RedisResult<Sub<'a>> {
         let con = ctx.connect(client, POLL)?;
@@ -167,8 +153,6 @@ impl<'a> Sub<'a> {
         };
         let own = [sub.probe.clone(), sub.inbox.clone()];
         sub.subscribe(own.into_iter(), out)?;
-        let names = topics.iter().map(|k| ctx.keys.topic(k));
-        sub.subscribe(names, out)?;
         Ok(sub)
     }
 
@@ -208,6 +192,23 @@ impl<'a> Sub<'a> {
         Ok(())
     }
 
+    /// Subscribes the topics of `batch` (taking them) and queues their one `Listening`.
+    fn subscribe_batch(
+        &mut self,
+        batch: &mut Vec<StreamKey>,
+        out: &mut Vec<Reply>,
+    ) -> redis::RedisResult<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let keys = std::mem::take(batch);
+        let ctx = self.ctx;
+        let names = keys.iter().map(|k| ctx.keys.topic(k));
+        self.subscribe(names, out)?;
+        out.push(Reply::Listening(keys));
+        Ok(())
+    }
+
     /// Unsubscribes `names`, [`CHUNK`] per command (the confirmations are not waited for).
     fn unsubscribe(&mut self, names: &[String]) -> redis::RedisResult<()> {
         for chunk in names.chunks(CHUNK) {
@@ -219,15 +220,14 @@ impl<'a> Sub<'a> {
 
     /// Serves the hub's ops and delivers messages until the link fails (`Err`), the link is
     /// dropped (`Ok(false)`) or the connection went silent (`Ok(true)`: reconnect). A
-    /// subscribe cut short by a failure stays in `topics` and its keys go to `owed` (confirmed
-    /// after the reconnect).
+    /// subscribe cut short by a failure is not confirmed (the broker subscribes it again once
+    /// the link is back up).
     fn serve(
         &mut self,
         ops: &Receiver<PubSubOp>,
-        topics: &mut HashSet<StreamKey>,
-        owed: &mut Vec<StreamKey>,
         out: &mut Vec<Reply>,
     ) -> redis::RedisResult<bool> {
+        let mut batch: Vec<StreamKey> = Vec::new();
         loop {
             if self.ctx.stopped() {
                 return Ok(false);
@@ -235,20 +235,14 @@ impl<'a> Sub<'a> {
             loop {
                 match ops.try_recv() {
                     Ok(PubSubOp::Subscribe(keys)) => {
-                        topics.extend(keys.iter().cloned());
-                        let names: Vec<String> =
-                            keys.iter().map(|k| self.ctx.keys.topic(k)).collect();
-                        if let Err(e) = self.subscribe(names.into_iter(), out) {
-                            // The topics stay in the set: the reconnect subscribes them.
-                            owed.extend(keys);
-                            return Err(e);
+                        if batch.is_empty() {
+                            batch = keys;
+                        } else {
+                            batch.extend(keys);
                         }
-                        out.push(Reply::Listening(keys));
                     }
                     Ok(PubSubOp::Unsubscribe(keys)) => {
-                        for k in &keys {
-                            topics.remove(k);
-                        }
+                        self.subscribe_batch(&mut batch, out)?;
                         let names: Vec<String> =
                             keys.iter().map(|k| self.ctx.keys.topic(k)).collect();
                         self.unsubscribe(&names)?;
@@ -257,6 +251,8 @@ impl<'a> Sub<'a> {
                     Err(TryRecvError::Disconnected) => return Ok(false),
                 }
             }
+            self.subscribe_batch(&mut batch, out)?;
+            self.ctx.deliver(out);
             let mut none = HashSet::new();
             let batch_start = Instant::now();
             for _ in 0..READ_BATCH {
