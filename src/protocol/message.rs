@@ -25,6 +25,7 @@
 //! ```
 
 use crate::protocol::close::{parse_close_payload, CloseFrame};
+use crate::protocol::deflate::{InflateError, Inflater, Lease};
 use crate::protocol::error::ProtocolError;
 use crate::protocol::frame::{FrameHeader, OpCode};
 use crate::protocol::mask::apply_mask;
@@ -87,9 +88,10 @@ pub struct Step<'a> {
     /// What the consumed bytes completed, if anything; `None` with `consumed == 0` means the
     /// input holds no complete header (or control frame) yet: read more.
     pub event: Option<Event<'a>>,
-    /// The message in `event` had RSV1 on its first frame (permessage-deflate, RFC 7692 §6):
-    /// its data is compressed, and its UTF-8 was not checked (the caller inflates, then
-    /// checks).
+    /// The message in `event` had RSV1 on its first frame (permessage-deflate, RFC 7692 §6).
+    /// From [`Decoder::decode_with`] its data is still compressed and its UTF-8 unchecked
+    /// (the caller inflates, then checks); from [`Decoder::decode_inflating`] it is already
+    /// inflated and checked.
     pub compressed: bool,
 }
 
@@ -123,8 +125,14 @@ struct Assembly {
     kind: MessageKind,
     /// RSV1 was set on the first frame: the data is deflated; UTF-8 is checked after inflating.
     compressed: bool,
+    /// Payload bytes received so far (compressed ones for a compressed message): what the
+    /// §10.4 limit counts, whether they are kept or not.
+    received: u64,
+    /// The payload so far; stays empty for a message inflated as it arrives.
     data: Vec<u8>,
     utf8: Utf8Validator,
+    /// A compressed message inflated as it arrives holds the worker's streaming inflater.
+    lease: Option<Lease>,
 }
 
 impl Decoder {
@@ -167,13 +175,44 @@ impl Decoder {
         config: &DecoderConfig,
         permessage_deflate: bool,
     ) -> Result<Step<'a>, ProtocolError> {
+        self.decode_inner(input, config, permessage_deflate, None)
+    }
+
+    /// [`Decoder::decode`] on a connection that negotiated permessage-deflate, inflating
+    /// compressed messages with the worker's `inflater` (lend the same one on every call) as
+    /// their bytes arrive: the message is delivered inflated, its text checked as UTF-8 as it
+    /// is produced. The compressed bytes are never kept, except those of a message that spans
+    /// reads while another connection holds the streaming inflater (see [`Inflater`]). Errors
+    /// come as soon as the bytes read show them: [`ProtocolError::InflatedTooBig`] once the
+    /// output passes `max_message_size`, [`ProtocolError::BadCompressedData`],
+    /// [`ProtocolError::InvalidUtf8`]. The compressed size is limited too, from the header.
+    pub fn decode_inflating<'a>(
+        &'a mut self,
+        input: &'a mut [u8],
+        config: &DecoderConfig,
+        inflater: &'a mut Inflater,
+    ) -> Result<Step<'a>, ProtocolError> {
+        self.decode_inner(input, config, true, Some(inflater))
+    }
+
+    fn decode_inner<'a>(
+        &'a mut self,
+        input: &'a mut [u8],
+        config: &DecoderConfig,
+        permessage_deflate: bool,
+        mut inflater: Option<&'a mut Inflater>,
+    ) -> Result<Step<'a>, ProtocolError> {
+        if let Some(inflater) = inflater.as_deref_mut() {
+            // The last message's output has been used: a large one's buffer goes.
+            inflater.trim();
+        }
         if let Some(partial) = self.partial.as_deref_mut() {
             if partial.delivered {
                 partial.message = None;
                 partial.delivered = false;
             }
             if partial.frame.is_some() {
-                return self.continue_payload(input, 0);
+                return self.continue_payload(input, 0, config, inflater);
             }
             if partial.message.is_none() {
                 self.partial = None;
@@ -230,7 +269,7 @@ impl Decoder {
         }
 
         let in_message = self.buffered_message().is_some();
-        let so_far = self.buffered_message().map_or(0, |m| m.data.len() as u64);
+        let so_far = self.buffered_message().map_or(0, |m| m.received);
         let kind = match (header.opcode, in_message) {
             (OpCode::Continuation, false) => return Err(ProtocolError::UnexpectedContinuation),
             (OpCode::Text | OpCode::Binary, true) => {
@@ -258,6 +297,18 @@ impl Decoder {
             if kind == MessageKind::Text && !compressed && std::str::from_utf8(payload).is_err() {
                 return Err(ProtocolError::InvalidUtf8);
             }
+            if let (true, Some(inflater)) = (compressed, inflater) {
+                let text = kind == MessageKind::Text;
+                let limit = config.max_message_size;
+                let data = inflater
+                    .inflate_message(payload, text, limit)
+                    .map_err(|e| inflate_error(e, limit))?;
+                return Ok(Step {
+                    consumed: total as usize,
+                    event: Some(Event::Message { kind, data }),
+                    compressed,
+                });
+            }
             return Ok(Step {
                 consumed: total as usize,
                 event: Some(Event::Message {
@@ -270,11 +321,19 @@ impl Decoder {
 
         let partial = self.partial.get_or_insert_with(Box::default);
         if let Some(kind) = kind {
+            let lease = match inflater.as_deref_mut() {
+                Some(inflater) if compressed => {
+                    inflater.claim(kind == MessageKind::Text, config.max_message_size)
+                }
+                _ => None,
+            };
             partial.message = Some(Assembly {
                 kind,
                 compressed,
+                received: 0,
                 data: Vec::new(),
                 utf8: Utf8Validator::new(),
+                lease,
             });
         }
         partial.frame = Some(PayloadProgress {
@@ -283,18 +342,21 @@ impl Decoder {
             offset: 0,
             fin: header.fin,
         });
-        self.continue_payload(input, header_len)
+        self.continue_payload(input, header_len, config, inflater)
     }
 
     fn buffered_message(&self) -> Option<&Assembly> {
         self.partial.as_ref().and_then(|p| p.message.as_ref())
     }
 
-    /// Absorbs payload bytes of the data frame in progress from `input[start..]`.
+    /// Absorbs payload bytes of the data frame in progress from `input[start..]`: kept, or
+    /// inflated at once when the message holds a lease on the `inflater`.
     fn continue_payload<'a>(
         &'a mut self,
         input: &'a mut [u8],
         start: usize,
+        config: &DecoderConfig,
+        mut inflater: Option<&'a mut Inflater>,
     ) -> Result<Step<'a>, ProtocolError> {
         let Some(partial) = self.partial.as_deref_mut() else {
             return Ok(Step {
@@ -317,6 +379,7 @@ impl Decoder {
         if let Some(key) = frame.key {
             apply_mask(chunk, key, frame.offset);
         }
+        let limit = config.max_message_size;
         let check_utf8 = message.kind == MessageKind::Text && !message.compressed;
         if check_utf8 {
             message
@@ -324,7 +387,14 @@ impl Decoder {
                 .feed(chunk)
                 .map_err(|_| ProtocolError::InvalidUtf8)?;
         }
-        message.data.extend_from_slice(chunk);
+        message.received += n as u64;
+        match (&message.lease, inflater.as_deref_mut()) {
+            (Some(lease), Some(inflater)) => inflater
+                .feed(lease, chunk)
+                .map_err(|e| inflate_error(e, limit))?,
+            (Some(_), None) => return Err(ProtocolError::BadCompressedData),
+            (None, _) => message.data.extend_from_slice(chunk),
+        }
         frame.remaining -= n as u64;
         frame.offset += n;
         let consumed = start + n;
@@ -346,14 +416,34 @@ impl Decoder {
                 .map_err(|_| ProtocolError::InvalidUtf8)?;
         }
         partial.delivered = true;
+        let text = message.kind == MessageKind::Text;
+        let data = match (message.lease.take(), inflater) {
+            (Some(lease), Some(inflater)) => inflater
+                .finish(lease)
+                .map_err(|e| inflate_error(e, limit))?,
+            (None, Some(inflater)) if message.compressed => inflater
+                .inflate_message(&message.data, text, limit)
+                .map_err(|e| inflate_error(e, limit))?,
+            (Some(_), None) => return Err(ProtocolError::BadCompressedData),
+            (None, _) => &message.data,
+        };
         Ok(Step {
             consumed,
             event: Some(Event::Message {
                 kind: message.kind,
-                data: &message.data,
+                data,
             }),
             compressed: message.compressed,
         })
+    }
+}
+
+/// The rule a compressed message broke (RFC 7692 §7.2.2, RFC 6455 §8.1 and §10.4).
+fn inflate_error(error: InflateError, limit: usize) -> ProtocolError {
+    match error {
+        InflateError::TooBig => ProtocolError::InflatedTooBig { limit },
+        InflateError::BadData => ProtocolError::BadCompressedData,
+        InflateError::InvalidUtf8 => ProtocolError::InvalidUtf8,
     }
 }
 
@@ -367,6 +457,18 @@ impl Decoder {
 pub fn drive_chunks(
     chunks: &[&[u8]],
     config: &DecoderConfig,
+    on_event: impl FnMut(Event<'_>),
+) -> Result<(), ProtocolError> {
+    drive_chunks_with(chunks, config, None, on_event)
+}
+
+/// [`drive_chunks`], with permessage-deflate negotiated when an `inflater` is lent
+/// ([`Decoder::decode_inflating`]): compressed messages come out inflated.
+#[doc(hidden)]
+pub fn drive_chunks_with(
+    chunks: &[&[u8]],
+    config: &DecoderConfig,
+    mut inflater: Option<&mut Inflater>,
     mut on_event: impl FnMut(Event<'_>),
 ) -> Result<(), ProtocolError> {
     const MAX_LEFTOVER: usize =
@@ -379,7 +481,10 @@ pub fn drive_chunks(
         let mut pos = 0;
         loop {
             let available = buf.len() - pos;
-            let step = decoder.decode(&mut buf[pos..], config)?;
+            let step = match inflater.as_deref_mut() {
+                Some(inflater) => decoder.decode_inflating(&mut buf[pos..], config, inflater)?,
+                None => decoder.decode(&mut buf[pos..], config)?,
+            };
             assert!(step.consumed <= available, "consumed past the input");
             pos += step.consumed;
             match step.event {

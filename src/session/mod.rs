@@ -55,7 +55,7 @@ mod tests;
 pub use refusal::Refusal;
 
 use crate::protocol::close;
-use crate::protocol::deflate::{Agreement, InflateError, Inflater};
+use crate::protocol::deflate::{Agreement, Inflater};
 use crate::protocol::frame::{write_frame, OpCode};
 use crate::protocol::handshake::{
     parse_request, write_accept_response, HandshakeConfig, HandshakeError, Request, Upgrade,
@@ -446,10 +446,12 @@ impl Session {
     /// before the upgrade) the whole input is consumed and discarded.
     ///
     /// With permessage-deflate negotiated, a compressed message (RSV1, RFC 7692 §6) is
-    /// inflated whole with the worker's `inflater` (reset for each message) up to
-    /// `--max-message-size`: past it the connection is failed with 1009 as soon as the
-    /// output passes it, on bad deflate data with 1007; its UTF-8 is checked once inflated.
-    /// The message's data then borrows the inflater's buffer.
+    /// inflated with the worker's `inflater` (reset for each message; lend the same one on
+    /// every call) as its bytes arrive, up to `--max-message-size`: the connection is failed
+    /// with 1009 as soon as the output passes it, with 1007 on bad deflate data or on the
+    /// first byte of inflated text that is not UTF-8. The message's data then borrows the
+    /// inflater's buffer. See [`Inflater`] for what is kept while a compressed message spans
+    /// reads.
     pub fn handle_frames<'a>(
         &'a mut self,
         buf: &'a mut [u8],
@@ -465,8 +467,13 @@ impl Session {
             };
         }
         let len = buf.len();
-        let deflate = self.extensions.deflate();
-        let step = match self.decoder.decode_with(buf, &config.decoder, deflate) {
+        let decoded = if self.extensions.deflate() {
+            self.decoder
+                .decode_inflating(buf, &config.decoder, inflater)
+        } else {
+            self.decoder.decode(buf, &config.decoder)
+        };
+        let step = match decoded {
             Ok(step) => step,
             Err(error) => {
                 return fail(
@@ -480,29 +487,12 @@ impl Session {
                 )
             }
         };
-        let Some(mut event) = step.event else {
+        let Some(event) = step.event else {
             return Step {
                 consumed: step.consumed,
                 event: None,
             };
         };
-        if let (true, DecoderEvent::Message { kind, data }) = (step.compressed, &event) {
-            let kind = *kind;
-            match inflate_message(inflater, kind, data, config.decoder.max_message_size) {
-                Ok(data) => event = DecoderEvent::Message { kind, data },
-                Err(error) => {
-                    return fail(
-                        &mut self.state,
-                        &mut self.timer,
-                        error,
-                        len,
-                        now,
-                        config,
-                        tx,
-                    )
-                }
-            }
-        }
         self.timer.last_seen = now.short();
         self.timer.put(Liveness::PING_OUTSTANDING, false);
         let event = match event {
@@ -774,24 +764,6 @@ fn fail<'a>(
         consumed: len,
         event: Some(Event::ProtocolError(error)),
     }
-}
-
-/// A compressed message inflated into the worker's `inflater`, bounded by `limit`
-/// (RFC 7692 §7.2.2), its text checked as UTF-8; or the rule it broke.
-fn inflate_message<'a>(
-    inflater: &'a mut Inflater,
-    kind: MessageKind,
-    compressed: &[u8],
-    limit: usize,
-) -> Result<&'a [u8], ProtocolError> {
-    let inflated = inflater.inflate(compressed, limit).map_err(|e| match e {
-        InflateError::TooBig => ProtocolError::InflatedTooBig { limit },
-        InflateError::BadData => ProtocolError::BadCompressedData,
-    })?;
-    if kind == MessageKind::Text && std::str::from_utf8(inflated).is_err() {
-        return Err(ProtocolError::InvalidUtf8);
-    }
-    Ok(inflated)
 }
 
 /// Our answer to a peer's Close: its code echoed, or an empty Close for an empty one
