@@ -815,4 +815,257 @@ mod tests {
             })
         );
     }
+
+    // ---- permessage-deflate: inflating as the bytes arrive ---------------------------------
+
+    use crate::protocol::deflate::{Deflater, Inflater};
+
+    /// A masked frame with RSV1 set.
+    fn rsv1(fin: bool, op: OpCode, payload: &[u8]) -> Vec<u8> {
+        let mut frame = masked(fin, op, payload);
+        frame[0] |= 0x40;
+        frame
+    }
+
+    /// `body` as a compressed message of frames of at most `size` payload bytes.
+    fn compressed_frames(op: OpCode, body: &[u8], size: usize) -> Vec<u8> {
+        let pieces: Vec<&[u8]> = body.chunks(size).collect();
+        let last = pieces.len().saturating_sub(1);
+        let mut out = Vec::new();
+        for (i, piece) in pieces.iter().enumerate() {
+            match i {
+                0 => out.extend(rsv1(i == last, op, piece)),
+                _ => out.extend(masked(i == last, OpCode::Continuation, piece)),
+            }
+        }
+        if pieces.is_empty() {
+            out.extend(rsv1(true, op, b""));
+        }
+        out
+    }
+
+    fn run_inflating(
+        chunks: &[&[u8]],
+        config: &DecoderConfig,
+        inflater: &mut Inflater,
+    ) -> (Vec<Owned>, Option<ProtocolError>) {
+        let mut events = Vec::new();
+        let result = drive_chunks_with(chunks, config, Some(inflater), |e| events.push(own(e)));
+        (events, result.err())
+    }
+
+    fn json(n: usize) -> String {
+        format!(
+            "[{}]",
+            vec![r#"{"op":"message","channel":"κόσμε","seq":1}"#; n].join(",")
+        )
+    }
+
+    #[test]
+    fn compressed_fragments_inflate_whatever_the_split() {
+        let text = json(60);
+        let body = Deflater::new().compress(text.as_bytes()).unwrap().to_vec();
+        let mut s = compressed_frames(OpCode::Text, &body, 50);
+        // A control frame between fragments, then a plain message and a one-frame compressed.
+        let ping_at =
+            s.len() - masked(true, OpCode::Continuation, &body[body.len() / 50 * 50..]).len();
+        s.splice(ping_at..ping_at, masked(true, OpCode::Ping, b"p"));
+        s.extend(masked(true, OpCode::Text, b"plain"));
+        s.extend(rsv1(true, OpCode::Binary, &body));
+        let expected = vec![
+            Owned::Ping(b"p".to_vec()),
+            Owned::Text(text.clone()),
+            Owned::Text("plain".into()),
+            Owned::Binary(text.clone().into_bytes()),
+        ];
+        let mut inflater = Inflater::new();
+        assert_eq!(
+            run_inflating(&[&s], &SERVER, &mut inflater),
+            (expected.clone(), None)
+        );
+        for size in [1, 2, 7, 100, 1000] {
+            let chunks: Vec<&[u8]> = s.chunks(size).collect();
+            assert_eq!(
+                run_inflating(&chunks, &SERVER, &mut inflater),
+                (expected.clone(), None),
+                "reads of {size}"
+            );
+            assert!(!inflater.lent());
+        }
+        // Without an inflater the decoder hands the compressed bytes over as they are.
+        let mut raw = Vec::new();
+        let config = SERVER;
+        let mut decoder = Decoder::new();
+        let mut buf = rsv1(true, OpCode::Binary, &body);
+        let step = decoder.decode_with(&mut buf, &config, true).unwrap();
+        if let Some(Event::Message { data, .. }) = step.event {
+            raw.extend_from_slice(data);
+        }
+        assert!(step.compressed);
+        assert_eq!(raw, body);
+    }
+
+    #[test]
+    fn the_compressed_bytes_are_not_kept() {
+        let text = json(200);
+        let body = Deflater::new().compress(text.as_bytes()).unwrap().to_vec();
+        let wire = compressed_frames(OpCode::Text, &body, 100);
+        let mut inflater = Inflater::new();
+        let mut decoder = Decoder::new();
+        let mut delivered = None;
+        let mut stash = Vec::new();
+        for chunk in wire.chunks(64) {
+            let mut buf = std::mem::take(&mut stash);
+            buf.extend_from_slice(chunk);
+            let mut pos = 0;
+            loop {
+                let step = decoder
+                    .decode_inflating(&mut buf[pos..], &SERVER, &mut inflater)
+                    .unwrap();
+                pos += step.consumed;
+                match step.event {
+                    Some(Event::Message { data, .. }) => delivered = Some(data.to_vec()),
+                    Some(other) => panic!("{other:?}"),
+                    None if step.consumed == 0 => break,
+                    None => {}
+                }
+                assert_eq!(decoder.buffered(), 0, "nothing compressed held");
+            }
+            stash = buf[pos..].to_vec();
+            assert!(stash.len() < 14, "a header at most");
+        }
+        assert_eq!(delivered.as_deref(), Some(text.as_bytes()));
+    }
+
+    #[test]
+    fn interleaved_connections_share_one_inflater() {
+        let a_text = json(30);
+        let b_text = json(31);
+        let mut deflater = Deflater::new();
+        let a_body = deflater.compress(a_text.as_bytes()).unwrap().to_vec();
+        let b_body = deflater.compress(b_text.as_bytes()).unwrap().to_vec();
+        let half = |b: &[u8]| b.len() / 2;
+        let mut inflater = Inflater::new();
+        let (mut a, mut b) = (Decoder::new(), Decoder::new());
+
+        fn feed(
+            decoder: &mut Decoder,
+            bytes: Vec<u8>,
+            inflater: &mut Inflater,
+        ) -> Result<Option<Vec<u8>>, ProtocolError> {
+            let mut buf = bytes;
+            let mut pos = 0;
+            let mut out = None;
+            for _ in 0..100 {
+                let step = decoder.decode_inflating(&mut buf[pos..], &SERVER, inflater)?;
+                pos += step.consumed;
+                match step.event {
+                    Some(Event::Message { data, .. }) => out = Some(data.to_vec()),
+                    _ if step.consumed == 0 => break,
+                    _ => {}
+                }
+            }
+            assert_eq!(pos, buf.len());
+            Ok(out)
+        }
+
+        // a's first fragment claims the streaming inflater; b's must keep its bytes.
+        let a1 = rsv1(false, OpCode::Text, &a_body[..half(&a_body)]);
+        assert_eq!(feed(&mut a, a1, &mut inflater), Ok(None));
+        assert!(inflater.lent());
+        assert_eq!(a.buffered(), 0);
+        let b1 = rsv1(false, OpCode::Text, &b_body[..half(&b_body)]);
+        assert_eq!(feed(&mut b, b1, &mut inflater), Ok(None));
+        assert_eq!(b.buffered(), half(&b_body), "kept compressed");
+        // b ends first: inflated whole on the second stream, a's message untouched.
+        let b2 = masked(true, OpCode::Continuation, &b_body[half(&b_body)..]);
+        assert_eq!(
+            feed(&mut b, b2, &mut inflater),
+            Ok(Some(b_text.clone().into_bytes()))
+        );
+        let a2 = masked(true, OpCode::Continuation, &a_body[half(&a_body)..]);
+        assert_eq!(
+            feed(&mut a, a2, &mut inflater),
+            Ok(Some(a_text.clone().into_bytes()))
+        );
+        assert!(!inflater.lent());
+
+        // A connection that goes away mid-message lets the inflater go with its decoder.
+        let a1 = rsv1(false, OpCode::Text, &a_body[..half(&a_body)]);
+        assert_eq!(feed(&mut a, a1, &mut inflater), Ok(None));
+        drop(a);
+        let b1 = rsv1(false, OpCode::Text, &b_body[..half(&b_body)]);
+        assert_eq!(feed(&mut b, b1, &mut inflater), Ok(None));
+        assert_eq!(b.buffered(), 0, "b streams now");
+        let b2 = masked(true, OpCode::Continuation, &b_body[half(&b_body)..]);
+        assert_eq!(
+            feed(&mut b, b2, &mut inflater),
+            Ok(Some(b_text.into_bytes()))
+        );
+    }
+
+    #[test]
+    fn inflating_errors_come_before_the_message_ends() {
+        let limit = 100_000;
+        let config = DecoderConfig {
+            role: Role::Server,
+            max_message_size: limit,
+        };
+        let mut deflater = Deflater::new();
+        let bomb = deflater.compress(&vec![0u8; 8 << 20]).unwrap().to_vec();
+        assert!(bomb.len() < limit);
+        let mut bad_text = b"abc\xc0".to_vec();
+        bad_text.extend(std::iter::repeat_n(b'y', 50_000));
+        let bad_text = deflater.compress(&bad_text).unwrap().to_vec();
+        // Good blocks (RFC 7692 §7.2.3.1's "Hello", each sync-flushed), then a block of the
+        // reserved type 11 (RFC 1951 §3.2.3), then more bytes.
+        let hello = [
+            0xf2, 0x48, 0xcd, 0xc9, 0xc9, 0x07, 0x00, 0x00, 0x00, 0xff, 0xff,
+        ];
+        let mut bad_data = hello.repeat(20);
+        bad_data.push(0x07);
+        bad_data.extend([0x55; 2000]);
+        let cases: Vec<(&str, Vec<u8>, ProtocolError)> = vec![
+            (
+                "inflates past the limit in one frame",
+                rsv1(true, OpCode::Binary, &bomb),
+                ProtocolError::InflatedTooBig { limit },
+            ),
+            (
+                "inflates past the limit in fragments",
+                compressed_frames(OpCode::Binary, &bomb, 300),
+                ProtocolError::InflatedTooBig { limit },
+            ),
+            (
+                "inflated text not UTF-8",
+                compressed_frames(OpCode::Text, &bad_text, 30),
+                ProtocolError::InvalidUtf8,
+            ),
+            (
+                "bad deflate data",
+                compressed_frames(OpCode::Binary, &bad_data, 30),
+                ProtocolError::BadCompressedData,
+            ),
+        ];
+        for (name, wire, error) in cases {
+            // Fed in reads of 64 bytes: the error must come well before the last read.
+            let chunks: Vec<&[u8]> = wire.chunks(64).collect();
+            let mut inflater = Inflater::new();
+            let result = drive_chunks_with(&chunks, &config, Some(&mut inflater), |_| {});
+            assert_eq!(result, Err(error), "{name}");
+            // Find the read that failed: feed growing prefixes.
+            let failed_at = (1..=chunks.len())
+                .find(|&n| {
+                    drive_chunks_with(&chunks[..n], &config, Some(&mut Inflater::new()), |_| {})
+                        .is_err()
+                })
+                .unwrap_or(chunks.len());
+            assert!(
+                failed_at * 2 < chunks.len(),
+                "{name}: read {failed_at} of {}",
+                chunks.len()
+            );
+            assert!(!inflater.lent(), "{name}: the lease is void");
+        }
+    }
 }
