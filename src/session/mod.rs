@@ -26,8 +26,10 @@
 //!    [`Session::answered`] (after writing a plain HTTP answer yourself).
 //! 3. Bytes read, while open: call [`Session::handle_frames`] in a loop on the unconsumed
 //!    rest until a step consumes nothing and has no event; act on each [`Event`]. Lend it
-//!    the worker's [`Inflater`] (permessage-deflate keeps no state per connection). Pings are
-//!    answered and the peer's Close is echoed inside, through the [`Transmit`] the driver lends.
+//!    the worker's [`Inflater`], the same one every time (permessage-deflate keeps no state
+//!    per connection between messages; a compressed message in progress holds at most a lease
+//!    on it, or its compressed bytes). Pings are answered and the peer's Close is echoed
+//!    inside, through the [`Transmit`] the driver lends.
 //! 4. A timer fired at tick `t`: if [`Session::is_deadline`]`(t)`, call
 //!    [`Session::handle_timeout`] and act on its [`Timeout`].
 //! 5. To close from our side: [`Session::close`].
