@@ -13,9 +13,12 @@
 //! plain (a message without RSV1 is always allowed, §6). `client_max_window_bits` (§7.1.2.2)
 //! needs no answer: the inflater takes any window up to 2^15.
 
+use std::sync::{Arc, Weak};
+
 use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};
 
 use crate::protocol::frame::{FrameHeader, OpCode, SharedFrame, MAX_HEADER_LEN};
+use crate::protocol::utf8::Utf8Validator;
 
 /// The extension's token in `Sec-WebSocket-Extensions` (§5).
 pub const EXTENSION_NAME: &str = "permessage-deflate";
@@ -157,23 +160,156 @@ pub enum InflateError {
     /// It inflates past the limit (`--max-message-size`): close 1009.
     TooBig,
     /// Not valid deflate data: close 1007 (RFC 7692 §8.2.1 leaves the code to us; the data
-    /// of the message is what is invalid).
+    /// of the message is what is invalid). Also what a [`Lease`] the inflater no longer
+    /// honours gets (one from another inflater, or after an error): its message cannot be
+    /// read.
     BadData,
+    /// A text message whose inflated bytes are not UTF-8 (RFC 6455 §8.1): close 1007. Found
+    /// on the first bad byte the inflater produces.
+    InvalidUtf8,
+}
+
+/// The inflater's output grows by at most this much at a time (doubling from here), and
+/// never past the limit.
+const INFLATE_STEP: usize = 64 * 1024;
+/// An output buffer grown past this (a large message) is freed once the message is done with.
+const INFLATE_KEEP: usize = 256 * 1024;
+
+/// One message's inflate: the decompressor (reset per message, its 32 KiB window kept), the
+/// output so far and the UTF-8 check of a text message's output.
+#[derive(Default)]
+struct Stream {
+    inflate: Option<Decompress>,
+    out: Vec<u8>,
+    /// `Some` while inflating a text message: fed every piece of output as it is produced.
+    utf8: Option<Utf8Validator>,
+    limit: usize,
+    /// A final block (BFINAL) ended the deflate data: whatever follows is ignored.
+    ended: bool,
+}
+
+impl Stream {
+    /// Starts a message of at most `limit` inflated bytes.
+    fn begin(&mut self, text: bool, limit: usize) {
+        if self.out.capacity() > INFLATE_KEEP {
+            self.out = Vec::new();
+        }
+        self.out.clear();
+        if let Some(inflate) = &mut self.inflate {
+            inflate.reset(false);
+        }
+        self.utf8 = text.then(Utf8Validator::new);
+        self.limit = limit;
+        self.ended = false;
+    }
+
+    /// Inflates `input`, appending to the output. The output never grows past the limit: once
+    /// it is full, one more byte of output is [`InflateError::TooBig`]. Every pass consumes
+    /// input or produces output (both bounded), else it stops: no unbounded loop.
+    fn feed(&mut self, mut input: &[u8]) -> Result<(), InflateError> {
+        let inflate = self.inflate.get_or_insert_with(|| Decompress::new(false));
+        while !self.ended {
+            let (in_before, out_before, len_before) =
+                (inflate.total_in(), inflate.total_out(), self.out.len());
+            let room = self.limit.saturating_sub(self.out.len());
+            let status = if room == 0 {
+                // The output is at the limit: any byte more is the verdict.
+                let mut probe = [0u8; 1];
+                let status = inflate
+                    .decompress(input, &mut probe, FlushDecompress::None)
+                    .map_err(|_| InflateError::BadData)?;
+                if inflate.total_out() != out_before {
+                    return Err(InflateError::TooBig);
+                }
+                status
+            } else {
+                if self.out.len() == self.out.capacity() {
+                    let step = INFLATE_STEP.max(self.out.len()).min(room);
+                    self.out.reserve_exact(step);
+                }
+                inflate
+                    .decompress_vec(input, &mut self.out, FlushDecompress::None)
+                    .map_err(|_| InflateError::BadData)?
+            };
+            if self.out.len() > self.limit {
+                // Only with a buffer kept from a larger limit: still past this one.
+                return Err(InflateError::TooBig);
+            }
+            let used = usize::try_from(inflate.total_in() - in_before).unwrap_or(usize::MAX);
+            input = input.get(used..).unwrap_or_default();
+            if let (Some(utf8), Some(new)) = (&mut self.utf8, self.out.get(len_before..)) {
+                utf8.feed(new).map_err(|_| InflateError::InvalidUtf8)?;
+            }
+            if status == Status::StreamEnd {
+                self.ended = true;
+                break;
+            }
+            let progressed = used > 0 || inflate.total_out() != out_before;
+            let full = self.out.len() == self.out.capacity();
+            if !progressed || (input.is_empty() && !full) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// The message's last piece is in: puts back the tail the sender removed (§7.2.2), which
+    /// flushes what is left, and ends the text's UTF-8 check.
+    fn end(&mut self) -> Result<(), InflateError> {
+        self.feed(&TAIL)?;
+        match &mut self.utf8 {
+            Some(utf8) => utf8.finish().map_err(|_| InflateError::InvalidUtf8),
+            None => Ok(()),
+        }
+    }
+
+    /// After an error: the output is freed at once (a bomb's inflated megabyte is not kept).
+    fn release(&mut self) {
+        self.out = Vec::new();
+        self.utf8 = None;
+    }
 }
 
 /// One worker's decompressor and output buffer, lent to a session for one message at a time
 /// and reset for each (the client was told `client_no_context_takeover`). Its output never
-/// grows past the limit it is given, so a small message that inflates to gigabytes costs at
-/// most the limit.
+/// grows past the limit it is given, so a message that inflates to gigabytes costs at most
+/// the limit.
+///
+/// A compressed message is inflated as its bytes arrive (never held compressed) when it can
+/// be: a message in one frame that is whole in one read is inflated at once
+/// ([`Inflater::inflate_message`]); a longer one claims the worker's streaming inflater with a
+/// [`Lease`] and feeds it each piece of payload as it is read, over as many reads as it takes
+/// ([`Inflater::claim`], [`Inflater::feed`], [`Inflater::finish`]). One lease at a time per
+/// worker: while a connection holds it, another connection's compressed message that spans
+/// reads is kept compressed by its decoder (as an uncompressed message is kept, at most
+/// `--max-message-size`) and inflated whole once complete, on a second stream. So a worker
+/// holds at most two inflate outputs, each at most the limit, however many connections
+/// interleave compressed messages; a connection holds nothing inflated, and an idle one
+/// nothing at all. Inflated output held per connection would be a bomb: a thousand
+/// connections, each a kilobyte into a message, would hold a gigabyte.
 pub struct Inflater {
-    inflate: Option<Decompress>,
-    out: Vec<u8>,
+    /// `[0]` is the one a [`Lease`] holds across reads; `[1]` inflates whole messages while
+    /// `[0]` is held (and is made only then).
+    streams: [Stream; 2],
+    /// The holder of `streams[0]`, if any: a dropped [`Lease`] (its connection closed
+    /// mid-message) lets it go without being told.
+    owner: Weak<()>,
 }
+
+/// A claim on the worker's streaming inflater while one compressed message arrives over
+/// several reads: kept by that connection's decoder, given back by [`Inflater::finish`], or
+/// by being dropped with the connection. 8 bytes, only while the message is in progress.
+#[derive(Debug)]
+pub struct Lease(Arc<()>);
 
 impl std::fmt::Debug for Inflater {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Inflater")
-            .field("capacity", &self.out.capacity())
+            .field(
+                "capacity",
+                &self.streams.each_ref().map(|s| s.out.capacity()),
+            )
+            .field("lent", &self.lent())
             .finish()
     }
 }
@@ -184,66 +320,117 @@ impl Default for Inflater {
     }
 }
 
-/// The inflater's output grows by at most this much at a time.
-const INFLATE_STEP: usize = 64 * 1024;
-/// An output buffer grown past this (a large message) is shrunk back after use.
-const INFLATE_KEEP: usize = 256 * 1024;
-
 impl Inflater {
     /// An inflater that allocates on first use.
     pub fn new() -> Inflater {
         Inflater {
-            inflate: None,
-            out: Vec::new(),
+            streams: Default::default(),
+            owner: Weak::new(),
         }
     }
 
+    /// A [`Lease`] holds the streaming inflater.
+    pub fn lent(&self) -> bool {
+        self.owner.strong_count() > 0
+    }
+
     /// Inflates one whole message's payload (the tail removed by the sender, §7.2.2) into the
-    /// worker's buffer, at most `limit` bytes.
+    /// worker's buffer, at most `limit` bytes, without looking at what it is.
     ///
     /// # Errors
     /// [`InflateError::TooBig`] as soon as the output would pass `limit`;
     /// [`InflateError::BadData`] for data that is not raw deflate.
     pub fn inflate(&mut self, compressed: &[u8], limit: usize) -> Result<&[u8], InflateError> {
-        if self.out.capacity() > INFLATE_KEEP {
-            self.out = Vec::new();
+        self.inflate_message(compressed, false, limit)
+    }
+
+    /// [`Inflater::inflate`] for a message of a known type: a `text` message's output is
+    /// checked as UTF-8 as it is produced. Uses the streaming inflater when no lease holds
+    /// it, else the second one.
+    ///
+    /// # Errors
+    /// As [`Inflater::inflate`], and [`InflateError::InvalidUtf8`] at the first bad byte.
+    pub fn inflate_message(
+        &mut self,
+        compressed: &[u8],
+        text: bool,
+        limit: usize,
+    ) -> Result<&[u8], InflateError> {
+        let stream = &mut self.streams[usize::from(self.lent())];
+        stream.begin(text, limit);
+        if let Err(e) = stream.feed(compressed).and_then(|()| stream.end()) {
+            stream.release();
+            return Err(e);
         }
-        self.out.clear();
-        let inflate = self.inflate.get_or_insert_with(|| Decompress::new(false));
-        inflate.reset(false);
-        for piece in [compressed, &TAIL[..]] {
-            let start = inflate.total_in();
-            loop {
-                let used = (inflate.total_in() - start) as usize;
-                let input = piece.get(used..).unwrap_or_default();
-                if self.out.len() == self.out.capacity() {
-                    // Room for one byte past the limit: that byte's arrival is the verdict.
-                    let cap = limit.saturating_add(1);
-                    if self.out.len() >= cap {
-                        return Err(InflateError::TooBig);
-                    }
-                    let step = INFLATE_STEP.max(self.out.len()).min(cap - self.out.len());
-                    self.out.reserve_exact(step);
-                }
-                let before = (inflate.total_in(), self.out.len());
-                let status = inflate
-                    .decompress_vec(input, &mut self.out, FlushDecompress::Sync)
-                    .map_err(|_| InflateError::BadData)?;
-                if self.out.len() > limit {
-                    return Err(InflateError::TooBig);
-                }
-                if status == Status::StreamEnd {
-                    // A final block (the peer may send one): nothing after it counts.
-                    return Ok(&self.out);
-                }
-                let progressed = (inflate.total_in(), self.out.len()) != before;
-                let full = self.out.len() == self.out.capacity();
-                if !full && (!progressed || inflate.total_in() - start == piece.len() as u64) {
-                    break;
-                }
+        Ok(&stream.out)
+    }
+
+    /// Claims the streaming inflater for a compressed message whose payload will arrive in
+    /// pieces, at most `limit` bytes once inflated; a `text` message's output is checked as
+    /// UTF-8. `None` while another lease holds it: keep that message compressed and inflate it
+    /// whole at its end.
+    pub fn claim(&mut self, text: bool, limit: usize) -> Option<Lease> {
+        if self.lent() {
+            return None;
+        }
+        let lease = Arc::new(());
+        self.owner = Arc::downgrade(&lease);
+        self.streams[0].begin(text, limit);
+        Some(Lease(lease))
+    }
+
+    /// `lease` is the one this inflater honours.
+    fn holds(&self, lease: &Lease) -> bool {
+        std::ptr::eq(self.owner.as_ptr(), Arc::as_ptr(&lease.0))
+    }
+
+    /// Inflates the next piece of a claimed message's payload (any split: inside a frame,
+    /// across frames).
+    ///
+    /// # Errors
+    /// As [`Inflater::inflate_message`], as soon as this piece shows it; the lease is then
+    /// void and its output freed.
+    pub fn feed(&mut self, lease: &Lease, piece: &[u8]) -> Result<(), InflateError> {
+        if !self.holds(lease) {
+            return Err(InflateError::BadData);
+        }
+        let stream = &mut self.streams[0];
+        let result = stream.feed(piece);
+        if result.is_err() {
+            stream.release();
+            self.owner = Weak::new();
+        }
+        result
+    }
+
+    /// The claimed message's last piece is in: its inflated bytes (valid until the next call),
+    /// and the streaming inflater is free again.
+    ///
+    /// # Errors
+    /// As [`Inflater::feed`].
+    pub fn finish(&mut self, lease: Lease) -> Result<&[u8], InflateError> {
+        if !self.holds(&lease) {
+            return Err(InflateError::BadData);
+        }
+        drop(lease);
+        self.owner = Weak::new();
+        let stream = &mut self.streams[0];
+        if let Err(e) = stream.end() {
+            stream.release();
+            return Err(e);
+        }
+        Ok(&stream.out)
+    }
+
+    /// Frees the output of a large message once it has been used (call between messages; a
+    /// held stream is left alone).
+    pub fn trim(&mut self) {
+        let lent = self.lent();
+        for (i, stream) in self.streams.iter_mut().enumerate() {
+            if !(lent && i == 0) && stream.out.capacity() > INFLATE_KEEP {
+                stream.out = Vec::new();
             }
         }
-        Ok(&self.out)
     }
 }
 
@@ -631,14 +818,164 @@ mod tests {
         let mut inflater = Inflater::new();
         let limit = 100_000;
         assert_eq!(inflater.inflate(&bomb, limit), Err(InflateError::TooBig));
-        assert!(
-            inflater.out.capacity() <= limit + 1,
-            "grew to {} bytes",
-            inflater.out.capacity()
-        );
+        assert_eq!(inflater.streams[0].out.capacity(), 0, "freed at once");
+        // Streamed in 1 KiB pieces: the output never has room past the limit, and the verdict
+        // comes with the piece that passes it, long before the end.
+        let lease = inflater.claim(false, limit).unwrap();
+        let mut fed = 0;
+        let verdict = bomb.chunks(1024).find_map(|piece| {
+            fed += piece.len();
+            let result = inflater.feed(&lease, piece).err();
+            assert!(inflater.streams[0].out.capacity() <= limit);
+            result
+        });
+        assert_eq!(verdict, Some(InflateError::TooBig));
+        assert!(fed < bomb.len() / 10, "{fed} of {} bytes read", bomb.len());
+        assert!(!inflater.lent(), "the lease is void after an error");
+        assert_eq!(inflater.streams[0].out.capacity(), 0);
         assert_eq!(
             inflater.inflate(&bomb, 4 << 20).map(<[u8]>::len),
             Ok(4 << 20)
         );
+        inflater.trim();
+        assert_eq!(inflater.streams[0].out.capacity(), 0, "a large output goes");
+    }
+
+    /// `payload` claimed, fed in pieces cut at `cuts`, and finished.
+    fn streamed(
+        inflater: &mut Inflater,
+        compressed: &[u8],
+        cuts: &[usize],
+        text: bool,
+        limit: usize,
+    ) -> Result<Vec<u8>, InflateError> {
+        let lease = inflater.claim(text, limit).expect("free");
+        let mut from = 0;
+        for &cut in cuts.iter().chain([&compressed.len()]) {
+            let cut = cut.clamp(from, compressed.len());
+            inflater.feed(&lease, &compressed[from..cut])?;
+            from = cut;
+        }
+        inflater.finish(lease).map(<[u8]>::to_vec)
+    }
+
+    #[test]
+    fn streaming_agrees_with_whole_for_every_cut() {
+        let mut deflater = Deflater::new();
+        let text = "{\"op\":\"message\",\"data\":\"κόσμε 𝄞 \"}".repeat(40);
+        let body = deflater.compress(text.as_bytes()).unwrap().to_vec();
+        let mut inflater = Inflater::new();
+        for a in 0..=body.len() {
+            for b in [a, a + 1, a + 7, body.len() / 2, body.len()] {
+                assert_eq!(
+                    streamed(&mut inflater, &body, &[a, b], true, 1 << 20),
+                    Ok(text.as_bytes().to_vec()),
+                    "cut at {a}, {b}"
+                );
+            }
+        }
+        let bytewise: Vec<usize> = (0..body.len()).collect();
+        assert_eq!(
+            streamed(&mut inflater, &body, &bytewise, true, text.len()),
+            Ok(text.as_bytes().to_vec()),
+            "exactly at the limit"
+        );
+        assert_eq!(
+            streamed(&mut inflater, &body, &bytewise, true, text.len() - 1),
+            Err(InflateError::TooBig),
+            "one byte over"
+        );
+        // RFC 7692 §7.2.3 vectors, streamed bytewise.
+        let stored = [
+            0x00, 0x05, 0x00, 0xfa, 0xff, 0x48, 0x65, 0x6c, 0x6c, 0x6f, 0x00,
+        ];
+        let bfinal = [0xf3, 0x48, 0xcd, 0xc9, 0xc9, 0x07, 0x00, 0x00];
+        for vector in [&HELLO[..], &stored, &bfinal] {
+            let cuts: Vec<usize> = (0..vector.len()).collect();
+            assert_eq!(
+                streamed(&mut inflater, vector, &cuts, true, 5),
+                Ok(b"Hello".to_vec())
+            );
+        }
+        assert_eq!(streamed(&mut inflater, &[], &[], true, 5), Ok(Vec::new()));
+    }
+
+    #[test]
+    fn bad_data_and_bad_text_fail_mid_stream() {
+        let mut inflater = Inflater::new();
+        // Good "Hello" blocks, then garbage: the piece with the garbage fails.
+        let mut good = [&HELLO[..], &TAIL].concat().repeat(3);
+        let garbage_at = good.len();
+        good.extend_from_slice(&[0xff; 8]);
+        let lease = inflater.claim(false, 1000).unwrap();
+        inflater.feed(&lease, &good[..garbage_at]).unwrap();
+        assert_eq!(
+            inflater.feed(&lease, &good[garbage_at..]),
+            Err(InflateError::BadData)
+        );
+        assert!(!inflater.lent());
+        assert_eq!(
+            inflater.finish(lease),
+            Err(InflateError::BadData),
+            "a void lease reads nothing"
+        );
+
+        // Text whose 10th byte is not UTF-8, and 100 KiB more after it: the error comes
+        // from the first pieces, long before the end.
+        let mut text = b"abcdefghi\xffj".to_vec();
+        text.extend(std::iter::repeat_n(b'x', 100_000));
+        let mut deflater = Deflater::new();
+        let body = deflater.compress(&text).unwrap().to_vec();
+        let lease = inflater.claim(true, 1 << 20).unwrap();
+        let failed_at = body
+            .chunks(4)
+            .position(|piece| inflater.feed(&lease, piece).is_err());
+        assert!(failed_at.is_some_and(|i| i < 10), "{failed_at:?}");
+        // As binary it is fine; a code point cut at the end of a text is not.
+        assert_eq!(
+            inflater
+                .inflate_message(&body, false, 1 << 20)
+                .map(<[u8]>::len),
+            Ok(text.len())
+        );
+        // A stored block (§7.2.3.3's form) of "ab" and half a code point.
+        let cut = [0x00, 0x04, 0x00, 0xfb, 0xff, b'a', b'b', 0xe2, 0x82];
+        assert_eq!(
+            streamed(&mut inflater, &cut, &[1], true, 100),
+            Err(InflateError::InvalidUtf8)
+        );
+    }
+
+    #[test]
+    fn one_lease_at_a_time_and_a_dropped_one_frees_the_inflater() {
+        let mut inflater = Inflater::new();
+        let a = inflater.claim(true, 100).unwrap();
+        assert!(inflater.lent());
+        assert!(inflater.claim(true, 100).is_none(), "held by a");
+        inflater.feed(&a, &HELLO[..3]).unwrap();
+        // Meanwhile a whole message inflates beside a's, on the second stream.
+        assert_eq!(
+            inflater.inflate_message(&HELLO, true, 100),
+            Ok(&b"Hello"[..])
+        );
+        let mut other = Inflater::new();
+        let foreign = other.claim(true, 100).unwrap();
+        assert_eq!(
+            inflater.feed(&foreign, &HELLO),
+            Err(InflateError::BadData),
+            "another inflater's lease"
+        );
+        inflater.feed(&a, &HELLO[3..]).unwrap();
+        assert_eq!(inflater.finish(a), Ok(&b"Hello"[..]));
+        assert!(!inflater.lent());
+        // A lease dropped mid-message (its connection closed) frees the inflater.
+        let b = inflater.claim(false, 100).unwrap();
+        inflater.feed(&b, &HELLO[..2]).unwrap();
+        drop(b);
+        assert!(!inflater.lent());
+        let c = inflater.claim(false, 100).unwrap();
+        inflater.feed(&c, &HELLO).unwrap();
+        assert_eq!(inflater.finish(c), Ok(&b"Hello"[..]), "from scratch");
+        assert_eq!(std::mem::size_of::<Lease>(), 8);
     }
 }

@@ -25,6 +25,7 @@
 //! ```
 
 use crate::protocol::close::{parse_close_payload, CloseFrame};
+use crate::protocol::deflate::{InflateError, Inflater, Lease};
 use crate::protocol::error::ProtocolError;
 use crate::protocol::frame::{FrameHeader, OpCode};
 use crate::protocol::mask::apply_mask;
@@ -87,9 +88,10 @@ pub struct Step<'a> {
     /// What the consumed bytes completed, if anything; `None` with `consumed == 0` means the
     /// input holds no complete header (or control frame) yet: read more.
     pub event: Option<Event<'a>>,
-    /// The message in `event` had RSV1 on its first frame (permessage-deflate, RFC 7692 §6):
-    /// its data is compressed, and its UTF-8 was not checked (the caller inflates, then
-    /// checks).
+    /// The message in `event` had RSV1 on its first frame (permessage-deflate, RFC 7692 §6).
+    /// From [`Decoder::decode_with`] its data is still compressed and its UTF-8 unchecked
+    /// (the caller inflates, then checks); from [`Decoder::decode_inflating`] it is already
+    /// inflated and checked.
     pub compressed: bool,
 }
 
@@ -123,8 +125,14 @@ struct Assembly {
     kind: MessageKind,
     /// RSV1 was set on the first frame: the data is deflated; UTF-8 is checked after inflating.
     compressed: bool,
+    /// Payload bytes received so far (compressed ones for a compressed message): what the
+    /// §10.4 limit counts, whether they are kept or not.
+    received: u64,
+    /// The payload so far; stays empty for a message inflated as it arrives.
     data: Vec<u8>,
     utf8: Utf8Validator,
+    /// A compressed message inflated as it arrives holds the worker's streaming inflater.
+    lease: Option<Lease>,
 }
 
 impl Decoder {
@@ -167,13 +175,44 @@ impl Decoder {
         config: &DecoderConfig,
         permessage_deflate: bool,
     ) -> Result<Step<'a>, ProtocolError> {
+        self.decode_inner(input, config, permessage_deflate, None)
+    }
+
+    /// [`Decoder::decode`] on a connection that negotiated permessage-deflate, inflating
+    /// compressed messages with the worker's `inflater` (lend the same one on every call) as
+    /// their bytes arrive: the message is delivered inflated, its text checked as UTF-8 as it
+    /// is produced. The compressed bytes are never kept, except those of a message that spans
+    /// reads while another connection holds the streaming inflater (see [`Inflater`]). Errors
+    /// come as soon as the bytes read show them: [`ProtocolError::InflatedTooBig`] once the
+    /// output passes `max_message_size`, [`ProtocolError::BadCompressedData`],
+    /// [`ProtocolError::InvalidUtf8`]. The compressed size is limited too, from the header.
+    pub fn decode_inflating<'a>(
+        &'a mut self,
+        input: &'a mut [u8],
+        config: &DecoderConfig,
+        inflater: &'a mut Inflater,
+    ) -> Result<Step<'a>, ProtocolError> {
+        self.decode_inner(input, config, true, Some(inflater))
+    }
+
+    fn decode_inner<'a>(
+        &'a mut self,
+        input: &'a mut [u8],
+        config: &DecoderConfig,
+        permessage_deflate: bool,
+        mut inflater: Option<&'a mut Inflater>,
+    ) -> Result<Step<'a>, ProtocolError> {
+        if let Some(inflater) = inflater.as_deref_mut() {
+            // The last message's output has been used: a large one's buffer goes.
+            inflater.trim();
+        }
         if let Some(partial) = self.partial.as_deref_mut() {
             if partial.delivered {
                 partial.message = None;
                 partial.delivered = false;
             }
             if partial.frame.is_some() {
-                return self.continue_payload(input, 0);
+                return self.continue_payload(input, 0, config, inflater);
             }
             if partial.message.is_none() {
                 self.partial = None;
@@ -230,7 +269,7 @@ impl Decoder {
         }
 
         let in_message = self.buffered_message().is_some();
-        let so_far = self.buffered_message().map_or(0, |m| m.data.len() as u64);
+        let so_far = self.buffered_message().map_or(0, |m| m.received);
         let kind = match (header.opcode, in_message) {
             (OpCode::Continuation, false) => return Err(ProtocolError::UnexpectedContinuation),
             (OpCode::Text | OpCode::Binary, true) => {
@@ -258,6 +297,18 @@ impl Decoder {
             if kind == MessageKind::Text && !compressed && std::str::from_utf8(payload).is_err() {
                 return Err(ProtocolError::InvalidUtf8);
             }
+            if let (true, Some(inflater)) = (compressed, inflater) {
+                let text = kind == MessageKind::Text;
+                let limit = config.max_message_size;
+                let data = inflater
+                    .inflate_message(payload, text, limit)
+                    .map_err(|e| inflate_error(e, limit))?;
+                return Ok(Step {
+                    consumed: total as usize,
+                    event: Some(Event::Message { kind, data }),
+                    compressed,
+                });
+            }
             return Ok(Step {
                 consumed: total as usize,
                 event: Some(Event::Message {
@@ -270,11 +321,19 @@ impl Decoder {
 
         let partial = self.partial.get_or_insert_with(Box::default);
         if let Some(kind) = kind {
+            let lease = match inflater.as_deref_mut() {
+                Some(inflater) if compressed => {
+                    inflater.claim(kind == MessageKind::Text, config.max_message_size)
+                }
+                _ => None,
+            };
             partial.message = Some(Assembly {
                 kind,
                 compressed,
+                received: 0,
                 data: Vec::new(),
                 utf8: Utf8Validator::new(),
+                lease,
             });
         }
         partial.frame = Some(PayloadProgress {
@@ -283,18 +342,21 @@ impl Decoder {
             offset: 0,
             fin: header.fin,
         });
-        self.continue_payload(input, header_len)
+        self.continue_payload(input, header_len, config, inflater)
     }
 
     fn buffered_message(&self) -> Option<&Assembly> {
         self.partial.as_ref().and_then(|p| p.message.as_ref())
     }
 
-    /// Absorbs payload bytes of the data frame in progress from `input[start..]`.
+    /// Absorbs payload bytes of the data frame in progress from `input[start..]`: kept, or
+    /// inflated at once when the message holds a lease on the `inflater`.
     fn continue_payload<'a>(
         &'a mut self,
         input: &'a mut [u8],
         start: usize,
+        config: &DecoderConfig,
+        mut inflater: Option<&'a mut Inflater>,
     ) -> Result<Step<'a>, ProtocolError> {
         let Some(partial) = self.partial.as_deref_mut() else {
             return Ok(Step {
@@ -317,6 +379,7 @@ impl Decoder {
         if let Some(key) = frame.key {
             apply_mask(chunk, key, frame.offset);
         }
+        let limit = config.max_message_size;
         let check_utf8 = message.kind == MessageKind::Text && !message.compressed;
         if check_utf8 {
             message
@@ -324,7 +387,14 @@ impl Decoder {
                 .feed(chunk)
                 .map_err(|_| ProtocolError::InvalidUtf8)?;
         }
-        message.data.extend_from_slice(chunk);
+        message.received += n as u64;
+        match (&message.lease, inflater.as_deref_mut()) {
+            (Some(lease), Some(inflater)) => inflater
+                .feed(lease, chunk)
+                .map_err(|e| inflate_error(e, limit))?,
+            (Some(_), None) => return Err(ProtocolError::BadCompressedData),
+            (None, _) => message.data.extend_from_slice(chunk),
+        }
         frame.remaining -= n as u64;
         frame.offset += n;
         let consumed = start + n;
@@ -346,14 +416,34 @@ impl Decoder {
                 .map_err(|_| ProtocolError::InvalidUtf8)?;
         }
         partial.delivered = true;
+        let text = message.kind == MessageKind::Text;
+        let data = match (message.lease.take(), inflater) {
+            (Some(lease), Some(inflater)) => inflater
+                .finish(lease)
+                .map_err(|e| inflate_error(e, limit))?,
+            (None, Some(inflater)) if message.compressed => inflater
+                .inflate_message(&message.data, text, limit)
+                .map_err(|e| inflate_error(e, limit))?,
+            (Some(_), None) => return Err(ProtocolError::BadCompressedData),
+            (None, _) => &message.data,
+        };
         Ok(Step {
             consumed,
             event: Some(Event::Message {
                 kind: message.kind,
-                data: &message.data,
+                data,
             }),
             compressed: message.compressed,
         })
+    }
+}
+
+/// The rule a compressed message broke (RFC 7692 §7.2.2, RFC 6455 §8.1 and §10.4).
+fn inflate_error(error: InflateError, limit: usize) -> ProtocolError {
+    match error {
+        InflateError::TooBig => ProtocolError::InflatedTooBig { limit },
+        InflateError::BadData => ProtocolError::BadCompressedData,
+        InflateError::InvalidUtf8 => ProtocolError::InvalidUtf8,
     }
 }
 
@@ -367,6 +457,18 @@ impl Decoder {
 pub fn drive_chunks(
     chunks: &[&[u8]],
     config: &DecoderConfig,
+    on_event: impl FnMut(Event<'_>),
+) -> Result<(), ProtocolError> {
+    drive_chunks_with(chunks, config, None, on_event)
+}
+
+/// [`drive_chunks`], with permessage-deflate negotiated when an `inflater` is lent
+/// ([`Decoder::decode_inflating`]): compressed messages come out inflated.
+#[doc(hidden)]
+pub fn drive_chunks_with(
+    chunks: &[&[u8]],
+    config: &DecoderConfig,
+    mut inflater: Option<&mut Inflater>,
     mut on_event: impl FnMut(Event<'_>),
 ) -> Result<(), ProtocolError> {
     const MAX_LEFTOVER: usize =
@@ -379,7 +481,10 @@ pub fn drive_chunks(
         let mut pos = 0;
         loop {
             let available = buf.len() - pos;
-            let step = decoder.decode(&mut buf[pos..], config)?;
+            let step = match inflater.as_deref_mut() {
+                Some(inflater) => decoder.decode_inflating(&mut buf[pos..], config, inflater)?,
+                None => decoder.decode(&mut buf[pos..], config)?,
+            };
             assert!(step.consumed <= available, "consumed past the input");
             pos += step.consumed;
             match step.event {
@@ -709,5 +814,258 @@ mod tests {
                 data: b"hi"
             })
         );
+    }
+
+    // ---- permessage-deflate: inflating as the bytes arrive ---------------------------------
+
+    use crate::protocol::deflate::{Deflater, Inflater};
+
+    /// A masked frame with RSV1 set.
+    fn rsv1(fin: bool, op: OpCode, payload: &[u8]) -> Vec<u8> {
+        let mut frame = masked(fin, op, payload);
+        frame[0] |= 0x40;
+        frame
+    }
+
+    /// `body` as a compressed message of frames of at most `size` payload bytes.
+    fn compressed_frames(op: OpCode, body: &[u8], size: usize) -> Vec<u8> {
+        let pieces: Vec<&[u8]> = body.chunks(size).collect();
+        let last = pieces.len().saturating_sub(1);
+        let mut out = Vec::new();
+        for (i, piece) in pieces.iter().enumerate() {
+            match i {
+                0 => out.extend(rsv1(i == last, op, piece)),
+                _ => out.extend(masked(i == last, OpCode::Continuation, piece)),
+            }
+        }
+        if pieces.is_empty() {
+            out.extend(rsv1(true, op, b""));
+        }
+        out
+    }
+
+    fn run_inflating(
+        chunks: &[&[u8]],
+        config: &DecoderConfig,
+        inflater: &mut Inflater,
+    ) -> (Vec<Owned>, Option<ProtocolError>) {
+        let mut events = Vec::new();
+        let result = drive_chunks_with(chunks, config, Some(inflater), |e| events.push(own(e)));
+        (events, result.err())
+    }
+
+    fn json(n: usize) -> String {
+        format!(
+            "[{}]",
+            vec![r#"{"op":"message","channel":"κόσμε","seq":1}"#; n].join(",")
+        )
+    }
+
+    #[test]
+    fn compressed_fragments_inflate_whatever_the_split() {
+        let text = json(60);
+        let body = Deflater::new().compress(text.as_bytes()).unwrap().to_vec();
+        let mut s = compressed_frames(OpCode::Text, &body, 50);
+        // A control frame between fragments, then a plain message and a one-frame compressed.
+        let ping_at =
+            s.len() - masked(true, OpCode::Continuation, &body[body.len() / 50 * 50..]).len();
+        s.splice(ping_at..ping_at, masked(true, OpCode::Ping, b"p"));
+        s.extend(masked(true, OpCode::Text, b"plain"));
+        s.extend(rsv1(true, OpCode::Binary, &body));
+        let expected = vec![
+            Owned::Ping(b"p".to_vec()),
+            Owned::Text(text.clone()),
+            Owned::Text("plain".into()),
+            Owned::Binary(text.clone().into_bytes()),
+        ];
+        let mut inflater = Inflater::new();
+        assert_eq!(
+            run_inflating(&[&s], &SERVER, &mut inflater),
+            (expected.clone(), None)
+        );
+        for size in [1, 2, 7, 100, 1000] {
+            let chunks: Vec<&[u8]> = s.chunks(size).collect();
+            assert_eq!(
+                run_inflating(&chunks, &SERVER, &mut inflater),
+                (expected.clone(), None),
+                "reads of {size}"
+            );
+            assert!(!inflater.lent());
+        }
+        // Without an inflater the decoder hands the compressed bytes over as they are.
+        let mut raw = Vec::new();
+        let config = SERVER;
+        let mut decoder = Decoder::new();
+        let mut buf = rsv1(true, OpCode::Binary, &body);
+        let step = decoder.decode_with(&mut buf, &config, true).unwrap();
+        if let Some(Event::Message { data, .. }) = step.event {
+            raw.extend_from_slice(data);
+        }
+        assert!(step.compressed);
+        assert_eq!(raw, body);
+    }
+
+    #[test]
+    fn the_compressed_bytes_are_not_kept() {
+        let text = json(200);
+        let body = Deflater::new().compress(text.as_bytes()).unwrap().to_vec();
+        let wire = compressed_frames(OpCode::Text, &body, 100);
+        let mut inflater = Inflater::new();
+        let mut decoder = Decoder::new();
+        let mut delivered = None;
+        let mut stash = Vec::new();
+        for chunk in wire.chunks(64) {
+            let mut buf = std::mem::take(&mut stash);
+            buf.extend_from_slice(chunk);
+            let mut pos = 0;
+            loop {
+                let step = decoder
+                    .decode_inflating(&mut buf[pos..], &SERVER, &mut inflater)
+                    .unwrap();
+                pos += step.consumed;
+                match step.event {
+                    Some(Event::Message { data, .. }) => delivered = Some(data.to_vec()),
+                    Some(other) => panic!("{other:?}"),
+                    None if step.consumed == 0 => break,
+                    None => {}
+                }
+                assert_eq!(decoder.buffered(), 0, "nothing compressed held");
+            }
+            stash = buf[pos..].to_vec();
+            assert!(stash.len() < 14, "a header at most");
+        }
+        assert_eq!(delivered.as_deref(), Some(text.as_bytes()));
+    }
+
+    #[test]
+    fn interleaved_connections_share_one_inflater() {
+        let a_text = json(30);
+        let b_text = json(31);
+        let mut deflater = Deflater::new();
+        let a_body = deflater.compress(a_text.as_bytes()).unwrap().to_vec();
+        let b_body = deflater.compress(b_text.as_bytes()).unwrap().to_vec();
+        let half = |b: &[u8]| b.len() / 2;
+        let mut inflater = Inflater::new();
+        let (mut a, mut b) = (Decoder::new(), Decoder::new());
+
+        fn feed(
+            decoder: &mut Decoder,
+            bytes: Vec<u8>,
+            inflater: &mut Inflater,
+        ) -> Result<Option<Vec<u8>>, ProtocolError> {
+            let mut buf = bytes;
+            let mut pos = 0;
+            let mut out = None;
+            for _ in 0..100 {
+                let step = decoder.decode_inflating(&mut buf[pos..], &SERVER, inflater)?;
+                pos += step.consumed;
+                match step.event {
+                    Some(Event::Message { data, .. }) => out = Some(data.to_vec()),
+                    _ if step.consumed == 0 => break,
+                    _ => {}
+                }
+            }
+            assert_eq!(pos, buf.len());
+            Ok(out)
+        }
+
+        // a's first fragment claims the streaming inflater; b's must keep its bytes.
+        let a1 = rsv1(false, OpCode::Text, &a_body[..half(&a_body)]);
+        assert_eq!(feed(&mut a, a1, &mut inflater), Ok(None));
+        assert!(inflater.lent());
+        assert_eq!(a.buffered(), 0);
+        let b1 = rsv1(false, OpCode::Text, &b_body[..half(&b_body)]);
+        assert_eq!(feed(&mut b, b1, &mut inflater), Ok(None));
+        assert_eq!(b.buffered(), half(&b_body), "kept compressed");
+        // b ends first: inflated whole on the second stream, a's message untouched.
+        let b2 = masked(true, OpCode::Continuation, &b_body[half(&b_body)..]);
+        assert_eq!(
+            feed(&mut b, b2, &mut inflater),
+            Ok(Some(b_text.clone().into_bytes()))
+        );
+        let a2 = masked(true, OpCode::Continuation, &a_body[half(&a_body)..]);
+        assert_eq!(
+            feed(&mut a, a2, &mut inflater),
+            Ok(Some(a_text.clone().into_bytes()))
+        );
+        assert!(!inflater.lent());
+
+        // A connection that goes away mid-message lets the inflater go with its decoder.
+        let a1 = rsv1(false, OpCode::Text, &a_body[..half(&a_body)]);
+        assert_eq!(feed(&mut a, a1, &mut inflater), Ok(None));
+        drop(a);
+        let b1 = rsv1(false, OpCode::Text, &b_body[..half(&b_body)]);
+        assert_eq!(feed(&mut b, b1, &mut inflater), Ok(None));
+        assert_eq!(b.buffered(), 0, "b streams now");
+        let b2 = masked(true, OpCode::Continuation, &b_body[half(&b_body)..]);
+        assert_eq!(
+            feed(&mut b, b2, &mut inflater),
+            Ok(Some(b_text.into_bytes()))
+        );
+    }
+
+    #[test]
+    fn inflating_errors_come_before_the_message_ends() {
+        let limit = 100_000;
+        let config = DecoderConfig {
+            role: Role::Server,
+            max_message_size: limit,
+        };
+        let mut deflater = Deflater::new();
+        let bomb = deflater.compress(&vec![0u8; 8 << 20]).unwrap().to_vec();
+        assert!(bomb.len() < limit);
+        let mut bad_text = b"abc\xc0".to_vec();
+        bad_text.extend(std::iter::repeat_n(b'y', 50_000));
+        let bad_text = deflater.compress(&bad_text).unwrap().to_vec();
+        // Good blocks (RFC 7692 §7.2.3.1's "Hello", each sync-flushed), then a block of the
+        // reserved type 11 (RFC 1951 §3.2.3), then more bytes.
+        let hello = [
+            0xf2, 0x48, 0xcd, 0xc9, 0xc9, 0x07, 0x00, 0x00, 0x00, 0xff, 0xff,
+        ];
+        let mut bad_data = hello.repeat(20);
+        bad_data.push(0x07);
+        bad_data.extend([0x55; 2000]);
+        let cases: Vec<(&str, Vec<u8>, ProtocolError)> = vec![
+            (
+                "inflates past the limit in one frame",
+                rsv1(true, OpCode::Binary, &bomb),
+                ProtocolError::InflatedTooBig { limit },
+            ),
+            (
+                "inflates past the limit in fragments",
+                compressed_frames(OpCode::Binary, &bomb, 300),
+                ProtocolError::InflatedTooBig { limit },
+            ),
+            (
+                "inflated text not UTF-8",
+                compressed_frames(OpCode::Text, &bad_text, 30),
+                ProtocolError::InvalidUtf8,
+            ),
+            (
+                "bad deflate data",
+                compressed_frames(OpCode::Binary, &bad_data, 30),
+                ProtocolError::BadCompressedData,
+            ),
+        ];
+        for (name, wire, error) in cases {
+            // Fed in reads of 64 bytes: the error must come well before the last read.
+            let chunks: Vec<&[u8]> = wire.chunks(64).collect();
+            let mut inflater = Inflater::new();
+            let result = drive_chunks_with(&chunks, &config, Some(&mut inflater), |_| {});
+            assert_eq!(result, Err(error), "{name}");
+            // Find the read that failed: feed growing prefixes.
+            let failed_at = (1..=chunks.len())
+                .find(|&n| {
+                    drive_chunks_with(&chunks[..n], &config, Some(&mut Inflater::new()), |_| {})
+                        .is_err()
+                })
+                .unwrap_or(chunks.len());
+            assert!(
+                failed_at * 2 < chunks.len(),
+                "{name}: read {failed_at} of {}",
+                chunks.len()
+            );
+            assert!(!inflater.lent(), "{name}: the lease is void");
+        }
     }
 }

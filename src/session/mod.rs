@@ -26,8 +26,10 @@
 //!    [`Session::answered`] (after writing a plain HTTP answer yourself).
 //! 3. Bytes read, while open: call [`Session::handle_frames`] in a loop on the unconsumed
 //!    rest until a step consumes nothing and has no event; act on each [`Event`]. Lend it
-//!    the worker's [`Inflater`] (permessage-deflate keeps no state per connection). Pings are
-//!    answered and the peer's Close is echoed inside, through the [`Transmit`] the driver lends.
+//!    the worker's [`Inflater`], the same one every time (permessage-deflate keeps no state
+//!    per connection between messages; a compressed message in progress holds at most a lease
+//!    on it, or its compressed bytes). Pings are answered and the peer's Close is echoed
+//!    inside, through the [`Transmit`] the driver lends.
 //! 4. A timer fired at tick `t`: if [`Session::is_deadline`]`(t)`, call
 //!    [`Session::handle_timeout`] and act on its [`Timeout`].
 //! 5. To close from our side: [`Session::close`].
@@ -55,7 +57,7 @@ mod tests;
 pub use refusal::Refusal;
 
 use crate::protocol::close;
-use crate::protocol::deflate::{Agreement, InflateError, Inflater};
+use crate::protocol::deflate::{Agreement, Inflater};
 use crate::protocol::frame::{write_frame, OpCode};
 use crate::protocol::handshake::{
     parse_request, write_accept_response, HandshakeConfig, HandshakeError, Request, Upgrade,
@@ -446,10 +448,12 @@ impl Session {
     /// before the upgrade) the whole input is consumed and discarded.
     ///
     /// With permessage-deflate negotiated, a compressed message (RSV1, RFC 7692 §6) is
-    /// inflated whole with the worker's `inflater` (reset for each message) up to
-    /// `--max-message-size`: past it the connection is failed with 1009 as soon as the
-    /// output passes it, on bad deflate data with 1007; its UTF-8 is checked once inflated.
-    /// The message's data then borrows the inflater's buffer.
+    /// inflated with the worker's `inflater` (reset for each message; lend the same one on
+    /// every call) as its bytes arrive, up to `--max-message-size`: the connection is failed
+    /// with 1009 as soon as the output passes it, with 1007 on bad deflate data or on the
+    /// first byte of inflated text that is not UTF-8. The message's data then borrows the
+    /// inflater's buffer. See [`Inflater`] for what is kept while a compressed message spans
+    /// reads.
     pub fn handle_frames<'a>(
         &'a mut self,
         buf: &'a mut [u8],
@@ -465,8 +469,13 @@ impl Session {
             };
         }
         let len = buf.len();
-        let deflate = self.extensions.deflate();
-        let step = match self.decoder.decode_with(buf, &config.decoder, deflate) {
+        let decoded = if self.extensions.deflate() {
+            self.decoder
+                .decode_inflating(buf, &config.decoder, inflater)
+        } else {
+            self.decoder.decode(buf, &config.decoder)
+        };
+        let step = match decoded {
             Ok(step) => step,
             Err(error) => {
                 return fail(
@@ -480,29 +489,12 @@ impl Session {
                 )
             }
         };
-        let Some(mut event) = step.event else {
+        let Some(event) = step.event else {
             return Step {
                 consumed: step.consumed,
                 event: None,
             };
         };
-        if let (true, DecoderEvent::Message { kind, data }) = (step.compressed, &event) {
-            let kind = *kind;
-            match inflate_message(inflater, kind, data, config.decoder.max_message_size) {
-                Ok(data) => event = DecoderEvent::Message { kind, data },
-                Err(error) => {
-                    return fail(
-                        &mut self.state,
-                        &mut self.timer,
-                        error,
-                        len,
-                        now,
-                        config,
-                        tx,
-                    )
-                }
-            }
-        }
         self.timer.last_seen = now.short();
         self.timer.put(Liveness::PING_OUTSTANDING, false);
         let event = match event {
@@ -774,24 +766,6 @@ fn fail<'a>(
         consumed: len,
         event: Some(Event::ProtocolError(error)),
     }
-}
-
-/// A compressed message inflated into the worker's `inflater`, bounded by `limit`
-/// (RFC 7692 §7.2.2), its text checked as UTF-8; or the rule it broke.
-fn inflate_message<'a>(
-    inflater: &'a mut Inflater,
-    kind: MessageKind,
-    compressed: &[u8],
-    limit: usize,
-) -> Result<&'a [u8], ProtocolError> {
-    let inflated = inflater.inflate(compressed, limit).map_err(|e| match e {
-        InflateError::TooBig => ProtocolError::InflatedTooBig { limit },
-        InflateError::BadData => ProtocolError::BadCompressedData,
-    })?;
-    if kind == MessageKind::Text && std::str::from_utf8(inflated).is_err() {
-        return Err(ProtocolError::InvalidUtf8);
-    }
-    Ok(inflated)
 }
 
 /// Our answer to a peer's Close: its code echoed, or an empty Close for an empty one
