@@ -262,7 +262,11 @@ pub fn svg_timeseries(title: &str, panels: &[(String, Vec<[f64; 2]>)]) -> String
         .iter()
         .flat_map(|(_, p)| p.iter().map(|q| q[0]))
         .fold(0.0f64, f64::max);
-    let x_top = nice_ceiling(x_top).max(1.0);
+    // Ticks every `x_step` (a nice step giving at most 7 of them), the axis ending at the first
+    // tick past the data: a 302 s run ends at 350, not at 500.
+    let x_step = nice_ceiling(x_top / 7.0).max(1e-3);
+    let x_ticks = (x_top / x_step).ceil().max(1.0);
+    let x_top = x_step * x_ticks;
     let xpos = |t: f64| L + (t / x_top) * (W - L - R);
     let mut s = String::new();
     let _ = writeln!(
@@ -293,8 +297,8 @@ pub fn svg_timeseries(title: &str, panels: &[(String, Vec<[f64; 2]>)]) -> String
                 trim_num(v)
             );
         }
-        for j in 0..=5 {
-            let t = x_top * f64::from(j) / 5.0;
+        for j in 0..=x_ticks as u32 {
+            let t = x_step * f64::from(j);
             let x = xpos(t);
             let _ = writeln!(
                 s,
@@ -363,6 +367,18 @@ fn escape(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn timeseries_axis_ends_at_the_first_tick_past_the_data() {
+        let points: Vec<[f64; 2]> = (0..=302).map(|t| [f64::from(t), 1.0]).collect();
+        let svg = svg_timeseries("run", &[("deliveries/s".into(), points)]);
+        // Ticks every 50 s up to 350: not a 500 s axis half empty.
+        assert!(svg.contains(">350</text>"), "{svg}");
+        assert!(
+            !svg.contains(">400</text>") && !svg.contains(">500</text>"),
+            "{svg}"
+        );
+    }
 
     #[test]
     fn table_and_svg_render() {
