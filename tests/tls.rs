@@ -368,3 +368,103 @@ fn bad_files_at_start_exit_2_with_one_line() {
         assert!(stderr.contains(expected), "{args:?}: {stderr}");
     }
 }
+
+/// Random damage to real handshakes, seeded: bit flips, truncation and trailing garbage in
+/// the ClientHello, and garbage or cut records after a finished handshake. Each connection
+/// ends (the client sends FIN), nothing panics, and an open wss connection keeps working.
+#[test]
+fn damaged_handshakes_and_records_never_harm_the_server() {
+    use rand::{Rng, SeedableRng};
+    with_timeout_secs(60, || {
+        let (server, client, ca) = tls_server(Config {
+            handshake_timeout: Duration::from_millis(500),
+            ..Config::for_tests()
+        });
+        let addr = server.addr();
+        let mut open = wss(addr, &client, "/echo");
+        let hello = client_hello(&ca);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(17);
+        for case in 0..300 {
+            let mut bytes = hello.clone();
+            match case % 3 {
+                0 => {
+                    for _ in 0..rng.random_range(1..8) {
+                        let i = rng.random_range(0..bytes.len());
+                        bytes[i] ^= 1 << rng.random_range(0..8);
+                    }
+                }
+                1 => bytes.truncate(rng.random_range(1..hello.len())),
+                _ => bytes.extend((0..rng.random_range(1..600)).map(|_| rng.random::<u8>())),
+            }
+            // Closed promptly at the FIN, not by the handshake timeout.
+            let t = std::time::Instant::now();
+            let closed = closed_after(addr, &bytes, true, Duration::from_secs(5));
+            assert!(
+                t.elapsed() < Duration::from_millis(450),
+                "case {case}: {:?}",
+                t.elapsed()
+            );
+            assert!(closed, "case {case}: the server did not close");
+        }
+        // After the handshake: a wss connection whose next bytes are garbage, a cut record
+        // or a record with a flipped bit.
+        for case in 0..30 {
+            let mut victim = tls_connect(addr, &client).expect("handshake");
+            let mut record = Vec::new();
+            victim
+                .conn
+                .writer()
+                .write_all(b"GET /healthz HTTP/1.1\r\n")
+                .unwrap();
+            victim.conn.write_tls(&mut record).unwrap();
+            match case % 3 {
+                0 => record = (0..200).map(|_| rng.random::<u8>()).collect(),
+                1 => record.truncate(rng.random_range(1..record.len())),
+                _ => {
+                    let i = rng.random_range(5..record.len());
+                    record[i] ^= 0x40;
+                }
+            }
+            victim.sock.write_all(&record).unwrap();
+            victim.sock.shutdown(std::net::Shutdown::Write).unwrap();
+            let mut buf = [0u8; 4096];
+            for _ in 0..100 {
+                match victim.sock.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
+        }
+        round_trip(&mut open, "still here");
+        let mut fresh = wss(addr, &client, "/echo");
+        round_trip(&mut fresh, "and new ones work");
+        assert!(server.stats().tls_failures.total() >= 250);
+    });
+}
+
+/// A wss client that stops reading while its echoes pile up: the encrypted records the
+/// socket refuses wait in the connection (and its queue) and arrive whole and in order once
+/// it reads again.
+#[test]
+fn a_slow_wss_reader_gets_every_record_in_order() {
+    guarded(|| {
+        let (server, client, _ca) = tls_server(Config::for_tests());
+        let mut ws = wss(server.addr(), &client, "/echo");
+        let messages: Vec<String> = (0..40)
+            .map(|i| format!("{i:04}-{}", "x".repeat(50_000 + i * 17)))
+            .collect();
+        for m in &messages {
+            ws.write(tungstenite::Message::text(m.as_str())).unwrap();
+        }
+        ws.flush().unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        for m in &messages {
+            assert_eq!(&recv_text(&mut ws), m);
+        }
+        round_trip(&mut ws, "done");
+    });
+}
+
+fn with_timeout_secs<F: FnOnce() + Send + 'static>(secs: u64, body: F) {
+    common::with_timeout(Duration::from_secs(secs), body);
+}

@@ -189,7 +189,12 @@ impl TlsStream {
         incoming[..used].copy_from_slice(&st.partial);
         st.partial = Vec::new();
         let mut out = 0;
+        // The socket said WouldBlock or EOF; `short`: the last read brought less than asked,
+        // which is taken as drained only when there is plaintext to hand over (an EOF right
+        // behind the data must not be missed while a handshake waits for it: the worker reads
+        // on after data when the event reported a hang-up).
         let mut drained = false;
+        let mut short = false;
         let mut socket_eof = false;
         let mut full = false;
         let mut result = Ok(());
@@ -220,7 +225,7 @@ impl TlsStream {
                     break;
                 }
             }
-            if drained {
+            if drained || (short && out > 0) {
                 break;
             }
             // At most as much ciphertext, counting what is buffered, as the caller can take
@@ -243,7 +248,7 @@ impl TlsStream {
                 }
                 Ok(n) => {
                     used += n;
-                    drained = n < want;
+                    short = n < want;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => drained = true,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -256,7 +261,7 @@ impl TlsStream {
         if used > 0 && result.is_ok() {
             st.partial = incoming[..used].to_vec();
         }
-        st.more = full || (!drained && !st.eof);
+        st.more = full || (!drained && !short && !st.eof);
         if let Err(e) = result {
             if st.phase == Phase::Handshaking && st.event.is_none() {
                 st.event = Some(TransportEvent::HandshakeFailed(TlsFailure::Other));
