@@ -199,3 +199,11 @@ pub fn https_get(addr: SocketAddr, config: &Arc<ClientConfig>, path: &str) -> St
     }
     String::from_utf8_lossy(&answer).into_owned()
 }
+
+/// `config` without session resumption: every handshake is a full one, so the client sees the
+/// certificate the server presents now (a resumed session keeps the one it began with).
+pub fn without_resumption(config: &Arc<ClientConfig>) -> Arc<ClientConfig> {
+    let mut config = (**config).clone();
+    config.resumption = rustls::client::Resumption::disabled();
+    Arc::new(config)
+}
