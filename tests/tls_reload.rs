@@ -95,11 +95,13 @@ fn spawn_binary(
             break;
         }
         if let Some((_, addr)) = line.trim_end().split_once(" listening on ") {
+            let child = Running(child);
             let addr = addr.parse().expect("an address");
             return (child, addr, stderr);
         }
     }
     let _ = child.kill();
+    let _ = child.wait();
     panic!("no 'listening on' line; last: {line}");
 }
 
@@ -118,9 +120,9 @@ fn wait_for_line(stderr: &mut BufReader<std::process::ChildStderr>, needle: &str
     panic!("no log line with {needle:?}");
 }
 
-fn sighup(child: &Child) {
+fn sighup(child: &Running) {
     let status = Command::new("kill")
-        .args(["-HUP", &child.id().to_string()])
+        .args(["-HUP", &child.0.id().to_string()])
         .status()
         .expect("run kill");
     assert!(status.success());
@@ -133,7 +135,7 @@ fn sighup_reloads_the_binary_and_a_broken_pair_keeps_the_old_one() {
         let first = ca.leaf(&rcgen::PKCS_ECDSA_P256_SHA256);
         let dir = temp_dir("tls-sighup");
         let (cert, key) = first.write(&dir);
-        let (mut child, addr, mut stderr) = spawn_binary(&[
+        let (child, addr, mut stderr) = spawn_binary(&[
             "--tls-cert",
             cert.to_str().unwrap(),
             "--tls-key",
@@ -157,7 +159,6 @@ fn sighup_reloads_the_binary_and_a_broken_pair_keeps_the_old_one() {
 
         round_trip(&mut held, "after both");
         assert_eq!(peer_leaf(held.get_ref()), first.der);
-        let _ = child.kill();
-        let _ = child.wait();
+        drop(child);
     });
 }
