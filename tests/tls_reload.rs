@@ -65,11 +65,21 @@ fn reload_swaps_the_pair_for_new_handshakes_only() {
     });
 }
 
+/// A child process killed (by its PID) and reaped when dropped, also when a test fails.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// The binary on free ports with `args`; its public address, read from its log.
 fn spawn_binary(
     args: &[&str],
 ) -> (
-    Child,
+    Running,
     std::net::SocketAddr,
     BufReader<std::process::ChildStderr>,
 ) {
