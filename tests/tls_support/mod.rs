@@ -53,6 +53,11 @@ pub struct Leaf {
 }
 
 impl TestCa {
+    /// The CA certificate as PEM (for clients that read a file: Python, Chromium).
+    pub fn pem(&self) -> &str {
+        &self.pem
+    }
+
     pub fn new() -> TestCa {
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("CA key");
         let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
