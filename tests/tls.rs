@@ -154,6 +154,11 @@ fn https_serves_healthz_and_the_demo_page() {
         let alpn = client_config(&ca.der, &[b"h2", b"http/1.1"]);
         let stream = tls_connect(server.addr(), &alpn).expect("handshake");
         assert_eq!(stream.conn.alpn_protocol(), Some(&b"http/1.1"[..]));
+        // The server's order of suites: AES-128-GCM, though rustls clients list AES-256 first.
+        assert_eq!(
+            stream.conn.negotiated_cipher_suite().map(|s| s.suite()),
+            Some(rustls::CipherSuite::TLS13_AES_128_GCM_SHA256)
+        );
         // TLS 1.2 works too.
         let tls12 = client_config_tls12(&ca.der);
         let stream = tls_connect(server.addr(), &tls12).expect("TLS 1.2 handshake");
