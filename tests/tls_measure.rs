@@ -20,7 +20,7 @@
 mod common;
 mod tls_support;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -124,7 +124,7 @@ fn pid(p: &Proc) -> u32 {
 }
 
 enum Conn {
-    Plain(tungstenite::WebSocket<TcpStream>),
+    Plain(Box<tungstenite::WebSocket<TcpStream>>),
     Tls(Box<Wss>),
 }
 
@@ -156,7 +156,7 @@ fn open(addr: SocketAddr, client: Option<&Arc<rustls::ClientConfig>>, path: &str
             tcp.set_nodelay(true).unwrap();
             let (ws, _) =
                 tungstenite::client::client(format!("ws://localhost{path}"), tcp).unwrap();
-            Conn::Plain(ws)
+            Conn::Plain(Box::new(ws))
         }
         Some(config) => Conn::Tls(Box::new(wss(addr, config, path))),
     }
@@ -369,6 +369,3 @@ fn echo_cpu_per_message() {
         }
     }
 }
-
-#[allow(dead_code)]
-fn unused(_: &mut dyn Read, _: &mut dyn Write) {}
