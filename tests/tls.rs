@@ -473,3 +473,41 @@ fn a_slow_wss_reader_gets_every_record_in_order() {
 fn with_timeout_secs<F: FnOnce() + Send + 'static>(secs: u64, body: F) {
     common::with_timeout(Duration::from_secs(secs), body);
 }
+
+/// A close started by the server (the API disconnects a user): Close 4000, then close_notify
+/// and FIN; the client's Close reply is still read, so the connection ends cleanly on both
+/// sides (no reset), and the TLS close is not counted as a failure.
+#[test]
+fn a_server_initiated_close_ends_cleanly_over_tls() {
+    guarded(|| {
+        let (server, client, _ca) = tls_server(Config::for_tests());
+        let mut ws = wss(server.addr(), &client, "/ws?user=leaving");
+        let first: serde_json::Value = serde_json::from_str(&recv_text(&mut ws)).unwrap();
+        assert_eq!(first["channel"], "$user");
+        let mut api = ApiClient::connect(server.api_addr());
+        let answer = api.post("/api/disconnect?wait=delivered", r#"{"user":"leaving"}"#);
+        assert_eq!(answer["closed"], 1, "{answer}");
+        let code = loop {
+            match ws.read() {
+                Ok(tungstenite::Message::Close(Some(frame))) => break u16::from(frame.code),
+                Ok(_) => continue,
+                Err(e) => panic!("before the Close frame: {e}"),
+            }
+        };
+        assert_eq!(code, 4000);
+        // tungstenite answers the Close; then the server's close_notify and FIN end the stream.
+        match ws.read() {
+            Err(tungstenite::Error::ConnectionClosed) => {}
+            other => panic!("expected a clean end, got {other:?}"),
+        }
+        assert!(wait_until(Duration::from_secs(5), || server.stats().open() == 0));
+        // The server read our Close reply before closing its socket: no reset follows.
+        std::thread::sleep(Duration::from_millis(200));
+        let mut rest = [0u8; 64];
+        match ws.get_mut().sock.read(&mut rest) {
+            Ok(0) => {}
+            other => panic!("expected EOF on the socket, got {other:?}"),
+        }
+        assert_eq!(server.stats().tls_failures.total(), 0);
+    });
+}

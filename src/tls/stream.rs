@@ -86,7 +86,10 @@ fn with_scratch<R>(f: impl FnOnce(&mut Scratch) -> io::Result<R>) -> io::Result<
 enum Phase {
     Handshaking,
     Open,
-    /// Failed (alert sent) or closed: no more records either way.
+    /// Our close_notify went out (with our FIN): nothing more is sent, and what the peer
+    /// still sends (its Close frame) is read until its EOF.
+    Closing,
+    /// Failed (alert sent): no more records either way.
     Done,
 }
 
@@ -642,7 +645,7 @@ impl Transport for TlsStream {
                     let _ = write_some(socket, &alert[..n]);
                 }
             }
-            st.phase = Phase::Done;
+            st.phase = Phase::Closing;
         }
         socket.shutdown(Shutdown::Write)
     }
