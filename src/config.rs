@@ -398,6 +398,15 @@ pub struct Args {
     )]
     pub stats_interval: Duration,
 
+    /// PEM certificate chain (end-entity first): the public listener then speaks TLS only
+    /// (https, wss). Needs --tls-key. SIGHUP reloads both files.
+    #[arg(long, value_name = "FILE", env = "EDGEPUSH_TLS_CERT")]
+    pub tls_cert: Option<std::path::PathBuf>,
+
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1; RSA, ECDSA or Ed25519) of --tls-cert.
+    #[arg(long, value_name = "FILE", env = "EDGEPUSH_TLS_KEY")]
+    pub tls_key: Option<std::path::PathBuf>,
+
     /// Log level. RUST_LOG is also honoured, for finer per-module filters.
     #[arg(
         long,
@@ -517,6 +526,18 @@ pub struct Config {
     pub upstream: Option<crate::upstream::UpstreamConfig>,
     /// Cluster mode (`--redis` and its companions); `None`: everything in process.
     pub cluster: Option<crate::cluster::ops::ClusterConfig>,
+    /// `--tls-cert` and `--tls-key`: the public listener speaks TLS; `None`: plain.
+    pub tls: Option<TlsFiles>,
+}
+
+/// The certificate chain and key files of `--tls-cert` / `--tls-key` (both PEM), checked to
+/// load and match when the configuration is made ([`ConfigError::Tls`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// `--tls-cert`: the chain, end-entity certificate first.
+    pub cert: std::path::PathBuf,
+    /// `--tls-key`: the private key.
+    pub key: std::path::PathBuf,
 }
 
 /// `--redis URL` must be a `redis://` URL the client accepts; `--redis-prefix` non-empty and
@@ -637,6 +658,12 @@ pub enum ConfigError {
         /// What is wrong, in one line.
         reason: String,
     },
+    /// `--tls-cert` / `--tls-key`: one without the other, a file missing or unreadable, no
+    /// certificate or key in it, or a key that does not match the certificate.
+    Tls {
+        /// What is wrong, in one line naming the flag and the file.
+        reason: String,
+    },
 }
 
 impl fmt::Display for ConfigError {
@@ -682,6 +709,7 @@ impl fmt::Display for ConfigError {
                 "--api-listen {api_listen} is not a loopback address: set --api-key too"
             ),
             ConfigError::Upstream { reason } => f.write_str(reason),
+            ConfigError::Tls { reason } => f.write_str(reason),
         }
     }
 }
@@ -755,6 +783,23 @@ impl Config {
                 }
             }
         }
+        let tls = match (args.tls_cert, args.tls_key) {
+            (None, None) => None,
+            (Some(cert), Some(key)) => {
+                crate::tls::load_pair(&cert, &key).map_err(|reason| ConfigError::Tls { reason })?;
+                Some(TlsFiles { cert, key })
+            }
+            (Some(_), None) => {
+                return Err(ConfigError::Tls {
+                    reason: "--tls-cert needs --tls-key".to_owned(),
+                })
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::Tls {
+                    reason: "--tls-key needs --tls-cert".to_owned(),
+                })
+            }
+        };
         let node = args
             .node_name
             .clone()
@@ -813,6 +858,7 @@ impl Config {
                 durable: args.redis_durable,
             }),
             upstream,
+            tls,
         })
     }
 
@@ -850,6 +896,7 @@ impl Config {
             compression_min_size: 128,
             cluster: None,
             upstream: None,
+            tls: None,
         }
     }
 
@@ -863,6 +910,13 @@ impl Config {
         };
         let rows = [
             ("listen", self.listen.to_string()),
+            (
+                "tls",
+                self.tls.as_ref().map_or_else(
+                    || "off".to_owned(),
+                    |t| format!("{} + {}", t.cert.display(), t.key.display()),
+                ),
+            ),
             ("push path", self.ws_path.clone()),
             ("api listen", self.api_listen.to_string()),
             (
@@ -1531,8 +1585,9 @@ mod tests {
         ] {
             assert!(s.contains(needle), "{needle:?} missing from\n{s}");
         }
-        assert_eq!(s.lines().count(), 28);
+        assert_eq!(s.lines().count(), 29);
         assert!(s.contains("upstream           off"), "{s}");
+        assert!(s.contains("tls                off"), "{s}");
         assert!(s.contains("max request head   16KiB"), "{s}");
         assert!(s.contains("cluster            off (one node)"), "{s}");
         let args = Args::try_parse_from([

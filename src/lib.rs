@@ -13,4 +13,5 @@ pub mod push;
 pub mod server;
 pub mod session;
 pub mod tick;
+pub mod tls;
 pub mod upstream;

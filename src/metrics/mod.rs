@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use crate::tls::TlsFailure;
 pub use render::Exposition;
 
 /// Close codes counted by name; anything else is counted as "other".
@@ -236,6 +237,39 @@ pub struct Stats {
     /// Actions waiting for their turn (behind their connection's request in flight, or for a
     /// place under `--upstream-max-inflight`), all workers.
     pub upstream_queued: AtomicUsize,
+    /// TLS handshakes finished on the public listener (`--tls-cert`).
+    pub tls_handshakes: AtomicU64,
+    /// TLS handshakes failed, by reason.
+    pub tls_failures: TlsFailures,
+}
+
+/// Counts per [`TlsFailure`].
+#[derive(Debug, Default)]
+pub struct TlsFailures {
+    counts: [AtomicU64; TlsFailure::ALL.len()],
+}
+
+impl TlsFailures {
+    /// Counts one failure.
+    pub fn add(&self, why: TlsFailure) {
+        self.counts[why as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The count for `why`.
+    pub fn get(&self, why: TlsFailure) -> u64 {
+        self.counts[why as usize].load(Ordering::Relaxed)
+    }
+
+    /// Failures of every reason.
+    pub fn total(&self) -> u64 {
+        self.counts.iter().map(|n| n.load(Ordering::Relaxed)).sum()
+    }
+
+    fn samples(&self) -> impl Iterator<Item = (String, u64)> + '_ {
+        TlsFailure::ALL
+            .iter()
+            .map(|f| (f.label().to_owned(), self.get(*f)))
+    }
 }
 
 /// Counts per upstream [`Outcome`](crate::upstream::Outcome).
@@ -296,6 +330,17 @@ impl Stats {
         self.open.fetch_sub(1, Ordering::Relaxed);
         if let Some(n) = self.worker_open.get(worker) {
             n.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts a transport handshake's outcome (TLS).
+    pub(crate) fn transport_event(&self, event: crate::server::transport::TransportEvent) {
+        use crate::server::transport::TransportEvent;
+        match event {
+            TransportEvent::HandshakeDone => {
+                self.tls_handshakes.fetch_add(1, Ordering::Relaxed);
+            }
+            TransportEvent::HandshakeFailed(why) => self.tls_failures.add(why),
         }
     }
 

@@ -140,6 +140,13 @@ pub fn stats_json(s: &Stats, hub: &HubFigures) -> String {
             .collect::<serde_json::Map<_, _>>(),
         "upstream_in_flight": s.upstream_in_flight.load(Ordering::Relaxed),
         "upstream_queued": s.upstream_queued.load(Ordering::Relaxed),
+        "tls_handshakes": s.tls_handshakes.load(Ordering::Relaxed),
+        "tls_handshake_failures": s.tls_failures.total(),
+        "tls_handshake_failures_by_reason": s
+            .tls_failures
+            .samples()
+            .map(|(k, v)| (k, serde_json::Value::from(v)))
+            .collect::<serde_json::Map<_, _>>(),
         "handshake_failures_by_reason": HandshakeFailure::ALL
             .iter()
             .map(|&f| (f.label().to_owned(), s.handshake_failure_reasons.get(f).into()))
@@ -205,6 +212,18 @@ pub fn metrics_text(s: &Stats, hub: &HubFigures) -> String {
         "edgepush_handshake_failures_total",
         "Upgrades refused or timed out, by reason.",
         &s.handshake_failure_reasons,
+    );
+    e.counter(
+        "edgepush_tls_handshakes_total",
+        "TLS handshakes finished on the public listener (--tls-cert).",
+        load(&s.tls_handshakes),
+    );
+    e.labelled(
+        "edgepush_tls_handshake_failures_total",
+        "counter",
+        "TLS handshakes failed, by reason.",
+        "reason",
+        s.tls_failures.samples(),
     );
     e.counter(
         "edgepush_protocol_errors_total",

@@ -41,12 +41,13 @@ impl Handle {
     }
 }
 
-/// A connection in the worker's slab.
+/// A connection in the worker's slab, over transport `S`: the plain socket, or a TLS stream
+/// ([`crate::tls::TlsStream`]: the socket and one pointer).
 #[derive(Debug)]
-pub struct Connection {
-    /// The accepted, non-blocking TCP socket, registered with the worker's poll under
+pub struct Connection<S = TcpStream> {
+    /// The accepted, non-blocking transport, registered with the worker's poll under
     /// [`Handle::token`].
-    pub socket: TcpStream,
+    pub socket: S,
     /// Taken from the worker's counter at accept (wrapping): tells this connection from the
     /// earlier and later ones in the same slab slot.
     pub generation: u32,
@@ -62,9 +63,9 @@ pub struct Connection {
     pub push: Option<Box<PushConn>>,
 }
 
-impl Connection {
+impl<S> Connection<S> {
     /// A connection just accepted, its session reading the request head.
-    pub fn new(socket: TcpStream, generation: u32, session: Session) -> Self {
+    pub fn new(socket: S, generation: u32, session: Session) -> Self {
         Connection {
             socket,
             generation,
@@ -280,7 +281,8 @@ impl Outbound {
             .map_or(0, |c| c.bytes().len() - self.offset);
     }
 
-    /// Writes as much as the socket takes, a `sendmsg` at a time.
+    /// Writes as much as the socket takes, a `sendmsg` at a time, then what the transport
+    /// holds pending ([`Sink::has_pending`]).
     pub fn flush(&mut self, socket: &mut impl Sink) -> io::Result<Flushed> {
         while self.queued > 0 {
             // A fan-out queue usually holds a chunk or two: don't fill 256 slots for them.
@@ -297,6 +299,9 @@ impl Outbound {
                 Err(e) => return Err(e),
             };
             self.advance(written);
+        }
+        if socket.has_pending() && !socket.flush_pending()? {
+            return Ok(Flushed::Blocked);
         }
         Ok(Flushed::All)
     }

@@ -13,10 +13,10 @@ use std::sync::mpsc::{Receiver, Sender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use log::{info, warn};
+use log::{error, info, warn};
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token, Waker};
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 
 use crate::config::Config;
@@ -63,8 +63,11 @@ pub(crate) struct HubHandle {
 pub(crate) struct HubLoop<B: Broker> {
     poll: Poll,
     listener: TcpListener,
-    /// SIGTERM/SIGINT, when this hub handles them (the binary does; tests don't).
+    /// SIGTERM/SIGINT (drain) and SIGHUP (TLS reload), when this hub handles them (the binary
+    /// does; tests don't).
     signals: Option<Signals>,
+    /// The certificate pair SIGHUP reloads (`--tls-cert`); `None` on a plain listener.
+    tls: Option<Arc<crate::tls::CertStore>>,
     /// `--drain-duration` and `--drain-timeout`.
     drain: (Duration, Duration),
     draining: bool,
@@ -101,6 +104,7 @@ impl<B: Broker> HubLoop<B> {
         stop: Arc<AtomicBool>,
         handle_signals: bool,
         workers: usize,
+        tls: Option<Arc<crate::tls::CertStore>>,
         make_broker: impl FnOnce(Arc<Waker>, Instant) -> io::Result<B>,
     ) -> io::Result<(HubLoop<B>, Arc<Waker>)> {
         let poll = Poll::new()?;
@@ -108,7 +112,7 @@ impl<B: Broker> HubLoop<B> {
             .register(&mut listener, LISTENER, Interest::READABLE)?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let signals = if handle_signals {
-            let mut signals = Signals::new([SIGTERM, SIGINT])?;
+            let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP])?;
             poll.registry()
                 .register(&mut signals, SIGNALS, Interest::READABLE)?;
             Some(signals)
@@ -125,6 +129,7 @@ impl<B: Broker> HubLoop<B> {
                 poll,
                 listener,
                 signals,
+                tls,
                 api: ApiConns::new(
                     config.api_key.as_deref(),
                     ApiLimits {
@@ -318,6 +323,10 @@ impl<B: Broker> HubLoop<B> {
         };
         let received: Vec<i32> = signals.pending().collect();
         for signal in received {
+            if signal == SIGHUP {
+                self.reload_tls();
+                continue;
+            }
             if self.draining {
                 warn!("second signal ({signal}): stopping now without finishing the drain");
                 self.stop.store(true, Ordering::Relaxed);
@@ -328,6 +337,18 @@ impl<B: Broker> HubLoop<B> {
                 info!("signal {signal}: draining");
                 self.begin_drain();
             }
+        }
+    }
+
+    /// SIGHUP: reads the TLS pair again. A pair that does not load or match is refused and
+    /// the one in force stays; either way open connections are untouched.
+    fn reload_tls(&self) {
+        match &self.tls {
+            None => info!("SIGHUP: no --tls-cert, nothing to reload"),
+            Some(certs) => match certs.reload() {
+                Ok(()) => info!("SIGHUP: TLS certificate reloaded; new handshakes use it"),
+                Err(e) => error!("SIGHUP: TLS certificate not reloaded, keeping the old one: {e}"),
+            },
         }
     }
 

@@ -141,6 +141,8 @@ impl AnyHubLoop {
 
 /// A running server: its workers and the means to stop them.
 pub struct Server {
+    /// The certificate pair a reload swaps (`--tls-cert`); `None` on a plain listener.
+    tls: Option<Arc<crate::tls::CertStore>>,
     hub: hub_loop::HubHandle,
     local_addr: SocketAddr,
     api_addr: SocketAddr,
@@ -172,6 +174,13 @@ impl Server {
         let settings = Arc::new(Settings::new(config, max_connections));
         let stats = Arc::new(Stats::new(config.threads.max(1)));
         let stop = Arc::new(AtomicBool::new(false));
+        let tls = match &config.tls {
+            None => None,
+            Some(files) => Some(
+                crate::tls::ServerTls::new(&files.cert, &files.key)
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?,
+            ),
+        };
         let listeners = listener::bind_all(config.listen, config.threads.max(1))?;
         let local_addr = listeners[0].local_addr()?;
         let api_listener = mio::net::TcpListener::bind(config.api_listen)?;
@@ -189,6 +198,7 @@ impl Server {
                     Arc::clone(&stop),
                     handle_signals,
                     threads,
+                    tls.as_ref().map(|t| Arc::clone(&t.certs)),
                     |_, now| Ok(MemoryBroker::new(config.history, now)),
                 )?;
                 (AnyHubLoop::Memory(Box::new(hub)), waker)
@@ -202,6 +212,7 @@ impl Server {
                     Arc::clone(&stop),
                     handle_signals,
                     threads,
+                    tls.as_ref().map(|t| Arc::clone(&t.certs)),
                     |waker, now| {
                         let link = Link::start(cluster, waker, Arc::clone(&stats.redis_latency))?;
                         Ok(RedisBroker::new(
@@ -223,29 +234,52 @@ impl Server {
         let drain_handle = hub_handle.clone();
         let mut wakers = vec![hub_waker];
         let mut inboxes = Vec::new();
-        let mut workers = Vec::new();
+        // Each worker's loop, to run on its own thread: over plain TCP or TLS connections.
+        let mut workers: Vec<Box<dyn FnOnce() + Send>> = Vec::new();
         for (id, listener) in listeners.into_iter().enumerate() {
             let (tx, rx) = mpsc::channel();
             let load = Arc::new(AtomicUsize::new(0));
-            let (worker, waker) = worker::Worker::new(
-                id,
-                listener,
-                worker::HubLink {
-                    hub: hub_handle.clone(),
-                    inbox: rx,
-                    inbox_load: Arc::clone(&load),
-                },
-                Arc::clone(&settings),
-                Arc::clone(&stats),
-                Arc::clone(&stop),
-            )?;
+            let link = worker::HubLink {
+                hub: hub_handle.clone(),
+                inbox: rx,
+                inbox_load: Arc::clone(&load),
+            };
+            let (settings, stats, stop) =
+                (Arc::clone(&settings), Arc::clone(&stats), Arc::clone(&stop));
+            let waker = match &tls {
+                None => {
+                    let (worker, waker) = worker::Worker::<mio::net::TcpStream>::new(
+                        id,
+                        listener,
+                        (),
+                        link,
+                        settings,
+                        stats,
+                        stop,
+                    )?;
+                    workers.push(Box::new(move || worker.run()));
+                    waker
+                }
+                Some(tls) => {
+                    let (worker, waker) = worker::Worker::<crate::tls::TlsStream>::new(
+                        id,
+                        listener,
+                        Arc::clone(&tls.config),
+                        link,
+                        settings,
+                        stats,
+                        stop,
+                    )?;
+                    workers.push(Box::new(move || worker.run()));
+                    waker
+                }
+            };
             inboxes.push(hub_loop::WorkerInbox {
                 tx,
                 waker: Arc::clone(&waker),
                 load,
             });
             wakers.push(waker);
-            workers.push(worker);
         }
         hub.attach_workers(inboxes);
         let mut threads = vec![std::thread::Builder::new()
@@ -255,10 +289,11 @@ impl Server {
             threads.push(
                 std::thread::Builder::new()
                     .name(format!("edgepush-worker-{id}"))
-                    .spawn(move || worker.run())?,
+                    .spawn(worker)?,
             );
         }
         Ok(Server {
+            tls: tls.map(|t| t.certs),
             hub: drain_handle,
             local_addr,
             api_addr,
@@ -278,6 +313,18 @@ impl Server {
     /// The public listener's bound address (`--listen`, with the actual port when it was 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Reads `--tls-cert` and `--tls-key` again, as SIGHUP does: new handshakes use the new
+    /// pair, open connections keep theirs.
+    ///
+    /// # Errors
+    /// The listener is plain, or the new pair does not load or match (the old pair stays).
+    pub fn reload_tls(&self) -> Result<(), String> {
+        match &self.tls {
+            None => Err("no --tls-cert: nothing to reload".to_owned()),
+            Some(certs) => certs.reload(),
+        }
     }
 
     /// The effective connection ceiling: min(`--max-connections`, open-files limit − 64).

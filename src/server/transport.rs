@@ -1,7 +1,7 @@
 //! The byte pipe under a session: what the worker reads WebSocket bytes from and writes frames
-//! to. Plain TCP today; TLS (rustls) will be a second implementation, so that neither the
-//! session nor the event loop changes when it lands. The worker touches a connection's socket
-//! only through these traits (plus mio registration).
+//! to. Plain TCP ([`TcpStream`]) and TLS ([`crate::tls::TlsStream`], rustls): neither the
+//! session nor the event loop knows which. The worker touches a connection's socket only
+//! through these traits (plus mio registration, [`mio::event::Source`]).
 //!
 //! Why traits and not an enum: a listener is either plain or TLS for its whole life, so the
 //! worker can be generic over its transport and a plain connection keeps its 4-byte socket,
@@ -22,10 +22,42 @@ pub trait Sink {
     fn send(&mut self, buf: &[u8]) -> io::Result<usize> {
         self.send_vectored(&[IoSlice::new(buf)])
     }
+
+    /// Bytes taken by an earlier send but not yet written (TLS: encrypted records the socket
+    /// refused). While true the connection waits for WRITABLE even with nothing else queued.
+    /// Plain TCP: never.
+    fn has_pending(&self) -> bool {
+        false
+    }
+
+    /// Writes what is pending; true when nothing is left.
+    fn flush_pending(&mut self) -> io::Result<bool> {
+        Ok(true)
+    }
+}
+
+/// What a transport's own handshake came to (TLS), for the metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransportEvent {
+    /// The TLS handshake finished.
+    HandshakeDone,
+    /// The TLS handshake failed, and why.
+    HandshakeFailed(crate::tls::TlsFailure),
 }
 
 /// A connection's transport: plaintext in through [`Read`], out through [`Sink`].
-pub trait Transport: Read + Sink {
+pub trait Transport: Read + Sink + mio::event::Source + Sized {
+    /// What every connection of a listener is made with: nothing for plain TCP, the shared
+    /// rustls configuration for TLS.
+    type Acceptor: Send + Sync + 'static;
+
+    /// Bytes the worker's read buffer needs beyond its plain size (TLS: one record's
+    /// plaintext, so that a read always has room for one past the longest stash).
+    const READ_EXTRA: usize = 0;
+
+    /// The transport over a socket just accepted.
+    fn accept(socket: TcpStream, acceptor: &Self::Acceptor) -> io::Result<Self>;
+
     /// Ends our direction (TCP: FIN; TLS: close_notify, then FIN). Reading goes on until the
     /// peer's EOF.
     fn shutdown_write(&mut self) -> io::Result<()>;
@@ -37,6 +69,24 @@ pub trait Transport: Read + Sink {
     /// an orderly one: for a connection given up with bytes still queued, so that the peer
     /// sees an error rather than a FIN that passes a cut-off stream off as complete.
     fn abort_on_close(&mut self) -> io::Result<()>;
+
+    /// After a read that returned `n` of the `offered` bytes: whether more input may be
+    /// ready without a new readiness event (events are edge-triggered). Plain TCP: when the
+    /// read filled the buffer. TLS: when it stopped before the socket said `WouldBlock`.
+    fn may_have_more(&self, n: usize, offered: usize) -> bool {
+        n >= offered
+    }
+
+    /// The outcome of the transport's own handshake, once, after the read that reached it.
+    fn take_event(&mut self) -> Option<TransportEvent> {
+        None
+    }
+
+    /// Still in the transport's own handshake (TLS): a handshake timeout now counts as a TLS
+    /// failure.
+    fn in_handshake(&self) -> bool {
+        false
+    }
 }
 
 impl Sink for TcpStream {
@@ -53,6 +103,12 @@ impl Sink for TcpStream {
 }
 
 impl Transport for TcpStream {
+    type Acceptor = ();
+
+    fn accept(socket: TcpStream, _: &()) -> io::Result<Self> {
+        Ok(socket)
+    }
+
     fn shutdown_write(&mut self) -> io::Result<()> {
         TcpStream::shutdown(self, Shutdown::Write)
     }

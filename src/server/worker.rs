@@ -13,7 +13,7 @@ mod push;
 mod upstream;
 
 use std::collections::HashMap;
-use std::io::{self, Read};
+use std::io;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::Receiver;
@@ -39,7 +39,7 @@ use crate::server::drain::DrainSchedule;
 use crate::server::hub_loop::HubHandle;
 use crate::server::per_ip::client_address;
 use crate::server::timer_wheel::{Entry, TimerWheel};
-use crate::server::transport::Transport;
+use crate::server::transport::{Transport, TransportEvent};
 use crate::server::{http, Settings, Stats};
 use crate::session::{
     DropReason, Endpoint, Event, Extensions, Head, Refusal, Session, SessionConfig, State, Timeout,
@@ -73,7 +73,9 @@ pub(crate) struct HubLink {
     pub(crate) inbox_load: Arc<AtomicUsize>,
 }
 
-pub(crate) struct Worker {
+/// A worker over connections of transport `T` (plain TCP or TLS: a listener is one or the
+/// other for its whole life).
+pub(crate) struct Worker<T: Transport> {
     id: usize,
     link: HubLink,
     /// Something was sent to the hub this turn: wake it once at the end.
@@ -99,7 +101,9 @@ pub(crate) struct Worker {
     listener: TcpListener,
     accepting: bool,
     warned_accept_pause: bool,
-    conns: Slab<Connection>,
+    conns: Slab<Connection<T>>,
+    /// What each accepted socket is wrapped with (TLS: the shared rustls configuration).
+    acceptor: T::Acceptor,
     next_generation: u32,
     /// One live entry per connection: its handle, at its deadline (an entry whose deadline is
     /// no longer the connection's is stale and skipped).
@@ -125,15 +129,16 @@ pub(crate) struct Worker {
     generation_epoch: u32,
 }
 
-impl Worker {
+impl<T: Transport> Worker<T> {
     pub(crate) fn new(
         id: usize,
         mut listener: TcpListener,
+        acceptor: T::Acceptor,
         link: HubLink,
         settings: Arc<Settings>,
         stats: Arc<Stats>,
         stop: Arc<AtomicBool>,
-    ) -> io::Result<(Worker, Arc<Waker>)> {
+    ) -> io::Result<(Worker<T>, Arc<Waker>)> {
         let poll = Poll::new()?;
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
@@ -163,11 +168,12 @@ impl Worker {
                 accepting: true,
                 warned_accept_pause: false,
                 conns: Slab::new(),
+                acceptor,
                 next_generation: 0,
                 wheel,
                 fired: Vec::new(),
                 now: Tick(0),
-                read_buf: vec![0u8; READ_BUF_SIZE].into_boxed_slice(),
+                read_buf: vec![0u8; READ_BUF_SIZE + T::READ_EXTRA].into_boxed_slice(),
                 cork: Vec::new(),
                 inflater: Inflater::new(),
                 deflater: Deflater::new(),
@@ -257,7 +263,7 @@ impl Worker {
         );
     }
 
-    fn get(&mut self, handle: Handle) -> Option<&mut Connection> {
+    fn get(&mut self, handle: Handle) -> Option<&mut Connection<T>> {
         self.conns
             .get_mut(handle.key as usize)
             .filter(|c| c.generation == handle.generation)
@@ -266,10 +272,17 @@ impl Worker {
     fn accept_all(&mut self) {
         loop {
             match self.listener.accept() {
-                Ok((mut socket, addr)) => {
+                Ok((socket, addr)) => {
                     if let Err(e) = socket.set_nodelay(true) {
                         debug!("{addr}: TCP_NODELAY: {e}");
                     }
+                    let mut socket = match T::accept(socket, &self.acceptor) {
+                        Ok(socket) => socket,
+                        Err(e) => {
+                            warn!("worker {}: {addr}: {e}", self.id);
+                            continue;
+                        }
+                    };
                     let generation = self.next_generation;
                     self.next_generation = self.next_generation.wrapping_add(1);
                     if self.next_generation == 0 {
@@ -368,6 +381,7 @@ impl Worker {
             session.handle_timeout(now, app_deadline, config, tx)
         });
         let peer = self.get(handle).map(|c| peer(c)).unwrap_or_default();
+        let transport_handshake = self.get(handle).is_some_and(|c| c.socket.in_handshake());
         match timeout {
             None => {}
             Some(Timeout::Rearmed) => self.sync_timer(handle),
@@ -381,6 +395,11 @@ impl Worker {
                     DropReason::Handshake => {
                         debug!("{peer}: handshake timeout");
                         self.stats.handshake_failed(HandshakeFailure::Timeout);
+                        if transport_handshake {
+                            self.stats.transport_event(TransportEvent::HandshakeFailed(
+                                crate::tls::TlsFailure::Timeout,
+                            ));
+                        }
                     }
                     DropReason::Pong => {
                         debug!("{peer}: no frame within the pong timeout");
@@ -436,7 +455,7 @@ impl Worker {
         let mut reads = 0;
         let mut alive = true;
         let mut eof = false;
-        while let Some(conn) = self.get(handle) {
+        while let Some(conn) = conn_of(&mut self.conns, handle) {
             if conn.session.peer_ended() {
                 break; // EOF seen already: nothing more to read
             }
@@ -449,7 +468,12 @@ impl Worker {
             if let Some(stash) = &conn.stash {
                 buf[..stash_len].copy_from_slice(stash);
             }
-            match conn.socket.read(&mut buf[stash_len..]) {
+            let offered = buf.len() - stash_len;
+            let read = conn.socket.read(&mut buf[stash_len..]);
+            if let Some(event) = conn.socket.take_event() {
+                self.stats.transport_event(event);
+            }
+            match read {
                 Ok(0) => {
                     debug!("{}: peer ended its direction (EOF)", peer(conn));
                     eof = true;
@@ -470,14 +494,14 @@ impl Worker {
                         alive = false;
                         break;
                     }
-                    if n < buf.len() && !closing {
+                    if !conn.socket.may_have_more(n, offered) && !closing {
                         break;
                     }
                 }
                 Ok(n) => {
                     self.bytes_in += n as u64;
                     let end = stash_len + n;
-                    let drained = end < buf.len() && !closing;
+                    let drained = !conn.socket.may_have_more(n, offered) && !closing;
                     let consumed = self.handle_input(handle, &mut buf[..end]);
                     if let Some(conn) = self.get(handle) {
                         let rest = &buf[consumed.min(end)..end];
@@ -917,7 +941,9 @@ impl Worker {
                 let result = write_direct(&mut conn.socket, cork);
                 if let Ok(written) = result {
                     *bytes_out += written as u64;
-                    if written < cork.len() {
+                    // A transport holding bytes back (TLS records the socket refused) waits
+                    // for WRITABLE behind an empty queue.
+                    if written < cork.len() || conn.socket.has_pending() {
                         conn.outbound = Some(Box::new(Outbound::with_partial(cork, written)));
                     }
                 }
@@ -1021,7 +1047,7 @@ impl Worker {
 
 /// The connection `handle` names, if it is still the one in that slot. A free function so
 /// that it borrows only the slab, not the whole worker.
-fn conn_of(conns: &mut Slab<Connection>, handle: Handle) -> Option<&mut Connection> {
+fn conn_of<T>(conns: &mut Slab<Connection<T>>, handle: Handle) -> Option<&mut Connection<T>> {
     conns
         .get_mut(handle.key as usize)
         .filter(|c| c.generation == handle.generation)
@@ -1113,7 +1139,7 @@ fn echo(
 }
 
 /// The peer's address for a debug line (a syscall, so only when debug logging is on).
-fn peer_of(socket: &mio::net::TcpStream) -> String {
+fn peer_of(socket: &impl Transport) -> String {
     if log::log_enabled!(log::Level::Debug) {
         socket
             .peer_addr()
@@ -1123,6 +1149,6 @@ fn peer_of(socket: &mio::net::TcpStream) -> String {
     }
 }
 
-fn peer(conn: &Connection) -> String {
+fn peer<T: Transport>(conn: &Connection<T>) -> String {
     peer_of(&conn.socket)
 }

@@ -33,6 +33,7 @@ use crate::push::router::{
     ConnId, Effect, Now, PushConn, PushConns, Recipients, Resume, Router, RouterConfig,
 };
 use crate::server::connection::{Connection, Handle, Outbound};
+use crate::server::transport::Transport;
 use crate::server::Settings;
 use crate::session::{Endpoint, Refusal};
 use crate::tick::Tick;
@@ -150,7 +151,7 @@ fn handle_of(id: ConnId) -> Handle {
 }
 
 /// The router finds a connection's push state in the worker's slab (generation checked).
-impl PushConns for Slab<Connection> {
+impl<T> PushConns for Slab<Connection<T>> {
     fn push_conn(&mut self, id: ConnId) -> Option<&mut PushConn> {
         conn_of(self, handle_of(id)).and_then(|c| c.push.as_deref_mut())
     }
@@ -184,7 +185,7 @@ impl Queuing<'_> {
     /// Queues a shared frame for `conn`: its compressed twin if the connection negotiated
     /// permessage-deflate and the twin pays, else the plain frame. Returns whether the
     /// connection took it.
-    fn push(&mut self, conn: &mut Connection, handle: Handle, frame: &SharedFrame) -> bool {
+    fn push<T>(&mut self, conn: &mut Connection<T>, handle: Handle, frame: &SharedFrame) -> bool {
         if !conn.session.may_send_data() {
             return false;
         }
@@ -218,8 +219,8 @@ impl Queuing<'_> {
 /// batch: for frames queued outside the connection's own turn (fan-out, replies and Close
 /// replies released by a hub answer), which must never go to the cork. The "listed already"
 /// bit lives in the queue, which exists exactly while it can be set.
-pub(super) fn queue_for_batch<'a>(
-    conn: &'a mut Connection,
+pub(super) fn queue_for_batch<'a, T>(
+    conn: &'a mut Connection<T>,
     handle: Handle,
     dirty: &mut Vec<Handle>,
 ) -> &'a mut Outbound {
@@ -231,7 +232,7 @@ pub(super) fn queue_for_batch<'a>(
     outbound
 }
 
-impl Worker {
+impl<T: Transport> Worker<T> {
     pub(super) fn send_to_hub(&mut self, message: ToHub) {
         if self.link.hub.tx.send(message).is_ok() {
             self.hub_wake = true;
@@ -452,7 +453,7 @@ impl Worker {
     fn queuing<'a>(
         &'a mut self,
         slow: &'a mut Vec<Handle>,
-    ) -> (&'a mut Slab<Connection>, &'a mut Router, Queuing<'a>) {
+    ) -> (&'a mut Slab<Connection<T>>, &'a mut Router, Queuing<'a>) {
         let Worker {
             conns,
             router,

@@ -29,6 +29,7 @@ use crate::protocol::frame::{write_frame, OpCode};
 use crate::push::hub::ToHub;
 use crate::push::router::UserRef;
 use crate::server::connection::Handle;
+use crate::server::transport::Transport;
 use crate::tick::Tick;
 use crate::upstream::answer::{Answer, Reply};
 use crate::upstream::pool::{ConnRef, Pool, Read as PoolRead};
@@ -110,7 +111,7 @@ pub(super) fn is_upstream(handle: Handle) -> bool {
     handle.key & UPSTREAM_BIT != 0 && handle.key != u32::MAX
 }
 
-impl Worker {
+impl<T: Transport> Worker<T> {
     /// The connection may not be read now (its queue is full).
     pub(super) fn upstream_paused(&self, handle: Handle) -> bool {
         let key = handle.token().0;

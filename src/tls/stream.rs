@@ -1,0 +1,718 @@
+//! [`TlsStream`]: a TLS server connection (RFC 8446, RFC 5246) as a worker [`Transport`],
+//! on rustls's unbuffered API (`UnbufferedServerConnection`).
+//!
+//! Why unbuffered: the buffered `ServerConnection` keeps its own incoming, plaintext and
+//! outgoing buffers per connection; here every connection borrows its worker thread's scratch
+//! buffers ([`Scratch`], one per thread) for the length of one read or one send, and keeps
+//! bytes of its own only while they cannot be handed on:
+//! - `partial`: ciphertext of a record not yet whole (a record split across TCP reads);
+//! - `pending`: ciphertext the socket did not take yet (at most one send's worth, as the
+//!   worker's plaintext queue holds the rest);
+//!
+//! so an idle open connection holds the socket, one pointer and the rustls state behind it
+//! (its keys and the record layer's sequence numbers): nothing else.
+//!
+//! Reading decrypts records into the caller's buffer; handshake messages are answered from
+//! inside `read`, so the worker sees a plain byte stream that starts once the handshake is
+//! done. Sending encrypts the caller's buffers (gathered into records of up to 16 KiB) into
+//! the thread's scratch and writes them with one `sendmsg`.
+
+use std::cell::RefCell;
+use std::io::{self, IoSlice, Read};
+use std::net::{Shutdown, SocketAddr};
+use std::sync::Arc;
+
+use log::debug;
+use mio::event::Source;
+use mio::net::TcpStream;
+use mio::{Interest, Registry, Token};
+use rustls::server::UnbufferedServerConnection;
+use rustls::unbuffered::{ConnectionState, EncodeError, EncryptError, UnbufferedStatus};
+use rustls::ServerConfig;
+
+use super::TlsFailure;
+use crate::server::transport::{Sink, Transport, TransportEvent};
+
+/// The largest TLS record plaintext (RFC 8446 §5.1: 2^14 bytes).
+pub const MAX_PLAINTEXT: usize = 16 * 1024;
+
+/// The largest TLS record on the wire: header, 2^14 bytes and the most expansion TLS 1.2
+/// allows (RFC 5246 §6.2.3).
+pub const MAX_RECORD: usize = 5 + MAX_PLAINTEXT + 2048;
+
+/// The thread's incoming ciphertext buffer: several whole records (a record's ciphertext is
+/// at most 2^14 + 256 bytes in TLS 1.3, 2^14 + 2048 in TLS 1.2).
+const INCOMING_SIZE: usize = 64 * 1024;
+
+/// Plaintext taken by one send: four full records, at most this much ciphertext is left
+/// `pending` on a connection whose socket is full.
+const MAX_SEND: usize = 4 * MAX_PLAINTEXT;
+
+/// Rounds of the rustls state machine in one read or send before it is treated as stuck
+/// (each round consumes input or produces output, so this is never reached in practice).
+const MAX_ROUNDS: usize = 64;
+
+/// A worker thread's buffers, lent to one connection at a time.
+struct Scratch {
+    /// Ciphertext read from the socket: the connection's `partial` record first, then what
+    /// the read brought. Always `INCOMING_SIZE` long.
+    incoming: Vec<u8>,
+    /// Ciphertext to write: handshake flights, encrypted records, alerts.
+    outgoing: Vec<u8>,
+    /// Small buffers gathered into one record before encryption.
+    plain: Vec<u8>,
+}
+
+thread_local! {
+    /// One per worker thread (each worker is one thread): the per-worker scratch buffers.
+    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch {
+        incoming: vec![0; INCOMING_SIZE],
+        outgoing: Vec::with_capacity(MAX_SEND + 4096),
+        plain: Vec::with_capacity(MAX_PLAINTEXT),
+    });
+}
+
+/// Runs `f` with the thread's scratch buffers (never re-entered: a read or send does not call
+/// another).
+fn with_scratch<R>(f: impl FnOnce(&mut Scratch) -> io::Result<R>) -> io::Result<R> {
+    SCRATCH.with(|s| match s.try_borrow_mut() {
+        Ok(mut s) => f(&mut s),
+        Err(_) => Err(io::Error::other("TLS scratch buffers in use")),
+    })
+}
+
+/// Where a connection's handshake stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Handshaking,
+    Open,
+    /// Our close_notify went out (with our FIN): nothing more is sent, and what the peer
+    /// still sends (its Close frame) is read until its EOF.
+    Closing,
+    /// Failed (alert sent): no more records either way.
+    Done,
+}
+
+/// The per-connection TLS state, boxed behind one pointer in [`TlsStream`].
+struct TlsState {
+    conn: UnbufferedServerConnection,
+    /// Ciphertext of a record split across reads (empty, unallocated, otherwise).
+    partial: Vec<u8>,
+    /// Ciphertext the socket has not taken yet (empty, unallocated, otherwise).
+    pending: Vec<u8>,
+    phase: Phase,
+    /// Input may be waiting without a new readiness event (a read stopped early).
+    more: bool,
+    /// The peer ended its direction (close_notify or EOF): reads return 0 from now on.
+    eof: bool,
+    /// A handshake outcome not yet taken by the worker.
+    event: Option<TransportEvent>,
+}
+
+/// A TLS connection over a non-blocking mio socket: the worker's transport on a TLS listener.
+/// One pointer: the socket lives beside the rustls state, so that a connection in the slab
+/// grows by 8 bytes over a plain one (a 4-byte socket plus a pointer would pad to 16).
+pub struct TlsStream {
+    inner: Box<Inner>,
+}
+
+/// The socket and the TLS state, behind [`TlsStream`]'s pointer.
+struct Inner {
+    socket: TcpStream,
+    state: TlsState,
+}
+
+impl std::fmt::Debug for TlsStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsStream")
+            .field("socket", &self.inner.socket)
+            .field("phase", &self.inner.state.phase)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What one pass over the buffered ciphertext achieved.
+struct Progress {
+    /// Ciphertext bytes done with, from the front.
+    discard: usize,
+    /// close_notify received.
+    peer_closed: bool,
+    /// The caller's buffer cannot take the next decrypted record.
+    full: bool,
+}
+
+impl TlsStream {
+    /// A server connection over an accepted socket, starting its handshake.
+    ///
+    /// # Errors
+    /// rustls refusing the configuration (not expected with [`super::ServerTls`]'s).
+    pub fn new(socket: TcpStream, config: Arc<ServerConfig>) -> io::Result<TlsStream> {
+        let conn = UnbufferedServerConnection::new(config).map_err(io::Error::other)?;
+        Ok(TlsStream {
+            inner: Box::new(Inner {
+                socket,
+                state: TlsState {
+                    conn,
+                    partial: Vec::new(),
+                    pending: Vec::new(),
+                    phase: Phase::Handshaking,
+                    more: false,
+                    eof: false,
+                    event: None,
+                },
+            }),
+        })
+    }
+
+    /// The negotiated protocol version, once the handshake is done (for tests and logs).
+    pub fn protocol_version(&self) -> Option<rustls::ProtocolVersion> {
+        self.inner.state.conn.protocol_version()
+    }
+
+    /// Writes `pending` ciphertext; true when none is left.
+    fn write_pending(&mut self) -> io::Result<bool> {
+        let Inner { socket, state: st } = &mut *self.inner;
+        if st.pending.is_empty() {
+            return Ok(true);
+        }
+        let written = write_some(socket, &st.pending)?;
+        if written == st.pending.len() {
+            st.pending = Vec::new();
+            Ok(true)
+        } else {
+            st.pending.drain(..written);
+            Ok(false)
+        }
+    }
+
+    fn read_with(&mut self, buf: &mut [u8], sc: &mut Scratch) -> io::Result<usize> {
+        let Inner { socket, state: st } = &mut *self.inner;
+        let incoming = &mut sc.incoming;
+        let mut used = st.partial.len();
+        incoming[..used].copy_from_slice(&st.partial);
+        st.partial = Vec::new();
+        let mut out = 0;
+        // The socket said WouldBlock or EOF; `short`: the last read brought less than asked,
+        // which is taken as drained only when there is plaintext to hand over (an EOF right
+        // behind the data must not be missed while a handshake waits for it: the worker reads
+        // on after data when the event reported a hang-up).
+        let mut drained = false;
+        let mut short = false;
+        let mut socket_eof = false;
+        let mut full = false;
+        let mut result = Ok(());
+        for _ in 0..MAX_ROUNDS {
+            match process(
+                st,
+                socket,
+                &mut incoming[..used],
+                buf,
+                &mut out,
+                &mut sc.outgoing,
+            ) {
+                Ok(p) => {
+                    incoming.copy_within(p.discard..used, 0);
+                    used -= p.discard;
+                    if p.peer_closed {
+                        st.eof = true;
+                        break;
+                    }
+                    if p.full {
+                        full = true;
+                        break;
+                    }
+                }
+                Err(e) => {
+                    used = 0;
+                    result = Err(e);
+                    break;
+                }
+            }
+            if drained || (short && out > 0) {
+                break;
+            }
+            // At most as much ciphertext, counting what is buffered, as the caller can take
+            // as plaintext (which is never longer): nothing decrypted is ever left over for
+            // want of room, so rustls holds no plaintext between reads.
+            let want = (incoming.len() - used).min((buf.len() - out).saturating_sub(used));
+            if want == 0 {
+                if used == incoming.len() {
+                    result = Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "TLS record larger than the read buffer",
+                    ));
+                }
+                break;
+            }
+            match socket.read(&mut incoming[used..used + want]) {
+                Ok(0) => {
+                    socket_eof = true;
+                    drained = true;
+                }
+                Ok(n) => {
+                    used += n;
+                    short = n < want;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => drained = true,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
+        }
+        if used > 0 && result.is_ok() {
+            st.partial = incoming[..used].to_vec();
+        }
+        st.more = full || (!drained && !short && !st.eof);
+        if let Err(e) = result {
+            if st.phase == Phase::Handshaking && st.event.is_none() {
+                st.event = Some(TransportEvent::HandshakeFailed(TlsFailure::Other));
+            }
+            st.phase = Phase::Done;
+            return Err(e);
+        }
+        if socket_eof {
+            if st.phase == Phase::Handshaking {
+                st.event = Some(TransportEvent::HandshakeFailed(TlsFailure::Eof));
+                st.phase = Phase::Done;
+            }
+            st.eof = true;
+        }
+        if out > 0 {
+            Ok(out)
+        } else if st.eof {
+            Ok(0)
+        } else {
+            Err(io::ErrorKind::WouldBlock.into())
+        }
+    }
+
+    fn send_with(&mut self, bufs: &[IoSlice<'_>], sc: &mut Scratch) -> io::Result<usize> {
+        let Inner { socket, state: st } = &mut *self.inner;
+        if st.phase != Phase::Open {
+            return Err(io::Error::new(
+                io::ErrorKind::NotConnected,
+                "TLS handshake not finished",
+            ));
+        }
+        let out = &mut sc.outgoing;
+        out.clear();
+        let mut taken = 0;
+        for _ in 0..MAX_ROUNDS {
+            // The buffered input goes with every call: rustls's handshake deframer may hold
+            // positions in it (a post-handshake message split across records).
+            let UnbufferedStatus { state, discard } = st.conn.process_tls_records(&mut st.partial);
+            if discard > 0 {
+                // Not expected (input is processed by reads); dropped once `state` is done.
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "TLS input processed while sending",
+                ));
+            }
+            match state.map_err(io::Error::other)? {
+                ConnectionState::WriteTraffic(mut traffic) => {
+                    let plain = &mut sc.plain;
+                    plain.clear();
+                    let mut encrypt = |data: &[u8], out: &mut Vec<u8>| {
+                        encrypt_into(data, out, |d, o| traffic.encrypt(d, o))
+                    };
+                    for slice in bufs {
+                        let mut slice: &[u8] = slice;
+                        while !slice.is_empty() && taken < MAX_SEND {
+                            let n = slice.len().min(MAX_SEND - taken);
+                            if plain.is_empty() && n >= MAX_PLAINTEXT {
+                                // Whole records straight from the caller's buffer.
+                                let n = n - n % MAX_PLAINTEXT;
+                                encrypt(&slice[..n], out)?;
+                                slice = &slice[n..];
+                                taken += n;
+                                continue;
+                            }
+                            let n = n.min(MAX_PLAINTEXT - plain.len());
+                            plain.extend_from_slice(&slice[..n]);
+                            slice = &slice[n..];
+                            taken += n;
+                            if plain.len() == MAX_PLAINTEXT {
+                                encrypt(plain, out)?;
+                                plain.clear();
+                            }
+                        }
+                    }
+                    if !plain.is_empty() {
+                        encrypt(plain, out)?;
+                    }
+                    break;
+                }
+                // Post-handshake messages (a key update's answer) go before the data.
+                ConnectionState::EncodeTlsData(mut encode) => {
+                    encode_into(out, |o| encode.encode(o))?;
+                }
+                ConnectionState::TransmitTlsData(transmit) => transmit.done(),
+                other => {
+                    debug!("TLS send in state {other:?}");
+                    return Err(io::Error::new(
+                        io::ErrorKind::BrokenPipe,
+                        "TLS connection closed",
+                    ));
+                }
+            }
+        }
+        transmit(socket, &mut st.pending, out)?;
+        Ok(taken)
+    }
+}
+
+/// Appends what `encode` writes to `out`, growing it as rustls asks.
+fn encode_into(
+    out: &mut Vec<u8>,
+    mut encode: impl FnMut(&mut [u8]) -> Result<usize, EncodeError>,
+) -> io::Result<()> {
+    let start = out.len();
+    let mut room = 4096;
+    for _ in 0..4 {
+        out.resize(start + room, 0);
+        match encode(&mut out[start..]) {
+            Ok(n) => {
+                out.truncate(start + n);
+                return Ok(());
+            }
+            Err(EncodeError::InsufficientSize(e)) => room = e.required_size,
+            Err(e) => {
+                out.truncate(start);
+                return Err(io::Error::other(e.to_string()));
+            }
+        }
+    }
+    out.truncate(start);
+    Err(io::Error::other("TLS encode: buffer size not settled"))
+}
+
+/// Appends the encryption of `data` to `out`, growing it as rustls asks.
+fn encrypt_into(
+    data: &[u8],
+    out: &mut Vec<u8>,
+    mut encrypt: impl FnMut(&[u8], &mut [u8]) -> Result<usize, EncryptError>,
+) -> io::Result<()> {
+    let start = out.len();
+    // Record overhead: header, content type, tag (TLS 1.3), explicit nonce (TLS 1.2).
+    let mut room = data.len() + (data.len() / MAX_PLAINTEXT + 1) * 64;
+    for _ in 0..4 {
+        out.resize(start + room, 0);
+        match encrypt(data, &mut out[start..]) {
+            Ok(n) => {
+                out.truncate(start + n);
+                return Ok(());
+            }
+            Err(EncryptError::InsufficientSize(e)) => room = e.required_size,
+            Err(e) => {
+                out.truncate(start);
+                return Err(io::Error::other(e.to_string()));
+            }
+        }
+    }
+    out.truncate(start);
+    Err(io::Error::other("TLS encrypt: buffer size not settled"))
+}
+
+/// Writes `bytes` until done or `WouldBlock`; returns how many went out.
+fn write_some(socket: &mut TcpStream, bytes: &[u8]) -> io::Result<usize> {
+    let mut written = 0;
+    while written < bytes.len() {
+        match Sink::send(socket, &bytes[written..]) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => written += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(written)
+}
+
+/// Sends `out` after whatever is `pending`; what the socket does not take becomes pending.
+/// Clears `out`.
+fn transmit(socket: &mut TcpStream, pending: &mut Vec<u8>, out: &mut Vec<u8>) -> io::Result<()> {
+    if out.is_empty() {
+        return Ok(());
+    }
+    if !pending.is_empty() {
+        pending.extend_from_slice(out);
+        out.clear();
+        let written = write_some(socket, pending)?;
+        pending.drain(..written);
+        if pending.is_empty() {
+            *pending = Vec::new();
+        }
+        return Ok(());
+    }
+    let written = write_some(socket, out)?;
+    if written < out.len() {
+        *pending = out[written..].to_vec();
+    }
+    out.clear();
+    Ok(())
+}
+
+/// Runs the rustls state machine over `incoming` (whole and partial records): decrypted
+/// application data is appended to `buf` at `out`, handshake messages are answered, and the
+/// handshake's outcome is recorded. Stops when more input is needed, `buf` is full, or the
+/// peer closed.
+fn process(
+    st: &mut TlsState,
+    socket: &mut TcpStream,
+    incoming: &mut [u8],
+    buf: &mut [u8],
+    out: &mut usize,
+    outgoing: &mut Vec<u8>,
+) -> io::Result<Progress> {
+    let mut discard = 0;
+    for _ in 0..MAX_ROUNDS {
+        let UnbufferedStatus {
+            discard: used,
+            state,
+        } = st.conn.process_tls_records(&mut incoming[discard..]);
+        let state = match state {
+            Ok(state) => state,
+            Err(e) => {
+                fail(
+                    st,
+                    socket,
+                    &mut incoming[discard + used..],
+                    outgoing,
+                    e.clone(),
+                );
+                return Err(io::Error::new(io::ErrorKind::InvalidData, e));
+            }
+        };
+        let (mut full, mut stop, mut peer_closed) = (false, false, false);
+        match state {
+            ConnectionState::ReadTraffic(mut traffic) => loop {
+                match traffic.peek_len() {
+                    None => break,
+                    Some(len) if len.get() > buf.len() - *out => {
+                        full = true;
+                        break;
+                    }
+                    Some(_) => {}
+                }
+                match traffic.next_record() {
+                    Some(Ok(record)) => {
+                        let n = record.payload.len();
+                        buf[*out..*out + n].copy_from_slice(record.payload);
+                        *out += n;
+                        discard += record.discard;
+                    }
+                    Some(Err(e)) => {
+                        drop(traffic);
+                        fail(
+                            st,
+                            socket,
+                            &mut incoming[discard + used..],
+                            outgoing,
+                            e.clone(),
+                        );
+                        return Err(io::Error::new(io::ErrorKind::InvalidData, e));
+                    }
+                    None => break,
+                }
+            },
+            ConnectionState::EncodeTlsData(mut encode) => {
+                encode_into(outgoing, |o| encode.encode(o))?;
+            }
+            ConnectionState::TransmitTlsData(t) => {
+                t.done();
+                transmit(socket, &mut st.pending, outgoing)?;
+            }
+            ConnectionState::BlockedHandshake | ConnectionState::WriteTraffic(_) => stop = true,
+            ConnectionState::PeerClosed | ConnectionState::Closed => peer_closed = true,
+            other => {
+                // Early data is not enabled: nothing else is expected.
+                debug!("TLS: unexpected state {other:?}");
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "unexpected TLS state",
+                ));
+            }
+        }
+        discard += used;
+        if st.phase == Phase::Handshaking && !st.conn.is_handshaking() {
+            st.phase = Phase::Open;
+            st.event = Some(TransportEvent::HandshakeDone);
+        }
+        if full || stop || peer_closed {
+            return Ok(Progress {
+                discard,
+                peer_closed,
+                full,
+            });
+        }
+    }
+    Err(io::Error::other("TLS state machine made no progress"))
+}
+
+/// The handshake or the connection failed with `error`: records why, and sends the alert
+/// rustls queued for it (best effort). `incoming` is the input not yet discarded, which
+/// rustls must be given again.
+fn fail(
+    st: &mut TlsState,
+    socket: &mut TcpStream,
+    incoming: &mut [u8],
+    outgoing: &mut Vec<u8>,
+    error: rustls::Error,
+) {
+    if st.phase == Phase::Handshaking {
+        st.event = Some(TransportEvent::HandshakeFailed(TlsFailure::of(&error)));
+    }
+    st.phase = Phase::Done;
+    debug!("TLS: {error}");
+    // What rustls queued (a ServerHello before a late failure, then the alert) is handed
+    // out first by each call, before any input is looked at; a call past the queue would
+    // deframe the rest of the input again, so calls stop when it is empty.
+    for _ in 0..8 {
+        if !st.conn.wants_write() {
+            break;
+        }
+        let UnbufferedStatus { state, .. } = st.conn.process_tls_records(&mut *incoming);
+        match state {
+            Ok(ConnectionState::EncodeTlsData(mut encode)) => {
+                if encode_into(outgoing, |o| encode.encode(o)).is_err() {
+                    break;
+                }
+            }
+            _ => break,
+        }
+    }
+    let _ = transmit(socket, &mut st.pending, outgoing);
+    outgoing.clear();
+}
+
+impl Read for TlsStream {
+    /// Decrypted application data; `WouldBlock` when none is ready (a handshake in progress,
+    /// a partial record); 0 at the peer's close_notify or EOF.
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.inner.state.eof {
+            return Ok(0);
+        }
+        if self.inner.state.phase == Phase::Done {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "TLS connection failed",
+            ));
+        }
+        with_scratch(|sc| self.read_with(buf, sc))
+    }
+}
+
+impl Sink for TlsStream {
+    /// Encrypts up to 64 KiB of `bufs` and writes the records; returns the plaintext bytes
+    /// taken. Ciphertext the socket refuses stays pending and goes out first next time; while
+    /// any is pending this takes nothing (`WouldBlock`).
+    fn send_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        if !self.write_pending()? {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        with_scratch(|sc| self.send_with(bufs, sc))
+    }
+
+    fn has_pending(&self) -> bool {
+        !self.inner.state.pending.is_empty()
+    }
+
+    fn flush_pending(&mut self) -> io::Result<bool> {
+        self.write_pending()
+    }
+}
+
+impl Transport for TlsStream {
+    type Acceptor = Arc<ServerConfig>;
+
+    /// A TLS read needs room for one whole record past the worker's longest stash.
+    const READ_EXTRA: usize = MAX_RECORD + 2048;
+
+    fn accept(socket: TcpStream, config: &Arc<ServerConfig>) -> io::Result<Self> {
+        TlsStream::new(socket, Arc::clone(config))
+    }
+
+    /// close_notify (if the handshake is done and the socket takes it now), then FIN.
+    fn shutdown_write(&mut self) -> io::Result<()> {
+        let Inner { socket, state: st } = &mut *self.inner;
+        if st.phase == Phase::Open && st.pending.is_empty() {
+            let mut alert = [0u8; 64];
+            let UnbufferedStatus { state, .. } = st.conn.process_tls_records(&mut st.partial);
+            if let Ok(ConnectionState::WriteTraffic(mut traffic)) = state {
+                if let Ok(n) = traffic.queue_close_notify(&mut alert) {
+                    let _ = write_some(socket, &alert[..n]);
+                }
+            }
+            st.phase = Phase::Closing;
+        }
+        socket.shutdown(Shutdown::Write)
+    }
+
+    fn peer_addr(&self) -> io::Result<SocketAddr> {
+        self.inner.socket.peer_addr()
+    }
+
+    fn abort_on_close(&mut self) -> io::Result<()> {
+        self.inner.socket.abort_on_close()
+    }
+
+    fn may_have_more(&self, _n: usize, _offered: usize) -> bool {
+        self.inner.state.more
+    }
+
+    fn take_event(&mut self) -> Option<TransportEvent> {
+        self.inner.state.event.take()
+    }
+
+    fn in_handshake(&self) -> bool {
+        self.inner.state.phase == Phase::Handshaking
+    }
+}
+
+impl Source for TlsStream {
+    fn register(
+        &mut self,
+        registry: &Registry,
+        token: Token,
+        interest: Interest,
+    ) -> io::Result<()> {
+        self.inner.socket.register(registry, token, interest)
+    }
+
+    fn reregister(
+        &mut self,
+        registry: &Registry,
+        token: Token,
+        interest: Interest,
+    ) -> io::Result<()> {
+        self.inner.socket.reregister(registry, token, interest)
+    }
+
+    fn deregister(&mut self, registry: &Registry) -> io::Result<()> {
+        self.inner.socket.deregister(registry)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::server::connection::Connection;
+
+    /// A TLS connection in the worker's slab is the plain one plus one pointer (8 bytes); the
+    /// rustls state lives behind it. Printed for the README's table.
+    #[test]
+    fn tls_connection_adds_one_pointer() {
+        let plain = std::mem::size_of::<Connection<TcpStream>>();
+        let tls = std::mem::size_of::<Connection<TlsStream>>();
+        let state = std::mem::size_of::<TlsState>();
+        let rustls = std::mem::size_of::<UnbufferedServerConnection>();
+        eprintln!(
+            "Connection<TcpStream> = {plain}, Connection<TlsStream> = {tls}, \
+             TlsState = {state} (UnbufferedServerConnection = {rustls})"
+        );
+        assert!(tls <= plain + 8, "{tls} > {plain} + 8");
+        assert_eq!(std::mem::size_of::<TlsStream>(), 8);
+    }
+}
