@@ -28,8 +28,8 @@ pub const ALPN_HTTP11: &[u8] = b"http/1.1";
 
 /// The crypto provider: rustls's *ring* provider with its default (safe) cipher suites and
 /// key-exchange groups, AES-128-GCM put first (the server chooses, see [`ServerTls::new`]):
-/// browsers prefer it too, it is the fastest with AES instructions, and with SHA-256 its key
-/// schedule keeps smaller secrets and HMAC states per connection than AES-256-GCM-SHA384's.
+/// browsers list it first too, and it is the fastest with AES instructions. (It does not
+/// change the memory an idle connection keeps: measured the same as with AES-256-GCM.)
 pub fn provider() -> Arc<CryptoProvider> {
     let mut provider = rustls::crypto::ring::default_provider();
     provider.cipher_suites.sort_by_key(|suite| {
