@@ -164,18 +164,7 @@ pub fn svg_chart(title: &str, series: &[(String, Vec<[f64; 2]>)]) -> String {
     };
     let y_top = nice_ceiling(y_top / div).max(1e-3);
     let ypos = |us: f64| T + (H - T - B) * (1.0 - (us / div) / y_top);
-    let mut s = String::new();
-    let _ = writeln!(
-        s,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}" font-family="sans-serif" font-size="12">"#
-    );
-    let _ = writeln!(s, r#"<rect width="{W}" height="{H}" fill="white"/>"#);
-    let _ = writeln!(
-        s,
-        r#"<text x="{}" y="22" text-anchor="middle" font-size="15">{}</text>"#,
-        W / 2.0,
-        escape(title)
-    );
+    let mut s = svg_open(W, H, title);
     for i in 0..=5 {
         let v = y_top * f64::from(i) / 5.0;
         let y = T + (H - T - B) * (1.0 - f64::from(i) / 5.0);
@@ -268,18 +257,7 @@ pub fn svg_timeseries(title: &str, panels: &[(String, Vec<[f64; 2]>)]) -> String
     let x_ticks = (x_top / x_step).ceil().max(1.0);
     let x_top = x_step * x_ticks;
     let xpos = |t: f64| L + (t / x_top) * (W - L - R);
-    let mut s = String::new();
-    let _ = writeln!(
-        s,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{h}" viewBox="0 0 {W} {h}" font-family="sans-serif" font-size="12">"#
-    );
-    let _ = writeln!(s, r#"<rect width="{W}" height="{h}" fill="white"/>"#);
-    let _ = writeln!(
-        s,
-        r#"<text x="{}" y="22" text-anchor="middle" font-size="15">{}</text>"#,
-        W / 2.0,
-        escape(title)
-    );
+    let mut s = svg_open(W, h, title);
     for (i, (label, points)) in panels.iter().enumerate() {
         let top = T + i as f64 * (PANEL + GAP);
         let bottom = top + PANEL;
@@ -356,6 +334,27 @@ fn trim_num(v: f64) -> String {
     } else {
         format!("{v:.2}")
     }
+}
+
+/// The start of a chart: the `<svg>` element of `width` × `height`, a white background and the
+/// centred `title`.
+fn svg_open(width: f64, height: f64, title: &str) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="12">"#
+    );
+    let _ = writeln!(
+        s,
+        r#"<rect width="{width}" height="{height}" fill="white"/>"#
+    );
+    let _ = writeln!(
+        s,
+        r#"<text x="{}" y="22" text-anchor="middle" font-size="15">{}</text>"#,
+        width / 2.0,
+        escape(title)
+    );
+    s
 }
 
 fn escape(s: &str) -> String {

@@ -110,6 +110,29 @@ impl Settings {
 }
 
 /// Whole ticks in `d`, rounded up, at least one.
+/// A worker's loop, to run on its own thread: each worker over plain TCP or TLS connections.
+type WorkerRun = Box<dyn FnOnce() + Send>;
+
+/// Makes the worker `id` over transport `T` for `listener` and queues its loop in `workers`;
+/// returns its waker.
+fn add_worker<T>(
+    workers: &mut Vec<WorkerRun>,
+    (id, listener, acceptor): (usize, mio::net::TcpListener, T::Acceptor),
+    link: worker::HubLink,
+    settings: Arc<Settings>,
+    stats: Arc<Stats>,
+    stop: Arc<AtomicBool>,
+) -> io::Result<Arc<mio::Waker>>
+where
+    T: transport::Transport + 'static,
+    worker::Worker<T>: Send,
+{
+    let (worker, waker) =
+        worker::Worker::<T>::new(id, listener, acceptor, link, settings, stats, stop)?;
+    workers.push(Box::new(move || worker.run()));
+    Ok(waker)
+}
+
 fn ticks(d: Duration, tick: Duration) -> u64 {
     let n = d.as_nanos().div_ceil(tick.as_nanos().max(1));
     u64::try_from(n).unwrap_or(u64::MAX).max(1)
@@ -234,8 +257,7 @@ impl Server {
         let drain_handle = hub_handle.clone();
         let mut wakers = vec![hub_waker];
         let mut inboxes = Vec::new();
-        // Each worker's loop, to run on its own thread: over plain TCP or TLS connections.
-        let mut workers: Vec<Box<dyn FnOnce() + Send>> = Vec::new();
+        let mut workers: Vec<WorkerRun> = Vec::new();
         for (id, listener) in listeners.into_iter().enumerate() {
             let (tx, rx) = mpsc::channel();
             let load = Arc::new(AtomicUsize::new(0));
@@ -247,32 +269,22 @@ impl Server {
             let (settings, stats, stop) =
                 (Arc::clone(&settings), Arc::clone(&stats), Arc::clone(&stop));
             let waker = match &tls {
-                None => {
-                    let (worker, waker) = worker::Worker::<mio::net::TcpStream>::new(
-                        id,
-                        listener,
-                        (),
-                        link,
-                        settings,
-                        stats,
-                        stop,
-                    )?;
-                    workers.push(Box::new(move || worker.run()));
-                    waker
-                }
-                Some(tls) => {
-                    let (worker, waker) = worker::Worker::<crate::tls::TlsStream>::new(
-                        id,
-                        listener,
-                        Arc::clone(&tls.config),
-                        link,
-                        settings,
-                        stats,
-                        stop,
-                    )?;
-                    workers.push(Box::new(move || worker.run()));
-                    waker
-                }
+                None => add_worker::<mio::net::TcpStream>(
+                    &mut workers,
+                    (id, listener, ()),
+                    link,
+                    settings,
+                    stats,
+                    stop,
+                )?,
+                Some(tls) => add_worker::<crate::tls::TlsStream>(
+                    &mut workers,
+                    (id, listener, Arc::clone(&tls.config)),
+                    link,
+                    settings,
+                    stats,
+                    stop,
+                )?,
             };
             inboxes.push(hub_loop::WorkerInbox {
                 tx,
