@@ -511,3 +511,38 @@ fn a_server_initiated_close_ends_cleanly_over_tls() {
         assert_eq!(server.stats().tls_failures.total(), 0);
     });
 }
+
+/// A burst of small records in one TCP segment (a client sending many short messages at
+/// once, each `send` its own record): rustls hands out one record per state, and every one
+/// of them is read, not taken for a state machine that made no progress.
+#[test]
+fn a_burst_of_small_records_is_read_whole() {
+    guarded(|| {
+        let (server, client, _ca) = tls_server(Config::for_tests());
+        let mut ws = wss(server.addr(), &client, "/echo");
+        const COUNT: usize = 500;
+        let stream = ws.get_mut();
+        let mut wire = Vec::new();
+        for i in 0..COUNT {
+            // A masked text frame (RFC 6455 §5.2) with a zero mask, in a record of its own.
+            let text = format!("m{i:04}");
+            let mut frame = vec![0x81, 0x80 | text.len() as u8, 0, 0, 0, 0];
+            frame.extend_from_slice(text.as_bytes());
+            stream.conn.writer().write_all(&frame).unwrap();
+            while stream.conn.wants_write() {
+                stream.conn.write_tls(&mut wire).unwrap();
+            }
+        }
+        assert!(
+            wire.len() > COUNT * 30,
+            "{COUNT} records: {} bytes",
+            wire.len()
+        );
+        stream.sock.write_all(&wire).unwrap();
+        for i in 0..COUNT {
+            assert_eq!(recv_text(&mut ws), format!("m{i:04}"));
+        }
+        round_trip(&mut ws, "after the burst");
+        assert_eq!(server.stats().tls_failures.total(), 0);
+    });
+}
