@@ -546,3 +546,39 @@ fn a_burst_of_small_records_is_read_whole() {
         assert_eq!(server.stats().tls_failures.total(), 0);
     });
 }
+
+/// A wss client that sends and never reads: the echoes' records the socket refuses wait in
+/// the connection (one send's worth), the rest in its queue, and once that passes
+/// `--max-backlog` the connection is closed as a slow consumer, as on plain TCP; another
+/// wss connection notices nothing.
+#[test]
+fn a_wss_client_that_never_reads_is_closed_as_a_slow_consumer() {
+    use std::sync::atomic::Ordering;
+    guarded(|| {
+        let (server, client, _ca) = tls_server(Config {
+            max_backlog: 256 << 10,
+            ..Config::for_tests()
+        });
+        let addr = server.addr();
+        let mut open = wss(addr, &client, "/echo");
+        let mut slow = wss(addr, &client, "/echo");
+        let big = "x".repeat(60_000);
+        let mut sent = 0;
+        while server.stats().slow_consumers.load(Ordering::Relaxed) == 0 && sent < 2000 {
+            if slow.send(tungstenite::Message::text(big.as_str())).is_err() {
+                break; // the server dropped us
+            }
+            sent += 1;
+        }
+        assert!(
+            wait_until(Duration::from_secs(5), || server
+                .stats()
+                .slow_consumers
+                .load(Ordering::Relaxed)
+                == 1),
+            "not a slow consumer after {sent} unread echoes of 60 kB"
+        );
+        round_trip(&mut open, "unharmed");
+        assert_eq!(server.stats().tls_failures.total(), 0);
+    });
+}
