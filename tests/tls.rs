@@ -582,3 +582,45 @@ fn a_wss_client_that_never_reads_is_closed_as_a_slow_consumer() {
         assert_eq!(server.stats().tls_failures.total(), 0);
     });
 }
+
+/// TLS 1.3 KeyUpdate (RFC 8446 §4.6.3): a client that asks for a key update before each
+/// message gets every echo under the right keys (the server's own KeyUpdate goes out before
+/// the data it protects); one that asks again and again with no data between is closed
+/// (rustls allows 32 in a row), alone.
+#[test]
+fn key_updates_are_answered_and_a_flood_of_them_is_closed() {
+    guarded(|| {
+        let (server, client, _ca) = tls_server(Config::for_tests());
+        let addr = server.addr();
+        let mut ws = wss(addr, &client, "/echo");
+        for i in 0..100 {
+            ws.get_mut().conn.refresh_traffic_keys().unwrap();
+            round_trip(&mut ws, &format!("after key update {i}"));
+        }
+
+        let mut open = wss(addr, &client, "/echo");
+        let mut flood = wss(addr, &client, "/echo");
+        let stream = flood.get_mut();
+        let mut wire = Vec::new();
+        for _ in 0..200 {
+            stream.conn.refresh_traffic_keys().unwrap();
+            while stream.conn.wants_write() {
+                stream.conn.write_tls(&mut wire).unwrap();
+            }
+        }
+        let _ = stream.sock.write_all(&wire);
+        let mut buf = [0u8; 4096];
+        let mut closed = false;
+        for _ in 0..100 {
+            match stream.sock.read(&mut buf) {
+                Ok(0) | Err(_) => {
+                    closed = true;
+                    break;
+                }
+                Ok(_) => {} // the alert
+            }
+        }
+        assert!(closed, "a KeyUpdate flood was not closed");
+        round_trip(&mut open, "unharmed");
+    });
+}
