@@ -511,3 +511,116 @@ fn a_server_initiated_close_ends_cleanly_over_tls() {
         assert_eq!(server.stats().tls_failures.total(), 0);
     });
 }
+
+/// A burst of small records in one TCP segment (a client sending many short messages at
+/// once, each `send` its own record): rustls hands out one record per state, and every one
+/// of them is read, not taken for a state machine that made no progress.
+#[test]
+fn a_burst_of_small_records_is_read_whole() {
+    guarded(|| {
+        let (server, client, _ca) = tls_server(Config::for_tests());
+        let mut ws = wss(server.addr(), &client, "/echo");
+        const COUNT: usize = 500;
+        let stream = ws.get_mut();
+        let mut wire = Vec::new();
+        for i in 0..COUNT {
+            // A masked text frame (RFC 6455 §5.2) with a zero mask, in a record of its own.
+            let text = format!("m{i:04}");
+            let mut frame = vec![0x81, 0x80 | text.len() as u8, 0, 0, 0, 0];
+            frame.extend_from_slice(text.as_bytes());
+            stream.conn.writer().write_all(&frame).unwrap();
+            while stream.conn.wants_write() {
+                stream.conn.write_tls(&mut wire).unwrap();
+            }
+        }
+        assert!(
+            wire.len() > COUNT * 30,
+            "{COUNT} records: {} bytes",
+            wire.len()
+        );
+        stream.sock.write_all(&wire).unwrap();
+        for i in 0..COUNT {
+            assert_eq!(recv_text(&mut ws), format!("m{i:04}"));
+        }
+        round_trip(&mut ws, "after the burst");
+        assert_eq!(server.stats().tls_failures.total(), 0);
+    });
+}
+
+/// A wss client that sends and never reads: the echoes' records the socket refuses wait in
+/// the connection (one send's worth), the rest in its queue, and once that passes
+/// `--max-backlog` the connection is closed as a slow consumer, as on plain TCP; another
+/// wss connection notices nothing.
+#[test]
+fn a_wss_client_that_never_reads_is_closed_as_a_slow_consumer() {
+    use std::sync::atomic::Ordering;
+    guarded(|| {
+        let (server, client, _ca) = tls_server(Config {
+            max_backlog: 256 << 10,
+            ..Config::for_tests()
+        });
+        let addr = server.addr();
+        let mut open = wss(addr, &client, "/echo");
+        let mut slow = wss(addr, &client, "/echo");
+        let big = "x".repeat(60_000);
+        let mut sent = 0;
+        while server.stats().slow_consumers.load(Ordering::Relaxed) == 0 && sent < 2000 {
+            if slow.send(tungstenite::Message::text(big.as_str())).is_err() {
+                break; // the server dropped us
+            }
+            sent += 1;
+        }
+        assert!(
+            wait_until(Duration::from_secs(5), || server
+                .stats()
+                .slow_consumers
+                .load(Ordering::Relaxed)
+                == 1),
+            "not a slow consumer after {sent} unread echoes of 60 kB"
+        );
+        round_trip(&mut open, "unharmed");
+        assert_eq!(server.stats().tls_failures.total(), 0);
+    });
+}
+
+/// TLS 1.3 KeyUpdate (RFC 8446 §4.6.3): a client that asks for a key update before each
+/// message gets every echo under the right keys (the server's own KeyUpdate goes out before
+/// the data it protects); one that asks again and again with no data between is closed
+/// (rustls allows 32 in a row), alone.
+#[test]
+fn key_updates_are_answered_and_a_flood_of_them_is_closed() {
+    guarded(|| {
+        let (server, client, _ca) = tls_server(Config::for_tests());
+        let addr = server.addr();
+        let mut ws = wss(addr, &client, "/echo");
+        for i in 0..100 {
+            ws.get_mut().conn.refresh_traffic_keys().unwrap();
+            round_trip(&mut ws, &format!("after key update {i}"));
+        }
+
+        let mut open = wss(addr, &client, "/echo");
+        let mut flood = wss(addr, &client, "/echo");
+        let stream = flood.get_mut();
+        let mut wire = Vec::new();
+        for _ in 0..200 {
+            stream.conn.refresh_traffic_keys().unwrap();
+            while stream.conn.wants_write() {
+                stream.conn.write_tls(&mut wire).unwrap();
+            }
+        }
+        let _ = stream.sock.write_all(&wire);
+        let mut buf = [0u8; 4096];
+        let mut closed = false;
+        for _ in 0..100 {
+            match stream.sock.read(&mut buf) {
+                Ok(0) | Err(_) => {
+                    closed = true;
+                    break;
+                }
+                Ok(_) => {} // the alert
+            }
+        }
+        assert!(closed, "a KeyUpdate flood was not closed");
+        round_trip(&mut open, "unharmed");
+    });
+}

@@ -48,8 +48,11 @@ const INCOMING_SIZE: usize = 64 * 1024;
 /// `pending` on a connection whose socket is full.
 const MAX_SEND: usize = 4 * MAX_PLAINTEXT;
 
-/// Rounds of the rustls state machine in one read or send before it is treated as stuck
-/// (each round consumes input or produces output, so this is never reached in practice).
+/// Rounds of the rustls state machine in one read or send before it is treated as stuck.
+/// In a read only rounds that neither consume input nor hand out a record count (rustls hands
+/// out one application-data record per round, and a burst of small records is thousands of
+/// rounds in one read); each round consumes input or produces output, so this is never
+/// reached in practice.
 const MAX_ROUNDS: usize = 64;
 
 /// A worker thread's buffers, lent to one connection at a time.
@@ -467,7 +470,11 @@ fn process(
     outgoing: &mut Vec<u8>,
 ) -> io::Result<Progress> {
     let mut discard = 0;
-    for _ in 0..MAX_ROUNDS {
+    // Rounds in a row that neither consumed input nor handed out a record (the work of one
+    // call is bounded by the input: every record consumes at least its 5-byte header).
+    let mut idle = 0;
+    while idle < MAX_ROUNDS {
+        let out_before = *out;
         let UnbufferedStatus {
             discard: used,
             state,
@@ -536,6 +543,11 @@ fn process(
             }
         }
         discard += used;
+        idle = if used > 0 || *out > out_before {
+            0
+        } else {
+            idle + 1
+        };
         if st.phase == Phase::Handshaking && !st.conn.is_handshaking() {
             st.phase = Phase::Open;
             st.event = Some(TransportEvent::HandshakeDone);
