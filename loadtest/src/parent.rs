@@ -501,50 +501,15 @@ fn execute(cli: &Cli, plan: Plan, pub_target: Option<PubTo>) -> Result<i32, Stri
     let scenario = plan.kind.name();
 
     // 1. Connect (and subscribe).
+    let Opening { opened, connect_s } = open_phase(
+        &mut children,
+        &mut ui,
+        &plan,
+        deadline,
+        plan.kind != ScenarioKind::Churn,
+    )?;
+    // Set if a later phase runs out of time (opening in time is checked above).
     let mut timed_out = false;
-    while !children.all_ready() {
-        children.pump(Duration::from_millis(100));
-        let [o, r, e] = children.totals();
-        ui.update(
-            "connecting",
-            o,
-            plan.conns as u64,
-            &format!("recv {r}  errors {e}"),
-        );
-        if now_ns() >= deadline {
-            timed_out = true;
-            break;
-        }
-    }
-    let ready: Vec<ReadyInfo> = children.ready.iter().flatten().cloned().collect();
-    let opened: u64 = ready.iter().map(|r| r.opened).sum();
-    let mut connect_errors: BTreeMap<String, u64> = BTreeMap::new();
-    for r in &ready {
-        for (k, v) in &r.errors {
-            *connect_errors.entry(k.clone()).or_insert(0) += v;
-        }
-    }
-    if timed_out || (plan.kind != ScenarioKind::Churn && opened == 0) {
-        children.kill_all();
-        children.reap();
-        ui.finish();
-        if timed_out {
-            return Err(format!(
-                "--timeout reached while connecting ({opened} open)"
-            ));
-        }
-        return Err(diagnose(&plan, &connect_errors));
-    }
-    let first_start = ready
-        .iter()
-        .map(|r| r.first_start_ns)
-        .filter(|t| *t > 0)
-        .min();
-    let last_done = ready.iter().map(|r| r.last_done_ns).max();
-    let connect_s = match (first_start, last_done) {
-        (Some(a), Some(b)) if b > a => (b - a) as f64 / 1e9,
-        _ => 0.0,
-    };
 
     // 2. Measured phase.
     let (rss_after, tcp_after) = if plan.kind == ScenarioKind::Idle {
@@ -1158,6 +1123,70 @@ fn round3(v: f64) -> f64 {
 }
 
 /// Why nothing connected, in words.
+/// What the opening phase gave: the connections opened, and seconds from the first connect to
+/// the last upgrade (and subscribe).
+pub(crate) struct Opening {
+    pub opened: u64,
+    pub connect_s: f64,
+}
+
+/// Waits until every child reported its connections ready, or `deadline` (ns, `now_ns`),
+/// showing progress on `ui`. Kills the children and fails if the deadline passed, or if none
+/// opened while `need_open` (with [`diagnose`]'s reason).
+pub(crate) fn open_phase(
+    children: &mut Children,
+    ui: &mut Progress,
+    plan: &Plan,
+    deadline: u64,
+    need_open: bool,
+) -> Result<Opening, String> {
+    let mut timed_out = false;
+    while !children.all_ready() {
+        children.pump(Duration::from_millis(100));
+        let [o, r, e] = children.totals();
+        ui.update(
+            "connecting",
+            o,
+            plan.conns as u64,
+            &format!("recv {r}  errors {e}"),
+        );
+        if now_ns() >= deadline {
+            timed_out = true;
+            break;
+        }
+    }
+    let ready: Vec<ReadyInfo> = children.ready.iter().flatten().cloned().collect();
+    let opened: u64 = ready.iter().map(|r| r.opened).sum();
+    let mut connect_errors: BTreeMap<String, u64> = BTreeMap::new();
+    for r in &ready {
+        for (k, v) in &r.errors {
+            *connect_errors.entry(k.clone()).or_insert(0) += v;
+        }
+    }
+    if timed_out || (need_open && opened == 0) {
+        children.kill_all();
+        children.reap();
+        ui.finish();
+        if timed_out {
+            return Err(format!(
+                "--timeout reached while connecting ({opened} open)"
+            ));
+        }
+        return Err(diagnose(plan, &connect_errors));
+    }
+    let first_start = ready
+        .iter()
+        .map(|r| r.first_start_ns)
+        .filter(|t| *t > 0)
+        .min();
+    let last_done = ready.iter().map(|r| r.last_done_ns).max();
+    let connect_s = match (first_start, last_done) {
+        (Some(a), Some(b)) if b > a => (b - a) as f64 / 1e9,
+        _ => 0.0,
+    };
+    Ok(Opening { opened, connect_s })
+}
+
 pub(crate) fn diagnose(plan: &Plan, errors: &BTreeMap<String, u64>) -> String {
     let top = errors
         .iter()

@@ -17,7 +17,7 @@ use super::{ScaleResult, ScaleSpec, SecondLine, KINDS};
 use crate::child::{ChildResult, ChildSpec};
 use crate::cli::{parse_urls, Common, ScaleArgs};
 use crate::engine::SECOND;
-use crate::parent::{diagnose, spawn, Plan};
+use crate::parent::{open_phase, spawn, Opening, Plan};
 use crate::report::{svg_timeseries, table, Progress};
 use crate::stats::{merge_data, new_hist, percentiles, HIST_MAX_NS};
 use crate::sys::{cpu_seconds, fd_count, now_ns, rss_bytes};
@@ -241,45 +241,9 @@ pub fn execute(
 
     let mut children = spawn(specs)?;
     let mut ui = Progress::new(plan.conns as u64);
+    let Opening { opened, connect_s } = open_phase(&mut children, &mut ui, plan, deadline, true)?;
+    // Set if a later phase runs out of time (opening in time is checked above).
     let mut timed_out = false;
-    while !children.all_ready() {
-        children.pump(Duration::from_millis(100));
-        let [o, _, e] = children.totals();
-        ui.update("connecting", o, plan.conns as u64, &format!("errors {e}"));
-        if now_ns() >= deadline {
-            timed_out = true;
-            break;
-        }
-    }
-    let ready: Vec<_> = children.ready.iter().flatten().cloned().collect();
-    let opened: u64 = ready.iter().map(|r| r.opened).sum();
-    let mut connect_errors: BTreeMap<String, u64> = BTreeMap::new();
-    for r in &ready {
-        for (kind, v) in &r.errors {
-            *connect_errors.entry(kind.clone()).or_insert(0) += v;
-        }
-    }
-    if timed_out || opened == 0 {
-        children.kill_all();
-        children.reap();
-        ui.finish();
-        if timed_out {
-            return Err(format!(
-                "--timeout reached while connecting ({opened} open)"
-            ));
-        }
-        return Err(diagnose(plan, &connect_errors));
-    }
-    let first_start = ready
-        .iter()
-        .map(|r| r.first_start_ns)
-        .filter(|t| *t > 0)
-        .min();
-    let last_done = ready.iter().map(|r| r.last_done_ns).max();
-    let connect_s = match (first_start, last_done) {
-        (Some(a), Some(b)) if b > a => (b - a) as f64 / 1e9,
-        _ => 0.0,
-    };
     std::thread::sleep(Duration::from_millis(500));
     let open_samples = sample_all();
 
