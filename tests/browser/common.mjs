@@ -1,9 +1,10 @@
-// What the browser tests (demo.mjs, status.mjs) share: the paths (the server binary and Debian's
+// What the browser tests (demo.mjs, demo_https.mjs, status.mjs) share: the paths (the server binary and Debian's
 // chromium, overridable by $EDGEPUSH_BIN and $CHROMIUM), starting the release binary on free
 // loopback ports and stopping it, a fresh headless chromium profile, numbered `check` steps, and
 // the run-with-deadline-then-clean-up frame with its `N passed, N failed` summary. One test runs
 // per process, so the server, the browser and the count are this module's state.
 import { spawn } from "node:child_process";
+import { request } from "node:https";
 import { existsSync, mkdtempSync, rmSync } from "node:fs";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
@@ -39,12 +40,33 @@ export function freePort() {
   });
 }
 
+/** GET `url` over https trusting the PEM certificate `ca`; resolves with `{ status, body }`. */
+export function httpsGet(url, ca) {
+  return new Promise((res, rej) => {
+    const req = request(url, { ca, timeout: 2000 }, (r) => {
+      let body = "";
+      r.on("data", (d) => { body += d; });
+      r.on("end", () => res({ status: r.statusCode, body }));
+    });
+    req.on("error", rej);
+    req.on("timeout", () => req.destroy(new Error("timeout")));
+    req.end();
+  });
+}
+
+/** GET `/healthz` on `port`: over https trusting `ca` when given, else plain; true on 2xx. */
+async function healthy(port, ca) {
+  if (ca) return (await httpsGet(`https://127.0.0.1:${port}/healthz`, ca)).status === 200;
+  return (await fetch(`http://127.0.0.1:${port}/healthz`)).ok;
+}
+
 /**
  * Starts BIN with `--listen` and `--api-listen` on two free loopback ports followed by `args`,
  * and waits (up to `stepMs` per attempt, 3 attempts) until `/healthz` and `/api/stats` (sent with
- * `headers`) both answer 2xx. Returns `{ port, apiPort }`; throws when no attempt came up.
+ * `headers`) both answer 2xx; `/healthz` over https trusting the PEM certificate `ca` when the
+ * args make the public listener TLS. Returns `{ port, apiPort }`; throws when no attempt came up.
  */
-export async function startServer({ args = [], headers = {}, stepMs }) {
+export async function startServer({ args = [], headers = {}, stepMs, ca = null }) {
   for (let attempt = 1; attempt <= 3; attempt++) {
     const port = await freePort();
     let apiPort = await freePort();
@@ -62,8 +84,8 @@ export async function startServer({ args = [], headers = {}, stepMs }) {
     while (!exited && Date.now() < deadline) {
       try {
         const [health, api] = await Promise.all([
-          fetch(`http://127.0.0.1:${port}/healthz`), fetch(`http://127.0.0.1:${apiPort}/api/stats`, { headers })]);
-        if (health.ok && api.ok) return { port, apiPort };
+          healthy(port, ca), fetch(`http://127.0.0.1:${apiPort}/api/stats`, { headers })]);
+        if (health && api.ok) return { port, apiPort };
       } catch { /* not listening yet */ }
       await sleep(50);
     }
@@ -87,17 +109,17 @@ async function stopServer() {
 
 /**
  * Launches headless CHROMIUM on a fresh temporary profile (removed at clean-up) with the given
- * `viewport`; `stepMs` is the launch timeout and every later action's default. Returns the first
- * page and the browser context.
+ * `viewport` and `args` added to the usual flags; `stepMs` is the launch timeout and every later
+ * action's default. Returns the first page and the browser context.
  */
-export async function launchBrowser({ viewport, stepMs }) {
+export async function launchBrowser({ viewport, stepMs, args = [] }) {
   profileDir = mkdtempSync(join(tmpdir(), "edgepush-chromium-"));
   // launchPersistentContext is how playwright takes a --user-data-dir of our choosing: a fresh one.
   context = await chromium.launchPersistentContext(profileDir, {
     executablePath: CHROMIUM,
     headless: true,
     args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-      "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+      "--disable-background-networking", "--disable-component-update", "--disable-sync", ...args],
     viewport,
     timeout: stepMs,
   });

@@ -10,35 +10,18 @@
 // listener), gets `pong` for `ping`; the socket negotiated permessage-deflate over TLS; the TLS
 // handshakes are counted in /api/stats. Screenshot: target/ci/demo-https.png. Exits non-zero on
 // any failure; always stops the server and the browser; gives up after 60 s.
-import { execFileSync, spawn } from "node:child_process";
+import { execFileSync } from "node:child_process";
 import { createHash, X509Certificate } from "node:crypto";
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
-import { request } from "node:https";
+import { mkdirSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
-import { chromium } from "playwright-core";
-import { BIN, CHROMIUM, ROOT, freePort, sleep } from "./common.mjs";
+import { ROOT, check, launchBrowser, main, startServer } from "./common.mjs";
 
 const SHOT = join(ROOT, "target/ci/demo-https.png");
-const OVERALL_MS = 60_000;
 const STEP_MS = 10_000;
 const USER = "tls-user";
-
-let server = null;
-let serverLog = "";
-let context = null;
+/** Temporary folders of the certificates, removed at clean-up. */
 const dirs = [];
-let passed = 0;
-
-async function check(name, fn) {
-  try {
-    await fn();
-  } catch (e) {
-    throw new Error(`step "${name}" failed: ${e.message}`);
-  }
-  passed++;
-  console.log(`ok ${passed} - ${name}`);
-}
 
 /** A self-signed P-256 certificate for 127.0.0.1 and localhost: paths and the SPKI hash. */
 function makeCertificate() {
@@ -53,50 +36,6 @@ function makeCertificate() {
   return { cert, key, pem, spki: createHash("sha256").update(spki).digest("base64") };
 }
 
-/** GET over https trusting `ca`; resolves with the status and body. */
-function httpsGet(url, ca) {
-  return new Promise((res, rej) => {
-    const req = request(url, { ca, timeout: 2000 }, (r) => {
-      let body = "";
-      r.on("data", (d) => { body += d; });
-      r.on("end", () => res({ status: r.statusCode, body }));
-    });
-    req.on("error", rej);
-    req.on("timeout", () => req.destroy(new Error("timeout")));
-    req.end();
-  });
-}
-
-async function startTlsServer(tls) {
-  const port = await freePort();
-  let apiPort = await freePort();
-  while (apiPort === port) apiPort = await freePort();
-  server = spawn(BIN, ["--listen", `127.0.0.1:${port}`, "--api-listen", `127.0.0.1:${apiPort}`,
-    "--tls-cert", tls.cert, "--tls-key", tls.key, "--log", "info"], { stdio: ["ignore", "pipe", "pipe"] });
-  server.stdout.on("data", (d) => { serverLog += d; });
-  server.stderr.on("data", (d) => { serverLog += d; });
-  const deadline = Date.now() + STEP_MS;
-  while (Date.now() < deadline && server.exitCode === null) {
-    try {
-      const health = await httpsGet(`https://127.0.0.1:${port}/healthz`, tls.pem);
-      if (health.status === 200) return { port, apiPort };
-    } catch { /* not listening yet */ }
-    await sleep(50);
-  }
-  throw new Error("the TLS server did not come up");
-}
-
-async function stopServer() {
-  const child = server;
-  server = null;
-  if (!child || child.exitCode !== null || child.signalCode !== null) return;
-  const gone = new Promise((r) => child.once("exit", r));
-  child.kill("SIGTERM");
-  if (await Promise.race([gone.then(() => true), sleep(5000).then(() => false)])) return;
-  child.kill("SIGKILL");
-  await gone;
-}
-
 async function api(apiPort, method, path, body) {
   const res = await fetch(`http://127.0.0.1:${apiPort}${path}`, {
     method, headers: { "Content-Type": "application/json" }, body: body && JSON.stringify(body) });
@@ -107,22 +46,12 @@ async function api(apiPort, method, path, body) {
 
 async function run() {
   const tls = makeCertificate();
-  const { port, apiPort } = await startTlsServer(tls);
+  const { port, apiPort } = await startServer({
+    args: ["--tls-cert", tls.cert, "--tls-key", tls.key, "--log", "info"], stepMs: STEP_MS, ca: tls.pem });
   console.log(`server up: https://127.0.0.1:${port}/ (API on http://127.0.0.1:${apiPort})`);
-
-  const profile = mkdtempSync(join(tmpdir(), "edgepush-chromium-"));
-  dirs.push(profile);
-  context = await chromium.launchPersistentContext(profile, {
-    executablePath: CHROMIUM,
-    headless: true,
-    args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-      "--disable-background-networking", "--disable-component-update", "--disable-sync",
-      `--ignore-certificate-errors-spki-list=${tls.spki}`],
-    viewport: { width: 1280, height: 860 },
-    timeout: STEP_MS,
-  });
-  context.setDefaultTimeout(STEP_MS);
-  const page = context.pages()[0] || await context.newPage();
+  const { page } = await launchBrowser({
+    viewport: { width: 1280, height: 860 }, stepMs: STEP_MS,
+    args: [`--ignore-certificate-errors-spki-list=${tls.spki}`] });
   const pageErrors = [];
   page.on("pageerror", (e) => pageErrors.push(String(e)));
   page.on("console", (m) => { if (m.type() === "error") pageErrors.push("console: " + m.text()); });
@@ -179,35 +108,9 @@ async function run() {
   console.log(`screenshot: ${SHOT}`);
 }
 
-async function cleanup() {
-  if (context) await Promise.race([context.close().catch(() => {}), sleep(5000)]);
-  context = null;
-  await stopServer().catch(() => {});
-  for (const dir of dirs.splice(0)) rmSync(dir, { recursive: true, force: true });
-}
-
-for (const sig of ["SIGINT", "SIGTERM"]) process.on(sig, () => { cleanup().finally(() => process.exit(130)); });
-let failure = null;
-let timer;
-try {
-  await Promise.race([
-    (async () => {
-      if (!existsSync(BIN)) throw new Error(`no server binary at ${BIN}: run \`cargo build --release\` or set EDGEPUSH_BIN`);
-      if (!existsSync(CHROMIUM)) throw new Error(`no browser at ${CHROMIUM}: apt-get install chromium (or set CHROMIUM)`);
-      await run();
-    })(),
-    new Promise((_, rej) => { timer = setTimeout(() => rej(new Error(`timed out after ${OVERALL_MS / 1000} s`)), OVERALL_MS); }),
-  ]);
-} catch (e) {
-  failure = e;
-} finally {
-  clearTimeout(timer);
-  await cleanup();
-}
-if (failure) {
-  console.error(`\nhttps browser test FAILED: ${failure.message}`);
-  if (serverLog) console.error(`--- server output (last lines) ---\n${serverLog.split("\n").slice(-30).join("\n")}`);
-  console.log(`https browser test: ${passed} passed, 1 failed`);
-  process.exit(1);
-}
-console.log(`https browser test: ${passed} passed, 0 failed`);
+await main({
+  label: "https browser test",
+  overallMs: 60_000,
+  run,
+  beforeCleanup: () => { for (const dir of dirs.splice(0)) rmSync(dir, { recursive: true, force: true }); },
+});
