@@ -18,9 +18,10 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use common::ServerProcess;
+
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use edgepush::protocol::frame::{write_masked_frame, FrameHeader, OpCode};
@@ -33,52 +34,10 @@ const LIMIT: usize = 1 << 20;
 /// resident by the warm-up) is the decoder's few hundred bytes and page rounding.
 const MARGIN: usize = 0;
 
-/// Kills the server if the test fails before it is done.
-struct ServerProcess(Child);
-
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Starts the binary with one worker and a 1 MiB message limit; returns it with its public
 /// address (from its log).
 fn start_server() -> (ServerProcess, SocketAddr) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_edgepush"))
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--api-listen",
-            "127.0.0.1:0",
-            "--threads",
-            "1",
-            "--max-message-size",
-            &LIMIT.to_string(),
-            "--log",
-            "info",
-        ])
-        .env_remove("RUST_LOG")
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("start edgepush");
-    let stderr = child.stderr.take().expect("stderr piped");
-    let server = ServerProcess(child);
-    let mut lines = BufReader::new(stderr).lines();
-    let addr = loop {
-        let line = lines
-            .next()
-            .expect("server exited before listening")
-            .expect("read server log");
-        if let Some(rest) = line.split("listening on ").nth(1) {
-            break rest.trim().parse::<SocketAddr>().expect("address in log");
-        }
-    };
-    // Keep draining the log so the server never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    (server, addr)
+    ServerProcess::start(&["--threads", "1", "--max-message-size", &LIMIT.to_string()])
 }
 
 /// A field of `/proc/PID/status`, in KiB.
@@ -204,7 +163,7 @@ struct Cost {
 /// Opens a connection, resets the peak, sends `wire` (the bomb's frames) from a second thread
 /// and waits for the Close; returns the RSS growth at the peak and after.
 fn send_bomb(server: &ServerProcess, addr: SocketAddr, wire: Vec<u8>) -> Cost {
-    let pid = server.0.id();
+    let pid = server.pid();
     let mut stream = open(addr);
     reset_peak(pid);
     let before = status_kib(pid, "VmRSS");

@@ -4,9 +4,10 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use common::ServerProcess;
+
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use mio::net::TcpStream as MioStream;
@@ -15,54 +16,16 @@ use mio::{Events, Interest, Poll, Token};
 const CLIENTS: usize = 1000;
 const SPREAD: Duration = Duration::from_secs(2);
 
-/// Kills the server if the test fails before it exits by itself.
-struct ServerProcess(Option<Child>);
-
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        if let Some(child) = self.0.as_mut() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
 /// Starts the binary on free ports and returns it with its public address (from its log).
 fn start_server() -> (ServerProcess, SocketAddr) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_edgepush"))
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--api-listen",
-            "127.0.0.1:0",
-            "--threads",
-            "2",
-            "--drain-duration",
-            "2s",
-            "--drain-timeout",
-            "5s",
-            "--log",
-            "info",
-        ])
-        .env_remove("RUST_LOG")
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("start edgepush");
-    let stderr = child.stderr.take().expect("stderr piped");
-    let mut lines = BufReader::new(stderr).lines();
-    let addr = loop {
-        let line = lines
-            .next()
-            .expect("server exited before listening")
-            .expect("read server log");
-        if let Some(rest) = line.split("listening on ").nth(1) {
-            break rest.trim().parse::<SocketAddr>().expect("address in log");
-        }
-    };
-    // Keep draining the log so the server never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    (ServerProcess(Some(child)), addr)
+    ServerProcess::start(&[
+        "--threads",
+        "2",
+        "--drain-duration",
+        "2s",
+        "--drain-timeout",
+        "5s",
+    ])
 }
 
 fn upgrade(addr: SocketAddr) -> TcpStream {
@@ -100,7 +63,7 @@ fn sigterm_drains_every_client_with_1001_spread_over_the_window_and_exits_0() {
             clients.push(stream);
         }
 
-        let pid = server.0.as_ref().map(|c| c.id()).expect("running") as libc::pid_t;
+        let pid = server.pid() as libc::pid_t;
         let sent_at = Instant::now();
         // SAFETY: kill(2) with a PID we started and still own (the child hasn't been reaped:
         // `ServerProcess` only waits on it at the end), and a valid signal number.

@@ -6,9 +6,10 @@
 
 #![allow(dead_code)]
 
-use std::io::{self, Read, Write};
+use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::ops::Deref;
+use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -756,4 +757,66 @@ pub fn python_with(module: &str, pip_name: &str) -> Option<String> {
         "SKIPPED: {python} cannot import {module} (pip install {pip_name}, or set EDGEPUSH_PYTHON)"
     );
     None
+}
+
+/// The real `edgepush` binary as its own process (for what one process must show on its own:
+/// signals, RSS); killed and reaped on drop unless a test took the child to end it itself.
+pub struct ServerProcess(pub Option<Child>);
+
+impl ServerProcess {
+    /// Starts the binary on free loopback ports (`--listen` and `--api-listen` on port 0,
+    /// `--log info`) with `args` after those, and reads its log until it says where it listens.
+    /// Returns it with that public address; the rest of its log is drained on a thread so the
+    /// server never blocks on a full pipe.
+    ///
+    /// # Panics
+    /// If the binary cannot start, or exits before listening.
+    pub fn start(args: &[&str]) -> (ServerProcess, SocketAddr) {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_edgepush"))
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--api-listen",
+                "127.0.0.1:0",
+                "--log",
+                "info",
+            ])
+            .args(args)
+            .env_remove("RUST_LOG")
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start edgepush");
+        let stderr = child.stderr.take().expect("stderr piped");
+        let server = ServerProcess(Some(child));
+        let mut lines = BufReader::new(stderr).lines();
+        let addr = loop {
+            let line = lines
+                .next()
+                .expect("server exited before listening")
+                .expect("read server log");
+            if let Some(rest) = line.split("listening on ").nth(1) {
+                break rest.trim().parse::<SocketAddr>().expect("address in log");
+            }
+        };
+        thread::spawn(move || for _ in lines {});
+        (server, addr)
+    }
+
+    /// The process id.
+    ///
+    /// # Panics
+    /// If a test already took the child.
+    pub fn pid(&self) -> u32 {
+        self.0.as_ref().map(Child::id).expect("server running")
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        if let Some(child) = self.0.as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
 }
