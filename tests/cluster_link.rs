@@ -654,3 +654,63 @@ fn pipelined_publishes_are_answered_once_in_order() {
         cpu_s * 1e6 / N as f64
     );
 }
+
+/// A Redis restarted from a snapshot accepts connections while it loads, answering every
+/// command with LOADING. A link must not count such a connection as up: the control link used
+/// to report up, fail its first read, report down and log both, at every retry until the
+/// dataset was loaded (a whole log page per restart of a large Redis, and `/healthz` flapping).
+#[test]
+fn a_redis_still_loading_its_dataset_is_not_a_link_up() {
+    let Some(mut redis) = start_redis() else {
+        return;
+    };
+    let mut hub = Hub::new(&redis, false);
+    // Enough data that loading it takes a good part of a second (in steps: one command may
+    // take at most the harness's 2 s).
+    for part in 0..6 {
+        let filled = redis.command(&[
+            "EVAL",
+            "for i = 1, 250000 do redis.call('SET', 'fill:' .. ARGV[1] .. ':' .. i, 'xxxxxxxxxxxxxxxx') end return 1",
+            "0",
+            &part.to_string(),
+        ]);
+        assert_eq!(filled, redis_server::Resp::Integer(1), "filling");
+    }
+    redis.save();
+    redis.restart(); // returns once the dataset is loaded and PING answers
+                     // Everything the link reported from the kill on, until every link is up again (each
+                     // retries on its own backoff), and half a second more.
+    let kinds = [LinkKind::Commands, LinkKind::PubSub, LinkKind::Control];
+    let ups = |stash: &std::collections::VecDeque<Reply>, kind: LinkKind| {
+        stash
+            .iter()
+            .filter(|r| matches!(r, Reply::Link { link, up: true } if *link == kind))
+            .count()
+    };
+    let limit = Instant::now() + Duration::from_secs(15);
+    let mut settled: Option<Instant> = None;
+    let mut events = mio::Events::with_capacity(4);
+    loop {
+        while let Some(r) = hub.link.try_recv() {
+            hub.stash.push_back(r);
+        }
+        let now = Instant::now();
+        if settled.is_none() && kinds.iter().all(|k| ups(&hub.stash, *k) > 0) {
+            settled = Some(now + Duration::from_millis(500));
+        }
+        let deadline = settled.unwrap_or(limit).min(limit);
+        if now >= deadline {
+            break;
+        }
+        let _ = hub.poll.poll(&mut events, Some(deadline - now));
+    }
+    for kind in kinds {
+        let ups = ups(&hub.stash, kind);
+        assert_eq!(
+            ups,
+            1,
+            "{kind:?} reported up {ups} times across one restart (log:\n{})",
+            redis.log()
+        );
+    }
+}

@@ -245,8 +245,13 @@ impl Ctx {
         client: &redis::Client,
         read_timeout: Duration,
     ) -> redis::RedisResult<redis::Connection> {
-        let con = client.get_connection_with_timeout(self.timeout())?;
+        let mut con = client.get_connection_with_timeout(self.timeout())?;
         con.set_write_timeout(Some(self.timeout()))?;
+        con.set_read_timeout(Some(self.timeout()))?;
+        // A Redis still loading its dataset (after a restart from an AOF or RDB) accepts
+        // connections but answers every command with LOADING: the link is not up until it
+        // answers a PING, so it does not flap up and down (and log twice) at every retry.
+        redis::cmd("PING").query::<redis::Value>(&mut con)?;
         con.set_read_timeout(Some(read_timeout.max(Duration::from_millis(1))))?;
         Ok(con)
     }
