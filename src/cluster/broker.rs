@@ -1339,17 +1339,6 @@ fn wasteful(len: usize, capacity: usize) -> bool {
     capacity > SHRINK_FLOOR && len.saturating_mul(4) < capacity
 }
 
-/// Lengthens `slots` to `len` with empty slots, growing its allocation by an eighth (at least
-/// 64 slots) rather than doubling it: a table with one slot per local user would otherwise
-/// carry up to as many empty slots again (48 B each) on every node.
-fn grow_slots<T>(slots: &mut Vec<Option<T>>, len: usize) {
-    if len > slots.capacity() {
-        let step = (slots.capacity() / 8).max(64);
-        slots.reserve_exact((len - slots.len()).max(step));
-    }
-    slots.resize_with(len, || None);
-}
-
 /// The `name` of a node's heartbeat object.
 fn node_name(info: &str) -> Option<String> {
     let value: serde_json::Value = serde_json::from_str(info).ok()?;
@@ -1533,7 +1522,7 @@ impl<L: RedisLink> Broker for RedisBroker<L> {
             Stream::User(id) => {
                 let index = id.index();
                 if self.user_streams.len() <= index {
-                    grow_slots(&mut self.user_streams, index + 1);
+                    self.user_streams.resize_with(index + 1, || None);
                 }
                 match self.user_streams.get_mut(index) {
                     Some(Some((held, _))) if held == id => false,

@@ -1759,28 +1759,3 @@ mod randomized {
         }
     }
 }
-
-#[test]
-fn user_slots_grow_by_an_eighth_not_by_doubling() {
-    let mut slots: Vec<Option<u64>> = Vec::new();
-    let mut reallocations = 0;
-    for len in 1..=20_000usize {
-        let before = slots.capacity();
-        grow_slots(&mut slots, len);
-        if slots.capacity() != before {
-            reallocations += 1;
-        }
-        assert_eq!(slots.len(), len);
-        assert!(
-            slots.capacity() <= len + len / 8 + 64,
-            "{} slots of capacity for {len}",
-            slots.capacity()
-        );
-    }
-    assert!(slots.iter().all(Option::is_none));
-    // Growth stays geometric: a few dozen moves for 20,000 users, not one per user.
-    assert!(reallocations < 60, "{reallocations} reallocations");
-    // Asking for a slot far ahead lengthens the table to it at once.
-    grow_slots(&mut slots, 30_000);
-    assert_eq!(slots.len(), 30_000);
-}
