@@ -1,7 +1,10 @@
-//! Measurements of TLS against plain TCP (ignored by default; BENCHMARKS.md has the figures):
+//! Measurements of TLS against plain TCP (BENCHMARKS.md has the figures):
 //!
 //!     cargo build --release
-//!     taskset -c 1 cargo test --release --test tls_measure -- --ignored --nocapture
+//!     EDGEPUSH_TLS_MEASURE_FULL=1 taskset -c 1 cargo test --release --test tls_measure -- --nocapture
+//!
+//! Without `EDGEPUSH_TLS_MEASURE_FULL` (as in CI) each runs at about a thirtieth of the sizes
+//! below: the same paths, every delivery and echo still checked, the figures only printed.
 //!
 //! Each figure starts a fresh release server (`--threads 1`, pinned to core 0 with `taskset`
 //! when it exists) and runs plain and TLS interleaved, two rounds each:
@@ -178,6 +181,15 @@ fn setup() -> Setup {
     }
 }
 
+/// `full` with `EDGEPUSH_TLS_MEASURE_FULL` set (a measurement), else `quick` (a CI run).
+fn size(full: usize, quick: usize) -> usize {
+    if std::env::var_os("EDGEPUSH_TLS_MEASURE_FULL").is_some() {
+        full
+    } else {
+        quick
+    }
+}
+
 fn label(tls: bool) -> &'static str {
     if tls {
         "wss "
@@ -187,23 +199,22 @@ fn label(tls: bool) -> &'static str {
 }
 
 #[test]
-#[ignore]
 fn idle_bytes_per_connection() {
     let s = setup();
-    const N: usize = 15_000;
+    let n = size(15_000, 500);
     for round in 0..2 {
         for tls in [false, true] {
             let server = spawn_server(tls.then_some(&s.files));
             let before = rss(pid(&server));
-            let conns: Vec<Conn> = (0..N)
+            let conns: Vec<Conn> = (0..n)
                 .map(|_| open(server.addr, tls.then_some(&s.client), "/echo"))
                 .collect();
             std::thread::sleep(Duration::from_secs(2));
             let after = rss(pid(&server));
             println!(
-                "round {round} idle {}: {} B/conn ({N} conns, RSS {} -> {} KiB)",
+                "round {round} idle {}: {} B/conn ({n} conns, RSS {} -> {} KiB)",
                 label(tls),
-                (after - before) / N as u64,
+                (after - before) / n as u64,
                 before / 1024,
                 after / 1024
             );
@@ -213,10 +224,9 @@ fn idle_bytes_per_connection() {
 }
 
 #[test]
-#[ignore]
 fn handshakes_per_second() {
     let s = setup();
-    const N: usize = 3_000;
+    let n = size(3_000, 200);
     const THREADS: usize = 4;
     for round in 0..2 {
         for tls in [false, true] {
@@ -228,7 +238,7 @@ fn handshakes_per_second() {
                     let client = s.client.clone();
                     let addr = server.addr;
                     std::thread::spawn(move || {
-                        for _ in 0..N / THREADS {
+                        for _ in 0..n / THREADS {
                             let mut c = open(addr, tls.then_some(&client), "/echo");
                             c.send(tungstenite::Message::Close(None));
                             c.flush();
@@ -245,8 +255,8 @@ fn handshakes_per_second() {
             println!(
                 "round {round} handshakes {}: {:.0}/s, server CPU {:.1} µs per connection",
                 label(tls),
-                N as f64 / wall,
-                used * 1e6 / N as f64
+                n as f64 / wall,
+                used * 1e6 / n as f64
             );
         }
     }
@@ -259,16 +269,15 @@ fn stat(api: SocketAddr, name: &str) -> u64 {
 }
 
 #[test]
-#[ignore]
 fn fanout_burst() {
     let s = setup();
-    const SUBS: usize = 5_000;
+    let subscribers = size(5_000, 200);
     const BURSTS: usize = 3;
-    const MESSAGES: usize = 200;
+    let messages = size(200, 20);
     for round in 0..2 {
         for tls in [false, true] {
             let server = spawn_server(tls.then_some(&s.files));
-            let mut subs: Vec<Conn> = (0..SUBS)
+            let mut subs: Vec<Conn> = (0..subscribers)
                 .map(|i| {
                     let mut c = open(
                         server.addr,
@@ -292,12 +301,12 @@ fn fanout_burst() {
                 let deliveries0 = stat(server.api, "deliveries");
                 let cpu0 = cpu(pid(&server));
                 let mut batch = Vec::new();
-                for _ in 0..MESSAGES {
+                for _ in 0..messages {
                     batch.extend(api.request("POST", "/api/publish", Some(&payload)));
                 }
                 let t0 = Instant::now();
                 api.send_raw(&batch);
-                for _ in 0..MESSAGES {
+                for _ in 0..messages {
                     assert_eq!(api.read_response().status, 200);
                 }
                 // Done when every delivery is queued and the bytes written stop growing
@@ -310,7 +319,7 @@ fn fanout_burst() {
                     if b != last {
                         last = b;
                         last_change = t0.elapsed();
-                    } else if d == (SUBS * MESSAGES) as u64
+                    } else if d == (subscribers * messages) as u64
                         && b > bytes0
                         && t0.elapsed() > last_change + Duration::from_millis(100)
                     {
@@ -324,12 +333,12 @@ fn fanout_burst() {
                 bytes += last - bytes0;
                 // Every subscriber gets every message before the next burst.
                 for c in subs.iter_mut() {
-                    for _ in 0..MESSAGES {
+                    for _ in 0..messages {
                         assert!(matches!(c.recv(), tungstenite::Message::Text(_)));
                     }
                 }
             }
-            let n = (SUBS * MESSAGES * BURSTS) as f64;
+            let n = (subscribers * messages * BURSTS) as f64;
             println!(
                 "round {round} fan-out {}: {:.2} M deliveries/s ({:.0} ms for {BURSTS} bursts; {bytes} bytes out), server CPU {:.3} µs per delivery",
                 label(tls),
@@ -342,12 +351,11 @@ fn fanout_burst() {
 }
 
 #[test]
-#[ignore]
 fn echo_cpu_per_message() {
     let s = setup();
     const CONNS: usize = 20;
     const BATCH: usize = 50;
-    const BATCHES: usize = 2_000;
+    let batches = size(2_000, 40);
     for round in 0..2 {
         for tls in [false, true] {
             let server = spawn_server(tls.then_some(&s.files));
@@ -357,7 +365,7 @@ fn echo_cpu_per_message() {
             let message = "m".repeat(64);
             let cpu0 = cpu(pid(&server));
             let t0 = Instant::now();
-            for _ in 0..BATCHES {
+            for _ in 0..batches {
                 for c in conns.iter_mut() {
                     for _ in 0..BATCH {
                         c.send(tungstenite::Message::text(message.as_str()));
@@ -372,7 +380,7 @@ fn echo_cpu_per_message() {
             }
             let wall = t0.elapsed().as_secs_f64();
             let used = cpu(pid(&server)) - cpu0;
-            let n = (CONNS * BATCH * BATCHES) as f64;
+            let n = (CONNS * BATCH * batches) as f64;
             println!(
                 "round {round} echo {}: server CPU {:.2} µs per message ({:.0} msg/s)",
                 label(tls),
