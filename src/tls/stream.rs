@@ -371,24 +371,12 @@ fn encode_into(
     out: &mut Vec<u8>,
     mut encode: impl FnMut(&mut [u8]) -> Result<usize, EncodeError>,
 ) -> io::Result<()> {
-    let start = out.len();
-    let mut room = 4096;
-    for _ in 0..4 {
-        out.resize(start + room, 0);
-        match encode(&mut out[start..]) {
-            Ok(n) => {
-                out.truncate(start + n);
-                return Ok(());
-            }
-            Err(EncodeError::InsufficientSize(e)) => room = e.required_size,
-            Err(e) => {
-                out.truncate(start);
-                return Err(io::Error::other(e.to_string()));
-            }
-        }
-    }
-    out.truncate(start);
-    Err(io::Error::other("TLS encode: buffer size not settled"))
+    fill_growing(out, 4096, "TLS encode", |o| {
+        encode(o).map_err(|e| match e {
+            EncodeError::InsufficientSize(e) => Fill::Need(e.required_size),
+            e => Fill::Failed(e.to_string()),
+        })
+    })
 }
 
 /// Appends the encryption of `data` to `out`, growing it as rustls asks.
@@ -397,25 +385,49 @@ fn encrypt_into(
     out: &mut Vec<u8>,
     mut encrypt: impl FnMut(&[u8], &mut [u8]) -> Result<usize, EncryptError>,
 ) -> io::Result<()> {
-    let start = out.len();
     // Record overhead: header, content type, tag (TLS 1.3), explicit nonce (TLS 1.2).
-    let mut room = data.len() + (data.len() / MAX_PLAINTEXT + 1) * 64;
+    let room = data.len() + (data.len() / MAX_PLAINTEXT + 1) * 64;
+    fill_growing(out, room, "TLS encrypt", |o| {
+        encrypt(data, o).map_err(|e| match e {
+            EncryptError::InsufficientSize(e) => Fill::Need(e.required_size),
+            e => Fill::Failed(e.to_string()),
+        })
+    })
+}
+
+/// Why [`fill_growing`]'s writer stopped short.
+enum Fill {
+    /// It needs this many bytes of room.
+    Need(usize),
+    /// It failed for this reason.
+    Failed(String),
+}
+
+/// Appends what `fill` writes to `out`, starting with `room` bytes and giving it the room it
+/// asks for, at most four times (`what` names the writer in the error).
+fn fill_growing(
+    out: &mut Vec<u8>,
+    mut room: usize,
+    what: &str,
+    mut fill: impl FnMut(&mut [u8]) -> Result<usize, Fill>,
+) -> io::Result<()> {
+    let start = out.len();
     for _ in 0..4 {
         out.resize(start + room, 0);
-        match encrypt(data, &mut out[start..]) {
+        match fill(&mut out[start..]) {
             Ok(n) => {
                 out.truncate(start + n);
                 return Ok(());
             }
-            Err(EncryptError::InsufficientSize(e)) => room = e.required_size,
-            Err(e) => {
+            Err(Fill::Need(n)) => room = n,
+            Err(Fill::Failed(e)) => {
                 out.truncate(start);
-                return Err(io::Error::other(e.to_string()));
+                return Err(io::Error::other(e));
             }
         }
     }
     out.truncate(start);
-    Err(io::Error::other("TLS encrypt: buffer size not settled"))
+    Err(io::Error::other(format!("{what}: buffer size not settled")))
 }
 
 /// Writes `bytes` until done or `WouldBlock`; returns how many went out.
