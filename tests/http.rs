@@ -369,6 +369,14 @@ fn answers_are_byte_exact() {
                 ),
             ),
             (
+                // RFC 9112 §3.2: an HTTP/1.1 request without Host is a 400.
+                b"GET / HTTP/1.1\r\n\r\n".to_vec(),
+                format!(
+                    "HTTP/1.1 400 Bad Request\r\n{text}\r\nContent-Length: 29\r\n\
+                     Connection: close\r\n\r\nHTTP/1.1 request without Host"
+                ),
+            ),
+            (
                 b"GET / HTTP/1.1\r\nBad Header\r\n\r\n".to_vec(),
                 format!(
                     "HTTP/1.1 400 Bad Request\r\n{text}\r\nContent-Length: 22\r\n\
@@ -503,7 +511,7 @@ fn max_request_head_is_configurable() {
             ..common::config()
         });
         assert_eq!(http_exchange(small.addr(), &request).status, 431);
-        let api_request = format!("GET /api/stats HTTP/1.1\r\n{cookie}\r\n\r\n");
+        let api_request = format!("GET /api/stats HTTP/1.1\r\n{HOST}\r\n{cookie}\r\n\r\n");
         assert_eq!(
             http_exchange(small.api_addr(), api_request.as_bytes()).status,
             431
@@ -525,7 +533,7 @@ fn max_request_head_is_configurable() {
         let mut client = RawClient::from_parts(stream, rest);
         client.round_trip("a 40 KB head");
         let mut api = common::ApiClient::connect(large.api_addr());
-        let api_request = format!("GET /api/stats HTTP/1.1\r\n{cookie}\r\n\r\n");
+        let api_request = format!("GET /api/stats HTTP/1.1\r\n{HOST}\r\n{cookie}\r\n\r\n");
         api.send_raw(api_request.as_bytes());
         assert_eq!(api.read_response().status, 200);
     });

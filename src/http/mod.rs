@@ -165,6 +165,10 @@ pub enum Error {
     /// A field that must appear once appeared more than once (400, RFC 9112 §3.2): its
     /// lowercase name.
     RepeatedField(&'static str),
+    /// An HTTP/1.1 request without a `Host` field (400, RFC 9112 §3.2: "A server MUST respond
+    /// with a 400 (Bad Request) status code to any HTTP/1.1 request message that lacks a Host
+    /// header field").
+    MissingHost,
     /// `Transfer-Encoding` in an HTTP/1.0 request (400): RFC 9112 §6.1 says to treat the
     /// framing as faulty, as an HTTP/1.0 peer does not know chunked.
     TransferEncodingInHttp10,
@@ -185,6 +189,7 @@ impl Error {
             | Error::BadChunk
             | Error::BadTarget
             | Error::RepeatedField(_)
+            | Error::MissingHost
             | Error::TransferEncodingInHttp10 => 400,
         }
     }
@@ -209,6 +214,7 @@ impl fmt::Display for Error {
             Error::BodyTooLarge => f.write_str("body too large"),
             Error::BadTarget => f.write_str("invalid request target"),
             Error::RepeatedField(name) => write!(f, "repeated {name} header"),
+            Error::MissingHost => f.write_str("HTTP/1.1 request without Host"),
             Error::TransferEncodingInHttp10 => f.write_str("Transfer-Encoding in HTTP/1.0"),
         }
     }
@@ -253,6 +259,7 @@ mod tests {
             (Error::BodyTooLarge, 413),
             (Error::BadTarget, 400),
             (Error::RepeatedField("host"), 400),
+            (Error::MissingHost, 400),
             (Error::TransferEncodingInHttp10, 400),
         ];
         for (e, status) in cases {

@@ -70,7 +70,9 @@ impl<'h, 'b> RequestHead<'h, 'b> {
 /// `Ok(Partial)`: the head has not fully arrived and `buf` is shorter than `max_head`: read
 /// more (nothing is consumed). Errors: [`Error::HeadTooLarge`] (the head does not end within
 /// `max_head` bytes), [`Error::TooManyHeaders`], [`Error::Malformed`], [`Error::BadTarget`]
-/// (see [`split_target`]), [`Error::RepeatedField`] (one of [`SINGLETON_FIELDS`] twice).
+/// (see [`split_target`]), [`Error::RepeatedField`] (one of [`SINGLETON_FIELDS`] twice),
+/// [`Error::MissingHost`] (an HTTP/1.1 request without `Host`, RFC 9112 §3.2; HTTP/1.0 may
+/// omit it).
 pub fn parse_request<'h, 'b>(
     buf: &'b [u8],
     headers: &'h mut [Header<'b>],
@@ -94,6 +96,9 @@ pub fn parse_request<'h, 'b>(
     let (authority, path, query) = split_target(target)?;
     let headers = Headers::new(headers);
     headers.check_once(&SINGLETON_FIELDS)?;
+    if minor_version >= 1 && !headers.contains("host") {
+        return Err(Error::MissingHost);
+    }
     Ok(Status::Complete(RequestHead {
         method,
         target,
@@ -210,7 +215,7 @@ mod tests {
             );
         }
         let mut buf = GET.to_vec();
-        buf.extend_from_slice(b"GET / HTTP/1.1\r\n");
+        buf.extend_from_slice(b"GET / HTTP/1.1\r\nHost: h\r\n");
         let mut headers = [EMPTY_HEADER; 8];
         let head = parse_request(&buf, &mut headers, 1024)
             .unwrap()
@@ -238,31 +243,31 @@ mod tests {
             ),
             (b"GET /\r\n\r\n", 8, 1024, Error::Malformed(Syntax::Token)),
             (
-                b"GET\x01 / HTTP/1.1\r\n\r\n",
+                b"GET\x01 / HTTP/1.1\r\nHost: h\r\n\r\n",
                 8,
                 1024,
                 Error::Malformed(Syntax::Token),
             ),
             (
-                b"GET / HTTP/1.1\r\nBad Header\r\n\r\n",
+                b"GET / HTTP/1.1\r\nHost: h\r\nBad Header\r\n\r\n",
                 8,
                 1024,
                 Error::Malformed(Syntax::HeaderName),
             ),
             (
-                b"GET / HTTP/1.1\r\nA: 1\r\nB: 2\r\n\r\n",
+                b"GET / HTTP/1.1\r\nHost: h\r\nA: 1\r\nB: 2\r\n\r\n",
                 1,
                 1024,
                 Error::TooManyHeaders,
             ),
             (
-                b"GET / HTTP/1.1\r\nA: 1\r\n\r\n",
+                b"GET / HTTP/1.1\r\nHost: h\r\nA: 1\r\n\r\n",
                 0,
                 1024,
                 Error::TooManyHeaders,
             ),
             (
-                b"GET / HTTP/1.1\r\nA: 1\r\n\r\n",
+                b"GET / HTTP/1.1\r\nHost: h\r\nA: 1\r\n\r\n",
                 8,
                 20,
                 Error::HeadTooLarge,
@@ -290,9 +295,14 @@ mod tests {
                 Some(""),
                 true,
             ),
-            (b"GET /p?a?b HTTP/1.1\r\n\r\n", "/p", Some("a?b"), true),
             (
-                b"GET http://h/x?y HTTP/1.1\r\nConnection: close\r\n\r\n",
+                b"GET /p?a?b HTTP/1.1\r\nHost: h\r\n\r\n",
+                "/p",
+                Some("a?b"),
+                true,
+            ),
+            (
+                b"GET http://h/x?y HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
                 "/x",
                 Some("y"),
                 false,
@@ -350,13 +360,19 @@ mod tests {
     #[test]
     fn heads_that_are_refused() {
         let cases: &[(&[u8], Error)] = &[
-            (b"GET http://h:1/e?x=1#f HTTP/1.1\r\n\r\n", Error::BadTarget),
+            (
+                b"GET http://h:1/e?x=1#f HTTP/1.1\r\nHost: h\r\n\r\n",
+                Error::BadTarget,
+            ),
             (b"OPTIONS * HTTP/1.1\r\nHost: h\r\n\r\n", Error::BadTarget),
             (
                 b"CONNECT h:443 HTTP/1.1\r\nHost: h\r\n\r\n",
                 Error::BadTarget,
             ),
-            (b"GET /\xc3\xa9 HTTP/1.1\r\n\r\n", Error::BadTarget),
+            (
+                b"GET /\xc3\xa9 HTTP/1.1\r\nHost: h\r\n\r\n",
+                Error::BadTarget,
+            ),
             (
                 b"GET / HTTP/1.1\r\nHost: a\r\nHost: a\r\n\r\n",
                 Error::RepeatedField("host"),
@@ -366,20 +382,24 @@ mod tests {
                 Error::RepeatedField("host"),
             ),
             (
-                b"GET / HTTP/1.1\r\nOrigin: a\r\nOrigin: a\r\n\r\n",
+                b"GET / HTTP/1.1\r\nHost: h\r\nOrigin: a\r\nOrigin: a\r\n\r\n",
                 Error::RepeatedField("origin"),
             ),
             (
-                b"GET / HTTP/1.1\r\nAuthorization: a\r\nAuthorization: b\r\n\r\n",
+                b"GET / HTTP/1.1\r\nHost: h\r\nAuthorization: a\r\nAuthorization: b\r\n\r\n",
                 Error::RepeatedField("authorization"),
             ),
             (
-                b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n",
+                b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n",
                 Error::RepeatedField("content-length"),
             ),
+            // HTTP/1.1 needs Host (§3.2); an empty value is allowed (§3.2.3 allows an empty
+            // authority), a missing field is not.
+            (b"GET / HTTP/1.1\r\n\r\n", Error::MissingHost),
+            (b"GET /ws HTTP/1.1\r\nOrigin: o\r\n\r\n", Error::MissingHost),
             // obs-fold (RFC 9112 §5.2) and whitespace before the colon (§5.1): not fields.
             (
-                b"GET / HTTP/1.1\r\nX: a\r\n b\r\n\r\n",
+                b"GET / HTTP/1.1\r\nHost: h\r\nX: a\r\n b\r\n\r\n",
                 Error::Malformed(Syntax::HeaderName),
             ),
             (
@@ -407,7 +427,7 @@ mod tests {
             .complete()
             .unwrap();
         assert_eq!(head.framing(), Err(Error::TransferEncodingInHttp10));
-        let input = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let input = b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n";
         let head = parse_request(input, &mut headers, 1024)
             .unwrap()
             .complete()

@@ -474,7 +474,7 @@ mod tests {
             (
                 "no host",
                 replace("Host: server.example.com\r\n", ""),
-                HandshakeError::BadUpgrade("missing Host"),
+                HandshakeError::Http(crate::http::Error::MissingHost),
                 400,
             ),
             (

@@ -1098,25 +1098,26 @@ mod tests {
 
     #[test]
     fn body_too_large_is_decided_from_the_header() {
-        let head = b"POST /api/publish HTTP/1.1\r\nContent-Length: 257\r\n\r\n";
+        let head = b"POST /api/publish HTTP/1.1\r\nHost: h\r\nContent-Length: 257\r\n\r\n";
         let (consumed, close, a) = expect_reject(parse(head, None, &limits()));
         assert_eq!((consumed, close, a.status), (head.len(), true, 413));
         // Exactly the limit is fine (and waits for the body).
-        let head = b"POST /api/publish HTTP/1.1\r\nContent-Length: 256\r\n\r\n";
+        let head = b"POST /api/publish HTTP/1.1\r\nHost: h\r\nContent-Length: 256\r\n\r\n";
         assert!(parse(head, None, &limits()).is_partial());
         // A huge length overflows nothing.
-        let head = b"POST /api/publish HTTP/1.1\r\nContent-Length: 9999999999999999999\r\n\r\n";
+        let head =
+            b"POST /api/publish HTTP/1.1\r\nHost: h\r\nContent-Length: 9999999999999999999\r\n\r\n";
         let (_, close, a) = expect_reject(parse(head, None, &limits()));
         assert_eq!((close, a.status), (true, 413));
         // Unauthorized wins over too large, and also closes.
-        let head = b"POST /api/publish HTTP/1.1\r\nContent-Length: 100000\r\n\r\n";
+        let head = b"POST /api/publish HTTP/1.1\r\nHost: h\r\nContent-Length: 100000\r\n\r\n";
         let (consumed, close, a) = expect_reject(parse(head, Some(KEY), &limits()));
         assert_eq!((consumed, close, a.status), (head.len(), true, 401));
     }
 
     #[test]
     fn length_required() {
-        let buf = b"POST /api/publish HTTP/1.1\r\n\r\n";
+        let buf = b"POST /api/publish HTTP/1.1\r\nHost: h\r\n\r\n";
         let parsed = parse(buf, None, &limits());
         if let Parsed::Reject { response, .. } = &parsed {
             assert!(response.starts_with(b"HTTP/1.1 411 Length Required\r\n"));
@@ -1160,7 +1161,7 @@ mod tests {
             "stats"
         );
         // Extensions and trailers are ignored; the size is hex, any case.
-        let buf = b"POST /api/broadcast HTTP/1.1\r\nTransfer-Encoding: Chunked\r\n\r\n\
+        let buf = b"POST /api/broadcast HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: Chunked\r\n\r\n\
                     A;x=y\r\n{\"data\":[]\r\n1\r\n}\r\n0\r\nX-Trailer: 1\r\n\r\n";
         assert_eq!(
             expect_request(parse(buf, None, &limits())).2,
@@ -1175,7 +1176,8 @@ mod tests {
             Parsed::Request { .. }
         ));
         // A chunked GET body is read and ignored, like a Content-Length one.
-        let buf = b"GET /api/stats HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
+        let buf =
+            b"GET /api/stats HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
         assert_eq!(
             expect_request(parse(buf, None, &limits())),
             (buf.len(), true, "stats".into())
@@ -1185,7 +1187,7 @@ mod tests {
     #[test]
     fn chunked_body_limits_and_errors() {
         // (request, status, consumed: whole buffer or head only)
-        let head = "POST /api/publish HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let head = "POST /api/publish HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n";
         let cases: Vec<(Vec<u8>, u16, usize)> = vec![
             // 413 as soon as the sizes pass the limit, before the data.
             (format!("{head}101\r\n").into_bytes(), 413, head.len()),
@@ -1356,12 +1358,12 @@ mod tests {
             b"GET /api/stats HTTP/2.0\r\n\r\n",
             b"GET /api/stats FTP/1.1\r\n\r\n",
             b"GET /api/stats\r\n\r\n",
-            b"GET /api/stats HTTP/1.1\r\nBad Header\r\n\r\n",
+            b"GET /api/stats HTTP/1.1\r\nHost: h\r\nBad Header\r\n\r\n",
             b"\x00\x01\x02\x03\r\n\r\n",
-            b"POST /api/publish HTTP/1.1\r\nContent-Length: abc\r\n\r\n",
-            b"POST /api/publish HTTP/1.1\r\nContent-Length: -1\r\n\r\n",
-            b"POST /api/publish HTTP/1.1\r\nContent-Length: 1, 1\r\n\r\n",
-            b"POST /api/publish HTTP/1.1\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n{}",
+            b"POST /api/publish HTTP/1.1\r\nHost: h\r\nContent-Length: abc\r\n\r\n",
+            b"POST /api/publish HTTP/1.1\r\nHost: h\r\nContent-Length: -1\r\n\r\n",
+            b"POST /api/publish HTTP/1.1\r\nHost: h\r\nContent-Length: 1, 1\r\n\r\n",
+            b"POST /api/publish HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n{}",
         ];
         for buf in cases {
             let (consumed, close, a) = expect_reject(parse(buf, None, &limits()));
@@ -1374,7 +1376,7 @@ mod tests {
             assert_eq!(a.field(), Value::Null);
         }
         // Identical repeated lengths too: a field that must appear once (issue 12).
-        let buf = b"POST /api/broadcast HTTP/1.1\r\nContent-Length: 10\r\n\
+        let buf = b"POST /api/broadcast HTTP/1.1\r\nHost: h\r\nContent-Length: 10\r\n\
                     Content-Length: 10\r\n\r\n{\"data\":1}";
         let (_, close, a) = expect_reject(parse(buf, None, &limits()));
         assert_eq!((close, a.status), (true, 400));
@@ -1579,7 +1581,8 @@ mod tests {
             assert!(!a.message().is_empty(), "{body}");
         }
         // Bytes that are not UTF-8.
-        let mut buf = b"POST /api/broadcast HTTP/1.1\r\nContent-Length: 12\r\n\r\n".to_vec();
+        let mut buf =
+            b"POST /api/broadcast HTTP/1.1\r\nHost: h\r\nContent-Length: 12\r\n\r\n".to_vec();
         buf.extend_from_slice(b"{\"data\":\"\xff\"}");
         let (_, close, a) = expect_reject(parse(&buf, None, &limits()));
         assert_eq!((close, a.status), (false, 400));
@@ -1636,7 +1639,7 @@ mod tests {
             ),
         ];
         for &(version, headers, expected) in cases {
-            let mut s = format!("GET /api/stats {version}\r\n");
+            let mut s = format!("GET /api/stats {version}\r\nHost: h\r\n");
             for h in headers {
                 s.push_str(h);
                 s.push_str("\r\n");
@@ -1724,13 +1727,13 @@ mod tests {
     fn expect_continue_needs_a_complete_head() {
         let cases: &[(&[u8], bool)] = &[
             (
-                b"POST /api/send HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 5000\r\n\r\n",
+                b"POST /api/send HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\nContent-Length: 5000\r\n\r\n",
                 true,
             ),
-            (b"POST / HTTP/1.1\r\nExpect: 100-continue\r\n", false),
-            (b"POST / HTTP/1.1\r\nContent-Length: 1\r\n\r\n", false),
+            (b"POST / HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\n", false),
+            (b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 1\r\n\r\n", false),
             (
-                b"POST / HTTP/1.1\r\nExpect: 100-continue\r\nBad Header\r\n\r\n",
+                b"POST / HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\nBad Header\r\n\r\n",
                 false,
             ),
         ];
