@@ -25,6 +25,12 @@
 #   AUTOBAHN_PARALLEL    cases run in parallel (default: 4)
 #   AUTOBAHN_EXCLUDE     space-separated case globs to skip (default: none; '12.* 13.*'
 #                        skips the permessage-deflate sections)
+#   AUTOBAHN_TLS         1: run the cases over wss. kosoku speaks only ws, so it talks to a
+#                        socat process that opens a TLS connection to the server for each of
+#                        its connections (socat and openssl are installed by apt if missing);
+#                        the server gets a fresh self-signed P-256 certificate (--tls-cert,
+#                        --tls-key). Every frame the cases send then crosses the server's TLS
+#                        record layer, split into records as socat reads it.
 set -euo pipefail
 
 KOSOKU_VERSION=0.1.0
@@ -78,6 +84,21 @@ if ! "$venv/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.vers
     "$venv/bin/pip" install --quiet --disable-pip-version-check "kosoku==$KOSOKU_VERSION"
 fi
 
+# --- for AUTOBAHN_TLS: socat and a certificate -------------------------------------------
+tls="${AUTOBAHN_TLS:-}"
+need_pkg() {
+    command -v "$1" >/dev/null && return 0
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$1" >/dev/null
+    else
+        echo "autobahn: AUTOBAHN_TLS needs $1 (install it)" >&2
+        exit 1
+    fi
+}
+free_port() {
+    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
 # --- start the server --------------------------------------------------------------------
 PORT="${AUTOBAHN_PORT:-$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}"
 export SERVER PORT
@@ -108,10 +129,26 @@ if [ -n "${AUTOBAHN_SERVER_CMD:-}" ]; then
 else
     cmd=("$SERVER" --listen "127.0.0.1:$PORT" --max-message-size 16MiB --max-backlog 64MiB
         --compression-min-size 0 --log warn)
+    if [ "$tls" = 1 ]; then
+        need_pkg openssl
+        openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+            -subj /CN=localhost -addext subjectAltName=DNS:localhost,IP:127.0.0.1 \
+            -keyout "$out/key.pem" -out "$out/cert.pem" 2>/dev/null
+        cmd+=(--tls-cert "$out/cert.pem" --tls-key "$out/key.pem")
+    fi
     echo "autobahn: starting: ${cmd[*]}"
     "${cmd[@]}" >"$server_log" 2>&1 &
 fi
 server_pid=$!
+
+proxy_pid=""
+stop_proxy() {
+    [ -n "$proxy_pid" ] || return 0
+    kill -TERM "$proxy_pid" 2>/dev/null || true
+    wait "$proxy_pid" 2>/dev/null || true
+    proxy_pid=""
+}
+trap 'stop_proxy; stop_server' EXIT
 
 server_died() {
     echo "autobahn: the server exited ($1); its log:" >&2
@@ -132,12 +169,33 @@ for i in $(seq 100); do
     sleep 0.1
 done
 
+target_port="$PORT"
+if [ "$tls" = 1 ]; then
+    need_pkg socat
+    target_port="$(free_port)"
+    # One TLS connection to the server per accepted kosoku connection (fork), verifying the
+    # server's certificate against the one made above. nodelay on both sides: without it
+    # Nagle's algorithm and delayed ACKs stall every small write by up to 40 ms (cases 12.*
+    # ran 9x slower); -b: move up to 64 KiB per read, so large frames are not cut into 8 KiB
+    # records.
+    socat -b 65536 "TCP-LISTEN:$target_port,bind=127.0.0.1,reuseaddr,fork,nodelay" \
+        "OPENSSL:127.0.0.1:$PORT,cafile=$out/cert.pem,snihost=localhost,commonname=localhost,nodelay" \
+        >"$out/socat.log" 2>&1 &
+    proxy_pid=$!
+    for i in $(seq 100); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$target_port") 2>/dev/null && break
+        [ "$i" -lt 100 ] || { echo "autobahn: socat does not listen on $target_port" >&2; exit 1; }
+        sleep 0.1
+    done
+    echo "autobahn: over TLS: kosoku -> socat :$target_port -> wss server :$PORT"
+fi
+
 # --- run the cases -----------------------------------------------------------------------
 kosoku_args=(-p "$parallel" -o "$out")
 for glob in $exclude; do
     kosoku_args+=(-x "$glob")
 done
-url="ws://127.0.0.1:$PORT/echo"
+url="ws://127.0.0.1:$target_port/echo"
 echo "autobahn: kosoku ${kosoku_args[*]} $url  (timeout ${timeout_s}s)"
 start=$(date +%s)
 set +e
@@ -152,6 +210,7 @@ if ! kill -0 "$server_pid" 2>/dev/null; then
     server_pid=""
     server_died "status $rc, during the run"
 fi
+stop_proxy
 stop_server
 
 if [ "$kosoku_rc" -ne 0 ] && [ "$kosoku_rc" -ne 1 ]; then
