@@ -25,7 +25,8 @@ fn main() -> ExitCode {
     let server = match Server::start_handling_signals(&config) {
         Ok(server) => server,
         Err(e) => {
-            eprintln!("edgepush: cannot listen on {}: {e}", config.listen);
+            // The error names what failed: a listener and its address, the TLS files, Redis.
+            eprintln!("edgepush: {e}");
             return ExitCode::from(1);
         }
     };

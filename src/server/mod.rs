@@ -197,16 +197,22 @@ impl Server {
         let settings = Arc::new(Settings::new(config, max_connections));
         let stats = Arc::new(Stats::new(config.threads.max(1)));
         let stop = Arc::new(AtomicBool::new(false));
-        let tls = match &config.tls {
-            None => None,
-            Some(files) => Some(
-                crate::tls::ServerTls::new(&files.cert, &files.key)
-                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?,
-            ),
-        };
-        let listeners = listener::bind_all(config.listen, config.threads.max(1))?;
+        let tls =
+            match &config.tls {
+                None => None,
+                Some(files) => Some(crate::tls::ServerTls::new(&files.cert, &files.key).map_err(
+                    |e| io::Error::new(io::ErrorKind::InvalidInput, format!("TLS: {e}")),
+                )?),
+            };
+        let listeners = listener::bind_all(config.listen, config.threads.max(1))
+            .map_err(|e| with_context(e, format_args!("cannot listen on {}", config.listen)))?;
         let local_addr = listeners[0].local_addr()?;
-        let api_listener = mio::net::TcpListener::bind(config.api_listen)?;
+        let api_listener = mio::net::TcpListener::bind(config.api_listen).map_err(|e| {
+            with_context(
+                e,
+                format_args!("cannot listen on {} (--api-listen)", config.api_listen),
+            )
+        })?;
         let api_addr = api_listener.local_addr()?;
 
         let (to_hub, hub_rx) = mpsc::channel();
@@ -387,6 +393,12 @@ impl Server {
             let _ = hub.join();
         }
     }
+}
+
+/// `e` with `what` in front of its message (same kind): which listener or file failed, for the
+/// one line the binary prints when it cannot start.
+fn with_context(e: io::Error, what: std::fmt::Arguments<'_>) -> io::Error {
+    io::Error::new(e.kind(), format!("{what}: {e}"))
 }
 
 #[cfg(test)]
