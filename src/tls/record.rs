@@ -508,7 +508,7 @@ impl Tls13 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     use std::io::{Read, Write};
@@ -523,15 +523,25 @@ mod tests {
     /// extraction on, and a client configuration trusting it; `suite` picks the one TLS 1.3
     /// suite both offer.
     fn configs(suite: rustls::CipherSuite) -> (Arc<ServerConfig>, Arc<ClientConfig>) {
+        configs_for(&[suite], &rustls::version::TLS13)
+    }
+
+    /// [`configs`] for the protocol `version`, offering `suites`.
+    pub(in crate::tls) fn configs_for(
+        suites: &[rustls::CipherSuite],
+        version: &'static rustls::SupportedProtocolVersion,
+    ) -> (Arc<ServerConfig>, Arc<ClientConfig>) {
         let cert =
             rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("certificate");
         let der = CertificateDer::from(cert.cert.der().to_vec());
         let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(cert.signing_key.serialize_der()));
         let mut provider = super::super::provider().as_ref().clone();
-        provider.cipher_suites.retain(|s| s.suite() == suite);
+        provider
+            .cipher_suites
+            .retain(|s| suites.contains(&s.suite()));
         let provider = Arc::new(provider);
         let mut server = ServerConfig::builder_with_provider(Arc::clone(&provider))
-            .with_protocol_versions(&[&rustls::version::TLS13])
+            .with_protocol_versions(&[version])
             .expect("versions")
             .with_no_client_auth()
             .with_single_cert(vec![der.clone()], key)
@@ -540,7 +550,7 @@ mod tests {
         let mut roots = rustls::RootCertStore::empty();
         roots.add(der).expect("root");
         let client = ClientConfig::builder_with_provider(provider)
-            .with_protocol_versions(&[&rustls::version::TLS13])
+            .with_protocol_versions(&[version])
             .expect("versions")
             .with_root_certificates(roots)
             .with_no_client_auth();

@@ -973,18 +973,211 @@ mod tests {
     use crate::server::connection::Connection;
 
     /// A TLS connection in the worker's slab is the plain one plus one pointer (8 bytes); the
-    /// rustls state lives behind it. Printed for the README's table.
+    /// TLS state lives behind it. Printed for the README's table.
     #[test]
     fn tls_connection_adds_one_pointer() {
         let plain = std::mem::size_of::<Connection<TcpStream>>();
         let tls = std::mem::size_of::<Connection<TlsStream>>();
-        let state = std::mem::size_of::<TlsState>();
+        let inner = std::mem::size_of::<Inner>();
+        let record = std::mem::size_of::<Tls13>();
         let rustls = std::mem::size_of::<UnbufferedServerConnection>();
         eprintln!(
-            "Connection<TcpStream> = {plain}, Connection<TlsStream> = {tls}, \
-             TlsState = {state} (UnbufferedServerConnection = {rustls})"
+            "Connection<TcpStream> = {plain}, Connection<TlsStream> = {tls}, Inner = {inner} \
+             (Tls13 = {record}; during the handshake, boxed: UnbufferedServerConnection = \
+             {rustls})"
         );
         assert!(tls <= plain + 8, "{tls} > {plain} + 8");
         assert_eq!(std::mem::size_of::<TlsStream>(), 8);
+        assert!(inner < record + 128, "{inner}");
+    }
+
+    use std::io::Write;
+    use std::time::{Duration, Instant};
+
+    use rustls::ClientConnection;
+
+    use crate::tls::record::tests::configs_for;
+
+    /// A TLS connection over loopback: our stream on the accepted side, a rustls client on a
+    /// non-blocking socket, handshaken.
+    struct Pair {
+        server: TlsStream,
+        client: ClientConnection,
+        sock: std::net::TcpStream,
+    }
+
+    impl Pair {
+        fn new(version: &'static rustls::SupportedProtocolVersion) -> Pair {
+            let suites = [
+                rustls::CipherSuite::TLS13_AES_128_GCM_SHA256,
+                rustls::CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+            ];
+            let (server_config, client_config) = configs_for(&suites, version);
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let sock = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+            let (accepted, _) = listener.accept().unwrap();
+            sock.set_nonblocking(true).unwrap();
+            accepted.set_nonblocking(true).unwrap();
+            let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+            let mut pair = Pair {
+                server: TlsStream::new(TcpStream::from_std(accepted), server_config).unwrap(),
+                client: ClientConnection::new(client_config, name).unwrap(),
+                sock,
+            };
+            let mut buf = vec![0u8; 64 * 1024];
+            pair.until("handshake", |p| {
+                match p.server.read(&mut buf) {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    other => panic!("server read during the handshake: {other:?}"),
+                }
+                !p.client.is_handshaking() && !p.server.in_handshake()
+            });
+            assert_eq!(
+                pair.server.take_event(),
+                Some(TransportEvent::HandshakeDone)
+            );
+            pair
+        }
+
+        /// Moves the client's bytes both ways, then asks `done`; at most 5 s.
+        fn until(&mut self, what: &str, mut done: impl FnMut(&mut Pair) -> bool) {
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_secs(5) {
+                self.pump_client();
+                if done(self) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            panic!("{what}: not done in 5 s");
+        }
+
+        /// The client writes what it has and reads what came; true at the socket's EOF.
+        fn pump_client(&mut self) -> bool {
+            while self.client.wants_write() {
+                match self.client.write_tls(&mut self.sock) {
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) => panic!("client write: {e}"),
+                }
+            }
+            match self.client.read_tls(&mut self.sock) {
+                Ok(0) => return true,
+                Ok(_) => {
+                    self.client.process_new_packets().expect("client process");
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => panic!("client read: {e}"),
+            }
+            false
+        }
+
+        /// An echo of `data` from the client through the server and back.
+        fn echo(&mut self, data: &[u8]) {
+            let mut written = 0;
+            let mut got = Vec::new();
+            let mut buf = vec![0u8; 64 * 1024];
+            self.until("server read", |p| {
+                // rustls takes 64 KiB of plaintext at a time.
+                written += p.client.writer().write(&data[written..]).unwrap();
+                match p.server.read(&mut buf) {
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => panic!("server read: {e}"),
+                }
+                got.len() >= data.len()
+            });
+            assert_eq!(got, data);
+            let mut sent = 0;
+            let mut back = Vec::new();
+            self.until("client read", |p| {
+                if sent < data.len() {
+                    match p.server.send(&data[sent..]) {
+                        Ok(n) => sent += n,
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                        Err(e) => panic!("server send: {e}"),
+                    }
+                }
+                let _ = p.server.flush_pending();
+                let mut chunk = vec![0u8; 64 * 1024];
+                while let Ok(n) = p.client.reader().read(&mut chunk) {
+                    if n == 0 {
+                        break;
+                    }
+                    back.extend_from_slice(&chunk[..n]);
+                }
+                back.len() >= data.len()
+            });
+            assert_eq!(back, data);
+        }
+    }
+
+    /// A TLS 1.3 connection moves to our record layer once its handshake is over; a TLS 1.2
+    /// one stays on rustls. Both echo.
+    #[test]
+    fn tls13_is_handed_over_and_tls12_is_not() {
+        let mut pair = Pair::new(&rustls::version::TLS13);
+        assert!(pair.server.on_own_record_layer());
+        assert_eq!(
+            pair.server.protocol_version(),
+            Some(ProtocolVersion::TLSv1_3)
+        );
+        pair.echo(b"hello");
+        pair.echo(&vec![7u8; 100_000]);
+
+        let mut pair = Pair::new(&rustls::version::TLS12);
+        assert!(!pair.server.on_own_record_layer());
+        assert_eq!(
+            pair.server.protocol_version(),
+            Some(ProtocolVersion::TLSv1_2)
+        );
+        pair.echo(b"hello");
+        pair.echo(&vec![7u8; 100_000]);
+    }
+
+    /// The close_notify goes out whole before the FIN even when the socket cannot take it
+    /// at once (a full send buffer): the client reads every byte sent, then a clean close
+    /// (close_notify), then EOF. On both record layers.
+    #[test]
+    fn close_notify_waits_for_a_full_socket_and_goes_out_whole() {
+        for version in [&rustls::version::TLS13, &rustls::version::TLS12] {
+            let mut pair = Pair::new(version);
+            pair.echo(b"warm up");
+            let chunk = vec![b'x'; 64 * 1024];
+            let mut sent = 0usize;
+            for _ in 0..10_000 {
+                match pair.server.send(&chunk) {
+                    Ok(n) => sent += n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) => panic!("send: {e}"),
+                }
+            }
+            assert!(pair.server.has_pending(), "the socket never filled");
+            pair.server.shutdown_write().unwrap();
+            assert!(pair.server.has_pending());
+            assert!(pair.server.inner.state.fin_owed);
+            let mut got = 0usize;
+            let mut eof = false;
+            let mut clean = false;
+            let mut buf = vec![0u8; 64 * 1024];
+            pair.until("the close", |p| {
+                let _ = p.server.flush_pending();
+                eof |= p.pump_client();
+                loop {
+                    match p.client.reader().read(&mut buf) {
+                        Ok(0) => {
+                            clean = true;
+                            break;
+                        }
+                        Ok(n) => got += n,
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                        Err(e) => panic!("client: {e} after {got} bytes"),
+                    }
+                }
+                eof && clean
+            });
+            assert_eq!(got, sent, "{version:?}");
+            assert!(!pair.server.has_pending());
+        }
     }
 }
