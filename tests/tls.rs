@@ -586,7 +586,7 @@ fn a_wss_client_that_never_reads_is_closed_as_a_slow_consumer() {
 /// TLS 1.3 KeyUpdate (RFC 8446 §4.6.3): a client that asks for a key update before each
 /// message gets every echo under the right keys (the server's own KeyUpdate goes out before
 /// the data it protects); one that asks again and again with no data between is closed
-/// (rustls allows 32 in a row), alone.
+/// (32 in a row are answered, as rustls allows: `tls::record::MAX_KEY_UPDATES`), alone.
 #[test]
 fn key_updates_are_answered_and_a_flood_of_them_is_closed() {
     guarded(|| {
