@@ -1,49 +1,64 @@
-//! The TLS 1.3 record layer (RFC 8446 §5) of an established connection, run here with *ring*
-//! instead of inside rustls, so that an idle connection keeps only its two traffic keys.
+//! The record layer of an established TLS connection — TLS 1.3 (RFC 8446 §5) and TLS 1.2
+//! with AEAD suites (RFC 5246 §6.2.3.3, RFC 5288, RFC 7905) — run here with *ring* instead of
+//! inside rustls, so that an idle connection keeps little more than its two traffic keys.
 //!
 //! rustls does the handshake; once it is over (and rustls has nothing left to send),
 //! [`super::stream::TlsStream`] turns the connection into rustls's `KernelConnection` with
 //! `dangerous_into_kernel_connection()`: the traffic keys, IVs and sequence numbers of both
-//! directions ([`TrafficKey`]) plus the key schedule, which rustls keeps only to compute the
-//! next traffic secrets at a KeyUpdate (RFC 8446 §4.6.3, §7.2). Everything else rustls held
-//! for the handshake (transcript, queues, deframer, the boxed record encrypter and decrypter)
-//! is freed.
+//! directions ([`TrafficKey`]) plus, for TLS 1.3, the key schedule, which rustls keeps only to
+//! compute the next traffic secrets at a KeyUpdate (RFC 8446 §4.6.3, §7.2). Everything else
+//! rustls held for the handshake (transcript, queues, deframer, the boxed record encrypter and
+//! decrypter) is freed; for TLS 1.2, which has no key update, the `KernelConnection` too.
 //!
-//! [`Tls13`] then protects and unprotects records itself (RFC 8446 §5.2): AEAD
-//! (AES-128-GCM, AES-256-GCM or ChaCha20-Poly1305, whichever suite was negotiated), nonce =
-//! IV ⊕ the 64-bit record sequence number (§5.3), the 5-byte record header as additional
-//! data, and the true content type inside, after the content and before the zero padding
-//! (§5.4). After the handshake a client may send application data, alerts (close_notify ends
-//! its direction; any other, except user_canceled, is fatal) and one handshake message,
-//! KeyUpdate; anything else is answered with a fatal alert under our current key (§6).
+//! [`RecordLayer`] then protects and unprotects records itself with the negotiated AEAD
+//! (AES-128-GCM, AES-256-GCM or ChaCha20-Poly1305):
+//! - TLS 1.3 (RFC 8446 §5.2–5.4): nonce = IV ⊕ the 64-bit record sequence number, the 5-byte
+//!   record header as additional data, the true content type inside, after the content and
+//!   before the zero padding. After the handshake a client may send application data, alerts
+//!   (close_notify ends its direction; any other, except user_canceled, is fatal) and one
+//!   handshake message, KeyUpdate.
+//! - TLS 1.2: the content type is the record's own; additional data = sequence number, type,
+//!   version and plaintext length (RFC 5246 §6.2.3.3). AES-GCM (RFC 5288) sends an 8-byte
+//!   explicit nonce before the ciphertext (the nonce is the 4-byte salt and it; ours is
+//!   IV ⊕ sequence number, as rustls makes it); ChaCha20-Poly1305 (RFC 7905) uses
+//!   IV ⊕ sequence number and sends none. After the handshake a client may send application
+//!   data and alerts (close_notify ends its direction, other warnings are ignored, fatal ones
+//!   fatal); a handshake message (renegotiation) is refused.
 //!
-//! Nothing here touches a socket: records come in as bytes and go out appended to a buffer
-//! (the worker's scratch), which makes the layer testable against a rustls client in memory.
+//! Anything else is answered with a fatal alert under our current key. Nothing here touches
+//! a socket: records come in as bytes and go out appended to a buffer (the worker's scratch),
+//! which makes the layer testable against a rustls client in memory.
 
 use std::fmt;
 
 use ring::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey, NONCE_LEN};
 use rustls::kernel::KernelConnection;
 use rustls::server::ServerConnectionData;
-use rustls::{ConnectionTrafficSecrets, ExtractedSecrets};
+use rustls::{ConnectionTrafficSecrets, ExtractedSecrets, ProtocolVersion, SupportedCipherSuite};
 
 /// A record header: type, legacy version, length (RFC 8446 §5.1).
 pub const HEADER_LEN: usize = 5;
 
-/// The AEAD tag of every suite TLS 1.3 defines with *ring* (16 bytes).
+/// The AEAD tag of every suite here (16 bytes).
 pub const TAG_LEN: usize = 16;
 
-/// The largest plaintext of one record (RFC 8446 §5.1: 2^14 bytes).
+/// The explicit nonce of a TLS 1.2 AES-GCM record (RFC 5288 §3).
+const EXPLICIT_NONCE_LEN: usize = 8;
+
+/// The largest plaintext of one record (RFC 8446 §5.1, RFC 5246 §6.2.1: 2^14 bytes).
 pub const MAX_PLAINTEXT: usize = 1 << 14;
 
-/// The largest `TLSCiphertext.length` (RFC 8446 §5.2: 2^14 + 256); longer is
+/// The largest TLS 1.3 `TLSCiphertext.length` (RFC 8446 §5.2: 2^14 + 256); longer is
 /// `record_overflow`.
 pub const MAX_CIPHERTEXT: usize = MAX_PLAINTEXT + 256;
+
+/// The largest TLS 1.2 `TLSCiphertext.length` (RFC 5246 §6.2.3: 2^14 + 2048).
+pub const MAX_CIPHERTEXT_TLS12: usize = MAX_PLAINTEXT + 2048;
 
 /// The largest `TLSInnerPlaintext` (content, type, padding: RFC 8446 §5.4, 2^14 + 1).
 const MAX_INNER_PLAINTEXT: usize = MAX_PLAINTEXT + 1;
 
-/// Bytes a record adds to its content: header, inner content type, tag.
+/// Bytes a TLS 1.3 record adds to its content: header, inner content type, tag.
 pub const OVERHEAD: usize = HEADER_LEN + 1 + TAG_LEN;
 
 /// `ContentType` values (RFC 8446 §5.1, appendix B.1).
@@ -54,7 +69,7 @@ pub mod content_type {
     pub const ALERT: u8 = 21;
     /// handshake.
     pub const HANDSHAKE: u8 = 22;
-    /// application_data, also the outer type of every protected record.
+    /// application_data, also the outer type of every protected TLS 1.3 record.
     pub const APPLICATION_DATA: u8 = 23;
 }
 
@@ -90,6 +105,9 @@ pub enum Alert {
     InternalError = 80,
 }
 
+/// Alert level warning (RFC 5246 §7.2).
+const WARNING: u8 = 1;
+
 /// alert description user_canceled (RFC 8446 §6.1): a warning that is ignored.
 const USER_CANCELED: u8 = 90;
 
@@ -101,8 +119,9 @@ pub enum Fatal {
     Send(Alert),
     /// The peer sent a fatal alert (its description): the connection closes without an answer.
     Received(u8),
-    /// A sequence number would wrap (RFC 8446 §5.3: the connection must close instead): the
-    /// connection closes without an alert, as no record can be protected any more.
+    /// A sequence number would wrap (RFC 8446 §5.3: the connection must close instead), or a
+    /// TLS 1.2 key reached its suite's confidentiality limit: the connection closes without
+    /// an alert, as no record can be protected any more.
     Exhausted,
 }
 
@@ -118,27 +137,49 @@ impl fmt::Display for Fatal {
 
 impl std::error::Error for Fatal {}
 
+/// How a key protects records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scheme {
+    /// TLS 1.3 (RFC 8446 §5.2): nonce = IV ⊕ sequence number, the header as additional data,
+    /// the content type inside.
+    Tls13,
+    /// TLS 1.2 AES-GCM (RFC 5288): an explicit nonce before the ciphertext.
+    Tls12Gcm,
+    /// TLS 1.2 ChaCha20-Poly1305 (RFC 7905): nonce = IV ⊕ sequence number, none sent.
+    Tls12Chacha,
+}
+
 /// One direction's record protection: the AEAD key, the 12-byte IV and the sequence number of
 /// the next record (RFC 8446 §5.3).
 pub struct TrafficKey {
     key: LessSafeKey,
     iv: [u8; NONCE_LEN],
+    scheme: Scheme,
     seq: u64,
 }
 
 impl TrafficKey {
-    /// The key for one direction from rustls's extracted `secrets`, the next record being
-    /// number `seq`.
+    /// The key for one direction of a `version` connection from rustls's extracted
+    /// `secrets`, the next record being number `seq`.
     ///
     /// # Errors
-    /// `internal_error` for a suite *ring* does not provide here (none of rustls's TLS 1.3
+    /// `internal_error` for a suite *ring* does not provide here (none of rustls's AEAD
     /// suites) or a key of the wrong length.
-    pub fn new(secrets: &ConnectionTrafficSecrets, seq: u64) -> Result<TrafficKey, Fatal> {
-        let (algorithm, key, iv) = match secrets {
-            ConnectionTrafficSecrets::Aes128Gcm { key, iv } => (&aead::AES_128_GCM, key, iv),
-            ConnectionTrafficSecrets::Aes256Gcm { key, iv } => (&aead::AES_256_GCM, key, iv),
+    pub fn new(
+        secrets: &ConnectionTrafficSecrets,
+        seq: u64,
+        version: ProtocolVersion,
+    ) -> Result<TrafficKey, Fatal> {
+        let tls13 = version == ProtocolVersion::TLSv1_3;
+        let (algorithm, key, iv, scheme) = match secrets {
+            ConnectionTrafficSecrets::Aes128Gcm { key, iv } => {
+                (&aead::AES_128_GCM, key, iv, Scheme::Tls12Gcm)
+            }
+            ConnectionTrafficSecrets::Aes256Gcm { key, iv } => {
+                (&aead::AES_256_GCM, key, iv, Scheme::Tls12Gcm)
+            }
             ConnectionTrafficSecrets::Chacha20Poly1305 { key, iv } => {
-                (&aead::CHACHA20_POLY1305, key, iv)
+                (&aead::CHACHA20_POLY1305, key, iv, Scheme::Tls12Chacha)
             }
             _ => return Err(Fatal::Send(Alert::InternalError)),
         };
@@ -151,6 +192,7 @@ impl TrafficKey {
         Ok(TrafficKey {
             key: LessSafeKey::new(key),
             iv,
+            scheme: if tls13 { Scheme::Tls13 } else { scheme },
             seq,
         })
     }
@@ -160,22 +202,23 @@ impl TrafficKey {
         self.seq
     }
 
-    /// The nonce of the next record (the IV with the sequence number, left-padded to 12
-    /// bytes, XORed in: RFC 8446 §5.3), counting the record. The last number, 2^64 − 1, is
-    /// never used: [`Fatal::Exhausted`] instead.
-    fn next_nonce(&mut self) -> Result<Nonce, Fatal> {
+    /// The sequence number of the next record, counted. The last number, 2^64 − 1, is never
+    /// used: [`Fatal::Exhausted`] instead.
+    fn next_seq(&mut self) -> Result<u64, Fatal> {
         if self.seq == u64::MAX {
             return Err(Fatal::Exhausted);
         }
+        self.seq += 1;
+        Ok(self.seq - 1)
+    }
+
+    /// The IV with `seq`, left-padded to 12 bytes, XORed in (RFC 8446 §5.3, RFC 7905 §2).
+    fn nonce(&self, seq: u64) -> [u8; NONCE_LEN] {
         let mut nonce = self.iv;
-        for (n, s) in nonce[NONCE_LEN - 8..]
-            .iter_mut()
-            .zip(self.seq.to_be_bytes())
-        {
+        for (n, s) in nonce[NONCE_LEN - 8..].iter_mut().zip(seq.to_be_bytes()) {
             *n ^= s;
         }
-        self.seq += 1;
-        Ok(Nonce::assume_unique_for_key(nonce))
+        nonce
     }
 
     /// Appends one protected record holding `content` (at most [`MAX_PLAINTEXT`] bytes) of
@@ -187,20 +230,45 @@ impl TrafficKey {
         if content.len() > MAX_PLAINTEXT {
             return Err(Fatal::Send(Alert::InternalError));
         }
-        let nonce = self.next_nonce()?;
-        let len = content.len() + 1 + TAG_LEN;
-        let [hi, lo] = (len as u16).to_be_bytes();
-        let header = [content_type::APPLICATION_DATA, 3, 3, hi, lo];
+        let seq = self.next_seq()?;
+        let nonce = self.nonce(seq);
         let start = out.len();
-        out.reserve(HEADER_LEN + len);
-        out.extend_from_slice(&header);
-        out.extend_from_slice(content);
-        out.push(ty);
-        match self.key.seal_in_place_separate_tag(
-            nonce,
-            Aad::from(header),
-            &mut out[start + HEADER_LEN..],
-        ) {
+        let body = match self.scheme {
+            Scheme::Tls13 => {
+                let len = content.len() + 1 + TAG_LEN;
+                let [hi, lo] = (len as u16).to_be_bytes();
+                let header = [content_type::APPLICATION_DATA, 3, 3, hi, lo];
+                out.reserve(HEADER_LEN + len);
+                out.extend_from_slice(&header);
+                out.extend_from_slice(content);
+                out.push(ty);
+                self.key.seal_in_place_separate_tag(
+                    Nonce::assume_unique_for_key(nonce),
+                    Aad::from(header),
+                    &mut out[start + HEADER_LEN..],
+                )
+            }
+            Scheme::Tls12Gcm | Scheme::Tls12Chacha => {
+                let explicit = if self.scheme == Scheme::Tls12Gcm {
+                    &nonce[NONCE_LEN - EXPLICIT_NONCE_LEN..]
+                } else {
+                    &[][..]
+                };
+                let len = explicit.len() + content.len() + TAG_LEN;
+                let [hi, lo] = (len as u16).to_be_bytes();
+                out.reserve(HEADER_LEN + len);
+                out.extend_from_slice(&[ty, 3, 3, hi, lo]);
+                out.extend_from_slice(explicit);
+                let at = out.len();
+                out.extend_from_slice(content);
+                self.key.seal_in_place_separate_tag(
+                    Nonce::assume_unique_for_key(nonce),
+                    Aad::from(tls12_aad(seq, ty, content.len())),
+                    &mut out[at..],
+                )
+            }
+        };
+        match body {
             Ok(tag) => {
                 out.extend_from_slice(tag.as_ref());
                 Ok(())
@@ -213,56 +281,117 @@ impl TrafficKey {
     }
 
     /// Decrypts one whole record (`record`: header and `length` bytes) in place; returns its
-    /// inner content type and the length of its content, which then lies at
-    /// `record[HEADER_LEN..HEADER_LEN + n]`, padding stripped.
+    /// content type and where its content now lies in `record` (start, length), TLS 1.3
+    /// padding stripped.
     ///
     /// # Errors
-    /// `record_overflow` (longer than §5.2 or §5.4 allow), `unexpected_message` (an outer type
-    /// other than application_data; no content type: all zeros), `bad_record_mac` (does not
-    /// decrypt: a wrong key, a damaged record, one shorter than a tag), [`Fatal::Exhausted`].
-    pub fn open(&mut self, record: &mut [u8]) -> Result<(u8, usize), Fatal> {
-        let header = check_header(record)?;
+    /// `record_overflow` (longer than RFC 8446 §5.2 and §5.4 or RFC 5246 §6.2 allow),
+    /// `unexpected_message` (a TLS 1.3 outer type other than application_data, or no content
+    /// type: all zeros; a TLS 1.2 type that is none of the four), `bad_record_mac` (does not
+    /// decrypt: a wrong key, a damaged record, one shorter than a tag),
+    /// [`Fatal::Exhausted`].
+    pub fn open(&mut self, record: &mut [u8]) -> Result<(u8, usize, usize), Fatal> {
+        let header = check_header(record, self.scheme == Scheme::Tls13)?;
         let len = usize::from(u16::from_be_bytes([header[3], header[4]]));
         if record.len() != HEADER_LEN + len {
             return Err(Fatal::Send(Alert::DecodeError));
         }
-        if len < TAG_LEN + 1 {
-            return Err(Fatal::Send(Alert::BadRecordMac));
-        }
-        let nonce = self.next_nonce()?;
-        let plain = self
-            .key
-            .open_in_place(nonce, Aad::from(header), &mut record[HEADER_LEN..])
-            .map_err(|_| Fatal::Send(Alert::BadRecordMac))?;
-        if plain.len() > MAX_INNER_PLAINTEXT {
-            return Err(Fatal::Send(Alert::RecordOverflow));
-        }
-        // The content type is the last non-zero byte (RFC 8446 §5.4).
-        match plain.iter().rposition(|&b| b != 0) {
-            Some(at) => Ok((plain[at], at)),
-            None => Err(Fatal::Send(Alert::UnexpectedMessage)),
+        match self.scheme {
+            Scheme::Tls13 => {
+                if len < TAG_LEN + 1 {
+                    return Err(Fatal::Send(Alert::BadRecordMac));
+                }
+                let seq = self.next_seq()?;
+                let nonce = self.nonce(seq);
+                let plain = self
+                    .key
+                    .open_in_place(
+                        Nonce::assume_unique_for_key(nonce),
+                        Aad::from(header),
+                        &mut record[HEADER_LEN..],
+                    )
+                    .map_err(|_| Fatal::Send(Alert::BadRecordMac))?;
+                if plain.len() > MAX_INNER_PLAINTEXT {
+                    return Err(Fatal::Send(Alert::RecordOverflow));
+                }
+                // The content type is the last non-zero byte (RFC 8446 §5.4).
+                match plain.iter().rposition(|&b| b != 0) {
+                    Some(at) => Ok((plain[at], HEADER_LEN, at)),
+                    None => Err(Fatal::Send(Alert::UnexpectedMessage)),
+                }
+            }
+            Scheme::Tls12Gcm | Scheme::Tls12Chacha => {
+                let explicit = if self.scheme == Scheme::Tls12Gcm {
+                    EXPLICIT_NONCE_LEN
+                } else {
+                    0
+                };
+                let Some(n) = len.checked_sub(explicit + TAG_LEN) else {
+                    return Err(Fatal::Send(Alert::BadRecordMac));
+                };
+                if n > MAX_PLAINTEXT {
+                    return Err(Fatal::Send(Alert::RecordOverflow));
+                }
+                let seq = self.next_seq()?;
+                let mut nonce = self.nonce(seq);
+                if explicit > 0 {
+                    nonce[NONCE_LEN - EXPLICIT_NONCE_LEN..]
+                        .copy_from_slice(&record[HEADER_LEN..HEADER_LEN + explicit]);
+                }
+                let start = HEADER_LEN + explicit;
+                self.key
+                    .open_in_place(
+                        Nonce::assume_unique_for_key(nonce),
+                        Aad::from(tls12_aad(seq, header[0], n)),
+                        &mut record[start..],
+                    )
+                    .map_err(|_| Fatal::Send(Alert::BadRecordMac))?;
+                Ok((header[0], start, n))
+            }
         }
     }
 }
 
+/// TLS 1.2's additional data (RFC 5246 §6.2.3.3): `seq_num`, type, version (1.2), length of
+/// the plaintext.
+fn tls12_aad(seq: u64, ty: u8, len: usize) -> [u8; 13] {
+    let mut aad = [0u8; 13];
+    aad[..8].copy_from_slice(&seq.to_be_bytes());
+    aad[8] = ty;
+    aad[9] = 3;
+    aad[10] = 3;
+    aad[11..].copy_from_slice(&(len as u16).to_be_bytes());
+    aad
+}
+
 /// The header of the record at the front of `bytes`, once 5 bytes are there, checked as far as
-/// it can be before the record is whole: outer type application_data (RFC 8446 §5: after the
-/// handshake every record is protected; a change_cipher_spec record then is
-/// `unexpected_message`), length at most 2^14 + 256 (`record_overflow`).
-fn check_header(bytes: &[u8]) -> Result<[u8; HEADER_LEN], Fatal> {
+/// it can be before the record is whole. TLS 1.3: outer type application_data (RFC 8446 §5:
+/// after the handshake every record is protected; a change_cipher_spec record then is
+/// `unexpected_message`), length at most 2^14 + 256 (`record_overflow`). TLS 1.2: one of the
+/// four content types, length at most 2^14 + 2048.
+fn check_header(bytes: &[u8], tls13: bool) -> Result<[u8; HEADER_LEN], Fatal> {
     let Some(header) = bytes.first_chunk::<HEADER_LEN>() else {
         return Err(Fatal::Send(Alert::DecodeError));
     };
-    if header[0] != content_type::APPLICATION_DATA {
+    let (known, max) = if tls13 {
+        (header[0] == content_type::APPLICATION_DATA, MAX_CIPHERTEXT)
+    } else {
+        (
+            (content_type::CHANGE_CIPHER_SPEC..=content_type::APPLICATION_DATA)
+                .contains(&header[0]),
+            MAX_CIPHERTEXT_TLS12,
+        )
+    };
+    if !known {
         return Err(Fatal::Send(Alert::UnexpectedMessage));
     }
-    if usize::from(u16::from_be_bytes([header[3], header[4]])) > MAX_CIPHERTEXT {
+    if usize::from(u16::from_be_bytes([header[3], header[4]])) > max {
         return Err(Fatal::Send(Alert::RecordOverflow));
     }
     Ok(*header)
 }
 
-/// What one [`Tls13::read`] did.
+/// What one [`RecordLayer::read`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct ReadOutcome {
     /// Bytes of whole records consumed from the front of the input.
@@ -274,24 +403,25 @@ pub struct ReadOutcome {
     pub full: bool,
 }
 
-/// A TLS 1.3 server connection after its handshake: both directions' keys and what rustls
-/// needs to derive their successors.
-pub struct Tls13 {
+/// A TLS server connection after its handshake: both directions' keys and, for TLS 1.3, what
+/// rustls needs to derive their successors.
+pub struct RecordLayer {
     tx: TrafficKey,
     rx: TrafficKey,
-    kernel: KernelConnection<ServerConnectionData>,
+    /// TLS 1.3 only: the key schedule for key updates (TLS 1.2 has none).
+    kernel: Option<KernelConnection<ServerConnectionData>>,
     /// A KeyUpdate message split across records, so far (RFC 8446 §5.1 allows handshake
     /// messages to be fragmented); `handshake_len` bytes of it.
     handshake: [u8; KEY_UPDATE_LEN],
     handshake_len: u8,
     /// KeyUpdates received since the last non-empty application data record.
     key_updates: u8,
-    /// Records sent under one key before we update it ourselves (the suite's confidentiality
-    /// limit, RFC 8446 §5.5: 2^24 for AES-GCM as rustls counts it).
+    /// Records sent under one key before we update it ourselves, or, in TLS 1.2, close (the
+    /// suite's confidentiality limit, RFC 8446 §5.5: 2^24 for AES-GCM as rustls counts it).
     tx_limit: u64,
 }
 
-impl Tls13 {
+impl RecordLayer {
     /// The record layer from what `dangerous_into_kernel_connection()` returned.
     ///
     /// # Errors
@@ -299,17 +429,18 @@ impl Tls13 {
     pub fn new(
         secrets: ExtractedSecrets,
         kernel: KernelConnection<ServerConnectionData>,
-    ) -> Result<Tls13, Fatal> {
+    ) -> Result<RecordLayer, Fatal> {
+        let version = kernel.protocol_version();
         let (tx_seq, tx) = &secrets.tx;
         let (rx_seq, rx) = &secrets.rx;
-        let tx_limit = kernel
-            .negotiated_cipher_suite()
-            .tls13()
-            .map_or(u64::MAX, |s| s.common.confidentiality_limit);
-        Ok(Tls13 {
-            tx: TrafficKey::new(tx, *tx_seq)?,
-            rx: TrafficKey::new(rx, *rx_seq)?,
-            kernel,
+        let tx_limit = match kernel.negotiated_cipher_suite() {
+            SupportedCipherSuite::Tls13(s) => s.common.confidentiality_limit,
+            SupportedCipherSuite::Tls12(s) => s.common.confidentiality_limit,
+        };
+        Ok(RecordLayer {
+            tx: TrafficKey::new(tx, *tx_seq, version)?,
+            rx: TrafficKey::new(rx, *rx_seq, version)?,
+            kernel: (version == ProtocolVersion::TLSv1_3).then_some(kernel),
             handshake: [0; KEY_UPDATE_LEN],
             handshake_len: 0,
             key_updates: 0,
@@ -317,20 +448,27 @@ impl Tls13 {
         })
     }
 
-    /// The negotiated cipher suite.
-    pub fn suite(&self) -> rustls::SupportedCipherSuite {
-        self.kernel.negotiated_cipher_suite()
+    /// The negotiated protocol version: TLS 1.3 or 1.2.
+    pub fn protocol_version(&self) -> ProtocolVersion {
+        if self.tx.scheme == Scheme::Tls13 {
+            ProtocolVersion::TLSv1_3
+        } else {
+            ProtocolVersion::TLSv1_2
+        }
     }
 
     /// Appends `data` to `out` as application data records of up to [`MAX_PLAINTEXT`] bytes
-    /// each, preceded by a KeyUpdate of our own when the current key reached the suite's
-    /// confidentiality limit.
+    /// each. In TLS 1.3 a KeyUpdate of our own goes first when the current key reached the
+    /// suite's confidentiality limit; in TLS 1.2 the connection must close then.
     ///
     /// # Errors
     /// [`Fatal::Exhausted`], or a key update that fails (`internal_error`).
     pub fn seal_application_data(&mut self, data: &[u8], out: &mut Vec<u8>) -> Result<(), Fatal> {
         for chunk in data.chunks(MAX_PLAINTEXT) {
             if self.tx.seq.saturating_add(1) >= self.tx_limit {
+                if self.kernel.is_none() {
+                    return Err(Fatal::Exhausted);
+                }
                 self.update_tx(out)?;
             }
             self.tx.seal(chunk, content_type::APPLICATION_DATA, out)?;
@@ -343,7 +481,11 @@ impl Tls13 {
     /// # Errors
     /// [`Fatal::Exhausted`].
     pub fn seal_alert(&mut self, alert: Alert, out: &mut Vec<u8>) -> Result<(), Fatal> {
-        let level = if alert == Alert::CloseNotify { 1 } else { 2 };
+        let level = if alert == Alert::CloseNotify {
+            WARNING
+        } else {
+            2
+        };
         self.tx
             .seal(&[level, alert as u8], content_type::ALERT, out)
     }
@@ -351,13 +493,15 @@ impl Tls13 {
     /// Sends KeyUpdate(update_not_requested) under the current key, then switches to the next
     /// one (RFC 8446 §4.6.3).
     fn update_tx(&mut self, out: &mut Vec<u8>) -> Result<(), Fatal> {
+        let Some(kernel) = &mut self.kernel else {
+            return Err(Fatal::Send(Alert::InternalError));
+        };
         let message = [KEY_UPDATE, 0, 0, 1, 0];
         self.tx.seal(&message, content_type::HANDSHAKE, out)?;
-        let (seq, secrets) = self
-            .kernel
+        let (seq, secrets) = kernel
             .update_tx_secret()
             .map_err(|_| Fatal::Send(Alert::InternalError))?;
-        self.tx = TrafficKey::new(&secrets, seq)?;
+        self.tx = TrafficKey::new(&secrets, seq, ProtocolVersion::TLSv1_3)?;
         Ok(())
     }
 
@@ -369,7 +513,7 @@ impl Tls13 {
     ///
     /// # Errors
     /// [`Fatal`]: the connection is over; with [`Fatal::Send`] the caller sends that alert
-    /// ([`Tls13::seal_alert`]) after whatever is in `outgoing`.
+    /// ([`RecordLayer::seal_alert`]) after whatever is in `outgoing`.
     pub fn read(
         &mut self,
         incoming: &mut [u8],
@@ -378,29 +522,29 @@ impl Tls13 {
         outgoing: &mut Vec<u8>,
         may_send: bool,
     ) -> Result<ReadOutcome, Fatal> {
+        let tls13 = self.kernel.is_some();
         let mut done = ReadOutcome::default();
         loop {
             let rest = &mut incoming[done.discard..];
             if rest.len() < HEADER_LEN {
                 return Ok(done);
             }
-            let header = check_header(rest)?;
+            let header = check_header(rest, tls13)?;
             let len = usize::from(u16::from_be_bytes([header[3], header[4]]));
             if rest.len() < HEADER_LEN + len {
                 return Ok(done);
             }
-            // The content is shorter than the ciphertext by the tag and the content type
-            // at least; a first record is decrypted whatever its size (the caller offers
-            // room for a whole record).
+            // The content is shorter than the ciphertext by the tag at least; a first record
+            // is decrypted whatever its size (the caller offers room for a whole record).
             let room = buf.len() - *out;
-            if len.saturating_sub(TAG_LEN + 1) > room && *out > 0 {
+            if len.saturating_sub(TAG_LEN) > room && *out > 0 {
                 done.full = true;
                 return Ok(done);
             }
             let record = &mut rest[..HEADER_LEN + len];
-            let (ty, n) = self.rx.open(record)?;
+            let (ty, start, n) = self.rx.open(record)?;
             done.discard += HEADER_LEN + len;
-            let content = &record[HEADER_LEN..HEADER_LEN + n];
+            let content = &record[start..start + n];
             if self.handshake_len > 0 && ty != content_type::HANDSHAKE {
                 // A handshake message must not be interleaved with other records (§5.1).
                 return Err(Fatal::Send(Alert::UnexpectedMessage));
@@ -417,8 +561,9 @@ impl Tls13 {
                     }
                 }
                 content_type::ALERT => {
-                    // Exactly one alert per record, never fragmented (§5.1).
-                    let &[_level, description] = content else {
+                    // Exactly one alert per record, never fragmented (RFC 8446 §5.1; rustls
+                    // holds TLS 1.2 peers to it too).
+                    let &[level, description] = content else {
                         return Err(Fatal::Send(Alert::DecodeError));
                     };
                     match description {
@@ -427,17 +572,20 @@ impl Tls13 {
                             return Ok(done);
                         }
                         USER_CANCELED => {}
+                        // TLS 1.2 warnings are ignored (RFC 5246 §7.2.2); in TLS 1.3 every
+                        // alert but these two is fatal whatever its level (RFC 8446 §6).
+                        _ if !tls13 && level == WARNING => {}
                         d => return Err(Fatal::Received(d)),
                     }
                 }
-                content_type::HANDSHAKE => {
-                    let mut message = [0u8; KEY_UPDATE_LEN];
-                    let Some(request) = self.handshake_fragment(content, &mut message)? else {
+                content_type::HANDSHAKE if tls13 => {
+                    let Some(request) = self.handshake_fragment(content)? else {
                         continue;
                     };
-                    let _ = message;
                     self.key_update(request, outgoing, may_send)?;
                 }
+                // TLS 1.2 renegotiation is not offered; change_cipher_spec and unknown types
+                // are never valid here.
                 _ => return Err(Fatal::Send(Alert::UnexpectedMessage)),
             }
         }
@@ -448,11 +596,7 @@ impl Tls13 {
     /// NewSessionTicket, a second ClientHello…) is `unexpected_message`, as is a KeyUpdate
     /// that does not end its record (a key change must align with a record boundary, §5.1);
     /// a wrong length is `decode_error`, an empty fragment `unexpected_message`.
-    fn handshake_fragment(
-        &mut self,
-        content: &[u8],
-        message: &mut [u8; KEY_UPDATE_LEN],
-    ) -> Result<Option<u8>, Fatal> {
+    fn handshake_fragment(&mut self, content: &[u8]) -> Result<Option<u8>, Fatal> {
         if content.is_empty() {
             return Err(Fatal::Send(Alert::UnexpectedMessage));
         }
@@ -473,9 +617,8 @@ impl Tls13 {
         if take < content.len() {
             return Err(Fatal::Send(Alert::UnexpectedMessage));
         }
-        *message = self.handshake;
         self.handshake_len = 0;
-        Ok(Some(message[4]))
+        Ok(Some(self.handshake[4]))
     }
 
     /// A KeyUpdate came (RFC 8446 §4.6.3): the receive key moves on; if the peer asked, ours
@@ -495,11 +638,13 @@ impl Tls13 {
         if self.key_updates > MAX_KEY_UPDATES {
             return Err(Fatal::Send(Alert::UnexpectedMessage));
         }
-        let (seq, secrets) = self
-            .kernel
+        let Some(kernel) = &mut self.kernel else {
+            return Err(Fatal::Send(Alert::UnexpectedMessage));
+        };
+        let (seq, secrets) = kernel
             .update_rx_secret()
             .map_err(|_| Fatal::Send(Alert::InternalError))?;
-        self.rx = TrafficKey::new(&secrets, seq)?;
+        self.rx = TrafficKey::new(&secrets, seq, ProtocolVersion::TLSv1_3)?;
         if requested && may_send {
             self.update_tx(outgoing)?;
         }
@@ -519,14 +664,9 @@ pub(super) mod tests {
     use rustls::{ClientConfig, ClientConnection, ServerConfig};
     use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
 
-    /// A server configuration with a fresh self-signed certificate for `localhost`, secret
-    /// extraction on, and a client configuration trusting it; `suite` picks the one TLS 1.3
-    /// suite both offer.
-    fn configs(suite: rustls::CipherSuite) -> (Arc<ServerConfig>, Arc<ClientConfig>) {
-        configs_for(&[suite], &rustls::version::TLS13)
-    }
-
-    /// [`configs`] for the protocol `version`, offering `suites`.
+    /// A server configuration with a fresh self-signed certificate for `localhost` (ECDSA
+    /// P-256), secret extraction on, and a client configuration trusting it, both speaking
+    /// only the protocol `version` and offering only `suites`.
     pub(in crate::tls) fn configs_for(
         suites: &[rustls::CipherSuite],
         version: &'static rustls::SupportedProtocolVersion,
@@ -558,10 +698,18 @@ pub(super) mod tests {
     }
 
     /// A rustls client and our record layer, handshaken in memory (rustls's unbuffered server
-    /// turned into [`Tls13`] as the stream does it); the client has read the server's session
-    /// tickets.
-    fn pair(suite: rustls::CipherSuite) -> (ClientConnection, Tls13) {
-        let (server_config, client_config) = configs(suite);
+    /// turned into [`RecordLayer`] as the stream does it) over TLS 1.3 with `suite`; the
+    /// client has read the server's session tickets.
+    fn pair(suite: rustls::CipherSuite) -> (ClientConnection, RecordLayer) {
+        pair_for(suite, &rustls::version::TLS13)
+    }
+
+    /// [`pair`] over the protocol `version`.
+    fn pair_for(
+        suite: rustls::CipherSuite,
+        version: &'static rustls::SupportedProtocolVersion,
+    ) -> (ClientConnection, RecordLayer) {
+        let (server_config, client_config) = configs_for(&[suite], version);
         let mut client = ClientConnection::new(
             client_config,
             ServerName::try_from("localhost").expect("name"),
@@ -603,7 +751,10 @@ pub(super) mod tests {
             if writable && !client.is_handshaking() && !server.is_handshaking() {
                 assert!(to_server.is_empty());
                 let (secrets, kernel) = server.dangerous_into_kernel_connection().expect("kernel");
-                return (client, Tls13::new(secrets, kernel).expect("record layer"));
+                return (
+                    client,
+                    RecordLayer::new(secrets, kernel).expect("record layer"),
+                );
             }
         }
         panic!("handshake did not finish");
@@ -640,7 +791,7 @@ pub(super) mod tests {
 
     /// Reads all of `wire` with a buffer of `room` bytes.
     fn server_reads(
-        tls: &mut Tls13,
+        tls: &mut RecordLayer,
         wire: &mut [u8],
         room: usize,
     ) -> (Result<ReadOutcome, Fatal>, Vec<u8>, Vec<u8>) {
@@ -665,7 +816,10 @@ pub(super) mod tests {
     fn round_trips_with_rustls_in_every_suite() {
         for suite in SUITES {
             let (mut client, mut tls) = pair(suite);
-            assert_eq!(tls.suite().suite(), suite);
+            assert_eq!(
+                client.negotiated_cipher_suite().map(|s| s.suite()),
+                Some(suite)
+            );
             assert!(tls.tx.seq() >= 1, "session tickets went out first");
             assert_eq!(tls.rx.seq(), 0);
             for size in [0usize, 1, 100, MAX_PLAINTEXT, MAX_PLAINTEXT + 1, 40_000] {
@@ -751,10 +905,15 @@ pub(super) mod tests {
         let header = [content_type::APPLICATION_DATA, 3, 3, hi, lo];
         let mut record = header.to_vec();
         record.extend_from_slice(inner);
-        let nonce = key.next_nonce().expect("nonce");
+        let seq = key.next_seq().expect("seq");
+        let nonce = key.nonce(seq);
         let tag = key
             .key
-            .seal_in_place_separate_tag(nonce, Aad::from(header), &mut record[HEADER_LEN..])
+            .seal_in_place_separate_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(header),
+                &mut record[HEADER_LEN..],
+            )
             .expect("seal");
         record.extend_from_slice(tag.as_ref());
         record
@@ -762,22 +921,23 @@ pub(super) mod tests {
 
     /// Our sending key and a receiving key with the same secrets: records we make up are
     /// read by `rx` as a peer's would be.
-    fn twin_keys() -> (TrafficKey, Tls13) {
+    fn twin_keys() -> (TrafficKey, RecordLayer) {
         let (_, tls) = pair(SUITES[0]);
         twin_keys_with(tls, [7; 32])
     }
 
     /// `tls` reading under an AES-256-GCM key made from `seed`, and a sending key with the
-    /// same secrets.
-    fn twin_keys_with(mut tls: Tls13, seed: [u8; 32]) -> (TrafficKey, Tls13) {
+    /// same secrets (for `tls`'s protocol version).
+    fn twin_keys_with(mut tls: RecordLayer, seed: [u8; 32]) -> (TrafficKey, RecordLayer) {
+        let version = tls.protocol_version();
         let secrets = ConnectionTrafficSecrets::Aes256Gcm {
             key: rustls::crypto::cipher::AeadKey::from(seed),
             iv: rustls::crypto::cipher::Iv::from([9u8; NONCE_LEN]),
         };
-        tls.rx = TrafficKey::new(&secrets, 0).expect("rx");
+        tls.rx = TrafficKey::new(&secrets, 0, version).expect("rx");
         tls.handshake_len = 0;
         tls.key_updates = 0;
-        (TrafficKey::new(&secrets, 0).expect("peer"), tls)
+        (TrafficKey::new(&secrets, 0, version).expect("peer"), tls)
     }
 
     #[test]
@@ -1039,27 +1199,48 @@ pub(super) mod tests {
     fn garbage_never_panics() {
         use rand::{Rng, SeedableRng};
         let mut rng = rand::rngs::StdRng::seed_from_u64(17);
-        let mut tls = Some(pair(SUITES[0]).1);
-        for round in 0..2000 {
-            let Some(base) = tls.take() else { break };
+        // One TLS 1.3 and one TLS 1.2 layer, taking turns (a handshake each, once).
+        let mut bases = [
+            Some(pair(SUITES[0]).1),
+            Some(pair_for(SUITES_TLS12[0], &rustls::version::TLS12).1),
+        ];
+        for round in 0..4000 {
+            let slot = &mut bases[round % 2];
+            let Some(base) = slot.take() else { break };
             let (mut peer, mut layer) = twin_keys_with(base, rng.random());
-            let mut wire = match round % 3 {
+            let mut wire = match round / 2 % 4 {
                 0 => (0..rng.random_range(0..300))
                     .map(|_| rng.random())
                     .collect(),
                 1 => {
+                    // Well-protected records of any type and content (TLS 1.3: padding and
+                    // inner type are whatever the random bytes end with).
                     let mut w = Vec::new();
                     for _ in 0..rng.random_range(1..5) {
                         let inner: Vec<u8> =
                             (0..rng.random_range(0..12)).map(|_| rng.random()).collect();
-                        w.extend(raw_record(&mut peer, &inner));
+                        let ty = rng.random_range(19..=25);
+                        if layer.protocol_version() == ProtocolVersion::TLSv1_3 {
+                            w.extend(raw_record(&mut peer, &inner));
+                        } else {
+                            peer.seal(&inner, ty, &mut w).expect("seal");
+                        }
                     }
                     w
                 }
-                _ => {
-                    let mut w = raw_record(&mut peer, b"ok\x17");
+                2 => {
+                    let mut w = Vec::new();
+                    peer.seal(b"ok", 23, &mut w).expect("seal");
                     let at = rng.random_range(0..w.len());
                     w[at] = rng.random();
+                    w
+                }
+                _ => {
+                    // Valid records cut anywhere.
+                    let mut w = Vec::new();
+                    peer.seal(&[9; 40], 23, &mut w).expect("seal");
+                    peer.seal(&[8; 3], 23, &mut w).expect("seal");
+                    w.truncate(rng.random_range(0..w.len()));
                     w
                 }
             };
@@ -1071,20 +1252,133 @@ pub(super) mod tests {
                 assert!(r.discard <= wire.len());
                 assert!(out <= room);
             }
-            tls = Some(layer);
+            *slot = Some(layer);
         }
+    }
+
+    const SUITES_TLS12: [rustls::CipherSuite; 3] = [
+        rustls::CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+        rustls::CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+        rustls::CipherSuite::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+    ];
+
+    /// TLS 1.2 byte for byte against rustls in every AEAD suite (RFC 5288's explicit nonce for
+    /// AES-GCM, RFC 7905's implicit one for ChaCha20-Poly1305), both ways; no key schedule is
+    /// kept.
+    #[test]
+    fn tls12_round_trips_with_rustls_in_every_suite() {
+        for suite in SUITES_TLS12 {
+            let (mut client, mut tls) = pair_for(suite, &rustls::version::TLS12);
+            assert_eq!(
+                client.negotiated_cipher_suite().map(|s| s.suite()),
+                Some(suite)
+            );
+            assert_eq!(tls.protocol_version(), ProtocolVersion::TLSv1_2);
+            assert!(tls.kernel.is_none());
+            // Our Finished and the client's were the first records under these keys.
+            assert_eq!((tls.tx.seq(), tls.rx.seq()), (1, 1));
+            let explicit = if suite == SUITES_TLS12[2] { 0 } else { 8 };
+            for size in [0usize, 1, 100, MAX_PLAINTEXT, 40_000] {
+                let data: Vec<u8> = (0..size).map(|i| (i % 253) as u8).collect();
+                client.writer().write_all(&data).expect("client write");
+                let mut wire = client_wire(&mut client);
+                let (r, got, outgoing) = server_reads(&mut tls, &mut wire, 64 * 1024);
+                assert_eq!(r.expect("read").discard, wire.len(), "{suite:?} {size}");
+                assert_eq!(got, data, "{suite:?} {size}");
+                assert!(outgoing.is_empty());
+
+                let mut wire = Vec::new();
+                tls.seal_application_data(&data, &mut wire).expect("seal");
+                if size > 0 {
+                    let records = size.div_ceil(MAX_PLAINTEXT);
+                    let per_record = HEADER_LEN + explicit + TAG_LEN;
+                    assert_eq!(wire.len(), size + records * per_record, "{suite:?} {size}");
+                }
+                assert_eq!(client_reads(&mut client, &wire).expect("client"), data);
+            }
+            // Our close_notify is understood.
+            let mut wire = Vec::new();
+            tls.seal_alert(Alert::CloseNotify, &mut wire)
+                .expect("alert");
+            client_reads(&mut client, &wire).expect("client");
+            let mut rest = [0u8; 8];
+            assert_eq!(client.reader().read(&mut rest).expect("clean close"), 0);
+        }
+    }
+
+    /// A TLS 1.2 record sealed by `key` as a peer would, of type `ty`.
+    fn raw_record_tls12(key: &mut TrafficKey, ty: u8, content: &[u8]) -> Vec<u8> {
+        let mut wire = Vec::new();
+        key.seal(content, ty, &mut wire).expect("seal");
+        wire
+    }
+
+    /// Twin TLS 1.2 AES-256-GCM keys (see [`twin_keys`]).
+    fn twin_keys_tls12() -> (TrafficKey, RecordLayer) {
+        let (_, tls) = pair_for(SUITES_TLS12[0], &rustls::version::TLS12);
+        twin_keys_with(tls, [5; 32])
+    }
+
+    #[test]
+    fn tls12_content_types_and_limits() {
+        // Warnings are ignored, close_notify ends the input.
+        let (mut peer, mut tls) = twin_keys_tls12();
+        let mut wire = raw_record_tls12(&mut peer, 23, b"one");
+        wire.extend(raw_record_tls12(&mut peer, 21, &[1, 100]));
+        wire.extend(raw_record_tls12(&mut peer, 23, b"two"));
+        wire.extend(raw_record_tls12(&mut peer, 21, &[1, 0]));
+        let (r, got, _) = server_reads(&mut tls, &mut wire, 1024);
+        assert!(r.expect("read").peer_closed);
+        assert_eq!(got, b"onetwo");
+        // A fatal alert; a renegotiation; a change_cipher_spec; an unknown type.
+        let cases: [(u8, &[u8], Fatal); 4] = [
+            (21, &[2, 40], Fatal::Received(40)),
+            (22, &[1, 0, 0, 0], Fatal::Send(Alert::UnexpectedMessage)),
+            (20, &[1], Fatal::Send(Alert::UnexpectedMessage)),
+            (24, &[1], Fatal::Send(Alert::UnexpectedMessage)),
+        ];
+        for (ty, body, fatal) in cases {
+            let (mut peer, mut tls) = twin_keys_tls12();
+            let mut wire = raw_record_tls12(&mut peer, ty, body);
+            let (r, _, _) = server_reads(&mut tls, &mut wire, 1024);
+            assert_eq!(r, Err(fatal), "{ty} {body:?}");
+        }
+        // A damaged record (the explicit nonce, the ciphertext, the tag).
+        for at in [HEADER_LEN, HEADER_LEN + 9, HEADER_LEN + 8 + 3 + 15] {
+            let (mut peer, mut tls) = twin_keys_tls12();
+            let mut wire = raw_record_tls12(&mut peer, 23, b"abc");
+            wire[at] ^= 0x80;
+            let (r, _, _) = server_reads(&mut tls, &mut wire, 1024);
+            assert_eq!(r, Err(Fatal::Send(Alert::BadRecordMac)), "byte {at}");
+        }
+        // Lengths: over 2^14 + 2048 announced; under a nonce and a tag.
+        let (_, mut tls) = twin_keys_tls12();
+        let mut wire = vec![23, 3, 3, 0x48, 0x01];
+        let (r, _, _) = server_reads(&mut tls, &mut wire, 1024);
+        assert_eq!(r, Err(Fatal::Send(Alert::RecordOverflow)));
+        let mut wire = vec![23, 3, 3, 0, 23];
+        wire.extend([0; 23]);
+        let (r, _, _) = server_reads(&mut tls, &mut wire, 1024);
+        assert_eq!(r, Err(Fatal::Send(Alert::BadRecordMac)));
+        // The confidentiality limit closes a TLS 1.2 connection (there is no key update).
+        let (_, mut tls) = twin_keys_tls12();
+        tls.tx.seq = tls.tx_limit - 1;
+        assert_eq!(
+            tls.seal_application_data(b"x", &mut Vec::new()),
+            Err(Fatal::Exhausted)
+        );
     }
 
     /// What an idle connection's record layer costs, printed for BENCHMARKS.md.
     #[test]
     fn sizes() {
         eprintln!(
-            "Tls13 = {}, TrafficKey = {}, LessSafeKey = {}, KernelConnection = {}",
-            std::mem::size_of::<Tls13>(),
+            "RecordLayer = {}, TrafficKey = {}, LessSafeKey = {}, KernelConnection = {}",
+            std::mem::size_of::<RecordLayer>(),
             std::mem::size_of::<TrafficKey>(),
             std::mem::size_of::<LessSafeKey>(),
             std::mem::size_of::<KernelConnection<ServerConnectionData>>()
         );
-        assert!(std::mem::size_of::<Tls13>() < 2048);
+        assert!(std::mem::size_of::<RecordLayer>() < 2048);
     }
 }

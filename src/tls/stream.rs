@@ -1,7 +1,7 @@
 //! [`TlsStream`]: a TLS server connection (RFC 8446, RFC 5246) as a worker [`Transport`]:
-//! the handshake (and a TLS 1.2 connection throughout) on rustls's unbuffered API
-//! (`UnbufferedServerConnection`); a TLS 1.3 connection, once its handshake is over, on our
-//! own record layer ([`super::record::Tls13`]), to which rustls hands the traffic keys.
+//! the handshake on rustls's unbuffered API (`UnbufferedServerConnection`); then, once it is
+//! over, our own record layer ([`super::record::RecordLayer`]), to which rustls hands the
+//! traffic keys.
 //!
 //! Why unbuffered: the buffered `ServerConnection` keeps its own incoming, plaintext and
 //! outgoing buffers per connection; here every connection borrows its worker thread's scratch
@@ -11,10 +11,10 @@
 //! - `pending`: ciphertext the socket did not take yet (at most one send's worth, as the
 //!   worker's plaintext queue holds the rest);
 //!
-//! so an idle open connection holds the socket, one pointer and the TLS state behind it: for
-//! TLS 1.3 the two traffic keys with their IVs and sequence numbers and rustls's key schedule
-//! (for key updates), everything else rustls held for the handshake freed at the handover;
-//! for TLS 1.2 rustls's connection state.
+//! so an idle open connection holds the socket, one pointer and the TLS state behind it: the
+//! two traffic keys with their IVs and sequence numbers and, for TLS 1.3, rustls's key
+//! schedule (for key updates); everything else rustls held for the handshake is freed at the
+//! handover.
 //!
 //! Reading decrypts records into the caller's buffer; handshake messages are answered from
 //! inside `read`, so the worker sees a plain byte stream that starts once the handshake is
@@ -34,7 +34,7 @@ use rustls::server::UnbufferedServerConnection;
 use rustls::unbuffered::{ConnectionState, EncodeError, EncryptError, UnbufferedStatus};
 use rustls::{ProtocolVersion, ServerConfig};
 
-use super::record::{Alert, Fatal, Tls13};
+use super::record::{Alert, Fatal, RecordLayer};
 use super::TlsFailure;
 use crate::server::transport::{Sink, Transport, TransportEvent};
 
@@ -102,14 +102,14 @@ enum Phase {
 }
 
 /// What protects the records. The large variant is inline on purpose: it is what an idle
-/// TLS 1.3 connection keeps, in the one allocation behind [`TlsStream`].
+/// connection keeps, in the one allocation behind [`TlsStream`].
 #[allow(clippy::large_enum_variant)]
 enum Engine {
-    /// rustls: during the handshake, and for a TLS 1.2 connection throughout.
+    /// rustls: during the handshake (and throughout, if the configuration does not allow the
+    /// handover).
     Rustls(Box<UnbufferedServerConnection>),
-    /// A TLS 1.3 connection after its handshake: our record layer (inline: this is what an
-    /// idle connection keeps).
-    Tls13(Tls13),
+    /// After the handshake: our record layer (inline: this is what an idle connection keeps).
+    Records(RecordLayer),
     /// Failed: nothing left (the state is freed as soon as the connection fails).
     Gone,
 }
@@ -130,7 +130,7 @@ struct TlsState {
     /// (by [`Sink::flush_pending`] or the next read), never before, so the peer never sees a
     /// cut record.
     fin_owed: bool,
-    /// The configuration allows the TLS 1.3 handover (`enable_secret_extraction`).
+    /// The configuration allows the handover to [`RecordLayer`] (`enable_secret_extraction`).
     handover: bool,
     /// A handshake outcome not yet taken by the worker.
     event: Option<TransportEvent>,
@@ -166,14 +166,14 @@ struct Progress {
     peer_closed: bool,
     /// The caller's buffer cannot take the next decrypted record.
     full: bool,
-    /// A TLS 1.3 handshake just finished: rustls is to hand over to [`Tls13`].
+    /// The handshake just finished: rustls is to hand over to [`RecordLayer`].
     handover: bool,
 }
 
 impl TlsStream {
     /// A server connection over an accepted socket, starting its handshake. With
-    /// `config.enable_secret_extraction` (as [`super::ServerTls`] sets it) a TLS 1.3
-    /// connection moves to [`Tls13`] once its handshake is over; without, it stays on rustls.
+    /// `config.enable_secret_extraction` (as [`super::ServerTls`] sets it) the connection
+    /// moves to [`RecordLayer`] once its handshake is over; without, it stays on rustls.
     ///
     /// # Errors
     /// rustls refusing the configuration (not expected with [`super::ServerTls`]'s).
@@ -202,15 +202,15 @@ impl TlsStream {
     pub fn protocol_version(&self) -> Option<ProtocolVersion> {
         match &self.inner.state.engine {
             Engine::Rustls(conn) => conn.protocol_version(),
-            Engine::Tls13(_) => Some(ProtocolVersion::TLSv1_3),
+            Engine::Records(records) => Some(records.protocol_version()),
             Engine::Gone => None,
         }
     }
 
-    /// Whether the records are protected by our TLS 1.3 record layer (the handover is done)
-    /// rather than by rustls.
+    /// Whether the records are protected by our record layer (the handover is done) rather
+    /// than by rustls.
     pub fn on_own_record_layer(&self) -> bool {
-        matches!(self.inner.state.engine, Engine::Tls13(_))
+        matches!(self.inner.state.engine, Engine::Records(_))
     }
 
     /// Writes `pending` ciphertext; true when none is left (then the FIN owed after our
@@ -350,7 +350,7 @@ impl TlsStream {
         } = sc;
         out.clear();
         let taken = match &mut st.engine {
-            Engine::Tls13(tls) => gather(bufs, plain, out, |data, out| {
+            Engine::Records(tls) => gather(bufs, plain, out, |data, out| {
                 tls.seal_application_data(data, out)
                     .map_err(|e| io::Error::new(io::ErrorKind::BrokenPipe, e))
             })?,
@@ -407,7 +407,7 @@ fn gather(
     Ok(taken)
 }
 
-/// [`TlsStream`]'s send on rustls (TLS 1.2): whatever rustls has to send first (a
+/// [`TlsStream`]'s send on rustls (no handover): whatever rustls has to send first (a
 /// post-handshake message), then the caller's data encrypted into `out`.
 fn send_rustls(
     conn: &mut UnbufferedServerConnection,
@@ -556,7 +556,7 @@ fn transmit(socket: &mut TcpStream, pending: &mut Vec<u8>, out: &mut Vec<u8>) ->
 /// Reads the records in `incoming` (whole and partial): decrypted application data is
 /// appended to `buf` at `out`, handshake and post-handshake messages are answered, and the
 /// handshake's outcome is recorded. Stops when more input is needed, `buf` is full, or the
-/// peer closed. A TLS 1.3 handshake that finishes here hands over to [`Tls13`], which reads
+/// peer closed. A handshake that finishes here hands over to [`RecordLayer`], which reads
 /// on. On failure the TLS state is freed.
 fn process(
     st: &mut TlsState,
@@ -569,7 +569,7 @@ fn process(
     let mut engine = std::mem::replace(&mut st.engine, Engine::Gone);
     let mut result = match &mut engine {
         Engine::Rustls(conn) => process_rustls(st, conn, socket, incoming, buf, out, outgoing),
-        Engine::Tls13(tls) => process_tls13(st, tls, socket, incoming, buf, out, outgoing),
+        Engine::Records(tls) => process_records(st, tls, socket, incoming, buf, out, outgoing),
         Engine::Gone => Err(io::Error::new(
             io::ErrorKind::InvalidData,
             "TLS connection failed",
@@ -584,8 +584,8 @@ fn process(
             result = hand_over(*conn, socket, &mut st.pending, outgoing).and_then(|tls| {
                 // The records behind the client's Finished (its first request, usually) are
                 // ours to read now.
-                let tls = engine.insert_tls13(tls);
-                process_tls13(st, tls, socket, &mut incoming[at..], buf, out, outgoing).map(
+                let tls = engine.insert_records(tls);
+                process_records(st, tls, socket, &mut incoming[at..], buf, out, outgoing).map(
                     |more| Progress {
                         discard: at + more.discard,
                         ..more
@@ -602,25 +602,26 @@ fn process(
 }
 
 impl Engine {
-    /// Becomes [`Engine::Tls13`] with `tls`, which it returns.
-    fn insert_tls13(&mut self, tls: Tls13) -> &mut Tls13 {
-        *self = Engine::Tls13(tls);
+    /// Becomes [`Engine::Records`] with `tls`, which it returns.
+    fn insert_records(&mut self, tls: RecordLayer) -> &mut RecordLayer {
+        *self = Engine::Records(tls);
         match self {
-            Engine::Tls13(tls) => tls,
+            Engine::Records(tls) => tls,
             _ => unreachable!("just set"),
         }
     }
 }
 
-/// rustls finished a TLS 1.3 handshake (and has read nothing past the client's Finished):
-/// what it still has to send (the session tickets) goes out, then it hands its traffic keys,
-/// sequence numbers and key schedule to a [`Tls13`]; the rest of the rustls state is freed.
+/// rustls finished a handshake (and has read nothing past the client's Finished): what it
+/// still has to send (TLS 1.3: the session tickets; TLS 1.2: our Finished) goes out, then it
+/// hands its traffic keys, sequence numbers and (TLS 1.3) key schedule to a [`RecordLayer`];
+/// the rest of the rustls state is freed.
 fn hand_over(
     mut conn: UnbufferedServerConnection,
     socket: &mut TcpStream,
     pending: &mut Vec<u8>,
     outgoing: &mut Vec<u8>,
-) -> io::Result<Tls13> {
+) -> io::Result<RecordLayer> {
     let mut writable = false;
     for _ in 0..MAX_ROUNDS {
         // No input: rustls only hands out what it queued.
@@ -649,14 +650,14 @@ fn hand_over(
     let (secrets, kernel) = conn
         .dangerous_into_kernel_connection()
         .map_err(io::Error::other)?;
-    Tls13::new(secrets, kernel).map_err(io::Error::other)
+    RecordLayer::new(secrets, kernel).map_err(io::Error::other)
 }
 
-/// [`process`] on our TLS 1.3 record layer: a KeyUpdate's answer goes out at once (before
-/// any data under the new key); a bad record is answered with its alert.
-fn process_tls13(
+/// [`process`] on our record layer: a KeyUpdate's answer goes out at once (before any data
+/// under the new key); a bad record is answered with its alert.
+fn process_records(
     st: &mut TlsState,
-    tls: &mut Tls13,
+    tls: &mut RecordLayer,
     socket: &mut TcpStream,
     incoming: &mut [u8],
     buf: &mut [u8],
@@ -786,9 +787,10 @@ fn process_rustls(
         if st.phase == Phase::Handshaking && !conn.is_handshaking() {
             st.phase = Phase::Open;
             st.event = Some(TransportEvent::HandshakeDone);
-            // rustls is stopped right behind the client's Finished (it hands out its
-            // session tickets before it reads on), so it has read no record of ours.
-            handover = st.handover && conn.protocol_version() == Some(ProtocolVersion::TLSv1_3);
+            // rustls is stopped right behind the client's Finished (it hands out what it
+            // queued, session tickets or its own Finished, before it reads on), so it has
+            // read no record of ours.
+            handover = st.handover;
         }
         if full || stop || peer_closed || handover {
             return Ok(Progress {
@@ -900,7 +902,7 @@ impl Transport for TlsStream {
             st.phase = Phase::Closing;
             let mut alert = Vec::with_capacity(64);
             match &mut st.engine {
-                Engine::Tls13(tls) => {
+                Engine::Records(tls) => {
                     let _ = tls.seal_alert(Alert::CloseNotify, &mut alert);
                 }
                 Engine::Rustls(conn) => {
@@ -979,11 +981,11 @@ mod tests {
         let plain = std::mem::size_of::<Connection<TcpStream>>();
         let tls = std::mem::size_of::<Connection<TlsStream>>();
         let inner = std::mem::size_of::<Inner>();
-        let record = std::mem::size_of::<Tls13>();
+        let record = std::mem::size_of::<RecordLayer>();
         let rustls = std::mem::size_of::<UnbufferedServerConnection>();
         eprintln!(
             "Connection<TcpStream> = {plain}, Connection<TlsStream> = {tls}, Inner = {inner} \
-             (Tls13 = {record}; during the handshake, boxed: UnbufferedServerConnection = \
+             (RecordLayer = {record}; during the handshake, boxed: UnbufferedServerConnection = \
              {rustls})"
         );
         assert!(tls <= plain + 8, "{tls} > {plain} + 8");
@@ -1007,12 +1009,14 @@ mod tests {
     }
 
     impl Pair {
-        fn new(version: &'static rustls::SupportedProtocolVersion) -> Pair {
+        /// Over `version`, with the handover to [`RecordLayer`] if `handover`.
+        fn new(version: &'static rustls::SupportedProtocolVersion, handover: bool) -> Pair {
             let suites = [
                 rustls::CipherSuite::TLS13_AES_128_GCM_SHA256,
                 rustls::CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
             ];
-            let (server_config, client_config) = configs_for(&suites, version);
+            let (mut server_config, client_config) = configs_for(&suites, version);
+            Arc::make_mut(&mut server_config).enable_secret_extraction = handover;
             let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             let sock = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
             let (accepted, _) = listener.accept().unwrap();
@@ -1112,36 +1116,35 @@ mod tests {
         }
     }
 
-    /// A TLS 1.3 connection moves to our record layer once its handshake is over; a TLS 1.2
-    /// one stays on rustls. Both echo.
+    /// A connection moves to our record layer once its handshake is over, in TLS 1.3 and 1.2;
+    /// without secret extraction in the configuration it stays on rustls. All echo.
     #[test]
-    fn tls13_is_handed_over_and_tls12_is_not() {
-        let mut pair = Pair::new(&rustls::version::TLS13);
-        assert!(pair.server.on_own_record_layer());
-        assert_eq!(
-            pair.server.protocol_version(),
-            Some(ProtocolVersion::TLSv1_3)
-        );
-        pair.echo(b"hello");
-        pair.echo(&vec![7u8; 100_000]);
-
-        let mut pair = Pair::new(&rustls::version::TLS12);
-        assert!(!pair.server.on_own_record_layer());
-        assert_eq!(
-            pair.server.protocol_version(),
-            Some(ProtocolVersion::TLSv1_2)
-        );
-        pair.echo(b"hello");
-        pair.echo(&vec![7u8; 100_000]);
+    fn connections_are_handed_over_unless_configured_not_to() {
+        for (version, number) in [
+            (&rustls::version::TLS13, ProtocolVersion::TLSv1_3),
+            (&rustls::version::TLS12, ProtocolVersion::TLSv1_2),
+        ] {
+            for handover in [true, false] {
+                let mut pair = Pair::new(version, handover);
+                assert_eq!(pair.server.on_own_record_layer(), handover, "{number:?}");
+                assert_eq!(pair.server.protocol_version(), Some(number));
+                pair.echo(b"hello");
+                pair.echo(&vec![7u8; 100_000]);
+            }
+        }
     }
 
     /// The close_notify goes out whole before the FIN even when the socket cannot take it
     /// at once (a full send buffer): the client reads every byte sent, then a clean close
-    /// (close_notify), then EOF. On both record layers.
+    /// (close_notify), then EOF. On our record layer and on rustls's, in TLS 1.3 and 1.2.
     #[test]
     fn close_notify_waits_for_a_full_socket_and_goes_out_whole() {
-        for version in [&rustls::version::TLS13, &rustls::version::TLS12] {
-            let mut pair = Pair::new(version);
+        for (version, handover) in [
+            (&rustls::version::TLS13, true),
+            (&rustls::version::TLS12, true),
+            (&rustls::version::TLS13, false),
+        ] {
+            let mut pair = Pair::new(version, handover);
             pair.echo(b"warm up");
             let chunk = vec![b'x'; 64 * 1024];
             let mut sent = 0usize;
