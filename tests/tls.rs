@@ -703,12 +703,22 @@ fn tls12_clients_echo_and_close_cleanly() {
             .map(|i| char::from(b'0' + (i % 10) as u8))
             .collect();
         round_trip(&mut ws, &big);
-        ws.close(None).unwrap();
-        loop {
-            match ws.read() {
-                Ok(_) => continue,
-                Err(tungstenite::Error::ConnectionClosed) => break,
-                Err(e) => panic!("expected a clean close, got {e}"),
+        // A second connection resumes the session (the abbreviated handshake, where the
+        // server's Finished goes first).
+        let mut again = wss(server.addr(), &config, "/echo");
+        assert_eq!(
+            again.get_ref().conn.handshake_kind(),
+            Some(rustls::HandshakeKind::Resumed)
+        );
+        round_trip(&mut again, "resumed");
+        for ws in [&mut ws, &mut again] {
+            ws.close(None).unwrap();
+            loop {
+                match ws.read() {
+                    Ok(_) => continue,
+                    Err(tungstenite::Error::ConnectionClosed) => break,
+                    Err(e) => panic!("expected a clean close, got {e}"),
+                }
             }
         }
         assert_eq!(server.stats().tls_failures.total(), 0);
