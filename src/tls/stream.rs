@@ -581,16 +581,23 @@ fn process(
     };
     if let Some(at) = handover_at {
         if let Engine::Rustls(conn) = std::mem::replace(&mut engine, Engine::Gone) {
-            result = hand_over(*conn, socket, &mut st.pending, outgoing).and_then(|tls| {
+            result = hand_over(*conn, socket, &mut st.pending, outgoing).and_then(|mut tls| {
                 // The records behind the client's Finished (its first request, usually) are
                 // ours to read now.
-                let tls = engine.insert_records(tls);
-                process_records(st, tls, socket, &mut incoming[at..], buf, out, outgoing).map(
-                    |more| Progress {
-                        discard: at + more.discard,
-                        ..more
-                    },
-                )
+                let more = process_records(
+                    st,
+                    &mut tls,
+                    socket,
+                    &mut incoming[at..],
+                    buf,
+                    out,
+                    outgoing,
+                );
+                engine = Engine::Records(tls);
+                more.map(|more| Progress {
+                    discard: at + more.discard,
+                    ..more
+                })
             });
         }
     }
@@ -599,17 +606,6 @@ fn process(
         st.engine = engine;
     }
     result
-}
-
-impl Engine {
-    /// Becomes [`Engine::Records`] with `tls`, which it returns.
-    fn insert_records(&mut self, tls: RecordLayer) -> &mut RecordLayer {
-        *self = Engine::Records(tls);
-        match self {
-            Engine::Records(tls) => tls,
-            _ => unreachable!("just set"),
-        }
-    }
 }
 
 /// rustls finished a handshake (and has read nothing past the client's Finished): what it
