@@ -586,7 +586,7 @@ fn a_wss_client_that_never_reads_is_closed_as_a_slow_consumer() {
 /// TLS 1.3 KeyUpdate (RFC 8446 §4.6.3): a client that asks for a key update before each
 /// message gets every echo under the right keys (the server's own KeyUpdate goes out before
 /// the data it protects); one that asks again and again with no data between is closed
-/// (rustls allows 32 in a row), alone.
+/// (32 in a row are answered, as rustls allows: `tls::record::MAX_KEY_UPDATES`), alone.
 #[test]
 fn key_updates_are_answered_and_a_flood_of_them_is_closed() {
     guarded(|| {
@@ -622,5 +622,105 @@ fn key_updates_are_answered_and_a_flood_of_them_is_closed() {
         }
         assert!(closed, "a KeyUpdate flood was not closed");
         round_trip(&mut open, "unharmed");
+    });
+}
+
+/// A client configuration like `client` but offering only the TLS 1.3 cipher suite `suite`.
+fn only_suite(ca: &TestCa, suite: rustls::CipherSuite) -> Arc<rustls::ClientConfig> {
+    let mut provider = rustls::crypto::ring::default_provider();
+    provider.cipher_suites.retain(|s| s.suite() == suite);
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.der.clone()).unwrap();
+    Arc::new(
+        rustls::ClientConfig::builder_with_provider(Arc::new(provider))
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    )
+}
+
+/// After the handshake a TLS 1.3 connection runs on the server's own record layer: in every
+/// suite, messages of one and of many records go both ways, and a KeyUpdate(update_requested)
+/// from the client mid-stream switches both directions (the client reads what the server
+/// sends after its own KeyUpdate, and the server reads under the client's new key), again and
+/// again.
+#[test]
+fn key_updates_mid_stream_switch_both_directions_in_every_suite() {
+    guarded(|| {
+        let (server, _client, ca) = tls_server(Config::for_tests());
+        let big: String = (0..100_000)
+            .map(|i| char::from(b'a' + (i % 26) as u8))
+            .collect();
+        for suite in [
+            rustls::CipherSuite::TLS13_AES_128_GCM_SHA256,
+            rustls::CipherSuite::TLS13_AES_256_GCM_SHA384,
+            rustls::CipherSuite::TLS13_CHACHA20_POLY1305_SHA256,
+        ] {
+            let config = only_suite(&ca, suite);
+            let mut ws = wss(server.addr(), &config, "/echo");
+            assert_eq!(
+                ws.get_ref()
+                    .conn
+                    .negotiated_cipher_suite()
+                    .map(|s| s.suite()),
+                Some(suite)
+            );
+            round_trip(&mut ws, "before");
+            round_trip(&mut ws, &big);
+            for i in 0..5 {
+                ws.get_mut().conn.refresh_traffic_keys().unwrap();
+                round_trip(&mut ws, &format!("after key update {i}"));
+                round_trip(&mut ws, &big);
+            }
+            ws.close(None).unwrap();
+            loop {
+                match ws.read() {
+                    Ok(_) => continue,
+                    Err(tungstenite::Error::ConnectionClosed) => break,
+                    Err(e) => panic!("{suite:?}: expected a clean close, got {e}"),
+                }
+            }
+        }
+        assert_eq!(server.stats().tls_failures.total(), 0);
+    });
+}
+
+/// TLS 1.2 connections move to the server's own record layer too (AES-GCM with its explicit
+/// nonce here): echo of small and large messages, a clean close.
+#[test]
+fn tls12_clients_echo_and_close_cleanly() {
+    guarded(|| {
+        let (server, _client, ca) = tls_server(Config::for_tests());
+        let config = client_config_tls12(&ca.der);
+        let mut ws = wss(server.addr(), &config, "/echo");
+        assert_eq!(
+            ws.get_ref().conn.protocol_version(),
+            Some(rustls::ProtocolVersion::TLSv1_2)
+        );
+        round_trip(&mut ws, "hello over TLS 1.2");
+        let big: String = (0..100_000)
+            .map(|i| char::from(b'0' + (i % 10) as u8))
+            .collect();
+        round_trip(&mut ws, &big);
+        // A second connection resumes the session (the abbreviated handshake, where the
+        // server's Finished goes first).
+        let mut again = wss(server.addr(), &config, "/echo");
+        assert_eq!(
+            again.get_ref().conn.handshake_kind(),
+            Some(rustls::HandshakeKind::Resumed)
+        );
+        round_trip(&mut again, "resumed");
+        for ws in [&mut ws, &mut again] {
+            ws.close(None).unwrap();
+            loop {
+                match ws.read() {
+                    Ok(_) => continue,
+                    Err(tungstenite::Error::ConnectionClosed) => break,
+                    Err(e) => panic!("expected a clean close, got {e}"),
+                }
+            }
+        }
+        assert_eq!(server.stats().tls_failures.total(), 0);
     });
 }

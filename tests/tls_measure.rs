@@ -18,7 +18,8 @@
 //! - echo: 20 connections, each sending batches of 50 messages of 64 bytes and reading the 50
 //!   echoes, 2,000,000 messages in all: server CPU per message.
 //!
-//! The server's figures come from /proc (RSS, utime + stime) and its own /api/stats.
+//! The server's figures come from /proc (RSS, utime + stime) and its own /api/stats. With
+//! `EDGEPUSH_TLS_MEASURE_TLS12` set the TLS clients speak TLS 1.2 instead of 1.3.
 
 mod common;
 mod tls_support;
@@ -175,10 +176,13 @@ fn setup() -> Setup {
     let ca = TestCa::new();
     let leaf = ca.leaf(&rcgen::PKCS_ECDSA_P256_SHA256);
     let files = leaf.write(&temp_dir("tls-measure"));
-    Setup {
-        files,
-        client: client_config(&ca.der, &[]),
-    }
+    // EDGEPUSH_TLS_MEASURE_TLS12=1: the TLS clients speak TLS 1.2 (TLS 1.3 otherwise).
+    let client = if std::env::var_os("EDGEPUSH_TLS_MEASURE_TLS12").is_some() {
+        client_config_tls12(&ca.der)
+    } else {
+        client_config(&ca.der, &[])
+    };
+    Setup { files, client }
 }
 
 /// `full` with `EDGEPUSH_TLS_MEASURE_FULL` set (a measurement), else `quick` (a CI run).

@@ -5,8 +5,10 @@
 //!
 //! The crypto provider is *ring*: it builds with a C compiler alone, which every machine that
 //! builds this crate has; aws-lc-rs (rustls's default) may need cmake and builds a much larger
-//! C library. The per-connection transport is [`stream::TlsStream`].
+//! C library. The per-connection transport is [`stream::TlsStream`]; a connection's records,
+//! after the handshake, are [`record::RecordLayer`]'s.
 
+pub mod record;
 pub mod stream;
 
 use std::fmt;
@@ -162,6 +164,9 @@ impl ServerTls {
         config.alpn_protocols = vec![ALPN_HTTP11.to_vec()];
         // Our order of cipher suites, not the client's (see [`provider`]).
         config.ignore_client_order = true;
+        // A connection's keys move to our record layer after the handshake ([`record`]):
+        // rustls's per-connection state is freed.
+        config.enable_secret_extraction = true;
         Ok(ServerTls {
             config: Arc::new(config),
             certs,

@@ -1,5 +1,7 @@
-//! [`TlsStream`]: a TLS server connection (RFC 8446, RFC 5246) as a worker [`Transport`],
-//! on rustls's unbuffered API (`UnbufferedServerConnection`).
+//! [`TlsStream`]: a TLS server connection (RFC 8446, RFC 5246) as a worker [`Transport`]:
+//! the handshake on rustls's unbuffered API (`UnbufferedServerConnection`); then, once it is
+//! over, our own record layer ([`super::record::RecordLayer`]), to which rustls hands the
+//! traffic keys.
 //!
 //! Why unbuffered: the buffered `ServerConnection` keeps its own incoming, plaintext and
 //! outgoing buffers per connection; here every connection borrows its worker thread's scratch
@@ -9,8 +11,10 @@
 //! - `pending`: ciphertext the socket did not take yet (at most one send's worth, as the
 //!   worker's plaintext queue holds the rest);
 //!
-//! so an idle open connection holds the socket, one pointer and the rustls state behind it
-//! (its keys and the record layer's sequence numbers): nothing else.
+//! so an idle open connection holds the socket, one pointer and the TLS state behind it: the
+//! two traffic keys with their IVs and sequence numbers and, for TLS 1.3, rustls's key
+//! schedule (for key updates); everything else rustls held for the handshake is freed at the
+//! handover.
 //!
 //! Reading decrypts records into the caller's buffer; handshake messages are answered from
 //! inside `read`, so the worker sees a plain byte stream that starts once the handshake is
@@ -28,8 +32,9 @@ use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
 use rustls::server::UnbufferedServerConnection;
 use rustls::unbuffered::{ConnectionState, EncodeError, EncryptError, UnbufferedStatus};
-use rustls::ServerConfig;
+use rustls::{ProtocolVersion, ServerConfig};
 
+use super::record::{Alert, Fatal, RecordLayer};
 use super::TlsFailure;
 use crate::server::transport::{Sink, Transport, TransportEvent};
 
@@ -96,9 +101,22 @@ enum Phase {
     Done,
 }
 
+/// What protects the records. The large variant is inline on purpose: it is what an idle
+/// connection keeps, in the one allocation behind [`TlsStream`].
+#[allow(clippy::large_enum_variant)]
+enum Engine {
+    /// rustls: during the handshake (and throughout, if the configuration does not allow the
+    /// handover).
+    Rustls(Box<UnbufferedServerConnection>),
+    /// After the handshake: our record layer (inline: this is what an idle connection keeps).
+    Records(RecordLayer),
+    /// Failed: nothing left (the state is freed as soon as the connection fails).
+    Gone,
+}
+
 /// The per-connection TLS state, boxed behind one pointer in [`TlsStream`].
 struct TlsState {
-    conn: UnbufferedServerConnection,
+    engine: Engine,
     /// Ciphertext of a record split across reads (empty, unallocated, otherwise).
     partial: Vec<u8>,
     /// Ciphertext the socket has not taken yet (empty, unallocated, otherwise).
@@ -108,6 +126,12 @@ struct TlsState {
     more: bool,
     /// The peer ended its direction (close_notify or EOF): reads return 0 from now on.
     eof: bool,
+    /// Our close_notify is (the end of) `pending`: the FIN goes once `pending` is written
+    /// (by [`Sink::flush_pending`] or the next read), never before, so the peer never sees a
+    /// cut record.
+    fin_owed: bool,
+    /// The configuration allows the handover to [`RecordLayer`] (`enable_secret_extraction`).
+    handover: bool,
     /// A handshake outcome not yet taken by the worker.
     event: Option<TransportEvent>,
 }
@@ -142,25 +166,32 @@ struct Progress {
     peer_closed: bool,
     /// The caller's buffer cannot take the next decrypted record.
     full: bool,
+    /// The handshake just finished: rustls is to hand over to [`RecordLayer`].
+    handover: bool,
 }
 
 impl TlsStream {
-    /// A server connection over an accepted socket, starting its handshake.
+    /// A server connection over an accepted socket, starting its handshake. With
+    /// `config.enable_secret_extraction` (as [`super::ServerTls`] sets it) the connection
+    /// moves to [`RecordLayer`] once its handshake is over; without, it stays on rustls.
     ///
     /// # Errors
     /// rustls refusing the configuration (not expected with [`super::ServerTls`]'s).
     pub fn new(socket: TcpStream, config: Arc<ServerConfig>) -> io::Result<TlsStream> {
+        let handover = config.enable_secret_extraction;
         let conn = UnbufferedServerConnection::new(config).map_err(io::Error::other)?;
         Ok(TlsStream {
             inner: Box::new(Inner {
                 socket,
                 state: TlsState {
-                    conn,
+                    engine: Engine::Rustls(Box::new(conn)),
                     partial: Vec::new(),
                     pending: Vec::new(),
                     phase: Phase::Handshaking,
                     more: false,
                     eof: false,
+                    fin_owed: false,
+                    handover,
                     event: None,
                 },
             }),
@@ -168,24 +199,37 @@ impl TlsStream {
     }
 
     /// The negotiated protocol version, once the handshake is done (for tests and logs).
-    pub fn protocol_version(&self) -> Option<rustls::ProtocolVersion> {
-        self.inner.state.conn.protocol_version()
+    pub fn protocol_version(&self) -> Option<ProtocolVersion> {
+        match &self.inner.state.engine {
+            Engine::Rustls(conn) => conn.protocol_version(),
+            Engine::Records(records) => Some(records.protocol_version()),
+            Engine::Gone => None,
+        }
     }
 
-    /// Writes `pending` ciphertext; true when none is left.
+    /// Whether the records are protected by our record layer (the handover is done) rather
+    /// than by rustls.
+    pub fn on_own_record_layer(&self) -> bool {
+        matches!(self.inner.state.engine, Engine::Records(_))
+    }
+
+    /// Writes `pending` ciphertext; true when none is left (then the FIN owed after our
+    /// close_notify goes too).
     fn write_pending(&mut self) -> io::Result<bool> {
         let Inner { socket, state: st } = &mut *self.inner;
-        if st.pending.is_empty() {
-            return Ok(true);
-        }
-        let written = write_some(socket, &st.pending)?;
-        if written == st.pending.len() {
+        if !st.pending.is_empty() {
+            let written = write_some(socket, &st.pending)?;
+            if written < st.pending.len() {
+                st.pending.drain(..written);
+                return Ok(false);
+            }
             st.pending = Vec::new();
-            Ok(true)
-        } else {
-            st.pending.drain(..written);
-            Ok(false)
         }
+        if st.fin_owed {
+            st.fin_owed = false;
+            socket.shutdown(Shutdown::Write)?;
+        }
+        Ok(true)
     }
 
     fn read_with(&mut self, buf: &mut [u8], sc: &mut Scratch) -> io::Result<usize> {
@@ -299,71 +343,111 @@ impl TlsStream {
                 "TLS handshake not finished",
             ));
         }
-        let out = &mut sc.outgoing;
+        let Scratch {
+            outgoing: out,
+            plain,
+            ..
+        } = sc;
         out.clear();
-        let mut taken = 0;
-        for _ in 0..MAX_ROUNDS {
-            // The buffered input goes with every call: rustls's handshake deframer may hold
-            // positions in it (a post-handshake message split across records).
-            let UnbufferedStatus { state, discard } = st.conn.process_tls_records(&mut st.partial);
-            if discard > 0 {
-                // Not expected (input is processed by reads); dropped once `state` is done.
+        let taken = match &mut st.engine {
+            Engine::Records(tls) => gather(bufs, plain, out, |data, out| {
+                tls.seal_application_data(data, out)
+                    .map_err(|e| io::Error::new(io::ErrorKind::BrokenPipe, e))
+            })?,
+            Engine::Rustls(conn) => send_rustls(conn, &mut st.partial, bufs, plain, out)?,
+            Engine::Gone => {
                 return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    "TLS input processed while sending",
-                ));
+                    io::ErrorKind::BrokenPipe,
+                    "TLS connection closed",
+                ))
             }
-            match state.map_err(io::Error::other)? {
-                ConnectionState::WriteTraffic(mut traffic) => {
-                    let plain = &mut sc.plain;
-                    plain.clear();
-                    let mut encrypt = |data: &[u8], out: &mut Vec<u8>| {
-                        encrypt_into(data, out, |d, o| traffic.encrypt(d, o))
-                    };
-                    for slice in bufs {
-                        let mut slice: &[u8] = slice;
-                        while !slice.is_empty() && taken < MAX_SEND {
-                            let n = slice.len().min(MAX_SEND - taken);
-                            if plain.is_empty() && n >= MAX_PLAINTEXT {
-                                // Whole records straight from the caller's buffer.
-                                let n = n - n % MAX_PLAINTEXT;
-                                encrypt(&slice[..n], out)?;
-                                slice = &slice[n..];
-                                taken += n;
-                                continue;
-                            }
-                            let n = n.min(MAX_PLAINTEXT - plain.len());
-                            plain.extend_from_slice(&slice[..n]);
-                            slice = &slice[n..];
-                            taken += n;
-                            if plain.len() == MAX_PLAINTEXT {
-                                encrypt(plain, out)?;
-                                plain.clear();
-                            }
-                        }
-                    }
-                    if !plain.is_empty() {
-                        encrypt(plain, out)?;
-                    }
-                    break;
-                }
-                // Post-handshake messages (a key update's answer) go before the data.
-                ConnectionState::EncodeTlsData(mut encode) => {
-                    encode_into(out, |o| encode.encode(o))?;
-                }
-                ConnectionState::TransmitTlsData(transmit) => transmit.done(),
-                other => {
-                    debug!("TLS send in state {other:?}");
-                    return Err(io::Error::new(
-                        io::ErrorKind::BrokenPipe,
-                        "TLS connection closed",
-                    ));
-                }
-            }
-        }
+        };
         transmit(socket, &mut st.pending, out)?;
         Ok(taken)
     }
+}
+
+/// Encrypts up to [`MAX_SEND`] bytes of `bufs` with `encrypt` into `out`, as records of up
+/// to [`MAX_PLAINTEXT`] bytes (small buffers gathered in `plain` first, whole records taken
+/// straight from the caller's); returns the plaintext bytes taken.
+fn gather(
+    bufs: &[IoSlice<'_>],
+    plain: &mut Vec<u8>,
+    out: &mut Vec<u8>,
+    mut encrypt: impl FnMut(&[u8], &mut Vec<u8>) -> io::Result<()>,
+) -> io::Result<usize> {
+    plain.clear();
+    let mut taken = 0;
+    for slice in bufs {
+        let mut slice: &[u8] = slice;
+        while !slice.is_empty() && taken < MAX_SEND {
+            let n = slice.len().min(MAX_SEND - taken);
+            if plain.is_empty() && n >= MAX_PLAINTEXT {
+                // Whole records straight from the caller's buffer.
+                let n = n - n % MAX_PLAINTEXT;
+                encrypt(&slice[..n], out)?;
+                slice = &slice[n..];
+                taken += n;
+                continue;
+            }
+            let n = n.min(MAX_PLAINTEXT - plain.len());
+            plain.extend_from_slice(&slice[..n]);
+            slice = &slice[n..];
+            taken += n;
+            if plain.len() == MAX_PLAINTEXT {
+                encrypt(plain, out)?;
+                plain.clear();
+            }
+        }
+    }
+    if !plain.is_empty() {
+        encrypt(plain, out)?;
+        plain.clear();
+    }
+    Ok(taken)
+}
+
+/// [`TlsStream`]'s send on rustls (no handover): whatever rustls has to send first (a
+/// post-handshake message), then the caller's data encrypted into `out`.
+fn send_rustls(
+    conn: &mut UnbufferedServerConnection,
+    partial: &mut [u8],
+    bufs: &[IoSlice<'_>],
+    plain: &mut Vec<u8>,
+    out: &mut Vec<u8>,
+) -> io::Result<usize> {
+    for _ in 0..MAX_ROUNDS {
+        // The buffered input goes with every call: rustls's handshake deframer may hold
+        // positions in it (a post-handshake message split across records).
+        let UnbufferedStatus { state, discard } = conn.process_tls_records(partial);
+        if discard > 0 {
+            // Not expected (input is processed by reads); dropped once `state` is done.
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "TLS input processed while sending",
+            ));
+        }
+        match state.map_err(io::Error::other)? {
+            ConnectionState::WriteTraffic(mut traffic) => {
+                return gather(bufs, plain, out, |data, out| {
+                    encrypt_into(data, out, |d, o| traffic.encrypt(d, o))
+                });
+            }
+            // Post-handshake messages go before the data.
+            ConnectionState::EncodeTlsData(mut encode) => {
+                encode_into(out, |o| encode.encode(o))?;
+            }
+            ConnectionState::TransmitTlsData(transmit) => transmit.done(),
+            other => {
+                debug!("TLS send in state {other:?}");
+                return Err(io::Error::new(
+                    io::ErrorKind::BrokenPipe,
+                    "TLS connection closed",
+                ));
+            }
+        }
+    }
+    Err(io::Error::other("TLS state machine made no progress"))
 }
 
 /// Appends what `encode` writes to `out`, growing it as rustls asks.
@@ -469,12 +553,145 @@ fn transmit(socket: &mut TcpStream, pending: &mut Vec<u8>, out: &mut Vec<u8>) ->
     Ok(())
 }
 
-/// Runs the rustls state machine over `incoming` (whole and partial records): decrypted
-/// application data is appended to `buf` at `out`, handshake messages are answered, and the
+/// Reads the records in `incoming` (whole and partial): decrypted application data is
+/// appended to `buf` at `out`, handshake and post-handshake messages are answered, and the
 /// handshake's outcome is recorded. Stops when more input is needed, `buf` is full, or the
-/// peer closed.
+/// peer closed. A handshake that finishes here hands over to [`RecordLayer`], which reads
+/// on. On failure the TLS state is freed.
 fn process(
     st: &mut TlsState,
+    socket: &mut TcpStream,
+    incoming: &mut [u8],
+    buf: &mut [u8],
+    out: &mut usize,
+    outgoing: &mut Vec<u8>,
+) -> io::Result<Progress> {
+    let mut engine = std::mem::replace(&mut st.engine, Engine::Gone);
+    let mut result = match &mut engine {
+        Engine::Rustls(conn) => process_rustls(st, conn, socket, incoming, buf, out, outgoing),
+        Engine::Records(tls) => process_records(st, tls, socket, incoming, buf, out, outgoing),
+        Engine::Gone => Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "TLS connection failed",
+        )),
+    };
+    let handover_at = match (&result, &engine) {
+        (Ok(done), Engine::Rustls(_)) if done.handover => Some(done.discard),
+        _ => None,
+    };
+    if let Some(at) = handover_at {
+        if let Engine::Rustls(conn) = std::mem::replace(&mut engine, Engine::Gone) {
+            result = hand_over(*conn, socket, &mut st.pending, outgoing).and_then(|mut tls| {
+                // The records behind the client's Finished (its first request, usually) are
+                // ours to read now.
+                let more = process_records(
+                    st,
+                    &mut tls,
+                    socket,
+                    &mut incoming[at..],
+                    buf,
+                    out,
+                    outgoing,
+                );
+                engine = Engine::Records(tls);
+                more.map(|more| Progress {
+                    discard: at + more.discard,
+                    ..more
+                })
+            });
+        }
+    }
+    // A failed connection keeps nothing (the caller marks it done).
+    if result.is_ok() && st.phase != Phase::Done {
+        st.engine = engine;
+    }
+    result
+}
+
+/// rustls finished a handshake (and has read nothing past the client's Finished): what it
+/// still has to send (TLS 1.3: the session tickets; TLS 1.2: our Finished) goes out, then it
+/// hands its traffic keys, sequence numbers and (TLS 1.3) key schedule to a [`RecordLayer`];
+/// the rest of the rustls state is freed.
+fn hand_over(
+    mut conn: UnbufferedServerConnection,
+    socket: &mut TcpStream,
+    pending: &mut Vec<u8>,
+    outgoing: &mut Vec<u8>,
+) -> io::Result<RecordLayer> {
+    let mut writable = false;
+    for _ in 0..MAX_ROUNDS {
+        // No input: rustls only hands out what it queued.
+        let UnbufferedStatus { state, .. } = conn.process_tls_records(&mut []);
+        match state.map_err(io::Error::other)? {
+            ConnectionState::EncodeTlsData(mut encode) => {
+                encode_into(outgoing, |o| encode.encode(o))?;
+            }
+            ConnectionState::TransmitTlsData(t) => t.done(),
+            ConnectionState::WriteTraffic(_) => {
+                writable = true;
+                break;
+            }
+            other => {
+                debug!("TLS handover in state {other:?}");
+                return Err(io::Error::other("unexpected TLS state at the handover"));
+            }
+        }
+    }
+    if !writable || conn.wants_write() {
+        return Err(io::Error::other(
+            "TLS handover: rustls still has records to send",
+        ));
+    }
+    transmit(socket, pending, outgoing)?;
+    let (secrets, kernel) = conn
+        .dangerous_into_kernel_connection()
+        .map_err(io::Error::other)?;
+    RecordLayer::new(secrets, kernel).map_err(io::Error::other)
+}
+
+/// [`process`] on our record layer: a KeyUpdate's answer goes out at once (before any data
+/// under the new key); a bad record is answered with its alert.
+fn process_records(
+    st: &mut TlsState,
+    tls: &mut RecordLayer,
+    socket: &mut TcpStream,
+    incoming: &mut [u8],
+    buf: &mut [u8],
+    out: &mut usize,
+    outgoing: &mut Vec<u8>,
+) -> io::Result<Progress> {
+    // After our close_notify nothing more is sent (a KeyUpdate is then only followed).
+    let may_send = st.phase == Phase::Open;
+    match tls.read(incoming, buf, out, outgoing, may_send) {
+        Ok(done) => {
+            transmit(socket, &mut st.pending, outgoing)?;
+            Ok(Progress {
+                discard: done.discard,
+                peer_closed: done.peer_closed,
+                full: done.full,
+                handover: false,
+            })
+        }
+        Err(fatal) => {
+            debug!("{fatal}");
+            if let Fatal::Send(alert) = fatal {
+                if may_send {
+                    let _ = tls.seal_alert(alert, outgoing);
+                }
+            }
+            if may_send {
+                let _ = transmit(socket, &mut st.pending, outgoing);
+            }
+            outgoing.clear();
+            Err(io::Error::new(io::ErrorKind::InvalidData, fatal))
+        }
+    }
+}
+
+/// [`process`] on rustls: runs its state machine over `incoming`.
+fn process_rustls(
+    st: &mut TlsState,
+    conn: &mut UnbufferedServerConnection,
     socket: &mut TcpStream,
     incoming: &mut [u8],
     buf: &mut [u8],
@@ -490,12 +707,13 @@ fn process(
         let UnbufferedStatus {
             discard: used,
             state,
-        } = st.conn.process_tls_records(&mut incoming[discard..]);
+        } = conn.process_tls_records(&mut incoming[discard..]);
         let state = match state {
             Ok(state) => state,
             Err(e) => {
                 fail(
                     st,
+                    conn,
                     socket,
                     &mut incoming[discard + used..],
                     outgoing,
@@ -526,6 +744,7 @@ fn process(
                         drop(traffic);
                         fail(
                             st,
+                            conn,
                             socket,
                             &mut incoming[discard + used..],
                             outgoing,
@@ -560,15 +779,21 @@ fn process(
         } else {
             idle + 1
         };
-        if st.phase == Phase::Handshaking && !st.conn.is_handshaking() {
+        let mut handover = false;
+        if st.phase == Phase::Handshaking && !conn.is_handshaking() {
             st.phase = Phase::Open;
             st.event = Some(TransportEvent::HandshakeDone);
+            // rustls is stopped right behind the client's Finished (it hands out what it
+            // queued, session tickets or its own Finished, before it reads on), so it has
+            // read no record of ours.
+            handover = st.handover;
         }
-        if full || stop || peer_closed {
+        if full || stop || peer_closed || handover {
             return Ok(Progress {
                 discard,
                 peer_closed,
                 full,
+                handover,
             });
         }
     }
@@ -580,6 +805,7 @@ fn process(
 /// rustls must be given again.
 fn fail(
     st: &mut TlsState,
+    conn: &mut UnbufferedServerConnection,
     socket: &mut TcpStream,
     incoming: &mut [u8],
     outgoing: &mut Vec<u8>,
@@ -594,10 +820,10 @@ fn fail(
     // out first by each call, before any input is looked at; a call past the queue would
     // deframe the rest of the input again, so calls stop when it is empty.
     for _ in 0..8 {
-        if !st.conn.wants_write() {
+        if !conn.wants_write() {
             break;
         }
-        let UnbufferedStatus { state, .. } = st.conn.process_tls_records(&mut *incoming);
+        let UnbufferedStatus { state, .. } = conn.process_tls_records(&mut *incoming);
         match state {
             Ok(ConnectionState::EncodeTlsData(mut encode)) => {
                 if encode_into(outgoing, |o| encode.encode(o)).is_err() {
@@ -615,6 +841,10 @@ impl Read for TlsStream {
     /// Decrypted application data; `WouldBlock` when none is ready (a handshake in progress,
     /// a partial record); 0 at the peer's close_notify or EOF.
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.inner.state.fin_owed {
+            // Our close_notify's end, and then the FIN, when the socket takes them.
+            let _ = self.write_pending();
+        }
         if self.inner.state.eof {
             return Ok(0);
         }
@@ -658,18 +888,34 @@ impl Transport for TlsStream {
         TlsStream::new(socket, Arc::clone(config))
     }
 
-    /// close_notify (if the handshake is done and the socket takes it now), then FIN.
+    /// close_notify (if the handshake is done), then FIN. The close_notify goes out whole:
+    /// what the socket does not take now stays pending (behind anything already pending),
+    /// and the FIN waits for it ([`Sink::flush_pending`] or the next read sends both); a
+    /// connection that never drains is removed by its close timeout.
     fn shutdown_write(&mut self) -> io::Result<()> {
         let Inner { socket, state: st } = &mut *self.inner;
-        if st.phase == Phase::Open && st.pending.is_empty() {
-            let mut alert = [0u8; 64];
-            let UnbufferedStatus { state, .. } = st.conn.process_tls_records(&mut st.partial);
-            if let Ok(ConnectionState::WriteTraffic(mut traffic)) = state {
-                if let Ok(n) = traffic.queue_close_notify(&mut alert) {
-                    let _ = write_some(socket, &alert[..n]);
-                }
-            }
+        if st.phase == Phase::Open {
             st.phase = Phase::Closing;
+            let mut alert = Vec::with_capacity(64);
+            match &mut st.engine {
+                Engine::Records(tls) => {
+                    let _ = tls.seal_alert(Alert::CloseNotify, &mut alert);
+                }
+                Engine::Rustls(conn) => {
+                    let UnbufferedStatus { state, .. } = conn.process_tls_records(&mut st.partial);
+                    if let Ok(ConnectionState::WriteTraffic(mut traffic)) = state {
+                        alert.resize(64, 0);
+                        let n = traffic.queue_close_notify(&mut alert).unwrap_or(0);
+                        alert.truncate(n);
+                    }
+                }
+                Engine::Gone => {}
+            }
+            transmit(socket, &mut st.pending, &mut alert)?;
+            if !st.pending.is_empty() {
+                st.fin_owed = true;
+                return Ok(());
+            }
         }
         socket.shutdown(Shutdown::Write)
     }
@@ -725,18 +971,212 @@ mod tests {
     use crate::server::connection::Connection;
 
     /// A TLS connection in the worker's slab is the plain one plus one pointer (8 bytes); the
-    /// rustls state lives behind it. Printed for the README's table.
+    /// TLS state lives behind it. Printed for the README's table.
     #[test]
     fn tls_connection_adds_one_pointer() {
         let plain = std::mem::size_of::<Connection<TcpStream>>();
         let tls = std::mem::size_of::<Connection<TlsStream>>();
-        let state = std::mem::size_of::<TlsState>();
+        let inner = std::mem::size_of::<Inner>();
+        let record = std::mem::size_of::<RecordLayer>();
         let rustls = std::mem::size_of::<UnbufferedServerConnection>();
         eprintln!(
-            "Connection<TcpStream> = {plain}, Connection<TlsStream> = {tls}, \
-             TlsState = {state} (UnbufferedServerConnection = {rustls})"
+            "Connection<TcpStream> = {plain}, Connection<TlsStream> = {tls}, Inner = {inner} \
+             (RecordLayer = {record}; during the handshake, boxed: UnbufferedServerConnection = \
+             {rustls})"
         );
         assert!(tls <= plain + 8, "{tls} > {plain} + 8");
         assert_eq!(std::mem::size_of::<TlsStream>(), 8);
+        assert!(inner < record + 128, "{inner}");
+    }
+
+    use std::io::Write;
+    use std::time::{Duration, Instant};
+
+    use rustls::ClientConnection;
+
+    use crate::tls::record::tests::configs_for;
+
+    /// A TLS connection over loopback: our stream on the accepted side, a rustls client on a
+    /// non-blocking socket, handshaken.
+    struct Pair {
+        server: TlsStream,
+        client: ClientConnection,
+        sock: std::net::TcpStream,
+    }
+
+    impl Pair {
+        /// Over `version`, with the handover to [`RecordLayer`] if `handover`.
+        fn new(version: &'static rustls::SupportedProtocolVersion, handover: bool) -> Pair {
+            let suites = [
+                rustls::CipherSuite::TLS13_AES_128_GCM_SHA256,
+                rustls::CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+            ];
+            let (mut server_config, client_config) = configs_for(&suites, version);
+            Arc::make_mut(&mut server_config).enable_secret_extraction = handover;
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let sock = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+            let (accepted, _) = listener.accept().unwrap();
+            sock.set_nonblocking(true).unwrap();
+            accepted.set_nonblocking(true).unwrap();
+            let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+            let mut pair = Pair {
+                server: TlsStream::new(TcpStream::from_std(accepted), server_config).unwrap(),
+                client: ClientConnection::new(client_config, name).unwrap(),
+                sock,
+            };
+            let mut buf = vec![0u8; 64 * 1024];
+            pair.until("handshake", |p| {
+                match p.server.read(&mut buf) {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    other => panic!("server read during the handshake: {other:?}"),
+                }
+                !p.client.is_handshaking() && !p.server.in_handshake()
+            });
+            assert_eq!(
+                pair.server.take_event(),
+                Some(TransportEvent::HandshakeDone)
+            );
+            pair
+        }
+
+        /// Moves the client's bytes both ways, then asks `done`; at most 5 s.
+        fn until(&mut self, what: &str, mut done: impl FnMut(&mut Pair) -> bool) {
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_secs(5) {
+                self.pump_client();
+                if done(self) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            panic!("{what}: not done in 5 s");
+        }
+
+        /// The client writes what it has and reads what came; true at the socket's EOF.
+        fn pump_client(&mut self) -> bool {
+            while self.client.wants_write() {
+                match self.client.write_tls(&mut self.sock) {
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) => panic!("client write: {e}"),
+                }
+            }
+            match self.client.read_tls(&mut self.sock) {
+                Ok(0) => return true,
+                Ok(_) => {
+                    self.client.process_new_packets().expect("client process");
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => panic!("client read: {e}"),
+            }
+            false
+        }
+
+        /// An echo of `data` from the client through the server and back.
+        fn echo(&mut self, data: &[u8]) {
+            let mut written = 0;
+            let mut got = Vec::new();
+            let mut buf = vec![0u8; 64 * 1024];
+            self.until("server read", |p| {
+                // rustls takes 64 KiB of plaintext at a time.
+                written += p.client.writer().write(&data[written..]).unwrap();
+                match p.server.read(&mut buf) {
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => panic!("server read: {e}"),
+                }
+                got.len() >= data.len()
+            });
+            assert_eq!(got, data);
+            let mut sent = 0;
+            let mut back = Vec::new();
+            self.until("client read", |p| {
+                if sent < data.len() {
+                    match p.server.send(&data[sent..]) {
+                        Ok(n) => sent += n,
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                        Err(e) => panic!("server send: {e}"),
+                    }
+                }
+                let _ = p.server.flush_pending();
+                let mut chunk = vec![0u8; 64 * 1024];
+                while let Ok(n) = p.client.reader().read(&mut chunk) {
+                    if n == 0 {
+                        break;
+                    }
+                    back.extend_from_slice(&chunk[..n]);
+                }
+                back.len() >= data.len()
+            });
+            assert_eq!(back, data);
+        }
+    }
+
+    /// A connection moves to our record layer once its handshake is over, in TLS 1.3 and 1.2;
+    /// without secret extraction in the configuration it stays on rustls. All echo.
+    #[test]
+    fn connections_are_handed_over_unless_configured_not_to() {
+        for (version, number) in [
+            (&rustls::version::TLS13, ProtocolVersion::TLSv1_3),
+            (&rustls::version::TLS12, ProtocolVersion::TLSv1_2),
+        ] {
+            for handover in [true, false] {
+                let mut pair = Pair::new(version, handover);
+                assert_eq!(pair.server.on_own_record_layer(), handover, "{number:?}");
+                assert_eq!(pair.server.protocol_version(), Some(number));
+                pair.echo(b"hello");
+                pair.echo(&vec![7u8; 100_000]);
+            }
+        }
+    }
+
+    /// The close_notify goes out whole before the FIN even when the socket cannot take it
+    /// at once (a full send buffer): the client reads every byte sent, then a clean close
+    /// (close_notify), then EOF. On our record layer and on rustls's, in TLS 1.3 and 1.2.
+    #[test]
+    fn close_notify_waits_for_a_full_socket_and_goes_out_whole() {
+        for (version, handover) in [
+            (&rustls::version::TLS13, true),
+            (&rustls::version::TLS12, true),
+            (&rustls::version::TLS13, false),
+        ] {
+            let mut pair = Pair::new(version, handover);
+            pair.echo(b"warm up");
+            let chunk = vec![b'x'; 64 * 1024];
+            let mut sent = 0usize;
+            for _ in 0..10_000 {
+                match pair.server.send(&chunk) {
+                    Ok(n) => sent += n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) => panic!("send: {e}"),
+                }
+            }
+            assert!(pair.server.has_pending(), "the socket never filled");
+            pair.server.shutdown_write().unwrap();
+            assert!(pair.server.has_pending());
+            assert!(pair.server.inner.state.fin_owed);
+            let mut got = 0usize;
+            let mut eof = false;
+            let mut clean = false;
+            let mut buf = vec![0u8; 64 * 1024];
+            pair.until("the close", |p| {
+                let _ = p.server.flush_pending();
+                eof |= p.pump_client();
+                loop {
+                    match p.client.reader().read(&mut buf) {
+                        Ok(0) => {
+                            clean = true;
+                            break;
+                        }
+                        Ok(n) => got += n,
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                        Err(e) => panic!("client: {e} after {got} bytes"),
+                    }
+                }
+                eof && clean
+            });
+            assert_eq!(got, sent, "{version:?}");
+            assert!(!pair.server.has_pending());
+        }
     }
 }
