@@ -528,7 +528,31 @@ fn user_streams_live_in_their_users_slot_and_a_reused_slot_is_a_new_stream() {
     let read = rig.last_read(None);
     assert_eq!(rig.read_reply(read, 4, 0, 1), ["subscribed 2 at 0 None []"]);
     assert!(!busy(&mut rig.broker, &StreamKey::user("bob")));
-    assert_eq!(rig.broker.user_streams.len(), 1, "one slot for both");
+    assert_eq!(rig.broker.users.iter().count(), 1, "one entry: bob's");
+}
+
+#[test]
+fn a_users_stream_state_lives_in_its_users_entry_and_is_three_words() {
+    use crate::push::users::UserStream;
+    assert_eq!(std::mem::size_of::<StreamState>(), 24);
+    assert_eq!(std::mem::size_of::<Option<StreamState>>(), 24, "no tag");
+    assert_eq!(
+        std::mem::size_of::<UserStream<Option<StreamState>>>(),
+        72,
+        "the memory broker's entry (64 B) with 8 B more"
+    );
+    let mut state = StreamState::new();
+    assert_eq!(state.live(), None);
+    state.set_flag(LISTENING, true);
+    state.set_flag(VERIFY, true);
+    state.set_live(EPOCH_LIMIT - 1, u64::MAX);
+    assert_eq!(state.live(), Some((EPOCH_LIMIT - 1, u64::MAX)));
+    assert!(state.listening() && !state.needs_read());
+    assert!(state.take_verify() && !state.take_verify());
+    state.set_flag(LISTENING, false);
+    state.set_live(0, 0);
+    assert_eq!(state.live(), Some((0, 0)));
+    assert!(!state.listening() && state.has_live());
 }
 
 #[test]
@@ -568,10 +592,10 @@ fn tables_sized_by_a_burst_of_reads_shrink_once_it_is_answered() {
     );
     assert!(rig
         .broker
-        .user_streams
+        .users
         .iter()
-        .flatten()
-        .all(|(_, s)| s.busy.is_none()));
+        .filter_map(|u| u.stream.as_ref())
+        .all(|s| s.busy.is_none()));
 }
 
 #[test]
