@@ -868,6 +868,8 @@ fn a_second_renews_late_answer_does_not_move_the_sequence_back() {
 /// top and trimmed history; a command connection that runs ops in order; a pub/sub connection
 /// that loses, repeats and delays messages but never reorders them) against the broker, with
 /// every subscriber's view checked event by event, and everything delivered once it settles.
+/// Two of the streams are users' `$user` streams (joined and left by connection, their state
+/// kept in the user's entry), the others channels.
 mod randomized {
     use std::collections::{HashMap, HashSet};
 
@@ -876,7 +878,8 @@ mod randomized {
 
     use super::*;
 
-    const CHANNELS: [&str; 2] = ["a", "b"];
+    /// The streams: a name starting with `@` is that user's `$user` stream.
+    const CHANNELS: [&str; 4] = ["a", "b", "@ann", "@bob"];
     const WORKERS: usize = 3;
 
     /// One stream in the simulated Redis.
@@ -948,7 +951,10 @@ mod randomized {
     }
 
     fn key_of(channel: &str) -> StreamKey {
-        StreamKey::channel(channel)
+        match channel.strip_prefix('@') {
+            Some(user) => StreamKey::user(user),
+            None => StreamKey::channel(channel),
+        }
     }
 
     fn data_of(frame: &SharedFrame) -> (u64, String) {
@@ -1192,16 +1198,14 @@ mod randomized {
                     recovered,
                     replay,
                 } => {
-                    let Stream::Channel(name) = stream else {
-                        self.fail("a subscribed for a user stream");
-                    };
+                    let name = self.name_of(&stream);
                     let Some(i) = self.subs.iter().position(|s| s.member == member) else {
                         return; // it left before its answer
                     };
                     if self.subs[i].cursor.is_some() {
                         self.fail("answered twice");
                     }
-                    if *name != *self.subs[i].channel {
+                    if name != self.subs[i].channel {
                         self.fail("answered for another channel");
                     }
                     for other in &self.subs {
@@ -1262,9 +1266,7 @@ mod randomized {
                     frame,
                     request,
                 } => {
-                    let Stream::Channel(name) = stream else {
-                        self.fail("a message for a user stream");
-                    };
+                    let name = self.name_of(&stream);
                     if request.is_some() {
                         self.fail("a message carrying a request");
                     }
@@ -1273,7 +1275,7 @@ mod randomized {
                     }
                     self.check_data(epoch, &frame);
                     for i in 0..self.subs.len() {
-                        if *self.subs[i].channel != *name {
+                        if self.subs[i].channel != name {
                             continue;
                         }
                         let Some((e, last)) = self.subs[i].cursor else {
@@ -1289,15 +1291,13 @@ mod randomized {
                     }
                 }
                 Event::Resync { stream, seq, epoch } => {
-                    let Stream::Channel(name) = stream else {
-                        self.fail("a resync for a user stream");
-                    };
+                    let name = self.name_of(&stream);
                     self.resyncs += 1;
                     if !self.faults.data_loss && !self.faults.pubsub_loss {
                         self.fail("a resync though nothing was trimmed, lost or restarted");
                     }
                     for i in 0..self.subs.len() {
-                        if *self.subs[i].channel != *name {
+                        if self.subs[i].channel != name {
                             continue;
                         }
                         if let Some((e, last)) = self.subs[i].cursor {
@@ -1312,6 +1312,17 @@ mod randomized {
                 }
                 Event::Stored { .. } | Event::Failed { .. } => {}
                 other => self.fail(&format!("unexpected {}", show(&other))),
+            }
+        }
+
+        /// The stream's name in [`CHANNELS`]; a user stream's id must still name its user.
+        fn name_of(&self, stream: &Stream) -> String {
+            match stream {
+                Stream::Channel(name) => name.to_string(),
+                Stream::User(id) => match self.broker.user_name(*id) {
+                    Some(user) => format!("@{user}"),
+                    None => self.fail("an event for a user the broker no longer holds"),
+                },
             }
         }
 
@@ -1363,8 +1374,13 @@ mod randomized {
                 epoch: epoch.clone(),
                 cursor: None,
             });
-            self.broker
-                .subscribe(member, Stream::Channel(Arc::from(channel)), since, epoch);
+            match channel.strip_prefix('@') {
+                Some(user) => self.broker.join_user(member, user, since, epoch),
+                None => {
+                    self.broker
+                        .subscribe(member, Stream::Channel(Arc::from(channel)), since, epoch)
+                }
+            }
             self.check_events();
         }
 
@@ -1384,6 +1400,15 @@ mod randomized {
             ));
             if let Some(cursor) = sub.cursor {
                 self.left.insert(sub.channel, cursor);
+            }
+            if let Some(user) = sub.channel.strip_prefix('@') {
+                // A connection's `$user` interest is its membership.
+                match self.broker.find_user(user) {
+                    Some(id) => self.broker.leave_user(sub.member, id),
+                    None => self.fail("a member's user is gone"),
+                }
+                self.check_events();
+                return;
             }
             let worker_left = !self
                 .subs
@@ -1411,8 +1436,12 @@ mod randomized {
             self.counter += 1;
             self.requests += 1;
             self.note(format!("this node publishes to {channel}"));
+            let name = Arc::from(channel);
             self.broker.publish(
-                PublishTo::Channel(&Arc::from(channel)),
+                match channel.strip_prefix('@') {
+                    Some(user) => PublishTo::User(user),
+                    None => PublishTo::Channel(&name),
+                },
                 &self.counter.to_string(),
                 None,
                 Some(self.requests),
@@ -1643,6 +1672,31 @@ mod randomized {
                 if channel.state.busy.is_some() {
                     self.fail("a settled stream kept its busy part");
                 }
+            }
+            let users: Vec<&StreamState> = self
+                .broker
+                .users
+                .iter()
+                .filter_map(|u| u.stream.as_ref())
+                .collect();
+            if users.iter().any(|state| state.busy.is_some()) {
+                self.fail("a settled user stream kept its busy part");
+            }
+            // One entry per user with a connection here, each with its stream state.
+            let mut joined: Vec<&str> = self
+                .subs
+                .iter()
+                .filter(|s| s.channel.starts_with('@'))
+                .map(|s| s.channel)
+                .collect();
+            joined.sort_unstable();
+            joined.dedup();
+            let held = (self.broker.users.iter().count(), users.len());
+            if held != (joined.len(), joined.len()) || self.broker.stream_counts().1 != joined.len()
+            {
+                self.fail(&format!(
+                    "users {joined:?} are connected, the broker holds {held:?} (entries, states)"
+                ));
             }
             for sub in &self.subs {
                 let key = key_of(sub.channel);
