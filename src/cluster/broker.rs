@@ -62,6 +62,10 @@ pub trait RedisLink {
     fn pubsub(&mut self, op: PubSubOp);
     /// The next reply, if one is waiting.
     fn try_recv(&mut self) -> Option<Reply>;
+    /// A burst of ops is over: the memory it took (ops, their waiters and replies, on this
+    /// thread and the link threads) is free, so give the allocator's free pages back to the
+    /// kernel. Nothing by default.
+    fn release_free_memory(&mut self) {}
 }
 
 impl RedisLink for super::link::Link {
@@ -76,6 +80,11 @@ impl RedisLink for super::link::Link {
     fn try_recv(&mut self) -> Option<Reply> {
         super::link::Link::try_recv(self)
     }
+
+    fn release_free_memory(&mut self) {
+        let released = crate::server::sys::release_free_heap();
+        debug!("cluster: a burst of ops is over; free heap given back: {released}");
+    }
 }
 
 /// Pub/sub messages held beyond a gap, per stream; more are dropped (the catch-up read that
@@ -85,6 +94,11 @@ const MAX_AHEAD: usize = 4096;
 /// Frames remembered while reads are in flight, per stream; past it a read that needs them is
 /// sent again.
 const MAX_RECORDING: usize = 4096;
+
+/// How long after a burst of ops (more than [`SHRINK_FLOOR`] in flight) with none in flight
+/// the broker asks the link to give free memory back ([`RedisLink::release_free_memory`]): a
+/// connect storm's joins come in waves, and the memory is reused within one.
+const RELEASE_AFTER: Duration = Duration::from_secs(2);
 
 /// How often the keys of the streams this node listens to get their TTL refreshed, as a
 /// fraction of `--history-ttl`.
@@ -423,6 +437,9 @@ pub struct RedisBroker<L: RedisLink> {
     /// A read failed while the links stayed up: send the reads that want one again then.
     retry_at: Option<Instant>,
     asked: u64,
+    /// When more than [`SHRINK_FLOOR`] ops were last in flight, until the memory of that
+    /// burst is given back ([`RELEASE_AFTER`]).
+    burst_at: Option<Instant>,
 }
 
 impl<L: RedisLink> RedisBroker<L> {
@@ -461,6 +478,7 @@ impl<L: RedisLink> RedisBroker<L> {
             run_id: None,
             retry_at: None,
             asked: 0,
+            burst_at: None,
         }
     }
 
@@ -1390,6 +1408,19 @@ impl<L: RedisLink> RedisBroker<L> {
         }
         if wasteful(self.events.len(), self.events.capacity()) {
             self.events.shrink_to(self.events.len() * 2);
+        }
+        // What a burst allocated and freed (boxed ops, waiters, busy parts, replies; a few
+        // hundred bytes per join in flight) stays with the allocator, counted in the RSS,
+        // unless given back.
+        if self.ops.len() > SHRINK_FLOOR {
+            self.burst_at = Some(self.now);
+        } else if self.ops.is_empty()
+            && self
+                .burst_at
+                .is_some_and(|at| self.now >= at + RELEASE_AFTER)
+        {
+            self.burst_at = None;
+            self.link.release_free_memory();
         }
     }
 }

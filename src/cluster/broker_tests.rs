@@ -13,6 +13,8 @@ struct FakeLink {
     ops: Vec<Op>,
     pubsub: Vec<PubSubOp>,
     replies: VecDeque<Reply>,
+    /// Calls to `release_free_memory`.
+    releases: usize,
 }
 
 impl RedisLink for FakeLink {
@@ -24,6 +26,9 @@ impl RedisLink for FakeLink {
     }
     fn try_recv(&mut self) -> Option<Reply> {
         self.replies.pop_front()
+    }
+    fn release_free_memory(&mut self) {
+        self.releases += 1;
     }
 }
 
@@ -596,6 +601,62 @@ fn tables_sized_by_a_burst_of_reads_shrink_once_it_is_answered() {
         .iter()
         .filter_map(|u| u.stream.as_ref())
         .all(|s| s.busy.is_none()));
+}
+
+#[test]
+fn free_memory_is_given_back_once_after_a_burst_not_after_a_trickle() {
+    let mut rig = Rig::new();
+    // Joins answered one wave at a time; `n` in flight at once.
+    let wave = |rig: &mut Rig, from: u32, n: u32| {
+        for i in from..from + n {
+            rig.broker.join_user(m(i), &format!("u{i}"), None, None);
+        }
+        let keys = (from..from + n).map(|i| StreamKey::user(&format!("u{i}")));
+        rig.reply(Reply::Listening(keys.collect()));
+        let reads: Vec<OpId> = rig
+            .broker
+            .link
+            .ops
+            .drain(..)
+            .filter_map(|op| op.id())
+            .collect();
+        assert_eq!(reads.len(), n as usize);
+        for id in reads {
+            rig.broker.link.replies.push_back(Reply::Read {
+                id,
+                epoch: 1,
+                top: 0,
+                entries: Vec::new(),
+            });
+        }
+        rig.broker.tick(rig.now);
+        assert_eq!(rig.events().len(), n as usize);
+    };
+    // A trickle: never more than SHRINK_FLOOR in flight.
+    wave(&mut rig, 0, SHRINK_FLOOR as u32);
+    rig.now += RELEASE_AFTER * 2;
+    rig.broker.tick(rig.now);
+    assert_eq!(rig.broker.link.releases, 0, "no burst");
+    // A burst, then waves of it within RELEASE_AFTER: given back only once they stop.
+    wave(&mut rig, 1000, SHRINK_FLOOR as u32 + 1);
+    rig.now += RELEASE_AFTER / 2;
+    rig.broker.tick(rig.now);
+    wave(&mut rig, 2000, SHRINK_FLOOR as u32 + 1);
+    rig.now += RELEASE_AFTER / 2;
+    rig.broker.tick(rig.now);
+    assert_eq!(
+        rig.broker.link.releases, 0,
+        "a second wave came within RELEASE_AFTER"
+    );
+    rig.now += RELEASE_AFTER / 2;
+    rig.broker.tick(rig.now);
+    assert_eq!(
+        rig.broker.link.releases, 1,
+        "RELEASE_AFTER past the last wave"
+    );
+    rig.now += RELEASE_AFTER * 2;
+    rig.broker.tick(rig.now);
+    assert_eq!(rig.broker.link.releases, 1, "once per burst");
 }
 
 #[test]
