@@ -82,8 +82,12 @@ impl RedisLink for super::link::Link {
     }
 
     fn release_free_memory(&mut self) {
+        let start = Instant::now();
         let released = crate::server::sys::release_free_heap();
-        debug!("cluster: a burst of ops is over; free heap given back: {released}");
+        debug!(
+            "cluster: a burst of ops is over; free heap given back: {released} in {:?}",
+            start.elapsed()
+        );
     }
 }
 
@@ -95,10 +99,13 @@ const MAX_AHEAD: usize = 4096;
 /// sent again.
 const MAX_RECORDING: usize = 4096;
 
-/// How long after a burst of ops (more than [`SHRINK_FLOOR`] in flight) with none in flight
-/// the broker asks the link to give free memory back ([`RedisLink::release_free_memory`]): a
-/// connect storm's joins come in waves, and the memory is reused within one.
-const RELEASE_AFTER: Duration = Duration::from_secs(2);
+/// After this many ops (a connect storm's reads, a publish burst), the broker asks the link to
+/// give free memory back ([`RedisLink::release_free_memory`]) as soon as no op is in flight.
+const BURST_OPS: u64 = 1024;
+
+/// The broker gives free memory back at most once per this: a storm's joins come in waves,
+/// each reusing what the last one freed.
+const RELEASE_EVERY: Duration = Duration::from_secs(1);
 
 /// How often the keys of the streams this node listens to get their TTL refreshed, as a
 /// fraction of `--history-ttl`.
@@ -437,9 +444,10 @@ pub struct RedisBroker<L: RedisLink> {
     /// A read failed while the links stayed up: send the reads that want one again then.
     retry_at: Option<Instant>,
     asked: u64,
-    /// When more than [`SHRINK_FLOOR`] ops were last in flight, until the memory of that
-    /// burst is given back ([`RELEASE_AFTER`]).
-    burst_at: Option<Instant>,
+    /// `next_op` when memory was last given back ([`BURST_OPS`]).
+    released_op: OpId,
+    /// When memory was last given back ([`RELEASE_EVERY`]).
+    released_at: Option<Instant>,
 }
 
 impl<L: RedisLink> RedisBroker<L> {
@@ -478,7 +486,8 @@ impl<L: RedisLink> RedisBroker<L> {
             run_id: None,
             retry_at: None,
             asked: 0,
-            burst_at: None,
+            released_op: 1,
+            released_at: None,
         }
     }
 
@@ -1412,14 +1421,14 @@ impl<L: RedisLink> RedisBroker<L> {
         // What a burst allocated and freed (boxed ops, waiters, busy parts, replies; a few
         // hundred bytes per join in flight) stays with the allocator, counted in the RSS,
         // unless given back.
-        if self.ops.len() > SHRINK_FLOOR {
-            self.burst_at = Some(self.now);
-        } else if self.ops.is_empty()
+        if self.next_op - self.released_op >= BURST_OPS
+            && self.ops.is_empty()
             && self
-                .burst_at
-                .is_some_and(|at| self.now >= at + RELEASE_AFTER)
+                .released_at
+                .is_none_or(|at| self.now >= at + RELEASE_EVERY)
         {
-            self.burst_at = None;
+            self.released_op = self.next_op;
+            self.released_at = Some(self.now);
             self.link.release_free_memory();
         }
     }

@@ -604,7 +604,7 @@ fn tables_sized_by_a_burst_of_reads_shrink_once_it_is_answered() {
 }
 
 #[test]
-fn free_memory_is_given_back_once_after_a_burst_not_after_a_trickle() {
+fn free_memory_is_given_back_when_a_burst_of_ops_is_over() {
     let mut rig = Rig::new();
     // Joins answered one wave at a time; `n` in flight at once.
     let wave = |rig: &mut Rig, from: u32, n: u32| {
@@ -632,31 +632,35 @@ fn free_memory_is_given_back_once_after_a_burst_not_after_a_trickle() {
         rig.broker.tick(rig.now);
         assert_eq!(rig.events().len(), n as usize);
     };
-    // A trickle: never more than SHRINK_FLOOR in flight.
-    wave(&mut rig, 0, SHRINK_FLOOR as u32);
-    rig.now += RELEASE_AFTER * 2;
+    let burst = BURST_OPS as u32;
+    // Fewer ops than a burst, however long the wait.
+    wave(&mut rig, 0, burst - 1);
+    rig.now += RELEASE_EVERY * 2;
     rig.broker.tick(rig.now);
     assert_eq!(rig.broker.link.releases, 0, "no burst");
-    // A burst, then waves of it within RELEASE_AFTER: given back only once they stop.
-    wave(&mut rig, 1000, SHRINK_FLOOR as u32 + 1);
-    rig.now += RELEASE_AFTER / 2;
-    rig.broker.tick(rig.now);
-    wave(&mut rig, 2000, SHRINK_FLOOR as u32 + 1);
-    rig.now += RELEASE_AFTER / 2;
-    rig.broker.tick(rig.now);
-    assert_eq!(
-        rig.broker.link.releases, 0,
-        "a second wave came within RELEASE_AFTER"
-    );
-    rig.now += RELEASE_AFTER / 2;
-    rig.broker.tick(rig.now);
-    assert_eq!(
-        rig.broker.link.releases, 1,
-        "RELEASE_AFTER past the last wave"
-    );
-    rig.now += RELEASE_AFTER * 2;
+    // The op that makes it a burst: given back as soon as none is in flight.
+    rig.broker.join_user(m(burst), "last", None, None);
+    rig.reply(Reply::Listening(vec![StreamKey::user("last")]));
+    assert_eq!(rig.broker.link.releases, 0, "one op in flight");
+    let read = rig.last_read(None);
+    rig.read_reply(read, 1, 0, 1);
+    rig.broker.link.ops.clear();
+    assert_eq!(rig.broker.link.releases, 1, "the burst is over");
+    rig.now += RELEASE_EVERY * 2;
     rig.broker.tick(rig.now);
     assert_eq!(rig.broker.link.releases, 1, "once per burst");
+    // Waves within RELEASE_EVERY: the last is given back when that has passed.
+    wave(&mut rig, 10_000, burst);
+    assert_eq!(rig.broker.link.releases, 2);
+    rig.now += RELEASE_EVERY / 2;
+    wave(&mut rig, 20_000, burst);
+    assert_eq!(
+        rig.broker.link.releases, 2,
+        "within RELEASE_EVERY of the last"
+    );
+    rig.now += RELEASE_EVERY / 2;
+    rig.broker.tick(rig.now);
+    assert_eq!(rig.broker.link.releases, 3, "then due");
 }
 
 #[test]

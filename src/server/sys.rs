@@ -84,7 +84,10 @@ mod tests {
             small.push(Box::new(i));
         }
         drop(big);
-        assert!(release_free_heap(), "16 MiB of holes and nothing given back");
+        assert!(
+            release_free_heap(),
+            "16 MiB of holes and nothing given back"
+        );
         assert_eq!(small.iter().map(|b| u64::from(**b)).sum::<u64>(), 255 * 128);
     }
 }
