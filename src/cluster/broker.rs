@@ -35,6 +35,8 @@
 use std::collections::hash_map::RandomState;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::hash::{BuildHasher, Hasher};
+use std::num::NonZeroU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -60,6 +62,10 @@ pub trait RedisLink {
     fn pubsub(&mut self, op: PubSubOp);
     /// The next reply, if one is waiting.
     fn try_recv(&mut self) -> Option<Reply>;
+    /// A burst of ops is over: the memory it took (ops, their waiters and replies, on this
+    /// thread and the link threads) is free, so give the allocator's free pages back to the
+    /// kernel. Nothing by default.
+    fn release_free_memory(&mut self) {}
 }
 
 impl RedisLink for super::link::Link {
@@ -74,6 +80,15 @@ impl RedisLink for super::link::Link {
     fn try_recv(&mut self) -> Option<Reply> {
         super::link::Link::try_recv(self)
     }
+
+    fn release_free_memory(&mut self) {
+        let start = Instant::now();
+        let released = crate::server::sys::release_free_heap();
+        debug!(
+            "cluster: a burst of ops is over; free heap given back: {released} in {:?}",
+            start.elapsed()
+        );
+    }
 }
 
 /// Pub/sub messages held beyond a gap, per stream; more are dropped (the catch-up read that
@@ -83,6 +98,14 @@ const MAX_AHEAD: usize = 4096;
 /// Frames remembered while reads are in flight, per stream; past it a read that needs them is
 /// sent again.
 const MAX_RECORDING: usize = 4096;
+
+/// After this many ops (a connect storm's reads, a publish burst), the broker asks the link to
+/// give free memory back ([`RedisLink::release_free_memory`]) as soon as no op is in flight.
+const BURST_OPS: u64 = 1024;
+
+/// The broker gives free memory back at most once per this: a storm's joins come in waves,
+/// each reusing what the last one freed.
+const RELEASE_EVERY: Duration = Duration::from_secs(1);
 
 /// How often the keys of the streams this node listens to get their TTL refreshed, as a
 /// fraction of `--history-ttl`.
@@ -108,36 +131,54 @@ struct Held {
 }
 
 /// One stream this node listens to. An idle stream (no subscribe waiting, no read in flight,
-/// nothing held) is these few words; what a read or a gap needs lives in [`Busy`], which
-/// exists only meanwhile (idle streams are what a node holds most of: one per user).
+/// nothing held) is these three words; what a read or a gap needs lives in [`Busy`], which
+/// exists only meanwhile (idle streams are what a node holds most of: one per user, kept in
+/// the user's own [`Users`] entry). The flags share a word with the epoch, which is below
+/// [`EPOCH_LIMIT`] (42 bits), and its top bit is always set, so `Option<StreamState>` (a
+/// user's entry with or without a stream here) needs no tag either.
 #[derive(Debug)]
 struct StreamState {
-    /// Which life of this stream on this node (a stream left and listened to again is a new
-    /// one): a read's answer applies only to the life that sent it.
-    incarnation: u64,
-    /// The epoch of `live` (meaningful while `has_live`).
-    epoch: u64,
-    /// The last seq reported to the listeners here (meaningful while `has_live`).
+    /// The epoch of `live` (bits 0..42, meaningful while [`HAS_LIVE`]), the flags, and
+    /// [`PRESENT`].
+    word: NonZeroU64,
+    /// The last seq reported to the listeners here (meaningful while [`HAS_LIVE`]).
     last: u64,
     /// The read and gap bookkeeping, while there is any.
     busy: Option<Box<Busy>>,
-    /// The first read came back: (`epoch`, `last`) is the stream's live position.
-    has_live: bool,
-    /// The topic is subscribed in Redis (confirmed); false while subscribing or after the
-    /// pub/sub link dropped.
-    listening: bool,
-    /// Redis restarted since this stream's last read: the next read's top is checked
-    /// strictly (a top below `last` renews the epoch even if pub/sub could have outrun it).
-    verify: bool,
-    /// A read failed (or is owed after the topic is subscribed again): send it when the
-    /// links allow.
-    needs_read: bool,
 }
+
+/// The bits of [`StreamState::word`] that hold the epoch.
+const EPOCH_MASK: u64 = (1 << 42) - 1;
+const _: () = assert!(EPOCH_LIMIT - 1 <= EPOCH_MASK);
+
+/// The first read came back: (epoch, `last`) is the stream's live position.
+const HAS_LIVE: u64 = 1 << 42;
+/// The topic is subscribed in Redis (confirmed); unset while subscribing or after the
+/// pub/sub link dropped.
+const LISTENING: u64 = 1 << 43;
+/// Redis restarted since this stream's last read: the next read's top is checked strictly
+/// (a top below `last` renews the epoch even if pub/sub could have outrun it).
+const VERIFY: u64 = 1 << 44;
+/// A read failed (or is owed after the topic is subscribed again): send it when the links
+/// allow.
+const NEEDS_READ: u64 = 1 << 45;
+/// Always set: the word is never zero.
+const PRESENT: u64 = 1 << 63;
+/// A new stream's word: epoch 0, no flag, [`PRESENT`].
+const EMPTY_WORD: NonZeroU64 = NonZeroU64::MIN.saturating_add(PRESENT - 1);
+
+/// Numbers [`Busy`] parts, once each in the process: see [`Busy::life`].
+static BUSY_LIVES: AtomicU64 = AtomicU64::new(1);
 
 /// A stream's state while a subscribe waits, reads are in flight or messages are held.
 /// All of it at its default means idle: [`StreamState::tidy`] then drops it.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Busy {
+    /// Names the stream's life while reads are in flight: a read's answer applies only to
+    /// the life that sent it (a stream left and listened to again is a new one). A read in
+    /// flight keeps `reads` above 0, so the busy part (and its number) lasts as long as any
+    /// read of its life can come back; a new life's busy part is made anew, with a new number.
+    life: u64,
     /// Subscribes waiting for the topic, or for the command link.
     waiting: Vec<Waiter>,
     /// Reads (and renewals) in flight.
@@ -156,6 +197,22 @@ struct Busy {
     catch_up_again: bool,
 }
 
+impl Default for Busy {
+    fn default() -> Busy {
+        Busy {
+            life: BUSY_LIVES.fetch_add(1, Ordering::Relaxed),
+            waiting: Vec::new(),
+            reads: 0,
+            recording: Vec::new(),
+            recording_lost: false,
+            ahead: BTreeMap::new(),
+            catching_up: false,
+            ahead_lost: false,
+            catch_up_again: false,
+        }
+    }
+}
+
 impl Busy {
     /// Adds `waiters` to `waiting` (taking their `Vec` as it is when none wait: a lone
     /// subscribe's `vec![waiter]` holds one slot, not the four a first push would make).
@@ -167,7 +224,7 @@ impl Busy {
         }
     }
 
-    /// Nothing to remember: every field at its default.
+    /// Nothing to remember: every field but `life` at its default.
     fn is_idle(&self) -> bool {
         self.waiting.is_empty()
             && self.reads == 0
@@ -181,26 +238,60 @@ impl Busy {
 }
 
 impl StreamState {
-    fn new(incarnation: u64) -> StreamState {
+    fn new() -> StreamState {
         StreamState {
-            incarnation,
-            epoch: 0,
+            word: EMPTY_WORD,
             last: 0,
             busy: None,
-            has_live: false,
-            listening: false,
-            verify: false,
-            needs_read: false,
         }
+    }
+
+    fn flag(&self, flag: u64) -> bool {
+        self.word.get() & flag != 0
+    }
+
+    fn set_flag(&mut self, flag: u64, on: bool) {
+        let word = if on {
+            self.word.get() | flag
+        } else {
+            self.word.get() & !flag
+        };
+        // PRESENT is never a flag set or cleared here, so the word stays non-zero.
+        self.word = NonZeroU64::new(word | PRESENT).unwrap_or(self.word);
+    }
+
+    fn has_live(&self) -> bool {
+        self.flag(HAS_LIVE)
+    }
+
+    fn listening(&self) -> bool {
+        self.flag(LISTENING)
+    }
+
+    fn needs_read(&self) -> bool {
+        self.flag(NEEDS_READ)
+    }
+
+    /// Takes [`VERIFY`] (unset after).
+    fn take_verify(&mut self) -> bool {
+        let verify = self.flag(VERIFY);
+        self.set_flag(VERIFY, false);
+        verify
     }
 
     /// (epoch, last seq reported to the listeners here); `None` until the first read.
     fn live(&self) -> Option<(u64, u64)> {
-        self.has_live.then_some((self.epoch, self.last))
+        self.has_live()
+            .then_some((self.word.get() & EPOCH_MASK, self.last))
     }
 
     fn set_live(&mut self, epoch: u64, last: u64) {
-        (self.epoch, self.last, self.has_live) = (epoch, last, true);
+        let flags = self.word.get() & !EPOCH_MASK;
+        // Epochs are below EPOCH_LIMIT (made here or checked by the scripts), so the mask
+        // keeps them whole.
+        self.word =
+            NonZeroU64::new(flags | HAS_LIVE | PRESENT | (epoch & EPOCH_MASK)).unwrap_or(self.word);
+        self.last = last;
     }
 
     /// The busy part, made if there is none.
@@ -328,12 +419,11 @@ pub struct RedisBroker<L: RedisLink> {
     /// Ops in the order sent, with their deadlines (one timeout for all, so in order).
     deadlines: VecDeque<(Instant, OpId)>,
     channels: HashMap<Arc<str>, ChannelState>,
-    /// `$user` streams by [`UserId::index`], each with its user's id (a slot outlives its
-    /// user).
-    user_streams: Vec<Option<(UserId, StreamState)>>,
-    /// The `Some`s of `user_streams`.
+    /// The users connected here, each with its `$user` stream's state while this node
+    /// listens to it (from the first join until the last connection leaves).
+    users: Users<Option<StreamState>>,
+    /// The users with a stream state.
     user_stream_count: usize,
-    users: Users,
     events: VecDeque<Event>,
     commands_up: bool,
     pubsub_up: bool,
@@ -349,13 +439,15 @@ pub struct RedisBroker<L: RedisLink> {
     asks: HashMap<Arc<str>, Ask>,
     /// A drain began: no more heartbeats.
     departed: bool,
-    /// Stream lives begun so far (numbers them: [`StreamState::incarnation`]).
-    incarnations: u64,
     /// Redis's `run_id` at the last connect.
     run_id: Option<String>,
     /// A read failed while the links stayed up: send the reads that want one again then.
     retry_at: Option<Instant>,
     asked: u64,
+    /// `next_op` when memory was last given back ([`BURST_OPS`]).
+    released_op: OpId,
+    /// When memory was last given back ([`RELEASE_EVERY`]).
+    released_at: Option<Instant>,
 }
 
 impl<L: RedisLink> RedisBroker<L> {
@@ -378,9 +470,8 @@ impl<L: RedisLink> RedisBroker<L> {
             ops: HashMap::new(),
             deadlines: VecDeque::new(),
             channels: HashMap::new(),
-            user_streams: Vec::new(),
-            user_stream_count: 0,
             users: Users::new(),
+            user_stream_count: 0,
             events: VecDeque::new(),
             commands_up: true,
             pubsub_up: true,
@@ -392,10 +483,11 @@ impl<L: RedisLink> RedisBroker<L> {
             user_channel: Arc::from(USER_CHANNEL),
             asks: HashMap::new(),
             departed: false,
-            incarnations: 0,
             run_id: None,
             retry_at: None,
             asked: 0,
+            released_op: 1,
+            released_at: None,
         }
     }
 
@@ -443,10 +535,7 @@ impl<L: RedisLink> RedisBroker<L> {
             StreamKind::Channel => self.channels.get_mut(key.name()).map(|c| &mut c.state),
             StreamKind::User => {
                 let id = self.users.find(key.name())?;
-                match self.user_streams.get_mut(id.index()) {
-                    Some(Some((held, state))) if *held == id => Some(state),
-                    _ => None,
-                }
+                self.users.get_mut(id)?.stream.as_mut()
             }
         }
     }
@@ -482,17 +571,17 @@ impl<L: RedisLink> RedisBroker<L> {
     fn remove_state(&mut self, key: &StreamKey) {
         let removed = match key.kind() {
             StreamKind::Channel => self.channels.remove(key.name()).is_some(),
-            StreamKind::User => match self.users.find(key.name()) {
-                Some(id) => match self.user_streams.get_mut(id.index()) {
-                    Some(slot) if slot.as_ref().is_some_and(|(held, _)| *held == id) => {
-                        *slot = None;
-                        self.user_stream_count -= 1;
-                        true
-                    }
-                    _ => false,
-                },
-                None => false,
-            },
+            StreamKind::User => {
+                let state = self
+                    .users
+                    .find(key.name())
+                    .and_then(|id| self.users.get_mut(id))
+                    .and_then(|user| user.stream.take());
+                if state.is_some() {
+                    self.user_stream_count -= 1;
+                }
+                state.is_some()
+            }
         };
         if removed {
             self.link.pubsub(PubSubOp::Unsubscribe(vec![key.clone()]));
@@ -511,7 +600,7 @@ impl<L: RedisLink> RedisBroker<L> {
         let Some(state) = self.state_mut(key) else {
             return;
         };
-        if state.has_live {
+        if state.has_live() {
             state.set_live(epoch, seq);
         }
         if let Some(busy) = state.busy.as_mut().filter(|b| b.reads > 0) {
@@ -617,8 +706,8 @@ impl<L: RedisLink> RedisBroker<L> {
         // A subscribe's answer needs the topic subscribed (else a later message could be
         // missed); a catch-up does not (pub/sub coming back catches up again), so one owed
         // after a Redis restart goes out at once.
-        let needs_topic = !waiters.is_empty() || !state.has_live;
-        if !commands_up || (needs_topic && !state.listening) {
+        let needs_topic = !waiters.is_empty() || !state.has_live();
+        if !commands_up || (needs_topic && !state.listening()) {
             if catch_up || !waiters.is_empty() {
                 let busy = state.busy();
                 busy.wait(waiters);
@@ -626,7 +715,7 @@ impl<L: RedisLink> RedisBroker<L> {
                     busy.catching_up = false;
                 }
             }
-            state.needs_read = true;
+            state.set_flag(NEEDS_READ, true);
             return;
         }
         let live_last = state.live().map(|(_, last)| last);
@@ -635,10 +724,10 @@ impl<L: RedisLink> RedisBroker<L> {
             .filter_map(|w| w.since)
             .chain(live_last)
             .min();
-        let strict = std::mem::take(&mut state.verify);
+        let strict = state.take_verify();
         let busy = state.busy();
         busy.reads += 1;
-        let incarnation = state.incarnation;
+        let incarnation = busy.life;
         let recorded_from = state.recording_len();
         let stream = key.clone();
         self.send(
@@ -769,8 +858,9 @@ impl<L: RedisLink> RedisBroker<L> {
         let Some(state) = self.state_mut(key) else {
             return;
         };
-        state.busy().reads += 1;
-        let incarnation = state.incarnation;
+        let busy = state.busy();
+        busy.reads += 1;
+        let incarnation = busy.life;
         let stream = key.clone();
         self.send(
             |id| Op::Renew {
@@ -791,7 +881,8 @@ impl<L: RedisLink> RedisBroker<L> {
     /// Is `incarnation` the life of `key` this node listens to now (not one it left)?
     fn is_current(&mut self, key: &StreamKey, incarnation: u64) -> bool {
         self.state_mut(key)
-            .is_some_and(|state| state.incarnation == incarnation)
+            .and_then(|state| state.busy.as_ref())
+            .is_some_and(|busy| busy.life == incarnation)
     }
 
     /// The stream goes on under `epoch` from `top`: its listeners are told.
@@ -939,7 +1030,7 @@ impl<L: RedisLink> RedisBroker<L> {
                     info!("cluster: Redis restarted: every stream's top is checked again");
                     for key in self.stream_keys() {
                         if let Some(state) = self.state_mut(&key) {
-                            state.verify = true;
+                            state.set_flag(VERIFY, true);
                         }
                     }
                 }
@@ -1157,8 +1248,10 @@ impl<L: RedisLink> RedisBroker<L> {
             return;
         }
         if let Some(state) = self.state_mut(stream) {
-            state.verify |= strict;
-            state.needs_read = true;
+            if strict {
+                state.set_flag(VERIFY, true);
+            }
+            state.set_flag(NEEDS_READ, true);
             let busy = state.busy();
             busy.reads = busy.reads.saturating_sub(1);
             if catch_up {
@@ -1186,10 +1279,10 @@ impl<L: RedisLink> RedisBroker<L> {
         let Some(state) = self.state_mut(key) else {
             return;
         };
-        state.listening = true;
-        state.needs_read = false;
+        state.set_flag(LISTENING, true);
+        state.set_flag(NEEDS_READ, false);
         let waiters = state.take_waiting();
-        if state.has_live {
+        if state.has_live() {
             // Subscribed again after the pub/sub link came back (or confirmed twice): messages
             // published meanwhile may have been missed, so the stream catches up; a catch-up
             // in flight may have read before the topic was subscribed, so it goes again.
@@ -1223,7 +1316,7 @@ impl<L: RedisLink> RedisBroker<L> {
                 let keys = self.stream_keys();
                 for key in &keys {
                     if let Some(state) = self.state_mut(key) {
-                        state.listening = false;
+                        state.set_flag(LISTENING, false);
                     }
                 }
                 if up && !keys.is_empty() {
@@ -1243,7 +1336,7 @@ impl<L: RedisLink> RedisBroker<L> {
             let Some(state) = self.state_mut(&key) else {
                 continue;
             };
-            if !state.has_live {
+            if !state.has_live() {
                 continue;
             }
             if state.catching_up() {
@@ -1263,13 +1356,13 @@ impl<L: RedisLink> RedisBroker<L> {
             let Some(state) = self.state_mut(&key) else {
                 continue;
             };
-            let wants_read = state.needs_read || state.has_waiting();
-            if !state.listening || !wants_read {
+            let wants_read = state.needs_read() || state.has_waiting();
+            if !state.listening() || !wants_read {
                 continue;
             }
-            state.needs_read = false;
+            state.set_flag(NEEDS_READ, false);
             let waiters = state.take_waiting();
-            let live = state.has_live;
+            let live = state.has_live();
             if live && waiters.is_empty() {
                 self.catch_up(&key);
             } else {
@@ -1282,10 +1375,9 @@ impl<L: RedisLink> RedisBroker<L> {
     fn stream_keys(&self) -> Vec<StreamKey> {
         let channels = self.channels.keys().map(|name| StreamKey::channel(name));
         let users = self
-            .user_streams
+            .users
             .iter()
-            .flatten()
-            .filter_map(|(id, _)| self.users.get(*id))
+            .filter(|u| u.stream.is_some())
             .map(|u| StreamKey::user(u.name()));
         channels.chain(users).collect()
     }
@@ -1325,6 +1417,19 @@ impl<L: RedisLink> RedisBroker<L> {
         }
         if wasteful(self.events.len(), self.events.capacity()) {
             self.events.shrink_to(self.events.len() * 2);
+        }
+        // What a burst allocated and freed (boxed ops, waiters, busy parts, replies; a few
+        // hundred bytes per join in flight) stays with the allocator, counted in the RSS,
+        // unless given back.
+        if self.next_op - self.released_op >= BURST_OPS
+            && self.ops.is_empty()
+            && self
+                .released_at
+                .is_none_or(|at| self.now >= at + RELEASE_EVERY)
+        {
+            self.released_op = self.next_op;
+            self.released_at = Some(self.now);
+            self.link.release_free_memory();
         }
     }
 }
@@ -1507,36 +1612,24 @@ impl<L: RedisLink> Broker for RedisBroker<L> {
         let fresh = match &stream {
             Stream::Channel(name) => {
                 let mut fresh = false;
-                let incarnation = &mut self.incarnations;
                 let channel = self.channels.entry(Arc::clone(name)).or_insert_with(|| {
                     fresh = true;
-                    *incarnation += 1;
                     ChannelState {
                         workers: 0,
-                        state: StreamState::new(*incarnation),
+                        state: StreamState::new(),
                     }
                 });
                 channel.workers |= 1u64.checked_shl(member.worker as u32).unwrap_or(0);
                 fresh
             }
-            Stream::User(id) => {
-                let index = id.index();
-                if self.user_streams.len() <= index {
-                    self.user_streams.resize_with(index + 1, || None);
+            Stream::User(id) => match self.users.get_mut(*id) {
+                Some(user) if user.stream.is_none() => {
+                    user.stream = Some(StreamState::new());
+                    self.user_stream_count += 1;
+                    true
                 }
-                match self.user_streams.get_mut(index) {
-                    Some(Some((held, _))) if held == id => false,
-                    Some(slot) => {
-                        if slot.is_none() {
-                            self.user_stream_count += 1;
-                        }
-                        self.incarnations += 1;
-                        *slot = Some((*id, StreamState::new(self.incarnations)));
-                        true
-                    }
-                    None => false,
-                }
-            }
+                _ => false,
+            },
         };
         if fresh {
             self.link.pubsub(PubSubOp::Subscribe(vec![key.clone()]));
@@ -1551,7 +1644,7 @@ impl<L: RedisLink> Broker for RedisBroker<L> {
             return;
         };
         match state.live() {
-            Some((e, last)) if state.listening && commands_up => {
+            Some((e, last)) if state.listening() && commands_up => {
                 let same_epoch =
                     waiter.epoch.as_deref() == Some(Epoch::from_bits(e).to_string().as_str());
                 let immediate = match waiter.since {
@@ -1574,7 +1667,7 @@ impl<L: RedisLink> Broker for RedisBroker<L> {
                     None => self.read(&key, vec![waiter], false),
                 }
             }
-            _ if state.listening => self.read(&key, vec![waiter], false),
+            _ if state.listening() => self.read(&key, vec![waiter], false),
             _ => state.busy().wait(vec![waiter]),
         }
         self.tidy(&key);
@@ -1596,7 +1689,12 @@ impl<L: RedisLink> Broker for RedisBroker<L> {
         if self.users.leave(user, member, 0) {
             // The stream lives in Redis; this node stops listening to it.
             self.remove_state(&StreamKey::user(&name));
-            self.users.expire(0, 0, |_| {});
+            let count = &mut self.user_stream_count;
+            self.users.expire(0, 0, |state| {
+                if state.take().is_some() {
+                    *count -= 1;
+                }
+            });
         }
     }
 

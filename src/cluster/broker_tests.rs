@@ -13,6 +13,8 @@ struct FakeLink {
     ops: Vec<Op>,
     pubsub: Vec<PubSubOp>,
     replies: VecDeque<Reply>,
+    /// Calls to `release_free_memory`.
+    releases: usize,
 }
 
 impl RedisLink for FakeLink {
@@ -24,6 +26,9 @@ impl RedisLink for FakeLink {
     }
     fn try_recv(&mut self) -> Option<Reply> {
         self.replies.pop_front()
+    }
+    fn release_free_memory(&mut self) {
+        self.releases += 1;
     }
 }
 
@@ -528,7 +533,31 @@ fn user_streams_live_in_their_users_slot_and_a_reused_slot_is_a_new_stream() {
     let read = rig.last_read(None);
     assert_eq!(rig.read_reply(read, 4, 0, 1), ["subscribed 2 at 0 None []"]);
     assert!(!busy(&mut rig.broker, &StreamKey::user("bob")));
-    assert_eq!(rig.broker.user_streams.len(), 1, "one slot for both");
+    assert_eq!(rig.broker.users.iter().count(), 1, "one entry: bob's");
+}
+
+#[test]
+fn a_users_stream_state_lives_in_its_users_entry_and_is_three_words() {
+    use crate::push::users::UserStream;
+    assert_eq!(std::mem::size_of::<StreamState>(), 24);
+    assert_eq!(std::mem::size_of::<Option<StreamState>>(), 24, "no tag");
+    assert_eq!(
+        std::mem::size_of::<UserStream<Option<StreamState>>>(),
+        72,
+        "the memory broker's entry (64 B) with 8 B more"
+    );
+    let mut state = StreamState::new();
+    assert_eq!(state.live(), None);
+    state.set_flag(LISTENING, true);
+    state.set_flag(VERIFY, true);
+    state.set_live(EPOCH_LIMIT - 1, u64::MAX);
+    assert_eq!(state.live(), Some((EPOCH_LIMIT - 1, u64::MAX)));
+    assert!(state.listening() && !state.needs_read());
+    assert!(state.take_verify() && !state.take_verify());
+    state.set_flag(LISTENING, false);
+    state.set_live(0, 0);
+    assert_eq!(state.live(), Some((0, 0)));
+    assert!(!state.listening() && state.has_live());
 }
 
 #[test]
@@ -568,10 +597,70 @@ fn tables_sized_by_a_burst_of_reads_shrink_once_it_is_answered() {
     );
     assert!(rig
         .broker
-        .user_streams
+        .users
         .iter()
-        .flatten()
-        .all(|(_, s)| s.busy.is_none()));
+        .filter_map(|u| u.stream.as_ref())
+        .all(|s| s.busy.is_none()));
+}
+
+#[test]
+fn free_memory_is_given_back_when_a_burst_of_ops_is_over() {
+    let mut rig = Rig::new();
+    // Joins answered one wave at a time; `n` in flight at once.
+    let wave = |rig: &mut Rig, from: u32, n: u32| {
+        for i in from..from + n {
+            rig.broker.join_user(m(i), &format!("u{i}"), None, None);
+        }
+        let keys = (from..from + n).map(|i| StreamKey::user(&format!("u{i}")));
+        rig.reply(Reply::Listening(keys.collect()));
+        let reads: Vec<OpId> = rig
+            .broker
+            .link
+            .ops
+            .drain(..)
+            .filter_map(|op| op.id())
+            .collect();
+        assert_eq!(reads.len(), n as usize);
+        for id in reads {
+            rig.broker.link.replies.push_back(Reply::Read {
+                id,
+                epoch: 1,
+                top: 0,
+                entries: Vec::new(),
+            });
+        }
+        rig.broker.tick(rig.now);
+        assert_eq!(rig.events().len(), n as usize);
+    };
+    let burst = BURST_OPS as u32;
+    // Fewer ops than a burst, however long the wait.
+    wave(&mut rig, 0, burst - 1);
+    rig.now += RELEASE_EVERY * 2;
+    rig.broker.tick(rig.now);
+    assert_eq!(rig.broker.link.releases, 0, "no burst");
+    // The op that makes it a burst: given back as soon as none is in flight.
+    rig.broker.join_user(m(burst), "last", None, None);
+    rig.reply(Reply::Listening(vec![StreamKey::user("last")]));
+    assert_eq!(rig.broker.link.releases, 0, "one op in flight");
+    let read = rig.last_read(None);
+    rig.read_reply(read, 1, 0, 1);
+    rig.broker.link.ops.clear();
+    assert_eq!(rig.broker.link.releases, 1, "the burst is over");
+    rig.now += RELEASE_EVERY * 2;
+    rig.broker.tick(rig.now);
+    assert_eq!(rig.broker.link.releases, 1, "once per burst");
+    // Waves within RELEASE_EVERY: the last is given back when that has passed.
+    wave(&mut rig, 10_000, burst);
+    assert_eq!(rig.broker.link.releases, 2);
+    rig.now += RELEASE_EVERY / 2;
+    wave(&mut rig, 20_000, burst);
+    assert_eq!(
+        rig.broker.link.releases, 2,
+        "within RELEASE_EVERY of the last"
+    );
+    rig.now += RELEASE_EVERY / 2;
+    rig.broker.tick(rig.now);
+    assert_eq!(rig.broker.link.releases, 3, "then due");
 }
 
 #[test]
@@ -844,6 +933,8 @@ fn a_second_renews_late_answer_does_not_move_the_sequence_back() {
 /// top and trimmed history; a command connection that runs ops in order; a pub/sub connection
 /// that loses, repeats and delays messages but never reorders them) against the broker, with
 /// every subscriber's view checked event by event, and everything delivered once it settles.
+/// Two of the streams are users' `$user` streams (joined and left by connection, their state
+/// kept in the user's entry), the others channels.
 mod randomized {
     use std::collections::{HashMap, HashSet};
 
@@ -852,7 +943,8 @@ mod randomized {
 
     use super::*;
 
-    const CHANNELS: [&str; 2] = ["a", "b"];
+    /// The streams: a name starting with `@` is that user's `$user` stream.
+    const CHANNELS: [&str; 4] = ["a", "b", "@ann", "@bob"];
     const WORKERS: usize = 3;
 
     /// One stream in the simulated Redis.
@@ -924,7 +1016,10 @@ mod randomized {
     }
 
     fn key_of(channel: &str) -> StreamKey {
-        StreamKey::channel(channel)
+        match channel.strip_prefix('@') {
+            Some(user) => StreamKey::user(user),
+            None => StreamKey::channel(channel),
+        }
     }
 
     fn data_of(frame: &SharedFrame) -> (u64, String) {
@@ -1168,16 +1263,14 @@ mod randomized {
                     recovered,
                     replay,
                 } => {
-                    let Stream::Channel(name) = stream else {
-                        self.fail("a subscribed for a user stream");
-                    };
+                    let name = self.name_of(&stream);
                     let Some(i) = self.subs.iter().position(|s| s.member == member) else {
                         return; // it left before its answer
                     };
                     if self.subs[i].cursor.is_some() {
                         self.fail("answered twice");
                     }
-                    if *name != *self.subs[i].channel {
+                    if name != self.subs[i].channel {
                         self.fail("answered for another channel");
                     }
                     for other in &self.subs {
@@ -1238,9 +1331,7 @@ mod randomized {
                     frame,
                     request,
                 } => {
-                    let Stream::Channel(name) = stream else {
-                        self.fail("a message for a user stream");
-                    };
+                    let name = self.name_of(&stream);
                     if request.is_some() {
                         self.fail("a message carrying a request");
                     }
@@ -1249,7 +1340,7 @@ mod randomized {
                     }
                     self.check_data(epoch, &frame);
                     for i in 0..self.subs.len() {
-                        if *self.subs[i].channel != *name {
+                        if self.subs[i].channel != name {
                             continue;
                         }
                         let Some((e, last)) = self.subs[i].cursor else {
@@ -1265,15 +1356,13 @@ mod randomized {
                     }
                 }
                 Event::Resync { stream, seq, epoch } => {
-                    let Stream::Channel(name) = stream else {
-                        self.fail("a resync for a user stream");
-                    };
+                    let name = self.name_of(&stream);
                     self.resyncs += 1;
                     if !self.faults.data_loss && !self.faults.pubsub_loss {
                         self.fail("a resync though nothing was trimmed, lost or restarted");
                     }
                     for i in 0..self.subs.len() {
-                        if *self.subs[i].channel != *name {
+                        if self.subs[i].channel != name {
                             continue;
                         }
                         if let Some((e, last)) = self.subs[i].cursor {
@@ -1288,6 +1377,17 @@ mod randomized {
                 }
                 Event::Stored { .. } | Event::Failed { .. } => {}
                 other => self.fail(&format!("unexpected {}", show(&other))),
+            }
+        }
+
+        /// The stream's name in [`CHANNELS`]; a user stream's id must still name its user.
+        fn name_of(&self, stream: &Stream) -> String {
+            match stream {
+                Stream::Channel(name) => name.to_string(),
+                Stream::User(id) => match self.broker.user_name(*id) {
+                    Some(user) => format!("@{user}"),
+                    None => self.fail("an event for a user the broker no longer holds"),
+                },
             }
         }
 
@@ -1339,8 +1439,13 @@ mod randomized {
                 epoch: epoch.clone(),
                 cursor: None,
             });
-            self.broker
-                .subscribe(member, Stream::Channel(Arc::from(channel)), since, epoch);
+            match channel.strip_prefix('@') {
+                Some(user) => self.broker.join_user(member, user, since, epoch),
+                None => {
+                    self.broker
+                        .subscribe(member, Stream::Channel(Arc::from(channel)), since, epoch)
+                }
+            }
             self.check_events();
         }
 
@@ -1360,6 +1465,15 @@ mod randomized {
             ));
             if let Some(cursor) = sub.cursor {
                 self.left.insert(sub.channel, cursor);
+            }
+            if let Some(user) = sub.channel.strip_prefix('@') {
+                // A connection's `$user` interest is its membership.
+                match self.broker.find_user(user) {
+                    Some(id) => self.broker.leave_user(sub.member, id),
+                    None => self.fail("a member's user is gone"),
+                }
+                self.check_events();
+                return;
             }
             let worker_left = !self
                 .subs
@@ -1387,8 +1501,12 @@ mod randomized {
             self.counter += 1;
             self.requests += 1;
             self.note(format!("this node publishes to {channel}"));
+            let name = Arc::from(channel);
             self.broker.publish(
-                PublishTo::Channel(&Arc::from(channel)),
+                match channel.strip_prefix('@') {
+                    Some(user) => PublishTo::User(user),
+                    None => PublishTo::Channel(&name),
+                },
                 &self.counter.to_string(),
                 None,
                 Some(self.requests),
@@ -1619,6 +1737,31 @@ mod randomized {
                 if channel.state.busy.is_some() {
                     self.fail("a settled stream kept its busy part");
                 }
+            }
+            let users: Vec<&StreamState> = self
+                .broker
+                .users
+                .iter()
+                .filter_map(|u| u.stream.as_ref())
+                .collect();
+            if users.iter().any(|state| state.busy.is_some()) {
+                self.fail("a settled user stream kept its busy part");
+            }
+            // One entry per user with a connection here, each with its stream state.
+            let mut joined: Vec<&str> = self
+                .subs
+                .iter()
+                .filter(|s| s.channel.starts_with('@'))
+                .map(|s| s.channel)
+                .collect();
+            joined.sort_unstable();
+            joined.dedup();
+            let held = (self.broker.users.iter().count(), users.len());
+            if held != (joined.len(), joined.len()) || self.broker.stream_counts().1 != joined.len()
+            {
+                self.fail(&format!(
+                    "users {joined:?} are connected, the broker holds {held:?} (entries, states)"
+                ));
             }
             for sub in &self.subs {
                 let key = key_of(sub.channel);

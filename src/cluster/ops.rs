@@ -17,6 +17,12 @@ pub type OpId = u64;
 /// Epochs are below this, so that their eight base-36 characters name them uniquely.
 pub const EPOCH_LIMIT: u64 = 36u64.pow(8);
 
+/// An epoch as Redis gives it back (a decimal string): `None` unless it is one the scripts
+/// make, below [`EPOCH_LIMIT`] (the broker keeps epochs in 42 bits).
+pub fn parse_epoch(text: &str) -> Option<u64> {
+    text.parse().ok().filter(|&epoch| epoch < EPOCH_LIMIT)
+}
+
 /// A stream's name in Redis without the prefix: `c:` + channel name for a channel, `u:` +
 /// user name for a `$user` stream. It is what goes inside the hash tag of every key of the
 /// stream and names its pub/sub topic (see [`super::keys`]).

@@ -8,6 +8,11 @@
 //! slack costs 4 bytes a bucket instead of a whole entry. The epoch is not stored: it is a
 //! keyed hash of the slot and the slot's generation, which differ for every incarnation of a
 //! user's stream.
+//!
+//! What a stream holds beside its name and connections is the broker's: the memory broker
+//! keeps the seq and the held messages ([`LocalStream`], the default), the Redis broker of
+//! cluster mode its position in the stream that Redis holds. Either way one entry per user,
+//! so a node never keeps two per-user records.
 
 use std::collections::hash_map::RandomState;
 use std::collections::{HashSet, VecDeque};
@@ -97,14 +102,22 @@ impl Name {
     }
 }
 
-/// One user's stream.
-#[derive(Debug)]
-pub struct UserStream {
-    name: Name,
+/// The memory broker's part of a user stream: the stream itself.
+#[derive(Debug, Default)]
+pub struct LocalStream {
     /// The last seq given out.
     pub seq: u64,
     /// The stream's recent messages kept for replay (`--user-history-size`, `--history-ttl`).
     pub held: Held,
+}
+
+/// One user's stream; `S` is the broker's part ([`LocalStream`] for the memory broker), made
+/// with `S::default()` when the entry is and dropped with it.
+#[derive(Debug)]
+pub struct UserStream<S = LocalStream> {
+    name: Name,
+    /// The broker's part.
+    pub stream: S,
     members: Members,
     generation: u32,
     /// When the last connection left, on the caller's clock (seconds); only meaningful
@@ -112,7 +125,7 @@ pub struct UserStream {
     idle_since: u32,
 }
 
-impl UserStream {
+impl<S> UserStream<S> {
     /// The user's name: the JWT `sub` claim, or `?user=` in open mode.
     pub fn name(&self) -> &str {
         self.name.as_str()
@@ -182,10 +195,10 @@ impl UserStream {
     }
 }
 
-/// Every user stream the hub knows.
+/// Every user stream the hub knows, each with the broker's part `S`.
 #[derive(Debug)]
-pub struct Users {
-    entries: Vec<UserStream>,
+pub struct Users<S = LocalStream> {
+    entries: Vec<UserStream<S>>,
     /// Slot numbers, hashed by the name in their entry.
     index: HashTable<u32>,
     /// Head of the free list (`u32::MAX`: empty).
@@ -200,7 +213,7 @@ pub struct Users {
     hasher: RandomState,
 }
 
-impl Default for Users {
+impl<S> Default for Users<S> {
     fn default() -> Self {
         Users {
             entries: Vec::new(),
@@ -218,7 +231,7 @@ impl Default for Users {
 const NEVER_IDLE: u32 = u32::MAX;
 
 /// Is the idle record (`id`, `at`) still the stream's own (no one came back since)?
-fn is_current(entries: &[UserStream], id: UserId, at: u32) -> bool {
+fn is_current<S>(entries: &[UserStream<S>], id: UserId, at: u32) -> bool {
     entries.get(id.slot()).is_some_and(|e| {
         e.generation == id.generation() && !e.is_free() && !e.has_members() && e.idle_since == at
     })
@@ -228,9 +241,9 @@ fn member_key(member: Member) -> (u16, ConnId) {
     (member.worker as u16, member.conn)
 }
 
-impl Users {
+impl<S: Default> Users<S> {
     /// An empty table.
-    pub fn new() -> Users {
+    pub fn new() -> Users<S> {
         Users::default()
     }
 
@@ -265,17 +278,22 @@ impl Users {
     }
 
     /// The stream `id` names, unless it was freed since (the generation no longer matches).
-    pub fn get(&self, id: UserId) -> Option<&UserStream> {
+    pub fn get(&self, id: UserId) -> Option<&UserStream<S>> {
         self.entries
             .get(id.slot())
             .filter(|e| e.generation == id.generation() && !e.is_free())
     }
 
     /// [`Users::get`], mutable.
-    pub fn get_mut(&mut self, id: UserId) -> Option<&mut UserStream> {
+    pub fn get_mut(&mut self, id: UserId) -> Option<&mut UserStream<S>> {
         self.entries
             .get_mut(id.slot())
             .filter(|e| e.generation == id.generation() && !e.is_free())
+    }
+
+    /// Every stream, in slot order.
+    pub fn iter(&self) -> impl Iterator<Item = &UserStream<S>> + '_ {
+        self.entries.iter().filter(|e| !e.is_free())
     }
 
     /// `name`'s stream (created if new, fresh epoch and seq 0) with `member` added, and
@@ -301,8 +319,7 @@ impl Users {
         let hash = self.hash(name);
         let fresh = |generation: u32| UserStream {
             name: Name::new(name),
-            seq: 0,
-            held: Held::default(),
+            stream: S::default(),
             members: Members::Empty,
             generation,
             idle_since: NEVER_IDLE,
@@ -377,15 +394,15 @@ impl Users {
         }
     }
 
-    /// Forgets the longest-idle stream; `dropped` sees its held messages before they go.
-    /// Returns whether there was one.
-    pub fn drop_oldest_idle(&mut self, dropped: impl FnOnce(&mut Held)) -> bool {
+    /// Forgets the longest-idle stream; `dropped` sees the broker's part (its held messages)
+    /// before it goes. Returns whether there was one.
+    pub fn drop_oldest_idle(&mut self, dropped: impl FnOnce(&mut S)) -> bool {
         self.skip_stale();
         let Some((id, _)) = self.idle.pop_front() else {
             return false;
         };
         if let Some(entry) = self.get_mut(id) {
-            dropped(&mut entry.held);
+            dropped(&mut entry.stream);
         }
         self.idle_count = self.idle_count.saturating_sub(1);
         self.remove_slot(id.slot());
@@ -393,8 +410,8 @@ impl Users {
     }
 
     /// Forgets every stream idle for `ttl` or longer at `now`, oldest first; `dropped` sees
-    /// each one's held messages before they go. Returns how many went.
-    pub fn expire(&mut self, now: u32, ttl: u32, mut dropped: impl FnMut(&mut Held)) -> usize {
+    /// each one's broker part (its held messages) before it goes. Returns how many went.
+    pub fn expire(&mut self, now: u32, ttl: u32, mut dropped: impl FnMut(&mut S)) -> usize {
         let mut gone = 0;
         while self
             .oldest_idle()
@@ -412,7 +429,7 @@ impl Users {
         };
         let hash = self.hasher.hash_one(entry.name.as_str());
         entry.name = Name::Inline(0, [0; 22]);
-        entry.held = Held::default();
+        entry.stream = S::default();
         entry.members = Members::Free(self.free);
         self.free = slot as u32;
         self.live = self.live.saturating_sub(1);
@@ -496,12 +513,12 @@ mod tests {
         let b = join(&mut users, "bob", m(0, 2));
         users
             .get_mut(a)
-            .map(|u| u.held.push(1, SharedFrame::from_encoded(&b"xy"[..])));
+            .map(|u| u.stream.held.push(1, SharedFrame::from_encoded(&b"xy"[..])));
         users.leave(a, m(0, 1), 10);
         let mut released = Vec::new();
-        users.expire(69, 60, |held| released.push(held.clear()));
+        users.expire(69, 60, |s| released.push(s.held.clear()));
         assert!(released.is_empty(), "59 s idle is within the TTL");
-        users.expire(70, 60, |held| released.push(held.clear()));
+        users.expire(70, 60, |s| released.push(s.held.clear()));
         assert_eq!(released, [(1, 2)]);
         assert!(users.get(a).is_none() && users.find("alice").is_none());
         assert_eq!(users.len(), 1, "bob is connected");

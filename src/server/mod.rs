@@ -9,7 +9,7 @@ pub mod http;
 mod hub_loop;
 pub mod listener;
 pub mod per_ip;
-mod sys;
+pub(crate) mod sys;
 pub mod timer_wheel;
 pub mod transport;
 mod worker;

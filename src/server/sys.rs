@@ -1,6 +1,7 @@
 //! The server's only calls into the C library that need `unsafe`: reading and raising the
-//! open-files limit (`getrlimit`/`setrlimit`, which std does not wrap). Every other system call
-//! goes through mio, socket2 or std. The crate denies `unsafe_code` everywhere else.
+//! open-files limit (`getrlimit`/`setrlimit`, which std does not wrap), and giving the
+//! allocator's free memory back after a burst (`malloc_trim`). Every other system call goes
+//! through mio, socket2 or std. The crate denies `unsafe_code` everywhere else.
 
 #![allow(unsafe_code)]
 
@@ -40,6 +41,23 @@ pub fn raise_open_files_limit() -> io::Result<usize> {
     Ok(open_files_limit())
 }
 
+/// Gives the allocator's free memory back to the kernel: glibc's `malloc_trim(0)`, which
+/// returns the free pages of every arena (not only the top of each heap). Freed memory
+/// otherwise stays in the process's RSS until reused. Returns whether any was given back;
+/// `false` where the C library has no such call.
+pub fn release_free_heap() -> bool {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: malloc_trim takes no pointer; it walks the allocator's own free lists under
+        // each arena's lock, so any thread may call it at any time.
+        unsafe { libc::malloc_trim(0) == 1 }
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    {
+        false
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -51,5 +69,25 @@ mod tests {
         let raised = raise_open_files_limit().expect("raising to the hard limit is allowed");
         assert!(raised >= before, "{raised} < {before}");
         assert_eq!(open_files_limit(), raised);
+    }
+
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    #[test]
+    fn free_memory_of_a_burst_is_given_back() {
+        // 16 MiB in 64 KiB blocks (below the mmap threshold, so on the heap), each followed
+        // by a small one that stays: the big ones, once freed, are holes that `free` alone
+        // cannot give back (only the top of a heap shrinks).
+        let mut big = Vec::new();
+        let mut small = Vec::new();
+        for i in 0..256u32 {
+            big.push(vec![1u8; 64 * 1024]);
+            small.push(Box::new(i));
+        }
+        drop(big);
+        assert!(
+            release_free_heap(),
+            "16 MiB of holes and nothing given back"
+        );
+        assert_eq!(small.iter().map(|b| u64::from(**b)).sum::<u64>(), 255 * 128);
     }
 }

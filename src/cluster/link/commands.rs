@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use redis::{Cmd, Connection, Value};
 
 use super::{int, text, Backoff, Ctx, LinkState, BATCH};
-use crate::cluster::ops::{ControlEntry, LinkKind, NodeEntry, Op, Reply};
+use crate::cluster::ops::{parse_epoch, ControlEntry, LinkKind, NodeEntry, Op, Reply};
 
 /// Every script starts with a Redis 7 shebang without flags: a script that may write is then
 /// refused as a whole while Redis is over `maxmemory` (an OOM error, the API's 503), before
@@ -460,9 +460,9 @@ fn unexpected(id: u64) -> Reply {
     }
 }
 
-/// An epoch as the scripts return it (a decimal string).
+/// An epoch as the scripts return it (a decimal string below [`EPOCH_LIMIT`]).
 fn epoch(v: &Value) -> Option<u64> {
-    text(v)?.parse().ok()
+    parse_epoch(text(v)?)
 }
 
 /// `publish.lua`'s `{1, seq, epoch}` or `{0}`.
@@ -640,5 +640,16 @@ mod tests {
             Value::Array(vec![entry("x", "")]),
         ]);
         assert!(matches!(parse_read(2, Some(&bad)), Reply::Failed { .. }));
+        use crate::cluster::ops::EPOCH_LIMIT;
+        let last = (EPOCH_LIMIT - 1).to_string();
+        let top = Value::Array(vec![bulk(&last), Value::Int(3)]);
+        assert!(
+            matches!(parse_read(2, Some(&top)), Reply::Read { epoch, .. } if epoch == EPOCH_LIMIT - 1)
+        );
+        let big = Value::Array(vec![bulk(&EPOCH_LIMIT.to_string()), Value::Int(3)]);
+        assert!(
+            matches!(parse_read(2, Some(&big)), Reply::Failed { .. }),
+            "an epoch the scripts never make"
+        );
     }
 }

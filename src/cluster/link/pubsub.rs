@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use redis::{Connection, PushKind, Value};
 
 use super::{sleep_unless_stopped, text, Backoff, Ctx, LinkState};
-use crate::cluster::ops::{LinkKind, PubSubOp, Reply, StreamKey};
+use crate::cluster::ops::{parse_epoch, LinkKind, PubSubOp, Reply, StreamKey};
 
 /// Read timeout between checks for new [`PubSubOp`]s.
 const POLL: Duration = Duration::from_millis(15);
@@ -331,7 +331,7 @@ fn parse_message(keys: &crate::cluster::keys::Keys, data: &[Value]) -> Option<Re
     let stream = keys.stream_of_topic(text(topic)?)?;
     let mut parts = text(payload)?.splitn(3, ' ');
     let seq = parts.next()?.parse().ok()?;
-    let epoch = parts.next()?.parse().ok()?;
+    let epoch = parse_epoch(parts.next()?)?;
     let data = parts.next()?;
     Some(Reply::Message {
         stream,
@@ -365,7 +365,7 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        for bad in ["3 77", "x 77 {}", "3 -1 {}", ""] {
+        for bad in ["3 77", "x 77 {}", "3 -1 {}", "", "3 2821109907456 {}"] {
             assert!(
                 parse_message(&k, &[bulk("ep:{c:news}"), bulk(bad)]).is_none(),
                 "{bad}"

@@ -67,14 +67,14 @@ impl Streams {
     pub(super) fn held(&self, stream: &Stream) -> Option<&Held> {
         match stream {
             Stream::Channel(name) => self.channels.get(name).map(|s| &s.held),
-            Stream::User(id) => self.users.get(*id).map(|u| &u.held),
+            Stream::User(id) => self.users.get(*id).map(|u| &u.stream.held),
         }
     }
 
     pub(super) fn held_mut(&mut self, stream: &Stream) -> Option<&mut Held> {
         match stream {
             Stream::Channel(name) => self.channels.get_mut(name).map(|s| &mut s.held),
-            Stream::User(id) => self.users.get_mut(*id).map(|u| &mut u.held),
+            Stream::User(id) => self.users.get_mut(*id).map(|u| &mut u.stream.held),
         }
     }
 
@@ -173,8 +173,8 @@ impl MemoryBroker {
             return;
         };
         let seq = self.streams.users.get_mut(id).map_or(0, |u| {
-            u.seq += 1;
-            u.seq
+            u.stream.seq += 1;
+            u.stream.seq
         });
         let frame = encode_message(&mut self.scratch, USER_CHANNEL, Some(seq), data);
         self.keep(Stream::User(id), seq, &frame);
@@ -251,7 +251,7 @@ impl Broker for MemoryBroker {
                 (state.seq, state.epoch)
             }
             Stream::User(id) => match self.streams.users.get(*id) {
-                Some(user) => (user.seq, self.user_epoch(*id)),
+                Some(user) => (user.stream.seq, self.user_epoch(*id)),
                 // Only a member asks, and a stream with members stays: nothing to answer.
                 None => return,
             },

@@ -134,8 +134,8 @@ impl Retention {
         // A user stream can go with messages still held (sent while it was idle); their log
         // entries stay behind, stale, but their charge is released here.
         let mut cleared = (0, 0);
-        let gone = streams.users.expire(clock, ttl_secs, |held| {
-            add_counts(&mut cleared, held.clear())
+        let gone = streams.users.expire(clock, ttl_secs, |user| {
+            add_counts(&mut cleared, user.held.clear())
         });
         self.uncharge(cleared, gone);
         streams.forget_unused_channels();
@@ -183,7 +183,7 @@ impl Retention {
             let mut cleared = (0, 0);
             if !streams
                 .users
-                .drop_oldest_idle(|held| cleared = held.clear())
+                .drop_oldest_idle(|user| cleared = user.held.clear())
             {
                 break;
             }
