@@ -1,6 +1,6 @@
 //! edgepush: a WebSocket push server written by hand on mio.
 
-// `unsafe` lives in one module, `server::sys` (getrlimit/setrlimit), with its SAFETY notes.
+// `unsafe` lives in one module, `server::sys` (getrlimit/setrlimit, malloc_trim), with its SAFETY notes.
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
