@@ -1286,3 +1286,40 @@ fn t10_broadcast_and_disconnect_reach_every_node_across_a_cut_link() {
         }
     });
 }
+
+/// Two processes with one `--node-name` are told so in their logs (their presence answers and
+/// `/api/nodes` entries would mix); a node restarted under its name while its old entry still
+/// lives is not, and neither is a node with a name of its own.
+#[test]
+fn t11_two_processes_with_one_node_name_log_the_conflict() {
+    cluster_test(|| {
+        const CONFLICT: &str = "another process heartbeats as node";
+        let mut cluster = Cluster::start("t11", &["phoenix", "solo"], Persistence::None, |_| {});
+        let prefix = format!("ep{}-t11", std::process::id());
+        let options = |name: &str| {
+            let mut o = NodeOptions::cluster(name, &cluster.redis.url(), &prefix);
+            o.redis_timeout = format!("{}ms", REDIS_TIMEOUT.as_millis());
+            o
+        };
+        // phoenix dies and comes back within its entry's TTL (3 heartbeats).
+        cluster.nodes[0].kill9();
+        let phoenix = Node::start(&options("phoenix"));
+        // Three heartbeats of the new process: its first replaced the old process's entry.
+        thread::sleep(HEARTBEAT * 3 + SLACK);
+        assert!(!phoenix.log().contains(CONFLICT), "{}", phoenix.log());
+        // A second process named solo.
+        let twin = Node::start(&options("solo"));
+        let told = |node: &Node| node.log().contains(CONFLICT);
+        assert!(
+            wait(Instant::now() + HEARTBEAT * 4 + SLACK, || told(&twin)
+                && told(&cluster.nodes[1])),
+            "both solos log the conflict:\n{}\n{}",
+            twin.log(),
+            cluster.nodes[1].log()
+        );
+        assert!(!told(&phoenix), "{}", phoenix.log());
+        // At most once a minute: still one line each after a few more heartbeats.
+        thread::sleep(HEARTBEAT * 2);
+        assert_eq!(twin.log().matches(CONFLICT).count(), 1, "{}", twin.log());
+    });
+}

@@ -76,6 +76,9 @@ pub(crate) struct HubLoop<B: Broker> {
     /// This node's name (`--node-name`, or host name and port) in `/api/nodes`.
     node_name: String,
     started: Instant,
+    /// This process's id in its heartbeat entry (`instance`, see [`instance_id`]): tells
+    /// two processes started with the same `--node-name` apart (see `cluster::link::commands`).
+    instance: String,
     next_heartbeat: Instant,
     last_figures: Figures,
     api: ApiConns,
@@ -152,6 +155,7 @@ impl<B: Broker> HubLoop<B> {
                     .as_ref()
                     .map_or_else(|| config.default_node_name(), |c| c.node.clone()),
                 started: now,
+                instance: instance_id(),
                 next_heartbeat: now,
                 last_figures: Figures::default(),
                 stats,
@@ -202,6 +206,7 @@ impl<B: Broker> HubLoop<B> {
                 self.next_heartbeat = now + HEARTBEAT;
                 let info = serde_json::json!({
                     "name": self.node_name,
+                    "instance": self.instance,
                     "connections": self.stats.open(),
                     "subscriptions": self.stats.subscriptions.load(Ordering::Relaxed),
                     "uptime_s": now.duration_since(self.started).as_secs(),
@@ -528,4 +533,13 @@ fn request(command: Command, options: PostOptions) -> Request {
         wait: options.wait,
         idempotency_key: options.idempotency_key.map(String::into_boxed_str),
     }
+}
+
+/// An id for this process, different from any other process's in practice: its pid and
+/// its start time in nanoseconds since the Unix epoch, in hex (`"1f3a-187c4d2e9a0b1c2d"`).
+fn instance_id() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("{:x}-{nanos:x}", std::process::id())
 }

@@ -11,6 +11,13 @@
 //!
 //! Node entries: `PREFIX:node:NAME` holds `TTL_MS INFO` and expires after `TTL_MS`; a node's
 //! age is `TTL_MS - PTTL`, both on Redis's clock, so node clocks never skew it.
+//!
+//! Node names must be unique: a heartbeat `GET`s the entry it replaces, and an entry written
+//! by another process (its INFO's `instance` differs) between two of ours means a second
+//! node runs with this `--node-name` (their presence answers and `/api/nodes` entries would
+//! mix). That is logged as an error, at most once per [`CONFLICT_LOG_EVERY`]. The first
+//! heartbeat of a connection does not count: the entry it replaces may be this node's
+//! previous process, restarted within the entry's TTL.
 
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
@@ -40,6 +47,9 @@ const RENEW_LUA: &str = script!("epoch.lua", "renew.lua");
 
 /// An idle connection is checked with `PING` this often.
 const IDLE_PING: Duration = Duration::from_secs(1);
+
+/// A node-name conflict is logged at most this often.
+const CONFLICT_LOG_EVERY: Duration = Duration::from_secs(60);
 
 /// Control-stream entries kept (about: `MAXLEN ~`).
 const CONTROL_MAXLEN: usize = 10_000;
@@ -74,6 +84,10 @@ struct Session {
     run_id: String,
     /// `SCRIPT LOAD`'s answers: publish, read, renew.
     shas: [String; 3],
+    /// A heartbeat went out on this connection (so the entry it replaces should be ours).
+    heartbeat_written: bool,
+    /// When a node-name conflict was last logged.
+    conflict_logged: Option<Instant>,
 }
 
 /// Runs the command thread until the link is dropped (the op queue closes).
@@ -201,6 +215,8 @@ fn open(ctx: &Ctx) -> redis::RedisResult<Session> {
         con,
         run_id,
         shas: [a, b, c],
+        heartbeat_written: false,
+        conflict_logged: None,
     })
 }
 
@@ -347,6 +363,7 @@ fn commands(ctx: &Ctx, s: &Session, op: &Op, eval: bool) -> Vec<Cmd> {
             let ms = ttl_ms(*ttl);
             let node = &ctx.config.node;
             vec![
+                redis::cmd("GET").arg(keys.node(node)).clone(),
                 redis::cmd("SET")
                     .arg(keys.node(node))
                     .arg(format!("{ms} {info}"))
@@ -445,11 +462,44 @@ fn answer(
         Op::Publish { id, .. } => Some(parse_publish(*id, vals.first())),
         Op::Read { id, .. } | Op::Renew { id, .. } => Some(parse_read(*id, vals.first())),
         Op::Control { id, .. } => Some(Reply::Appended { id: *id }),
-        Op::Touch { .. } | Op::Heartbeat { .. } | Op::Tell { .. } | Op::Depart => None,
+        Op::Heartbeat { info, .. } => {
+            let replaced = vals.first().and_then(text);
+            if let Some(other) = replaced.and_then(|old| other_instance(old, info)) {
+                let now = Instant::now();
+                let due = s
+                    .conflict_logged
+                    .is_none_or(|at| now.duration_since(at) >= CONFLICT_LOG_EVERY);
+                if s.heartbeat_written && due {
+                    s.conflict_logged = Some(now);
+                    log::error!(
+                        "another process heartbeats as node {:?} (its instance {other}): \
+                         every node needs its own --node-name; presence and /api/nodes \
+                         mix the two until one is renamed",
+                        ctx.config.node
+                    );
+                }
+            }
+            s.heartbeat_written = true;
+            None
+        }
+        Op::Touch { .. } | Op::Tell { .. } | Op::Depart => None,
         Op::Nodes { id } => Some(nodes(ctx, s, *id, vals.first())?),
     };
     out.extend(reply);
     Ok(())
+}
+
+/// The `instance` of the node entry `replaced` (`TTL_MS INFO`) when it differs from the one
+/// in `ours` (the INFO being written); `None` when they match, or when either has none (an
+/// entry from a version without it).
+fn other_instance(replaced: &str, ours: &str) -> Option<String> {
+    fn instance(info: &str) -> Option<String> {
+        let v: serde_json::Value = serde_json::from_str(info).ok()?;
+        v.get("instance")?.as_str().map(str::to_owned)
+    }
+    let (_, old_info) = replaced.split_once(' ')?;
+    let theirs = instance(old_info)?;
+    (theirs != instance(ours)?).then_some(theirs)
 }
 
 /// The malformed-reply failure.
@@ -574,6 +624,31 @@ mod tests {
 
     fn bulk(s: &str) -> Value {
         Value::BulkString(s.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn a_node_entry_written_by_another_process_is_told_apart() {
+        let ours = r#"{"name":"n1","instance":"00000000000000aa","connections":3}"#;
+        let cases = [
+            // Our own entry, or one from a version without instances: no conflict.
+            (format!("15000 {ours}"), None),
+            (r#"15000 {"name":"n1","connections":3}"#.to_owned(), None),
+            // Another process's: its instance.
+            (
+                r#"15000 {"name":"n1","instance":"00000000000000bb"}"#.to_owned(),
+                Some("00000000000000bb".to_owned()),
+            ),
+            // Not an entry at all.
+            ("garbage".to_owned(), None),
+            ("15000 {not json".to_owned(), None),
+            (r#"15000 {"instance":7}"#.to_owned(), None),
+        ];
+        for (replaced, expected) in cases {
+            assert_eq!(other_instance(&replaced, ours), expected, "{replaced}");
+        }
+        // Without our own instance there is nothing to compare.
+        let theirs = r#"15000 {"instance":"00000000000000bb"}"#;
+        assert_eq!(other_instance(theirs, r#"{"name":"n1"}"#), None);
     }
 
     #[test]
