@@ -15,9 +15,10 @@ pub struct HubFigures {
     pub channels: usize,
     /// User streams the hub tracks.
     pub user_streams: usize,
-    /// Messages held for replay.
+    /// Messages this node holds for replay (0 in cluster mode: history lives in Redis, see
+    /// `deploy/REDIS.md` for its size there).
     pub history_messages: usize,
-    /// Bytes charged against `--history-max-bytes`.
+    /// Bytes charged against `--history-max-bytes` (0 in cluster mode, as above).
     pub history_bytes: usize,
     /// This node's name, as in `/api/nodes` (`--node-name`, or host name and port).
     pub node: String,
@@ -292,12 +293,12 @@ pub fn metrics_text(s: &Stats, hub: &HubFigures) -> String {
     );
     e.gauge(
         "edgepush_history_messages",
-        "Messages held for replay.",
+        "Messages this node holds for replay (0 in cluster mode: history is kept in Redis).",
         hub.history_messages as u64,
     );
     e.gauge(
         "edgepush_history_bytes",
-        "Bytes charged against --history-max-bytes: held frames, their bookkeeping, and offline users' streams.",
+        "Bytes charged against --history-max-bytes: held frames, their bookkeeping, and offline users' streams (0 in cluster mode: history is kept in Redis).",
         hub.history_bytes as u64,
     );
     e.counter(
