@@ -662,7 +662,10 @@ fn process_records(
 ) -> io::Result<Progress> {
     // After our close_notify nothing more is sent (a KeyUpdate is then only followed).
     let may_send = st.phase == Phase::Open;
-    match tls.read(incoming, buf, out, outgoing, may_send) {
+    // A KeyUpdate the peer asked for is answered now only if the socket took all we sent
+    // before; otherwise before our next data (so `pending` cannot grow by reads).
+    let answer = may_send && st.pending.is_empty();
+    match tls.read(incoming, buf, out, outgoing, answer) {
         Ok(done) => {
             transmit(socket, &mut st.pending, outgoing)?;
             Ok(Progress {
@@ -1110,6 +1113,83 @@ mod tests {
             });
             assert_eq!(back, data);
         }
+    }
+
+    /// A client that never reads cannot grow what waits for its socket: with our records
+    /// already pending (its receive window full), KeyUpdate(update_requested) after
+    /// KeyUpdate, each after a byte of data (which resets the flood count), is answered
+    /// once, not once per request (RFC 8446 §4.6.3 asks for a KeyUpdate of ours before our
+    /// next application data), and the answer goes out before that data.
+    #[test]
+    fn key_update_requests_do_not_grow_pending_for_a_client_that_never_reads() {
+        let mut pair = Pair::new(&rustls::version::TLS13, true);
+        pair.echo(b"warm up");
+        let chunk = vec![b'x'; 64 * 1024];
+        let mut sent = 0usize;
+        for _ in 0..10_000 {
+            match pair.server.send(&chunk) {
+                Ok(n) => sent += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => panic!("send: {e}"),
+            }
+        }
+        assert!(pair.server.has_pending(), "the socket never filled");
+        let before = pair.server.inner.state.pending.len();
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut got = 0usize;
+        for _ in 0..3000 {
+            pair.client.refresh_traffic_keys().expect("refresh");
+            pair.client.writer().write_all(b"d").expect("write");
+            while pair.client.wants_write() {
+                pair.client.write_tls(&mut pair.sock).expect("client write");
+            }
+            match pair.server.read(&mut buf) {
+                Ok(n) => got += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => panic!("server read: {e}"),
+            }
+        }
+        // The client still reads nothing.
+        let start = Instant::now();
+        while got < 3000 && start.elapsed() < Duration::from_secs(5) {
+            match pair.server.read(&mut buf) {
+                Ok(n) => got += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err(e) => panic!("server read: {e}"),
+            }
+        }
+        assert_eq!(got, 3000);
+        let after = pair.server.inner.state.pending.len();
+        assert!(
+            after <= before + 64,
+            "pending grew from {before} to {after}"
+        );
+        // Everything sent arrives, then what is sent after (under the updated key).
+        let mut back = 0usize;
+        let mut tail = Vec::new();
+        let mut tail_sent = false;
+        pair.until("client reads all", |p| {
+            let _ = p.server.flush_pending();
+            if !tail_sent && !p.server.has_pending() {
+                tail_sent = p.server.send(b"tail").is_ok();
+            }
+            loop {
+                match p.client.reader().read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) if back < sent => {
+                        let x = n.min(sent - back);
+                        back += x;
+                        tail.extend_from_slice(&buf[x..n]);
+                    }
+                    Ok(n) => tail.extend_from_slice(&buf[..n]),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) => panic!("client: {e}"),
+                }
+            }
+            tail == b"tail"
+        });
     }
 
     /// A connection moves to our record layer once its handshake is over, in TLS 1.3 and 1.2;
