@@ -1192,6 +1192,115 @@ mod tests {
         });
     }
 
+    /// A handshake over loopback where the client's first application data (`data`) goes
+    /// out in the same write as its Finished; returns what the server read, the client, the
+    /// server and the client's socket.
+    fn finished_and_data_together(
+        server_config: &Arc<ServerConfig>,
+        client_config: &Arc<rustls::ClientConfig>,
+        data: &[u8],
+    ) -> (Vec<u8>, ClientConnection, TlsStream, std::net::TcpStream) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut sock = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (accepted, _) = listener.accept().unwrap();
+        sock.set_nonblocking(true).unwrap();
+        accepted.set_nonblocking(true).unwrap();
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let mut server =
+            TlsStream::new(TcpStream::from_std(accepted), Arc::clone(server_config)).unwrap();
+        let mut client = ClientConnection::new(Arc::clone(client_config), name).unwrap();
+        let mut got = Vec::new();
+        let mut sent = false;
+        let mut buf = vec![0u8; 64 * 1024];
+        let start = Instant::now();
+        while got.len() < data.len() && start.elapsed() < Duration::from_secs(5) {
+            if !client.is_handshaking() && !sent {
+                // Queued behind the Finished (TLS 1.3; TLS 1.2 resumed): one write.
+                client.writer().write_all(data).unwrap();
+                sent = true;
+            }
+            let mut wire = Vec::new();
+            while client.wants_write() {
+                client.write_tls(&mut wire).unwrap();
+            }
+            sock.set_nonblocking(false).unwrap();
+            sock.write_all(&wire).unwrap();
+            sock.set_nonblocking(true).unwrap();
+            match client.read_tls(&mut sock) {
+                Ok(_) => {
+                    client.process_new_packets().expect("client process");
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => panic!("client read: {e}"),
+            }
+            match server.read(&mut buf) {
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => panic!("server read: {e}"),
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert!(server.on_own_record_layer());
+        (got, client, server, sock)
+    }
+
+    /// The client's first request in the same segment as its Finished is read, whole and in
+    /// order, across the handover: when rustls stops right behind the Finished (TLS 1.3
+    /// sending session tickets), when it decrypts the first record itself (TLS 1.3 without
+    /// tickets, TLS 1.2 resumed, where our Finished went first), and the client then reads
+    /// what we send under the handed-over keys.
+    #[test]
+    fn data_behind_the_finished_is_read_across_the_handover() {
+        let data: Vec<u8> = (0..40_000).map(|i| (i % 251) as u8).collect();
+        let suites = [
+            rustls::CipherSuite::TLS13_AES_128_GCM_SHA256,
+            rustls::CipherSuite::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+        ];
+        let (server13, client13) = configs_for(&suites, &rustls::version::TLS13);
+        let mut no_tickets = server13.as_ref().clone();
+        no_tickets.send_tls13_tickets = 0;
+        let mut fresh13 = client13.as_ref().clone();
+        fresh13.resumption = rustls::client::Resumption::disabled();
+        let fresh13 = Arc::new(fresh13);
+        let (server12, client12) = configs_for(&suites, &rustls::version::TLS12);
+        for (name, server_config, client_config, resumed) in [
+            ("TLS 1.3", server13, &client13, false),
+            ("TLS 1.3, no tickets", Arc::new(no_tickets), &fresh13, false),
+            ("TLS 1.2", Arc::clone(&server12), &client12, false),
+            ("TLS 1.2 resumed", server12, &client12, true),
+        ] {
+            let (got, mut client, mut server, mut sock) =
+                finished_and_data_together(&server_config, client_config, &data);
+            assert!(got == data, "{name}: {} of {} bytes", got.len(), data.len());
+            let kind = client.handshake_kind();
+            assert_eq!(
+                kind == Some(rustls::HandshakeKind::Resumed),
+                resumed,
+                "{name}: {kind:?}"
+            );
+            let mut wire = Vec::new();
+            assert_eq!(server.send(b"answer").unwrap(), 6);
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_secs(5) {
+                let _ = server.flush_pending();
+                if let Ok(n) = client.read_tls(&mut sock) {
+                    if n > 0 {
+                        client.process_new_packets().expect("client");
+                    }
+                }
+                let mut chunk = [0u8; 64];
+                if let Ok(n) = client.reader().read(&mut chunk) {
+                    wire.extend_from_slice(&chunk[..n]);
+                }
+                if wire.len() >= 6 {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            assert_eq!(wire, b"answer", "{name}");
+        }
+    }
+
     /// A connection moves to our record layer once its handshake is over, in TLS 1.3 and 1.2;
     /// without secret extraction in the configuration it stays on rustls. All echo.
     #[test]
