@@ -308,7 +308,10 @@ impl TlsStream {
                 }
             }
         }
-        if used > 0 && result.is_ok() {
+        // What follows the peer's close_notify (or a record cut by its EOF) is never read: on
+        // our record layer it is not kept (rustls may hold positions in its input).
+        let ended = (st.eof || socket_eof) && matches!(st.engine, Engine::Records(_));
+        if used > 0 && result.is_ok() && !ended {
             st.partial = incoming[..used].to_vec();
         }
         st.more = full || (!drained && !short && !st.eof);
@@ -1113,6 +1116,43 @@ mod tests {
             });
             assert_eq!(back, data);
         }
+    }
+
+    /// Bytes behind the client's close_notify are not kept: the read returns the data before
+    /// it, then EOF, and the connection holds no ciphertext.
+    #[test]
+    fn nothing_behind_a_close_notify_is_kept() {
+        let mut pair = Pair::new(&rustls::version::TLS13, true);
+        pair.client.writer().write_all(b"last words").unwrap();
+        pair.client.send_close_notify();
+        let mut wire = Vec::new();
+        while pair.client.wants_write() {
+            pair.client.write_tls(&mut wire).unwrap();
+        }
+        // A record's worth of bytes after it, and the start of another.
+        wire.extend_from_slice(&[23, 3, 3, 0, 40]);
+        wire.extend_from_slice(&[0; 40]);
+        wire.extend_from_slice(&[23, 3, 3, 0x40, 0]);
+        wire.extend_from_slice(&[0; 1000]);
+        pair.sock.set_nonblocking(false).unwrap();
+        pair.sock.write_all(&wire).unwrap();
+        pair.sock.set_nonblocking(true).unwrap();
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut got = Vec::new();
+        let start = Instant::now();
+        loop {
+            assert!(start.elapsed() < Duration::from_secs(5), "no EOF");
+            match pair.server.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err(e) => panic!("server read: {e}"),
+            }
+        }
+        assert_eq!(got, b"last words");
+        assert_eq!(pair.server.inner.state.partial.capacity(), 0);
     }
 
     /// A client that never reads cannot grow what waits for its socket: with our records
