@@ -812,7 +812,8 @@ impl Drop for SClient {
 /// OpenSSL's client against the server's own record layer: TLS 1.2 with AES-256-GCM (RFC
 /// 5288's explicit nonce) and ChaCha20-Poly1305 (RFC 7905), TLS 1.3 in each suite with
 /// KeyUpdates from the client (`K`: update_requested, which the server answers; `k`: not
-/// requested) between WebSocket echoes; each ends with s_client's close_notify. Skipped
+/// requested) between WebSocket echoes; each ends with s_client's close_notify. A TLS 1.2
+/// renegotiation (`R`) is answered with a fatal unexpected_message alert. Skipped
 /// without `openssl` on the PATH.
 #[test]
 fn openssl_s_client_interoperates_in_every_suite_with_key_updates() {
@@ -890,6 +891,28 @@ fn openssl_s_client_interoperates_in_every_suite_with_key_updates() {
             assert!(!out.contains("KEYUPDATE FAILED"), "{args:?}: {out}");
             assert!(!out.contains(":error:"), "{args:?}: {out}");
         }
+        // A renegotiation (TLS 1.2, `R`) is refused with a fatal unexpected_message alert.
+        let mut s = SClient::start(
+            server.addr(),
+            &ca_pem,
+            &["-tls1_2", "-cipher", "ECDHE-ECDSA-AES128-GCM-SHA256"],
+        );
+        s.type_in(common::upgrade_request("/echo").as_bytes());
+        assert!(s.wait_for("HTTP/1.1 101", 1, false), "{}", s.output());
+        s.type_in(b"R\n");
+        let exited = wait_until(Duration::from_secs(10), || {
+            matches!(s.child.try_wait(), Ok(Some(_)))
+        });
+        assert!(
+            exited,
+            "renegotiation: s_client did not exit: {}",
+            s.output()
+        );
+        assert!(
+            s.wait_for("alert unexpected message", 1, true),
+            "{}",
+            s.output()
+        );
         assert_eq!(server.stats().tls_failures.total(), 0);
     });
 }
