@@ -81,6 +81,9 @@ const KEY_UPDATE: u8 = 24;
 /// A KeyUpdate message: type, 24-bit length 1, `request_update` (RFC 8446 §4.6.3).
 const KEY_UPDATE_LEN: usize = 5;
 
+/// A KeyUpdate's handshake header: type key_update, length 1 (RFC 8446 §4).
+const KEY_UPDATE_HEADER: [u8; 4] = [KEY_UPDATE, 0, 0, 1];
+
 /// KeyUpdates accepted in a row with no application data between them (rustls allows as many
 /// before it closes the connection); each costs two key derivations and a record.
 pub const MAX_KEY_UPDATES: u8 = 32;
@@ -416,9 +419,9 @@ pub struct RecordLayer {
     rx: TrafficKey,
     /// TLS 1.3 only: the key schedule for key updates (TLS 1.2 has none).
     kernel: Option<KernelConnection<ServerConnectionData>>,
-    /// A KeyUpdate message split across records, so far (RFC 8446 §5.1 allows handshake
-    /// messages to be fragmented); `handshake_len` bytes of it.
-    handshake: [u8; KEY_UPDATE_LEN],
+    /// How much of a KeyUpdate message split across records came so far (RFC 8446 §5.1
+    /// allows handshake messages to be fragmented): bytes of its 4-byte header, each checked
+    /// as it comes, so none is kept (the fifth byte, `request_update`, ends it).
     handshake_len: u8,
     /// KeyUpdates received since the last non-empty application data record.
     key_updates: u8,
@@ -455,7 +458,6 @@ impl RecordLayer {
             tx: TrafficKey::new(tx, *tx_seq, version)?,
             rx: TrafficKey::new(rx, *rx_seq, version)?,
             kernel: (version == ProtocolVersion::TLSv1_3).then_some(kernel),
-            handshake: [0; KEY_UPDATE_LEN],
             handshake_len: 0,
             key_updates: 0,
             update_owed: false,
@@ -525,7 +527,7 @@ impl RecordLayer {
         let Some(kernel) = &mut self.kernel else {
             return Err(Fatal::Send(Alert::InternalError));
         };
-        let message = [KEY_UPDATE, 0, 0, 1, 0];
+        let message: [u8; KEY_UPDATE_LEN] = [KEY_UPDATE, 0, 0, 1, 0];
         self.tx.seal(&message, content_type::HANDSHAKE, out)?;
         let (seq, secrets) = kernel
             .update_tx_secret()
@@ -654,25 +656,23 @@ impl RecordLayer {
         if content.is_empty() {
             return Err(Fatal::Send(Alert::UnexpectedMessage));
         }
-        let have = usize::from(self.handshake_len);
-        let take = (KEY_UPDATE_LEN - have).min(content.len());
-        self.handshake[have..have + take].copy_from_slice(&content[..take]);
-        let have = have + take;
-        self.handshake_len = have as u8;
-        if self.handshake[0] != KEY_UPDATE {
-            return Err(Fatal::Send(Alert::UnexpectedMessage));
+        for (i, &byte) in content.iter().enumerate() {
+            match KEY_UPDATE_HEADER.get(usize::from(self.handshake_len)) {
+                Some(&want) if byte == want => self.handshake_len += 1,
+                Some(_) if self.handshake_len == 0 => {
+                    return Err(Fatal::Send(Alert::UnexpectedMessage))
+                }
+                Some(_) => return Err(Fatal::Send(Alert::DecodeError)),
+                None => {
+                    self.handshake_len = 0;
+                    if i + 1 < content.len() {
+                        return Err(Fatal::Send(Alert::UnexpectedMessage));
+                    }
+                    return Ok(Some(byte));
+                }
+            }
         }
-        if have >= 4 && self.handshake[1..4] != [0, 0, 1] {
-            return Err(Fatal::Send(Alert::DecodeError));
-        }
-        if have < KEY_UPDATE_LEN {
-            return Ok(None);
-        }
-        if take < content.len() {
-            return Err(Fatal::Send(Alert::UnexpectedMessage));
-        }
-        self.handshake_len = 0;
-        Ok(Some(self.handshake[4]))
+        Ok(None)
     }
 
     /// A KeyUpdate came (RFC 8446 §4.6.3): the receive key moves on; if the peer asked, ours
