@@ -724,3 +724,195 @@ fn tls12_clients_echo_and_close_cleanly() {
         assert_eq!(server.stats().tls_failures.total(), 0);
     });
 }
+
+/// `openssl s_client` run against the server, its output collected by two threads.
+struct SClient {
+    child: std::process::Child,
+    stdin: Option<std::process::ChildStdin>,
+    out: Arc<std::sync::Mutex<Vec<u8>>>,
+    err: Arc<std::sync::Mutex<Vec<u8>>>,
+}
+
+impl SClient {
+    /// s_client to `addr` trusting `ca_pem`, with `args` choosing version and suite.
+    fn start(addr: std::net::SocketAddr, ca_pem: &std::path::Path, args: &[&str]) -> SClient {
+        let mut child = Command::new("openssl")
+            .arg("s_client")
+            .args(["-connect", &addr.to_string(), "-servername", "localhost"])
+            .arg("-CAfile")
+            .arg(ca_pem)
+            .arg("-verify_return_error")
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("openssl s_client");
+        let collect = |mut from: Box<dyn Read + Send>| {
+            let sink = Arc::new(std::sync::Mutex::new(Vec::new()));
+            let to = Arc::clone(&sink);
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = from.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    to.lock().unwrap().extend_from_slice(&buf[..n]);
+                }
+            });
+            sink
+        };
+        let out = collect(Box::new(child.stdout.take().unwrap()));
+        let err = collect(Box::new(child.stderr.take().unwrap()));
+        SClient {
+            stdin: child.stdin.take(),
+            child,
+            out,
+            err,
+        }
+    }
+
+    /// Writes `bytes` to s_client's standard input (what it sends, or a command line).
+    fn type_in(&mut self, bytes: &[u8]) {
+        let stdin = self.stdin.as_mut().unwrap();
+        if let Err(e) = stdin.write_all(bytes).and_then(|()| stdin.flush()) {
+            std::thread::sleep(Duration::from_millis(100));
+            panic!("s_client's input: {e}; {}", self.output());
+        }
+    }
+
+    /// Waits (at most 10 s) until `needle` appears `count` times in its standard output
+    /// (`stderr`: in its diagnostics).
+    fn wait_for(&self, needle: &str, count: usize, stderr: bool) -> bool {
+        let from = if stderr { &self.err } else { &self.out };
+        wait_until(Duration::from_secs(10), || {
+            String::from_utf8_lossy(&from.lock().unwrap())
+                .matches(needle)
+                .count()
+                >= count
+        })
+    }
+
+    fn output(&self) -> String {
+        format!(
+            "stdout:\n{}\nstderr:\n{}",
+            String::from_utf8_lossy(&self.out.lock().unwrap()),
+            String::from_utf8_lossy(&self.err.lock().unwrap())
+        )
+    }
+}
+
+impl Drop for SClient {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// OpenSSL's client against the server's own record layer: TLS 1.2 with AES-256-GCM (RFC
+/// 5288's explicit nonce) and ChaCha20-Poly1305 (RFC 7905), TLS 1.3 in each suite with
+/// KeyUpdates from the client (`K`: update_requested, which the server answers; `k`: not
+/// requested) between WebSocket echoes; each ends with s_client's close_notify. A TLS 1.2
+/// renegotiation (`R`) is answered with a fatal unexpected_message alert. Skipped
+/// without `openssl` on the PATH.
+#[test]
+fn openssl_s_client_interoperates_in_every_suite_with_key_updates() {
+    if Command::new("openssl").arg("version").output().is_err() {
+        eprintln!("skipped: no openssl");
+        return;
+    }
+    guarded(|| {
+        let (server, _client, ca) = tls_server(Config::for_tests());
+        let dir = temp_dir("s_client");
+        let ca_pem = dir.join("ca.pem");
+        std::fs::write(&ca_pem, ca.pem()).unwrap();
+        // A masked text frame (mask key 0: the payload as is) the echo sends back unmasked.
+        let frame = |text: &str| {
+            let mut f = vec![0x81, 0x80 | text.len() as u8, 0, 0, 0, 0];
+            f.extend_from_slice(text.as_bytes());
+            f
+        };
+        let cases: [(&[&str], &[&str]); 5] = [
+            (
+                &["-tls1_2", "-cipher", "ECDHE-ECDSA-AES256-GCM-SHA384"],
+                &[],
+            ),
+            (
+                &["-tls1_2", "-cipher", "ECDHE-ECDSA-CHACHA20-POLY1305"],
+                &[],
+            ),
+            (
+                &["-tls1_3", "-ciphersuites", "TLS_AES_128_GCM_SHA256"],
+                &["K\n", "k\n", "K\n"],
+            ),
+            (
+                &["-tls1_3", "-ciphersuites", "TLS_AES_256_GCM_SHA384"],
+                &["K\n", "K\n"],
+            ),
+            (
+                &["-tls1_3", "-ciphersuites", "TLS_CHACHA20_POLY1305_SHA256"],
+                &["k\n", "K\n"],
+            ),
+        ];
+        for (args, commands) in cases {
+            let mut s = SClient::start(server.addr(), &ca_pem, args);
+            s.type_in(common::upgrade_request("/echo").as_bytes());
+            assert!(
+                s.wait_for("HTTP/1.1 101", 1, false),
+                "{args:?}: {}",
+                s.output()
+            );
+            s.type_in(&frame("echo-0"));
+            assert!(s.wait_for("echo-0", 1, false), "{args:?}: {}", s.output());
+            for (i, command) in commands.iter().enumerate() {
+                s.type_in(command.as_bytes());
+                // The command must be read alone (s_client drops the rest of its read).
+                assert!(
+                    s.wait_for("KEYUPDATE", i + 1, true),
+                    "{args:?}: {}",
+                    s.output()
+                );
+                std::thread::sleep(Duration::from_millis(50));
+                let text = format!("echo-{}", i + 1);
+                s.type_in(&frame(&text));
+                assert!(
+                    s.wait_for(&text, 1, false),
+                    "{args:?} after {command:?}: {}",
+                    s.output()
+                );
+            }
+            // End of input: s_client sends its close_notify and exits.
+            drop(s.stdin.take());
+            let exited = wait_until(Duration::from_secs(10), || {
+                matches!(s.child.try_wait(), Ok(Some(_)))
+            });
+            assert!(exited, "{args:?}: s_client did not exit: {}", s.output());
+            let out = s.output();
+            assert!(!out.contains("KEYUPDATE FAILED"), "{args:?}: {out}");
+            assert!(!out.contains(":error:"), "{args:?}: {out}");
+        }
+        // A renegotiation (TLS 1.2, `R`) is refused with a fatal unexpected_message alert.
+        let mut s = SClient::start(
+            server.addr(),
+            &ca_pem,
+            &["-tls1_2", "-cipher", "ECDHE-ECDSA-AES128-GCM-SHA256"],
+        );
+        s.type_in(common::upgrade_request("/echo").as_bytes());
+        assert!(s.wait_for("HTTP/1.1 101", 1, false), "{}", s.output());
+        s.type_in(b"R\n");
+        let exited = wait_until(Duration::from_secs(10), || {
+            matches!(s.child.try_wait(), Ok(Some(_)))
+        });
+        assert!(
+            exited,
+            "renegotiation: s_client did not exit: {}",
+            s.output()
+        );
+        assert!(
+            s.wait_for("alert unexpected message", 1, true),
+            "{}",
+            s.output()
+        );
+        assert_eq!(server.stats().tls_failures.total(), 0);
+    });
+}

@@ -16,14 +16,16 @@
 //!   record header as additional data, the true content type inside, after the content and
 //!   before the zero padding. After the handshake a client may send application data, alerts
 //!   (close_notify ends its direction; any other, except user_canceled, is fatal) and one
-//!   handshake message, KeyUpdate.
+//!   handshake message, KeyUpdate; requests for our own key update are answered by one
+//!   KeyUpdate before our next data, however many came.
 //! - TLS 1.2: the content type is the record's own; additional data = sequence number, type,
 //!   version and plaintext length (RFC 5246 §6.2.3.3). AES-GCM (RFC 5288) sends an 8-byte
 //!   explicit nonce before the ciphertext (the nonce is the 4-byte salt and it; ours is
 //!   IV ⊕ sequence number, as rustls makes it); ChaCha20-Poly1305 (RFC 7905) uses
 //!   IV ⊕ sequence number and sends none. After the handshake a client may send application
 //!   data and alerts (close_notify ends its direction, other warnings are ignored, fatal ones
-//!   fatal); a handshake message (renegotiation) is refused.
+//!   fatal); a handshake message (renegotiation) is refused. Warnings (and TLS 1.3's
+//!   user_canceled) are ignored at most [`MAX_WARNINGS`] times, as rustls does.
 //!
 //! Anything else is answered with a fatal alert under our current key. Nothing here touches
 //! a socket: records come in as bytes and go out appended to a buffer (the worker's scratch),
@@ -79,9 +81,16 @@ const KEY_UPDATE: u8 = 24;
 /// A KeyUpdate message: type, 24-bit length 1, `request_update` (RFC 8446 §4.6.3).
 const KEY_UPDATE_LEN: usize = 5;
 
+/// A KeyUpdate's handshake header: type key_update, length 1 (RFC 8446 §4).
+const KEY_UPDATE_HEADER: [u8; 4] = [KEY_UPDATE, 0, 0, 1];
+
 /// KeyUpdates accepted in a row with no application data between them (rustls allows as many
 /// before it closes the connection); each costs two key derivations and a record.
 pub const MAX_KEY_UPDATES: u8 = 32;
+
+/// Warning alerts accepted on a connection (rustls allows as many, then closes it): they
+/// carry nothing, so a peer has no reason to send more.
+pub const MAX_WARNINGS: u8 = 4;
 
 /// The alerts this layer sends or understands (RFC 8446 §6, `AlertDescription`); always sent
 /// with level fatal (2), except close_notify (level warning, 1, as rustls and most stacks
@@ -410,12 +419,20 @@ pub struct RecordLayer {
     rx: TrafficKey,
     /// TLS 1.3 only: the key schedule for key updates (TLS 1.2 has none).
     kernel: Option<KernelConnection<ServerConnectionData>>,
-    /// A KeyUpdate message split across records, so far (RFC 8446 §5.1 allows handshake
-    /// messages to be fragmented); `handshake_len` bytes of it.
-    handshake: [u8; KEY_UPDATE_LEN],
+    /// How much of a KeyUpdate message split across records came so far (RFC 8446 §5.1
+    /// allows handshake messages to be fragmented): bytes of its 4-byte header, each checked
+    /// as it comes, so none is kept (the fifth byte, `request_update`, ends it).
     handshake_len: u8,
     /// KeyUpdates received since the last non-empty application data record.
     key_updates: u8,
+    /// The peer asked for a key update (RFC 8446 §4.6.3) and our KeyUpdate has not gone out
+    /// yet: it goes before our next application data, or at the end of a read when the
+    /// caller allows. Any number of requests before it are answered by that one KeyUpdate,
+    /// so a client that asks again and again without reading cannot make us queue records.
+    update_owed: bool,
+    /// Warning alerts received (TLS 1.3: user_canceled; TLS 1.2: any warning but
+    /// close_notify); more than [`MAX_WARNINGS`] close the connection, as rustls does.
+    warnings: u8,
     /// Records sent under one key before we update it ourselves, or, in TLS 1.2, close (the
     /// suite's confidentiality limit, RFC 8446 §5.5: 2^24 for AES-GCM as rustls counts it).
     tx_limit: u64,
@@ -441,9 +458,10 @@ impl RecordLayer {
             tx: TrafficKey::new(tx, *tx_seq, version)?,
             rx: TrafficKey::new(rx, *rx_seq, version)?,
             kernel: (version == ProtocolVersion::TLSv1_3).then_some(kernel),
-            handshake: [0; KEY_UPDATE_LEN],
             handshake_len: 0,
             key_updates: 0,
+            update_owed: false,
+            warnings: 0,
             tx_limit,
         })
     }
@@ -464,6 +482,7 @@ impl RecordLayer {
     /// # Errors
     /// [`Fatal::Exhausted`], or a key update that fails (`internal_error`).
     pub fn seal_application_data(&mut self, data: &[u8], out: &mut Vec<u8>) -> Result<(), Fatal> {
+        self.answer_key_update(out)?;
         for chunk in data.chunks(MAX_PLAINTEXT) {
             if self.tx.seq.saturating_add(1) >= self.tx_limit {
                 if self.kernel.is_none() {
@@ -490,13 +509,25 @@ impl RecordLayer {
             .seal(&[level, alert as u8], content_type::ALERT, out)
     }
 
+    /// Appends our KeyUpdate, if the peer asked for one since the last (see `update_owed`).
+    ///
+    /// # Errors
+    /// [`Fatal::Exhausted`], or a key update that fails (`internal_error`).
+    pub fn answer_key_update(&mut self, out: &mut Vec<u8>) -> Result<(), Fatal> {
+        if self.update_owed {
+            self.update_owed = false;
+            self.update_tx(out)?;
+        }
+        Ok(())
+    }
+
     /// Sends KeyUpdate(update_not_requested) under the current key, then switches to the next
     /// one (RFC 8446 §4.6.3).
     fn update_tx(&mut self, out: &mut Vec<u8>) -> Result<(), Fatal> {
         let Some(kernel) = &mut self.kernel else {
             return Err(Fatal::Send(Alert::InternalError));
         };
-        let message = [KEY_UPDATE, 0, 0, 1, 0];
+        let message: [u8; KEY_UPDATE_LEN] = [KEY_UPDATE, 0, 0, 1, 0];
         self.tx.seal(&message, content_type::HANDSHAKE, out)?;
         let (seq, secrets) = kernel
             .update_tx_secret()
@@ -506,10 +537,12 @@ impl RecordLayer {
     }
 
     /// Reads the whole records at the front of `incoming` (decrypting them in place):
-    /// application data is appended to `buf` at `*out`; alerts and KeyUpdates are acted on,
-    /// a KeyUpdate's answer appended to `outgoing` when `may_send` (it is false once our
-    /// close_notify went out). Stops at a partial record, when the next record may not fit in
-    /// `buf`, or at the peer's close_notify.
+    /// application data is appended to `buf` at `*out`; alerts and KeyUpdates are acted on.
+    /// If the peer asked for a key update, our KeyUpdate (one for any number of requests) is
+    /// appended to `outgoing` at the end when `may_send` (false once our close_notify went
+    /// out, or while our earlier records wait for the socket: then it goes before our next
+    /// application data, [`RecordLayer::seal_application_data`]). Stops at a partial record,
+    /// when the next record may not fit in `buf`, or at the peer's close_notify.
     ///
     /// # Errors
     /// [`Fatal`]: the connection is over; with [`Fatal::Send`] the caller sends that alert
@@ -521,6 +554,20 @@ impl RecordLayer {
         out: &mut usize,
         outgoing: &mut Vec<u8>,
         may_send: bool,
+    ) -> Result<ReadOutcome, Fatal> {
+        let done = self.read_records(incoming, buf, out)?;
+        if may_send {
+            self.answer_key_update(outgoing)?;
+        }
+        Ok(done)
+    }
+
+    /// [`RecordLayer::read`] without the answer to a KeyUpdate.
+    fn read_records(
+        &mut self,
+        incoming: &mut [u8],
+        buf: &mut [u8],
+        out: &mut usize,
     ) -> Result<ReadOutcome, Fatal> {
         let tls13 = self.kernel.is_some();
         let mut done = ReadOutcome::default();
@@ -566,23 +613,32 @@ impl RecordLayer {
                     let &[level, description] = content else {
                         return Err(Fatal::Send(Alert::DecodeError));
                     };
-                    match description {
-                        0 => {
-                            done.peer_closed = true;
-                            return Ok(done);
-                        }
-                        USER_CANCELED => {}
-                        // TLS 1.2 warnings are ignored (RFC 5246 §7.2.2); in TLS 1.3 every
-                        // alert but these two is fatal whatever its level (RFC 8446 §6).
-                        _ if !tls13 && level == WARNING => {}
-                        d => return Err(Fatal::Received(d)),
+                    if description == 0 {
+                        done.peer_closed = true;
+                        return Ok(done);
+                    }
+                    // In TLS 1.3 every alert but close_notify and user_canceled is fatal
+                    // whatever its level (RFC 8446 §6); in TLS 1.2 warnings are ignored and
+                    // fatal ones fatal, user_canceled too (RFC 5246 §7.2, §7.2.2). Only
+                    // [`MAX_WARNINGS`] are ignored.
+                    let warning = if tls13 {
+                        description == USER_CANCELED
+                    } else {
+                        level == WARNING
+                    };
+                    if !warning {
+                        return Err(Fatal::Received(description));
+                    }
+                    self.warnings += 1;
+                    if self.warnings > MAX_WARNINGS {
+                        return Err(Fatal::Send(Alert::UnexpectedMessage));
                     }
                 }
                 content_type::HANDSHAKE if tls13 => {
                     let Some(request) = self.handshake_fragment(content)? else {
                         continue;
                     };
-                    self.key_update(request, outgoing, may_send)?;
+                    self.key_update(request)?;
                 }
                 // TLS 1.2 renegotiation is not offered; change_cipher_spec and unknown types
                 // are never valid here.
@@ -600,35 +656,28 @@ impl RecordLayer {
         if content.is_empty() {
             return Err(Fatal::Send(Alert::UnexpectedMessage));
         }
-        let have = usize::from(self.handshake_len);
-        let take = (KEY_UPDATE_LEN - have).min(content.len());
-        self.handshake[have..have + take].copy_from_slice(&content[..take]);
-        let have = have + take;
-        self.handshake_len = have as u8;
-        if self.handshake[0] != KEY_UPDATE {
-            return Err(Fatal::Send(Alert::UnexpectedMessage));
+        for (i, &byte) in content.iter().enumerate() {
+            match KEY_UPDATE_HEADER.get(usize::from(self.handshake_len)) {
+                Some(&want) if byte == want => self.handshake_len += 1,
+                Some(_) if self.handshake_len == 0 => {
+                    return Err(Fatal::Send(Alert::UnexpectedMessage))
+                }
+                Some(_) => return Err(Fatal::Send(Alert::DecodeError)),
+                None => {
+                    self.handshake_len = 0;
+                    if i + 1 < content.len() {
+                        return Err(Fatal::Send(Alert::UnexpectedMessage));
+                    }
+                    return Ok(Some(byte));
+                }
+            }
         }
-        if have >= 4 && self.handshake[1..4] != [0, 0, 1] {
-            return Err(Fatal::Send(Alert::DecodeError));
-        }
-        if have < KEY_UPDATE_LEN {
-            return Ok(None);
-        }
-        if take < content.len() {
-            return Err(Fatal::Send(Alert::UnexpectedMessage));
-        }
-        self.handshake_len = 0;
-        Ok(Some(self.handshake[4]))
+        Ok(None)
     }
 
     /// A KeyUpdate came (RFC 8446 §4.6.3): the receive key moves on; if the peer asked, ours
-    /// does too, after a KeyUpdate of ours under the old key.
-    fn key_update(
-        &mut self,
-        request: u8,
-        outgoing: &mut Vec<u8>,
-        may_send: bool,
-    ) -> Result<(), Fatal> {
+    /// will too, after a KeyUpdate of ours under the old key (`update_owed`).
+    fn key_update(&mut self, request: u8) -> Result<(), Fatal> {
         let requested = match request {
             0 => false,
             1 => true,
@@ -645,9 +694,7 @@ impl RecordLayer {
             .update_rx_secret()
             .map_err(|_| Fatal::Send(Alert::InternalError))?;
         self.rx = TrafficKey::new(&secrets, seq, ProtocolVersion::TLSv1_3)?;
-        if requested && may_send {
-            self.update_tx(outgoing)?;
-        }
+        self.update_owed |= requested;
         Ok(())
     }
 }
@@ -937,6 +984,8 @@ pub(super) mod tests {
         tls.rx = TrafficKey::new(&secrets, 0, version).expect("rx");
         tls.handshake_len = 0;
         tls.key_updates = 0;
+        tls.update_owed = false;
+        tls.warnings = 0;
         (TrafficKey::new(&secrets, 0, version).expect("peer"), tls)
     }
 
@@ -1119,6 +1168,81 @@ pub(super) mod tests {
             KEY_UPDATE_LEN + OVERHEAD,
             "requested: answered"
         );
+    }
+
+    /// Requests for a key update are answered by one KeyUpdate of ours however many came
+    /// (RFC 8446 §4.6.3: before our next application data); held back when the caller may
+    /// not send, it goes before our next data, and the client reads that data.
+    #[test]
+    fn key_update_requests_are_answered_once() {
+        let (mut client, mut tls) = pair(SUITES[0]);
+        for _ in 0..3 {
+            client.refresh_traffic_keys().expect("refresh");
+            client.writer().write_all(b"x").expect("write");
+        }
+        let mut wire = client_wire(&mut client);
+        let (r, got, outgoing) = server_reads(&mut tls, &mut wire, 1024);
+        assert_eq!(r.expect("read").discard, wire.len());
+        assert_eq!(got, b"xxx");
+        assert_eq!(outgoing.len(), KEY_UPDATE_LEN + OVERHEAD, "one KeyUpdate");
+        let mut wire = outgoing;
+        tls.seal_application_data(b"one", &mut wire).expect("seal");
+        assert_eq!(client_reads(&mut client, &wire).expect("client"), b"one");
+
+        // Not allowed to send now: nothing goes out until our next data, which it precedes.
+        client.refresh_traffic_keys().expect("refresh");
+        client.writer().write_all(b"y").expect("write");
+        let mut wire = client_wire(&mut client);
+        let mut buf = [0u8; 64];
+        let mut out = 0;
+        let mut outgoing = Vec::new();
+        tls.read(&mut wire, &mut buf, &mut out, &mut outgoing, false)
+            .expect("read");
+        assert!(outgoing.is_empty());
+        let mut wire = Vec::new();
+        tls.seal_application_data(b"two", &mut wire).expect("seal");
+        assert_eq!(wire.len(), KEY_UPDATE_LEN + 3 + 2 * OVERHEAD);
+        assert_eq!(tls.tx.seq(), 1, "data under the new key");
+        assert_eq!(client_reads(&mut client, &wire).expect("client"), b"two");
+        let mut wire = Vec::new();
+        tls.seal_application_data(b"three", &mut wire)
+            .expect("seal");
+        assert_eq!(wire.len(), 5 + OVERHEAD, "answered once");
+    }
+
+    /// Warning alerts (TLS 1.3: user_canceled at any level; TLS 1.2: level warning) are
+    /// ignored up to [`MAX_WARNINGS`], then the connection closes; a TLS 1.2 user_canceled
+    /// of level fatal is fatal.
+    #[test]
+    fn warning_alerts_are_bounded() {
+        let (mut peer, mut tls) = twin_keys();
+        let mut wire = Vec::new();
+        for _ in 0..MAX_WARNINGS {
+            wire.extend(raw_record(&mut peer, &[1, 90, 21]));
+            wire.extend(raw_record(&mut peer, b"data\x17"));
+        }
+        let (r, got, _) = server_reads(&mut tls, &mut wire, 1024);
+        assert_eq!(r.expect("within the limit").discard, wire.len());
+        assert_eq!(got.len(), 4 * usize::from(MAX_WARNINGS));
+        let mut wire = raw_record(&mut peer, &[2, 90, 21]);
+        let (r, _, _) = server_reads(&mut tls, &mut wire, 1024);
+        assert_eq!(r, Err(Fatal::Send(Alert::UnexpectedMessage)));
+
+        let (mut peer, mut tls) = twin_keys_tls12();
+        let mut wire = Vec::new();
+        for d in [90u8, 100, 90, 41] {
+            wire.extend(raw_record_tls12(&mut peer, 21, &[1, d]));
+        }
+        let (r, _, _) = server_reads(&mut tls, &mut wire, 1024);
+        assert_eq!(r.expect("within the limit").discard, wire.len());
+        let mut wire = raw_record_tls12(&mut peer, 21, &[1, 90]);
+        let (r, _, _) = server_reads(&mut tls, &mut wire, 1024);
+        assert_eq!(r, Err(Fatal::Send(Alert::UnexpectedMessage)));
+
+        let (mut peer, mut tls) = twin_keys_tls12();
+        let mut wire = raw_record_tls12(&mut peer, 21, &[2, 90]);
+        let (r, _, _) = server_reads(&mut tls, &mut wire, 1024);
+        assert_eq!(r, Err(Fatal::Received(90)));
     }
 
     /// More than [`MAX_KEY_UPDATES`] KeyUpdates with no data between close the connection;

@@ -308,7 +308,10 @@ impl TlsStream {
                 }
             }
         }
-        if used > 0 && result.is_ok() {
+        // What follows the peer's close_notify (or a record cut by its EOF) is never read: on
+        // our record layer it is not kept (rustls may hold positions in its input).
+        let ended = (st.eof || socket_eof) && matches!(st.engine, Engine::Records(_));
+        if used > 0 && result.is_ok() && !ended {
             st.partial = incoming[..used].to_vec();
         }
         st.more = full || (!drained && !short && !st.eof);
@@ -662,7 +665,10 @@ fn process_records(
 ) -> io::Result<Progress> {
     // After our close_notify nothing more is sent (a KeyUpdate is then only followed).
     let may_send = st.phase == Phase::Open;
-    match tls.read(incoming, buf, out, outgoing, may_send) {
+    // A KeyUpdate the peer asked for is answered now only if the socket took all we sent
+    // before; otherwise before our next data (so `pending` cannot grow by reads).
+    let answer = may_send && st.pending.is_empty();
+    match tls.read(incoming, buf, out, outgoing, answer) {
         Ok(done) => {
             transmit(socket, &mut st.pending, outgoing)?;
             Ok(Progress {
@@ -1109,6 +1115,229 @@ mod tests {
                 back.len() >= data.len()
             });
             assert_eq!(back, data);
+        }
+    }
+
+    /// Bytes behind the client's close_notify are not kept: the read returns the data before
+    /// it, then EOF, and the connection holds no ciphertext.
+    #[test]
+    fn nothing_behind_a_close_notify_is_kept() {
+        let mut pair = Pair::new(&rustls::version::TLS13, true);
+        pair.client.writer().write_all(b"last words").unwrap();
+        pair.client.send_close_notify();
+        let mut wire = Vec::new();
+        while pair.client.wants_write() {
+            pair.client.write_tls(&mut wire).unwrap();
+        }
+        // A record's worth of bytes after it, and the start of another.
+        wire.extend_from_slice(&[23, 3, 3, 0, 40]);
+        wire.extend_from_slice(&[0; 40]);
+        wire.extend_from_slice(&[23, 3, 3, 0x40, 0]);
+        wire.extend_from_slice(&[0; 1000]);
+        pair.sock.set_nonblocking(false).unwrap();
+        pair.sock.write_all(&wire).unwrap();
+        pair.sock.set_nonblocking(true).unwrap();
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut got = Vec::new();
+        let start = Instant::now();
+        loop {
+            assert!(start.elapsed() < Duration::from_secs(5), "no EOF");
+            match pair.server.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err(e) => panic!("server read: {e}"),
+            }
+        }
+        assert_eq!(got, b"last words");
+        assert_eq!(pair.server.inner.state.partial.capacity(), 0);
+    }
+
+    /// A client that never reads cannot grow what waits for its socket: with our records
+    /// already pending (its receive window full), KeyUpdate(update_requested) after
+    /// KeyUpdate, each after a byte of data (which resets the flood count), is answered
+    /// once, not once per request (RFC 8446 §4.6.3 asks for a KeyUpdate of ours before our
+    /// next application data), and the answer goes out before that data.
+    #[test]
+    fn key_update_requests_do_not_grow_pending_for_a_client_that_never_reads() {
+        let mut pair = Pair::new(&rustls::version::TLS13, true);
+        pair.echo(b"warm up");
+        let chunk = vec![b'x'; 64 * 1024];
+        let mut sent = 0usize;
+        for _ in 0..10_000 {
+            match pair.server.send(&chunk) {
+                Ok(n) => sent += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => panic!("send: {e}"),
+            }
+        }
+        assert!(pair.server.has_pending(), "the socket never filled");
+        let before = pair.server.inner.state.pending.len();
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut got = 0usize;
+        for _ in 0..3000 {
+            pair.client.refresh_traffic_keys().expect("refresh");
+            pair.client.writer().write_all(b"d").expect("write");
+            while pair.client.wants_write() {
+                pair.client.write_tls(&mut pair.sock).expect("client write");
+            }
+            match pair.server.read(&mut buf) {
+                Ok(n) => got += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => panic!("server read: {e}"),
+            }
+        }
+        // The client still reads nothing.
+        let start = Instant::now();
+        while got < 3000 && start.elapsed() < Duration::from_secs(5) {
+            match pair.server.read(&mut buf) {
+                Ok(n) => got += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err(e) => panic!("server read: {e}"),
+            }
+        }
+        assert_eq!(got, 3000);
+        let after = pair.server.inner.state.pending.len();
+        assert!(
+            after <= before + 64,
+            "pending grew from {before} to {after}"
+        );
+        // Everything sent arrives, then what is sent after (under the updated key).
+        let mut back = 0usize;
+        let mut tail = Vec::new();
+        let mut tail_sent = false;
+        pair.until("client reads all", |p| {
+            let _ = p.server.flush_pending();
+            if !tail_sent && !p.server.has_pending() {
+                tail_sent = p.server.send(b"tail").is_ok();
+            }
+            loop {
+                match p.client.reader().read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) if back < sent => {
+                        let x = n.min(sent - back);
+                        back += x;
+                        tail.extend_from_slice(&buf[x..n]);
+                    }
+                    Ok(n) => tail.extend_from_slice(&buf[..n]),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) => panic!("client: {e}"),
+                }
+            }
+            tail == b"tail"
+        });
+    }
+
+    /// A handshake over loopback where the client's first application data (`data`) goes
+    /// out in the same write as its Finished; returns what the server read, the client, the
+    /// server and the client's socket.
+    fn finished_and_data_together(
+        server_config: &Arc<ServerConfig>,
+        client_config: &Arc<rustls::ClientConfig>,
+        data: &[u8],
+    ) -> (Vec<u8>, ClientConnection, TlsStream, std::net::TcpStream) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut sock = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (accepted, _) = listener.accept().unwrap();
+        sock.set_nonblocking(true).unwrap();
+        accepted.set_nonblocking(true).unwrap();
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let mut server =
+            TlsStream::new(TcpStream::from_std(accepted), Arc::clone(server_config)).unwrap();
+        let mut client = ClientConnection::new(Arc::clone(client_config), name).unwrap();
+        let mut got = Vec::new();
+        let mut sent = false;
+        let mut buf = vec![0u8; 64 * 1024];
+        let start = Instant::now();
+        while got.len() < data.len() && start.elapsed() < Duration::from_secs(5) {
+            if !client.is_handshaking() && !sent {
+                // Queued behind the Finished (TLS 1.3; TLS 1.2 resumed): one write.
+                client.writer().write_all(data).unwrap();
+                sent = true;
+            }
+            let mut wire = Vec::new();
+            while client.wants_write() {
+                client.write_tls(&mut wire).unwrap();
+            }
+            sock.set_nonblocking(false).unwrap();
+            sock.write_all(&wire).unwrap();
+            sock.set_nonblocking(true).unwrap();
+            match client.read_tls(&mut sock) {
+                Ok(_) => {
+                    client.process_new_packets().expect("client process");
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => panic!("client read: {e}"),
+            }
+            match server.read(&mut buf) {
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => panic!("server read: {e}"),
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert!(server.on_own_record_layer());
+        (got, client, server, sock)
+    }
+
+    /// The client's first request in the same segment as its Finished is read, whole and in
+    /// order, across the handover: when rustls stops right behind the Finished (TLS 1.3
+    /// sending session tickets), when it decrypts the first record itself (TLS 1.3 without
+    /// tickets, TLS 1.2 resumed, where our Finished went first), and the client then reads
+    /// what we send under the handed-over keys.
+    #[test]
+    fn data_behind_the_finished_is_read_across_the_handover() {
+        let data: Vec<u8> = (0..40_000).map(|i| (i % 251) as u8).collect();
+        let suites = [
+            rustls::CipherSuite::TLS13_AES_128_GCM_SHA256,
+            rustls::CipherSuite::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+        ];
+        let (server13, client13) = configs_for(&suites, &rustls::version::TLS13);
+        let mut no_tickets = server13.as_ref().clone();
+        no_tickets.send_tls13_tickets = 0;
+        let mut fresh13 = client13.as_ref().clone();
+        fresh13.resumption = rustls::client::Resumption::disabled();
+        let fresh13 = Arc::new(fresh13);
+        let (server12, client12) = configs_for(&suites, &rustls::version::TLS12);
+        for (name, server_config, client_config, resumed) in [
+            ("TLS 1.3", server13, &client13, false),
+            ("TLS 1.3, no tickets", Arc::new(no_tickets), &fresh13, false),
+            ("TLS 1.2", Arc::clone(&server12), &client12, false),
+            ("TLS 1.2 resumed", server12, &client12, true),
+        ] {
+            let (got, mut client, mut server, mut sock) =
+                finished_and_data_together(&server_config, client_config, &data);
+            assert!(got == data, "{name}: {} of {} bytes", got.len(), data.len());
+            let kind = client.handshake_kind();
+            assert_eq!(
+                kind == Some(rustls::HandshakeKind::Resumed),
+                resumed,
+                "{name}: {kind:?}"
+            );
+            let mut wire = Vec::new();
+            assert_eq!(server.send(b"answer").unwrap(), 6);
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_secs(5) {
+                let _ = server.flush_pending();
+                if let Ok(n) = client.read_tls(&mut sock) {
+                    if n > 0 {
+                        client.process_new_packets().expect("client");
+                    }
+                }
+                let mut chunk = [0u8; 64];
+                if let Ok(n) = client.reader().read(&mut chunk) {
+                    wire.extend_from_slice(&chunk[..n]);
+                }
+                if wire.len() >= 6 {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            assert_eq!(wire, b"answer", "{name}");
         }
     }
 
