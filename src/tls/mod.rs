@@ -183,8 +183,11 @@ pub enum TlsFailure {
     ProtocolVersion,
     /// The client offers ALPN protocols but not `http/1.1` (e.g. only `h2`).
     NoApplicationProtocol,
-    /// Bytes that are not TLS records (plain HTTP to the TLS port, garbage) or do not decrypt.
+    /// Bytes that are not TLS records (garbage) or do not decrypt.
     BadRecord,
+    /// A plain HTTP request on the TLS listener (`http://` or `ws://` to a TLS port): answered
+    /// with a plain-text 400 that says to use `https://` or `wss://`.
+    PlainHttp,
     /// The client sent a fatal alert (e.g. it does not trust our certificate).
     Alert,
     /// No finished handshake within `--handshake-timeout`.
@@ -197,11 +200,12 @@ pub enum TlsFailure {
 
 impl TlsFailure {
     /// Every reason, in the order the metrics list them.
-    pub const ALL: [TlsFailure; 8] = [
+    pub const ALL: [TlsFailure; 9] = [
         TlsFailure::NoCertificate,
         TlsFailure::ProtocolVersion,
         TlsFailure::NoApplicationProtocol,
         TlsFailure::BadRecord,
+        TlsFailure::PlainHttp,
         TlsFailure::Alert,
         TlsFailure::Timeout,
         TlsFailure::Eof,
@@ -215,6 +219,7 @@ impl TlsFailure {
             TlsFailure::ProtocolVersion => "protocol_version",
             TlsFailure::NoApplicationProtocol => "no_application_protocol",
             TlsFailure::BadRecord => "bad_record",
+            TlsFailure::PlainHttp => "plain_http",
             TlsFailure::Alert => "alert",
             TlsFailure::Timeout => "timeout",
             TlsFailure::Eof => "eof",

@@ -569,6 +569,20 @@ fn process(
     out: &mut usize,
     outgoing: &mut Vec<u8>,
 ) -> io::Result<Progress> {
+    if st.phase == Phase::Handshaking && looks_like_http(incoming) {
+        // Not TLS at all: a browser or curl sent `http://` to this port. A TLS alert would
+        // read as garbage (curl: "HTTP/0.9 not allowed"); a plain 400 says what to do, as
+        // nginx does.
+        let _ = write_some(socket, PLAIN_HTTP_ANSWER);
+        st.engine = Engine::Gone;
+        st.event = Some(TransportEvent::HandshakeFailed(TlsFailure::PlainHttp));
+        st.phase = Phase::Done;
+        debug!("TLS: plain HTTP request on the TLS listener; answered 400");
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "plain HTTP on the TLS listener",
+        ));
+    }
     let mut engine = std::mem::replace(&mut st.engine, Engine::Gone);
     let mut result = match &mut engine {
         Engine::Rustls(conn) => process_rustls(st, conn, socket, incoming, buf, out, outgoing),
@@ -609,6 +623,19 @@ fn process(
         st.engine = engine;
     }
     result
+}
+
+/// The answer to a plain HTTP request on the TLS listener (RFC 9110 §15.5.1).
+const PLAIN_HTTP_ANSWER: &[u8] = b"HTTP/1.1 400 Bad Request\r\n\
+Content-Type: text/plain; charset=utf-8\r\nContent-Length: 45\r\nConnection: close\r\n\r\n\
+this port speaks TLS: use https:// or wss://\n";
+
+/// Whether handshake input starts like an HTTP/1.x request (its method's first letter,
+/// `G` of `GET`…): a TLS record starts with its content type (20–24), never a capital
+/// letter, so a record boundary during the handshake is never taken for one, and the first
+/// byte decides (rustls would refuse it at once as a bad record).
+fn looks_like_http(incoming: &[u8]) -> bool {
+    incoming.first().is_some_and(u8::is_ascii_uppercase)
 }
 
 /// rustls finished a handshake (and has read nothing past the client's Finished): what it
