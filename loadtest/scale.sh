@@ -11,6 +11,8 @@
 #   loadtest/scale.sh --quick               # 3,000 connections for 20 s (checks the script)
 #   loadtest/scale.sh --soak 3m --quick     # a short soak with every fault
 #   N=60000 DURATION=2m loadtest/scale.sh   # other sizes
+#   READ_BATCH=2ms loadtest/scale.sh        # clients read in 2 ms batches (`--read-batch`,
+#                                           # see loadtest/README.md; default 0: off)
 #
 # Before the cluster, the same shape runs against ONE node without Redis (BASE_N connections,
 # default 15,000, 10 s): the single-node memory figure the cluster's is compared with. And
@@ -65,6 +67,7 @@ BASE_N="${BASE_N:-$([[ -n "$QUICK" ]] && echo 1500 || echo 15000)}"
 ALLHANDS_RATE="${ALLHANDS_RATE:-1}"
 ROOM_RATE="${ROOM_RATE:-100}"
 USER_RATE="${USER_RATE:-200}"
+READ_BATCH="${READ_BATCH:-0ms}"
 SAMPLE_EVERY="${SAMPLE_EVERY:-10}"
 WORK="${WORK:-$(mktemp -d /tmp/edgepush-scale.XXXXXX)}"
 
@@ -239,7 +242,7 @@ echo "$(date +%T) scale: $N connections over $NODES nodes for $DURATION (drop ra
 RC=0
 "$L" scale --json --url "$WS_URLS" --api "$API_URLS" -n "$N" --rooms "$ROOMS" --size "$SIZE" \
   --allhands-rate "$ALLHANDS_RATE" --room-rate "$ROOM_RATE" --user-rate "$USER_RATE" \
-  --duration "$DURATION" --drop-rate "$DROP_RATE" --settle 15s \
+  --duration "$DURATION" --drop-rate "$DROP_RATE" --settle 15s --read-batch "$READ_BATCH" \
   --server-pids "$(pids_csv "${NODE_PIDS[@]}")" --redis-pid "$REDIS_PID" \
   --timeline "$WORK/timeline.jsonl" --svg "$WORK/scale.svg" \
   --svg-title "edgepush: $N connections, $NODES nodes + Redis" \
