@@ -300,6 +300,9 @@ if floor_ns:
     ratio = f"{p99 / 1000 / goal_ms:.2f}×" if p99 else "–"
     print(f"\nFloor (`edgepush-load floor`): {floor:.0f} ns per loopback send; all-hands floor = floor × {n:,} ÷ 2 cores = "
           f"{goal_ms:.0f} ms. All-hands p99 = **{ratio} the floor** (goal ≤ 1.5×).")
+print(f"\nNodes' CPU during the load and settle: {sc.get('server_cpu_s')} s = "
+      f"**{sc.get('server_cpu_us_per_delivery')} µs per delivery**; clients' `--read-batch` "
+      f"{sc.get('read_batch_ms')} ms (added to every latency above, not subtracted)")
 print()
 bn = (base.get("nodes") or [{}])[0]
 bpc = bn.get("bytes_per_conn")
