@@ -11,6 +11,8 @@
 #   loadtest/scale.sh --quick               # 3,000 connections for 20 s (checks the script)
 #   loadtest/scale.sh --soak 3m --quick     # a short soak with every fault
 #   N=60000 DURATION=2m loadtest/scale.sh   # other sizes
+#   READ_BATCH=2ms loadtest/scale.sh        # clients read in 2 ms batches (`--read-batch`,
+#                                           # see loadtest/README.md; default 0: off)
 #
 # Before the cluster, the same shape runs against ONE node without Redis (BASE_N connections,
 # default 15,000, 10 s): the single-node memory figure the cluster's is compared with. And
@@ -65,6 +67,7 @@ BASE_N="${BASE_N:-$([[ -n "$QUICK" ]] && echo 1500 || echo 15000)}"
 ALLHANDS_RATE="${ALLHANDS_RATE:-1}"
 ROOM_RATE="${ROOM_RATE:-100}"
 USER_RATE="${USER_RATE:-200}"
+READ_BATCH="${READ_BATCH:-0ms}"
 SAMPLE_EVERY="${SAMPLE_EVERY:-10}"
 WORK="${WORK:-$(mktemp -d /tmp/edgepush-scale.XXXXXX)}"
 
@@ -239,7 +242,7 @@ echo "$(date +%T) scale: $N connections over $NODES nodes for $DURATION (drop ra
 RC=0
 "$L" scale --json --url "$WS_URLS" --api "$API_URLS" -n "$N" --rooms "$ROOMS" --size "$SIZE" \
   --allhands-rate "$ALLHANDS_RATE" --room-rate "$ROOM_RATE" --user-rate "$USER_RATE" \
-  --duration "$DURATION" --drop-rate "$DROP_RATE" --settle 15s \
+  --duration "$DURATION" --drop-rate "$DROP_RATE" --settle 15s --read-batch "$READ_BATCH" \
   --server-pids "$(pids_csv "${NODE_PIDS[@]}")" --redis-pid "$REDIS_PID" \
   --timeline "$WORK/timeline.jsonl" --svg "$WORK/scale.svg" \
   --svg-title "edgepush: $N connections, $NODES nodes + Redis" \
@@ -297,6 +300,9 @@ if floor_ns:
     ratio = f"{p99 / 1000 / goal_ms:.2f}×" if p99 else "–"
     print(f"\nFloor (`edgepush-load floor`): {floor:.0f} ns per loopback send; all-hands floor = floor × {n:,} ÷ 2 cores = "
           f"{goal_ms:.0f} ms. All-hands p99 = **{ratio} the floor** (goal ≤ 1.5×).")
+print(f"\nNodes' CPU during the load and settle: {sc.get('server_cpu_s')} s = "
+      f"**{sc.get('server_cpu_us_per_delivery')} µs per delivery**; clients' `--read-batch` "
+      f"{sc.get('read_batch_ms')} ms (added to every latency above, not subtracted)")
 print()
 bn = (base.get("nodes") or [{}])[0]
 bpc = bn.get("bytes_per_conn")

@@ -265,6 +265,13 @@ pub struct ScaleArgs {
     /// After the load, how long to wait for the deliveries to catch up
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub settle: Duration,
+    /// While the load runs, each client process reads in batches: after handling what one
+    /// poll returned it sleeps this long and polls again without waiting, so a burst finds
+    /// no process asleep in `epoll_wait` and the sending node pays no wakeup per segment (a
+    /// cost a server sending to remote clients does not have). Adds up to this much to every
+    /// measured latency, which is reported as it is (0 = sleep in `epoll_wait` as usual)
+    #[arg(long, default_value = "0ms", value_parser = parse_duration, value_name = "DURATION")]
+    pub read_batch: Duration,
     /// The nodes' process ids, in `--url` order (RSS, CPU, descriptors)
     #[arg(long, value_delimiter = ',')]
     pub server_pids: Vec<u32>,

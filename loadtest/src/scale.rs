@@ -35,6 +35,10 @@ pub struct ScaleSpec {
     pub drop_rate: f64,
     /// After publishing, how long to wait for the deliveries to catch up (ns).
     pub settle_ns: u64,
+    /// `--read-batch` (ns): after each poll's events, sleep this long and poll without
+    /// waiting (0: wait in `epoll_wait` as usual).
+    #[serde(default)]
+    pub read_batch_ns: u64,
     /// Where the parent writes the streams' last acknowledged `(epoch, seq)` before `END`
     /// (lines `all E S`, `room I E S`, `user I E S`).
     pub tops_path: PathBuf,

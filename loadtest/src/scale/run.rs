@@ -51,6 +51,7 @@ pub fn child_spec(args: &ScaleArgs, start: u64) -> ScaleSpec {
         rooms: args.rooms,
         drop_rate: args.drop_rate,
         settle_ns: args.settle.as_nanos() as u64,
+        read_batch_ns: args.read_batch.as_nanos() as u64,
         tops_path: std::env::temp_dir().join(format!(
             "edgepush-load-tops-{}-{start}.txt",
             std::process::id()
@@ -605,6 +606,12 @@ fn build_report(i: &Inputs<'_>) -> Value {
             "fd_end": en.fds,
         })
     };
+    // The nodes' CPU (user + system, from GO to the end) per delivery they made.
+    let node_cpu: f64 = nodes
+        .iter()
+        .filter_map(|n| n.get("cpu_s").and_then(Value::as_f64))
+        .sum();
+    let cpu_us_per_delivery = (deliveries > 0).then(|| round3(node_cpu * 1e6 / deliveries as f64));
     let rf_total: u64 = merged.recovered_false.iter().map(|r| r[0] + r[1]).sum();
     let m = &merged;
     let sum3 = |a: &[u64; 3]| a.iter().sum::<u64>();
@@ -627,6 +634,7 @@ fn build_report(i: &Inputs<'_>) -> Value {
         "rates": {"allhands": i.view.allhands_rate, "room": i.view.room_rate, "user": i.view.user_rate},
         "size": i.view.size,
         "drop_rate": i.view.drop_rate,
+        "read_batch_ms": round3(i.view.read_batch.as_secs_f64() * 1e3),
         "published": i.publish_totals[0],
         "publish_failed": i.publish_totals[1],
         "publish_retries": i.publish_totals[2],
@@ -640,6 +648,8 @@ fn build_report(i: &Inputs<'_>) -> Value {
         "deliveries_per_s": if i.load_s > 0.0 { (load_sum as f64 / i.load_s.floor().max(1.0)).round() } else { 0.0 },
         "deliveries_per_s_peak": peak,
         "replayed": sum3(&m.replayed),
+        "server_cpu_s": round3(node_cpu),
+        "server_cpu_us_per_delivery": cpu_us_per_delivery,
         "latency_us": per_kind(&|k| json!(percentiles(&latency[k]))),
     });
     let third = json!({
