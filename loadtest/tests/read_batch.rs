@@ -2,35 +2,11 @@
 //! missing, duplicated or out of order), the report says the batch it used and the nodes' CPU
 //! per delivery, and the wait is in the latency it reports, not taken out of it.
 
-use std::process::Command;
-
 use edgepush::config::Config;
 use edgepush::server::Server;
-use serde_json::Value;
 
-/// Runs `edgepush-load ARGS --json` and returns its report.
-fn run(args: &[&str]) -> Value {
-    let output = Command::new(env!("CARGO_BIN_EXE_edgepush-load"))
-        .args(args)
-        .args(["--json", "--timeout", "60s"])
-        .output()
-        .expect("run edgepush-load");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "edgepush-load {args:?} failed: {}\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let line = stdout.lines().last().unwrap_or_default();
-    serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}"))
-}
-
-fn u(report: &Value, field: &str) -> u64 {
-    report[field]
-        .as_u64()
-        .unwrap_or_else(|| panic!("{field} missing or not a count in {report}"))
-}
+mod common;
+use common::{run_with, u};
 
 #[test]
 fn batched_readers_miss_nothing_and_their_wait_is_in_the_latency() {
@@ -40,31 +16,34 @@ fn batched_readers_miss_nothing_and_their_wait_is_in_the_latency() {
     let pid = std::process::id().to_string();
     // 70 ms batches against all-hands every 200 ms: the publishes fall at every phase of the
     // clients' 70 ms loop (200 is no multiple of it), so their waits spread over 0..70 ms.
-    let r = run(&[
-        "scale",
-        "-n",
-        "50",
-        "--rooms",
-        "2",
-        "--url",
-        &url,
-        "--api",
-        &api,
-        "--duration",
-        "3s",
-        "--allhands-rate",
-        "5",
-        "--room-rate",
-        "10",
-        "--user-rate",
-        "10",
-        "--settle",
-        "5s",
-        "--read-batch",
-        "70ms",
-        "--server-pids",
-        &pid,
-    ]);
+    let r = run_with(
+        &[
+            "scale",
+            "-n",
+            "50",
+            "--rooms",
+            "2",
+            "--url",
+            &url,
+            "--api",
+            &api,
+            "--duration",
+            "3s",
+            "--allhands-rate",
+            "5",
+            "--room-rate",
+            "10",
+            "--user-rate",
+            "10",
+            "--settle",
+            "5s",
+            "--read-batch",
+            "70ms",
+            "--server-pids",
+            &pid,
+        ],
+        &[],
+    );
     assert_eq!(u(&r, "connected"), 50, "{r}");
     for field in ["missing", "duplicates", "out_of_order", "unexpected"] {
         assert_eq!(u(&r, field), 0, "{field} in {r}");

@@ -9,38 +9,16 @@ use edgepush::config::Config;
 use edgepush::server::Server;
 use serde_json::Value;
 
+mod common;
+use common::{f, u};
+
 fn server(config: Config) -> Server {
     Server::start(&config).expect("start edgepush")
 }
 
-/// Runs `edgepush-load ARGS --json` and returns its report.
+/// Runs `edgepush-load ARGS --json` (clients never busy-poll) and returns its report.
 fn run(args: &[&str]) -> Value {
-    let output = Command::new(env!("CARGO_BIN_EXE_edgepush-load"))
-        .args(args)
-        .args(["--json", "--timeout", "60s", "--no-spin"])
-        .output()
-        .expect("run edgepush-load");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "edgepush-load {args:?} failed: {}\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let line = stdout.lines().last().unwrap_or_default();
-    serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}"))
-}
-
-fn u(report: &Value, field: &str) -> u64 {
-    report[field]
-        .as_u64()
-        .unwrap_or_else(|| panic!("{field} missing or not a count in {report}"))
-}
-
-fn f(report: &Value, field: &str) -> f64 {
-    report[field]
-        .as_f64()
-        .unwrap_or_else(|| panic!("{field} missing or not a number in {report}"))
+    common::run_with(args, &["--no-spin"])
 }
 
 #[test]

@@ -119,6 +119,18 @@ impl Rig {
         self.events()
     }
 
+    /// Queues an empty read answer (epoch 1, top 0) for each of `reads` (not yet ticked).
+    fn answer_reads_empty(&mut self, reads: Vec<OpId>) {
+        for id in reads {
+            self.broker.link.replies.push_back(Reply::Read {
+                id,
+                epoch: 1,
+                top: 0,
+                entries: Vec::new(),
+            });
+        }
+    }
+
     fn events(&mut self) -> Vec<String> {
         std::iter::from_fn(|| self.broker.poll_event())
             .map(|e| show(&e))
@@ -573,14 +585,7 @@ fn tables_sized_by_a_burst_of_reads_shrink_once_it_is_answered() {
     let reads: Vec<OpId> = rig.broker.link.ops.iter().filter_map(Op::id).collect();
     assert_eq!(reads.len(), 5000);
     assert!(rig.broker.ops.capacity() >= 5000);
-    for id in reads {
-        rig.broker.link.replies.push_back(Reply::Read {
-            id,
-            epoch: 1,
-            top: 0,
-            entries: Vec::new(),
-        });
-    }
+    rig.answer_reads_empty(reads);
     rig.broker.tick(rig.now);
     assert_eq!(rig.events().len(), 5000, "every join answered");
     assert!(rig.broker.ops.capacity() <= SHRINK_FLOOR, "ops shrank");
@@ -621,14 +626,7 @@ fn free_memory_is_given_back_when_a_burst_of_ops_is_over() {
             .filter_map(|op| op.id())
             .collect();
         assert_eq!(reads.len(), n as usize);
-        for id in reads {
-            rig.broker.link.replies.push_back(Reply::Read {
-                id,
-                epoch: 1,
-                top: 0,
-                entries: Vec::new(),
-            });
-        }
+        rig.answer_reads_empty(reads);
         rig.broker.tick(rig.now);
         assert_eq!(rig.events().len(), n as usize);
     };

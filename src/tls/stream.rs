@@ -1105,6 +1105,23 @@ mod tests {
             false
         }
 
+        /// Sends 64 KiB chunks from the server until its socket refuses one (the client
+        /// reads nothing meanwhile) and some ciphertext is left pending; the plaintext bytes
+        /// taken.
+        fn fill_server_socket(&mut self) -> usize {
+            let chunk = vec![b'x'; 64 * 1024];
+            let mut sent = 0usize;
+            for _ in 0..10_000 {
+                match self.server.send(&chunk) {
+                    Ok(n) => sent += n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) => panic!("send: {e}"),
+                }
+            }
+            assert!(self.server.has_pending(), "the socket never filled");
+            sent
+        }
+
         /// An echo of `data` from the client through the server and back.
         fn echo(&mut self, data: &[u8]) {
             let mut written = 0;
@@ -1191,16 +1208,7 @@ mod tests {
     fn key_update_requests_do_not_grow_pending_for_a_client_that_never_reads() {
         let mut pair = Pair::new(&rustls::version::TLS13, true);
         pair.echo(b"warm up");
-        let chunk = vec![b'x'; 64 * 1024];
-        let mut sent = 0usize;
-        for _ in 0..10_000 {
-            match pair.server.send(&chunk) {
-                Ok(n) => sent += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) => panic!("send: {e}"),
-            }
-        }
-        assert!(pair.server.has_pending(), "the socket never filled");
+        let sent = pair.fill_server_socket();
         let before = pair.server.inner.state.pending.len();
         let mut buf = vec![0u8; 64 * 1024];
         let mut got = 0usize;
@@ -1398,16 +1406,7 @@ mod tests {
         ] {
             let mut pair = Pair::new(version, handover);
             pair.echo(b"warm up");
-            let chunk = vec![b'x'; 64 * 1024];
-            let mut sent = 0usize;
-            for _ in 0..10_000 {
-                match pair.server.send(&chunk) {
-                    Ok(n) => sent += n,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(e) => panic!("send: {e}"),
-                }
-            }
-            assert!(pair.server.has_pending(), "the socket never filled");
+            let sent = pair.fill_server_socket();
             pair.server.shutdown_write().unwrap();
             assert!(pair.server.has_pending());
             assert!(pair.server.inner.state.fin_owed);
