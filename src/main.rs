@@ -53,6 +53,7 @@ fn main() -> ExitCode {
         );
     }
     server.wait();
+    info!("stopped");
     ExitCode::SUCCESS
 }
 

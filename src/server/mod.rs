@@ -204,8 +204,12 @@ impl Server {
                     |e| io::Error::new(io::ErrorKind::InvalidInput, format!("TLS: {e}")),
                 )?),
             };
-        let listeners = listener::bind_all(config.listen, config.threads.max(1))
-            .map_err(|e| with_context(e, format_args!("cannot listen on {}", config.listen)))?;
+        let listeners = listener::bind_all(config.listen, config.threads.max(1)).map_err(|e| {
+            with_context(
+                e,
+                format_args!("cannot listen on {} (--listen)", config.listen),
+            )
+        })?;
         let local_addr = listeners[0].local_addr()?;
         let api_listener = mio::net::TcpListener::bind(config.api_listen).map_err(|e| {
             with_context(
