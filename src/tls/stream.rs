@@ -36,6 +36,7 @@ use rustls::{ProtocolVersion, ServerConfig};
 
 use super::record::{Alert, Fatal, RecordLayer};
 use super::TlsFailure;
+use crate::http::response::{write_response, Persistence};
 use crate::server::transport::{Sink, Transport, TransportEvent};
 
 /// The largest TLS record plaintext (RFC 8446 §5.1: 2^14 bytes).
@@ -573,7 +574,17 @@ fn process(
         // Not TLS at all: a browser or curl sent `http://` to this port. A TLS alert would
         // read as garbage (curl: "HTTP/0.9 not allowed"); a plain 400 says what to do, as
         // nginx does.
-        let _ = write_some(socket, PLAIN_HTTP_ANSWER);
+        outgoing.clear();
+        write_response(
+            outgoing,
+            400,
+            "text/plain; charset=utf-8",
+            PLAIN_HTTP_BODY,
+            Persistence::Close,
+            &[],
+        );
+        let _ = write_some(socket, outgoing);
+        outgoing.clear();
         st.engine = Engine::Gone;
         st.event = Some(TransportEvent::HandshakeFailed(TlsFailure::PlainHttp));
         st.phase = Phase::Done;
@@ -625,10 +636,8 @@ fn process(
     result
 }
 
-/// The answer to a plain HTTP request on the TLS listener (RFC 9110 §15.5.1).
-const PLAIN_HTTP_ANSWER: &[u8] = b"HTTP/1.1 400 Bad Request\r\n\
-Content-Type: text/plain; charset=utf-8\r\nContent-Length: 45\r\nConnection: close\r\n\r\n\
-this port speaks TLS: use https:// or wss://\n";
+/// The body of the 400 a plain HTTP request on the TLS listener gets (RFC 9110 §15.5.1).
+const PLAIN_HTTP_BODY: &[u8] = b"this port speaks TLS: use https:// or wss://\n";
 
 /// Whether handshake input starts like an HTTP/1.x request (its method's first letter,
 /// `G` of `GET`…): a TLS record starts with its content type (20–24), never a capital
